@@ -1,0 +1,28 @@
+# attnbench: train every (task, variant, seed) of the config, aggregate the run records,
+# render the report. `snakemake` runs the default config (config/config.yaml);
+# `snakemake --configfile other.yaml` runs another one *instead of* the default.
+from pathlib import Path
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+if not workflow.overwrite_configfiles:
+    configfile: str(Path(workflow.basedir) / "config" / "config.yaml")
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/train.smk"
+include: "rules/report.smk"
+
+
+# The records are targets too, so that deleting one re-runs that training job (and the
+# aggregation and report after it) instead of being skipped as an intermediate file.
+rule all:
+    default_target: True
+    input:
+        get_records,
+        "reports/index.html",
+        "reports/summary.md",

@@ -1,0 +1,1 @@
+"""attnbench harness: config, model, training, measurement, records, report, CLI."""

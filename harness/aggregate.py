@@ -1,0 +1,60 @@
+"""Collect every run record into one tidy table: ``results/summary.csv`` (+ ``.parquet``)."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pandas as pd
+
+from harness.io import atomic_write_bytes, atomic_write_text
+from harness.records import find_records, read_record
+
+COLUMNS = [
+    "task", "variant", "seed", "status", "message", "best_val_acc", "test_acc", "best_step",
+    "chance_acc", "majority_test_acc", "steps_done", "steps_planned", "wall_s",
+    "train_steps_per_s", "train_tokens_per_s", "eval_tokens_per_s", "peak_memory_mb",
+    "peak_memory_reserved_mb", "peak_memory_method", "params", "attention_flops_fwd",
+    "seq_len", "batch_size", "device", "device_name", "torch_threads", "torch", "git_commit",
+    "git_dirty", "config_hash", "record",
+]
+
+
+def record_row(record: dict, path: Path) -> dict:
+    eff, env = record["efficiency"], record["environment"]
+    mb = lambda b: None if b is None else b / 2**20  # noqa: E731
+    return {
+        "task": record["task"], "variant": record["variant"], "seed": record["seed"],
+        "status": record["status"], "message": record["message"],
+        "best_val_acc": record["accuracy"]["best_val"], "test_acc": record["accuracy"]["test"],
+        "best_step": record["accuracy"]["best_step"],
+        "chance_acc": record["baselines"]["chance"], "majority_test_acc": record["baselines"]["majority_test_acc"],
+        "steps_done": record["training"]["steps_done"], "steps_planned": record["training"]["steps_planned"],
+        "wall_s": record["training"]["wall_s"],
+        "train_steps_per_s": eff["train_steps_per_s"], "train_tokens_per_s": eff["train_tokens_per_s"],
+        "eval_tokens_per_s": eff["eval_tokens_per_s"],
+        "peak_memory_mb": mb(eff["peak_memory_bytes"]), "peak_memory_reserved_mb": mb(eff["peak_memory_reserved_bytes"]),
+        "peak_memory_method": eff["peak_memory_method"], "params": eff["params"],
+        "attention_flops_fwd": eff["attention_flops_fwd"],
+        "seq_len": record["data"]["seq_len"], "batch_size": record["config"]["train"]["batch_size"],
+        "device": env["device"], "device_name": env["device_name"], "torch_threads": env["torch_threads"],
+        "torch": env["torch"], "git_commit": env["git"]["commit"], "git_dirty": env["git"]["dirty"],
+        "config_hash": record["config_hash"], "record": str(path),
+    }
+
+
+def collect(records: list[Path]) -> pd.DataFrame:
+    rows = [record_row(read_record(p), p) for p in records]
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    return df.sort_values(["task", "variant", "seed"], kind="stable").reset_index(drop=True)
+
+
+def aggregate(records: list[Path] | Path, out_csv: Path) -> pd.DataFrame:
+    """Aggregate the given record files, or every record under a folder."""
+    if isinstance(records, (str, Path)):
+        records = list(find_records(Path(records)))
+    df = collect([Path(p) for p in records])
+    atomic_write_text(out_csv, df.to_csv(index=False))
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(out_csv.with_suffix(".parquet"), buf.getvalue())
+    return df

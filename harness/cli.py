@@ -1,0 +1,166 @@
+"""The ``attnbench`` command line: list, schema, check-config, prepare, train, aggregate, report."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from harness import paths
+
+
+def _load(args) -> dict:
+    from harness.config import load_config
+
+    return load_config(args.config)
+
+
+def cmd_list(args) -> int:
+    from harness.registry import dataclass_schema
+    from tasks import TASKS
+    from variants import VARIANTS
+
+    for title, registry in (("Variants", VARIANTS), ("Tasks", TASKS)):
+        print(f"{title}:")
+        for entry in registry:
+            flags = ""
+            if registry is VARIANTS:
+                flags = f"  [{entry.cls.complexity}{'; exact' if entry.cls.exact else ''}]"
+            print(f"  {entry.name}: {entry.description}{flags}")
+            props = dataclass_schema(entry.config)["properties"]
+            if not props:
+                print("      (no parameters)")
+            for name, p in props.items():
+                kind = p.get("type") or "one of " + "|".join(map(str, p.get("enum", [])))
+                print(f"      {name} ({kind}, default {json.dumps(p['default'])}): {p['description']}")
+        print()
+    return 0
+
+
+def cmd_schema(args) -> int:
+    from harness.config import build_schema
+
+    print(json.dumps(build_schema(), indent=2))
+    return 0
+
+
+def cmd_check_config(args) -> int:
+    config = _load(args)
+    print(json.dumps(config, indent=2) if args.show else f"{args.config or 'config/config.yaml'}: valid")
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from harness.config import task_data_params
+    from tasks.base import build_task, save_prepared
+
+    params = json.loads(args.data_json) if args.data_json else task_data_params(_load(args), args.task)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    data = build_task(args.task, params).prepare(out.parent / "source")
+    save_prepared(out, args.task, params, data)
+    sizes = ", ".join(f"{s} {t['labels'].shape[0]}" for s, t in data.splits.items())
+    print(f"{args.task}: {sizes}; seq_len {data.seq_len}, vocab {data.vocab_size}, "
+          f"{data.num_classes} classes; {data.source}; wrote {out} in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from harness.config import resolve_run
+    from harness.train import train_run
+    from tasks.base import build_task, load_prepared, save_prepared
+
+    run = json.loads(args.run_config) if args.run_config else resolve_run(_load(args), args.task, args.variant, args.seed)
+    for key, want in (("task", args.task), ("variant", args.variant)):
+        if run[key]["name"] != want:
+            raise SystemExit(f"--{key} {want} does not match the run config's {run[key]['name']}")
+    if run["seed"] != args.seed:
+        raise SystemExit(f"--seed {args.seed} does not match the run config's seed {run['seed']}")
+    params = run["task"]["data"]
+    data_file = Path(args.data) if args.data else paths.dataset_file(args.task, run["task"]["data_key"])
+    if not data_file.exists() and not args.data:
+        print(f"preparing {data_file} (not found)", flush=True)
+        save_prepared(data_file, args.task, params, build_task(args.task, params).prepare(data_file.parent / "source"))
+    data = load_prepared(data_file, args.task, params)
+    out = Path(args.out) if args.out else paths.run_dir(args.task, args.variant, args.seed)
+    record = train_run(run, data, out, bar=args.progress)
+    return 0 if record["status"] != "failed" or not args.strict else 1
+
+
+def cmd_aggregate(args) -> int:
+    from harness.aggregate import aggregate
+
+    df = aggregate(args.records or Path(args.runs), Path(args.out))
+    print(f"aggregated {len(df)} run records into {args.out}")
+    return 0
+
+
+def cmd_report(args) -> int:
+    from harness.report import render_report
+
+    index = render_report(Path(args.summary), Path(args.out))
+    print(f"report: {index.resolve()}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="attnbench", description="Benchmark attention variants on LRA-style tasks.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def with_config(sp):
+        sp.add_argument("--config", help="pipeline config YAML (default: config/config.yaml of this checkout)")
+        return sp
+
+    sub.add_parser("list", help="registered variants and tasks with their parameters").set_defaults(func=cmd_list)
+    sub.add_parser("schema", help="print the complete config JSON schema").set_defaults(func=cmd_schema)
+    sp = with_config(sub.add_parser("check-config", help="validate a config (and print it resolved with --show)"))
+    sp.add_argument("--show", action="store_true")
+    sp.set_defaults(func=cmd_check_config)
+
+    sp = with_config(sub.add_parser("prepare", help="build a task's cached tensor file"))
+    sp.add_argument("--task", required=True)
+    sp.add_argument("--data-json", help="the task's data settings as JSON (what the pipeline passes)")
+    sp.add_argument("--out", required=True, help="dataset file to write")
+    sp.set_defaults(func=cmd_prepare)
+
+    sp = with_config(sub.add_parser("train", help="train and evaluate one (task, variant, seed)"))
+    sp.add_argument("--task", required=True)
+    sp.add_argument("--variant", required=True)
+    sp.add_argument("--seed", type=int, required=True)
+    sp.add_argument("--out", help="run folder (default: results/runs/TASK/VARIANT/seedS)")
+    sp.add_argument("--run-config", help="the resolved run config as JSON (what the pipeline passes)")
+    sp.add_argument("--data", help="prepared dataset file (default: data/TASK/KEY/dataset.pt, prepared if missing)")
+    sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                    help="progress bar (default: when stderr is a terminal)")
+    sp.add_argument("--strict", action="store_true", help="exit 1 when the run's status is 'failed'")
+    sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("aggregate", help="collect run records into a summary table")
+    sp.add_argument("--runs", default=str(paths.RUNS), help="folder searched for record.json files")
+    sp.add_argument("--records", nargs="+", help="exactly these record files (what the pipeline passes)")
+    sp.add_argument("--out", default=str(paths.SUMMARY_CSV), help="CSV to write (a .parquet is written beside it)")
+    sp.set_defaults(func=cmd_aggregate)
+
+    sp = sub.add_parser("report", help="render reports/index.html and reports/summary.md")
+    sp.add_argument("--summary", default=str(paths.SUMMARY_CSV))
+    sp.add_argument("--out", default=str(paths.REPORTS))
+    sp.set_defaults(func=cmd_report)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    from harness.config import ConfigError
+    from harness.registry import UnknownNameError
+    from tasks.base import DataError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, UnknownNameError, DataError) as exc:
+        print(f"attnbench: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,230 @@
+"""Loading, validating and resolving the pipeline config.
+
+``validate_config`` checks a config against ``config/schema.yaml`` (completed from the
+registries and the model/train dataclasses) before any job starts, fills in defaults, and
+raises ``ConfigError`` with one line per problem naming the key, the bad value and what
+is allowed. ``resolve_run`` turns the validated config into the self-contained settings
+of one training run, which is what a run record stores and hashes.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+
+from harness.registry import Registry, dataclass_schema
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
+DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
+
+_JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
+               list: "a list", dict: "a mapping", type(None): "null"}
+
+
+class ConfigError(ValueError):
+    """An invalid config; the message has one line per problem."""
+
+
+def _registries() -> dict[str, Registry]:
+    from tasks import TASKS
+    from variants import VARIANTS
+
+    return {"variant": VARIANTS, "task": TASKS}
+
+
+def _dataclasses() -> dict[str, type]:
+    from harness.model import ModelConfig
+    from harness.train import TrainConfig
+
+    return {"model": ModelConfig, "train": TrainConfig}
+
+
+def _strip_defaults(schema: dict) -> dict:
+    out = copy.deepcopy(schema)
+    out.pop("default", None)
+    for prop in out.get("properties", {}).values():
+        prop.pop("default", None)
+    return out
+
+
+def build_schema() -> dict[str, Any]:
+    """The complete JSON schema: ``config/schema.yaml`` with its placeholders filled in."""
+    schema = yaml.safe_load(SCHEMA_PATH.read_text())
+    classes = _dataclasses()
+    model, train = (dataclass_schema(classes[k]) for k in ("model", "train"))
+    registries = _registries()
+    for key, prop in schema["properties"].items():
+        if "x-dataclass" in prop:
+            filled = dataclass_schema(classes[prop["x-dataclass"]])
+            filled["description"] = prop.get("description", filled["description"])
+            schema["properties"][key] = {**filled, "x-dataclass": prop["x-dataclass"]}
+        elif "x-registry" in prop:
+            registry = registries[prop["x-registry"]]
+            entries = {}
+            for entry in registry:
+                params = dataclass_schema(entry.config)
+                params["description"] = entry.description
+                if prop["x-registry"] == "task":
+                    params = {
+                        "type": "object", "additionalProperties": False, "default": {},
+                        "description": entry.description,
+                        "properties": {
+                            "data": {**params, "description": f"{entry.name} data settings"},
+                            "model": {**_strip_defaults(model), "description": "overrides of the top-level model settings"},
+                            "train": {**_strip_defaults(train), "description": "overrides of the top-level train settings"},
+                        },
+                    }
+                entries[entry.name] = params
+            prop["properties"] = entries
+            prop["additionalProperties"] = False
+    return schema
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({_JSON_TYPES.get(type(value), type(value).__name__)})"
+
+
+def _format_error(err, schema_root: dict) -> str:
+    path = ".".join(str(p) for p in err.absolute_path)
+    where = f"'{path}'" if path else "the top level"
+    sub = err.schema
+    kind = err.validator
+    if kind == "additionalProperties":
+        allowed = sorted(sub.get("properties", {}))
+        unknown = sorted(set(err.instance) - set(allowed))
+        registry = sub.get("x-registry")
+        if registry:
+            return (f"unknown {registry} {', '.join(repr(u) for u in unknown)} under {where}; "
+                    f"known {registry}s: {', '.join(allowed)}")
+        keys = ", ".join(f"'{path + '.' if path else ''}{u}'" for u in unknown)
+        return f"unknown key {keys}; allowed keys under {where}: {', '.join(allowed)}"
+    if kind == "type":
+        expected = sub["type"] if isinstance(sub["type"], str) else " or ".join(sub["type"])
+        hint = ""
+        if expected in ("number", "integer") and isinstance(err.instance, str):
+            try:
+                float(err.instance)
+                hint = " (YAML reads forms like 1e-3 as text: write 1.0e-3 or 0.001)"
+            except ValueError:
+                pass
+        return f"{where} is {_describe(err.instance)}; expected {expected}{hint}"
+    if kind == "enum":
+        return f"{where} is {err.instance!r}; allowed: {', '.join(map(str, sub['enum']))}"
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[kind]
+        return f"{where} is {err.instance!r}; must be {op} {sub[kind]}"
+    if kind == "required":
+        return f"{where} is missing a required key: {err.message.split(' ')[0]}"
+    if kind == "minProperties":
+        return f"{where} is empty; name at least one entry"
+    return f"{where}: {err.message}"
+
+
+def _normalise(config: dict) -> dict:
+    """YAML's ``name:`` with nothing after it means "defaults": treat None as {}."""
+    config = copy.deepcopy(config)
+    for section in ("variants", "tasks"):
+        entries = config.get(section)
+        if isinstance(entries, dict):
+            for name, value in entries.items():
+                if value is None:
+                    entries[name] = {}
+                elif isinstance(value, dict) and section == "tasks":
+                    for part in ("data", "model", "train"):
+                        if part in value and value[part] is None:
+                            value[part] = {}
+    return config
+
+
+def apply_defaults(schema: dict, instance: Any) -> Any:
+    if not isinstance(instance, dict):
+        return instance
+    for key, prop in schema.get("properties", {}).items():
+        if key not in instance and "default" in prop:
+            instance[key] = copy.deepcopy(prop["default"])
+        if key in instance:
+            apply_defaults(prop, instance[key])
+    return instance
+
+
+def validate_config(config: dict) -> dict:
+    """Validate, fill in defaults and return the config (``config`` itself is updated too,
+    so a Snakefile can pass its global ``config``)."""
+    schema = build_schema()
+    normalised = _normalise(config)
+    errors = sorted(Draft202012Validator(schema).iter_errors(normalised),
+                    key=lambda e: [str(p) for p in e.absolute_path])
+    if errors:
+        lines = sorted({_format_error(e, schema) for e in errors})
+        raise ConfigError("invalid attnbench config:\n  - " + "\n  - ".join(lines))
+    apply_defaults(schema, normalised)
+    for section, params in normalised["tasks"].items():  # model dim/heads compatibility
+        model = {**normalised["model"], **params.get("model", {})}
+        if model["dim"] % model["heads"]:
+            raise ConfigError(f"invalid attnbench config:\n  - 'tasks.{section}': model dim {model['dim']} "
+                              f"is not divisible by heads {model['heads']}")
+    config.clear()
+    config.update(normalised)
+    return config
+
+
+def load_config(path: str | Path | None = None) -> dict:
+    path = Path(path) if path else DEFAULT_CONFIG
+    if not path.exists():
+        raise ConfigError(f"config file {path} does not exist")
+    with open(path, encoding="utf-8") as f:
+        raw = yaml.safe_load(f) or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    return validate_config(raw)
+
+
+def _as_dict(dc) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(dc).items()}
+
+
+def task_data_params(config: dict, task: str) -> dict:
+    """The task's data settings with every default spelled out."""
+    from tasks import TASKS
+
+    return _as_dict(TASKS.make_config(task, config["tasks"][task].get("data", {})))
+
+
+def resolve_run(config: dict, task: str, variant: str, seed: int) -> dict:
+    """Everything one training run depends on, defaults spelled out; stored in its record."""
+    from harness.model import ModelConfig
+    from harness.train import TrainConfig
+    from harness.registry import build_dataclass
+    from tasks.base import data_key
+    from variants import VARIANTS
+
+    if task not in config["tasks"]:
+        raise ConfigError(f"task {task!r} is not in the config; configured tasks: {', '.join(config['tasks'])}")
+    if variant not in config["variants"]:
+        raise ConfigError(f"variant {variant!r} is not in the config; configured variants: {', '.join(config['variants'])}")
+    per_task = config["tasks"][task]
+    model = build_dataclass(ModelConfig, {**config["model"], **per_task.get("model", {})}, "model")
+    train = build_dataclass(TrainConfig, {**config["train"], **per_task.get("train", {})}, "train")
+    data = task_data_params(config, task)
+    return {
+        "task": {"name": task, "data": data, "data_key": data_key(task, data)},
+        "variant": {"name": variant, "params": _as_dict(VARIANTS.make_config(variant, config["variants"][variant]))},
+        "model": _as_dict(model),
+        "train": _as_dict(train),
+        "seed": int(seed),
+        "device": config["device"],
+        "threads": config["threads"],
+        "deterministic": config["deterministic"],
+    }
+
+
+def config_hash(run_config: dict) -> str:
+    blob = json.dumps(run_config, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]

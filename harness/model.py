@@ -1,0 +1,95 @@
+"""The encoder classifier: embeddings, positions, pre-LayerNorm blocks with a registered
+attention variant, pooling (CLS or mean) and an MLP head."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from harness.registry import param
+from variants import build_attention
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Encoder classifier size and options (LRA's knobs made explicit)."""
+
+    layers: int = param(2, "number of encoder blocks", minimum=1)
+    dim: int = param(64, "model (embedding) width; must be divisible by heads", minimum=1)
+    heads: int = param(4, "attention heads", minimum=1)
+    mlp_dim: int = param(128, "hidden width of the blocks' MLP and of the classifier head", minimum=1)
+    dropout: float = param(0.1, "dropout after attention and MLP, and on embeddings", minimum=0.0, maximum=1.0)
+    attn_dropout: float = param(0.0, "dropout on attention probabilities; > 0 makes CPU SDPA fall back to its O(N^2) math kernel", minimum=0.0, maximum=1.0)
+    pooling: Literal["cls", "mean"] = param("cls", "cls: a learned [CLS] token is prepended and read out; mean: average over real tokens")
+    positions: Literal["learned", "sinusoidal"] = param("learned", "position embeddings: learned (N(0, 0.02) init) or fixed sinusoids")
+
+
+def sinusoidal_positions(n: int, dim: int) -> torch.Tensor:
+    pos = torch.arange(n, dtype=torch.float64)[:, None]
+    freq = torch.exp(torch.arange(0, dim, 2, dtype=torch.float64) * (-math.log(10_000.0) / dim))
+    table = torch.zeros(n, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(pos * freq)
+    table[:, 1::2] = torch.cos(pos * freq)[:, : dim // 2]
+    return table.float()
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig, variant: str, variant_params: dict | None):
+        super().__init__()
+        self.ln1 = nn.LayerNorm(cfg.dim)
+        self.attn = build_attention(variant, cfg.dim, cfg.heads, variant_params, cfg.attn_dropout)
+        self.ln2 = nn.LayerNorm(cfg.dim)
+        self.mlp = nn.Sequential(nn.Linear(cfg.dim, cfg.mlp_dim), nn.GELU(), nn.Linear(cfg.mlp_dim, cfg.dim))
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.ln1(x), mask))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
+
+class EncoderClassifier(nn.Module):
+    """tokens (B, N) int, ``pad_id`` marking padding -> logits (B, num_classes)."""
+
+    def __init__(self, cfg: ModelConfig, variant: str, variant_params: dict | None,
+                 vocab_size: int, seq_len: int, num_classes: int, pad_id: int = 0):
+        super().__init__()
+        self.cfg, self.pad_id = cfg, pad_id
+        n = seq_len + (cfg.pooling == "cls")
+        self.embed = nn.Embedding(vocab_size, cfg.dim)
+        nn.init.normal_(self.embed.weight, std=0.02)
+        if cfg.positions == "learned":
+            self.pos = nn.Parameter(torch.randn(1, n, cfg.dim) * 0.02)
+        else:
+            self.register_buffer("pos", sinusoidal_positions(n, cfg.dim)[None], persistent=False)
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.pooling == "cls" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(Block(cfg, variant, variant_params) for _ in range(cfg.layers))
+        self.ln = nn.LayerNorm(cfg.dim)
+        self.head = nn.Sequential(nn.Linear(cfg.dim, cfg.mlp_dim), nn.ReLU(), nn.Linear(cfg.mlp_dim, num_classes))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        mask = tokens != self.pad_id
+        x = self.embed(tokens)
+        if self.cls is not None:
+            x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+            mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
+        x = self.drop(x + self.pos[:, : x.shape[1]])
+        for block in self.blocks:
+            x = block(x, mask)
+        x = self.ln(x)
+        if self.cls is not None:
+            pooled = x[:, 0]
+        else:
+            m = mask.unsqueeze(-1).to(x.dtype)
+            pooled = (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return self.head(pooled)
+
+    def attention_layers(self):
+        return [b.attn for b in self.blocks]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,151 @@
+"""A name -> component registry shared by attention variants and tasks.
+
+Each component registers a class and a config dataclass of its own hyper-parameters.
+The dataclass is the single source of defaults and descriptions: the config schema is
+generated from it (``dataclass_schema``) so that adding a variant or a task never means
+editing the schema.
+"""
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import pkgutil
+import types
+import typing
+from typing import Any, Callable, Literal
+
+
+class UnknownNameError(KeyError):
+    """A name that is not registered; the message lists the known names."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it plain
+        return str(self.args[0])
+
+
+@dataclasses.dataclass(frozen=True)
+class Entry:
+    name: str
+    cls: type
+    config: type  # a dataclass
+    description: str
+
+
+class Registry:
+    def __init__(self, kind: str, package: str):
+        self.kind = kind
+        self.package = package
+        self._entries: dict[str, Entry] = {}
+        self._loaded = False
+
+    def register(self, name: str, config: type) -> Callable[[type], type]:
+        if not dataclasses.is_dataclass(config):
+            raise TypeError(f"{self.kind} {name!r}: config must be a dataclass, got {config!r}")
+
+        def decorator(cls: type) -> type:
+            if name in self._entries and self._entries[name].cls is not cls:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            doc = (cls.__doc__ or "").strip().splitlines()
+            self._entries[name] = Entry(name, cls, config, doc[0] if doc else "")
+            cls.registered_name = name
+            return cls
+
+        return decorator
+
+    def _load(self) -> None:
+        """Import every module of the package so that each file registers itself."""
+        if self._loaded:
+            return
+        pkg = importlib.import_module(self.package)
+        for mod in pkgutil.iter_modules(pkg.__path__):
+            importlib.import_module(f"{self.package}.{mod.name}")
+        self._loaded = True
+
+    def names(self) -> list[str]:
+        self._load()
+        return sorted(self._entries)
+
+    def get(self, name: str) -> Entry:
+        self._load()
+        if name not in self._entries:
+            raise UnknownNameError(
+                f"unknown {self.kind} {name!r}; known {self.kind}s: {', '.join(self.names())}"
+            )
+        return self._entries[name]
+
+    def make_config(self, name: str, params: dict[str, Any] | None = None):
+        """The entry's config dataclass filled from ``params`` (unknown keys are an error)."""
+        return build_dataclass(self.get(name).config, params or {}, f"{self.kind} {name!r}")
+
+    def __iter__(self):
+        return iter(self.get(n) for n in self.names())
+
+
+def build_dataclass(cls: type, params: dict[str, Any], where: str):
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(params) - known)
+    if unknown:
+        raise ValueError(
+            f"{where}: unknown parameter(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}"
+        )
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
+    return cls(**kwargs)
+
+
+def _type_schema(tp: Any) -> dict[str, Any]:
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if tp is bool:
+        return {"type": "boolean"}
+    if tp is int:
+        return {"type": "integer"}
+    if tp is float:
+        return {"type": "number"}
+    if tp is str:
+        return {"type": "string"}
+    if origin is Literal:
+        return {"enum": list(args)}
+    if origin in (typing.Union, types.UnionType):
+        non_none = [a for a in args if a is not type(None)]
+        inner = [_type_schema(a) for a in non_none]
+        if type(None) in args:
+            inner.append({"type": "null"})
+        return inner[0] if len(inner) == 1 else {"anyOf": inner}
+    if origin in (tuple, list):
+        item = args[0] if args else Any
+        return {"type": "array", "items": _type_schema(item) if item is not Any else {}}
+    raise TypeError(f"no JSON schema for config field type {tp!r}")
+
+
+def dataclass_schema(cls: type) -> dict[str, Any]:
+    """JSON schema of a config dataclass: types, defaults, descriptions (``metadata['help']``),
+    bounds (``metadata['minimum']``/``['maximum']``), and no unknown keys."""
+    hints = typing.get_type_hints(cls, include_extras=False)
+    props: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):
+        prop = _type_schema(hints[f.name])
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+            default = f.default_factory()  # type: ignore[misc]
+        else:
+            raise TypeError(f"{cls.__name__}.{f.name} needs a default to be a config field")
+        prop["default"] = list(default) if isinstance(default, tuple) else default
+        for key in ("minimum", "maximum", "exclusiveMinimum"):
+            if key in f.metadata:
+                prop[key] = f.metadata[key]
+        prop["description"] = f.metadata.get("help", "")
+        props[f.name] = prop
+    return {
+        "type": "object",
+        "description": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
+        "properties": props,
+        "additionalProperties": False,
+        "default": {},
+    }
+
+
+def param(default: Any, help: str, **bounds: Any) -> Any:
+    """A config dataclass field with a description and optional JSON-schema bounds."""
+    if isinstance(default, (list, dict)):
+        raise TypeError("use a tuple for sequence defaults")
+    return dataclasses.field(default=default, metadata={"help": help, **bounds})

@@ -1,0 +1,239 @@
+"""Render the comparison report from ``results/summary.csv`` and the runs' curves:
+``reports/index.html`` (self-contained, figures embedded), ``reports/summary.md`` and
+``reports/figures/*.png``. Every number comes from a run record; nothing is re-measured."""
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import html
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+
+from harness.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+
+ENV_COLUMNS = ["device", "device_name", "torch", "torch_threads", "git_commit", "git_dirty"]
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.1f}"
+
+
+def accuracy_table(df: pd.DataFrame) -> pd.DataFrame:
+    """task x variant cells 'mean ± std (n=k)' of test accuracy (%) over ok runs, plus baselines."""
+    variants = sorted(df["variant"].unique())
+    rows = []
+    for task, tdf in df.groupby("task", sort=True):
+        row = {"task": task}
+        for v in variants:
+            vdf = tdf[tdf["variant"] == v]
+            ok = vdf[vdf["status"] == "ok"]["test_acc"].dropna()
+            bad = vdf[vdf["status"] != "ok"]["status"].value_counts()
+            cell = "–"
+            if len(ok):
+                std = f" ± {_pct(ok.std(ddof=1))}" if len(ok) > 1 else ""
+                cell = f"{_pct(ok.mean())}{std} (n={len(ok)})"
+            if len(bad):
+                cell += (" " if len(ok) else "") + ", ".join(f"{s.upper()}×{c}" for s, c in bad.items())
+            row[v] = cell if len(vdf) else ""
+        row["chance"] = _pct(tdf["chance_acc"].iloc[0])
+        row["majority class"] = _pct(tdf["majority_test_acc"].iloc[0])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def efficiency_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Medians over seeds of the training cost measures, per task and variant."""
+    ok = df[df["train_steps_per_s"].notna()]
+    if ok.empty:
+        return pd.DataFrame()
+    g = ok.groupby(["task", "variant"], sort=True)
+    out = g.agg(seq_len=("seq_len", "first"), batch=("batch_size", "first"),
+                steps_per_s=("train_steps_per_s", "median"), train_tok_per_s=("train_tokens_per_s", "median"),
+                eval_tok_per_s=("eval_tokens_per_s", "median"), peak_mem_mb=("peak_memory_mb", "median"),
+                params=("params", "first"), runs=("seed", "count")).reset_index()
+    out["steps_per_s"] = out["steps_per_s"].round(2)
+    for c in ("train_tok_per_s", "eval_tok_per_s"):
+        out[c] = out[c].round(0).astype("Int64")
+    out["peak_mem_mb"] = out["peak_mem_mb"].round(1)
+    return out
+
+
+def runs_table(df: pd.DataFrame) -> pd.DataFrame:
+    cols = ["task", "variant", "seed", "status", "test_acc", "best_val_acc", "best_step", "steps_done", "wall_s", "message"]
+    out = df[cols].copy()
+    for c in ("test_acc", "best_val_acc"):
+        out[c] = out[c].map(lambda x: "" if pd.isna(x) else _pct(x))
+    out["message"] = out["message"].fillna("")
+    return out
+
+
+def environment_table(df: pd.DataFrame) -> pd.DataFrame:
+    return df[ENV_COLUMNS].astype(str).drop_duplicates().reset_index(drop=True)
+
+
+def load_curves(df: pd.DataFrame) -> pd.DataFrame:
+    frames = []
+    for _, r in df.iterrows():
+        path = Path(r["record"]).parent / "curve.csv"
+        if path.exists() and path.stat().st_size:
+            c = pd.read_csv(path)
+            c["task"], c["variant"], c["seed"] = r["task"], r["variant"], r["seed"]
+            frames.append(c)
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def figure_accuracy_vs_throughput(df: pd.DataFrame, path: Path) -> Path | None:
+    ok = df[(df["status"] == "ok") & df["test_acc"].notna() & df["train_tokens_per_s"].notna()]
+    if ok.empty:
+        return None
+    tasks = sorted(ok["task"].unique())
+    palette = dict(zip(sorted(df["variant"].unique()), sns.color_palette("colorblind", df["variant"].nunique())))
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.8 * len(tasks), 4), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        t = ok[ok["task"] == task]
+        for v, vdf in t.groupby("variant"):
+            ax.scatter(vdf["train_tokens_per_s"], 100 * vdf["test_acc"], color=palette[v], alpha=0.35, s=18)
+            ax.errorbar(vdf["train_tokens_per_s"].median(), 100 * vdf["test_acc"].mean(),
+                        yerr=100 * vdf["test_acc"].std(ddof=1) if len(vdf) > 1 else None,
+                        fmt="o", color=palette[v], ms=8, capsize=4, label=v)
+        base = df[df["task"] == task].iloc[0]
+        ax.axhline(100 * base["majority_test_acc"], color="grey", ls="--", lw=1, label="majority class")
+        ax.axhline(100 * base["chance_acc"], color="grey", ls=":", lw=1, label="chance")
+        spread = ok["train_tokens_per_s"].max() / ok["train_tokens_per_s"].min()
+        if spread > 5:
+            ax.set_xscale("log")
+        else:
+            ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
+            ax.margins(x=0.25)
+        ax.set_ylim(0, 100)
+        ax.set_title(f"{task} (N={int(t['seq_len'].iloc[0])})")
+        ax.set_xlabel("training throughput (tokens/s)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.legend(fontsize=8, loc="best")
+    fig.suptitle("Accuracy vs training throughput (mean ± std over seeds; faint dots: single seeds)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def figure_curves(curves: pd.DataFrame, path: Path) -> Path | None:
+    if curves.empty:
+        return None
+    tasks = sorted(curves["task"].unique())
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.8 * len(tasks), 3.6), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        t = curves[curves["task"] == task].copy()
+        t["val_acc"] *= 100
+        sns.lineplot(data=t, x="step", y="val_acc", hue="variant", errorbar=("pi", 100), ax=ax, palette="colorblind")
+        ax.set_title(task)
+        ax.set_ylabel("validation accuracy (%)")
+    fig.suptitle("Validation accuracy during training (line: mean over seeds; band: min-max)")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _save(fig, path: Path) -> Path:
+    import io
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def _md_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_(none)_\n"
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(map(str, cols)) + " |", "|" + "---|" * len(cols)]
+    for _, r in df.iterrows():
+        lines.append("| " + " | ".join("" if pd.isna(r[c]) else str(r[c]).replace("|", "\\|") for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "<p><em>(none)</em></p>"
+    return df.to_html(index=False, escape=True, na_rep="", border=0, classes="t")
+
+
+def _img(path: Path | None, alt: str) -> str:
+    if path is None:
+        return f"<p><em>{html.escape(alt)}: no data to plot</em></p>"
+    data = base64.b64encode(path.read_bytes()).decode()
+    return f'<figure><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}"><figcaption>{html.escape(alt)}</figcaption></figure>'
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table.t{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}
+table.t th,table.t td{border:1px solid #ccc;padding:.3em .6em;text-align:left}
+table.t th{background:#f3f3f3} img{max-width:100%} figcaption{font-size:.85em;color:#555}
+.note{color:#555;font-size:.9em} .bad{color:#a00}"""
+
+
+def render_report(summary_csv: Path, out_dir: Path) -> Path:
+    df = pd.read_csv(summary_csv)
+    if df.empty:
+        raise ValueError(f"{summary_csv} holds no runs; nothing to report")
+    figures = out_dir / "figures"
+    acc_fig = figure_accuracy_vs_throughput(df, figures / "accuracy_vs_throughput.png")
+    curve_fig = figure_curves(load_curves(df), figures / "validation_curves.png")
+    acc, eff, runs, env = accuracy_table(df), efficiency_table(df), runs_table(df), environment_table(df)
+    status_counts = df["status"].value_counts().to_dict()
+    timing = sorted(df.get("peak_memory_method", pd.Series(dtype=str)).dropna().unique())
+    first = json.loads(Path(df["record"].iloc[0]).read_text()) if Path(df["record"].iloc[0]).exists() else {}
+    timing_method = first.get("efficiency", {}).get("timing_method", "")
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    not_ok = {k: v for k, v in status_counts.items() if k != "ok"}
+    status_line = f"{len(df)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(status_counts.items()))
+
+    md = [
+        "# attnbench report", "",
+        f"Generated {stamp} from `{summary_csv}`. {status_line}.", "",
+        "## Test accuracy (%)", "",
+        "Test accuracy of each run's best-validation checkpoint, evaluated once; mean ± sample std over seeds "
+        "(n = seeds that finished ok). Chance and majority-class baselines are on the test split.", "",
+        _md_table(acc),
+        "## Accuracy vs throughput", "",
+        "![accuracy vs throughput](figures/accuracy_vs_throughput.png)" if acc_fig else "_no data_", "",
+        "## Validation accuracy during training", "",
+        "![validation curves](figures/validation_curves.png)" if curve_fig else "_no data_", "",
+        "## Training cost (median over seeds)", "",
+        f"Timing: {timing_method}. Peak memory: {'; '.join(timing)}.", "",
+        _md_table(eff),
+        "## Runs", "", _md_table(runs),
+        "## Environment", "", "The machines and code versions these numbers come from:", "", _md_table(env),
+    ]
+    atomic_write_text(out_dir / "summary.md", "\n".join(md))
+
+    body = [
+        "<h1>attnbench report</h1>",
+        f"<p class='note'>Generated {stamp} from <code>{html.escape(str(summary_csv))}</code>. "
+        f"{html.escape(status_line)}.</p>",
+        (f"<p class='bad'>Runs that did not finish ok: {html.escape(json.dumps(not_ok))} (see Runs).</p>" if not_ok else ""),
+        "<h2>Test accuracy (%)</h2>",
+        "<p class='note'>Test accuracy of each run's best-validation checkpoint, evaluated once; mean ± sample std "
+        "over seeds (n = seeds that finished ok). Chance and majority-class baselines are on the test split.</p>",
+        _html_table(acc),
+        "<h2>Accuracy vs throughput</h2>", _img(acc_fig, "Test accuracy vs training throughput per task"),
+        "<h2>Validation accuracy during training</h2>", _img(curve_fig, "Validation accuracy vs step"),
+        "<h2>Training cost (median over seeds)</h2>",
+        f"<p class='note'>Timing: {html.escape(timing_method)}. Peak memory: {html.escape('; '.join(timing))}.</p>",
+        _html_table(eff),
+        "<h2>Runs</h2>", _html_table(runs),
+        "<h2>Environment</h2>", "<p class='note'>The machines and code versions these numbers come from.</p>",
+        _html_table(env),
+    ]
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>attnbench report</title>"
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
+    index = out_dir / "index.html"
+    atomic_write_text(index, page)
+    return index

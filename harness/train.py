@@ -1,0 +1,288 @@
+"""The training loop: AdamW, warm-up then decay, gradient clipping, evaluation every K
+steps, the best-validation checkpoint kept and tested once at the end.
+
+``train_run`` never raises for an outcome of the run itself: running out of memory, a
+non-finite loss, the time limit, or an unexpected error each end in a record with the
+matching status, so the pipeline goes on and the report shows what happened.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import os
+import random
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from harness.io import atomic_torch_save, atomic_write_text
+from harness.measure import PeakMemory, Stopwatch
+from harness.model import EncoderClassifier, ModelConfig, count_parameters
+from harness.registry import param
+from tasks.base import PreparedData
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimisation and evaluation schedule."""
+
+    steps: int = param(1000, "optimiser steps", minimum=1)
+    batch_size: int = param(32, "training batch size", minimum=1)
+    eval_batch_size: int = param(128, "batch size for validation and test", minimum=1)
+    lr: float = param(1.0e-3, "peak learning rate (AdamW)", exclusiveMinimum=0.0)
+    weight_decay: float = param(0.01, "AdamW weight decay", minimum=0.0)
+    betas: tuple[float, ...] = param((0.9, 0.98), "AdamW betas")
+    warmup_steps: int = param(100, "linear warm-up steps from 0 to lr", minimum=0)
+    schedule: Literal["cosine", "linear", "constant"] = param("cosine", "decay after warm-up, to 0 at the last step (constant: none)")
+    grad_clip: float = param(1.0, "clip the global gradient norm to this (0 = off)", minimum=0.0)
+    eval_every: int = param(100, "evaluate on the validation split every this many steps (and at the end)", minimum=1)
+    timing_skip_steps: int = param(5, "first steps left out of the steady-state throughput", minimum=0)
+    time_limit_min: float = param(0.0, "stop with status 'timeout' after this many minutes of training (0 = none)", minimum=0.0)
+
+
+class Diverged(Exception):
+    pass
+
+
+class TimeLimit(Exception):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was asked for but torch sees no CUDA device "
+                           f"(torch {torch.__version__}); use device: cpu or auto")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # needed by deterministic cuBLAS
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of the peak lr at optimiser step ``step`` (0-based)."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    span = max(1, cfg.steps - cfg.warmup_steps)
+    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    if cfg.schedule == "linear":
+        return 1.0 - progress
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
+        return True
+    return isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc))
+
+
+class Log:
+    """A progress bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, total: int, desc: str, bar: bool | None = None):
+        self.bar = None
+        if bar if bar is not None else sys.stderr.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True)
+
+    def step(self, n: int = 1, **postfix) -> None:
+        if self.bar is not None:
+            self.bar.update(n)
+            if postfix:
+                self.bar.set_postfix(postfix, refresh=False)
+
+    def line(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text)
+        else:
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Trainer:
+    def __init__(self, run: dict, data: PreparedData, device: torch.device):
+        self.run, self.data, self.device = run, data, device
+        self.cfg = TrainConfig(**{**run["train"], "betas": tuple(run["train"]["betas"])})
+        self.model = EncoderClassifier(
+            ModelConfig(**run["model"]), run["variant"]["name"], run["variant"]["params"],
+            vocab_size=data.vocab_size, seq_len=data.seq_len, num_classes=data.num_classes,
+            pad_id=data.pad_id).to(device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, betas=self.cfg.betas,
+                                     weight_decay=self.cfg.weight_decay)
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.cfg))
+        self.gen = torch.Generator().manual_seed(run["seed"])
+        self.step_timer = Stopwatch(device)
+        self.eval_timer = Stopwatch(device)
+        self.eval_tokens = 0
+        self.curve: list[dict] = []
+        self.best = {"val_acc": -1.0, "step": None, "state": None}
+
+    def batches(self):
+        """Endless shuffled training batches (a new permutation every epoch)."""
+        split = self.data.splits["train"]
+        n = split["labels"].shape[0]
+        bs = min(self.cfg.batch_size, n)
+        while True:
+            perm = torch.randperm(n, generator=self.gen)
+            for i in range(0, n - bs + 1, bs):  # drop the ragged last batch: fixed shapes
+                idx = perm[i:i + bs]
+                yield split["tokens"][idx], split["labels"][idx]
+
+    @torch.no_grad()
+    def evaluate(self, split_name: str) -> tuple[float, float]:
+        self.model.eval()
+        split = self.data.splits[split_name]
+        correct, loss_sum, n = 0, 0.0, split["labels"].shape[0]
+        for i in range(0, n, self.cfg.eval_batch_size):
+            x = split["tokens"][i:i + self.cfg.eval_batch_size].to(self.device)
+            y = split["labels"][i:i + self.cfg.eval_batch_size].to(self.device)
+            with self.eval_timer.time():
+                logits = self.model(x)
+            self.eval_tokens += x.numel()
+            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            correct += (logits.argmax(-1) == y).sum().item()
+        self.model.train()
+        return correct / n, loss_sum / n
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+        with self.step_timer.time():
+            loss = F.cross_entropy(self.model(x), y)
+            if not torch.isfinite(loss):
+                raise Diverged(f"non-finite training loss {loss.item()}")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.cfg.grad_clip > 0:
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+            self.opt.step()
+            self.sched.step()
+        return loss.item()
+
+    def fit(self, log: Log) -> int:
+        """Train; returns the number of steps done. Raises Diverged / TimeLimit."""
+        cfg, t0 = self.cfg, time.perf_counter()
+        losses: list[float] = []
+        self.model.train()
+        batches = self.batches()
+        for step in range(1, cfg.steps + 1):
+            x, y = next(batches)
+            losses.append(self.train_step(x.to(self.device), y.to(self.device)))
+            log.step(loss=f"{losses[-1]:.3f}")
+            if step % cfg.eval_every == 0 or step == cfg.steps:
+                self.record_eval(step, losses, time.perf_counter() - t0, log)
+                losses = []
+            if cfg.time_limit_min and time.perf_counter() - t0 > cfg.time_limit_min * 60:
+                if losses:
+                    self.record_eval(step, losses, time.perf_counter() - t0, log)
+                raise TimeLimit(f"time limit of {cfg.time_limit_min} min reached at step {step}")
+        return cfg.steps
+
+    def record_eval(self, step: int, losses: list[float], elapsed: float, log: Log) -> None:
+        val_acc, val_loss = self.evaluate("val")
+        row = {"step": step, "lr": self.sched.get_last_lr()[0], "train_loss": float(np.mean(losses)),
+               "val_loss": val_loss, "val_acc": val_acc, "elapsed_s": round(elapsed, 3)}
+        self.curve.append(row)
+        if val_acc > self.best["val_acc"]:
+            self.best = {"val_acc": val_acc, "step": step,
+                         "state": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}}
+        log.line(f"step {step}/{self.cfg.steps}  train_loss {row['train_loss']:.4f}  "
+                 f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  best {self.best['val_acc']:.4f}@{self.best['step']}")
+
+    def test_best(self) -> float | None:
+        if self.best["state"] is None:
+            return None
+        self.model.load_state_dict(self.best["state"])
+        return self.evaluate("test")[0]
+
+
+def write_curve(path: Path, rows: list[dict]) -> None:
+    import io
+
+    buf = io.StringIO()
+    fields = ["step", "lr", "train_loss", "val_loss", "val_acc", "elapsed_s"]
+    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def baselines(data: PreparedData) -> dict:
+    train_labels = data.splits["train"]["labels"]
+    majority = int(torch.bincount(train_labels, minlength=data.num_classes).argmax())
+    test_labels = data.splits["test"]["labels"]
+    return {"chance": 1.0 / data.num_classes, "majority_class": majority,
+            "majority_test_acc": float((test_labels == majority).float().mean())}
+
+
+def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = None) -> dict:
+    """Train one (task, variant, seed) and return its record (also written to ``out_dir``)."""
+    from harness.records import build_record, write_record
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    status, message, trainer, steps_done = "ok", None, None, 0
+    torch.set_num_threads(run["threads"])
+    seed_everything(run["seed"], run["deterministic"])
+    try:
+        device = resolve_device(run["device"])
+    except RuntimeError as exc:
+        device, status, message = torch.device("cpu"), "failed", str(exc)
+    mem = PeakMemory(device)
+    wall0 = time.perf_counter()
+    test_acc = None
+    log = Log(run["train"]["steps"], f"{run['task']['name']}/{run['variant']['name']}/seed{run['seed']}", bar)
+    if status == "ok":
+        try:
+            with mem:
+                trainer = Trainer(run, data, device)
+                steps_done = trainer.fit(log)
+        except Diverged as exc:
+            status, message = "diverged", str(exc)
+        except TimeLimit as exc:
+            status, message = "timeout", str(exc)
+        except Exception as exc:  # noqa: BLE001 -- every outcome becomes a record
+            status = "oom" if is_oom(exc) else "failed"
+            message = f"{type(exc).__name__}: {exc}"
+            log.line(traceback.format_exc())
+        finally:
+            log.close()
+        if trainer is not None and status in ("ok", "diverged", "timeout"):
+            steps_done = steps_done or (trainer.curve[-1]["step"] if trainer.curve else 0)
+            try:
+                test_acc = trainer.test_best()
+            except Exception as exc:  # noqa: BLE001
+                status, message = ("oom" if is_oom(exc) else "failed"), f"testing failed: {type(exc).__name__}: {exc}"
+    if trainer is not None and trainer.best["state"] is not None:
+        atomic_torch_save({"model": trainer.best["state"], "step": trainer.best["step"], "run": run},
+                          out_dir / "best.pt")
+    if trainer is not None:
+        write_curve(out_dir / "curve.csv", trainer.curve)
+    record = build_record(run=run, data=data, status=status, message=message, trainer=trainer,
+                          test_acc=test_acc, steps_done=steps_done, mem=mem, device=device,
+                          wall_s=time.perf_counter() - wall0, baselines=baselines(data))
+    write_record(out_dir / "record.json", record)
+    log.line(f"{record['run_id']}: status {status}"
+             + (f", test accuracy {test_acc:.4f}" if test_acc is not None else "")
+             + (f" ({message})" if message else ""))
+    return record

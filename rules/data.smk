@@ -1,0 +1,15 @@
+# Data preparation: one cached, versioned tensor file per task and data settings.
+# The folder name is a hash of the settings, so changed settings prepare a new file.
+
+
+rule prepare_data:
+    output:
+        "data/{task}/{key}/dataset.pt",
+    params:
+        data=get_data_json,
+    log:
+        "logs/prepare/{task}/{key}.log",
+    conda:
+        "../environment.yml"
+    shell:
+        "attnbench prepare --task {wildcards.task} --data-json {params.data:q} --out {output} > {log} 2>&1"

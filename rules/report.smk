@@ -1,0 +1,29 @@
+# Aggregation of the run records and the report.
+
+
+rule aggregate:
+    input:
+        get_records,
+    output:
+        csv="results/summary.csv",
+        parquet="results/summary.parquet",
+    log:
+        "logs/aggregate.log",
+    conda:
+        "../environment.yml"
+    shell:
+        "attnbench aggregate --records {input} --out {output.csv} > {log} 2>&1"
+
+
+rule report:
+    input:
+        summary="results/summary.csv",
+    output:
+        html="reports/index.html",
+        md="reports/summary.md",
+    log:
+        "logs/report.log",
+    conda:
+        "../environment.yml"
+    shell:
+        "attnbench report --summary {input.summary} --out reports > {log} 2>&1"

@@ -1,0 +1,20 @@
+# Training: one job per (task, variant, seed). The resolved run config is a param, so a
+# change to any setting that affects a run re-runs exactly that run.
+
+
+rule train:
+    input:
+        data=get_dataset,
+    output:
+        "results/runs/{task}/{variant}/seed{seed}/record.json",
+    params:
+        run=get_run_json,
+        outdir=get_run_dir,
+    threads: config["threads"]
+    log:
+        "logs/train/{task}/{variant}/seed{seed}.log",
+    conda:
+        "../environment.yml"
+    shell:
+        "attnbench train --task {wildcards.task} --variant {wildcards.variant} --seed {wildcards.seed} "
+        "--data {input.data} --run-config {params.run:q} --out {params.outdir} --no-progress > {log} 2>&1"

@@ -1,0 +1,117 @@
+"""The task interface, the task registry, and the cached tensor file every task prepares."""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+
+from harness.io import atomic_torch_save
+from harness.registry import Registry
+
+TASKS = Registry("task", "tasks")
+
+#: bump when the layout of prepared tensor files changes; part of every data key
+FORMAT_VERSION = 1
+PAD_ID = 0
+SPLITS = ("train", "val", "test")
+
+
+class DataError(RuntimeError):
+    """Missing or corrupt data; the message names the file and how to obtain it."""
+
+
+@dataclass
+class PreparedData:
+    """What a task's preparation produces: integer token tensors and labels per split."""
+
+    splits: dict[str, dict[str, torch.Tensor]]  # split -> {"tokens": (n, L) int, "labels": (n,) long}
+    seq_len: int
+    vocab_size: int
+    num_classes: int
+    label_names: list[str] = field(default_factory=list)
+    source: str = ""  # human-readable origin of the data, for the record
+    pad_id: int = PAD_ID
+
+    def meta(self) -> dict[str, Any]:
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "splits"}
+        out["sizes"] = {s: int(t["labels"].shape[0]) for s, t in self.splits.items()}
+        return out
+
+
+class Task:
+    """A registered task. Subclasses set the config dataclass and implement ``prepare``."""
+
+    paired: ClassVar[bool] = False
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+
+    @property
+    def name(self) -> str:
+        return self.registered_name  # type: ignore[attr-defined]
+
+    def prepare(self, workdir: Path) -> PreparedData:
+        """Build every split (generating or reading the source); ``workdir`` may hold
+        intermediate files, e.g. the TSVs a generator writes."""
+        raise NotImplementedError
+
+
+def build_task(name: str, params: dict | None = None) -> Task:
+    entry = TASKS.get(name)
+    return entry.cls(TASKS.make_config(name, params))
+
+
+def data_key(task: str, params: dict) -> str:
+    """Short hash naming the cached tensor file of a task's data settings."""
+    cfg = dataclasses.asdict(TASKS.make_config(task, params))
+    blob = json.dumps({"task": task, "params": cfg, "format": FORMAT_VERSION}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:10]
+
+
+def pad_batch(seqs: list[list[int]], seq_len: int, pad_id: int = PAD_ID) -> torch.Tensor:
+    """Right-pad token lists into an (n, seq_len) tensor; a longer sequence is an error."""
+    out = torch.full((len(seqs), seq_len), pad_id, dtype=torch.int64)
+    for i, s in enumerate(seqs):
+        if len(s) > seq_len:
+            raise ValueError(f"sequence {i} has {len(s)} tokens, more than seq_len={seq_len}")
+        out[i, : len(s)] = torch.as_tensor(s, dtype=torch.int64)
+    return out
+
+
+def save_prepared(path: Path, task: str, params: dict, data: PreparedData) -> None:
+    small = torch.int16 if data.vocab_size < 2**15 else torch.int32
+    payload = {
+        "format": FORMAT_VERSION,
+        "task": task,
+        "key": data_key(task, params),
+        "params": dataclasses.asdict(TASKS.make_config(task, params)),
+        "meta": data.meta(),
+        "splits": {s: {"tokens": t["tokens"].to(small), "labels": t["labels"].to(torch.int64)}
+                   for s, t in data.splits.items()},
+    }
+    atomic_torch_save(payload, path)
+
+
+def load_prepared(path: Path, task: str, params: dict) -> PreparedData:
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"prepared data {path} is missing; create it with "
+                        f"`attnbench prepare --task {task} --out {path}` or run snakemake")
+    try:
+        payload = torch.load(path, weights_only=True)
+    except Exception as exc:  # truncated or not a torch file
+        raise DataError(f"prepared data {path} is unreadable ({exc}); delete it and prepare again") from exc
+    want = data_key(task, params)
+    if payload.get("format") != FORMAT_VERSION or payload.get("key") != want:
+        raise DataError(f"prepared data {path} was made with other settings (key {payload.get('key')}, "
+                        f"format {payload.get('format')}; expected key {want}, format {FORMAT_VERSION}); "
+                        "delete it and prepare again")
+    meta = dict(payload["meta"])
+    meta.pop("sizes", None)
+    splits = {s: {"tokens": t["tokens"].long(), "labels": t["labels"]} for s, t in payload["splits"].items()}
+    return PreparedData(splits=splits, **meta)

@@ -1,0 +1,111 @@
+"""Image (LRA): classify an image from its pixel intensities read as a token sequence.
+
+No 2-D structure is given to the model: a H x W grayscale image becomes H*W tokens
+(intensity + 1; 0 is padding). Sources:
+
+- ``digits``: scikit-learn's 8x8 handwritten digits (1,797 real images, intensities
+  0-16), shipped inside the installed package, so it works offline. 64 tokens.
+- ``cifar10``: CIFAR-10 through Hugging Face ``datasets`` (a hub id such as
+  ``uoft-cs/cifar10`` or a local folder of its parquet/image files), converted to
+  grayscale as LRA does (ITU-R 601 luma, rounded to 0-255): 32 x 32 = 1,024 tokens,
+  train[:90%] / train[90%:] / test, as LRA's 45k / 5k / 10k.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from harness.registry import param
+from tasks.base import TASKS, DataError, PreparedData, Task
+
+# tf.image.rgb_to_grayscale weights, as LRA's input pipeline uses
+LUMA = np.array([0.2989, 0.5870, 0.1140])
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    """Images as pixel-intensity token sequences."""
+
+    source: Literal["digits", "cifar10"] = param("digits", "digits: scikit-learn's 8x8 digits (offline); cifar10: CIFAR-10 via `datasets`")
+    path: str = param("uoft-cs/cifar10", "cifar10 only: a Hugging Face dataset id, or a local folder with its files")
+    val_fraction: float = param(0.1, "share of the training split held out for validation (LRA: 0.1)", exclusiveMinimum=0.0, maximum=0.5)
+    test_fraction: float = param(0.2, "digits only (it has no test split): share held out for testing", exclusiveMinimum=0.0, maximum=0.5)
+    max_train: int = param(0, "use at most this many training images (0 = all)", minimum=0)
+    data_seed: int = param(0, "seed of the digits split")
+
+
+def to_grayscale(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) uint8 RGB -> (...) uint8 luma, rounded as TF's float->uint8 conversion does."""
+    if rgb.ndim == 2:
+        return rgb.astype(np.uint8)
+    return np.clip(np.rint(rgb[..., :3].astype(np.float64) @ LUMA), 0, 255).astype(np.uint8)
+
+
+def _digits() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    return {"all": d.data.astype(np.int64)}, {"all": d.target.astype(np.int64)}, 16
+
+
+def _cifar10(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(str(path))  # a hub id, or a local folder of its files
+    except Exception as exc:
+        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
+        raise DataError(
+            f"could not load CIFAR-10 from {path!r} ({type(exc).__name__}: {exc}). "
+            + ("Offline mode is on (HF_HUB_OFFLINE=1): " if offline else "")
+            + "download it once with `python -c \"import datasets; datasets.load_dataset('uoft-cs/cifar10')\"` "
+            "on a machine with network access (it lands in the Hugging Face cache), "
+            "or set tasks.image.data.path to a local folder holding its train/test parquet files") from exc
+    images, labels = {}, {}
+    for split in ("train", "test"):
+        if split not in ds:
+            raise DataError(f"CIFAR-10 at {path!r} has no {split!r} split (found {list(ds)})")
+        part = ds[split]
+        col = next((c for c in ("img", "image") if c in part.column_names), None)
+        if col is None or "label" not in part.column_names:
+            raise DataError(f"CIFAR-10 at {path!r}: expected an 'img' (or 'image') and a 'label' column, "
+                            f"found {part.column_names}")
+        pixels = [to_grayscale(np.asarray(im.convert("RGB"))).reshape(-1) for im in part[col]]
+        images[split] = np.stack(pixels).astype(np.int64)
+        labels[split] = np.asarray(part["label"], dtype=np.int64)
+    return images, labels, 255
+
+
+@TASKS.register("image", ImageConfig)
+class Image(Task):
+    """Image: pixel-intensity sequences, 10 classes (LRA uses grayscale CIFAR-10)."""
+
+    def prepare(self, workdir: Path) -> PreparedData:
+        cfg = self.cfg
+        if cfg.source == "digits":
+            images, labels, max_value = _digits()
+            order = np.random.default_rng(cfg.data_seed).permutation(len(labels["all"]))
+            n = len(order)
+            n_test, n_val = round(n * cfg.test_fraction), round(n * cfg.val_fraction)
+            parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
+            x = {s: images["all"][idx] for s, idx in parts.items()}
+            y = {s: labels["all"][idx] for s, idx in parts.items()}
+            source = "scikit-learn digits (8x8, UCI optical recognition test set)"
+        else:
+            images, labels, max_value = _cifar10(cfg.path)
+            n_train = len(labels["train"])
+            cut = n_train - round(n_train * cfg.val_fraction)  # LRA: train[:90%], train[90%:]
+            x = {"train": images["train"][:cut], "val": images["train"][cut:], "test": images["test"]}
+            y = {"train": labels["train"][:cut], "val": labels["train"][cut:], "test": labels["test"]}
+            source = f"CIFAR-10 grayscale from {cfg.path}"
+        if cfg.max_train:
+            x["train"], y["train"] = x["train"][: cfg.max_train], y["train"][: cfg.max_train]
+        splits = {s: {"tokens": torch.from_numpy(x[s] + 1), "labels": torch.from_numpy(y[s])}
+                  for s in ("train", "val", "test")}
+        return PreparedData(splits=splits, seq_len=int(x["train"].shape[1]), vocab_size=max_value + 2,
+                            num_classes=10, label_names=[str(i) for i in range(10)], source=source)

@@ -1,0 +1,208 @@
+"""ListOps (LRA): nested MIN/MAX/MED/SM expressions over digits, label = the value (0-9).
+
+A seeded re-implementation of LRA's generator (``lra_benchmarks/data/listops.py``), with
+the LRA release TSV format (``Source``/``Target`` header, fully parenthesised trees) as
+its on-disk form: generated data is written as TSVs and read back through the same
+reader that reads the real ``listops-1000/basic_{train,val,test}.tsv`` files.
+
+Determinism: one ``random.Random(seed)`` drives everything, and de-duplication keeps the
+first occurrence in generation order (a dict, not a set), so neither hash seeds nor set
+ordering change the output.
+"""
+from __future__ import annotations
+
+import csv
+import random
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Literal, Union
+
+import torch
+
+from harness.registry import param
+from tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, pad_batch
+
+OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
+END = "]"
+# fixed vocabulary: pad, unknown, operators, closing bracket, digits (LRA renames "]" to "X")
+VOCAB = ("<pad>", "<unk>", *OPERATORS, END, *(str(d) for d in range(10)))
+TOKEN_ID = {t: i for i, t in enumerate(VOCAB)}
+
+Tree = Union[int, str, tuple]
+
+
+@dataclass(frozen=True)
+class ListOpsConfig:
+    """ListOps data: generated (LRA's specification) or read from LRA release TSVs."""
+
+    source: Literal["generate", "files"] = param("generate", "generate with the seeded generator, or read LRA release TSVs from `path`")
+    path: str = param("", "folder with {prefix}_{train,val,test}.tsv (source: files), e.g. lra_release/listops-1000")
+    prefix: str = param("basic", "file name prefix of the TSVs")
+    n_train: int = param(96_000, "generated training examples", minimum=1)
+    n_val: int = param(2_000, "generated validation examples", minimum=1)
+    n_test: int = param(2_000, "generated test examples", minimum=1)
+    min_length: int = param(500, "keep trees with more tokens than this (strict, as LRA)", minimum=0)
+    max_length: int = param(2_000, "keep trees with fewer tokens than this (strict, as LRA); also the padded length", minimum=2)
+    max_depth: int = param(10, "maximum nesting depth of the tree (the root is depth 1)", minimum=1)
+    max_args: int = param(10, "maximum number of arguments of an operator (at least 2)", minimum=2)
+    value_p: float = param(0.25, "probability that a node below max_depth is an operator", minimum=0.0, maximum=1.0)
+    data_seed: int = param(0, "seed of the generator (the training seed does not change the data)")
+
+
+class _TooLong(Exception):
+    pass
+
+
+def generate_tree(rng: random.Random, cfg: ListOpsConfig, depth: int = 1, budget: int | None = None) -> tuple[Tree, int]:
+    """One random tree and its token count (operators, digits and closing brackets).
+
+    Draw order follows LRA: leaf-or-operator, number of arguments, each argument, then
+    the operator. Trees that exceed ``budget`` tokens are abandoned early (they would be
+    rejected anyway), which keeps short-sequence generation fast.
+    """
+    r = rng.random() if depth < cfg.max_depth else 1.0
+    if r > cfg.value_p:
+        return rng.randrange(10), 1
+    n_args = rng.randint(2, cfg.max_args)
+    length = 2
+    args = []
+    for _ in range(n_args):
+        sub, sub_len = generate_tree(rng, cfg, depth + 1, None if budget is None else budget - length)
+        args.append(sub)
+        length += sub_len
+        if budget is not None and length > budget:
+            raise _TooLong
+    tree: Tree = (rng.choice(OPERATORS), args[0])
+    for a in args[1:]:
+        tree = (tree, a)
+    return (tree, END), length
+
+
+def to_string(tree: Tree) -> str:
+    """LRA's printed form: every pair wrapped in parentheses, e.g. ``( ( ( [MAX 4 ) 5 ) ] )``."""
+    if isinstance(tree, tuple):
+        return f"( {to_string(tree[0])} {to_string(tree[1])} )"
+    return str(tree)
+
+
+def apply_op(op: str, args: list[int]) -> int:
+    if op == "[MIN":
+        return min(args)
+    if op == "[MAX":
+        return max(args)
+    if op == "[MED":
+        return int(statistics.median(args))  # as int(np.median): mean of the middle two, truncated
+    if op == "[SM":
+        return sum(args) % 10
+    raise ValueError(f"unknown ListOps operator {op!r}")
+
+
+def evaluate_tree(tree: Tree) -> int:
+    """Value of a pair-nested tree (the generator's own evaluator)."""
+
+    def walk(t: Tree):
+        if not isinstance(t, tuple):
+            return t
+        left, right = walk(t[0]), walk(t[1])
+        if left in OPERATORS:
+            return (left, [right])
+        if right == END:
+            return apply_op(left[0], left[1])
+        return (left[0], left[1] + [right])
+
+    return walk(tree)
+
+
+def generate(n: int, rng: random.Random, cfg: ListOpsConfig, seen: dict[str, int]) -> list[tuple[str, int]]:
+    """``n`` new distinct (source, target) rows with min_length < length < max_length."""
+    rows: list[tuple[str, int]] = []
+    attempts, max_attempts = 0, 200 * n + 10_000
+    while len(rows) < n:
+        attempts += 1
+        if attempts > max_attempts:
+            raise ValueError(
+                f"ListOps: only {len(seen)} distinct trees after {attempts} draws with min_length="
+                f"{cfg.min_length}, max_length={cfg.max_length}, max_depth={cfg.max_depth}; "
+                "widen the length bounds or ask for fewer examples")
+        try:
+            tree, length = generate_tree(rng, cfg, budget=cfg.max_length)
+        except _TooLong:
+            continue
+        if not cfg.min_length < length < cfg.max_length:
+            continue
+        text = to_string(tree)
+        if text in seen:
+            continue
+        seen[text] = value = evaluate_tree(tree)
+        rows.append((text, value))
+    return rows
+
+
+def write_tsv(path: Path, rows: list[tuple[str, int]]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f, delimiter="\t")
+        w.writerow(["Source", "Target"])
+        w.writerows(rows)
+
+
+def read_tsv(path: Path) -> Iterator[tuple[str, int]]:
+    """Rows of an LRA ListOps TSV (header ``Source<TAB>Target``)."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(
+            f"ListOps file {path} is missing. The LRA release has it under "
+            "lra_release/listops-1000/ (download lra_release.gz from the LRA repository, "
+            "google-research/long-range-arena), or use source: generate")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = next(reader, None)
+        if header != ["Source", "Target"]:
+            raise DataError(f"{path}: expected the header 'Source<TAB>Target', found {header!r}")
+        for lineno, row in enumerate(reader, start=2):
+            if len(row) != 2:
+                raise DataError(f"{path}:{lineno}: expected 2 tab-separated columns, found {len(row)}")
+            yield row[0], int(row[1])
+
+
+def tokenize(source: str) -> list[int]:
+    """LRA's preprocessing: drop parentheses; operators, ``]`` and digits become tokens."""
+    return [TOKEN_ID.get(t, TOKEN_ID["<unk>"]) for t in source.split() if t not in ("(", ")")]
+
+
+@TASKS.register("listops", ListOpsConfig)
+class ListOps(Task):
+    """ListOps: hierarchical MIN/MAX/MED/SM expressions, 10 classes (LRA)."""
+
+    def split_files(self, folder: Path) -> dict[str, Path]:
+        return {s: Path(folder) / f"{self.cfg.prefix}_{s}.tsv" for s in SPLITS}
+
+    def write_generated(self, folder: Path) -> dict[str, Path]:
+        """Generate the three splits and write them as LRA TSVs into ``folder``."""
+        cfg = self.cfg
+        rng, seen = random.Random(cfg.data_seed), {}
+        files = self.split_files(folder)
+        for split, n in zip(SPLITS, (cfg.n_train, cfg.n_val, cfg.n_test)):
+            write_tsv(files[split], generate(n, rng, cfg, seen))
+        return files
+
+    def prepare(self, workdir: Path) -> PreparedData:
+        if self.cfg.source == "generate":
+            files = self.write_generated(Path(workdir))
+            source = f"generated (seed {self.cfg.data_seed}), LRA specification"
+        else:
+            if not self.cfg.path:
+                raise DataError("listops source 'files' needs `path`: the folder holding "
+                                f"{self.cfg.prefix}_{{train,val,test}}.tsv")
+            files = self.split_files(Path(self.cfg.path))
+            source = f"LRA release files in {self.cfg.path}"
+        seq_len = self.cfg.max_length
+        splits = {}
+        for split, path in files.items():
+            rows = list(read_tsv(path))
+            seqs = [tokenize(s)[:seq_len] for s, _ in rows]
+            splits[split] = {"tokens": pad_batch(seqs, seq_len),
+                             "labels": torch.tensor([t for _, t in rows], dtype=torch.int64)}
+        return PreparedData(splits=splits, seq_len=seq_len, vocab_size=len(VOCAB), num_classes=10,
+                            label_names=[str(d) for d in range(10)], source=source)

@@ -1,0 +1,14 @@
+"""Attention variants: one file per mechanism, each registered in ``VARIANTS``.
+
+Every module in this package is imported on first use of the registry, so adding a
+variant means adding one file.
+"""
+from variants.base import VARIANTS, Attention
+
+__all__ = ["VARIANTS", "Attention", "build_attention"]
+
+
+def build_attention(name: str, dim: int, heads: int, params: dict | None = None, dropout: float = 0.0) -> Attention:
+    """An attention layer of the registered variant ``name`` with its hyper-parameters."""
+    entry = VARIANTS.get(name)
+    return entry.cls(dim=dim, heads=heads, cfg=VARIANTS.make_config(name, params), dropout=dropout)

@@ -1,0 +1,60 @@
+"""The interface every attention variant implements, and the variant registry."""
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from harness.registry import Registry
+
+VARIANTS = Registry("variant", "variants")
+
+
+class Attention(nn.Module):
+    """A whole multi-head self-attention layer (projections included).
+
+    ``forward(x: (B, N, D), key_padding_mask: (B, N) bool, True = real token) -> (B, N, D)``.
+
+    The default ``forward`` projects to per-head queries, keys and values of shape
+    (B, H, N, D/H), calls ``attend`` and projects back. A variant that projects
+    differently (shared QK, projections along the length) overrides ``forward``.
+
+    Capability flags (class attributes) let the harness and tests treat variants
+    uniformly instead of branching on names.
+    """
+
+    supports_padding_mask: ClassVar[bool] = True
+    #: how time and memory grow with sequence length N, for the report
+    complexity: ClassVar[str] = "O(N^2)"
+    #: True when the output equals full softmax attention (up to rounding)
+    exact: ClassVar[bool] = False
+
+    def __init__(self, dim: int, heads: int, cfg, dropout: float = 0.0):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"model dim {dim} is not divisible by heads {heads}")
+        self.dim, self.heads, self.head_dim = dim, heads, dim // heads
+        self.cfg = cfg
+        self.dropout = dropout
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        o = self.attend(q, k, v, key_padding_mask)
+        return self.out(o.transpose(1, 2).reshape(b, n, d))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, H, N, Dh) x3 + (B, N) bool mask -> (B, H, N, Dh)."""
+        raise NotImplementedError
+
+    def projection_flops(self, batch: int, seq_len: int) -> int:
+        """Multiply-adds x2 of the input and output projections."""
+        return 2 * batch * seq_len * (3 * self.dim * self.dim + self.dim * self.dim)
+
+    def flops(self, batch: int, seq_len: int) -> int:
+        """Analytic forward FLOPs of the layer for one (batch, seq_len) shape."""
+        raise NotImplementedError

@@ -1,0 +1,34 @@
+"""Full softmax attention through ``torch.nn.functional.scaled_dot_product_attention``."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from variants.base import VARIANTS, Attention
+
+
+@dataclass(frozen=True)
+class FullConfig:
+    """Full attention has no hyper-parameters of its own."""
+
+
+@VARIANTS.register("full", FullConfig)
+class FullAttention(Attention):
+    """Full softmax attention (SDPA: flash/efficient kernels where available)."""
+
+    complexity = "O(N^2) time; O(N) memory with fused kernels"
+    exact = True
+
+    def attend(self, q, k, v, key_padding_mask):
+        mask = None
+        if key_padding_mask is not None and not bool(key_padding_mask.all()):
+            mask = key_padding_mask[:, None, None, :]  # (B, 1, 1, N), True = attend
+        p = self.dropout if self.training else 0.0
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+
+    def flops(self, batch: int, seq_len: int) -> int:
+        # QK^T and PV: 2 matmuls of N x N x Dh per head, 2 FLOPs per multiply-add
+        attn = 2 * 2 * batch * self.heads * seq_len * seq_len * self.head_dim
+        return attn + self.projection_flops(batch, seq_len)
