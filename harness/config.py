@@ -91,7 +91,7 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({_JSON_TYPES.get(type(value), type(value).__name__)})"
 
 
-def _format_error(err, schema_root: dict) -> str:
+def _format_error(err) -> str:
     path = ".".join(str(p) for p in err.absolute_path)
     where = f"'{path}'" if path else "the top level"
     sub = err.schema
@@ -144,10 +144,13 @@ def _normalise(config: dict) -> dict:
 
 
 def apply_defaults(schema: dict, instance: Any) -> Any:
+    """Fill in missing keys from the schema's defaults, recursively. Under a registry
+    section (variants, tasks) only the entries the config names are filled, never added."""
     if not isinstance(instance, dict):
         return instance
+    is_registry = "x-registry" in schema
     for key, prop in schema.get("properties", {}).items():
-        if key not in instance and "default" in prop:
+        if key not in instance and "default" in prop and not is_registry:
             instance[key] = copy.deepcopy(prop["default"])
         if key in instance:
             apply_defaults(prop, instance[key])
@@ -162,7 +165,7 @@ def validate_config(config: dict) -> dict:
     errors = sorted(Draft202012Validator(schema).iter_errors(normalised),
                     key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
-        lines = sorted({_format_error(e, schema) for e in errors})
+        lines = sorted({_format_error(e) for e in errors})
         raise ConfigError("invalid attnbench config:\n  - " + "\n  - ".join(lines))
     apply_defaults(schema, normalised)
     for section, params in normalised["tasks"].items():  # model dim/heads compatibility

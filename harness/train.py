@@ -138,6 +138,7 @@ class Trainer:
         self.eval_tokens = 0
         self.curve: list[dict] = []
         self.best = {"val_acc": -1.0, "step": None, "state": None}
+        self.step = 0  # the step being run (or last finished)
 
     def batches(self):
         """Endless shuffled training batches (a new permutation every epoch)."""
@@ -186,6 +187,7 @@ class Trainer:
         self.model.train()
         batches = self.batches()
         for step in range(1, cfg.steps + 1):
+            self.step = step
             x, y = next(batches)
             losses.append(self.train_step(x.to(self.device), y.to(self.device)))
             log.step(loss=f"{losses[-1]:.3f}")
@@ -268,7 +270,8 @@ def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = N
         finally:
             log.close()
         if trainer is not None and status in ("ok", "diverged", "timeout"):
-            steps_done = steps_done or (trainer.curve[-1]["step"] if trainer.curve else 0)
+            # a diverged run did not complete the step it diverged in
+            steps_done = steps_done or (trainer.step - (status == "diverged"))
             try:
                 test_acc = trainer.test_best()
             except Exception as exc:  # noqa: BLE001

@@ -201,7 +201,12 @@ class ListOps(Task):
         splits = {}
         for split, path in files.items():
             rows = list(read_tsv(path))
-            seqs = [tokenize(s)[:seq_len] for s, _ in rows]
+            seqs = [tokenize(s) for s, _ in rows]
+            longest = max((len(q) for q in seqs), default=0)
+            if longest > seq_len:  # a cut expression no longer matches its label
+                n_long = sum(len(q) > seq_len for q in seqs)
+                raise DataError(f"{path}: {n_long} rows have more than max_length={seq_len} tokens "
+                                f"(longest {longest}); raise tasks.listops.data.max_length")
             splits[split] = {"tokens": pad_batch(seqs, seq_len),
                              "labels": torch.tensor([t for _, t in rows], dtype=torch.int64)}
         return PreparedData(splits=splits, seq_len=seq_len, vocab_size=len(VOCAB), num_classes=10,

@@ -1,0 +1,67 @@
+"""Shared helpers for the unit tests: a tiny pipeline config and torch global-state hygiene."""
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import pytest
+import torch
+
+# Small enough that preparing the data and training take well under a second.
+TINY_CONFIG = {
+    "seeds": [0],
+    "variants": {"full": {}},
+    "tasks": {"listops": {"data": {"n_train": 200, "n_val": 50, "n_test": 50,
+                                   "min_length": 0, "max_length": 24, "max_depth": 3}}},
+    "model": {"layers": 1, "dim": 16, "heads": 2, "mlp_dim": 32},
+    "train": {"steps": 10, "eval_every": 5, "batch_size": 16, "eval_batch_size": 64, "warmup_steps": 2},
+}
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def tiny_config(**override) -> dict:
+    """A fresh copy of ``TINY_CONFIG`` with sections deep-merged from ``override``."""
+    return _merge(TINY_CONFIG, override)
+
+
+def tiny_run(seed: int = 0, **override) -> dict:
+    """The resolved run config of the tiny listops/full run."""
+    from harness.config import resolve_run, validate_config
+
+    return resolve_run(validate_config(tiny_config(**override)), "listops", "full", seed)
+
+
+@contextlib.contextmanager
+def torch_state_restored():
+    """``train_run`` sets torch's thread count and deterministic mode process-wide."""
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+@pytest.fixture(autouse=True)
+def _restore_torch_state():
+    with torch_state_restored():
+        yield
+
+
+@pytest.fixture(scope="session")
+def tiny_listops_data(tmp_path_factory):
+    """PreparedData of the tiny listops config (generated once per session)."""
+    from tasks.base import build_task
+
+    run = tiny_run()
+    return build_task("listops", run["task"]["data"]).prepare(tmp_path_factory.mktemp("tiny_listops"))

@@ -1,0 +1,222 @@
+"""Every registered attention variant: shapes, gradients, padding; exact ones against the reference.
+
+Tests iterate over the registry, so a new variant file is tested without editing this file.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from harness.registry import UnknownNameError
+from variants import VARIANTS, Attention, build_attention
+from variants.reference import explicit_softmax_attention
+
+ENTRIES = list(VARIANTS)
+IDS = [e.name for e in ENTRIES]
+EXACT = [e for e in ENTRIES if e.cls.exact]
+PADDABLE = [e for e in ENTRIES if e.cls.supports_padding_mask]
+
+DIM, HEADS, BATCH, N = 16, 2, 3, 12
+
+
+def make(entry, dtype=torch.float64, seed=0) -> Attention:
+    torch.manual_seed(seed)
+    return build_attention(entry.name, DIM, HEADS).to(dtype).eval()
+
+
+def randn(*shape, seed=1, dtype=torch.float64):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def lengths_mask(lengths, n):
+    return torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def test_registry_is_not_empty_and_has_full():
+    assert "full" in IDS
+    assert any(e.cls.exact for e in ENTRIES)
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_entry_metadata(entry):
+    assert issubclass(entry.cls, Attention)
+    assert entry.description, f"{entry.name}: the class needs a docstring (its first line is the description)"
+    assert isinstance(entry.cls.complexity, str) and entry.cls.complexity
+    layer = make(entry)
+    try:
+        flops = layer.flops(2, 32)
+    except NotImplementedError:
+        return
+    assert isinstance(flops, int) and flops > 0
+    assert layer.flops(2, 64) > flops and layer.flops(4, 32) > flops
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_output_shape(entry, dtype):
+    layer = make(entry, dtype)
+    x = randn(BATCH, N, DIM, dtype=dtype)
+    out = layer(x)
+    assert out.shape == (BATCH, N, DIM) and out.dtype == dtype
+    assert torch.isfinite(out).all()
+    if entry.cls.supports_padding_mask:
+        out = layer(x, lengths_mask([N, N - 3, 2], N))
+        assert out.shape == (BATCH, N, DIM)
+        assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_gradients_finite_for_every_parameter(entry):
+    layer = make(entry, torch.float32).train()
+    x = randn(BATCH, N, DIM, dtype=torch.float32).requires_grad_()
+    mask = lengths_mask([N, N - 4, 5], N) if entry.cls.supports_padding_mask else None
+    out = layer(x, mask)
+    (out * randn(*out.shape, seed=2, dtype=torch.float32)).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None, f"{entry.name}: parameter {name} gets no gradient"
+        assert torch.isfinite(p.grad).all(), f"{entry.name}: non-finite gradient for {name}"
+        assert p.grad.abs().sum() > 0, f"{entry.name}: zero gradient for {name}"
+
+
+@pytest.mark.parametrize("entry", PADDABLE, ids=[e.name for e in PADDABLE])
+def test_padding_invariance(entry):
+    """Appending padded positions (mask False) leaves the real tokens' outputs unchanged."""
+    layer = make(entry)
+    x = randn(BATCH, N, DIM)
+    ref = layer(x, torch.ones(BATCH, N, dtype=torch.bool))
+    ref_nomask = layer(x)
+    torch.testing.assert_close(ref, ref_nomask, rtol=0, atol=1e-10)
+    for pad in (1, 7):
+        junk = randn(BATCH, pad, DIM, seed=10 + pad) * 100  # whatever sits in the padding must not matter
+        xp = torch.cat([x, junk], dim=1)
+        mask = torch.cat([torch.ones(BATCH, N, dtype=torch.bool), torch.zeros(BATCH, pad, dtype=torch.bool)], 1)
+        out = layer(xp, mask)
+        torch.testing.assert_close(out[:, :N], ref, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("entry", PADDABLE, ids=[e.name for e in PADDABLE])
+def test_padding_per_batch_element(entry):
+    """Ragged lengths in one batch: each element's real outputs equal running it alone, unpadded."""
+    layer = make(entry)
+    lengths = [N, 5, 9]
+    x = randn(BATCH, N, DIM)
+    out = layer(x, lengths_mask(lengths, N))
+    for b, n in enumerate(lengths):
+        alone = layer(x[b:b + 1, :n])
+        torch.testing.assert_close(out[b:b + 1, :n], alone, rtol=0, atol=1e-10)
+
+
+# ---------------------------------------------------------------- the reference, anchored by hand
+
+def test_explicit_reference_hand_computed():
+    q = torch.tensor([[1.0, 0.0], [0.0, 1.0]], dtype=torch.float64)[None, None]
+    k = torch.tensor([[1.0, 0.0], [1.0, 1.0]], dtype=torch.float64)[None, None]
+    v = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=torch.float64)[None, None]
+    # row 0: scores (1, 1)/sqrt(2) -> equal weights; row 1: scores (0, 1)/sqrt(2)
+    e0, e1 = math.exp(0.0), math.exp(1.0 / math.sqrt(2.0))
+    p = e1 / (e0 + e1)
+    expected = torch.tensor([[2.0, 3.0], [(1 - p) * 1 + p * 3, (1 - p) * 2 + p * 4]], dtype=torch.float64)
+    out = explicit_softmax_attention(q, k, v)
+    assert out.shape == (1, 1, 2, 2)
+    torch.testing.assert_close(out[0, 0], expected, rtol=0, atol=1e-12)
+    # key 1 masked: every query sees only value 0
+    out = explicit_softmax_attention(q, k, v, key_padding_mask=torch.tensor([[True, False]]))
+    torch.testing.assert_close(out[0, 0], torch.tensor([[1.0, 2.0], [1.0, 2.0]], dtype=torch.float64), rtol=0, atol=1e-12)
+    # causal mask: query 0 sees key 0 only, query 1 sees both
+    causal = torch.tensor([[True, False], [True, True]])
+    out = explicit_softmax_attention(q, k, v, attn_mask=causal)
+    torch.testing.assert_close(out[0, 0], torch.stack([v[0, 0, 0], expected[1]]), rtol=0, atol=1e-12)
+    # no key at all: zeros, not NaN
+    out = explicit_softmax_attention(q, k, v, key_padding_mask=torch.tensor([[False, False]]))
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+# ---------------------------------------------------------------- exact variants
+
+def _qkv(n=N, seed=3):
+    shape = (BATCH, HEADS, n, DIM // HEADS)
+    return randn(*shape, seed=seed), randn(*shape, seed=seed + 1), randn(*shape, seed=seed + 2)
+
+
+@pytest.mark.parametrize("entry", EXACT, ids=[e.name for e in EXACT])
+def test_exact_attend_equals_reference(entry):
+    layer = make(entry)
+    q, k, v = _qkv()
+    masks = {
+        "none": None,
+        "all-real": torch.ones(BATCH, N, dtype=torch.bool),
+        "ragged": lengths_mask([N, 7, 1], N),
+        "holes": torch.rand(BATCH, N, generator=torch.Generator().manual_seed(5)) > 0.4,
+    }
+    masks["holes"][:, 0] = True
+    for name, mask in masks.items():
+        got = layer.attend(q, k, v, mask)
+        want = explicit_softmax_attention(q, k, v, key_padding_mask=mask)
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10, msg=lambda m: f"mask {name}: {m}")
+
+
+@pytest.mark.parametrize("entry", EXACT, ids=[e.name for e in EXACT])
+def test_exact_attend_fully_masked_row_is_zero(entry):
+    """A batch element without any real key gives zeros, as the reference defines (not NaN)."""
+    layer = make(entry)
+    q, k, v = _qkv()
+    mask = lengths_mask([N, 0, 4], N)
+    got = layer.attend(q, k, v, mask)
+    torch.testing.assert_close(got, explicit_softmax_attention(q, k, v, key_padding_mask=mask), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("entry", EXACT, ids=[e.name for e in EXACT])
+def test_exact_module_forward_equals_manual(entry):
+    layer = make(entry)
+    if not (isinstance(getattr(layer, "qkv", None), nn.Linear) and isinstance(getattr(layer, "out", None), nn.Linear)):
+        pytest.skip(f"{entry.name} does not use the standard fused qkv/out projections")
+    x = randn(BATCH, N, DIM, seed=7)
+    mask = lengths_mask([N, 8, 3], N)
+    dh = DIM // HEADS
+    W, b = layer.qkv.weight, layer.qkv.bias
+
+    def heads(t):  # (B, N, D) -> (B, H, N, Dh), head h = features [h*Dh, (h+1)*Dh)
+        return t.reshape(BATCH, N, HEADS, dh).transpose(1, 2)
+
+    with torch.no_grad():
+        q = heads(x @ W[:DIM].T + b[:DIM])
+        k = heads(x @ W[DIM:2 * DIM].T + b[DIM:2 * DIM])
+        v = heads(x @ W[2 * DIM:].T + b[2 * DIM:])
+        for m in (None, mask):
+            o = explicit_softmax_attention(q, k, v, key_padding_mask=m)
+            manual = o.transpose(1, 2).reshape(BATCH, N, DIM) @ layer.out.weight.T + layer.out.bias
+            torch.testing.assert_close(layer(x, m), manual, rtol=0, atol=1e-10)
+
+        # and against torch's own multi-head attention with the same weights
+        mha = nn.MultiheadAttention(DIM, HEADS, batch_first=True, dtype=torch.float64).eval()
+        mha.in_proj_weight.copy_(W)
+        mha.in_proj_bias.copy_(b)
+        mha.out_proj.weight.copy_(layer.out.weight)
+        mha.out_proj.bias.copy_(layer.out.bias)
+        want, _ = mha(x, x, x, key_padding_mask=~mask, need_weights=False)
+        torch.testing.assert_close(layer(x, mask), want, rtol=0, atol=1e-10)
+
+
+# ---------------------------------------------------------------- construction errors
+
+def test_unknown_variant_lists_known_names():
+    with pytest.raises(UnknownNameError) as info:
+        build_attention("no-such-attention", DIM, HEADS)
+    msg = str(info.value)
+    assert "no-such-attention" in msg
+    for name in IDS:
+        assert name in msg
+    assert isinstance(info.value, KeyError)
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
+def test_unknown_parameter_and_bad_heads_rejected(entry):
+    with pytest.raises(ValueError) as info:
+        build_attention(entry.name, DIM, HEADS, {"no_such_param": 1})
+    assert "no_such_param" in str(info.value)
+    with pytest.raises(ValueError, match="divisible"):
+        build_attention(entry.name, 10, 3)
