@@ -14,7 +14,7 @@ COLUMNS = [
     "chance_acc", "majority_test_acc", "steps_done", "steps_planned", "wall_s",
     "train_steps_per_s", "train_tokens_per_s", "eval_tokens_per_s", "peak_memory_mb",
     "peak_memory_reserved_mb", "peak_memory_method", "params", "attention_flops_fwd",
-    "seq_len", "batch_size", "device", "device_name", "torch_threads", "torch", "git_commit",
+    "seq_len", "batch_size", "device", "device_name", "torch_threads", "torch", "cuda", "python", "host", "git_commit",
     "git_dirty", "config_hash", "record",
 ]
 
@@ -37,7 +37,8 @@ def record_row(record: dict, path: Path) -> dict:
         "attention_flops_fwd": eff["attention_flops_fwd"],
         "seq_len": record["data"]["seq_len"], "batch_size": record["config"]["train"]["batch_size"],
         "device": env["device"], "device_name": env["device_name"], "torch_threads": env["torch_threads"],
-        "torch": env["torch"], "git_commit": env["git"]["commit"], "git_dirty": env["git"]["dirty"],
+        "torch": env["torch"], "cuda": env["cuda"], "python": env["python"], "host": env["host"],
+        "git_commit": env["git"]["commit"], "git_dirty": env["git"]["dirty"],
         "config_hash": record["config_hash"], "record": str(path),
     }
 

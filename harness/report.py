@@ -19,7 +19,7 @@ import seaborn as sns  # noqa: E402
 
 from harness.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 
-ENV_COLUMNS = ["device", "device_name", "torch", "torch_threads", "git_commit", "git_dirty"]
+ENV_COLUMNS = ["host", "device", "device_name", "torch_threads", "python", "torch", "cuda", "git_commit", "git_dirty"]
 
 
 def _pct(x: float) -> str:
