@@ -107,14 +107,7 @@ def _format_error(err) -> str:
         return f"unknown key {keys}; allowed keys under {where}: {', '.join(allowed)}"
     if kind == "type":
         expected = sub["type"] if isinstance(sub["type"], str) else " or ".join(sub["type"])
-        hint = ""
-        if expected in ("number", "integer") and isinstance(err.instance, str):
-            try:
-                float(err.instance)
-                hint = " (YAML reads forms like 1e-3 as text: write 1.0e-3 or 0.001)"
-            except ValueError:
-                pass
-        return f"{where} is {_describe(err.instance)}; expected {expected}{hint}"
+        return f"{where} is {_describe(err.instance)}; expected {expected}"
     if kind == "enum":
         return f"{where} is {err.instance!r}; allowed: {', '.join(map(str, sub['enum']))}"
     if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
@@ -143,6 +136,30 @@ def _normalise(config: dict) -> dict:
     return config
 
 
+def _to_number(value: str, kind: str) -> Any:
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if kind == "integer":
+        return int(number) if number.is_integer() else value
+    return number
+
+
+def coerce_numbers(schema: dict, instance: Any) -> Any:
+    """Numbers written as text become numbers where the schema wants one: YAML reads
+    ``1e-3`` as a string, and ``snakemake --config seeds=[1,2]`` passes strings."""
+    kind = schema.get("type")
+    if isinstance(instance, str) and kind in ("number", "integer"):
+        return _to_number(instance.strip(), kind)
+    if isinstance(instance, list) and "items" in schema:
+        return [coerce_numbers(schema["items"], v) for v in instance]
+    if isinstance(instance, dict):
+        props = schema.get("properties", {})
+        return {k: coerce_numbers(props[k], v) if k in props else v for k, v in instance.items()}
+    return instance
+
+
 def apply_defaults(schema: dict, instance: Any) -> Any:
     """Fill in missing keys from the schema's defaults, recursively. Under a registry
     section (variants, tasks) only the entries the config names are filled, never added."""
@@ -161,7 +178,7 @@ def validate_config(config: dict) -> dict:
     """Validate, fill in defaults and return the config (``config`` itself is updated too,
     so a Snakefile can pass its global ``config``)."""
     schema = build_schema()
-    normalised = _normalise(config)
+    normalised = coerce_numbers(schema, _normalise(config))
     errors = sorted(Draft202012Validator(schema).iter_errors(normalised),
                     key=lambda e: [str(p) for p in e.absolute_path])
     if errors:

@@ -121,12 +121,13 @@ def test_all_problems_are_reported_at_once():
     assert len([line for line in msg.splitlines() if line.strip().startswith("- ")]) == 3
 
 
-def test_yaml_exponent_hint(tmp_path):
+def test_numbers_written_as_text_are_read_as_numbers(tmp_path):
+    # YAML 1.1 reads 1e-3 as a string; `snakemake --config seeds=[1,2]` passes strings
     path = tmp_path / "c.yaml"
-    path.write_text("variants: {full: {}}\ntasks: {listops: {}}\ntrain:\n  lr: 1e-3\n")
-    with pytest.raises(ConfigError) as info:
-        load_config(path)
-    assert "'train.lr'" in str(info.value) and "1.0e-3" in str(info.value)
+    path.write_text("variants: {full: {}}\ntasks: {listops: {}}\nseeds: ['1', '2']\ntrain:\n  lr: 1e-3\n  steps: '20'\n")
+    config = load_config(path)
+    assert config["train"]["lr"] == 0.001 and config["train"]["steps"] == 20 and config["seeds"] == [1, 2]
+    assert error_of(with_(train={"steps": "2.5"})).count("'train.steps' is '2.5'") == 1
 
 
 def test_missing_config_file(tmp_path):
