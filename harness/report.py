@@ -188,7 +188,7 @@ def render_report(summary_csv: Path, out_dir: Path) -> Path:
     curve_fig = figure_curves(load_curves(df), figures / "validation_curves.png")
     acc, eff, runs, env = accuracy_table(df), efficiency_table(df), runs_table(df), environment_table(df)
     status_counts = df["status"].value_counts().to_dict()
-    timing = sorted(df.get("peak_memory_method", pd.Series(dtype=str)).dropna().unique())
+    mem_methods = sorted(df["peak_memory_method"].dropna().unique())
     first = json.loads(Path(df["record"].iloc[0]).read_text()) if Path(df["record"].iloc[0]).exists() else {}
     timing_method = first.get("efficiency", {}).get("timing_method", "")
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -207,7 +207,7 @@ def render_report(summary_csv: Path, out_dir: Path) -> Path:
         "## Validation accuracy during training", "",
         "![validation curves](figures/validation_curves.png)" if curve_fig else "_no data_", "",
         "## Training cost (median over seeds)", "",
-        f"Timing: {timing_method}. Peak memory: {'; '.join(timing)}.", "",
+        f"Timing: {timing_method}. Peak memory: {'; '.join(mem_methods)}.", "",
         _md_table(eff),
         "## Runs", "", _md_table(runs),
         "## Environment", "", "The machines and code versions these numbers come from:", "", _md_table(env),
@@ -226,7 +226,7 @@ def render_report(summary_csv: Path, out_dir: Path) -> Path:
         "<h2>Accuracy vs throughput</h2>", _img(acc_fig, "Test accuracy vs training throughput per task"),
         "<h2>Validation accuracy during training</h2>", _img(curve_fig, "Validation accuracy vs step"),
         "<h2>Training cost (median over seeds)</h2>",
-        f"<p class='note'>Timing: {html.escape(timing_method)}. Peak memory: {html.escape('; '.join(timing))}.</p>",
+        f"<p class='note'>Timing: {html.escape(timing_method)}. Peak memory: {html.escape('; '.join(mem_methods))}.</p>",
         _html_table(eff),
         "<h2>Runs</h2>", _html_table(runs),
         "<h2>Environment</h2>", "<p class='note'>The machines and code versions these numbers come from.</p>",
