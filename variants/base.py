@@ -22,6 +22,14 @@ class Attention(nn.Module):
 
     Capability flags (class attributes) let the harness and tests treat variants
     uniformly instead of branching on names.
+
+    Conventions every variant keeps (the registry-wide tests check them):
+    - padding: appended padding (``key_padding_mask`` False at the end) leaves the real
+      tokens' outputs unchanged; padded keys get no weight;
+    - randomness (hash rotations, random features, random blocks) is drawn from torch's
+      global generator in training mode, and is fixed (seeded per layer) in eval mode, so
+      evaluation is deterministic;
+    - float32 and float64 inputs both work; accumulation is at least float32.
     """
 
     supports_padding_mask: ClassVar[bool] = True
@@ -29,6 +37,13 @@ class Attention(nn.Module):
     complexity: ClassVar[str] = "O(N^2)"
     #: True when the output equals full softmax attention (up to rounding)
     exact: ClassVar[bool] = False
+    #: True when the peak memory of forward+backward grows linearly with N (tested as a ratio)
+    linear_memory: ClassVar[bool] = False
+    #: True when the variant is trained from a teacher's checkpoint (the pipeline adds that edge)
+    needs_teacher: ClassVar[bool] = False
+    #: hyper-parameters under which a test at N = 16..64 tokens exercises the real mechanism
+    #: (several blocks, chunks or buckets) rather than a degenerate one-block case
+    small_params: ClassVar[dict] = {}
 
     def __init__(self, dim: int, heads: int, cfg, dropout: float = 0.0):
         super().__init__()
