@@ -1,0 +1,181 @@
+"""Block-sparse attention with global tokens: the mechanism shared by `window` and `sparse`.
+
+The sequence is cut into blocks of ``block`` tokens. Each query block attends to a fixed
+number K of key blocks (a table of block indices per query block, per batch element),
+optionally restricted further by a token-level mask inside the gathered blocks. Scores
+are (B, H, N/b, b, K*b): memory and time O(N * K * b), never N x N.
+
+Global tokens (Longformer's global attention, BigBird's global blocks) are handled on
+the side, as in HF Longformer: every query also scores the G global keys (concatenated
+before the softmax; the global keys are masked out of the blocks, so no key is counted
+twice), and the global queries attend to every key through a dense (G x N) attention
+that overwrites their rows.
+
+Positions given with negative indices count from the end of each element's *real*
+tokens, so appended padding never moves them (padding invariance).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+
+def pad_to_multiple(x: torch.Tensor, dim: int, multiple: int, value=0) -> torch.Tensor:
+    extra = (-x.shape[dim]) % multiple
+    if not extra:
+        return x
+    pad = [0, 0] * (x.dim() - dim - 1) + [0, extra]
+    return F.pad(x, pad, value=value)
+
+
+def real_lengths(key_padding_mask: torch.Tensor) -> torch.Tensor:
+    """(B,) number of tokens up to and including the last real one."""
+    n = key_padding_mask.shape[1]
+    pos = torch.arange(1, n + 1, device=key_padding_mask.device)
+    return (key_padding_mask * pos).amax(dim=1)
+
+
+def resolve_positions(spec: tuple[int, ...], lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions (negatives from each element's real end) -> (B, G) indices and validity.
+
+    Out-of-range positions and repeats (e.g. 0 and -1 in a one-token sequence) are invalid.
+    """
+    b = lengths.shape[0]
+    if not spec:
+        empty = torch.zeros(b, 0, dtype=torch.long, device=lengths.device)
+        return empty, empty.bool()
+    s = torch.tensor(spec, dtype=torch.long, device=lengths.device)[None, :].expand(b, -1)
+    idx = torch.where(s < 0, lengths[:, None] + s, s)
+    valid = (idx >= 0) & (idx < lengths[:, None])
+    idx = idx.clamp(min=0)
+    same = (idx[:, :, None] == idx[:, None, :]) & valid[:, None, :]
+    earlier = torch.tril(torch.ones(len(spec), len(spec), dtype=torch.bool, device=idx.device), diagonal=-1)
+    valid = valid & ~(same & earlier).any(-1)
+    return idx, valid
+
+
+def _gather_blocks(t: torch.Tensor, key_blocks: torch.Tensor) -> torch.Tensor:
+    """t (B, H, nB, b, D), key_blocks (B, nQ, K) -> (B, H, nQ, K*b, D)."""
+    b_, h, nb, blk, d = t.shape
+    _, nq, k = key_blocks.shape
+    idx = key_blocks.reshape(b_, 1, nq * k, 1, 1).expand(b_, h, nq * k, blk, d)
+    return t.gather(2, idx).reshape(b_, h, nq, k * blk, d)
+
+
+def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+                           block: int, key_blocks: torch.Tensor, block_valid: torch.Tensor,
+                           key_mask: torch.Tensor, token_allowed: torch.Tensor | None = None,
+                           global_idx: torch.Tensor | None = None, global_valid: torch.Tensor | None = None,
+                           dropout: float = 0.0, training: bool = False) -> torch.Tensor:
+    """Attention of q over the chosen key blocks plus global tokens.
+
+    q, k, v: (B, H, N, D) with N a multiple of ``block``.
+    key_blocks: (B or 1, N/b, K) key-block indices per query block; ``block_valid`` (same
+    shape) marks real entries (invalid ones are padding of the table).
+    key_mask: (B, N) bool, True = real key.
+    token_allowed: optional bool, broadcastable to (N/b, b, K*b): query offset x gathered key.
+    global_idx / global_valid: (B, G) global token positions and their validity.
+    Returns (B, H, N, D). Query rows with no allowed key are zero.
+    """
+    bsz, heads, n, d = q.shape
+    nb = n // block
+    scale = 1.0 / math.sqrt(d)
+    work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
+    key_blocks = key_blocks.expand(bsz, -1, -1)
+    block_valid = block_valid.expand(bsz, -1, -1)
+    nq, kk = key_blocks.shape[1:]
+
+    has_global = global_idx is not None and global_idx.shape[1] > 0
+    is_global = position_onehot(global_idx, global_valid, n).any(1) if has_global else \
+        torch.zeros(bsz, n, dtype=torch.bool, device=q.device)
+
+    # key-side mask of the gathered blocks: real, a valid table entry, and not global
+    local_keys = (key_mask & ~is_global).view(bsz, nb, block)
+    gathered = local_keys.gather(1, key_blocks.reshape(bsz, nq * kk, 1).expand(-1, -1, block))
+    allowed = (gathered.view(bsz, nq, kk, block) & block_valid[..., None]).view(bsz, 1, nq, 1, kk * block)
+    if token_allowed is not None:
+        allowed = allowed & token_allowed
+
+    qb = q.view(bsz, heads, nb, block, d)
+    kb = _gather_blocks(k.view(bsz, heads, nb, block, d), key_blocks)
+    vb = _gather_blocks(v.view(bsz, heads, nb, block, d), key_blocks)
+    scores = (qb @ kb.transpose(-1, -2)).to(work) * scale  # (B, H, nB, b, K*b)
+    neg = torch.finfo(work).min
+    scores = scores.masked_fill(~allowed, neg)
+    parts = [scores]
+    if has_global:
+        g = global_idx.shape[1]
+        gi = global_idx[:, None, :, None].expand(bsz, heads, g, d)
+        kg, vg = k.gather(2, gi), v.gather(2, gi)
+        g_ok = global_valid & key_mask.gather(1, global_idx)  # (B, G)
+        sg = (q @ kg.transpose(-1, -2)).to(work) * scale  # (B, H, N, G)
+        sg = sg.masked_fill(~g_ok[:, None, None, :], neg).view(bsz, heads, nb, block, g)
+        parts.append(sg)
+        row_ok = allowed.any(-1) | g_ok.any(-1)[:, None, None, None]
+    else:
+        row_ok = allowed.any(-1)
+    probs = torch.softmax(torch.cat(parts, dim=-1) if len(parts) > 1 else scores, dim=-1)
+    probs = probs * row_ok[..., None]
+    if dropout and training:
+        probs = F.dropout(probs, dropout)
+    probs = probs.to(v.dtype)
+    out = probs[..., : kk * block] @ vb
+    if has_global:
+        out = out + probs[..., kk * block:] @ vg.view(bsz, heads, 1, g, d)
+    out = out.reshape(bsz, heads, n, d)
+    if has_global:
+        out = global_rows(q, k, v, out, global_idx, global_valid, key_mask, dropout, training)
+    return out
+
+
+def global_rows(q, k, v, out, global_idx, global_valid, key_mask, dropout=0.0, training=False):
+    """Overwrite the rows of the global queries with dense attention over every real key."""
+    bsz, heads, n, d = q.shape
+    g = global_idx.shape[1]
+    gi = global_idx[:, None, :, None].expand(bsz, heads, g, d)
+    rows = F.scaled_dot_product_attention(q.gather(2, gi), k, v, attn_mask=key_mask[:, None, None, :],
+                                          dropout_p=dropout if training else 0.0)
+    rows = rows * key_mask.any(-1)[:, None, None, None]  # no real key at all: zeros
+    # place each valid global row at its position (a one-hot product, not a scatter: the
+    # table may repeat a position among its invalid entries, and this stays deterministic)
+    onehot = position_onehot(global_idx, global_valid, n)  # (B, G, N)
+    placed = torch.einsum("bgn,bhgd->bhnd", onehot.to(rows.dtype), rows)
+    return torch.where(onehot.any(1)[:, None, :, None], placed, out)
+
+
+def position_onehot(idx: torch.Tensor, valid: torch.Tensor, n: int) -> torch.Tensor:
+    """(B, G) positions and validity -> (B, G, N) bool, row g true at position idx[g] if valid."""
+    return (torch.arange(n, device=idx.device)[None, None, :] == idx[:, :, None]) & valid[:, :, None]
+
+
+def dense_mask_from_blocks(n: int, block: int, key_blocks: torch.Tensor, block_valid: torch.Tensor,
+                           token_allowed: torch.Tensor | None, global_idx: torch.Tensor | None,
+                           global_valid: torch.Tensor | None) -> torch.Tensor:
+    """The (B, N, N) token-level mask (True = query may attend key) equivalent to a layout.
+
+    For tests: dense attention under this mask (and the key padding mask) must equal
+    ``block_sparse_attention``.
+    """
+    bsz, nq, kk = key_blocks.shape
+    offs = torch.arange(block, device=key_blocks.device)
+    keys = (key_blocks[..., None] * block + offs).reshape(bsz, nq, kk * block)  # (B, nQ, K*b)
+    ok = block_valid[..., None].expand(-1, -1, -1, block).reshape(bsz, nq, kk * block)
+    ok = ok[:, :, None, :].expand(bsz, nq, block, kk * block)
+    if token_allowed is not None:
+        ok = ok & token_allowed.expand(nq, block, kk * block)
+    mask = torch.zeros(bsz, n, n, dtype=torch.bool, device=key_blocks.device)
+    rows = torch.arange(n, device=key_blocks.device).view(nq, block)
+    for b_ in range(bsz):
+        for qb in range(nq):
+            for r in range(block):
+                cols = keys[b_, qb][ok[b_, qb, r]]
+                mask[b_, rows[qb, r], cols] = True
+    if global_idx is not None:
+        for b_ in range(bsz):
+            for gpos, gval in zip(global_idx[b_].tolist(), global_valid[b_].tolist()):
+                if gval:
+                    mask[b_, :, gpos] = True  # everyone attends the global token
+                    mask[b_, gpos, :] = True  # the global token attends everyone
+    return mask

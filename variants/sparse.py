@@ -1,0 +1,136 @@
+"""Block-sparse attention (Sparse Transformer / BigBird family).
+
+The sequence is cut into blocks; each query block attends to a layout of key blocks:
+- local: its own block and ``window_blocks`` neighbours on each side;
+- strided (Child et al. 2019, block version): key blocks j with (i - j) % strided_every == 0;
+- random (BigBird): ``random_blocks`` further key blocks, drawn afresh each training
+  step and fixed (seeded) in eval mode;
+- global (BigBird): ``global_blocks`` whose tokens attend to and are attended by every
+  token (negative indices count from the end of the real tokens).
+The chosen key blocks are gathered: memory O(N * blocks_per_row * block). With
+``strided_every`` set, blocks_per_row grows as N / strided_every (Child et al. pick it
+near sqrt(N), giving O(N sqrt N)). The layout is part of the config and of the record.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from harness.registry import param
+from variants.base import VARIANTS, Attention
+from variants.blocks import (block_sparse_attention, dense_mask_from_blocks, pad_to_multiple,
+                             position_onehot, real_lengths, resolve_positions)
+
+
+@dataclass(frozen=True)
+class SparseConfig:
+    """Block-sparse layout."""
+
+    block_size: int = param(64, "tokens per block", minimum=1)
+    window_blocks: int = param(1, "neighbouring key blocks on each side of a query block's own (1: 3 blocks)", minimum=0)
+    global_blocks: tuple[int, ...] = param((0,), "global blocks (negative: from the end of the real tokens); [] for none")
+    random_blocks: int = param(3, "random key blocks per query block (BigBird); 0 for none", minimum=0)
+    strided_every: int = param(0, "also attend key blocks j with (i - j) % strided_every == 0 (0: off)", minimum=0)
+    eval_seed: int = param(0, "seed of the random blocks in eval mode")
+
+
+def _hash_priority(seed: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+    """A pseudo-random int64 per (row, col), independent of the tensor shapes (splitmix64 mix),
+    so a row's random blocks do not change when padding adds blocks."""
+    x = rows * 0x9E3779B1 + cols * 0x85EBCA77 + seed * 0x27D4EB2F + 0x165667B1
+    x = x ^ (x >> 30)
+    x = x * -4658895280553007687  # 0xBF58476D1CE4E5B9 as int64
+    x = x ^ (x >> 27)
+    x = x * -7723592293110705685  # 0x94D049BB133111EB
+    return x ^ (x >> 31)
+
+
+@VARIANTS.register("sparse", SparseConfig)
+class SparseAttention(Attention):
+    """Block-sparse attention: local, strided, random and global blocks (BigBird / Sparse Transformer)."""
+
+    complexity = "O(N*k*b) time and memory (k key blocks of b tokens per query block)"
+    linear_memory = True
+    small_params = {"block_size": 4, "window_blocks": 1, "global_blocks": (0,), "random_blocks": 1, "strided_every": 3}
+
+    def __init__(self, dim, heads, cfg, dropout=0.0):
+        super().__init__(dim, heads, cfg, dropout)
+        # differs per layer, saved with the weights: eval layouts survive a checkpoint round trip
+        self.register_buffer("layer_seed", torch.randint(0, 2**31 - 1, ()))
+
+    def block(self, n: int) -> int:
+        return max(1, min(self.cfg.block_size, n))
+
+    def layout(self, n_padded: int, block: int, mask: torch.Tensor, seed: int):
+        """Key-block table (B, nB, K), its validity, and the global token positions."""
+        cfg, dev = self.cfg, mask.device
+        nb = n_padded // block
+        n_real = (real_lengths(mask) + block - 1) // block  # (B,) real blocks per element
+        rows = torch.arange(nb, device=dev)[:, None]
+        cols = torch.arange(nb, device=dev)[None, :]
+        in_range = cols[None] < n_real[:, None, None]  # (B, nB, nB)
+        gb_idx, gb_ok = resolve_positions(tuple(cfg.global_blocks), n_real)
+        is_global = position_onehot(gb_idx, gb_ok, nb).any(1)  # (B, nB)
+        chosen = ((rows - cols).abs() <= cfg.window_blocks)[None] & in_range
+        if cfg.strided_every:
+            chosen |= (((rows - cols) % cfg.strided_every) == 0)[None] & in_range
+        chosen &= ~is_global[:, None, :]  # global blocks are scored beside the table, once
+        if cfg.random_blocks:
+            free = in_range & ~chosen & ~is_global[:, None, :]
+            prio = _hash_priority(seed, rows, cols).expand_as(free).masked_fill(~free, torch.iinfo(torch.long).min)
+            k = min(cfg.random_blocks, nb)
+            top = prio.topk(k, dim=-1)
+            picked = torch.zeros_like(chosen).scatter_(-1, top.indices, free.gather(-1, top.indices))
+            chosen |= picked
+        counts = chosen.sum(-1)
+        width = max(1, int(counts.max()))
+        order = torch.argsort((~chosen).to(torch.int8), dim=-1, stable=True)[..., :width]
+        valid = torch.arange(width, device=dev) < counts[..., None]
+        # global blocks -> global token positions
+        offs = torch.arange(block, device=dev)
+        g_idx = (gb_idx[..., None] * block + offs).flatten(1)
+        g_ok = gb_ok[..., None].expand(-1, -1, block).flatten(1) & mask.gather(1, g_idx.clamp(max=n_padded - 1))
+        return order, valid, g_idx.clamp(max=n_padded - 1), g_ok
+
+    def _seed(self) -> int:
+        if self.training and self.cfg.random_blocks:
+            return int(torch.randint(0, 2**31 - 1, (1,)).item())
+        return self.cfg.eval_seed * 1_000_003 + int(self.layer_seed)
+
+    def _prepare(self, n, key_padding_mask, batch, device):
+        mask = key_padding_mask if key_padding_mask is not None else torch.ones(batch, n, dtype=torch.bool, device=device)
+        block = self.block(n)
+        mask = pad_to_multiple(mask, 1, block, value=False)
+        return (mask, block) + self.layout(mask.shape[1], block, mask, self._seed())
+
+    def attend(self, q, k, v, key_padding_mask):
+        n = q.shape[2]
+        mask, block, key_blocks, valid, g_idx, g_ok = self._prepare(n, key_padding_mask, q.shape[0], q.device)
+        q, k, v = (pad_to_multiple(t, 2, block) for t in (q, k, v))
+        out = block_sparse_attention(q, k, v, block=block, key_blocks=key_blocks, block_valid=valid,
+                                     key_mask=mask, global_idx=g_idx, global_valid=g_ok,
+                                     dropout=self.dropout, training=self.training)
+        return out[:, :, :n]
+
+    def dense_mask(self, n: int, key_padding_mask: torch.Tensor) -> torch.Tensor:
+        """(B, N, N) token-level mask of the current layout (eval mode: the fixed one)."""
+        mask, block, key_blocks, valid, g_idx, g_ok = self._prepare(n, key_padding_mask, key_padding_mask.shape[0],
+                                                                    key_padding_mask.device)
+        return dense_mask_from_blocks(mask.shape[1], block, key_blocks, valid, None, g_idx, g_ok)[:, :n, :n]
+
+    def blocks_per_row(self, seq_len: int) -> int:
+        nb = math.ceil(seq_len / self.block(seq_len))
+        local = min(nb, 2 * self.cfg.window_blocks + 1)
+        strided = nb // self.cfg.strided_every if self.cfg.strided_every else 0
+        return min(nb, local + strided + self.cfg.random_blocks)
+
+    def flops(self, batch: int, seq_len: int) -> int:
+        block = self.block(seq_len)
+        n = math.ceil(seq_len / block) * block
+        g = len(self.cfg.global_blocks) * block
+        keys = self.blocks_per_row(seq_len) * block
+        attn = 2 * 2 * batch * self.heads * n * (keys + g) * self.head_dim
+        attn += 2 * 2 * batch * self.heads * g * n * self.head_dim
+        return attn + self.projection_flops(batch, seq_len)
