@@ -16,8 +16,6 @@ tokens, so appended padding never moves them (padding invariance).
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 
@@ -78,15 +76,16 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     token_allowed: optional bool, broadcastable to (N/b, b, K*b): query offset x gathered key.
     global_idx / global_valid: (B, G) global token positions and their validity.
     Returns (B, H, N, D). Query rows with no allowed key are zero.
+
+    Each query block with its gathered keys (and the global keys) is one batch entry of a
+    fused ``scaled_dot_product_attention`` call: (B*N/b, H, b, D) queries against
+    (B*N/b, H, K*b + G, D) keys, so scores are never materialised for the backward pass.
     """
     bsz, heads, n, d = q.shape
     nb = n // block
-    scale = 1.0 / math.sqrt(d)
-    work = torch.float32 if q.dtype in (torch.float16, torch.bfloat16) else q.dtype
     key_blocks = key_blocks.expand(bsz, -1, -1)
     block_valid = block_valid.expand(bsz, -1, -1)
     nq, kk = key_blocks.shape[1:]
-
     has_global = global_idx is not None and global_idx.shape[1] > 0
     is_global = position_onehot(global_idx, global_valid, n).any(1) if has_global else \
         torch.zeros(bsz, n, dtype=torch.bool, device=q.device)
@@ -94,37 +93,29 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     # key-side mask of the gathered blocks: real, a valid table entry, and not global
     local_keys = (key_mask & ~is_global).view(bsz, nb, block)
     gathered = local_keys.gather(1, key_blocks.reshape(bsz, nq * kk, 1).expand(-1, -1, block))
-    allowed = (gathered.view(bsz, nq, kk, block) & block_valid[..., None]).view(bsz, 1, nq, 1, kk * block)
+    allowed = (gathered.view(bsz, nq, kk, block) & block_valid[..., None]).view(bsz, nq, 1, kk * block)
     if token_allowed is not None:
-        allowed = allowed & token_allowed
-
-    qb = q.view(bsz, heads, nb, block, d)
-    kb = _gather_blocks(k.view(bsz, heads, nb, block, d), key_blocks)
+        allowed = allowed & token_allowed  # (B, nQ, b, K*b)
+    kb = _gather_blocks(k.view(bsz, heads, nb, block, d), key_blocks)  # (B, H, nQ, K*b, D)
     vb = _gather_blocks(v.view(bsz, heads, nb, block, d), key_blocks)
-    scores = (qb @ kb.transpose(-1, -2)).to(work) * scale  # (B, H, nB, b, K*b)
-    neg = torch.finfo(work).min
-    scores = scores.masked_fill(~allowed, neg)
-    parts = [scores]
-    if has_global:
+    if has_global:  # every query block also sees the global keys, once
         g = global_idx.shape[1]
         gi = global_idx[:, None, :, None].expand(bsz, heads, g, d)
-        kg, vg = k.gather(2, gi), v.gather(2, gi)
-        g_ok = global_valid & key_mask.gather(1, global_idx)  # (B, G)
-        sg = (q @ kg.transpose(-1, -2)).to(work) * scale  # (B, H, N, G)
-        sg = sg.masked_fill(~g_ok[:, None, None, :], neg).view(bsz, heads, nb, block, g)
-        parts.append(sg)
-        row_ok = allowed.any(-1) | g_ok.any(-1)[:, None, None, None]
-    else:
-        row_ok = allowed.any(-1)
-    probs = torch.softmax(torch.cat(parts, dim=-1) if len(parts) > 1 else scores, dim=-1)
-    probs = probs * row_ok[..., None]
-    if dropout and training:
-        probs = F.dropout(probs, dropout)
-    probs = probs.to(v.dtype)
-    out = probs[..., : kk * block] @ vb
-    if has_global:
-        out = out + probs[..., kk * block:] @ vg.view(bsz, heads, 1, g, d)
-    out = out.reshape(bsz, heads, n, d)
+        kb = torch.cat([kb, k.gather(2, gi)[:, :, None].expand(-1, -1, nq, -1, -1)], dim=3)
+        vb = torch.cat([vb, v.gather(2, gi)[:, :, None].expand(-1, -1, nq, -1, -1)], dim=3)
+        g_ok = (global_valid & key_mask.gather(1, global_idx))[:, None, None, :]
+        allowed = torch.cat([allowed, g_ok.expand(-1, nq, allowed.shape[2], -1)], dim=-1)
+    width = kb.shape[3]
+    out = F.scaled_dot_product_attention(
+        q.view(bsz, heads, nb, block, d).transpose(1, 2).reshape(bsz * nq, heads, block, d),
+        kb.transpose(1, 2).reshape(bsz * nq, heads, width, d),
+        vb.transpose(1, 2).reshape(bsz * nq, heads, width, d),
+        attn_mask=allowed.reshape(bsz * nq, 1, allowed.shape[2], width),
+        dropout_p=dropout if training else 0.0)
+    row_ok = allowed.any(-1)  # (B, nQ, b or 1)
+    if not bool(row_ok.all()):
+        out = out * row_ok.reshape(bsz * nq, 1, -1, 1)
+    out = out.view(bsz, nq, heads, block, d).transpose(1, 2).reshape(bsz, heads, n, d)
     if has_global:
         out = global_rows(q, k, v, out, global_idx, global_valid, key_mask, dropout, training)
     return out
