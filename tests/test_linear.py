@@ -1,0 +1,270 @@
+"""Linear attention (elu+1 and FAVOR+): the explicit kernel formula, FAVOR+ convergence to softmax,
+positivity, precision, randomness conventions and the random projection's structure."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from variants import build_attention
+from variants.linear import FAVOR_EPS, LinearAttention, elu_feature_map, orthogonal_gaussian_projection
+from variants.reference import explicit_softmax_attention
+
+DIM, HEADS = 32, 2          # head dim 16; FAVOR+ default m = int(16 ln 16) = 44, i.e. 3 blocks (16, 16, 12)
+DH = DIM // HEADS
+MAPS = ["elu", "favor"]
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small tensors on shared cores: one thread is faster (conftest restores the count)."""
+    torch.set_num_threads(1)
+
+
+def make(params=None, dtype=torch.float64, seed=0, dim=DIM, heads=HEADS) -> LinearAttention:
+    torch.manual_seed(seed)
+    return build_attention("linear", dim, heads, params or {}).to(dtype).eval()
+
+
+def randn(*shape, seed=1, dtype=torch.float64, scale=1.0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype) * scale
+
+
+def qkv(b, n, seed=3, dh=DH, heads=HEADS, dtype=torch.float64, scale=1.0):
+    return tuple(randn(b, heads, n, dh, seed=seed + i, dtype=dtype, scale=scale) for i in range(3))
+
+
+def masks(b, n):
+    holes = torch.rand(b, n, generator=torch.Generator().manual_seed(5)) > 0.4
+    holes[:, 0] = True
+    return {
+        "none": None,
+        "all-real": torch.ones(b, n, dtype=torch.bool),
+        "ragged": torch.arange(n)[None, :] < torch.tensor([n, n // 2, 3][:b])[:, None],
+        "holes": holes,
+    }
+
+
+# ---------------------------------------------------------------- the explicit formula, written out here
+
+def dense_phi(layer, x, is_query, mask):
+    """The feature map written out independently of the implementation, in float64."""
+    if layer.cfg.feature_map == "elu":
+        return torch.nn.functional.elu(x) + 1
+    w = layer.projection.to(torch.float64)                                  # (m, d)
+    m, d = w.shape
+    xs = x * d ** -0.25
+    logits = xs @ w.T - (xs ** 2).sum(-1, keepdim=True) / 2                 # (B, H, N, m)
+    if is_query:
+        stab = logits.max(dim=-1, keepdim=True).values
+    else:
+        stab = torch.empty(logits.shape[0], logits.shape[1], 1, 1, dtype=x.dtype)
+        for b in range(logits.shape[0]):
+            real = slice(None) if mask is None else mask[b]
+            for h in range(logits.shape[1]):
+                stab[b, h] = logits[b, h][real].max()
+    return (torch.exp(logits - stab) + FAVOR_EPS) / math.sqrt(m)
+
+
+def dense_linear_attention(layer, q, k, v, mask):
+    """A = phi(Q) phi(K)^T with padded key columns zeroed, row-normalised (+eps), times V."""
+    a = dense_phi(layer, q, True, mask) @ dense_phi(layer, k, False, mask).transpose(-2, -1)  # (B, H, N, N)
+    if mask is not None:
+        a = a * mask[:, None, None, :]
+    return (a @ v) / (a.sum(-1, keepdim=True) + layer.cfg.eps)
+
+
+@pytest.mark.parametrize("n", [64, 128])
+@pytest.mark.parametrize("fmap", MAPS)
+def test_attend_equals_dense_kernel_formula(fmap, n):
+    layer = make({"feature_map": fmap})
+    q, k, v = qkv(3, n)
+    for name, mask in masks(3, n).items():
+        kk, vv = k.clone(), v.clone()
+        if mask is not None:  # whatever sits at padded positions must not matter
+            kk[~mask[:, None, :].expand(-1, HEADS, -1)] = 1e3
+            vv[~mask[:, None, :].expand(-1, HEADS, -1)] = float("nan")
+        got = layer.attend(q, kk, vv, mask)
+        want = dense_linear_attention(layer, q, k, v, mask)
+        assert torch.isfinite(got).all(), name
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10, msg=lambda m: f"{fmap} mask {name}: {m}")
+
+
+def test_dense_formula_is_not_trivially_uniform():
+    """Guard for the test above: the kernel weights really vary, so the comparison has teeth."""
+    for fmap in MAPS:
+        layer = make({"feature_map": fmap})
+        q, k, v = qkv(1, 64)
+        out = layer.attend(q, k, v, None)
+        uniform = v.mean(dim=-2, keepdim=True).expand_as(v)
+        assert (out - uniform).abs().max() > 0.05, fmap
+
+
+@pytest.mark.parametrize("fmap", MAPS)
+def test_fully_masked_element_gives_zeros(fmap):
+    layer = make({"feature_map": fmap})
+    q, k, v = qkv(2, 16)
+    mask = torch.ones(2, 16, dtype=torch.bool)
+    mask[1] = False
+    out = layer.attend(q, k, v, mask)
+    assert torch.isfinite(out).all() and torch.equal(out[1], torch.zeros_like(out[1]))
+
+
+# ---------------------------------------------------------------- FAVOR+ approximates softmax attention
+
+def test_favor_error_to_softmax_falls_with_features():
+    q, k, v = qkv(1, 128, dh=16, heads=4, seed=11, scale=0.5)
+    want = explicit_softmax_attention(q, k, v)
+    err = {}
+    for m in (16, 256, 2048):
+        errs = []
+        for seed in range(4):
+            layer = make({"feature_map": "favor", "n_features": m}, seed=seed, dim=64, heads=4)
+            got = layer.attend(q, k, v, None)
+            errs.append(((got - want).norm() / want.norm()).item())
+        err[m] = sum(errs) / len(errs)
+    assert err[16] > 1.8 * err[256] > 1.8 * 1.5 * err[2048], err
+    assert err[2048] < 0.1, err
+    # and elu features are not softmax: the FAVOR+ approximation must beat them
+    elu = make({}, dim=64, heads=4).attend(q, k, v, None)
+    assert err[2048] < ((elu - want).norm() / want.norm()).item()
+
+
+def test_favor_padding_and_holes_equal_compact_run():
+    """Non-contiguous padding: real tokens' outputs equal running on the real tokens alone."""
+    layer = make({"feature_map": "favor"})
+    mask = masks(3, 40)["holes"]
+    # scale 4: every real key's logits w^T k' - |k'|^2/2 are negative, so a stabiliser that let a padded
+    # (zeroed) key in would be 0 instead of the real keys' max, and the FAVOR_EPS term would show it
+    for scale in (1.0, 4.0):
+        q, k, v = qkv(3, 40, scale=scale)
+        k = torch.where(mask[:, None, :, None], k, torch.full_like(k, 50.0))  # junk that would dominate the max
+        out = layer.attend(q, k, v, mask)
+        for b in range(3):
+            idx = mask[b].nonzero().squeeze(1)
+            alone = layer.attend(q[b:b + 1, :, idx], k[b:b + 1, :, idx], v[b:b + 1, :, idx], None)
+            torch.testing.assert_close(out[b:b + 1, :, idx], alone, rtol=0, atol=1e-10, msg=lambda m: f"scale {scale}: {m}")
+
+
+@pytest.mark.parametrize("params", [{"feature_map": "favor"}, {"feature_map": "favor", "redraw": True}])
+def test_favor_layer_gradients_and_padding(params):
+    """The registry tests run the default (elu); the same checks for FAVOR+ at the layer level."""
+    layer = make(params, dtype=torch.float32).train()
+    x = randn(3, 24, DIM, dtype=torch.float32).requires_grad_()
+    mask = torch.arange(24)[None, :] < torch.tensor([24, 20, 5])[:, None]
+    (layer(x, mask) * randn(3, 24, DIM, seed=2, dtype=torch.float32)).sum().backward()
+    assert torch.isfinite(x.grad).all()
+    for name, p in layer.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all() and p.grad.abs().sum() > 0, name
+    layer = make(params)  # eval, float64: appended junk padding changes nothing
+    x = randn(2, 24, DIM)
+    ref = layer(x)
+    xp = torch.cat([x, randn(2, 5, DIM, seed=9) * 100], dim=1)
+    mask = torch.arange(29)[None, :] < 24
+    torch.testing.assert_close(layer(xp, mask.expand(2, -1))[:, :24], ref, rtol=0, atol=1e-10)
+
+
+# ---------------------------------------------------------------- positivity and precision
+
+def test_elu_features_strictly_positive_and_normaliser_positive():
+    x = torch.linspace(-60, 60, 1001, dtype=torch.float32)
+    phi = elu_feature_map(x)
+    assert (phi > 0).all()
+    x64 = x.double()  # reference: elu+1 where float64 keeps it accurate, exp(x) beyond
+    want = torch.where(x64 > -10, torch.nn.functional.elu(x64) + 1, torch.exp(x64)).float()
+    torch.testing.assert_close(phi, want, rtol=1e-6, atol=0)
+    assert (torch.nn.functional.elu(x) + 1 == 0).any(), "the naive form underflows here; this guards the rewrite"
+    layer = make({}, dtype=torch.float32)
+    q, k, _ = qkv(2, 64, dtype=torch.float32, scale=20.0)  # many very negative entries
+    mask = masks(2, 64)["holes"]
+    phi_q, phi_k = layer.feature_maps(q, k, mask)
+    assert (phi_q > 0).all() and (phi_k[mask[:, None, :].expand(-1, HEADS, -1)] > 0).all()
+    assert (phi_k[~mask[:, None, :].expand(-1, HEADS, -1)] == 0).all()
+    den = torch.einsum("bhnf,bhf->bhn", phi_q, phi_k.sum(-2))
+    assert (den > 0).all()
+
+
+@pytest.mark.parametrize("fmap", MAPS)
+def test_half_precision_inputs_computed_in_float32(fmap):
+    layer = make({"feature_map": fmap}, dtype=torch.float32)
+    q, k, v = qkv(2, 64, dtype=torch.bfloat16)
+    mask = masks(2, 64)["ragged"]
+    out = layer.attend(q, k, v, mask)
+    assert out.dtype == torch.bfloat16
+    ref32 = layer.attend(q.float(), k.float(), v.float(), mask)
+    # the same float32 computation on the same values, rounded once at the end
+    assert torch.equal(out, ref32.to(torch.bfloat16))
+    ref64 = dense_linear_attention(layer, q.double(), k.double(), v.double(), mask)
+    torch.testing.assert_close(out.double(), ref64, rtol=1e-2, atol=1e-2)
+    # autocast does not push the sums down to bf16 either
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = layer.attend(q.float(), k.float(), v.float(), mask)
+    assert auto.dtype == torch.float32 and torch.equal(auto, ref32)
+    # float64 stays float64
+    assert layer.double().attend(q.double(), k.double(), v.double(), mask).dtype == torch.float64
+
+
+# ---------------------------------------------------------------- randomness conventions
+
+def test_eval_deterministic_and_redraw_in_training():
+    x = randn(2, 24, DIM)
+    a = make({"feature_map": "favor", "redraw": True})
+    b = make({"feature_map": "favor", "redraw": True})
+    assert torch.equal(a.projection, b.projection)  # same model seed -> same layer features
+    out = a(x)
+    torch.manual_seed(123)  # eval ignores the global generator
+    assert torch.equal(a(x), out) and torch.equal(b(x), out)
+    a.train()
+    t1, t2 = a(x), a(x)
+    assert not torch.allclose(t1, t2), "redraw=True: training forwards use fresh features"
+    assert not torch.allclose(t1, out)
+    assert torch.equal(a.eval()(x), out), "training redraws leave the fixed eval features alone"
+    # without redraw, training uses the fixed features
+    c = make({"feature_map": "favor"})
+    ref = c(x)
+    c.train()
+    assert torch.equal(c(x), ref) and torch.equal(c(x), ref)
+    # layers built one after another get different features; eval_seed changes them too
+    torch.manual_seed(0)
+    l1 = build_attention("linear", DIM, HEADS, {"feature_map": "favor"})
+    l2 = build_attention("linear", DIM, HEADS, {"feature_map": "favor"})
+    assert not torch.allclose(l1.projection, l2.projection)
+    assert not torch.allclose(make({"feature_map": "favor", "eval_seed": 1}, dtype=torch.float32).projection,
+                              l1.projection)
+    # the fixed features travel with the state dict
+    assert "projection" in l1.state_dict()
+
+
+def test_projection_block_orthogonal_with_chi_norms():
+    layer = make({"feature_map": "favor"})
+    w = layer.projection
+    assert w.shape == (int(DH * math.log(DH)), DH) == (44, 16)
+    for proj in (w, orthogonal_gaussian_projection(300, DH)):  # fixed, and a redraw-style draw
+        norms = proj.norm(dim=1)
+        for start in range(0, proj.shape[0], DH):
+            block = proj[start:start + DH]
+            gram = block @ block.T
+            off = gram - torch.diag(torch.diagonal(gram))
+            assert off.abs().max() < 1e-5 * gram.diagonal().max(), f"block at row {start}"
+        assert norms.std() > 0.1 * norms.mean(), "rows keep chi-distributed, not equal, norms"
+    big = orthogonal_gaussian_projection(4096, DH, torch.Generator().manual_seed(0))
+    sq = big.norm(dim=1) ** 2  # chi^2_d: mean d, variance 2d
+    assert abs(sq.mean().item() - DH) < 4 * math.sqrt(2 * DH / 4096)
+    assert abs(sq.var().item() - 2 * DH) < 0.2 * 2 * DH
+    # directions within a block are uniformly oriented (Haar): the mean direction is near zero
+    assert (big / big.norm(dim=1, keepdim=True)).mean(0).abs().max() < 0.1
+
+
+# ---------------------------------------------------------------- config and cost
+
+def test_config_and_flops():
+    assert make({}).n_features == DH and not hasattr(make({}), "projection")
+    assert make({"feature_map": "favor", "n_features": 7}).projection.shape == (7, DH)
+    with pytest.raises(ValueError, match="feature_map"):
+        build_attention("linear", DIM, HEADS, {"feature_map": "relu"})
+    for fmap in MAPS:
+        layer = make({"feature_map": fmap})
+        assert layer.flops(2, 2048) == 2 * layer.flops(2, 1024), "linear in N"
+        assert layer.flops(2, 1024) > layer.projection_flops(2, 1024)
+    assert LinearAttention.linear_memory and not LinearAttention.exact

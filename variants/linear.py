@@ -1,0 +1,194 @@
+"""Linear attention (Katharopoulos et al. 2020), with Performer FAVOR+ features as an option.
+
+Non-causal kernel attention with a key padding mask m (True = real token):
+
+    out_i = phi(q_i)^T (sum_j m_j phi(k_j) v_j^T) / (phi(q_i)^T sum_j m_j phi(k_j) + eps)
+
+computed as two contractions over the sequence (KV = phi(K)^T V and z = sum_j phi(k_j)) and
+two over the features, so nothing of size N x N is ever formed: time O(N F Dh), memory
+O(N (F + Dh)) per head, F the feature dimension (Dh for elu, m for FAVOR+).
+
+Feature maps:
+- ``elu``: phi(x) = elu(x) + 1, evaluated as ``x + 1`` for x > 0 and ``exp(x)`` otherwise (the
+  same function, but it stays > 0 down to x ~ -87 in float32 where ``elu(x) + 1`` rounds to 0
+  below x ~ -17);
+- ``favor``: Performer's positive random features (Choromanski et al. 2021). With x' = x d^-1/4,
+  phi(x) = m^-1/2 (exp(w_r^T x' - |x'|^2/2 - s) + FAVOR_EPS), r = 1..m, where the rows w_r are
+  block-orthogonal Gaussian directions with chi(d)-distributed norms, and s is a detached
+  stabiliser: per query row for queries, and for keys one max per (batch element, head) taken
+  over the *real* keys only, so that padding never changes the features of real keys.
+
+Padding: padded keys (and their values) are zeroed before the feature map and their features are
+zeroed after it, so they enter neither the sums nor the normaliser (performer-pytorch only zeroes
+V, which leaves padded keys in the normaliser). A batch element without any real key gives zeros.
+
+Precision: fp16/bf16 inputs are computed in float32 (autocast is switched off inside ``attend``)
+and the result is cast back; float32 and float64 are computed in their own precision.
+
+Randomness: the FAVOR+ projection is a buffer drawn at construction from a generator seeded with
+``eval_seed`` mixed with one number drawn from torch's global generator, so each layer has its
+own features and the model seed determines them. Eval mode always uses this buffer (deterministic);
+training uses it too unless ``redraw``, in which case every training forward draws fresh features
+from torch's global generator (the buffer is left unchanged).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from harness.registry import param
+from variants.base import VARIANTS, Attention
+
+#: the additive constant inside the FAVOR+ features (performer-pytorch's kernel_epsilon)
+FAVOR_EPS = 1e-4
+
+
+@dataclass(frozen=True)
+class LinearConfig:
+    """Linear (kernel) attention: the feature map and its options."""
+
+    feature_map: Literal["elu", "favor"] = param(
+        "elu", "kernel feature map: 'elu' (elu(x)+1, Katharopoulos et al.) or 'favor' "
+               "(Performer FAVOR+ positive orthogonal random features, approximates softmax)")
+    n_features: int = param(
+        0, "FAVOR+ random features m per head; 0 means int(d * ln d) of the head dim d "
+           "(ignored by 'elu', whose feature dimension is the head dim)", minimum=0)
+    eps: float = param(1e-6, "added to the normaliser phi(q)^T sum_j phi(k_j)", minimum=0)
+    redraw: bool = param(
+        False, "FAVOR+: draw fresh random features on every training forward from torch's global "
+               "generator (eval mode always uses the layer's fixed features)")
+    eval_seed: int = param(
+        0, "FAVOR+: seed of the layer's fixed features (mixed with a per-layer number drawn from "
+           "torch's global generator at construction)", minimum=0)
+
+
+def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
+    """elu(x) + 1, written so that it stays strictly positive where exp(x) does."""
+    return torch.where(x > 0, x + 1, torch.exp(x.clamp(max=0)))
+
+
+def orthogonal_gaussian_projection(n_features: int, dim: int,
+                                   generator: torch.Generator | None = None) -> torch.Tensor:
+    """(n_features, dim) float64 rows: block-orthogonal Gaussian directions, chi(dim) norms.
+
+    Each block of ``dim`` rows is the transpose of the Q factor of a Gaussian dim x dim matrix
+    (signs fixed by diag(R), so the block is Haar-distributed); the last block is cut to size.
+    Every row is then scaled by the norm of an independent Gaussian vector, as the rows of an
+    unstructured Gaussian matrix would be. Drawn on the CPU from ``generator`` (None = torch's
+    global generator).
+    """
+    g = torch.randn(math.ceil(n_features / dim), dim, dim, generator=generator, dtype=torch.float64)
+    qf, r = torch.linalg.qr(g)                                   # one batched QR for all blocks
+    signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
+    signs = torch.where(signs == 0, torch.ones_like(signs), signs)
+    w = (qf * signs[:, None, :]).transpose(-2, -1).reshape(-1, dim)[:n_features]  # rows orthonormal per block
+    norms = torch.randn(n_features, dim, generator=generator, dtype=torch.float64).norm(dim=1)
+    return w * norms[:, None]
+
+
+def favor_features(x: torch.Tensor, projection: torch.Tensor, is_query: bool,
+                   key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """FAVOR+ positive random features of (B, H, N, d) queries or keys -> (B, H, N, m).
+
+    Keys at padded positions get zero features; the key stabiliser is the max over real keys.
+    """
+    d, m = x.shape[-1], projection.shape[0]
+    x = x * d ** -0.25
+    logits = torch.einsum("bhnd,md->bhnm", x, projection) - 0.5 * (x * x).sum(-1, keepdim=True)
+    if is_query:
+        stab = logits.amax(dim=-1, keepdim=True)
+    else:
+        if key_padding_mask is not None:
+            # -inf at padded keys: exp gives exact zeros there and they cannot set the max
+            logits = logits.masked_fill(~key_padding_mask[:, None, :, None], float("-inf"))
+        stab = logits.amax(dim=(-2, -1), keepdim=True)
+        stab = torch.where(torch.isfinite(stab), stab, torch.zeros_like(stab))  # no real key at all
+    feats = (torch.exp(logits - stab.detach()) + FAVOR_EPS) * m ** -0.5
+    if not is_query and key_padding_mask is not None:
+        feats = feats.masked_fill(~key_padding_mask[:, None, :, None], 0.0)
+    return feats
+
+
+@VARIANTS.register("linear", LinearConfig)
+class LinearAttention(Attention):
+    """Linear attention: kernel feature maps (elu+1 or Performer FAVOR+), O(N) time and memory."""
+
+    complexity = "O(N F Dh) time, O(N (F + Dh)) memory per head; F = Dh (elu) or m features (FAVOR+)"
+    exact = False
+    linear_memory = True
+    small_params = {}  # elu has no block/chunk size; N = 24 exercises the full mechanism
+
+    def __init__(self, dim: int, heads: int, cfg: LinearConfig, dropout: float = 0.0):
+        super().__init__(dim, heads, cfg, dropout)
+        # dropout: there is no attention matrix to drop entries of; the argument is accepted and unused
+        if cfg.feature_map not in ("elu", "favor"):
+            raise ValueError(f"linear: unknown feature_map {cfg.feature_map!r}; allowed: 'elu', 'favor'")
+        if cfg.n_features < 0 or cfg.eps < 0:
+            raise ValueError(f"linear: n_features ({cfg.n_features}) and eps ({cfg.eps}) must be >= 0")
+        self.n_features = self.head_dim
+        self.layer_seed = None
+        if cfg.feature_map == "favor":
+            d = self.head_dim
+            self.n_features = cfg.n_features or max(1, int(d * math.log(d)))
+            self.layer_seed = int(torch.randint(0, 2 ** 31 - 1, ()))
+            gen = torch.Generator().manual_seed((cfg.eval_seed * 2 ** 31 + self.layer_seed) % 2 ** 63)
+            proj = orthogonal_gaussian_projection(self.n_features, d, gen)
+            self.register_buffer("projection", proj.to(torch.get_default_dtype()))
+
+    def extra_repr(self) -> str:
+        return (f"dim={self.dim}, heads={self.heads}, feature_map={self.cfg.feature_map!r}, "
+                f"features={self.n_features}, redraw={self.cfg.redraw}")
+
+    def current_projection(self) -> torch.Tensor:
+        """The FAVOR+ projection this forward uses: fixed, or freshly drawn when training with redraw."""
+        if self.training and self.cfg.redraw:
+            return orthogonal_gaussian_projection(self.n_features, self.head_dim).to(self.projection)
+        return self.projection
+
+    def feature_maps(self, q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor | None,
+                     projection: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(phi(Q), phi(K)) with padded keys' features zeroed, in the dtype of q and k."""
+        keep = None if key_padding_mask is None else key_padding_mask[:, None, :, None]
+        if keep is not None:
+            k = k.masked_fill(~keep, 0.0)  # junk in the padding can neither overflow nor leak
+        if self.cfg.feature_map == "elu":
+            phi_q, phi_k = elu_feature_map(q), elu_feature_map(k)
+            if keep is not None:
+                phi_k = phi_k.masked_fill(~keep, 0.0)
+            return phi_q, phi_k
+        proj = (self.current_projection() if projection is None else projection).to(q.dtype)
+        return (favor_features(q, proj, is_query=True),
+                favor_features(k, proj, is_query=False, key_padding_mask=key_padding_mask))
+
+    def attend(self, q, k, v, key_padding_mask):
+        in_dtype = q.dtype
+        compute = torch.float32 if in_dtype in (torch.float16, torch.bfloat16) else in_dtype
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            q, k, v = q.to(compute), k.to(compute), v.to(compute)
+            if key_padding_mask is not None:
+                v = v.masked_fill(~key_padding_mask[:, None, :, None], 0.0)
+            phi_q, phi_k = self.feature_maps(q, k, key_padding_mask)
+            kv = torch.einsum("bhnf,bhne->bhfe", phi_k, v)       # sum_j phi(k_j) v_j^T
+            z = phi_k.sum(dim=-2)                                 # sum_j phi(k_j)
+            num = torch.einsum("bhnf,bhfe->bhne", phi_q, kv)
+            den = torch.einsum("bhnf,bhf->bhn", phi_q, z).unsqueeze(-1)
+            out = num / (den + self.cfg.eps)
+        return out.to(in_dtype)
+
+    def flops(self, batch: int, seq_len: int) -> int:
+        """Forward FLOPs (a multiply-add = 2): projections, feature maps, KV, z, numerator, normaliser."""
+        bhn, d, f = batch * self.heads * seq_len, self.head_dim, self.n_features
+        attn = (2 * bhn * f * d      # KV = phi(K)^T V
+                + bhn * f            # z = sum_j phi(k_j)
+                + 2 * bhn * f * d    # phi(Q) KV
+                + 2 * bhn * f        # phi(Q) z
+                + bhn * d)           # division
+        if self.cfg.feature_map == "favor":
+            # w^T x for queries and keys, |x|^2, and exp/subtract/add/scale per feature
+            feats = 2 * (2 * bhn * f * d + 2 * bhn * d + 4 * bhn * f)
+        else:
+            feats = 2 * 2 * bhn * d  # compare + add/exp per element, queries and keys
+        return attn + feats + self.projection_flops(batch, seq_len)

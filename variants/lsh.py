@@ -1,0 +1,222 @@
+"""Reformer LSH attention: shared-QK attention within hash buckets (Kitaev et al. 2020).
+
+Algorithm (per head; B batch, H heads, N tokens, d = head dim, R = ``n_hashes``,
+c = ``chunk_size``, W = 1 + ``chunks_before`` + ``chunks_after``):
+
+1. one projection ``qk`` (no bias) gives the shared query/key vectors, ``v`` (no bias) the
+   values: (B, H, N, d) each;
+2. angular LSH: random rotations (H, d, R, n_buckets/2) applied to the detached shared
+   vectors; bucket = argmax([xR, -xR]) -> (B, H, R, N). Padded tokens get bucket
+   ``n_buckets`` (their own, sorted last);
+3. per round, a stable sort by (bucket, position) -> permutation (B, H, R, N) and its
+   inverse; the sorted length is padded to Np = ceil(N / c) * c with masked slots;
+4. gather into sorted order and split into chunks: queries (B, H, R, Np/c, c, d), keys
+   (the shared vectors L2-normalised) and values over the window of each chunk: itself,
+   ``chunks_before`` previous and ``chunks_after`` following chunks of the same round,
+   without wraparound (missing chunks are masked) -> (B, H, R, Np/c, W*c, d);
+5. scores q.k / sqrt(d) -> (B, H, R, Np/c, c, W*c); the query's own position gets an
+   offset of -1e5 (so a token attends to itself only when nothing else is valid),
+   padded keys and empty slots get -1e9 (finite: no NaN, zero weight);
+6. per round: out_r = softmax(scores) V and lse_r = logsumexp(scores), unsorted back to
+   (B, H, R, N, d) and (B, H, R, N);
+7. rounds combined as out = sum_r softmax_r(lse_r) * out_r (a key found in several rounds
+   counts once per round, as in the HF and trax defaults).
+
+Time and memory O(R * N * c * W) for scores; nothing of size N x N is built. The real
+tokens' buckets, order and chunks do not depend on how much padding follows them (fixed
+``n_buckets``, rotations independent of N, pads sorted last, no wraparound), so padding
+leaves their outputs unchanged.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from harness.registry import param
+from variants.base import VARIANTS, Attention
+
+#: score offset of a query's own position (Reformer's self-mask; finite, so a token with no
+#: other valid key attends to itself)
+SELF_OFFSET = -1e5
+#: score of a padded key or an empty slot: far below any self-masked score
+MASK_VALUE = -1e9
+
+
+@dataclass(frozen=True)
+class LSHConfig:
+    """Reformer LSH attention: shared QK, angular-LSH buckets, chunked attention, rounds combined by logsumexp."""
+
+    chunk_size: int = param(64, "tokens per chunk of the sorted sequence (c)", minimum=1)
+    n_hashes: int = param(2, "hash rounds (R); cost grows linearly, error against full shared-QK attention falls",
+                          minimum=1)
+    n_buckets: int = param(
+        32,
+        "hash buckets per round (even). Fixed, independent of the sequence length so that padding does not "
+        "change the real tokens' buckets; for balanced chunks choose about 2 * N / chunk_size for the task's "
+        "length N (32 suits N = 1024 with chunk_size 64; use 64 at N = 2048, 128 at N = 4096)",
+        minimum=2)
+    chunks_before: int = param(1, "previous chunks (same round) each chunk also attends to", minimum=0)
+    chunks_after: int = param(0, "following chunks (same round) each chunk also attends to", minimum=0)
+    eval_seed: int = param(0, "seed of the fixed rotations used in eval mode (mixed with a per-layer offset)",
+                           minimum=0)
+
+
+def gather_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """(B, H, N, d) gathered along N by idx (B, H, R, M) -> (B, H, R, M, d); grads flow to ``t``."""
+    b, h, _, d = t.shape
+    r, m = idx.shape[2], idx.shape[3]
+    return t.gather(2, idx.reshape(b, h, r * m, 1).expand(b, h, r * m, d)).view(b, h, r, m, d)
+
+
+def unsort_rows(t: torch.Tensor, undo: torch.Tensor) -> torch.Tensor:
+    """(B, H, R, N, ...) in sorted order -> original order, with undo (B, H, R, N) the inverse permutation."""
+    idx = undo.view(*undo.shape, *([1] * (t.dim() - undo.dim()))).expand_as(t)
+    return t.gather(3, idx)
+
+
+def lsh_sort(buckets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sort each round by (bucket, position).
+
+    buckets (B, H, R, N) int64 -> (sort_idx, undo_idx), both (B, H, R, N): ``sort_idx[..., j]`` is the
+    position at sorted slot j, ``undo_idx[..., i]`` is the sorted slot of position i.
+    """
+    n = buckets.shape[-1]
+    pos = torch.arange(n, device=buckets.device)
+    sort_idx = (buckets * n + pos).argsort(dim=-1)
+    undo_idx = torch.empty_like(sort_idx).scatter_(-1, sort_idx, pos.expand_as(sort_idx))
+    return sort_idx, undo_idx
+
+
+def _windows(t: torch.Tensor, before: int, after: int, fill) -> torch.Tensor:
+    """(B, H, R, C, c, ...) -> (B, H, R, C, W*c, ...): each chunk with its neighbours, no wraparound."""
+    n_chunks = t.shape[3]
+    if before == 0 and after == 0:
+        return t
+    pad_before = t.new_full((*t.shape[:3], before, *t.shape[4:]), fill)
+    pad_after = t.new_full((*t.shape[:3], after, *t.shape[4:]), fill)
+    tp = torch.cat([pad_before, t, pad_after], dim=3)
+    return torch.cat([tp[:, :, :, i:i + n_chunks] for i in range(before + 1 + after)], dim=4)
+
+
+@VARIANTS.register("lsh", LSHConfig)
+class LSHAttention(Attention):
+    """Reformer LSH attention (shared QK, hashed buckets sorted into chunks; approximate)."""
+
+    complexity = ("O(n_hashes * N * chunk_size * (1 + chunks_before + chunks_after)) time and memory, "
+                  "plus an O(n_hashes * N log N) sort")
+    exact = False
+    # peak RSS of one fwd+bwd (B=1, H=4, d=64, defaults), fresh process: see tests/test_lsh.py docstring
+    linear_memory = True
+    small_params = {"chunk_size": 4, "n_buckets": 4, "n_hashes": 2}
+
+    def __init__(self, dim: int, heads: int, cfg: LSHConfig, dropout: float = 0.0):
+        super().__init__(dim, heads, cfg, dropout)
+        if cfg.n_buckets % 2 or cfg.n_buckets < 2:
+            raise ValueError(f"lsh: n_buckets must be even and >= 2, got {cfg.n_buckets}")
+        del self.qkv  # shared QK: replaced by our own projections
+        self.qk = nn.Linear(dim, dim, bias=False)
+        self.v = nn.Linear(dim, dim, bias=False)
+        # Per-layer offset of the eval rotations, drawn from the global generator at construction (the
+        # interface has no layer index): layers differ, and a model built under the same seed has the same.
+        self.layer_offset = int(torch.randint(0, 2 ** 31 - 1, (1,)))
+        gen = torch.Generator().manual_seed((cfg.eval_seed * 1_000_003 + self.layer_offset) % (2 ** 63))
+        rot = torch.randn(self._rotation_shape(), generator=gen)
+        # saved with the weights, so a reloaded checkpoint evaluates with the same hashes
+        self.register_buffer("eval_rotations", rot)
+
+    def _rotation_shape(self) -> tuple[int, int, int, int]:
+        return (self.heads, self.head_dim, self.cfg.n_hashes, self.cfg.n_buckets // 2)
+
+    def hash(self, qk: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """(B, H, N, d) -> buckets (B, H, R, N) int64; padded tokens in bucket ``n_buckets``."""
+        x = qk.detach()
+        if self.training:
+            rot = torch.randn(self._rotation_shape(), device=x.device, dtype=x.dtype)
+        else:
+            rot = self.eval_rotations.to(device=x.device, dtype=x.dtype)
+        rotated = torch.einsum("bhnd,hdrk->bhrnk", x, rot)
+        buckets = torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)
+        if key_padding_mask is not None:
+            buckets = buckets.masked_fill(~key_padding_mask[:, None, None, :], self.cfg.n_buckets)
+        return buckets
+
+    def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        b, n, dim = x.shape
+        h, d = self.heads, self.head_dim
+        c, before, after = self.cfg.chunk_size, self.cfg.chunks_before, self.cfg.chunks_after
+        r = self.cfg.n_hashes
+        if key_padding_mask is not None and bool(key_padding_mask.all()):
+            key_padding_mask = None
+        qk = self.qk(x).view(b, n, h, d).transpose(1, 2)  # (B, H, N, d)
+        v = self.v(x).view(b, n, h, d).transpose(1, 2)
+        work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        qk, v = qk.to(work), v.to(work)
+
+        buckets = self.hash(qk, key_padding_mask)  # (B, H, R, N)
+        sort_idx, undo_idx = lsh_sort(buckets)
+
+        # pad the sorted length to a multiple of c with empty slots
+        n_chunks = -(-n // c)
+        extra = n_chunks * c - n
+        slot_real = torch.ones(n_chunks * c, dtype=torch.bool, device=x.device)
+        if extra:
+            slot_real[n:] = False
+            sort_idx_p = F.pad(sort_idx, (0, extra), value=0)
+        else:
+            sort_idx_p = sort_idx
+        if key_padding_mask is None:
+            valid = slot_real.expand(b, h, r, n_chunks * c)
+        else:
+            kpm = key_padding_mask[:, None, None, :].expand(b, h, r, n)
+            valid = kpm.gather(3, sort_idx_p) & slot_real
+        pos = torch.where(slot_real, sort_idx_p, -1)  # original position per slot, -1 for empty ones
+
+        # gather into sorted order (grads flow through the gathers, not the indices) and chunk
+        shape = (b, h, r, n_chunks, c)
+        q_s = gather_rows(qk, sort_idx_p).view(*shape, d)
+        k_s = gather_rows(F.normalize(qk, dim=-1), sort_idx_p).view(*shape, d)
+        v_s = gather_rows(v, sort_idx_p).view(*shape, d)
+        k_w = _windows(k_s, before, after, 0.0)  # (B, H, R, C, W*c, d)
+        v_w = _windows(v_s, before, after, 0.0)
+        pos_q = pos.view(shape)
+        pos_w = _windows(pos_q, before, after, -1)  # (B, H, R, C, W*c)
+        valid_w = _windows(valid.reshape(shape), before, after, False)
+
+        scores = (q_s @ k_w.transpose(-1, -2)) * (1.0 / math.sqrt(d))  # (B, H, R, C, c, W*c)
+        is_self = pos_q[..., :, None] == pos_w[..., None, :]
+        scores = torch.where(is_self, scores + SELF_OFFSET, scores)
+        scores = torch.where(valid_w[..., None, :], scores, MASK_VALUE)
+        lse = torch.logsumexp(scores, dim=-1, keepdim=True)
+        probs = torch.exp(scores - lse)
+        if self.training and self.dropout > 0:
+            probs = F.dropout(probs, self.dropout)
+        out = probs @ v_w  # (B, H, R, C, c, d)
+
+        # back to original order, then combine the rounds by their logsumexp
+        out = unsort_rows(out.reshape(b, h, r, n_chunks * c, d)[:, :, :, :n], undo_idx)  # (B, H, R, N, d)
+        lse = unsort_rows(lse.reshape(b, h, r, n_chunks * c)[:, :, :, :n], undo_idx)  # (B, H, R, N)
+        weights = torch.softmax(lse, dim=2)
+        o = (weights.unsqueeze(-1) * out).sum(dim=2)  # (B, H, N, d)
+        return self.out(o.to(x.dtype).transpose(1, 2).reshape(b, n, dim))
+
+    def attend(self, q, k, v, key_padding_mask):
+        raise NotImplementedError("lsh uses shared QK: call forward(x, key_padding_mask)")
+
+    def projection_flops(self, batch: int, seq_len: int) -> int:
+        """qk and v projections (no separate key projection) plus the output projection."""
+        return 2 * batch * seq_len * 3 * self.dim * self.dim
+
+    def flops(self, batch: int, seq_len: int) -> int:
+        cfg = self.cfg
+        bh = batch * self.heads
+        window = cfg.chunk_size * (1 + cfg.chunks_before + cfg.chunks_after)
+        padded = -(-seq_len // cfg.chunk_size) * cfg.chunk_size
+        hashing = 2 * bh * seq_len * self.head_dim * cfg.n_hashes * (cfg.n_buckets // 2)
+        # q.k scores and probs.v over each chunk's window, every round
+        chunked = 2 * 2 * bh * cfg.n_hashes * padded * window * self.head_dim
+        combine = 2 * bh * cfg.n_hashes * seq_len * self.head_dim
+        return self.projection_flops(batch, seq_len) + hashing + chunked + combine
