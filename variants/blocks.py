@@ -62,16 +62,28 @@ def _gather_blocks(t: torch.Tensor, key_blocks: torch.Tensor) -> torch.Tensor:
     return t.gather(2, idx).reshape(b_, h, nq, k * blk, d)
 
 
+def _neighbour_blocks(t: torch.Tensor, reach: int) -> torch.Tensor:
+    """t (B, H, nB, b, D) -> (B, H, nB, (2*reach+1)*b, D): blocks i-reach..i+reach of every
+    block i, zeros (False) beyond the ends. Shifted slices, so the backward pass is slicing
+    rather than a scatter."""
+    nb = t.shape[2]
+    edge = t.new_zeros(t.shape[:2] + (reach,) + t.shape[3:])
+    padded = torch.cat([edge, t, edge], dim=2) if reach else t
+    return torch.cat([padded[:, :, r:r + nb] for r in range(2 * reach + 1)], dim=3)
+
+
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-                           block: int, key_blocks: torch.Tensor, block_valid: torch.Tensor,
-                           key_mask: torch.Tensor, token_allowed: torch.Tensor | None = None,
+                           block: int, key_mask: torch.Tensor,
+                           key_blocks: torch.Tensor | None = None, block_valid: torch.Tensor | None = None,
+                           reach: int | None = None, token_allowed: torch.Tensor | None = None,
                            global_idx: torch.Tensor | None = None, global_valid: torch.Tensor | None = None,
                            dropout: float = 0.0, training: bool = False) -> torch.Tensor:
     """Attention of q over the chosen key blocks plus global tokens.
 
     q, k, v: (B, H, N, D) with N a multiple of ``block``.
     key_blocks: (B or 1, N/b, K) key-block indices per query block; ``block_valid`` (same
-    shape) marks real entries (invalid ones are padding of the table).
+    shape) marks real entries (invalid ones are padding of the table). Or, instead,
+    ``reach``: every query block i attends key blocks i-reach..i+reach (K = 2*reach+1).
     key_mask: (B, N) bool, True = real key.
     token_allowed: optional bool, broadcastable to (N/b, b, K*b): query offset x gathered key.
     global_idx / global_valid: (B, G) global token positions and their validity.
@@ -83,21 +95,27 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     """
     bsz, heads, n, d = q.shape
     nb = n // block
-    key_blocks = key_blocks.expand(bsz, -1, -1)
-    block_valid = block_valid.expand(bsz, -1, -1)
-    nq, kk = key_blocks.shape[1:]
+    if key_blocks is not None:
+        key_blocks = key_blocks.expand(bsz, -1, -1)
+        nq, kk = key_blocks.shape[1:]
+        select = lambda t: _gather_blocks(t, key_blocks)  # noqa: E731
+    else:
+        nq, kk = nb, 2 * reach + 1
+        select = lambda t: _neighbour_blocks(t, reach)  # noqa: E731
     has_global = global_idx is not None and global_idx.shape[1] > 0
     is_global = position_onehot(global_idx, global_valid, n).any(1) if has_global else \
         torch.zeros(bsz, n, dtype=torch.bool, device=q.device)
 
     # key-side mask of the gathered blocks: real, a valid table entry, and not global
-    local_keys = (key_mask & ~is_global).view(bsz, nb, block)
-    gathered = local_keys.gather(1, key_blocks.reshape(bsz, nq * kk, 1).expand(-1, -1, block))
-    allowed = (gathered.view(bsz, nq, kk, block) & block_valid[..., None]).view(bsz, nq, 1, kk * block)
+    local_keys = (key_mask & ~is_global).view(bsz, 1, nb, block, 1)
+    allowed = select(local_keys).view(bsz, nq, kk, block)
+    if block_valid is not None:
+        allowed = allowed & block_valid.expand(bsz, -1, -1)[..., None]
+    allowed = allowed.view(bsz, nq, 1, kk * block)
     if token_allowed is not None:
         allowed = allowed & token_allowed  # (B, nQ, b, K*b)
-    kb = _gather_blocks(k.view(bsz, heads, nb, block, d), key_blocks)  # (B, H, nQ, K*b, D)
-    vb = _gather_blocks(v.view(bsz, heads, nb, block, d), key_blocks)
+    kb = select(k.view(bsz, heads, nb, block, d))  # (B, H, nQ, K*b, D)
+    vb = select(v.view(bsz, heads, nb, block, d))
     if has_global:  # every query block also sees the global keys, once
         g = global_idx.shape[1]
         gi = global_idx[:, None, :, None].expand(bsz, heads, g, d)

@@ -65,10 +65,11 @@ class WindowAttention(Attention):
 
     def attend(self, q, k, v, key_padding_mask):
         n = q.shape[2]
-        mask, block, key_blocks, valid, band, g_idx, g_ok = self._prepare(n, key_padding_mask, q.shape[0], q.device)
+        mask, block, key_blocks, _, band, g_idx, g_ok = self._prepare(n, key_padding_mask, q.shape[0], q.device)
         q, k, v = (pad_to_multiple(t, 2, block) for t in (q, k, v))
-        out = block_sparse_attention(q, k, v, block=block, key_blocks=key_blocks, block_valid=valid,
-                                     key_mask=mask, token_allowed=band, global_idx=g_idx, global_valid=g_ok,
+        reach = (key_blocks.shape[-1] - 1) // 2  # the table is blocks i-reach..i+reach
+        out = block_sparse_attention(q, k, v, block=block, key_mask=mask, reach=reach, token_allowed=band,
+                                     global_idx=g_idx, global_valid=g_ok,
                                      dropout=self.dropout, training=self.training)
         return out[:, :, :n]
 
