@@ -1,6 +1,7 @@
-# attnbench: train every (task, variant, seed) of the config, aggregate the run records,
-# render the report. `snakemake` runs the default config (config/config.yaml);
-# `snakemake --configfile other.yaml` runs another one *instead of* the default.
+# attnbench: train every (task, variant, seed) of the config (distilled variants from their
+# teacher's run), aggregate the run records, render the report. `snakemake` runs the
+# default config (config/config.yaml); `snakemake --configfile other.yaml` runs another
+# one *instead of* the default.
 from pathlib import Path
 
 from snakemake.utils import min_version
@@ -15,6 +16,7 @@ if not workflow.overwrite_configfiles:
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
+include: "rules/distill.smk"
 include: "rules/report.smk"
 
 

@@ -13,10 +13,26 @@ COLUMNS = [
     "task", "variant", "seed", "status", "message", "best_val_acc", "test_acc", "best_step",
     "chance_acc", "majority_test_acc", "steps_done", "steps_planned", "wall_s",
     "train_steps_per_s", "train_tokens_per_s", "eval_tokens_per_s", "peak_memory_mb",
-    "peak_memory_reserved_mb", "peak_memory_method", "params", "attention_flops_fwd",
+    "peak_memory_reserved_mb", "peak_memory_method", "params", "layers", "attention_flops_fwd",
     "seq_len", "batch_size", "device", "device_name", "torch_threads", "torch", "cuda", "python", "host", "git_commit",
-    "git_dirty", "config_hash", "record",
+    "git_dirty",
+    # runs distilled from a teacher (empty otherwise): the teacher's numbers and the settings
+    "teacher_run_id", "teacher_status", "teacher_test_acc", "teacher_train_tokens_per_s",
+    "teacher_eval_tokens_per_s", "teacher_params", "teacher_layers", "student_attention",
+    "distill_temperature", "distill_alpha",
+    "config_hash", "record",
 ]
+TEACHER_FIELDS = ["run_id", "status", "test_acc", "train_tokens_per_s", "eval_tokens_per_s", "params", "layers"]
+
+
+def teacher_columns(record: dict) -> dict:
+    teacher = record.get("teacher")
+    if teacher is None:
+        return {}
+    params = record["config"]["variant"]["params"]
+    return {**{f"teacher_{k}": teacher[k] for k in TEACHER_FIELDS},
+            "student_attention": params.get("attention"), "distill_temperature": params.get("temperature"),
+            "distill_alpha": params.get("alpha")}
 
 
 def record_row(record: dict, path: Path) -> dict:
@@ -34,11 +50,12 @@ def record_row(record: dict, path: Path) -> dict:
         "eval_tokens_per_s": eff["eval_tokens_per_s"],
         "peak_memory_mb": mb(eff["peak_memory_bytes"]), "peak_memory_reserved_mb": mb(eff["peak_memory_reserved_bytes"]),
         "peak_memory_method": eff["peak_memory_method"], "params": eff["params"],
-        "attention_flops_fwd": eff["attention_flops_fwd"],
+        "layers": record["config"]["model"]["layers"], "attention_flops_fwd": eff["attention_flops_fwd"],
         "seq_len": record["data"]["seq_len"], "batch_size": record["config"]["train"]["batch_size"],
         "device": env["device"], "device_name": env["device_name"], "torch_threads": env["torch_threads"],
         "torch": env["torch"], "cuda": env["cuda"], "python": env["python"], "host": env["host"],
         "git_commit": env["git"]["commit"], "git_dirty": env["git"]["dirty"],
+        **teacher_columns(record),
         "config_hash": record["config_hash"], "record": str(path),
     }
 

@@ -1,4 +1,4 @@
-"""The ``attnbench`` command line: list, schema, check-config, prepare, train, aggregate, report."""
+"""The ``attnbench`` command line: list, schema, check-config, prepare, train (or distil), aggregate, report."""
 from __future__ import annotations
 
 import argparse
@@ -26,7 +26,8 @@ def cmd_list(args) -> int:
         for entry in registry:
             flags = ""
             if registry is VARIANTS:
-                flags = f"  [{entry.cls.complexity}{'; exact' if entry.cls.exact else ''}]"
+                flags = (f"  [{entry.cls.complexity}{'; exact' if entry.cls.exact else ''}"
+                         f"{'; trained from a teacher' if entry.cls.needs_teacher else ''}]")
             print(f"  {entry.name}: {entry.description}{flags}")
             props = dataclass_schema(entry.config)["properties"]
             if not props:
@@ -70,6 +71,11 @@ def cmd_train(args) -> int:
     from harness.config import resolve_run
     from harness.train import train_run
     from tasks.base import build_task, load_prepared, save_prepared
+    from variants import VARIANTS
+
+    needs_teacher = VARIANTS.get(args.variant).cls.needs_teacher
+    if args.teacher_dir and not needs_teacher:
+        raise SystemExit(f"--teacher-dir: variant {args.variant} is trained from labels, not from a teacher")
 
     run = json.loads(args.run_config) if args.run_config else resolve_run(_load(args), args.task, args.variant, args.seed)
     for key, want in (("task", args.task), ("variant", args.variant)):
@@ -84,7 +90,12 @@ def cmd_train(args) -> int:
         save_prepared(data_file, args.task, params, build_task(args.task, params).prepare(data_file.parent / "source"))
     data = load_prepared(data_file, args.task, params)
     out = Path(args.out) if args.out else paths.run_dir(args.task, args.variant, args.seed)
-    record = train_run(run, data, out, bar=args.progress)
+    if needs_teacher:
+        from harness.distill import distill_run
+
+        record = distill_run(run, data, out, args.teacher_dir, bar=args.progress)
+    else:
+        record = train_run(run, data, out, bar=args.progress)
     return 0 if record["status"] != "failed" or not args.strict else 1
 
 
@@ -131,6 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", help="run folder (default: results/runs/TASK/VARIANT/seedS)")
     sp.add_argument("--run-config", help="the resolved run config as JSON (what the pipeline passes)")
     sp.add_argument("--data", help="prepared dataset file (default: data/TASK/KEY/dataset.pt, prepared if missing)")
+    sp.add_argument("--teacher-dir", help="variants trained from a teacher (distilled): the teacher's run folder, "
+                    "with record.json and best.pt (default: results/runs/TASK/TEACHER/seedS)")
     sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress bar (default: when stderr is a terminal)")
     sp.add_argument("--strict", action="store_true", help="exit 1 when the run's status is 'failed'")

@@ -91,8 +91,8 @@ def _describe(value: Any) -> str:
     return f"{value!r} ({_JSON_TYPES.get(type(value), type(value).__name__)})"
 
 
-def _format_error(err) -> str:
-    path = ".".join(str(p) for p in err.absolute_path)
+def _format_error(err, prefix: str = "") -> str:
+    path = ".".join(([prefix] if prefix else []) + [str(p) for p in err.absolute_path])
     where = f"'{path}'" if path else "the top level"
     sub = err.schema
     kind = err.validator
@@ -190,9 +190,50 @@ def validate_config(config: dict) -> dict:
         if model["dim"] % model["heads"]:
             raise ConfigError(f"invalid attnbench config:\n  - 'tasks.{section}': model dim {model['dim']} "
                               f"is not divisible by heads {model['heads']}")
+    problems = _teacher_problems(normalised)
+    if problems:
+        raise ConfigError("invalid attnbench config:\n  - " + "\n  - ".join(problems))
     config.clear()
     config.update(normalised)
     return config
+
+
+def _teacher_problems(config: dict) -> list[str]:
+    """Checks of the variants trained from a teacher (``needs_teacher``) that the schema cannot
+    express: the teacher is a configured variant trained from labels, the student's attention
+    is a registered one and its parameters fit it, and the student is no deeper than the teacher.
+    Normalises numbers written as text in ``attention_params`` in place."""
+    from variants import VARIANTS
+
+    from_labels = [v for v in VARIANTS.names() if not VARIANTS.get(v).cls.needs_teacher]
+    configured = config["variants"]
+    problems = []
+    for name, params in configured.items():
+        if not VARIANTS.get(name).cls.needs_teacher:
+            continue
+        where, teacher, attention = f"variants.{name}", params["teacher"], params["attention"]
+        if teacher not in from_labels:
+            choices = ", ".join(v for v in configured if v in from_labels) or "none is configured"
+            problems.append(f"'{where}.teacher' is {teacher!r}; the teacher must be a variant in 'variants' "
+                            f"that is trained from labels: {choices}")
+        elif teacher not in configured:
+            problems.append(f"'{where}.teacher' is {teacher!r} but variant {teacher!r} is not in 'variants'; "
+                            f"add `{teacher}: {{}}` there ({name} runs are trained from the {teacher} run "
+                            "of the same task and seed)")
+        if attention not in from_labels:
+            problems.append(f"'{where}.attention' is {attention!r}; known variants (trained from labels): "
+                            f"{', '.join(from_labels)}")
+        else:
+            schema = dataclass_schema(VARIANTS.get(attention).config)
+            params["attention_params"] = coerce_numbers(schema, params["attention_params"])
+            errors = Draft202012Validator(schema).iter_errors(params["attention_params"])
+            problems += sorted({_format_error(e, f"{where}.attention_params") for e in errors})
+        for task, task_params in config["tasks"].items():
+            layers = {**config["model"], **task_params.get("model", {})}["layers"]
+            if params["student_layers"] > layers:
+                problems.append(f"'{where}.student_layers' is {params['student_layers']}; task {task!r} has "
+                                f"{layers}-layer teachers, so it must be <= {layers} (0 = half the teacher's)")
+    return problems
 
 
 def load_config(path: str | Path | None = None) -> dict:
@@ -233,7 +274,7 @@ def resolve_run(config: dict, task: str, variant: str, seed: int) -> dict:
     model = build_dataclass(ModelConfig, {**config["model"], **per_task.get("model", {})}, "model")
     train = build_dataclass(TrainConfig, {**config["train"], **per_task.get("train", {})}, "train")
     data = task_data_params(config, task)
-    return {
+    run = {
         "task": {"name": task, "data": data, "data_key": data_key(task, data)},
         "variant": {"name": variant, "params": _as_dict(VARIANTS.make_config(variant, config["variants"][variant]))},
         "model": _as_dict(model),
@@ -243,6 +284,11 @@ def resolve_run(config: dict, task: str, variant: str, seed: int) -> dict:
         "threads": config["threads"],
         "deterministic": config["deterministic"],
     }
+    if VARIANTS.get(variant).cls.needs_teacher:
+        from harness.distill import resolve_student
+
+        resolve_student(config, run)
+    return run
 
 
 def config_hash(run_config: dict) -> str:

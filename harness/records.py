@@ -41,7 +41,8 @@ def run_id(task: str, variant: str, seed: int) -> str:
     return f"{task}/{variant}/seed{seed}"
 
 
-def build_record(*, run, data, status, message, trainer, test_acc, steps_done, mem, device, wall_s, baselines) -> dict:
+def build_record(*, run, data, status, message, trainer, test_acc, steps_done, mem, device, wall_s, baselines,
+                 step_work: str = "forward, backward, clip, AdamW", teacher: dict | None = None) -> dict:
     from harness.environment import capture
     from harness.model import count_parameters
 
@@ -83,7 +84,7 @@ def build_record(*, run, data, status, message, trainer, test_acc, steps_done, m
             "train_tokens_per_s": steps_per_s * batch * n if steps_per_s else None,
             "eval_tokens_per_s": trainer.eval_tokens / eval_time if trainer and eval_time > 0 else None,
             "step_time_median_s": step_median,
-            "timing_method": (f"median wall time of a training step (forward, backward, clip, AdamW) after the "
+            "timing_method": (f"median wall time of a training step ({step_work}) after the "
                               f"first {run['train']['timing_skip_steps']} steps, evaluation excluded, "
                               + ("CUDA-synchronised" if device.type == "cuda" else f"{run['threads']} CPU thread(s)")),
             "peak_memory_bytes": mem.peak_bytes,
@@ -95,6 +96,7 @@ def build_record(*, run, data, status, message, trainer, test_acc, steps_done, m
         "data": {k: v for k, v in data.meta().items() if k in ("source", "seq_len", "vocab_size", "num_classes", "sizes")}
                 | {"key": run["task"]["data_key"]},
         "config": run,
+        "teacher": teacher,
         "environment": capture(device),
         "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
     }
@@ -110,6 +112,8 @@ def read_record(path: Path) -> dict:
         record = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise RecordError(f"cannot read record {path}: {exc}") from exc
+    if isinstance(record, dict):  # written before records named a teacher (same schema version): none
+        record.setdefault("teacher", None)
     validate_record(record, str(path))
     return record
 

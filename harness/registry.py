@@ -7,6 +7,7 @@ editing the schema.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import pkgutil
@@ -113,6 +114,9 @@ def _type_schema(tp: Any) -> dict[str, Any]:
     if origin in (tuple, list):
         item = args[0] if args else Any
         return {"type": "array", "items": _type_schema(item) if item is not Any else {}}
+    if tp is dict or origin is dict:  # a nested mapping, e.g. another component's parameters
+        value = args[1] if len(args) == 2 else Any
+        return {"type": "object", **({"additionalProperties": _type_schema(value)} if value is not Any else {})}
     raise TypeError(f"no JSON schema for config field type {tp!r}")
 
 
@@ -145,7 +149,13 @@ def dataclass_schema(cls: type) -> dict[str, Any]:
 
 
 def param(default: Any, help: str, **bounds: Any) -> Any:
-    """A config dataclass field with a description and optional JSON-schema bounds."""
-    if isinstance(default, (list, dict)):
+    """A config dataclass field with a description and optional JSON-schema bounds.
+
+    A mapping default (a ``dict[str, Any]`` field: an object in the schema) is copied for
+    each instance; sequences take a tuple default."""
+    if isinstance(default, list):
         raise TypeError("use a tuple for sequence defaults")
-    return dataclasses.field(default=default, metadata={"help": help, **bounds})
+    metadata = {"help": help, **bounds}
+    if isinstance(default, dict):
+        return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)

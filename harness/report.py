@@ -66,6 +66,53 @@ def efficiency_table(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+DISTILLATION_NOTE = (
+    "Each distilled student against its teacher: the teacher variant's run of the same task and seed. "
+    "Means over the seeds where both finished ok (pairs: ok / distilled runs). Accuracy kept = student test "
+    "accuracy / teacher test accuracy; Δ = student minus teacher, in points. Train speed = training tokens/s "
+    "of the distillation step (the teacher's forward pass included) over the teacher's own training "
+    "tokens/s; eval speed = the student's evaluation tokens/s over the teacher's; params = student / teacher "
+    "parameter count. Above 1 (×) is faster or larger.")
+
+
+def _ratio(num: pd.Series, den: pd.Series) -> pd.Series:
+    return num / den.where(den > 0)
+
+
+def distillation_table(df: pd.DataFrame) -> pd.DataFrame:
+    """Per task and distilled variant: accuracy kept and speed gained versus the teacher, as
+    means over seeds of the per-seed ratios (empty when no run was distilled)."""
+    if "teacher_run_id" not in df or df["teacher_run_id"].isna().all():
+        return pd.DataFrame()
+    rows = []
+    for (task, variant), g in df[df["teacher_run_id"].notna()].groupby(["task", "variant"], sort=True):
+        first = g.iloc[0]
+        pairs = g[(g["status"] == "ok") & (g["teacher_status"] == "ok")
+                  & g["test_acc"].notna() & g["teacher_test_acc"].notna()]
+        mean = lambda s: s.mean() if s.notna().any() else float("nan")  # noqa: E731
+        fmt = lambda x, f: "–" if pd.isna(x) else f(x)  # noqa: E731
+        kept = mean(_ratio(pairs["test_acc"], pairs["teacher_test_acc"]))
+        delta = mean(pairs["test_acc"] - pairs["teacher_test_acc"])
+        train = mean(_ratio(pairs["train_tokens_per_s"], pairs["teacher_train_tokens_per_s"]))
+        evals = mean(_ratio(pairs["eval_tokens_per_s"], pairs["teacher_eval_tokens_per_s"]))
+        params = mean(_ratio(pairs["params"], pairs["teacher_params"]))
+        rows.append({
+            "task": task, "student": variant, "teacher": str(first["teacher_run_id"]).split("/")[1],
+            "layers (student/teacher)": f"{int(first['layers'])}/{int(first['teacher_layers'])}",
+            "student attention": first["student_attention"],
+            "T, alpha": f"{first['distill_temperature']:g}, {first['distill_alpha']:g}",
+            "pairs": f"{len(pairs)}/{len(g)}",
+            "student acc (%)": fmt(mean(pairs["test_acc"]), _pct),
+            "teacher acc (%)": fmt(mean(pairs["teacher_test_acc"]), _pct),
+            "accuracy kept (%)": fmt(kept, _pct),
+            "Δ acc (points)": fmt(delta, lambda x: f"{100 * x:+.1f}"),
+            "train speed (×)": fmt(train, lambda x: f"{x:.2f}"),
+            "eval speed (×)": fmt(evals, lambda x: f"{x:.2f}"),
+            "params (×)": fmt(params, lambda x: f"{x:.2f}"),
+        })
+    return pd.DataFrame(rows)
+
+
 def runs_table(df: pd.DataFrame) -> pd.DataFrame:
     cols = ["task", "variant", "seed", "status", "test_acc", "best_val_acc", "best_step", "steps_done", "wall_s", "message"]
     out = df[cols].copy()
@@ -187,6 +234,7 @@ def render_report(summary_csv: Path, out_dir: Path) -> Path:
     acc_fig = figure_accuracy_vs_throughput(df, figures / "accuracy_vs_throughput.png")
     curve_fig = figure_curves(load_curves(df), figures / "validation_curves.png")
     acc, eff, runs, env = accuracy_table(df), efficiency_table(df), runs_table(df), environment_table(df)
+    distill = distillation_table(df)
     status_counts = df["status"].value_counts().to_dict()
     mem_methods = sorted(df["peak_memory_method"].dropna().unique())
     first = json.loads(Path(df["record"].iloc[0]).read_text()) if Path(df["record"].iloc[0]).exists() else {}
@@ -209,6 +257,7 @@ def render_report(summary_csv: Path, out_dir: Path) -> Path:
         "## Training cost (median over seeds)", "",
         f"Timing: {timing_method}. Peak memory: {'; '.join(mem_methods)}.", "",
         _md_table(eff),
+        *(["## Distillation", "", DISTILLATION_NOTE, "", _md_table(distill)] if not distill.empty else []),
         "## Runs", "", _md_table(runs),
         "## Environment", "", "The machines and code versions these numbers come from:", "", _md_table(env),
     ]
@@ -228,6 +277,8 @@ def render_report(summary_csv: Path, out_dir: Path) -> Path:
         "<h2>Training cost (median over seeds)</h2>",
         f"<p class='note'>Timing: {html.escape(timing_method)}. Peak memory: {html.escape('; '.join(mem_methods))}.</p>",
         _html_table(eff),
+        *([f"<h2>Distillation</h2><p class='note'>{html.escape(DISTILLATION_NOTE)}</p>", _html_table(distill)]
+          if not distill.empty else []),
         "<h2>Runs</h2>", _html_table(runs),
         "<h2>Environment</h2>", "<p class='note'>The machines and code versions these numbers come from.</p>",
         _html_table(env),

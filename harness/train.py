@@ -122,13 +122,17 @@ class Log:
 
 
 class Trainer:
+    """Trains the model of one run on its labels. A subclass changes what is trained or how the
+    loss is computed by overriding ``build_model`` and ``loss``; the loop, evaluation,
+    checkpointing and every outcome (ok, oom, diverged, timeout, failed) stay here."""
+
+    #: what one timed training step does, for the record's timing method
+    step_work = "forward, backward, clip, AdamW"
+
     def __init__(self, run: dict, data: PreparedData, device: torch.device):
         self.run, self.data, self.device = run, data, device
         self.cfg = TrainConfig(**{**run["train"], "betas": tuple(run["train"]["betas"])})
-        self.model = EncoderClassifier(
-            ModelConfig(**run["model"]), run["variant"]["name"], run["variant"]["params"],
-            vocab_size=data.vocab_size, seq_len=data.seq_len, num_classes=data.num_classes,
-            pad_id=data.pad_id).to(device)
+        self.model = self.build_model().to(device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, betas=self.cfg.betas,
                                      weight_decay=self.cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.cfg))
@@ -139,6 +143,17 @@ class Trainer:
         self.curve: list[dict] = []
         self.best = {"val_acc": -1.0, "step": None, "state": None}
         self.step = 0  # the step being run (or last finished)
+
+    def build_model(self) -> EncoderClassifier:
+        """The model the run config describes, freshly initialised (seeded by the caller)."""
+        run, data = self.run, self.data
+        return EncoderClassifier(
+            ModelConfig(**run["model"]), run["variant"]["name"], run["variant"]["params"],
+            vocab_size=data.vocab_size, seq_len=data.seq_len, num_classes=data.num_classes, pad_id=data.pad_id)
+
+    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The training loss of one batch (the model is in training mode)."""
+        return F.cross_entropy(self.model(x), y)
 
     def batches(self):
         """Endless shuffled training batches (a new permutation every epoch)."""
@@ -169,7 +184,7 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         with self.step_timer.time():
-            loss = F.cross_entropy(self.model(x), y)
+            loss = self.loss(x, y)
             if not torch.isfinite(loss):
                 raise Diverged(f"non-finite training loss {loss.item()}")
             self.opt.zero_grad(set_to_none=True)
@@ -237,8 +252,14 @@ def baselines(data: PreparedData) -> dict:
             "majority_test_acc": float((test_labels == majority).float().mean())}
 
 
-def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = None) -> dict:
-    """Train one (task, variant, seed) and return its record (also written to ``out_dir``)."""
+def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = None, *,
+              trainer_cls: type[Trainer] = Trainer, trainer_kwargs: dict | None = None,
+              teacher: dict | None = None) -> dict:
+    """Train one (task, variant, seed) and return its record (also written to ``out_dir``).
+
+    ``trainer_cls(run, data, device, **trainer_kwargs)`` builds the trainer inside the measured,
+    guarded section, so that its failures become records too; ``teacher`` is the record's
+    ``teacher`` entry (None for a run trained from labels alone)."""
     from harness.records import build_record, write_record
 
     out_dir = Path(out_dir)
@@ -257,7 +278,7 @@ def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = N
     if status == "ok":
         try:
             with mem:
-                trainer = Trainer(run, data, device)
+                trainer = trainer_cls(run, data, device, **(trainer_kwargs or {}))
                 steps_done = trainer.fit(log)
         except Diverged as exc:
             status, message = "diverged", str(exc)
@@ -283,7 +304,8 @@ def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = N
         write_curve(out_dir / "curve.csv", trainer.curve)
     record = build_record(run=run, data=data, status=status, message=message, trainer=trainer,
                           test_acc=test_acc, steps_done=steps_done, mem=mem, device=device,
-                          wall_s=time.perf_counter() - wall0, baselines=baselines(data))
+                          wall_s=time.perf_counter() - wall0, baselines=baselines(data),
+                          step_work=trainer_cls.step_work, teacher=teacher)
     write_record(out_dir / "record.json", record)
     log.line(f"{record['run_id']}: status {status}"
              + (f", test accuracy {test_acc:.4f}" if test_acc is not None else "")

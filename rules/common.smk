@@ -1,6 +1,7 @@
 # Config validation (before any job starts) and the helpers the rules use.
 import json
 import os
+import re
 import shlex
 import sys
 
@@ -9,6 +10,7 @@ from snakemake.exceptions import WorkflowError
 from harness import paths
 from harness.config import ConfigError, resolve_run, task_data_params, validate_config
 from tasks.base import data_key
+from variants import VARIANTS as REGISTRY
 
 try:
     validate_config(config)
@@ -20,6 +22,15 @@ shell.prefix(f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH;
 TASKS = list(config["tasks"])
 VARIANTS = list(config["variants"])
 SEEDS = [int(s) for s in config["seeds"]]
+# variants trained from labels (rule train) and from a teacher's run (rule distill), told
+# apart by the variant's `needs_teacher` flag, never by name
+FROM_TEACHER = [v for v in VARIANTS if REGISTRY.get(v).cls.needs_teacher]
+FROM_LABELS = [v for v in VARIANTS if v not in FROM_TEACHER]
+
+
+def one_of(names):
+    """A wildcard constraint matching exactly these names (nothing when there are none)."""
+    return "|".join(re.escape(n) for n in names) or "(?!)"
 
 
 wildcard_constraints:
@@ -52,3 +63,14 @@ def get_run_dir(wildcards):
 
 def get_records(wildcards=None):
     return [str(paths.run_dir(t, v, s) / "record.json") for t in TASKS for v in VARIANTS for s in SEEDS]
+
+
+def get_teacher_dir(wildcards):
+    """The run folder of the teacher of a teacher-trained run: same task and seed."""
+    teacher = config["variants"][wildcards.variant]["teacher"]
+    return str(paths.run_dir(wildcards.task, teacher, int(wildcards.seed)))
+
+
+def get_teacher_record(wildcards):
+    """The teacher's record; it is written after its best.pt, so it marks the checkpoint complete."""
+    return os.path.join(get_teacher_dir(wildcards), "record.json")

@@ -1,5 +1,6 @@
-# Training: one job per (task, variant, seed). The resolved run config is a param, so a
-# change to any setting that affects a run re-runs exactly that run.
+# Training: one job per (task, variant, seed) of the variants trained from labels. The
+# resolved run config is a param, so a change to any setting that affects a run re-runs
+# exactly that run. (Variants trained from a teacher: rules/distill.smk.)
 
 
 rule train:
@@ -10,6 +11,8 @@ rule train:
     params:
         run=get_run_json,
         outdir=get_run_dir,
+    wildcard_constraints:
+        variant=one_of(FROM_LABELS),
     threads: config["threads"]
     log:
         "logs/train/{task}/{variant}/seed{seed}.log",

@@ -19,8 +19,8 @@ SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 
 TINY = {
     "seeds": [0, 1],
-    "variants": {"full": {}},
-    "model": {"layers": 1, "dim": 16, "heads": 2, "mlp_dim": 32},
+    "variants": {"full": {}, "distilled": {}},  # distilled: a 1-layer student of each full run
+    "model": {"layers": 2, "dim": 16, "heads": 2, "mlp_dim": 32},
     "train": {"steps": 30, "batch_size": 16, "eval_every": 10, "warmup_steps": 5},
     "tasks": {
         "listops": {"data": {"n_train": 300, "n_val": 60, "n_test": 60, "min_length": 2,
@@ -35,6 +35,14 @@ def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.Compl
            "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+
+
+def planned_wildcards(result: subprocess.CompletedProcess, rule: str) -> list[dict[str, str]]:
+    """The wildcards of each job of ``rule`` in a dry run's job listing."""
+    out = result.stdout + result.stderr
+    jobs = re.findall(rf"^rule {rule}:\n((?:    .*\n)+)", out, re.M)
+    found = [re.search(r"^    wildcards: (.*)$", job, re.M) for job in jobs]
+    return [dict(kv.split("=", 1) for kv in m.group(1).split(", ")) for m in found if m]
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
@@ -59,14 +67,25 @@ def pipeline(tmp_path_factory):
 def test_pipeline_writes_records_summary_and_report(pipeline):
     work = pipeline
     records = sorted((work / "results" / "runs").rglob("record.json"))
-    assert len(records) == 4  # 2 tasks x 1 variant x 2 seeds
+    assert len(records) == 8  # 2 tasks x 2 variants x 2 seeds
     for path in records:
         rec = read_record(path)
         assert rec["status"] == "ok", rec["message"]
         assert 0.0 <= rec["accuracy"]["test"] <= 1.0
         assert (path.parent / "curve.csv").exists() and (path.parent / "best.pt").exists()
+        if rec["variant"] == "distilled":  # its teacher: the full run of the same task and seed
+            assert rec["teacher"]["run_id"] == f"{rec['task']}/full/seed{rec['seed']}"
+            assert (path.parent / rec["teacher"]["checkpoint"]).resolve() == (
+                work / "results" / "runs" / rec["task"] / "full" / f"seed{rec['seed']}" / "best.pt").resolve()
+            assert (rec["config"]["model"]["layers"], rec["teacher"]["layers"]) == (1, 2)
+        else:
+            assert rec["teacher"] is None
     df = pd.read_csv(work / "results" / "summary.csv")
-    assert sorted(zip(df["task"], df["seed"])) == [("image", 0), ("image", 1), ("listops", 0), ("listops", 1)]
+    assert sorted(zip(df["task"], df["variant"], df["seed"])) == [
+        (t, v, s) for t in ("image", "listops") for v in ("distilled", "full") for s in (0, 1)]
+    distilled = df[df["variant"] == "distilled"]
+    assert distilled["teacher_test_acc"].notna().all() and (distilled["params"] < distilled["teacher_params"]).all()
+    assert df[df["variant"] == "full"]["teacher_run_id"].isna().all()
     assert (work / "results" / "summary.parquet").exists()
 
     html = (work / "reports" / "index.html").read_text()
@@ -76,22 +95,46 @@ def test_pipeline_writes_records_summary_and_report(pipeline):
     # accuracy table: one row per task, 'mean ± std (n=2)' per variant, baselines beside
     for task in ("image", "listops"):
         row = next(line for line in md.splitlines() if line.startswith(f"| {task} |"))
-        mean = df[df["task"] == task]["test_acc"].mean() * 100
-        assert f"{mean:.1f} ± " in row and "(n=2)" in row
+        for variant in ("distilled", "full"):
+            mean = df[(df["task"] == task) & (df["variant"] == variant)]["test_acc"].mean() * 100
+            assert f"{mean:.1f} ± " in row, (variant, row)
+        assert row.count("(n=2)") == 2
     assert (work / "reports" / "figures" / "accuracy_vs_throughput.png").stat().st_size > 1000
     assert "## Environment" in md and "2.13.0" in md
+    # the distillation section: accuracy kept and speed gained per task, versus the teacher
+    assert "<h2>Distillation</h2>" in html and "accuracy kept" in html
+    section = md.split("## Distillation", 1)[1].split("## Runs", 1)[0]
+    for task in ("image", "listops"):
+        row = next(line for line in section.splitlines() if line.startswith(f"| {task} | distilled | full | 1/2 |"))
+        pairs = distilled[distilled["task"] == task]
+        kept = (pairs["test_acc"] / pairs["teacher_test_acc"]).mean() * 100
+        assert "| 2/2 |" in row and f"| {kept:.1f} |" in row, row
 
 
 @pytest.mark.slow
 def test_rerun_does_nothing_and_deleting_a_record_reruns_only_that_job(pipeline):
     work = pipeline
     assert planned_jobs(snakemake(work, "-n")) == {}
-    (work / "results" / "runs" / "listops" / "full" / "seed1" / "record.json").unlink()
-    jobs = planned_jobs(snakemake(work, "-n"))
-    assert jobs == {"train": 1, "aggregate": 1, "report": 1, "all": 1}
+    runs = work / "results" / "runs" / "listops"
+    student = runs / "distilled" / "seed0" / "record.json"
+    student.rename(student.with_suffix(".bak"))  # a student alone: only its job
+    try:
+        assert planned_jobs(snakemake(work, "-n")) == {"distill": 1, "aggregate": 1, "report": 1, "all": 1}
+    finally:
+        student.with_suffix(".bak").rename(student)
+    # a teacher: its job, and then (the DAG edge) its student's of the same task and seed
+    (runs / "full" / "seed1" / "record.json").unlink()
+    dry = snakemake(work, "-n")
+    assert planned_jobs(dry) == {"train": 1, "distill": 1, "aggregate": 1, "report": 1, "all": 1}
+    assert planned_wildcards(dry, "train") == [{"task": "listops", "variant": "full", "seed": "1"}]
+    assert planned_wildcards(dry, "distill") == [{"task": "listops", "variant": "distilled", "seed": "1"}]
     result = snakemake(work)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert read_record(work / "results" / "runs" / "listops" / "full" / "seed1" / "record.json")["status"] == "ok"
+    teacher = read_record(runs / "full" / "seed1" / "record.json")
+    student = read_record(runs / "distilled" / "seed1" / "record.json")
+    assert teacher["status"] == student["status"] == "ok"
+    assert student["teacher"]["config_hash"] == teacher["config_hash"]
+    assert student["teacher"]["test_acc"] == teacher["accuracy"]["test"]  # distilled from the new teacher
     assert planned_jobs(snakemake(work, "-n")) == {}
 
 
@@ -103,7 +146,8 @@ def test_changing_one_tasks_settings_reruns_only_that_tasks_jobs(pipeline, tmp_p
     (work / "config.yaml").write_text(yaml.safe_dump(cfg))
     try:
         jobs = planned_jobs(snakemake(work, "-n"))
-        assert jobs.get("train") == 2 and "prepare_data" not in jobs  # image x 2 seeds, same data
+        # image x 2 seeds, same data; their students follow their teachers
+        assert jobs.get("train") == 2 and jobs.get("distill") == 2 and "prepare_data" not in jobs
     finally:
         (work / "config.yaml").write_text(yaml.safe_dump(TINY))
 
@@ -116,7 +160,7 @@ def test_invalid_config_stops_before_any_job(tmp_path):
     result = snakemake(tmp_path, "-n", timeout=120)
     assert result.returncode != 0
     err = result.stdout + result.stderr
-    assert "unknown variant 'fulll'" in err and "known variants: full" in err
+    assert "unknown variant 'fulll'" in err and re.search(r"known variants: .*\bfull\b", err)
     assert "'train.lr' is 'fast'" in err and "expected number" in err
     assert not (tmp_path / "results").exists()
 
