@@ -155,6 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=str(paths.SUMMARY_CSV), help="CSV to write (a .parquet is written beside it)")
     sp.set_defaults(func=cmd_aggregate)
 
+    # listed for --help; main() hands `compare` and its arguments to harness.compare
+    sub.add_parser("compare", add_help=False,
+                   help="time variants against public implementations (`attnbench compare --help`)")
+
     sp = sub.add_parser("report", help="render reports/index.html and reports/summary.md")
     sp.add_argument("--summary", default=str(paths.SUMMARY_CSV))
     sp.add_argument("--out", default=str(paths.REPORTS))
@@ -167,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     from harness.registry import UnknownNameError
     from tasks.base import DataError
 
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["compare"]:
+        from harness.compare import main as compare_main
+
+        return compare_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

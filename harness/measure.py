@@ -7,6 +7,8 @@ memory the measured work added).
 """
 from __future__ import annotations
 
+import gc
+import resource
 import statistics
 import threading
 import time
@@ -89,3 +91,67 @@ class PeakMemory:
             self._thread.join()
             self._max_rss = max(self._max_rss, psutil.Process().memory_info().rss)
             self.peak_bytes = self._max_rss - self.baseline_bytes
+
+
+MIB = 2 ** 20
+
+
+def _rss_bytes() -> int:
+    return psutil.Process().memory_info().rss
+
+
+def _maxrss_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+
+
+def _vm_hwm_bytes() -> int | None:
+    """The process's peak resident set size (``VmHWM``), or None where /proc is not there."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def _reset_hwm() -> bool:
+    """Reset ``VmHWM`` to the current RSS (Linux >= 4.0: write 5 to /proc/self/clear_refs)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    hwm, rss = _vm_hwm_bytes(), _rss_bytes()
+    return hwm is not None and hwm <= rss + 4 * MIB
+
+
+class CpuPeak:
+    """Peak RSS above the RSS at entry: exact via a reset ``VmHWM`` where Linux allows it, else the
+    growth of ``ru_maxrss`` when the work set a new high-water mark, else a sampler thread."""
+
+    def __init__(self):
+        self._sampler = PeakMemory(torch.device("cpu"))
+        self.peak_bytes: int | None = None
+        self.method = ""
+
+    def __enter__(self) -> "CpuPeak":
+        gc.collect()
+        self._maxrss0 = _maxrss_bytes()
+        self._hwm_ok = _reset_hwm()
+        self._sampler.__enter__()
+        self.baseline = self._sampler.baseline_bytes
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._sampler.__exit__(*exc)
+        sampled = self._sampler.peak_bytes
+        hwm, maxrss = _vm_hwm_bytes(), _maxrss_bytes()
+        if self._hwm_ok and hwm is not None:
+            self.peak_bytes, self.method = max(hwm - self.baseline, sampled), "VmHWM (reset at start) minus RSS at start"
+        elif maxrss > self._maxrss0:
+            self.peak_bytes, self.method = max(maxrss - self.baseline, sampled), "ru_maxrss minus RSS at start"
+        else:
+            self.peak_bytes, self.method = sampled, self._sampler.method
+        self.sampled_bytes = sampled

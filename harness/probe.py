@@ -1,0 +1,191 @@
+"""One attention layer measured in a fresh process: the forward+backward time and peak memory
+of our variant or of a peer, for ``attnbench compare`` and the memory-scaling tests.
+
+``run_worker(spec)`` starts ``python -m harness.probe`` with a JSON spec and returns its
+result; ``measure_in_process(spec)`` is what that process runs:
+- torch threads fixed (``spec["threads"]``; OMP/MKL threads set to match);
+- training mode (dropout 0): random hashes/blocks/features are drawn as in training;
+- every token real: ours gets the all-True ``key_padding_mask`` tensor (the pipeline's model
+  always passes one); a peer gets it in its library's form;
+- peak memory: the peak of the first forward+backward step above the memory just before it
+  (``harness.measure.CpuPeak`` on CPU; ``max_memory_allocated`` after a reset on CUDA);
+- time: after warm-up, ``repeats`` timed steps (perf_counter, the device synchronised).
+A failure (error, out of memory, timeout) comes back as ``{"ok": False, "error": ...}``.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from harness.measure import CpuPeak
+from harness.peers import PEERS, Shape
+
+def build_impl(spec: dict) -> tuple[nn.Module, str]:
+    """The module a worker spec names: ours (``build_attention``) or a peer, with its label."""
+    shape = Shape(spec["n"], spec["batch"], spec["heads"], spec["head_dim"])
+    if spec["impl"] == "ours":
+        from variants import build_attention
+
+        return build_attention(spec["variant"], shape.dim, shape.heads, spec["params"]), \
+            f"attnbench {spec['variant']}"
+    peer = PEERS[spec["peer"]]
+    built = peer.build(shape, spec["params"])
+    if isinstance(built, tuple):
+        return built
+    return built, peer.title
+
+
+def measure_in_process(spec: dict) -> dict:
+    """Build one implementation and measure it in this (fresh) process.
+
+    1. memory: the peak of the first forward+backward step above the memory just before it, after the
+       layer and its inputs were built (``peak_bytes``). Later steps are not used for memory: on CPU the
+       allocator keeps freed memory, so their RSS creeps up with the number of steps and depends on
+       fragmentation; the first step's peak is what the step needs (plus any lazy set-up inside torch
+       that every implementation pays alike) and is reproducible to ~0.1 MiB run to run;
+    2. time: the first step and ``warmup - 1`` more are warm-up; then ``repeats`` timed steps.
+    """
+    from harness.measure import Stopwatch
+
+    threads = int(spec["threads"])
+    torch.set_num_threads(threads)
+    device = torch.device(spec["device"])
+    for mod in spec.get("peer_modules", ()):
+        importlib.import_module(mod)
+    torch.manual_seed(spec["seed"])
+    module, label = build_impl(spec)
+    module = module.to(device=device, dtype=torch.float32).train()
+    gen = torch.Generator().manual_seed(spec["seed"] + 1)
+    b, n, dim = spec["batch"], spec["n"], spec["heads"] * spec["head_dim"]
+    x = torch.randn(b, n, dim, generator=gen).to(device).requires_grad_(True)
+    grad_out = torch.randn(b, n, dim, generator=gen).to(device)
+    mask = torch.ones(b, n, dtype=torch.bool, device=device)
+    n_params = sum(p.numel() for p in module.parameters())
+
+    def clear():
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+
+    def step():
+        clear()
+        y = module(x, mask)
+        if tuple(y.shape) != tuple(x.shape):
+            raise RuntimeError(f"output shape {tuple(y.shape)} != input shape {tuple(x.shape)}")
+        y.backward(grad_out)
+
+    def peak_of_step() -> tuple[int, str, int]:
+        """(peak bytes above the start, method, bytes at the start) of one step."""
+        clear()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+            torch.cuda.reset_peak_memory_stats(device)
+            start = torch.cuda.memory_allocated(device)
+            step()
+            torch.cuda.synchronize(device)
+            return (torch.cuda.max_memory_allocated(device) - start,
+                    "torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus allocated at start", start)
+        with CpuPeak() as cp:
+            step()
+        return cp.peak_bytes, cp.method, cp.baseline
+
+    watch = Stopwatch(device)
+    t0 = time.perf_counter()
+    cold_peak, cold_method, cold_base = peak_of_step()
+    watch.durations.append(time.perf_counter() - t0)  # the first warm-up step (not timed for the result)
+    warmup = max(1, int(spec["warmup"]))
+    for _ in range(warmup - 1):
+        with watch.time():
+            step()
+    for _ in range(int(spec["repeats"])):
+        with watch.time():
+            step()
+    times = watch.durations[warmup:]
+    result = {
+        "ok": True, "label": label, "params": n_params, "threads": torch.get_num_threads(),
+        "times_s": times, "warmup_times_s": watch.durations[:warmup],
+        "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+        "peak_bytes": cold_peak, "peak_method": "first step in a fresh process: " + cold_method,
+        "memory_before_bytes": cold_base,
+    }
+    if spec.get("profile_dir"):
+        result["profile"] = _profile(step, spec, label)  # after the timed steps: does not affect them
+    return result
+
+
+def _profile(step: Callable[[], None], spec: dict, label: str) -> str:
+    """One more step under torch.profiler; the op table is written next to the JSON."""
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if spec["device"].startswith("cuda") else [])
+    with profile(activities=acts, profile_memory=True, record_shapes=False) as prof:
+        step()
+    sort = "self_cuda_time_total" if spec["device"].startswith("cuda") else "self_cpu_time_total"
+    table = prof.key_averages().table(sort_by=sort, row_limit=25)
+    out = Path(spec["profile_dir"])
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"{spec['variant']}-{spec.get('peer') or 'none'}-{spec['impl']}-n{spec['n']}-{spec['device']}.txt"
+    (out / name).write_text(f"{label}\n{json.dumps(spec['params'])}\n\n{table}\n")
+    return str(out / name)
+
+
+def _worker(argv: list[str]) -> int:
+    spec_json, out_path = argv
+    spec = json.loads(spec_json)
+    try:
+        result = measure_in_process(spec)
+    except BaseException as exc:  # recorded, never raised: the parent goes on with the next case
+        oom = isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}".strip(),
+                  "oom": oom, "traceback": traceback.format_exc(limit=12)}
+    Path(out_path).write_text(json.dumps(result))
+    return 0
+
+
+def run_worker(spec: dict, timeout_s: float, workdir: Path) -> dict:
+    """``measure_in_process(spec)`` in a fresh Python process; failures become ``{"ok": False, ...}``."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    out = workdir / f"case-{os.getpid()}-{time.monotonic_ns()}.json"
+    env = dict(os.environ)
+    threads = str(spec["threads"])
+    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1",
+               TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
+    cmd = [sys.executable, "-m", "harness.probe", json.dumps(spec), str(out)]
+    load0 = os.getloadavg()[0]
+    t0 = time.perf_counter()
+    try:
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timed out after {timeout_s:g} s", "oom": False,
+                "process_wall_s": timeout_s}
+    wall = time.perf_counter() - t0
+    if out.exists():
+        result = json.loads(out.read_text())
+        out.unlink()
+    else:
+        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-8:]
+        how = f"exit status {proc.returncode}"
+        if proc.returncode < 0:
+            how = f"killed by signal {-proc.returncode}" + (" (out of memory?)" if proc.returncode == -9 else "")
+        result = {"ok": False, "error": f"worker {how}: " + " | ".join(tail), "oom": proc.returncode == -9}
+    result["process_wall_s"] = wall
+    result["loadavg"] = [load0, os.getloadavg()[0]]  # 1-minute load average before and after: interference
+    return result
+
+
+if __name__ == "__main__":
+    # run the imported module, not this __main__ copy: peers registered by --peer-module
+    # must land in the registry that build_impl reads
+    from harness.probe import _worker as _run
+
+    sys.exit(_run(sys.argv[1:]))

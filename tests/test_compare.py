@@ -1,0 +1,322 @@
+"""``attnbench compare``: the measurement in subprocesses, failures and skips, and the peer adapters.
+
+Peers are an optional extra: tests that use a real peer package skip when it is not installed.
+The numerical tests copy our weights into a peer that supports an exactly equivalent configuration
+and check that both compute the same function (float64).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from harness import compare, peers, probe
+from harness.compare import main
+from harness.peers import PEERS, Shape
+from variants import build_attention
+
+DIM, HEADS = 32, 4
+
+
+def _run(tmp_path, *args, capsys=None):
+    out = tmp_path / "compare.json"
+    assert main(["--device", "cpu", "--threads", "1", "--out", str(out), *args]) == 0
+    return json.loads(out.read_text()), (capsys.readouterr().out if capsys else None)
+
+
+def _row(table: str, *needles: str) -> list[str]:
+    rows = [r for r in table.splitlines() if r.startswith("|") and all(x in r for x in needles)]
+    assert len(rows) == 1, f"expected one row with {needles} in:\n{table}"
+    return [c.strip() for c in rows[0].strip("|").split("|")]
+
+
+# --- the run: subprocesses, table, JSON ------------------------------------------------------------
+
+def test_tiny_full_vs_torch_mha_in_subprocesses(tmp_path, capsys):
+    report, stdout = _run(tmp_path, "--n", "64", "--repeats", "2", "--warmup", "1",
+                          "--variants", "full", "--peers", "torch-mha", capsys=capsys)
+    # machine info
+    info = report["machine"]["cpu"]
+    assert info["torch"] == torch.__version__ and info["cpu_model"] and info["torch_threads"] == 1
+    assert "peer_packages" in info
+    assert report["settings"]["n"] == [64] and report["settings"]["repeats"] == 2
+    # one case, both sides measured in their own processes
+    (case,) = report["cases"]
+    assert case["variant"] == "full" and case["peer"] == "torch-mha" and case["status"] == "ok"
+    for side in (case["ours"], case["peer_result"]):
+        assert side["ok"], side
+        assert len(side["times_s"]) == 2 and all(t > 0 for t in side["times_s"])
+        assert side["min_s"] <= side["median_s"] <= side["max_s"]
+        assert side["peak_bytes"] > 0 and side["threads"] == 1
+        assert side["process_wall_s"] > 0
+    assert case["ours"]["label"] == "attnbench full"
+    assert "MultiheadAttention" in case["peer_result"]["label"]
+    assert case["time_ratio"] == pytest.approx(case["ours"]["median_s"] / case["peer_result"]["median_s"])
+    assert case["memory_ratio"] == pytest.approx(case["ours"]["peak_bytes"] / case["peer_result"]["peak_bytes"])
+    # the printed Markdown table has the row, with positive times and memory
+    cells = _row(stdout, "| full |", "MultiheadAttention")
+    assert cells[3] == "64" and cells[4] == "cpu"
+    for col in (5, 6):  # "median (min-max)"
+        assert float(cells[col].split()[0]) > 0
+    for col in (7, 8, 9, 10):
+        assert float(cells[col]) > 0
+    assert report["table"] in stdout
+
+
+BROKEN_PEER_MODULE = '''
+from harness.peers import Peer, register_peer
+
+def _build(shape, settings):
+    raise RuntimeError("deliberately broken peer: " + settings["why"])
+
+register_peer(Peer(name="broken", variant="full", title="a peer that raises", requires=(),
+                   distributions=(), match=lambda s, d: ({}, {"why": "no kernel"}), build=_build))
+'''
+
+
+def test_failing_peer_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch, capsys):
+    (tmp_path / "broken_peer_mod.py").write_text(textwrap.dedent(BROKEN_PEER_MODULE))
+    monkeypatch.syspath_prepend(str(tmp_path))  # this process, and the workers through PYTHONPATH
+    monkeypatch.setenv("PYTHONPATH", ":".join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setitem(peers.PEERS, "broken", None)  # the registration is undone afterwards
+    monkeypatch.delitem(sys.modules, "broken_peer_mod", raising=False)
+    report, stdout = _run(tmp_path, "--n", "32", "--repeats", "1", "--warmup", "1", "--variants", "full",
+                          "--peers", "broken,torch-mha", "--peer-module", "broken_peer_mod", capsys=capsys)
+    sys.modules.pop("broken_peer_mod", None)
+    broken, mha = report["cases"]
+    assert broken["peer"] == "broken" and not broken["peer_result"]["ok"]
+    assert "deliberately broken peer: no kernel" in broken["peer_result"]["error"]
+    assert broken["status"].startswith("failed (peer): RuntimeError")
+    assert broken["ours"]["ok"] and broken["time_ratio"] is None
+    # the next case still ran, and reused the measurement of ours (same settings)
+    assert mha["peer"] == "torch-mha" and mha["status"] == "ok" and mha["peer_result"]["ok"]
+    assert mha["ours"]["shared"] and mha["ours"]["median_s"] == broken["ours"]["median_s"]
+    assert "deliberately broken peer" in _row(stdout, "a peer that raises")[-1]
+
+
+def test_peer_not_installed_is_skipped(tmp_path, monkeypatch, capsys):
+    # a missing package: importing it raises ImportError
+    for mod in ("transformers", "local_attention"):
+        monkeypatch.setitem(sys.modules, mod, None)
+    report, stdout = _run(tmp_path, "--n", "64", "--variants", "window", capsys=capsys)
+    assert report["cases"] == []
+    skipped = {s["peer"]: s for s in report["skipped"]}
+    assert set(skipped) == {"hf-longformer", "local-attention"}
+    assert all("not installed" in s["reason"] for s in skipped.values())
+    assert "skipped: not installed" in _row(stdout, "LongformerSelfAttention")[-1]
+
+
+def test_unregistered_variant_is_skipped_with_a_note(tmp_path):
+    cases, skipped = compare.plan(["full", "no_such_variant"], ["torch-mha"], lambda n: Shape(n), [64])
+    assert [c["variant"] for c in cases] == ["full"]
+    assert skipped[0]["variant"] == "no_such_variant" and "not registered" in skipped[0]["reason"]
+
+
+def test_no_peers_measures_each_distinct_configuration_once():
+    cases, skipped = compare.plan(["window", "full"], None, lambda n: Shape(n), [64, 128], no_peers=True)
+    keys = [(c["variant"], c["n"], json.dumps(c["ours_params"], sort_keys=True)) for c in cases]
+    assert len(keys) == len(set(keys)) and all(c["peer"] is None for c in cases)
+    assert {(c["variant"], c["n"]) for c in cases} >= {("window", 64), ("full", 128)}
+
+
+def test_worker_timeout_is_recorded(tmp_path):
+    spec = {"impl": "ours", "variant": "full", "peer": None, "params": {}, "n": 16, "batch": 1, "heads": 2,
+            "head_dim": 8, "threads": 1, "device": "cpu", "warmup": 1, "repeats": 1, "seed": 0}
+    result = probe.run_worker(spec, timeout_s=0.05, workdir=tmp_path)
+    assert not result["ok"] and "timed out" in result["error"]
+
+
+def test_ratios_and_goal():
+    case = {"ours": {"ok": True, "median_s": 1.0, "peak_bytes": 100},
+            "peer_result": {"ok": True, "median_s": 2.0, "peak_bytes": 50}, "peer": "x"}
+    compare.finish_case(case)
+    assert case["time_ratio"] == 0.5 and case["memory_ratio"] == 2.0 and case["goal_met"] is False
+
+
+def test_rounds_pool_the_timed_steps_and_take_the_median_peak():
+    runs = [{"ok": True, "times_s": [1.0, 3.0], "median_s": 2.0, "peak_bytes": 10, "process_wall_s": 1.0},
+            {"ok": True, "times_s": [2.0, 4.0], "median_s": 3.0, "peak_bytes": 30, "process_wall_s": 1.0},
+            {"ok": True, "times_s": [5.0], "median_s": 5.0, "peak_bytes": 20, "process_wall_s": 1.0}]
+    out = compare.combine_rounds(runs)
+    assert out["times_s"] == [1.0, 3.0, 2.0, 4.0, 5.0] and out["median_s"] == 3.0
+    assert (out["min_s"], out["max_s"], out["peak_bytes"]) == (1.0, 5.0, 20) and len(out["rounds"]) == 3
+    failed = {"ok": False, "error": "boom"}
+    assert compare.combine_rounds([runs[0], failed]) is failed
+
+
+# --- the peer adapters ----------------------------------------------------------------------------
+
+def _x(n, b=2, real=None, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, n, DIM, generator=g, dtype=torch.float64)
+    mask = torch.ones(b, n, dtype=torch.bool)
+    if real is not None:
+        mask[1, real:] = False
+    return x, mask
+
+
+def _ours(variant, params):
+    torch.manual_seed(0)
+    return build_attention(variant, DIM, HEADS, params).double().eval()
+
+
+def _copy(linear, weight, bias=None):
+    with torch.no_grad():
+        linear.weight.copy_(weight)
+        if linear.bias is not None:
+            linear.bias.copy_(bias)
+
+
+def _qkv(ours):
+    w, b = ours.qkv.weight, ours.qkv.bias
+    return [(w[i * DIM:(i + 1) * DIM], b[i * DIM:(i + 1) * DIM]) for i in range(3)]
+
+
+def _same(ours, peer, x, mask, atol=1e-6):
+    with torch.no_grad():
+        a, b = ours(x, mask), peer(x, mask)
+    real = mask[..., None]
+    assert a.shape == b.shape
+    assert torch.allclose(a * real, b * real, atol=atol, rtol=0), (a - b).abs().max()
+
+
+def test_full_equals_torch_mha_with_copied_weights():
+    ours = _ours("full", {})
+    peer = peers.TorchMHA(DIM, HEADS).double().eval()
+    with torch.no_grad():
+        peer.mha.in_proj_weight.copy_(ours.qkv.weight)
+        peer.mha.in_proj_bias.copy_(ours.qkv.bias)
+    _copy(peer.mha.out_proj, ours.out.weight, ours.out.bias)
+    _same(ours, peer, *_x(40, real=27), atol=1e-12)
+
+
+@pytest.mark.parametrize("window,global_tokens", [(4, (0,)), (8, (0, -1)), (6, ())])
+def test_window_equals_hf_longformer(window, global_tokens):
+    pytest.importorskip("transformers")
+    params, settings = PEERS["hf-longformer"].match(Shape(50), {"window": window, "global_tokens": global_tokens})
+    ours = _ours("window", params)
+    peer = peers.HFLongformer(DIM, HEADS, settings["one_sided_window"], tuple(settings["global_tokens"]))
+    peer = peer.double().eval()
+    q, k, v = _qkv(ours)
+    a = peer.attn  # HF's separate global projections get the same weights: ours has one set
+    for lin, wb in ((a.query, q), (a.key, k), (a.value, v), (a.query_global, q), (a.key_global, k),
+                    (a.value_global, v)):
+        _copy(lin, *wb)
+    _copy(peer.out, ours.out.weight, ours.out.bias)
+    # N = 50 is not a multiple of 2w: the adapter pads like LongformerModel; HF's softmax runs in float32
+    _same(ours, peer, *_x(50, real=37), atol=1e-6)
+
+
+@pytest.mark.parametrize("window", [4, 8])
+def test_window_equals_local_attention_exact_window(window):
+    pytest.importorskip("local_attention")
+    params, settings = PEERS["local-attention"].match(Shape(48), {"window": window, "global_tokens": (0,)})
+    assert params["global_tokens"] == ()
+    ours = _ours("window", params)
+    peer = peers.LucidrainsLocal(DIM, HEADS, settings["window_size"]).double().eval()
+    _copy(peer.qkv, ours.qkv.weight, ours.qkv.bias)
+    _copy(peer.out, ours.out.weight, ours.out.bias)
+    _same(ours, peer, *_x(44, real=31), atol=1e-12)
+
+
+def _fast_transformers_weights(ours, proj):
+    (q, k, v) = _qkv(ours)
+    for lin, wb in zip(proj, (q, k, v, (ours.out.weight, ours.out.bias))):
+        _copy(lin, *wb)
+
+
+def test_linear_elu_equals_fast_transformers_formulation():
+    params, settings = PEERS["fast-transformers"].match(Shape(40), {})
+    ours = _ours("linear", params)
+    peer = peers.FastTransformersLinear(DIM, HEADS, settings["eps"]).double().eval()
+    _fast_transformers_weights(ours, (peer.query_projection, peer.key_projection, peer.value_projection,
+                                      peer.out_projection))
+    _same(ours, peer, *_x(40, real=23), atol=1e-12)
+
+
+def test_linear_elu_equals_fast_transformers_package():
+    pytest.importorskip("fast_transformers.attention")
+    params, settings = PEERS["fast-transformers"].match(Shape(40), {})
+    ours = _ours("linear", params)
+    peer, label = peers._build_fast_transformers(Shape(40, 2, HEADS, DIM // HEADS), settings)
+    assert "re-implemented" not in label
+    peer = peer.double().eval()
+    layer = peer.layer
+    _fast_transformers_weights(ours, (layer.query_projection, layer.key_projection, layer.value_projection,
+                                      layer.out_projection))
+    _same(ours, peer, *_x(40, real=23), atol=1e-12)
+
+
+def test_fast_transformers_falls_back_to_the_labelled_formulation(monkeypatch):
+    monkeypatch.setitem(sys.modules, "fast_transformers", None)
+    monkeypatch.setitem(sys.modules, "fast_transformers.attention", None)
+    peer, label = peers._build_fast_transformers(Shape(32, 1, HEADS, DIM // HEADS), {"eps": 1e-6})
+    assert isinstance(peer, peers.FastTransformersLinear) and label == peers.FAST_TRANSFORMERS_REIMPLEMENTED
+
+
+def test_linear_favor_equals_performer_with_copied_features(monkeypatch):
+    """Same projection matrix and weights. The two differ only in where the FAVOR+ eps (1e-4) meets
+    the stabiliser (performer subtracts max(w.x), ours max(w.x - |x|^2/2)) and in our normaliser eps,
+    so with both eps at 0 the stabilisers cancel and the outputs agree."""
+    pp = pytest.importorskip("performer_pytorch.performer_pytorch")
+    import functools
+
+    import variants.linear
+
+    monkeypatch.setattr(variants.linear, "FAVOR_EPS", 0.0)
+    monkeypatch.setattr(pp, "softmax_kernel", functools.partial(pp.softmax_kernel, eps=0.0))
+    params, settings = PEERS["performer-pytorch"].match(Shape(40, 2, HEADS, DIM // HEADS), {"n_features": 0})
+    assert params["n_features"] == settings["nb_features"] == int(8 * math.log(8))
+    ours = _ours("linear", {**params, "eps": 0.0})
+    peer = peers.PerformerFavor(DIM, HEADS, settings["nb_features"]).double().eval()
+    with torch.no_grad():
+        peer.attn.fast_attention.projection_matrix.copy_(ours.projection)
+    a = peer.attn
+    for lin, wb in zip((a.to_q, a.to_k, a.to_v, a.to_out), (*_qkv(ours), (ours.out.weight, ours.out.bias))):
+        _copy(lin, *wb)
+    _same(ours, peer, *_x(40), atol=1e-10)  # no padding: performer leaves padded keys in the normaliser
+
+
+def test_lsh_equals_reformer_pytorch_full_qk_path():
+    """At N <= bucket_size reformer-pytorch runs full shared-QK attention (unit keys, d^-1/2, self-mask);
+    ours with one chunk holding every token is the same function."""
+    pytest.importorskip("reformer_pytorch")
+    ours = _ours("lsh", {"chunk_size": 64, "n_buckets": 2, "n_hashes": 1, "chunks_before": 0})
+    peer = peers.LucidrainsReformerLSH(DIM, HEADS, bucket_size=64, n_hashes=1).double().eval()
+    a = peer.attn
+    _copy(a.toqk, ours.qk.weight)
+    _copy(a.tov, ours.v.weight)
+    _copy(a.to_out, ours.out.weight, ours.out.bias)
+    x, mask = _x(40)
+    with torch.no_grad():
+        assert torch.allclose(ours(x, mask), a(x), atol=1e-12, rtol=0)
+
+
+# every peer that is installed builds at a small size and runs forward+backward with padding
+SMALL = {"hf-bigbird": ({"block_size": 16, "random_blocks": 1}, 256)}
+
+
+@pytest.mark.parametrize("name", list(PEERS))
+def test_installed_peer_adapter_runs_forward_backward(name):
+    peer = PEERS[name]
+    missing = peers.missing_modules(peer)
+    if missing:
+        pytest.skip("not installed: " + "; ".join(missing))
+    over, n = SMALL.get(name, ({}, 72))
+    shape = Shape(n, 2, HEADS, DIM // HEADS)
+    ours_params, settings = peer.match(shape, {**peers._defaults(peer.variant), **over})
+    built = peer.build(shape, settings)
+    layer = (built[0] if isinstance(built, tuple) else built).train()
+    ours = build_attention(peer.variant, DIM, HEADS, ours_params).train()
+    x, mask = _x(n, real=n - 9)
+    x = x.float().requires_grad_(True)
+    for module in (layer, ours):
+        y = module(x, mask)
+        assert y.shape == x.shape and torch.isfinite(y[mask]).all()
+        y.sum().backward()
+        assert all(p.grad is not None for p in module.parameters() if p.requires_grad)
