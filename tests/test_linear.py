@@ -268,3 +268,16 @@ def test_config_and_flops():
         assert layer.flops(2, 2048) == 2 * layer.flops(2, 1024), "linear in N"
         assert layer.flops(2, 1024) > layer.projection_flops(2, 1024)
     assert LinearAttention.linear_memory and not LinearAttention.exact
+
+
+def test_elu_feature_map_gradient_matches_finite_differences():
+    from variants.linear import elu_feature_map
+
+    x = (torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3).requires_grad_()
+    assert torch.autograd.gradcheck(elu_feature_map, (x,))
+    # and equals elu(x) + 1 with autograd's own derivative
+    y = torch.nn.functional.elu(x) + 1
+    torch.testing.assert_close(elu_feature_map(x), y, rtol=0, atol=1e-15)
+    (g1,) = torch.autograd.grad(elu_feature_map(x).sum(), x)
+    (g2,) = torch.autograd.grad(y.sum(), x)
+    torch.testing.assert_close(g1, g2, rtol=0, atol=1e-15)

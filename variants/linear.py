@@ -9,9 +9,8 @@ two over the features, so nothing of size N x N is ever formed: time O(N F Dh), 
 O(N (F + Dh)) per head, F the feature dimension (Dh for elu, m for FAVOR+).
 
 Feature maps:
-- ``elu``: phi(x) = elu(x) + 1, evaluated as ``x + 1`` for x > 0 and ``exp(x)`` otherwise (the
-  same function, but it stays > 0 down to x ~ -87 in float32 where ``elu(x) + 1`` rounds to 0
-  below x ~ -17);
+- ``elu``: phi(x) = elu(x) + 1, evaluated as exp(min(x, 0)) + max(x, 0) (the same function,
+  but it stays > 0 down to x ~ -87 in float32 where ``elu(x) + 1`` rounds to 0 below x ~ -17);
 - ``favor``: Performer's positive random features (Choromanski et al. 2021). With x' = x d^-1/4,
   phi(x) = m^-1/2 (exp(w_r^T x' - |x'|^2/2 - s) + FAVOR_EPS), r = 1..m, where the rows w_r are
   block-orthogonal Gaussian directions with chi(d)-distributed norms, and s is a detached
@@ -65,9 +64,26 @@ class LinearConfig:
            "torch's global generator at construction)", minimum=0)
 
 
+class _EluPlusOne(torch.autograd.Function):
+    """elu(x) + 1 = exp(min(x, 0)) + max(x, 0): strictly positive where exp(x) is (``elu(x) + 1``
+    rounds to 0 below x ~ -17 in float32). Its derivative is min(phi, 1), so the backward pass
+    needs only the output, which the einsums after it keep anyway: no extra saved tensors."""
+
+    @staticmethod
+    def forward(ctx, x):
+        phi = torch.exp(x.clamp(max=0)).add_(x.clamp(min=0))
+        ctx.save_for_backward(phi)
+        return phi
+
+    @staticmethod
+    def backward(ctx, grad):
+        (phi,) = ctx.saved_tensors
+        return grad * phi.clamp(max=1)
+
+
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
-    """elu(x) + 1, written so that it stays strictly positive where exp(x) does."""
-    return torch.where(x > 0, x + 1, torch.exp(x.clamp(max=0)))
+    """elu(x) + 1, strictly positive where exp(x) is."""
+    return _EluPlusOne.apply(x)
 
 
 def orthogonal_gaussian_projection(n_features: int, dim: int,
@@ -166,6 +182,8 @@ class LinearAttention(Attention):
     def attend(self, q, k, v, key_padding_mask):
         in_dtype = q.dtype
         compute = torch.float32 if in_dtype in (torch.float16, torch.bfloat16) else in_dtype
+        if key_padding_mask is not None and bool(key_padding_mask.all()):
+            key_padding_mask = None  # nothing to mask: skip the masking passes
         with torch.autocast(device_type=q.device.type, enabled=False):
             q, k, v = q.to(compute), k.to(compute), v.to(compute)
             if key_padding_mask is not None:

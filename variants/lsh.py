@@ -72,10 +72,47 @@ def gather_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return t.gather(2, idx.reshape(b, h, r * m, 1).expand(b, h, r * m, d)).view(b, h, r, m, d)
 
 
-def unsort_rows(t: torch.Tensor, undo: torch.Tensor) -> torch.Tensor:
-    """(B, H, R, N, ...) in sorted order -> original order, with undo (B, H, R, N) the inverse permutation."""
-    idx = undo.view(*undo.shape, *([1] * (t.dim() - undo.dim()))).expand_as(t)
+def _permute_rounds(t: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """(B, H, R, N, ...) reordered along N by perm (B, H, R, N), round by round."""
+    idx = perm.view(*perm.shape, *([1] * (t.dim() - perm.dim()))).expand_as(t)
     return t.gather(3, idx)
+
+
+class _Sort(torch.autograd.Function):
+    """(B, H, N, d) -> (B, H, R, N, d) in each round's sorted order. The index is a permutation,
+    so the backward pass is a gather with its inverse (summed over rounds), not a scatter."""
+
+    @staticmethod
+    def forward(ctx, t, sort_idx, undo_idx):
+        ctx.save_for_backward(undo_idx)
+        return gather_rows(t, sort_idx)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (undo_idx,) = ctx.saved_tensors
+        return _permute_rounds(grad, undo_idx).sum(dim=2), None, None
+
+
+class _Unsort(torch.autograd.Function):
+    """(B, H, R, N, ...) sorted -> original order; the backward pass gathers with the sort order."""
+
+    @staticmethod
+    def forward(ctx, t, undo_idx, sort_idx):
+        ctx.save_for_backward(sort_idx)
+        return _permute_rounds(t, undo_idx)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (sort_idx,) = ctx.saved_tensors
+        return _permute_rounds(grad, sort_idx), None, None
+
+
+def unsort_rows(t: torch.Tensor, undo: torch.Tensor, sort_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, H, R, N, ...) in sorted order -> original order, with undo (B, H, R, N) the inverse
+    permutation (and ``sort_idx``, the permutation itself, for a scatter-free backward pass)."""
+    if sort_idx is None:
+        return _permute_rounds(t, undo)
+    return _Unsort.apply(t, undo, sort_idx)
 
 
 def lsh_sort(buckets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -100,6 +137,13 @@ def _windows(t: torch.Tensor, before: int, after: int, fill) -> torch.Tensor:
     pad_after = t.new_full((*t.shape[:3], after, *t.shape[4:]), fill)
     tp = torch.cat([pad_before, t, pad_after], dim=3)
     return torch.cat([tp[:, :, :, i:i + n_chunks] for i in range(before + 1 + after)], dim=4)
+
+
+def _filler_mask(n_chunks: int, before: int, after: int, c: int, device) -> torch.Tensor:
+    """(C, 1, W*c) True where chunk j's window holds a filler chunk (beyond the round's ends)."""
+    j = torch.arange(n_chunks, device=device)[:, None]
+    src = j - before + torch.arange(before + 1 + after, device=device)[None, :]
+    return ((src < 0) | (src >= n_chunks)).repeat_interleave(c, dim=1)[:, None, :]
 
 
 @VARIANTS.register("lsh", LSHConfig)
@@ -159,37 +203,40 @@ class LSHAttention(Attention):
         buckets = self.hash(qk, key_padding_mask)  # (B, H, R, N)
         sort_idx, undo_idx = lsh_sort(buckets)
 
-        # pad the sorted length to a multiple of c with empty slots
+        # sort (grads flow through the gathers, not the indices), pad the sorted length to a
+        # multiple of c with empty slots, and chunk
         n_chunks = -(-n // c)
         extra = n_chunks * c - n
-        slot_real = torch.ones(n_chunks * c, dtype=torch.bool, device=x.device)
-        if extra:
-            slot_real[n:] = False
-            sort_idx_p = F.pad(sort_idx, (0, extra), value=0)
-        else:
-            sort_idx_p = sort_idx
-        if key_padding_mask is None:
-            valid = slot_real.expand(b, h, r, n_chunks * c)
-        else:
-            kpm = key_padding_mask[:, None, None, :].expand(b, h, r, n)
-            valid = kpm.gather(3, sort_idx_p) & slot_real
-        pos = torch.where(slot_real, sort_idx_p, -1)  # original position per slot, -1 for empty ones
-
-        # gather into sorted order (grads flow through the gathers, not the indices) and chunk
         shape = (b, h, r, n_chunks, c)
-        q_s = gather_rows(qk, sort_idx_p).view(*shape, d)
-        k_s = gather_rows(F.normalize(qk, dim=-1), sort_idx_p).view(*shape, d)
-        v_s = gather_rows(v, sort_idx_p).view(*shape, d)
+        q_s, v_s = (_Sort.apply(t, sort_idx, undo_idx) for t in (qk, v))  # (B, H, R, N, d)
+        if extra:
+            q_s, v_s = F.pad(q_s, (0, 0, 0, extra)), F.pad(v_s, (0, 0, 0, extra))
+        q_s, v_s = q_s.view(*shape, d), v_s.view(*shape, d)
+        k_s = F.normalize(q_s, dim=-1)  # keys: the shared vectors at unit length
         k_w = _windows(k_s, before, after, 0.0)  # (B, H, R, C, W*c, d)
         v_w = _windows(v_s, before, after, 0.0)
-        pos_q = pos.view(shape)
-        pos_w = _windows(pos_q, before, after, -1)  # (B, H, R, C, W*c)
-        valid_w = _windows(valid.reshape(shape), before, after, False)
 
         scores = (q_s @ k_w.transpose(-1, -2)) * (1.0 / math.sqrt(d))  # (B, H, R, C, c, W*c)
-        is_self = pos_q[..., :, None] == pos_w[..., None, :]
-        scores = torch.where(is_self, scores + SELF_OFFSET, scores)
-        scores = torch.where(valid_w[..., None, :], scores, MASK_VALUE)
+        # within a round every position has one slot, so a query meets itself exactly on the
+        # diagonal of its own chunk's block of the window: offset it in place
+        scores[..., before * c:(before + 1) * c].diagonal(dim1=-2, dim2=-1).add_(SELF_OFFSET)
+        if key_padding_mask is None and not extra:
+            # every slot is real: only the filler chunks beyond each round's ends are invalid,
+            # and only the first `before` and last `after` chunks' windows hold any
+            filler = _filler_mask(n_chunks, before, after, c, x.device)
+            if before:
+                scores[:, :, :, :before].masked_fill_(filler[:before], MASK_VALUE)
+            if after:
+                scores[:, :, :, n_chunks - after:].masked_fill_(filler[n_chunks - after:], MASK_VALUE)
+        else:
+            slot_real = torch.arange(n_chunks * c, device=x.device) < n
+            if key_padding_mask is None:
+                valid = slot_real.expand(b, h, r, n_chunks * c)
+            else:
+                kpm = key_padding_mask[:, None, None, :].expand(b, h, r, n)
+                valid = F.pad(kpm.gather(3, sort_idx), (0, extra), value=False)
+            valid_w = _windows(valid.reshape(shape), before, after, False)
+            scores.masked_fill_(~valid_w[..., None, :], MASK_VALUE)
         lse = torch.logsumexp(scores, dim=-1, keepdim=True)
         probs = torch.exp(scores - lse)
         if self.training and self.dropout > 0:
@@ -197,8 +244,8 @@ class LSHAttention(Attention):
         out = probs @ v_w  # (B, H, R, C, c, d)
 
         # back to original order, then combine the rounds by their logsumexp
-        out = unsort_rows(out.reshape(b, h, r, n_chunks * c, d)[:, :, :, :n], undo_idx)  # (B, H, R, N, d)
-        lse = unsort_rows(lse.reshape(b, h, r, n_chunks * c)[:, :, :, :n], undo_idx)  # (B, H, R, N)
+        out = unsort_rows(out.reshape(b, h, r, n_chunks * c, d)[:, :, :, :n], undo_idx, sort_idx)  # (B, H, R, N, d)
+        lse = unsort_rows(lse.reshape(b, h, r, n_chunks * c)[:, :, :, :n], undo_idx, sort_idx)  # (B, H, R, N)
         weights = torch.softmax(lse, dim=2)
         o = (weights.unsqueeze(-1) * out).sum(dim=2)  # (B, H, N, d)
         return self.out(o.to(x.dtype).transpose(1, 2).reshape(b, n, dim))
