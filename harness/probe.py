@@ -55,8 +55,25 @@ def measure_in_process(spec: dict) -> dict:
        fragmentation; the first step's peak is what the step needs (plus any lazy set-up inside torch
        that every implementation pays alike) and is reproducible to ~0.1 MiB run to run;
     2. time: the first step and ``warmup - 1`` more are warm-up; then ``repeats`` timed steps.
+
+    Options: ``sdpa_backend`` ("math", "flash", ...) restricts torch's SDPA to that backend for
+    every step; ``prime_n`` runs one untimed step at that (small) length before the measured
+    one, so torch's one-time set-up is paid before the peak is taken.
     """
+    import contextlib
+
     from harness.measure import Stopwatch
+
+    backend = contextlib.nullcontext()
+    if spec.get("sdpa_backend"):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        backend = sdpa_kernel([getattr(SDPBackend, spec["sdpa_backend"].upper())])
+    with backend:
+        return _measure(spec, Stopwatch)
+
+
+def _measure(spec: dict, Stopwatch) -> dict:
 
     threads = int(spec["threads"])
     torch.set_num_threads(threads)
@@ -99,6 +116,11 @@ def measure_in_process(spec: dict) -> dict:
             step()
         return cp.peak_bytes, cp.method, cp.baseline
 
+    if spec.get("prime_n"):
+        xs = torch.randn(b, int(spec["prime_n"]), dim, device=device, requires_grad=True)
+        module(xs, torch.ones(b, xs.shape[1], dtype=torch.bool, device=device)).sum().backward()
+        del xs
+        clear()
     watch = Stopwatch(device)
     t0 = time.perf_counter()
     cold_peak, cold_method, cold_base = peak_of_step()
