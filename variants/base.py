@@ -52,8 +52,13 @@ class Attention(nn.Module):
         self.dim, self.heads, self.head_dim = dim, heads, dim // heads
         self.cfg = cfg
         self.dropout = dropout
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
+        self.build_projections()
+
+    def build_projections(self) -> None:
+        """The layer's projections: fused query/key/value and output. A variant that projects
+        differently (shared QK) overrides this together with ``forward``."""
+        self.qkv = nn.Linear(self.dim, 3 * self.dim)
+        self.out = nn.Linear(self.dim, self.dim)
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, d = x.shape

@@ -161,9 +161,6 @@ class LSHAttention(Attention):
         super().__init__(dim, heads, cfg, dropout)
         if cfg.n_buckets % 2 or cfg.n_buckets < 2:
             raise ValueError(f"lsh: n_buckets must be even and >= 2, got {cfg.n_buckets}")
-        del self.qkv  # shared QK: replaced by our own projections
-        self.qk = nn.Linear(dim, dim, bias=False)
-        self.v = nn.Linear(dim, dim, bias=False)
         # Per-layer offset of the eval rotations, drawn from the global generator at construction (the
         # interface has no layer index): layers differ, and a model built under the same seed has the same.
         self.layer_offset = int(torch.randint(0, 2 ** 31 - 1, (1,)))
@@ -171,6 +168,13 @@ class LSHAttention(Attention):
         rot = torch.randn(self._rotation_shape(), generator=gen)
         # saved with the weights, so a reloaded checkpoint evaluates with the same hashes
         self.register_buffer("eval_rotations", rot)
+
+    def build_projections(self) -> None:
+        """Shared QK: one projection for queries and keys, one for values (no biases, as
+        Reformer), and the output projection."""
+        self.qk = nn.Linear(self.dim, self.dim, bias=False)
+        self.v = nn.Linear(self.dim, self.dim, bias=False)
+        self.out = nn.Linear(self.dim, self.dim)
 
     def _rotation_shape(self) -> tuple[int, int, int, int]:
         return (self.heads, self.head_dim, self.cfg.n_hashes, self.cfg.n_buckets // 2)
