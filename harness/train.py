@@ -7,7 +7,6 @@ matching status, so the pipeline goes on and the report shows what happened.
 """
 from __future__ import annotations
 
-import copy
 import csv
 import math
 import os
@@ -25,7 +24,7 @@ import torch.nn.functional as F
 
 from harness.io import atomic_torch_save, atomic_write_text
 from harness.measure import PeakMemory, Stopwatch
-from harness.model import EncoderClassifier, ModelConfig, count_parameters
+from harness.model import EncoderClassifier, ModelConfig
 from harness.registry import param
 from tasks.base import PreparedData
 
