@@ -237,8 +237,7 @@ def render_report(summary_csv: Path, out_dir: Path) -> Path:
     distill = distillation_table(df)
     status_counts = df["status"].value_counts().to_dict()
     mem_methods = sorted(df["peak_memory_method"].dropna().unique())
-    first = json.loads(Path(df["record"].iloc[0]).read_text()) if Path(df["record"].iloc[0]).exists() else {}
-    timing_method = first.get("efficiency", {}).get("timing_method", "")
+    timing_method = "; ".join(sorted(df["timing_method"].dropna().unique())) if "timing_method" in df else ""
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     not_ok = {k: v for k, v in status_counts.items() if k != "ok"}
     status_line = f"{len(df)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(status_counts.items()))
