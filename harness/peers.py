@@ -37,6 +37,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from variants.blocks import real_lengths, resolve_positions
+
 @dataclasses.dataclass(frozen=True)
 class Shape:
     """What both sides of a comparison share."""
@@ -107,24 +109,6 @@ def _defaults(variant: str) -> dict:
 
 def _all_real(mask: torch.Tensor | None) -> bool:
     return mask is None or bool(mask.all())
-
-
-def _positions(spec, lengths: torch.Tensor) -> list[list[int]]:
-    """Token positions per batch element (negative: from the end of the real tokens), deduplicated."""
-    out = []
-    for length in lengths.tolist():
-        seen: list[int] = []
-        for p in spec:
-            q = p + length if p < 0 else p
-            if 0 <= q < length and q not in seen:
-                seen.append(q)
-        out.append(seen)
-    return out
-
-
-def _real_lengths(mask: torch.Tensor) -> torch.Tensor:
-    pos = torch.arange(1, mask.shape[1] + 1, device=mask.device)
-    return (mask * pos).amax(dim=1)
 
 
 def _pad_to(x: torch.Tensor, mask: torch.Tensor, multiple: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,8 +184,9 @@ class HFLongformer(nn.Module):
         mask = key_padding_mask if key_padding_mask is not None else torch.ones(b, n, dtype=torch.bool, device=x.device)
         xp, maskp = _pad_to(x, mask, self.multiple)
         enc = torch.zeros(maskp.shape, dtype=x.dtype, device=x.device).masked_fill(~maskp, -10000.0)
-        for i, pos in enumerate(_positions(self.global_tokens, _real_lengths(mask))):
-            enc[i, pos] = 10000.0
+        idx, ok = resolve_positions(self.global_tokens, real_lengths(mask))  # our semantics of positions
+        for i in range(b):
+            enc[i, idx[i][ok[i]]] = 10000.0
         is_masked, is_global = enc < 0, enc > 0
         out = self.attn(xp, attention_mask=enc, is_index_masked=is_masked, is_index_global_attn=is_global,
                         is_global_attn=bool(is_global.any()))[0]
