@@ -71,6 +71,18 @@ class Attention(nn.Module):
         """(B, H, N, Dh) x3 + (B, N) bool mask -> (B, H, N, Dh)."""
         raise NotImplementedError
 
+    @staticmethod
+    def draw_layer_seed() -> int:
+        """A number that tells this layer's fixed (eval-mode) randomness from other layers'. The
+        interface has no layer index, so it is drawn from torch's global generator at
+        construction: layers differ, and a model built under the same seed gets the same."""
+        return int(torch.randint(0, 2 ** 31 - 1, ()))
+
+    @staticmethod
+    def fixed_seed(eval_seed: int, layer_seed: int) -> int:
+        """The seed of a layer's fixed randomness: the config's ``eval_seed`` mixed with its layer seed."""
+        return (eval_seed * 1_000_003 + int(layer_seed)) % 2 ** 63
+
     def projection_flops(self, batch: int, seq_len: int) -> int:
         """Multiply-adds x2 of the input and output projections."""
         return 2 * batch * seq_len * (3 * self.dim * self.dim + self.dim * self.dim)

@@ -149,8 +149,8 @@ class LinearAttention(Attention):
         if cfg.feature_map == "favor":
             d = self.head_dim
             self.n_features = cfg.n_features or max(1, int(d * math.log(d)))
-            self.layer_seed = int(torch.randint(0, 2 ** 31 - 1, ()))
-            gen = torch.Generator().manual_seed((cfg.eval_seed * 2 ** 31 + self.layer_seed) % 2 ** 63)
+            self.layer_seed = self.draw_layer_seed()
+            gen = torch.Generator().manual_seed(self.fixed_seed(cfg.eval_seed, self.layer_seed))
             proj = orthogonal_gaussian_projection(self.n_features, d, gen)
             self.register_buffer("projection", proj.to(torch.get_default_dtype()))
 

@@ -161,10 +161,8 @@ class LSHAttention(Attention):
         super().__init__(dim, heads, cfg, dropout)
         if cfg.n_buckets % 2 or cfg.n_buckets < 2:
             raise ValueError(f"lsh: n_buckets must be even and >= 2, got {cfg.n_buckets}")
-        # Per-layer offset of the eval rotations, drawn from the global generator at construction (the
-        # interface has no layer index): layers differ, and a model built under the same seed has the same.
-        self.layer_offset = int(torch.randint(0, 2 ** 31 - 1, (1,)))
-        gen = torch.Generator().manual_seed((cfg.eval_seed * 1_000_003 + self.layer_offset) % (2 ** 63))
+        self.layer_offset = self.draw_layer_seed()
+        gen = torch.Generator().manual_seed(self.fixed_seed(cfg.eval_seed, self.layer_offset))
         rot = torch.randn(self._rotation_shape(), generator=gen)
         # saved with the weights, so a reloaded checkpoint evaluates with the same hashes
         self.register_buffer("eval_rotations", rot)

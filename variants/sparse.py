@@ -58,7 +58,7 @@ class SparseAttention(Attention):
     def __init__(self, dim, heads, cfg, dropout=0.0):
         super().__init__(dim, heads, cfg, dropout)
         # differs per layer, saved with the weights: eval layouts survive a checkpoint round trip
-        self.register_buffer("layer_seed", torch.randint(0, 2**31 - 1, ()))
+        self.register_buffer("layer_seed", torch.tensor(self.draw_layer_seed()))
 
     def block(self, n: int) -> int:
         return max(1, min(self.cfg.block_size, n))
@@ -97,7 +97,7 @@ class SparseAttention(Attention):
     def _seed(self) -> int:
         if self.training and self.cfg.random_blocks:
             return int(torch.randint(0, 2**31 - 1, (1,)).item())
-        return self.cfg.eval_seed * 1_000_003 + int(self.layer_seed)
+        return self.fixed_seed(self.cfg.eval_seed, self.layer_seed)
 
     def _prepare(self, n, key_padding_mask, batch, device):
         mask = key_padding_mask if key_padding_mask is not None else torch.ones(batch, n, dtype=torch.bool, device=device)

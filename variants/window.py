@@ -42,10 +42,14 @@ class WindowAttention(Attention):
         b = self.cfg.block_size or max(self.cfg.window, 16)
         return max(1, min(b, n))
 
+    def reach(self, block: int) -> int:
+        """Neighbour key blocks on each side that the band touches."""
+        return math.ceil(self.cfg.window / block)
+
     def layout(self, n_padded: int, block: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Key-block table (1, nB, K), its validity, and the token-level band mask (b, K*b)."""
         nb = n_padded // block
-        reach = math.ceil(self.cfg.window / block) if self.cfg.window else 0
+        reach = self.reach(block)
         rel = torch.arange(-reach, reach + 1, device=device)
         kb = torch.arange(nb, device=device)[:, None] + rel[None, :]
         valid = (kb >= 0) & (kb < nb)
@@ -65,10 +69,9 @@ class WindowAttention(Attention):
 
     def attend(self, q, k, v, key_padding_mask):
         n = q.shape[2]
-        mask, block, key_blocks, _, band, g_idx, g_ok = self._prepare(n, key_padding_mask, q.shape[0], q.device)
+        mask, block, _, _, band, g_idx, g_ok = self._prepare(n, key_padding_mask, q.shape[0], q.device)
         q, k, v = (pad_to_multiple(t, 2, block) for t in (q, k, v))
-        reach = (key_blocks.shape[-1] - 1) // 2  # the table is blocks i-reach..i+reach
-        out = block_sparse_attention(q, k, v, block=block, key_mask=mask, reach=reach, token_allowed=band,
+        out = block_sparse_attention(q, k, v, block=block, key_mask=mask, reach=self.reach(block), token_allowed=band,
                                      global_idx=g_idx, global_valid=g_ok,
                                      dropout=self.dropout, training=self.training)
         return out[:, :, :n]
@@ -83,7 +86,7 @@ class WindowAttention(Attention):
     def flops(self, batch: int, seq_len: int) -> int:
         block = self.block(seq_len)
         n = math.ceil(seq_len / block) * block
-        keys = (2 * math.ceil(self.cfg.window / block) + 1) * block if self.cfg.window else block
+        keys = (2 * self.reach(block) + 1) * block
         g = len(self.cfg.global_tokens)
         attn = 2 * 2 * batch * self.heads * n * (keys + g) * self.head_dim  # band + global columns
         attn += 2 * 2 * batch * self.heads * g * n * self.head_dim  # global rows
