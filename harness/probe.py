@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import importlib
 import json
-import os
 import statistics
-import subprocess
 import sys
 import time
 import traceback
@@ -28,6 +26,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from harness.fresh_process import run_fresh
 from harness.measure import CpuPeak
 from harness.peers import PEERS, Shape
 
@@ -176,32 +175,10 @@ def _worker(argv: list[str]) -> int:
 
 def run_worker(spec: dict, timeout_s: float, workdir: Path) -> dict:
     """``measure_in_process(spec)`` in a fresh Python process; failures become ``{"ok": False, ...}``."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    out = workdir / f"case-{os.getpid()}-{time.monotonic_ns()}.json"
-    env = dict(os.environ)
-    threads = str(spec["threads"])
-    env.update(OMP_NUM_THREADS=threads, MKL_NUM_THREADS=threads, PYTHONUNBUFFERED="1",
-               TRANSFORMERS_VERBOSITY="error", HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false")
-    cmd = [sys.executable, "-m", "harness.probe", json.dumps(spec), str(out)]
-    load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    try:
-        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout_s)
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"timed out after {timeout_s:g} s", "oom": False,
-                "process_wall_s": timeout_s}
-    wall = time.perf_counter() - t0
-    if out.exists():
-        result = json.loads(out.read_text())
-        out.unlink()
-    else:
-        tail = (proc.stderr or proc.stdout or "").strip().splitlines()[-8:]
-        how = f"exit status {proc.returncode}"
-        if proc.returncode < 0:
-            how = f"killed by signal {-proc.returncode}" + (" (out of memory?)" if proc.returncode == -9 else "")
-        result = {"ok": False, "error": f"worker {how}: " + " | ".join(tail), "oom": proc.returncode == -9}
-    result["process_wall_s"] = wall
-    result["loadavg"] = [load0, os.getloadavg()[0]]  # 1-minute load average before and after: interference
+    result = run_fresh("harness.probe", spec, timeout_s, workdir, threads=int(spec["threads"]))
+    failure = result.pop("failure", None)
+    if failure:
+        result.update(ok=False, oom=failure == "oom")
     return result
 
 
