@@ -1,11 +1,11 @@
-"""Full softmax attention through ``torch.nn.functional.scaled_dot_product_attention``."""
+"""Full softmax attention through ``torch.nn.functional.scaled_dot_product_attention`` (or
+xformers' kernel when the efficiency sweep selects it, see ``variants/sdpa.py``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch.nn.functional as F
-
 from variants.base import VARIANTS, Attention
+from variants.sdpa import attention
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class FullAttention(Attention):
         if key_padding_mask is not None and not bool(key_padding_mask.all()):
             mask = key_padding_mask[:, None, None, :]  # (B, 1, 1, N), True = attend
         p = self.dropout if self.training else 0.0
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+        return attention(q, k, v, attn_mask=mask, dropout_p=p)
 
     def flops(self, batch: int, seq_len: int) -> int:
         # QK^T and PV: 2 matmuls of N x N x Dh per head, 2 FLOPs per multiply-add
