@@ -1,4 +1,5 @@
-"""The ``attnbench`` command line: list, schema, check-config, prepare, train (or distil), aggregate, report."""
+"""The ``attnbench`` command line: list, schema, check-config, prepare, train (or distil), aggregate,
+bench, aggregate-bench, report (and compare)."""
 from __future__ import annotations
 
 import argparse
@@ -107,10 +108,43 @@ def cmd_aggregate(args) -> int:
     return 0
 
 
+def cmd_bench(args) -> int:
+    from harness.bench_results import run_sweep, sweep_file
+
+    out = Path(args.out or paths.BENCH / f"{args.variant}.json")
+    workdir = out.parent / ".work"
+    if args.sweep_json:
+        sweep = json.loads(args.sweep_json)
+        if args.threads and not sweep["settings"]["threads"]:
+            sweep["threads"] = args.threads
+    else:
+        sweep = sweep_file(_load(args), args.variant, args.threads or 1, workdir)
+    if args.lengths:
+        sweep["cases"] = [c for c in sweep["cases"] if c["n"] in args.lengths]
+    if not sweep["cases"]:
+        raise SystemExit(f"attnbench bench: no cases to run for {args.variant}")
+    print(f"{args.variant}: {len(sweep['cases'])} cases on {sweep['device']} with {sweep['threads']} threads -> {out}",
+          flush=True)
+    rc = run_sweep(sweep, out, args.pytest_args)
+    if rc:
+        print(f"attnbench bench: the benchmark run failed (pytest exit status {rc}); {out} not written", file=sys.stderr)
+    return rc
+
+
+def cmd_aggregate_bench(args) -> int:
+    from harness.bench_results import aggregate_bench
+
+    df = aggregate_bench([Path(p) for p in args.inputs], Path(args.out))
+    counts = ", ".join(f"{v} {k}" for k, v in df["status"].value_counts().items())
+    print(f"{len(df)} cases ({counts}) -> {args.out}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from harness.report import render_report
 
-    index = render_report(Path(args.summary), Path(args.out))
+    summary = None if args.bench_only else Path(args.summary)
+    index = render_report(summary, Path(args.out), Path(args.bench) if args.bench else None)
     print(f"report: {index.resolve()}")
     return 0
 
@@ -159,8 +193,24 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("compare", add_help=False,
                    help="time variants against public implementations (`attnbench compare --help`)")
 
+    sp = with_config(sub.add_parser("bench", help="run one variant's efficiency sweep (pytest-benchmark)"))
+    sp.add_argument("--variant", required=True)
+    sp.add_argument("--sweep-json", help="the sweep's settings and cases as JSON (what the pipeline passes)")
+    sp.add_argument("--threads", type=int, default=0, help="torch threads when bench.threads is 0 (default 1)")
+    sp.add_argument("--lengths", type=int, nargs="+", help="only these sequence lengths")
+    sp.add_argument("--out", help="JSON to write (default: results/bench/VARIANT.json)")
+    sp.add_argument("pytest_args", nargs="*", help="after --: more pytest arguments, e.g. -- -k layer")
+    sp.set_defaults(func=cmd_bench)
+
+    sp = sub.add_parser("aggregate-bench", help="collect sweep JSONs into one tidy table")
+    sp.add_argument("--inputs", nargs="+", required=True, help="results/bench/*.json files")
+    sp.add_argument("--out", default=str(paths.BENCH_CSV), help="CSV to write (a .parquet is written beside it)")
+    sp.set_defaults(func=cmd_aggregate_bench)
+
     sp = sub.add_parser("report", help="render reports/index.html and reports/summary.md")
     sp.add_argument("--summary", default=str(paths.SUMMARY_CSV))
+    sp.add_argument("--bench", help="the efficiency sweep's table (results/bench.csv) to add")
+    sp.add_argument("--bench-only", action="store_true", help="a report of the efficiency sweep alone")
     sp.add_argument("--out", default=str(paths.REPORTS))
     sp.set_defaults(func=cmd_report)
     return p

@@ -40,10 +40,11 @@ def _registries() -> dict[str, Registry]:
 
 
 def _dataclasses() -> dict[str, type]:
+    from harness.bench_config import BenchConfig
     from harness.model import ModelConfig
     from harness.train import TrainConfig
 
-    return {"model": ModelConfig, "train": TrainConfig}
+    return {"model": ModelConfig, "train": TrainConfig, "bench": BenchConfig}
 
 
 def _strip_defaults(schema: dict) -> dict:
@@ -190,7 +191,9 @@ def validate_config(config: dict) -> dict:
         if model["dim"] % model["heads"]:
             raise ConfigError(f"invalid attnbench config:\n  - 'tasks.{section}': model dim {model['dim']} "
                               f"is not divisible by heads {model['heads']}")
-    problems = _teacher_problems(normalised)
+    from harness.bench_config import check_bench
+
+    problems = _teacher_problems(normalised) + check_bench(normalised)
     if problems:
         raise ConfigError("invalid attnbench config:\n  - " + "\n  - ".join(problems))
     config.clear()

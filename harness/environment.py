@@ -80,3 +80,18 @@ def capture(device: torch.device) -> dict:
         env["driver"] = _gpu_driver()
         env["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
     return env
+
+
+def bench_machine(device: str, threads: int) -> dict:
+    """The machine facts the efficiency sweep's JSON carries (pytest-benchmark's machine_info)."""
+    import psutil
+
+    env = capture(torch.device("cuda", 0) if device == "cuda" else torch.device("cpu"))
+    env["torch_threads"] = threads
+    env["memory_bytes"] = psutil.virtual_memory().total
+    if device == "cuda":
+        env["sdpa_enabled"] = {"flash": torch.backends.cuda.flash_sdp_enabled(),
+                               "efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
+                               "cudnn": torch.backends.cuda.cudnn_sdp_enabled(),
+                               "math": torch.backends.cuda.math_sdp_enabled()}
+    return env

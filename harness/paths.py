@@ -16,3 +16,10 @@ def dataset_file(task: str, key: str) -> Path:
 
 def run_dir(task: str, variant: str, seed: int) -> Path:
     return RUNS / task / variant / f"seed{seed}"
+BENCH = Path("results/bench")
+BENCH_CSV = Path("results/bench.csv")
+BENCH_REPORT = Path("reports/bench")
+
+
+def bench_file(variant: str) -> Path:
+    return BENCH / f"{variant}.json"

@@ -1,0 +1,74 @@
+"""pytest-benchmark glue for the efficiency sweep.
+
+The cases come from a sweep file (``--attnbench-sweep``) that ``attnbench bench`` writes from
+the pipeline config; without one, the default config's cases for every variant are used (a
+long run: pass ``-k`` to pick some). Every case's result row, failures included, is added to
+pytest-benchmark's JSON under ``"attnbench"``; machine facts go into its ``machine_info``.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.bench_config import BenchConfig, Case
+from harness.bench_sweep import SweepEnv
+
+ROWS = pytest.StashKey[list]()
+SWEEP = pytest.StashKey[dict]()
+
+
+def pytest_addoption(parser):
+    parser.addoption("--attnbench-sweep", help="sweep file written by `attnbench bench` (settings and cases)")
+
+
+def _load_sweep(config) -> dict:
+    path = config.getoption("--attnbench-sweep")
+    if path:
+        return json.loads(Path(path).read_text())
+    from harness.bench_config import bench_device, bench_settings, bench_variants, variant_cases
+    from harness.config import load_config
+
+    cfg = load_config()
+    settings = bench_settings(cfg)
+    return {"settings": json.loads(json.dumps(settings.__dict__)), "device": bench_device(cfg),
+            "threads": settings.threads or 1, "workdir": "results/bench/.work",
+            "cases": [c.to_dict() for v in bench_variants(cfg) for c in variant_cases(cfg, v)]}
+
+
+def pytest_configure(config):
+    # a case that fails (OOM, timeout, unavailable) is a result without timings, not a misuse of the fixture
+    config.addinivalue_line("filterwarnings", "ignore:Benchmark fixture was not used")
+    config.stash[SWEEP] = _load_sweep(config)
+    config.stash[ROWS] = []
+
+
+def pytest_generate_tests(metafunc):
+    if "case" in metafunc.fixturenames:
+        cases = [Case(**c) for c in metafunc.config.stash[SWEEP]["cases"]]
+        metafunc.parametrize("case", cases, ids=[c.id for c in cases])
+
+
+@pytest.fixture(scope="session")
+def sweep_env(pytestconfig) -> SweepEnv:
+    from harness.registry import build_dataclass
+
+    sweep = pytestconfig.stash[SWEEP]
+    return SweepEnv(build_dataclass(BenchConfig, sweep["settings"], "bench"), sweep["device"],
+                    int(sweep["threads"]), Path(sweep["workdir"]))
+
+
+@pytest.fixture
+def rows(pytestconfig) -> list:
+    return pytestconfig.stash[ROWS]
+
+
+def pytest_benchmark_update_machine_info(config, machine_info):
+    from harness.environment import bench_machine
+
+    machine_info["attnbench"] = bench_machine(config.stash[SWEEP]["device"], int(config.stash[SWEEP]["threads"]))
+
+
+def pytest_benchmark_update_json(config, benchmarks, output_json):
+    output_json["attnbench"] = {"schema_version": 1, "sweep": config.stash[SWEEP], "rows": config.stash[ROWS]}

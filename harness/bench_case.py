@@ -1,0 +1,204 @@
+"""One case of the efficiency sweep: build it, step it, count its FLOPs, and measure its peak
+memory in a fresh process.
+
+``Stepper(case, settings)`` builds the layer or block with its inputs and runs one step per call
+(forward: eval mode under ``torch.inference_mode``; forward_backward: training mode, output
+gradient applied), synchronising the device at the end, so a timer around the call is honest.
+
+``measure_in_process(spec)`` is what ``python -m harness.bench_case`` runs for one case in a
+fresh process (started by ``harness.probe.run_worker``):
+1. one untimed step at ``prime_length`` tokens: torch's one-time set-up (lazy initialisation,
+   code pages of the kernels) is paid before measuring;
+2. the measured step: peak memory above the memory just before it (CPU: the process's resident
+   set, via a reset ``VmHWM``; CUDA: ``max_memory_allocated`` after a reset, reserved too) and its
+   time; a step slower than ``time_cap_s`` makes the case a ``timeout``;
+3. one more step under ``torch.utils.flop_counter.FlopCounterMode``: the FLOPs it sees.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend
+from torch.overrides import TorchFunctionMode
+
+from harness.bench_config import Case
+from harness.measure import CpuPeak, synchronize
+
+
+def backend_context(backend: str):
+    """The context that makes SDPA (or full attention) use ``backend`` ("default": torch's choice)."""
+    if backend == "default":
+        return contextlib.nullcontext()
+    if backend == "xformers":
+        from variants.sdpa import use_xformers
+
+        return use_xformers()
+    from torch.nn.attention import sdpa_kernel
+
+    name = {"efficient": "EFFICIENT_ATTENTION", "flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION"}
+    return sdpa_kernel([getattr(SDPBackend, name.get(backend, backend.upper()))])
+
+
+def unavailable(case: Case, device: torch.device) -> str | None:
+    """Why this case cannot run on this machine (None when it can)."""
+    if case.backend == "xformers":
+        from variants.sdpa import xformers_unavailable
+
+        return xformers_unavailable()
+    if case.backend in ("efficient", "cudnn") and device.type != "cuda":
+        return f"SDPA's {case.backend} kernel runs on CUDA only"
+    return None
+
+
+class Stepper:
+    """One case's module and inputs; calling it runs one step and waits for the device."""
+
+    def __init__(self, case: Case, heads: int, head_dim: int, mlp_dim: int, device: torch.device, seed: int,
+                 n: int | None = None):
+        from harness.model import Block, ModelConfig
+        from variants import build_attention
+
+        self.case, self.device = case, device
+        self.backward = case.mode == "forward_backward"
+        dtype = getattr(torch, case.dtype)
+        self.dim = dim = heads * head_dim
+        torch.manual_seed(seed)
+        if case.scope == "layer":
+            module = build_attention(case.variant, dim, heads, case.params)
+        else:
+            cfg = ModelConfig(layers=1, dim=dim, heads=heads, mlp_dim=mlp_dim, dropout=0.0)
+            module = Block(cfg, case.variant, case.params)
+        self.module = module.to(device=device, dtype=dtype).train(self.backward)
+        self.params = sum(p.numel() for p in self.module.parameters())
+        self.resize(n or case.n, seed)
+
+    def resize(self, n: int, seed: int) -> None:
+        """New inputs of length ``n`` (the priming step runs a short sequence through the same module)."""
+        gen = torch.Generator().manual_seed(seed + 1)
+        shape = (self.case.batch, n, self.dim)
+        dtype = next(self.module.parameters()).dtype
+        self.x = torch.randn(shape, generator=gen).to(self.device, dtype).requires_grad_(self.backward)
+        self.grad_out = torch.randn(shape, generator=gen).to(self.device, dtype) if self.backward else None
+        self.mask = torch.ones(self.case.batch, n, dtype=torch.bool, device=self.device)
+
+    def __call__(self) -> None:
+        if self.backward:
+            self.module.zero_grad(set_to_none=True)
+            self.x.grad = None
+            y = self.module(self.x, self.mask)
+            y.backward(self.grad_out)
+        else:
+            with torch.inference_mode():
+                y = self.module(self.x, self.mask)
+        if y.shape != self.x.shape:
+            raise RuntimeError(f"output shape {tuple(y.shape)} != input shape {tuple(self.x.shape)}")
+        synchronize(self.device)
+
+
+def analytic_flops(stepper: Stepper) -> int:
+    """FLOPs of one step from the variant's own count (forward; a backward pass is counted as
+    twice the forward, the usual convention) plus the block's LayerNorm-free MLP matmuls."""
+    case = stepper.case
+    attn = stepper.module if case.scope == "layer" else stepper.module.attn
+    fwd = attn.flops(case.batch, case.n)
+    if case.scope == "block":
+        fwd += 2 * 2 * case.batch * case.n * attn.dim * stepper.module.mlp[0].out_features
+    return 3 * fwd if stepper.backward else fwd
+
+
+class _SdpaKernels(TorchFunctionMode):
+    """Records which SDPA kernels (flash, efficient, cudnn, math) a step's attention calls pick:
+    torch's own choice for each call's inputs and the active ``sdpa_kernel`` restriction."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            choice = SDPBackend(torch._fused_sdp_choice(*args, **kwargs)).name
+            self.seen.add(choice.lower().replace("_attention", ""))
+        return func(*args, **kwargs)
+
+
+def counted_flops(stepper: Stepper) -> tuple[int, str]:
+    """FLOPs that ``torch.utils.flop_counter`` sees in one step (it counts matmuls and the SDPA
+    kernels it knows; torch's CPU flash kernel and elementwise work count as 0), and the SDPA
+    kernels the step ran ("none": the variant does not call SDPA)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter, _SdpaKernels() as kernels:
+        stepper()
+    return int(counter.get_total_flops()), ", ".join(sorted(kernels.seen)) or "none"
+
+
+def measure_in_process(spec: dict) -> dict:
+    """Peak memory, cold-step time and FLOPs of one case in this (fresh) process; see the module doc."""
+    case = Case(**spec["case"])
+    device = torch.device(spec["device"])
+    torch.set_num_threads(int(spec["threads"]))
+    why_not = unavailable(case, device)
+    if why_not:
+        return {"status": "unavailable", "message": why_not}
+    if device.type == "cuda" and spec.get("memory_cap_bytes"):
+        total = torch.cuda.get_device_properties(device).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, spec["memory_cap_bytes"] / total), device)
+    with backend_context(case.backend):
+        stepper = Stepper(case, spec["heads"], spec["head_dim"], spec["mlp_dim"], device, spec["seed"],
+                          n=min(case.n, int(spec["prime_length"])))
+        stepper()  # priming step: torch's one-time set-up
+        stepper.resize(case.n, spec["seed"])
+        t0 = time.perf_counter()
+        peak, reserved, method = _peak_of(stepper, device)
+        cold_s = time.perf_counter() - t0
+        result = {"status": "ok", "message": "", "peak_bytes": peak, "reserved_bytes": reserved,
+                  "peak_method": method, "cold_step_s": cold_s, "params_count": stepper.params,
+                  "flops_analytic": analytic_flops(stepper)}
+        if cold_s > float(spec["time_cap_s"]) > 0:
+            result.update(status="timeout", message=f"one step took {cold_s:.1f} s, over the cap of "
+                          f"{float(spec['time_cap_s']):g} s (bench.time_cap_s)")
+            return result
+        result["flops_counted"], result["sdpa_kernels"] = counted_flops(stepper)
+    return result
+
+
+def _peak_of(stepper: Stepper, device: torch.device) -> tuple[int, int | None, str]:
+    """(peak bytes above the start, peak reserved bytes or None, method) of one step."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        stepper()
+        return (torch.cuda.max_memory_allocated(device) - start, torch.cuda.max_memory_reserved(device),
+                "torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus allocated at start "
+                "(first step after a short priming step, fresh process)")
+    with CpuPeak() as cp:
+        stepper()
+    return cp.peak_bytes, None, f"{cp.method} (first step after a short priming step, fresh process)"
+
+
+def _worker(argv: list[str]) -> int:
+    spec_json, out_path = argv
+    spec = json.loads(spec_json)
+    try:
+        result = measure_in_process(spec)
+    except BaseException as exc:  # recorded, never raised: the sweep goes on with the next case
+        oom = isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+        result = {"status": "oom" if oom else "failed", "message": f"{type(exc).__name__}: {exc}".strip()[:2000],
+                  "traceback": traceback.format_exc(limit=12)}
+    Path(out_path).write_text(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    from harness.bench_case import _worker as _run  # the imported module, not this __main__ copy
+
+    sys.exit(_run(sys.argv[1:]))

@@ -1,0 +1,160 @@
+"""The efficiency sweep's settings (the config's ``bench:`` section) and the cases they expand to.
+
+A case is one (variant, SDPA backend, scope, mode, dtype, batch, length): one attention layer
+or one whole encoder block, run forward only (inference) or forward and backward (training).
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from harness.registry import build_dataclass, param
+
+SDPA_BACKENDS = ("default", "math", "flash", "efficient", "cudnn", "xformers")
+DTYPES = ("float32", "float64", "bfloat16", "float16")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """Efficiency sweep: time and peak memory of every variant across sequence lengths."""
+
+    enabled: bool = param(True, "run the sweep as part of the pipeline (`snakemake bench` runs only the sweep)")
+    lengths: tuple[int, ...] = param((512, 1024, 2048, 4096, 8192), "sequence lengths swept on CPU")
+    cuda_lengths: tuple[int, ...] = param((1024, 2048, 4096, 8192, 16384, 32768),
+                                          "sequence lengths swept when the device is cuda")
+    batch_sizes: tuple[int, ...] = param((1,), "batch sizes swept")
+    heads: int = param(4, "attention heads", minimum=1)
+    head_dim: int = param(64, "size of each head (model width = heads x head_dim)", minimum=1)
+    mlp_dim: int = param(1024, "hidden width of the encoder block's MLP (scope: block)", minimum=1)
+    dtypes: tuple[Literal[DTYPES], ...] = param(("float32",), "dtypes swept on CPU")
+    cuda_dtypes: tuple[Literal[DTYPES], ...] = param(("float32", "bfloat16"), "dtypes swept when the device is cuda")
+    modes: tuple[Literal["forward", "forward_backward"], ...] = param(
+        ("forward", "forward_backward"),
+        "forward: inference (eval mode, no autograd); forward_backward: one training step's attention work")
+    scopes: tuple[Literal["layer", "block"], ...] = param(
+        ("layer", "block"), "layer: the attention layer alone (projections included); block: a pre-LN encoder "
+        "block (attention + MLP)")
+    backends: dict[str, tuple[str, ...]] = param(
+        {"full": ["default", "math"]},
+        "SDPA backends per variant (default: one run with torch's own choice). 'math' is SDPA's O(N^2)-memory "
+        "reference kernel, 'flash'/'efficient'/'cudnn' force one fused kernel, 'xformers' runs full attention "
+        "through xformers.ops.memory_efficient_attention (CUDA only; recorded as unavailable elsewhere)")
+    variant_params: dict[str, dict] = param(
+        {}, "per-variant hyper-parameters for the sweep, over the variant's defaults (which suit 1K-4K tokens); "
+        "the `variants:` settings suit the training tasks' lengths and are not used here")
+    variants: tuple[str, ...] = param((), "variants to sweep (empty: every configured variant trained from labels; "
+                                      "distilled students have their attention variant's layers)")
+    warmup: int = param(2, "untimed steps before the timed ones", minimum=0)
+    repeats: int = param(5, "timed steps per case; the table reports their median", minimum=1)
+    threads: int = param(0, "torch threads (0: the Snakemake job's threads; the sweep's jobs take every core "
+                         "so nothing runs beside them)", minimum=0)
+    time_cap_s: float = param(60.0, "a case whose single step takes longer is recorded as timeout", minimum=0.0)
+    memory_cap_mb: int = param(0, "a case whose process exceeds this resident memory (CPU) or allocates more "
+                               "(CUDA) is recorded as oom; 0: 80% of the machine's RAM / the GPU's memory",
+                               minimum=0)
+    prime_length: int = param(64, "one untimed step at this length before the measured first step, so torch's "
+                              "one-time set-up is not counted as the case's memory", minimum=1)
+    seed: int = param(0, "seed of the layers' weights and the inputs", minimum=0)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One measured configuration of the sweep."""
+
+    variant: str
+    params: dict
+    backend: str
+    scope: str
+    mode: str
+    dtype: str
+    batch: int
+    n: int
+
+    @property
+    def impl(self) -> str:
+        """The row label: the variant, with a non-default backend in brackets."""
+        return self.variant if self.backend == "default" else f"{self.variant} [{self.backend}]"
+
+    @property
+    def id(self) -> str:
+        impl = self.variant if self.backend == "default" else f"{self.variant}.{self.backend}"
+        return re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{impl}-{self.scope}-{self.mode}-{self.dtype}-b{self.batch}-n{self.n}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def bench_settings(config: dict) -> BenchConfig:
+    """The ``bench:`` section of a validated config as a ``BenchConfig``."""
+    return build_dataclass(BenchConfig, config.get("bench", {}), "bench")
+
+
+def bench_variants(config: dict) -> list[str]:
+    """The variants the sweep measures: ``bench.variants``, else every configured variant trained from labels."""
+    from variants import VARIANTS
+
+    chosen = bench_settings(config).variants
+    if chosen:
+        return list(chosen)
+    return [v for v in config["variants"] if not VARIANTS.get(v).cls.needs_teacher]
+
+
+def bench_device(config: dict) -> str:
+    device = config.get("device", "cpu")
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def variant_cases(config: dict, variant: str) -> list[Case]:
+    """Every case of one variant: its backends x scopes x modes x dtypes x batch sizes x lengths."""
+    from variants import VARIANTS
+
+    cfg = bench_settings(config)
+    cuda = bench_device(config) == "cuda"
+    params = dataclasses.asdict(VARIANTS.make_config(variant, cfg.variant_params.get(variant, {})))
+    params = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+    lengths = cfg.cuda_lengths if cuda else cfg.lengths
+    dtypes = cfg.cuda_dtypes if cuda else cfg.dtypes
+    return [Case(variant, params, backend, scope, mode, dtype, batch, n)
+            for backend in cfg.backends.get(variant, ["default"])
+            for scope in cfg.scopes for mode in cfg.modes for dtype in dtypes
+            for batch in cfg.batch_sizes for n in sorted(lengths)]
+
+
+def check_bench(config: dict) -> list[str]:
+    """Problems with the ``bench:`` section that the schema cannot express."""
+    from variants import VARIANTS
+
+    cfg = bench_settings(config)
+    problems = []
+    for key in ("lengths", "cuda_lengths", "batch_sizes"):
+        bad = [v for v in getattr(cfg, key) if v < 1]
+        if bad or not getattr(cfg, key):
+            problems.append(f"'bench.{key}' is {list(getattr(cfg, key))}; give at least one value, each >= 1")
+    known = VARIANTS.names()
+    for key in ("backends", "variant_params"):
+        for name in getattr(cfg, key):
+            if name not in known:
+                problems.append(f"unknown variant {name!r} under 'bench.{key}'; known variants: {', '.join(known)}")
+    for name, backends in cfg.backends.items():
+        bad = [b for b in backends if b not in SDPA_BACKENDS]
+        if bad or not backends:
+            problems.append(f"'bench.backends.{name}' is {backends}; allowed: {', '.join(SDPA_BACKENDS)}")
+    for name in cfg.variants:
+        if name not in known:
+            problems.append(f"unknown variant {name!r} under 'bench.variants'; known variants: {', '.join(known)}")
+        elif VARIANTS.get(name).cls.needs_teacher:
+            problems.append(f"'bench.variants' names {name!r}, which is trained from a teacher; its layers are "
+                            "its attention variant's: sweep that one")
+    for name, params in cfg.variant_params.items():
+        if name in known:
+            try:
+                VARIANTS.make_config(name, params)
+            except (ValueError, TypeError) as exc:
+                problems.append(f"'bench.variant_params.{name}': {exc}")
+    return problems

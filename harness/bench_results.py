@@ -1,0 +1,87 @@
+"""The efficiency sweep's files: running one variant's sweep through pytest-benchmark
+(``results/bench/VARIANT.json``) and collecting them into one tidy table (``results/bench.csv``).
+"""
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pandas as pd
+
+from harness.io import atomic_write_bytes, atomic_write_text
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+MIB = 2 ** 20
+
+COLUMNS = [
+    "impl", "variant", "backend", "scope", "mode", "dtype", "batch", "n", "status", "message",
+    "median_s", "min_s", "max_s", "iqr_s", "rounds", "tokens_per_s", "peak_mb", "reserved_mb", "peak_method",
+    "flops_analytic", "flops_counted", "gflops_per_s", "sdpa_kernels", "cold_step_s", "params_count",
+    "device", "device_name", "threads", "torch", "timing_method", "params", "source",
+]
+
+
+def sweep_file(config: dict, variant: str, threads: int, workdir: Path) -> dict:
+    """What ``benchmarks/conftest.py`` reads: the settings and every case of one variant."""
+    from harness.bench_config import bench_device, bench_settings, variant_cases
+
+    settings = bench_settings(config)
+    as_json = json.loads(json.dumps(dataclasses.asdict(settings)))
+    return {"settings": as_json, "device": bench_device(config), "threads": settings.threads or threads,
+            "workdir": str(workdir), "cases": [c.to_dict() for c in variant_cases(config, variant)]}
+
+
+def run_sweep(sweep: dict, out_json: Path, extra_args: list[str] = ()) -> int:
+    """Run the sweep's benchmarks in a pytest process; its JSON replaces ``out_json`` only when complete."""
+    out_json.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_json.parent, prefix=".bench-") as tmp:
+        sweep_path, raw = Path(tmp) / "sweep.json", Path(tmp) / "benchmark.json"
+        sweep_path.write_text(json.dumps(sweep))
+        cmd = [sys.executable, "-m", "pytest", str(BENCHMARKS / "test_attention.py"), "-p", "no:cacheprovider",
+               "--rootdir", str(BENCHMARKS), "-o", "addopts=",
+               "-q", "-s", "--benchmark-enable", "--benchmark-json", str(raw), "--benchmark-columns",
+               "min,median,max,rounds", "--attnbench-sweep", str(sweep_path), *extra_args]
+        rc = subprocess.call(cmd)
+        if rc == 0 and raw.exists():
+            atomic_write_text(out_json, raw.read_text())
+    return rc
+
+
+def load_rows(path: Path) -> list[dict]:
+    """The result rows of one sweep JSON, machine facts attached."""
+    data = json.loads(Path(path).read_text())
+    if "attnbench" not in data:
+        raise ValueError(f"{path} is not an attnbench sweep (no 'attnbench' section); write it with `attnbench bench`")
+    machine = data.get("machine_info", {}).get("attnbench", {})
+    rows = []
+    for r in data["attnbench"]["rows"]:
+        ok = r.get("status") == "ok"
+        rows.append({
+            **{k: r.get(k) for k in COLUMNS if k in r},
+            "peak_mb": r["peak_bytes"] / MIB if ok and r.get("peak_bytes") is not None else None,
+            "reserved_mb": r["reserved_bytes"] / MIB if ok and r.get("reserved_bytes") else None,
+            "device_name": machine.get("device_name"), "torch": machine.get("torch"),
+            "params": json.dumps(r.get("params"), sort_keys=True), "source": str(path),
+        })
+    return rows
+
+
+def collect(paths: list[Path]) -> pd.DataFrame:
+    rows = [row for p in paths for row in load_rows(p)]
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    return df.sort_values(["impl", "scope", "mode", "dtype", "batch", "n"], kind="stable").reset_index(drop=True)
+
+
+def aggregate_bench(paths: list[Path], out_csv: Path) -> pd.DataFrame:
+    """Write the tidy table of every case (``.csv`` and ``.parquet``)."""
+    df = collect([Path(p) for p in paths])
+    atomic_write_text(out_csv, df.to_csv(index=False))
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(out_csv.with_suffix(".parquet"), buf.getvalue())
+    return df

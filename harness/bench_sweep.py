@@ -1,0 +1,121 @@
+"""Running the efficiency sweep's cases: memory, FLOPs and status from a fresh process per case,
+then the timing in this process through pytest-benchmark; one result row per case, failures included.
+
+``run_case`` is what each parametrised benchmark in ``benchmarks/test_attention.py`` calls. A case
+that runs out of memory, goes over its time cap, fails or cannot run here (``unavailable``) gets
+a row with that status and no timing, and the sweep goes on.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import torch
+
+from harness.bench_case import Stepper, backend_context, unavailable
+from harness.bench_config import BenchConfig, Case
+from harness.fresh_process import run_fresh
+
+# seconds a case's worker may spend beyond its measured steps (starting Python, importing torch)
+STARTUP_S = 60.0
+
+
+@dataclass(frozen=True)
+class SweepEnv:
+    """Where and how the sweep runs."""
+
+    settings: BenchConfig
+    device: str
+    threads: int
+    workdir: Path
+
+    @property
+    def memory_cap_bytes(self) -> int:
+        if self.settings.memory_cap_mb:
+            return self.settings.memory_cap_mb * 2 ** 20
+        if self.device == "cuda":
+            return int(0.8 * torch.cuda.get_device_properties(0).total_memory)
+        return int(0.8 * psutil.virtual_memory().total)
+
+    def worker_spec(self, case: Case) -> dict:
+        s = self.settings
+        return {"case": case.to_dict(), "device": self.device, "threads": self.threads, "heads": s.heads,
+                "head_dim": s.head_dim, "mlp_dim": s.mlp_dim, "seed": s.seed, "prime_length": s.prime_length,
+                "time_cap_s": s.time_cap_s, "memory_cap_bytes": self.memory_cap_bytes}
+
+    def worker_timeout_s(self) -> float:
+        # priming, the measured step and the counted step; a slower measured step is reported by the worker
+        cap = self.settings.time_cap_s
+        return STARTUP_S + 3 * cap if cap > 0 else 24 * 3600.0
+
+
+def base_row(case: Case, env: SweepEnv) -> dict:
+    return {"impl": case.impl, "variant": case.variant, "backend": case.backend, "scope": case.scope,
+            "mode": case.mode, "dtype": case.dtype, "batch": case.batch, "n": case.n, "params": case.params,
+            "device": env.device, "threads": env.threads, "case_id": case.id}
+
+
+def probe_case(case: Case, env: SweepEnv) -> dict:
+    """The fresh-process part: status, peak memory, cold step time, FLOPs."""
+    why_not = unavailable(case, torch.device(env.device))
+    if why_not:  # known without starting a process
+        return {"status": "unavailable", "message": why_not}
+    result = run_fresh("harness.bench_case", env.worker_spec(case), env.worker_timeout_s(), env.workdir,
+                       threads=env.threads, memory_cap_bytes=env.memory_cap_bytes if env.device == "cpu" else None)
+    failure = result.pop("failure", None)
+    if failure:
+        status = {"crash": "failed"}.get(failure, failure)
+        result.update(status=status, message=result.pop("error"))
+    return result
+
+
+def time_case(case: Case, env: SweepEnv, benchmark) -> dict:
+    """Time the case in this process: ``warmup`` untimed then ``repeats`` timed steps (pytest-benchmark)."""
+    s = env.settings
+    device = torch.device(env.device)
+    torch.set_num_threads(env.threads)
+    with backend_context(case.backend):
+        stepper = Stepper(case, s.heads, s.head_dim, s.mlp_dim, device, s.seed)
+        benchmark.pedantic(stepper, rounds=s.repeats, warmup_rounds=s.warmup, iterations=1)
+    del stepper
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    st = benchmark.stats.stats
+    data = list(st.data)
+    return {"median_s": st.median, "min_s": st.min, "max_s": st.max, "iqr_s": st.iqr,
+            "stddev_s": st.stddev if len(data) > 1 else 0.0, "rounds": len(data), "times_s": data,
+            "timing_method": (f"pytest-benchmark pedantic: {s.warmup} warm-up then {s.repeats} timed steps, "
+                              f"time.perf_counter{' with torch.cuda.synchronize' if device.type == 'cuda' else ''}"
+                              " around each step; median")}
+
+
+def run_case(case: Case, env: SweepEnv, benchmark) -> dict:
+    """One case end to end; the row goes into the benchmark's ``extra_info`` as well."""
+    row = base_row(case, env)
+    probe = probe_case(case, env)
+    row.update({k: probe.get(k) for k in ("status", "message", "peak_bytes", "reserved_bytes", "peak_method",
+                                          "cold_step_s", "params_count", "flops_analytic", "flops_counted", "sdpa_kernels",
+                                          "process_wall_s", "loadavg")})
+    if row["status"] == "ok":
+        try:
+            row.update(time_case(case, env, benchmark))
+        except torch.OutOfMemoryError as exc:
+            row.update(status="oom", message=f"while timing: {exc}"[:2000])
+        except Exception as exc:  # a result, not a crash of the sweep
+            row.update(status="failed", message=f"while timing: {type(exc).__name__}: {exc}"[:2000])
+    if row["status"] == "ok":
+        row["tokens_per_s"] = case.batch * case.n / row["median_s"]
+        row["gflops_per_s"] = row["flops_analytic"] / row["median_s"] / 1e9
+    benchmark.extra_info.update({k: v for k, v in row.items() if k != "times_s"})
+    return row
+
+
+def describe(row: dict) -> str:
+    """One progress line for a finished case."""
+    head = f"{row['impl']:>14} {row['scope']:5} {row['mode']:16} {row['dtype']:8} b={row['batch']} n={row['n']:>6}"
+    if row["status"] != "ok":
+        return f"{head}  {row['status'].upper()}: {row['message']}"
+    spread = (max(row["times_s"]) - min(row["times_s"])) / row["median_s"] if row["times_s"] else 0.0
+    return (f"{head}  {row['median_s'] * 1e3:9.2f} ms (spread {100 * spread:.0f}%)  "
+            f"{row['peak_bytes'] / 2**20:8.1f} MiB  {row['tokens_per_s']:10.0f} tok/s")

@@ -1,0 +1,163 @@
+"""The efficiency sweep: which cases a config expands to, what one case measures (FLOPs against
+torch's counter, memory in a fresh process), failures recorded as results (forced OOM and
+timeouts), and a tiny sweep through pytest-benchmark into the tidy table."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+
+from harness.bench_case import Stepper, analytic_flops, counted_flops
+from harness.bench_config import BenchConfig, bench_variants, variant_cases
+from harness.bench_results import aggregate_bench, run_sweep, sweep_file
+from harness.bench_sweep import SweepEnv, probe_case
+from harness.config import ConfigError, validate_config
+from harness.registry import build_dataclass
+from conftest import tiny_config
+
+SMALL = {"window": {"window": 8, "block_size": 8}, "sparse": {"block_size": 8, "random_blocks": 1},
+         "lsh": {"chunk_size": 8, "n_buckets": 8}}
+
+
+def bench_config(**bench) -> dict:
+    return validate_config(tiny_config(variants={"full": {}, "window": {}, "distilled": {}}, bench=bench))
+
+
+def test_cases_cover_every_combination_of_the_settings():
+    cfg = bench_config(lengths=[256, 128], batch_sizes=[1, 2], modes=["forward", "forward_backward"],
+                       scopes=["layer", "block"], dtypes=["float32"], backends={"full": ["default", "math"]},
+                       variant_params={"window": {"window": 16}})
+    assert bench_variants(cfg) == ["full", "window"]  # the distilled student has full's layers
+    full, window = variant_cases(cfg, "full"), variant_cases(cfg, "window")
+    assert len(full) == 2 * 2 * 2 * 1 * 2 * 2 and len(window) == 2 * 2 * 1 * 2 * 2
+    assert {c.impl for c in full} == {"full", "full [math]"}
+    assert [c.n for c in window[:2]] == [128, 256]  # lengths in order
+    assert {c.params["window"] for c in window} == {16}  # bench.variant_params over the defaults
+    assert all(c.params["global_tokens"] == [0] for c in window)  # the rest: the variant's defaults
+    assert len({c.id for c in full + window}) == len(full + window)
+
+
+def test_cuda_device_uses_the_gpu_lengths_and_dtypes():
+    cfg = bench_config(cuda_lengths=[1024, 2048], cuda_dtypes=["bfloat16"])
+    cfg["device"] = "cuda"
+    cases = variant_cases(cfg, "window")
+    assert {c.n for c in cases} == {1024, 2048} and {c.dtype for c in cases} == {"bfloat16"}
+
+
+@pytest.mark.parametrize("bench, message", [
+    ({"variants": ["distilled"]}, "trained from a teacher"),
+    ({"backends": {"full": ["fast"]}}, "'bench.backends.full' is ['fast']; allowed: default, math"),
+    ({"backends": {"ful": ["math"]}}, "unknown variant 'ful' under 'bench.backends'"),
+    ({"variant_params": {"window": {"width": 3}}}, "'bench.variant_params.window'"),
+    ({"lengths": []}, "'bench.lengths' is []"),
+    ({"modes": ["backward"]}, "'bench.modes.0' is 'backward'; allowed: forward, forward_backward"),
+])
+def test_bad_bench_settings_are_named(bench, message):
+    with pytest.raises(ConfigError, match=None) as err:
+        bench_config(**bench)
+    assert message in str(err.value)
+
+
+def stepper(variant: str, scope: str, mode: str, n: int = 64, params=None):
+    from harness.bench_config import Case
+    from variants import VARIANTS
+
+    cfg = VARIANTS.make_config(variant, params or {})
+    import dataclasses
+
+    p = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
+    case = Case(variant, p, "default", scope, mode, "float32", 2, n)
+    return Stepper(case, heads=2, head_dim=16, mlp_dim=64, device=torch.device("cpu"), seed=0)
+
+
+@pytest.mark.parametrize("variant", ["linear", "lsh"])
+@pytest.mark.parametrize("mode", ["forward", "forward_backward"])
+def test_analytic_flops_match_torchs_counter_where_it_sees_every_matmul(variant, mode):
+    """linear and lsh are plain matmuls and einsums: the counter sees all of their work but the
+    elementwise part (feature maps, combining hash rounds), a few % at this small head size; the
+    analytic count takes a backward pass as twice the forward."""
+    s = stepper(variant, "layer", mode, params=SMALL.get(variant))
+    counted, kernels = counted_flops(s)
+    assert 0.94 * analytic_flops(s) <= counted <= analytic_flops(s)
+    assert kernels == "none"
+
+
+def test_full_attention_flops_under_the_math_kernel_match_exactly_and_flash_is_invisible_to_the_counter():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    for mode in ("forward", "forward_backward"):
+        s = stepper("full", "block", mode)
+        with sdpa_kernel([SDPBackend.MATH]):
+            counted, kernels = counted_flops(s)
+        assert counted == analytic_flops(s) and kernels == "math"  # projections, QK^T, PV, the block's MLP
+        counted, kernels = counted_flops(s)  # torch's own choice on CPU: the flash kernel, counted as 0
+        assert kernels == "flash" and counted < analytic_flops(s)
+
+
+def test_a_step_runs_forward_only_or_forward_and_backward():
+    fwd, train = stepper("window", "block", "forward", params=SMALL["window"]), \
+        stepper("window", "block", "forward_backward", params=SMALL["window"])
+    fwd()
+    assert not fwd.module.training and all(p.grad is None for p in fwd.module.parameters())
+    train()
+    assert train.module.training and all(p.grad is not None for p in train.module.parameters())
+
+
+def env_for(tmp_path, **settings) -> SweepEnv:
+    return SweepEnv(build_dataclass(BenchConfig, {"warmup": 1, "repeats": 2, **settings}, "bench"), "cpu", 1,
+                    tmp_path / "work")
+
+
+def case_of(variant, n, backend="default", mode="forward_backward", scope="layer"):
+    from harness.bench_config import Case
+
+    return Case(variant, {}, backend, scope, mode, "float32", 1, n)
+
+
+@pytest.mark.slow
+def test_memory_cap_and_time_cap_make_oom_and_timeout_results(tmp_path):
+    # full attention on SDPA's math kernel at N=4096: four 4096 x 4096 x 4-head score tensors, over 1 GiB
+    capped = probe_case(case_of("full", 4096, "math"), env_for(tmp_path, memory_cap_mb=700))
+    assert capped["status"] == "oom" and "over the cap of 700 MiB" in capped["message"]
+    slow = probe_case(case_of("linear", 256), env_for(tmp_path, time_cap_s=1e-6))
+    assert slow["status"] == "timeout" and "bench.time_cap_s" in slow["message"]
+    assert slow["peak_bytes"] > 0  # measured before the cap was applied
+
+
+@pytest.mark.slow
+def test_a_tiny_sweep_writes_pytest_benchmark_json_and_the_tidy_table(tmp_path):
+    cfg = validate_config(tiny_config(variants={"full": {}, "window": {}}, bench={
+        "lengths": [32, 64], "modes": ["forward_backward"], "scopes": ["layer"], "warmup": 1, "repeats": 2,
+        "backends": {"full": ["default", "xformers"]}, "variant_params": {"window": SMALL["window"]}}))
+    sweep = sweep_file(cfg, "full", 1, tmp_path / "work")
+    big = dict(sweep["cases"][0], n=4096, backend="math")  # forced out of memory by the cap below
+    sweep["cases"].append(big)
+    sweep["settings"]["memory_cap_mb"] = 700
+    out = tmp_path / "bench" / "full.json"
+    assert run_sweep(sweep, out) == 0
+    data = json.loads(out.read_text())
+    assert data["machine_info"]["attnbench"]["torch"] == torch.__version__
+    assert data["machine_info"]["attnbench"]["torch_threads"] == 1
+    statuses = {(r["impl"], r["n"]): r["status"] for r in data["attnbench"]["rows"]}
+    assert statuses == {("full", 32): "ok", ("full", 64): "ok", ("full [xformers]", 32): "unavailable",
+                        ("full [xformers]", 64): "unavailable", ("full [math]", 4096): "oom"}
+    timed = {b["extra_info"]["case_id"]: b for b in data["benchmarks"]}  # pytest-benchmark's own entries
+    assert set(timed) == {"full-layer-forward_backward-float32-b1-n32", "full-layer-forward_backward-float32-b1-n64"}
+    assert all(b["stats"]["rounds"] == 2 for b in timed.values())
+
+    window = tmp_path / "bench" / "window.json"
+    window_sweep = sweep_file(cfg, "window", 1, tmp_path / "work")
+    window_sweep["cases"] = window_sweep["cases"][1:]  # one length is enough here
+    assert run_sweep(window_sweep, window) == 0
+    df = aggregate_bench([out, window], tmp_path / "bench.csv")
+    assert pd.read_csv(tmp_path / "bench.csv").shape == df.shape and (tmp_path / "bench.parquet").exists()
+    ok = df[df["status"] == "ok"]
+    assert sorted(ok["impl"].unique()) == ["full", "window"] and len(ok) == 3
+    assert (ok["flops_counted"] > 0).all() and (ok["sdpa_kernels"] == "flash").all()
+    assert (ok["median_s"] > 0).all() and (ok["peak_mb"] > 0).all() and ok["tokens_per_s"].notna().all()
+    assert (ok["tokens_per_s"] == ok["batch"] * ok["n"] / ok["median_s"]).all()
+    bad = df[df["status"] != "ok"]
+    assert bad["median_s"].isna().all() and bad["peak_mb"].isna().all() and bad["message"].str.len().gt(0).all()
+    assert json.loads(ok[ok["impl"] == "window"]["params"].iloc[0])["window"] == 8
