@@ -1,6 +1,7 @@
-"""Render the comparison report from ``results/summary.csv`` and the runs' curves:
-``reports/index.html`` (self-contained, figures embedded), ``reports/summary.md`` and
-``reports/figures/*.png``. Every number comes from a run record; nothing is re-measured."""
+"""Render the comparison report from ``results/summary.csv`` and the runs' curves, and/or the
+efficiency sweep's ``results/bench.csv``: ``reports/index.html`` (self-contained, figures
+embedded), ``reports/summary.md`` and ``reports/figures/*.png``. Every number comes from a run
+record or a sweep case; nothing is re-measured."""
 from __future__ import annotations
 
 import base64
@@ -118,7 +119,7 @@ def runs_table(df: pd.DataFrame) -> pd.DataFrame:
     out = df[cols].copy()
     for c in ("test_acc", "best_val_acc"):
         out[c] = out[c].map(lambda x: "" if pd.isna(x) else _pct(x))
-    out["message"] = out["message"].fillna("")
+    out["message"] = out["message"].map(lambda m: "" if pd.isna(m) else m)
     return out
 
 
@@ -226,10 +227,72 @@ table.t th{background:#f3f3f3} img{max-width:100%} figcaption{font-size:.85em;co
 .note{color:#555;font-size:.9em} .bad{color:#a00}"""
 
 
-def render_report(summary_csv: Path, out_dir: Path) -> Path:
-    df = pd.read_csv(summary_csv)
+def _read_table(path: Path | None) -> pd.DataFrame:
+    """A CSV as a DataFrame; empty when there is no path or the file holds no rows."""
+    if path is None:
+        return pd.DataFrame()
+    try:
+        return pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        return pd.DataFrame()
+
+
+def _write_report(out_dir: Path, title: str, md: list[str], body: list[str]) -> Path:
+    """Write ``summary.md`` and the self-contained ``index.html``; returns the latter."""
+    atomic_write_text(out_dir / "summary.md", "\n".join(md))
+    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
+    index = out_dir / "index.html"
+    atomic_write_text(index, page)
+    return index
+
+
+def _stamp() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def render_report(summary_csv: Path | None, out_dir: Path, bench_csv: Path | None = None) -> Path:
+    """Render ``out_dir/index.html`` and ``out_dir/summary.md`` (figures in ``out_dir/figures``)
+    from the training runs' ``summary_csv`` and/or the efficiency sweep's ``bench_csv``.
+
+    With both, the sweep's section follows the training cost; with only the sweep, the report
+    holds the sweep alone. Raises ValueError when neither holds any rows."""
+    df, bench = _read_table(summary_csv), _read_table(bench_csv)
+    if df.empty and bench.empty:
+        why = [f"{summary_csv} holds no runs" if summary_csv is not None else "no summary_csv given",
+               f"{bench_csv} holds no efficiency cases" if bench_csv is not None else "no bench_csv given"]
+        raise ValueError(f"{'; '.join(why)}: nothing to report")
+    bench_md, bench_html = "", ""
+    if not bench.empty:
+        from harness.bench_report import bench_section
+
+        bench_md, bench_html = bench_section(bench, out_dir / "figures", bench_csv)
     if df.empty:
-        raise ValueError(f"{summary_csv} holds no runs; nothing to report")
+        return _render_bench_only(bench, bench_csv, out_dir, bench_md, bench_html)
+    return _render_runs(df, summary_csv, out_dir, bench_md, bench_html)
+
+
+def _render_bench_only(bench: pd.DataFrame, bench_csv: Path, out_dir: Path, bench_md: str, bench_html: str) -> Path:
+    """The report of an efficiency sweep without training runs."""
+    from harness.bench_report import bench_environment_table
+
+    title = "attnbench efficiency report"
+    counts = bench["status"].value_counts()
+    status_line = f"{len(bench)} cases: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+    env, stamp = bench_environment_table(bench), _stamp()
+    md = [f"# {title}", "", f"Generated {stamp} from `{bench_csv}`. {status_line}.", "", bench_md,
+          "## Environment", "", "The machines and library versions these numbers come from:", "", _md_table(env)]
+    body = [f"<h1>{title}</h1>",
+            (f"<p class='note'>Generated {stamp} from <code>{html.escape(str(bench_csv))}</code>. "
+             f"{html.escape(status_line)}.</p>"), bench_html,
+            "<h2>Environment</h2>", "<p class='note'>The machines and library versions these numbers come from.</p>",
+            _html_table(env)]
+    return _write_report(out_dir, title, md, body)
+
+
+def _render_runs(df: pd.DataFrame, summary_csv: Path, out_dir: Path, bench_md: str, bench_html: str) -> Path:
+    """The report of the training runs, with the efficiency sweep's section (if any) after the
+    training cost."""
     figures = out_dir / "figures"
     acc_fig = figure_accuracy_vs_throughput(df, figures / "accuracy_vs_throughput.png")
     curve_fig = figure_curves(load_curves(df), figures / "validation_curves.png")
@@ -238,7 +301,7 @@ def render_report(summary_csv: Path, out_dir: Path) -> Path:
     status_counts = df["status"].value_counts().to_dict()
     mem_methods = sorted(df["peak_memory_method"].dropna().unique())
     timing_method = "; ".join(sorted(df["timing_method"].dropna().unique())) if "timing_method" in df else ""
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    stamp = _stamp()
     not_ok = {k: v for k, v in status_counts.items() if k != "ok"}
     status_line = f"{len(df)} runs: " + ", ".join(f"{v} {k}" for k, v in sorted(status_counts.items()))
 
@@ -246,8 +309,8 @@ def render_report(summary_csv: Path, out_dir: Path) -> Path:
         "# attnbench report", "",
         f"Generated {stamp} from `{summary_csv}`. {status_line}.", "",
         "## Test accuracy (%)", "",
-        "Test accuracy of each run's best-validation checkpoint, evaluated once; mean ± sample std over seeds "
-        "(n = seeds that finished ok). Chance and majority-class baselines are on the test split.", "",
+        ("Test accuracy of each run's best-validation checkpoint, evaluated once; mean ± sample std over seeds "
+         "(n = seeds that finished ok). Chance and majority-class baselines are on the test split."), "",
         _md_table(acc),
         "## Accuracy vs throughput", "",
         "![accuracy vs throughput](figures/accuracy_vs_throughput.png)" if acc_fig else "_no data_", "",
@@ -256,34 +319,31 @@ def render_report(summary_csv: Path, out_dir: Path) -> Path:
         "## Training cost (median over seeds)", "",
         f"Timing: {timing_method}. Peak memory: {'; '.join(mem_methods)}.", "",
         _md_table(eff),
+        *([bench_md] if bench_md else []),
         *(["## Distillation", "", DISTILLATION_NOTE, "", _md_table(distill)] if not distill.empty else []),
         "## Runs", "", _md_table(runs),
         "## Environment", "", "The machines and code versions these numbers come from:", "", _md_table(env),
     ]
-    atomic_write_text(out_dir / "summary.md", "\n".join(md))
 
     body = [
         "<h1>attnbench report</h1>",
-        f"<p class='note'>Generated {stamp} from <code>{html.escape(str(summary_csv))}</code>. "
-        f"{html.escape(status_line)}.</p>",
+        (f"<p class='note'>Generated {stamp} from <code>{html.escape(str(summary_csv))}</code>. "
+         f"{html.escape(status_line)}.</p>"),
         (f"<p class='bad'>Runs that did not finish ok: {html.escape(json.dumps(not_ok))} (see Runs).</p>" if not_ok else ""),
         "<h2>Test accuracy (%)</h2>",
-        "<p class='note'>Test accuracy of each run's best-validation checkpoint, evaluated once; mean ± sample std "
-        "over seeds (n = seeds that finished ok). Chance and majority-class baselines are on the test split.</p>",
+        ("<p class='note'>Test accuracy of each run's best-validation checkpoint, evaluated once; mean ± sample std "
+         "over seeds (n = seeds that finished ok). Chance and majority-class baselines are on the test split.</p>"),
         _html_table(acc),
         "<h2>Accuracy vs throughput</h2>", _img(acc_fig, "Test accuracy vs training throughput per task"),
         "<h2>Validation accuracy during training</h2>", _img(curve_fig, "Validation accuracy vs step"),
         "<h2>Training cost (median over seeds)</h2>",
         f"<p class='note'>Timing: {html.escape(timing_method)}. Peak memory: {html.escape('; '.join(mem_methods))}.</p>",
         _html_table(eff),
+        bench_html,
         *([f"<h2>Distillation</h2><p class='note'>{html.escape(DISTILLATION_NOTE)}</p>", _html_table(distill)]
           if not distill.empty else []),
         "<h2>Runs</h2>", _html_table(runs),
         "<h2>Environment</h2>", "<p class='note'>The machines and code versions these numbers come from.</p>",
         _html_table(env),
     ]
-    page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>attnbench report</title>"
-            f"<style>{CSS}</style></head><body>{''.join(body)}</body></html>\n")
-    index = out_dir / "index.html"
-    atomic_write_text(index, page)
-    return index
+    return _write_report(out_dir, "attnbench report", md, body)

@@ -1,0 +1,479 @@
+"""The efficiency sweep in the report: tables and figures from the tidy ``results/bench.csv``
+(one row per measured case: impl x scope x mode x dtype x batch x sequence length n).
+
+Everything here is a pure function of that table: fitted scaling exponents, speed and memory
+relative to the ``full`` baseline in the style of LRA's Table 2, crossover points, log-log
+scaling figures, and the report section that puts them together."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.ticker  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+
+from harness.report import _html_table, _img, _md_table, _save  # noqa: E402
+
+BASELINE = "full"  # the impl label of variant "full" on the "default" backend
+GROUP = ["impl", "scope", "mode", "dtype", "batch"]
+SCOPE_ORDER = ["layer", "block"]
+MODE_ORDER = ["forward", "forward_backward"]
+MIN_FIT_POINTS = 3
+# extrapolate a crossover only where the impl's exponent is lower than full's by this much
+# (equal laws with noise cross anywhere), and say no more than "beyond" past this many times the largest n
+EXPONENT_MARGIN = 0.05
+EXTRAPOLATION_LIMIT = 100
+# statuses that say the case costs more than the budget allowed: the other side is cheaper there
+OVER_BUDGET = {"median_s": {"oom", "timeout"}, "peak_mb": {"oom"}}
+METRIC_LABELS = {"median_s": "time per step (s)", "peak_mb": "peak memory (MiB)"}
+EXPONENT_COLUMNS = {"median_s": "time_exponent", "peak_mb": "memory_exponent"}
+BENCH_ENV_COLUMNS = ["device", "device_name", "threads", "torch"]
+DISTILLED_NOTE = ("Variants trained from a teacher (distilled) are not swept: their layers are their "
+                  "attention variant's.")
+
+
+# ---------------------------------------------------------------- fitting
+
+def _power_fit(n: pd.Series, y: pd.Series) -> tuple[float, float]:
+    """Least-squares fit of log(y) = log(a) + b·log(n) over the finite positive points:
+    ``(a, b)``, or NaNs when fewer than ``MIN_FIT_POINTS`` points remain."""
+    keep = np.isfinite(y) & (y > 0) & (n > 0)
+    if keep.sum() < MIN_FIT_POINTS:
+        return float("nan"), float("nan")
+    b, log_a = np.polyfit(np.log(n[keep].astype(float)), np.log(y[keep].astype(float)), 1)
+    return float(np.exp(log_a)), float(b)
+
+
+def _ok(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["status"] == "ok"]
+
+
+def fit_exponents(df: pd.DataFrame) -> pd.DataFrame:
+    """Per (impl, scope, mode, dtype, batch): the log-log slopes of median_s (``time_exponent``)
+    and peak_mb (``memory_exponent``) against n over the ok cases (NaN below 3 points), with
+    the number of ok points and their n range."""
+    rows = []
+    for key, g in df.groupby(GROUP, sort=True):
+        ok = _ok(g)
+        rows.append({
+            **dict(zip(GROUP, key)), "points": len(ok),
+            "n_min": ok["n"].min() if len(ok) else np.nan, "n_max": ok["n"].max() if len(ok) else np.nan,
+            "time_exponent": _power_fit(ok["n"], ok["median_s"])[1],
+            "memory_exponent": _power_fit(ok["n"], ok["peak_mb"])[1],
+        })
+    columns = [*GROUP, "points", "n_min", "n_max", "time_exponent", "memory_exponent"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+# ---------------------------------------------------------------- formatting
+
+def _fmt_time(s: float) -> str:
+    """Seconds with a readable unit and 3 significant digits: '850 µs', '12.3 ms', '1.20 s'."""
+    unit, scale = ("s", 1.0) if s >= 1 else ("ms", 1e-3) if s >= 1e-3 else ("µs", 1e-6)
+    return f"{_sig3(s / scale)} {unit}"
+
+
+def _fmt_mem(mb: float) -> str:
+    """MiB with 3 significant digits, GiB from 1024 MiB: '116 MiB', '2.50 GiB'."""
+    return f"{_sig3(mb / 1024)} GiB" if mb >= 1024 else f"{_sig3(mb)} MiB"
+
+
+def _sig3(x: float) -> str:
+    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 10 else f"{x:.2f}"
+
+
+def _fmt_ratio(r: float) -> str:
+    return f"{r:.2f}" if r >= 0.1 else f"{r:.2g}"
+
+
+def _fmt_n(n: float) -> str:
+    """A sequence length in short form: '512', '4.1K', '23K', '1.2M'."""
+    if n >= 1e6:
+        return f"{n / 1e6:.1f}M"
+    if n >= 1e4:
+        return f"{n / 1e3:.0f}K"
+    if n >= 1e3:
+        return f"{n / 1e3:.1f}K"
+    return f"{n:.0f}"
+
+
+METRIC_FORMATS = {"median_s": _fmt_time, "peak_mb": _fmt_mem}
+
+
+# ---------------------------------------------------------------- tables
+
+def impl_order(impls) -> list[str]:
+    """The baseline first, then the other impls sorted."""
+    impls = set(impls)
+    return ([BASELINE] if BASELINE in impls else []) + sorted(impls - {BASELINE})
+
+
+def _cases(df: pd.DataFrame, scope: str, mode: str, dtype: str, batch: int) -> pd.DataFrame:
+    """The cases of one (scope, mode, dtype, batch) combination, one row per (impl, n) (the last
+    row wins where a case was measured twice)."""
+    sel = df[(df["scope"] == scope) & (df["mode"] == mode) & (df["dtype"] == dtype) & (df["batch"] == batch)]
+    return sel.drop_duplicates(["impl", "n"], keep="last").set_index(["impl", "n"]).sort_index()
+
+
+def _relative_cell(case, base, metric: str) -> str:
+    """One cell of a relative table: the impl's cost relative to full's at the same n."""
+    fmt = METRIC_FORMATS[metric]
+    if case is None:
+        return ""
+    if case["status"] != "ok":
+        return str(case["status"]).upper()
+    value = case[metric]
+    if pd.isna(value):
+        return "–"
+    if base is None:
+        return f"{fmt(value)} (full not run)"
+    if base["status"] != "ok":
+        return f"{fmt(value)} (full {str(base['status']).upper()})"
+    if pd.isna(base[metric]) or value <= 0:
+        return fmt(value)
+    if metric == "median_s":
+        return f"{_fmt_ratio(base[metric] / value)}×"
+    return _fmt_ratio(value / base[metric])
+
+
+def _baseline_cell(case, metric: str) -> str:
+    if case is None:
+        return ""
+    if case["status"] != "ok":
+        return str(case["status"]).upper()
+    value = case[metric]
+    return "–" if pd.isna(value) else METRIC_FORMATS[metric](value)
+
+
+def _relative_table(cases: pd.DataFrame, metric: str) -> pd.DataFrame:
+    ns = sorted(cases.index.get_level_values("n").unique())
+    row = lambda impl, n: cases.loc[(impl, n)] if (impl, n) in cases.index else None  # noqa: E731
+    rows = []
+    for impl in impl_order(cases.index.get_level_values("impl")):
+        cells = {str(n): (_baseline_cell(row(impl, n), metric) if impl == BASELINE
+                          else _relative_cell(row(impl, n), row(BASELINE, n), metric)) for n in ns}
+        rows.append({"impl": impl, **cells})
+    return pd.DataFrame(rows, columns=["impl", *map(str, ns)])
+
+
+def relative_tables(df: pd.DataFrame, scope: str, mode: str, dtype: str,
+                    batch: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(speed, memory) tables of one combination, rows = impl (full first), columns = n.
+
+    The full row holds absolute values ('12.3 ms', '116 MiB'); the others hold speed as
+    full time / impl time ('1.90×', above 1 is faster) and memory as impl peak / full peak
+    ('0.45', below 1 is smaller). Non-ok cases show their status ('OOM'); where full itself
+    is not ok, the impl's absolute value is shown with ' (full OOM)'; missing cases are ''."""
+    cases = _cases(df, scope, mode, dtype, batch)
+    return _relative_table(cases, "median_s"), _relative_table(cases, "peak_mb")
+
+
+def _cheaper(case, base, metric: str) -> bool | None:
+    """Whether the impl costs less than full at one n; None where the two are not comparable."""
+    if case["status"] == "ok" and base["status"] == "ok":
+        if pd.isna(case[metric]) or pd.isna(base[metric]):
+            return None
+        return bool(case[metric] < base[metric])
+    if case["status"] == "ok" and base["status"] in OVER_BUDGET[metric]:
+        return True
+    if base["status"] == "ok" and case["status"] in OVER_BUDGET[metric]:
+        return False
+    return None
+
+
+def _measured_crossover(cases: pd.DataFrame, impl: str, metric: str) -> tuple[int | None, str]:
+    """The smallest measured n from which the impl is cheaper than full at every larger
+    comparable n: ``(n, text)``, n None when there is none."""
+    outcomes = []
+    for n in sorted(cases.loc[impl].index):
+        if (BASELINE, n) in cases.index:
+            cheaper = _cheaper(cases.loc[(impl, n)], cases.loc[(BASELINE, n)], metric)
+            if cheaper is not None:
+                outcomes.append((n, cheaper))
+    if not outcomes:
+        return None, "not comparable"
+    start = None
+    for n, cheaper in reversed(outcomes):
+        if not cheaper:
+            break
+        start = n
+    return (start, str(start)) if start is not None else (None, f"none up to {outcomes[-1][0]}")
+
+
+def _extrapolated_crossover(cases: pd.DataFrame, impl: str, metric: str) -> str:
+    """Where the fitted power laws a·n^b of impl and full cross, when that lies beyond the
+    measured n and the impl's exponent is lower by at least ``EXPONENT_MARGIN``; '–' otherwise."""
+    fits = {}
+    for who in (impl, BASELINE):
+        ok = _ok(cases.loc[who]).reset_index()
+        fits[who] = _power_fit(ok["n"], ok[metric])
+    (a_i, b_i), (a_f, b_f) = fits[impl], fits[BASELINE]
+    if not np.isfinite([a_i, b_i, a_f, b_f]).all() or b_i > b_f - EXPONENT_MARGIN:
+        return "–"
+    n_star = (a_i / a_f) ** (1.0 / (b_f - b_i))
+    n_max = cases.index.get_level_values("n").max()
+    if n_star <= n_max:
+        return "–"
+    if n_star > EXTRAPOLATION_LIMIT * n_max:
+        return f"> {_fmt_n(EXTRAPOLATION_LIMIT * n_max)} (extrapolated)"
+    return f"≈ {_fmt_n(n_star)} (extrapolated)"
+
+
+def crossover_table(df: pd.DataFrame, scope: str, mode: str, dtype: str, batch: int) -> pd.DataFrame:
+    """Per non-baseline impl: the measured n from which it is faster (and, separately, smaller in
+    memory) than full at that and every larger n, and the crossover extrapolated from the fitted
+    power laws when it was not reached within the measured range. A full OOM (or timeout, for
+    time) where the impl ran counts as the impl being cheaper."""
+    cases = _cases(df, scope, mode, dtype, batch)
+    impls = impl_order(cases.index.get_level_values("impl"))
+    metrics = {"median_s": ("faster than full from n", "time crossover (fit)"),
+               "peak_mb": ("less memory than full from n", "memory crossover (fit)")}
+    columns = ["impl", *(measured for measured, _ in metrics.values()), *(fit for _, fit in metrics.values())]
+    if BASELINE not in impls:
+        return pd.DataFrame(columns=columns)
+    rows = []
+    for impl in impls[1:]:
+        row = {"impl": impl}
+        for metric, (measured_col, fit_col) in metrics.items():
+            n, text = _measured_crossover(cases, impl, metric)
+            row[measured_col] = text
+            row[fit_col] = "–" if n is not None else _extrapolated_crossover(cases, impl, metric)
+        rows.append(row)
+    return pd.DataFrame(rows, columns=columns)
+
+
+def rounded_exponents(df: pd.DataFrame) -> pd.DataFrame:
+    """``fit_exponents`` for the report: the primary (dtype, batch) first, then by scope, mode
+    and impl; exponents as text with 2 decimals (blank where not fitted), n range as integers."""
+    out = fit_exponents(df)
+    combos, impls = _combos(df), impl_order(out["impl"])
+    scopes, modes = _ordered(out["scope"], SCOPE_ORDER), _ordered(out["mode"], MODE_ORDER)
+    keys = [(combos.index((r.dtype, int(r.batch))), scopes.index(r.scope), modes.index(r.mode), impls.index(r.impl))
+            for r in out.itertuples()]
+    out = out.iloc[sorted(range(len(out)), key=keys.__getitem__)].reset_index(drop=True)
+    for c in ("time_exponent", "memory_exponent"):
+        out[c] = out[c].map(lambda b: "" if pd.isna(b) else f"{b:.2f}")
+    for c in ("n_min", "n_max"):
+        out[c] = out[c].astype("Int64")
+    return out
+
+
+def bench_environment_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The distinct machines of the sweep (device, device_name, threads, torch)."""
+    cols = [c for c in BENCH_ENV_COLUMNS if c in df]
+    return df[cols].astype(str).drop_duplicates().reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- figures
+
+def _ordered(values, order: list[str]) -> list[str]:
+    present = set(values)
+    return [v for v in order if v in present] + sorted(present - set(order))
+
+
+def impl_palette(impls) -> dict[str, tuple]:
+    """One colour per impl, fixed by the impl order so that every figure agrees."""
+    ordered = impl_order(impls)
+    return dict(zip(ordered, sns.color_palette("colorblind", max(len(ordered), 1))))
+
+
+def _not_ok_label(statuses) -> str:
+    return "/".join(s.upper() if s == "oom" else s for s in sorted(set(statuses)))
+
+
+def _plot_panel(ax, cases: pd.DataFrame, exps: pd.DataFrame, metric: str, palette: dict) -> None:
+    """One log-log panel: a line per impl over its ok cases; an 'x' on the top edge where not ok."""
+    exp_col = EXPONENT_COLUMNS[metric]
+    failed = set()
+    for impl in impl_order(cases["impl"]):
+        g = cases[cases["impl"] == impl].sort_values("n")
+        ok = _ok(g)
+        ok = ok[ok[metric].notna() & (ok[metric] > 0)]
+        b = exps.loc[exps["impl"] == impl, exp_col]
+        label = f"{impl} (b={b.iloc[0]:.2f})" if len(b) and pd.notna(b.iloc[0]) else impl
+        dashed = (g["backend"] != "default").any() if "backend" in g else False
+        if len(ok):
+            ax.plot(ok["n"], ok[metric], marker="o", ms=4, ls="--" if dashed else "-",
+                    color=palette[impl], label=label)
+        bad = g[g["status"] != "ok"]
+        if len(bad):
+            failed |= set(bad["status"])
+            ax.scatter(bad["n"], np.full(len(bad), 0.97), marker="x", s=40, color=palette[impl],
+                       transform=ax.get_xaxis_transform(), clip_on=False, zorder=5)
+    handles, labels = ax.get_legend_handles_labels()
+    if failed:
+        handles.append(Line2D([], [], ls="none", marker="x", color="black"))
+        labels.append(_not_ok_label(failed))
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ns = sorted(cases["n"].unique())
+    ax.set_xticks(ns, [str(n) for n in ns])  # the measured n, not every power of 2
+    ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
+    if handles:
+        ax.legend(handles, labels, fontsize=7, loc="lower right")
+
+
+def figure_scaling(df: pd.DataFrame, path: Path, metric: str, dtype: str, batch: int) -> Path | None:
+    """Log-log scaling of ``metric`` ('median_s' or 'peak_mb') with n, rows = scope, columns =
+    mode, one line per impl labelled with its fitted exponent b; non-default backends dashed,
+    non-ok cases as an 'x' on the top edge. None when there is nothing to plot."""
+    if metric not in METRIC_LABELS:
+        raise ValueError(f"metric must be one of {sorted(METRIC_LABELS)}, not {metric!r}")
+    sub = df[(df["dtype"] == dtype) & (df["batch"] == batch)]
+    if not (_ok(sub)[metric] > 0).any():
+        return None
+    palette = impl_palette(df["impl"])
+    exps = fit_exponents(sub)
+    scopes, modes = _ordered(sub["scope"], SCOPE_ORDER), _ordered(sub["mode"], MODE_ORDER)
+    fig, axes = plt.subplots(len(scopes), len(modes), figsize=(5.2 * len(modes), 3.9 * len(scopes)),
+                             squeeze=False)
+    for i, scope in enumerate(scopes):
+        for j, mode in enumerate(modes):
+            ax = axes[i][j]
+            sel = (sub["scope"] == scope) & (sub["mode"] == mode)
+            ex = (exps["scope"] == scope) & (exps["mode"] == mode)
+            _plot_panel(ax, sub[sel], exps[ex], metric, palette)
+            ax.set_title(f"{scope}, {mode}", fontsize=10)
+            ax.set_xlabel("sequence length n")
+            ax.set_ylabel(METRIC_LABELS[metric])
+    fig.suptitle(f"{METRIC_LABELS[metric]} vs n ({dtype}, batch {batch}); b = fitted log-log slope; "
+                 "dashed: non-default backend", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# ---------------------------------------------------------------- the report section
+
+def _combos(df: pd.DataFrame) -> list[tuple[str, int]]:
+    """(dtype, batch) combinations, the primary first: float32 (else the first dtype in the data)
+    at its smallest batch."""
+    dtypes = list(dict.fromkeys(df["dtype"]))
+    if "float32" in dtypes:
+        dtypes.remove("float32")
+        dtypes.insert(0, "float32")
+    return [(d, int(b)) for d in dtypes for b in sorted(df.loc[df["dtype"] == d, "batch"].unique())]
+
+
+def _scope_modes(df: pd.DataFrame) -> list[tuple[str, str]]:
+    present = set(zip(df["scope"], df["mode"]))
+    return [(s, m) for s in _ordered(df["scope"], SCOPE_ORDER) for m in _ordered(df["mode"], MODE_ORDER)
+            if (s, m) in present]
+
+
+def machine_line(df: pd.DataFrame) -> str:
+    """'NVIDIA H100 (cuda), 16 threads, torch 2.5.1' per distinct machine of the sweep."""
+    machines = df[BENCH_ENV_COLUMNS].drop_duplicates()
+    return "; ".join(f"{r.device_name} ({r.device}), {r.threads} threads, torch {r.torch}"
+                     for r in machines.itertuples())
+
+
+def method_line(df: pd.DataFrame) -> str:
+    """How the numbers were measured, from the table itself."""
+    ok = _ok(df)
+    rounds = sorted(ok["rounds"].dropna().astype(int).unique())
+    rounds_text = (f"{rounds[0]}" if len(rounds) == 1 else f"{rounds[0]}–{rounds[-1]}") if rounds else "?"
+    memory = "; ".join(sorted(ok["peak_method"].dropna().astype(str).unique())) or "not measured"
+    counted = ok[ok["flops_counted"].notna() & (ok["flops_analytic"] > 0)]
+    if len(counted):
+        dev = ((counted["flops_counted"] - counted["flops_analytic"]).abs() / counted["flops_analytic"]).max()
+        flops = (f"analytic, cross-checked against torch's FLOP counter in {len(counted)} of {len(ok)} ok cases "
+                 f"(largest relative difference {100 * dev:.1f}%)")
+    else:
+        flops = "analytic (no counter cross-check available)"
+    return (f"Timing: median of {rounds_text} timed steps per case after warm-up (pytest-benchmark). "
+            f"Peak memory: {memory}. FLOPs: {flops}.")
+
+
+class _Section:
+    """Markdown and HTML of one report section, built side by side."""
+
+    def __init__(self) -> None:
+        self.md: list[str] = []
+        self.html: list[str] = []
+
+    def heading(self, level: int, text: str) -> None:
+        self.md += [f"{'#' * level} {text}", ""]
+        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+
+    def note(self, text: str) -> None:
+        self.md += [text, ""]
+        self.html.append(f"<p class='note'>{html.escape(text)}</p>")
+
+    def table(self, df: pd.DataFrame, caption: str | None = None) -> None:
+        if caption:
+            self.md += [f"_{caption}_", ""]
+            self.html.append(f"<p class='note'><em>{html.escape(caption)}</em></p>")
+        self.md.append(_md_table(df))
+        self.html.append(_html_table(df))
+
+    def figure(self, path: Path | None, alt: str, rel_dir: str) -> None:
+        self.md += [f"![{alt}]({rel_dir}/{path.name})" if path else f"_{alt}: no data to plot_", ""]
+        self.html.append(_img(path, alt))
+
+
+SPEED_CAPTION = "Speed: full's median time per step; others full time / their time (× above 1: faster)"
+MEMORY_CAPTION = "Peak memory: full's peak; others their peak / full's (below 1: smaller)"
+
+
+def _relative_block(sec: _Section, df: pd.DataFrame, dtype: str, batch: int, level: int) -> None:
+    """The speed and memory tables of every (scope, mode) of one (dtype, batch)."""
+    sub = df[(df["dtype"] == dtype) & (df["batch"] == batch)]
+    for scope, mode in _scope_modes(sub):
+        speed, memory = relative_tables(df, scope, mode, dtype, batch)
+        sec.heading(level, f"{scope}, {mode} ({dtype}, batch {batch})")
+        sec.table(speed, SPEED_CAPTION)
+        sec.table(memory, MEMORY_CAPTION)
+
+
+def bench_section(df: pd.DataFrame, figures_dir: Path, bench_csv: Path | str = "results/bench.csv",
+                  level: int = 2) -> tuple[str, str]:
+    """The report's "Efficiency sweep" section as ``(markdown, html)``; figures are written to
+    ``figures_dir`` (the Markdown links them relative to its parent)."""
+    combos = _combos(df)
+    dtype, batch = combos[0]
+    sub = level + 1
+    sec = _Section()
+    sec.heading(level, "Efficiency sweep")
+    sec.note(f"Machine: {machine_line(df)}. {method_line(df)}")
+    sec.note(f"Primary setting: {dtype}, batch {batch}. Cases: " + ", ".join(
+        f"{c} {s}" for s, c in sorted(df["status"].value_counts().items())) + ".")
+    _relative_block(sec, df, dtype, batch, sub)
+
+    sec.heading(sub, "Scaling exponents")
+    sec.note("Least-squares slope of log(time per step) and log(peak memory) against log(n) over the ok "
+             f"cases (blank below {MIN_FIT_POINTS} points): 1 is linear, 2 quadratic.")
+    sec.table(rounded_exponents(df))
+
+    pairs = _scope_modes(df[(df["dtype"] == dtype) & (df["batch"] == batch)])
+    scope, mode = ("layer", "forward_backward") if ("layer", "forward_backward") in pairs else pairs[0]
+    sec.heading(sub, f"Crossover with full ({scope}, {mode}, {dtype}, batch {batch})")
+    sec.note("The smallest measured n from which a variant beats full at that and every larger measured n "
+             "(a full OOM counts as beaten); where that is not reached, the crossover of the two fitted "
+             "power laws a·n^b, when the variant's exponent is the lower one.")
+    sec.table(crossover_table(df, scope, mode, dtype, batch))
+
+    sec.heading(sub, "Scaling figures")
+    suffix = len(combos) > 1
+    for d, b in combos:
+        tag = f"_{d}_b{b}" if suffix else ""
+        for metric, name in (("median_s", "time"), ("peak_mb", "memory")):
+            path = figure_scaling(df, figures_dir / f"bench_{name}{tag}.png", metric, d, b)
+            sec.figure(path, f"{METRIC_LABELS[metric]} vs n ({d}, batch {b})", figures_dir.name)
+
+    if len(combos) > 1:
+        sec.heading(sub, "Other dtypes and batch sizes")
+        for d, b in combos[1:]:
+            _relative_block(sec, df, d, b, sub + 1)
+
+    sec.note(DISTILLED_NOTE)
+    sec.md += [f"All {len(df)} cases, one row each: `{bench_csv}`.", ""]
+    sec.html.append(f"<details><summary>All {len(df)} cases (tidy table, from "
+                    f"<code>{html.escape(str(bench_csv))}</code>)</summary>{_html_table(df)}</details>")
+    return "\n".join(sec.md), "".join(sec.html)
