@@ -1,5 +1,6 @@
 # attnbench: train every (task, variant, seed) of the config (distilled variants from their
-# teacher's run), aggregate the run records, render the report. `snakemake` runs the
+# teacher's run), sweep every variant's time and memory across sequence lengths (`bench:`),
+# aggregate the run records and the sweep, render the report (`snakemake bench`: the sweep alone). `snakemake` runs the
 # default config (config/config.yaml); `snakemake --configfile other.yaml` runs another
 # one *instead of* the default.
 from pathlib import Path
@@ -17,14 +18,16 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/train.smk"
 include: "rules/distill.smk"
+include: "rules/bench.smk"
 include: "rules/report.smk"
 
 
-# The records are targets too, so that deleting one re-runs that training job (and the
+# The records (and the sweep's files) are targets too, so that deleting one re-runs that training job (and the
 # aggregation and report after it) instead of being skipped as an intermediate file.
 rule all:
     default_target: True
     input:
         get_records,
+        get_bench_files,
         "reports/index.html",
         "reports/summary.md",

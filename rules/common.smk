@@ -8,6 +8,8 @@ import sys
 from snakemake.exceptions import WorkflowError
 
 from harness import paths
+from harness.bench_config import bench_settings, bench_variants
+from harness.bench_results import sweep_file
 from harness.config import ConfigError, resolve_run, task_data_params, validate_config
 from tasks.base import data_key
 from variants import VARIANTS as REGISTRY
@@ -74,3 +76,25 @@ def get_teacher_dir(wildcards):
 def get_teacher_record(wildcards):
     """The teacher's record; it is written after its best.pt, so it marks the checkpoint complete."""
     return os.path.join(get_teacher_dir(wildcards), "record.json")
+
+
+# The efficiency sweep (rules/bench.smk): the variants it measures, none when `bench.enabled` is false.
+BENCH_VARIANTS = bench_variants(config) if bench_settings(config).enabled else []
+
+
+def get_bench_files(wildcards=None):
+    return [str(paths.bench_file(v)) for v in BENCH_VARIANTS]
+
+
+def get_sweep_json(wildcards):
+    """One variant's sweep settings and cases: a param, so changing `bench:` re-runs that variant's sweep."""
+    return json.dumps(sweep_file(config, wildcards.variant, 1, paths.BENCH / ".work"), sort_keys=True)
+
+
+def get_report_bench(wildcards):
+    """The sweep's table when the sweep is on (the report then shows it beside training throughput)."""
+    return {"bench": "results/bench.csv"} if BENCH_VARIANTS else {}
+
+
+def bench_option(wildcards, input):
+    return f"--bench {input.bench}" if "bench" in input.keys() else ""

@@ -17,13 +17,16 @@ rule aggregate:
 
 rule report:
     input:
+        unpack(get_report_bench),
         summary="results/summary.csv",
     output:
         html="reports/index.html",
         md="reports/summary.md",
+    params:
+        bench=bench_option,
     log:
         "logs/report.log",
     conda:
         "../environment.yml"
     shell:
-        "attnbench report --summary {input.summary} --out reports > {log} 2>&1"
+        "attnbench report --summary {input.summary} {params.bench} --out reports > {log} 2>&1"

@@ -27,6 +27,9 @@ TINY = {
                              "max_length": 24, "max_depth": 3, "max_args": 4}},
         "image": {"data": {"source": "digits", "max_train": 300}, "train": {"steps": 20}},
     },
+    # the efficiency sweep of full (the student has full's layers), at two short lengths
+    "bench": {"lengths": [32, 64], "modes": ["forward_backward"], "scopes": ["layer"], "warmup": 1, "repeats": 2,
+              "backends": {"full": ["default", "math"]}},
 }
 
 
@@ -87,6 +90,10 @@ def test_pipeline_writes_records_summary_and_report(pipeline):
     assert distilled["teacher_test_acc"].notna().all() and (distilled["params"] < distilled["teacher_params"]).all()
     assert df[df["variant"] == "full"]["teacher_run_id"].isna().all()
     assert (work / "results" / "summary.parquet").exists()
+    bench = pd.read_csv(work / "results" / "bench.csv")  # the sweep: full on its default and math kernels
+    assert sorted(zip(bench["impl"], bench["n"], bench["status"])) == [
+        ("full", 32, "ok"), ("full", 64, "ok"), ("full [math]", 32, "ok"), ("full [math]", 64, "ok")]
+    assert json.loads((work / "results" / "bench" / "full.json").read_text())["benchmarks"]  # pytest-benchmark's
 
     html = (work / "reports" / "index.html").read_text()
     assert "<table" in html and "data:image/png;base64," in html
@@ -101,6 +108,7 @@ def test_pipeline_writes_records_summary_and_report(pipeline):
         assert row.count("(n=2)") == 2
     assert (work / "reports" / "figures" / "accuracy_vs_throughput.png").stat().st_size > 1000
     assert "## Environment" in md and "2.13.0" in md
+    assert "Efficiency sweep" in md and "Efficiency sweep" in html
     # the distillation section: accuracy kept and speed gained per task, versus the teacher
     assert "<h2>Distillation</h2>" in html and "accuracy kept" in html
     section = md.split("## Distillation", 1)[1].split("## Runs", 1)[0]
@@ -150,6 +158,23 @@ def test_changing_one_tasks_settings_reruns_only_that_tasks_jobs(pipeline, tmp_p
         assert jobs.get("train") == 2 and jobs.get("distill") == 2 and "prepare_data" not in jobs
     finally:
         (work / "config.yaml").write_text(yaml.safe_dump(TINY))
+
+
+@pytest.mark.slow
+def test_bench_settings_rerun_only_the_sweep_and_bench_target_reports_it_alone(pipeline):
+    work = pipeline
+    cfg = json.loads(json.dumps(TINY))
+    cfg["bench"]["repeats"] = 3
+    (work / "config.yaml").write_text(yaml.safe_dump(cfg))
+    try:
+        assert planned_jobs(snakemake(work, "-n")) == {"bench_variant": 1, "bench_aggregate": 1, "report": 1, "all": 1}
+    finally:
+        (work / "config.yaml").write_text(yaml.safe_dump(TINY))
+    assert planned_jobs(snakemake(work, "bench", "-n")) == {"bench_report": 1, "bench": 1}
+    result = snakemake(work, "bench")
+    assert result.returncode == 0, result.stderr[-3000:]
+    page = (work / "reports" / "bench" / "index.html").read_text()
+    assert "Efficiency sweep" in page and "Test accuracy" not in page
 
 
 def test_invalid_config_stops_before_any_job(tmp_path):

@@ -1,0 +1,56 @@
+# The efficiency sweep: one pytest-benchmark run per variant (every backend, scope, mode,
+# dtype, batch size and length of `bench:`), collected into one tidy table. A bench job takes
+# every core, so nothing runs beside it while it measures; its settings and cases are a param,
+# so changing `bench:` re-runs exactly the variants it affects.
+# `snakemake bench` runs the sweep alone and renders reports/bench/index.html.
+
+
+rule bench_variant:
+    output:
+        "results/bench/{variant}.json",
+    params:
+        sweep=get_sweep_json,
+    wildcard_constraints:
+        variant=one_of(BENCH_VARIANTS),
+    threads: workflow.cores
+    log:
+        "logs/bench/{variant}.log",
+    conda:
+        "../environment.yml"
+    shell:
+        "attnbench bench --variant {wildcards.variant} --sweep-json {params.sweep:q} --threads {threads} "
+        "--out {output} > {log} 2>&1"
+
+
+rule bench_aggregate:
+    input:
+        get_bench_files,
+    output:
+        csv="results/bench.csv",
+        parquet="results/bench.parquet",
+    log:
+        "logs/bench/aggregate.log",
+    conda:
+        "../environment.yml"
+    shell:
+        "attnbench aggregate-bench --inputs {input} --out {output.csv} > {log} 2>&1"
+
+
+rule bench_report:
+    input:
+        bench="results/bench.csv",
+    output:
+        html="reports/bench/index.html",
+        md="reports/bench/summary.md",
+    log:
+        "logs/bench/report.log",
+    conda:
+        "../environment.yml"
+    shell:
+        "attnbench report --bench-only --bench {input.bench} --out reports/bench > {log} 2>&1"
+
+
+rule bench:
+    input:
+        get_bench_files,
+        "reports/bench/index.html",
