@@ -47,9 +47,10 @@ class BenchConfig:
     variants: tuple[str, ...] = param((), "variants to sweep (empty: every configured variant trained from labels; "
                                       "distilled students have their attention variant's layers)")
     warmup: int = param(2, "untimed steps before the timed ones", minimum=0)
-    repeats: int = param(5, "timed steps per case; the table reports their median", minimum=1)
-    threads: int = param(0, "torch threads (0: the Snakemake job's threads; the sweep's jobs take every core "
-                         "so nothing runs beside them)", minimum=0)
+    repeats: int = param(7, "timed steps per case; the table reports their median", minimum=1)
+    threads: int = param(0, "torch threads (0: one fewer than the cores the bench job holds, at least 1; the "
+                         "job holds every core so that nothing runs beside it, and the spare core takes the OS "
+                         "and Snakemake, which keeps the timings steady)", minimum=0)
     time_cap_s: float = param(60.0, "a case whose single step takes longer is recorded as timeout", minimum=0.0)
     memory_cap_mb: int = param(0, "a case whose process exceeds this resident memory (CPU) or allocates more "
                                "(CUDA) is recorded as oom; 0: 80% of the machine's RAM / the GPU's memory",
@@ -99,6 +100,11 @@ def bench_variants(config: dict) -> list[str]:
     if chosen:
         return list(chosen)
     return [v for v in config["variants"] if not VARIANTS.get(v).cls.needs_teacher]
+
+
+def sweep_threads(settings: BenchConfig, cores: int) -> int:
+    """Torch threads of a bench job holding ``cores`` cores: ``bench.threads``, else one core spare."""
+    return settings.threads or max(1, cores - 1)
 
 
 def bench_device(config: dict) -> str:

@@ -26,13 +26,14 @@ COLUMNS = [
 ]
 
 
-def sweep_file(config: dict, variant: str, threads: int, workdir: Path) -> dict:
-    """What ``benchmarks/conftest.py`` reads: the settings and every case of one variant."""
-    from harness.bench_config import bench_device, bench_settings, variant_cases
+def sweep_file(config: dict, variant: str, cores: int, workdir: Path) -> dict:
+    """What ``benchmarks/conftest.py`` reads: the settings and every case of one variant, for a job
+    holding ``cores`` cores."""
+    from harness.bench_config import bench_device, bench_settings, sweep_threads, variant_cases
 
     settings = bench_settings(config)
     as_json = json.loads(json.dumps(dataclasses.asdict(settings)))
-    return {"settings": as_json, "device": bench_device(config), "threads": settings.threads or threads,
+    return {"settings": as_json, "device": bench_device(config), "threads": sweep_threads(settings, cores),
             "workdir": str(workdir), "cases": [c.to_dict() for c in variant_cases(config, variant)]}
 
 

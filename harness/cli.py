@@ -114,11 +114,13 @@ def cmd_bench(args) -> int:
     out = Path(args.out or paths.BENCH / f"{args.variant}.json")
     workdir = out.parent / ".work"
     if args.sweep_json:
+        from harness.bench_config import BenchConfig, sweep_threads
+        from harness.registry import build_dataclass
+
         sweep = json.loads(args.sweep_json)
-        if args.threads and not sweep["settings"]["threads"]:
-            sweep["threads"] = args.threads
+        sweep["threads"] = sweep_threads(build_dataclass(BenchConfig, sweep["settings"], "bench"), args.cores)
     else:
-        sweep = sweep_file(_load(args), args.variant, args.threads or 1, workdir)
+        sweep = sweep_file(_load(args), args.variant, args.cores, workdir)
     if args.lengths:
         sweep["cases"] = [c for c in sweep["cases"] if c["n"] in args.lengths]
     if not sweep["cases"]:
@@ -196,7 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = with_config(sub.add_parser("bench", help="run one variant's efficiency sweep (pytest-benchmark)"))
     sp.add_argument("--variant", required=True)
     sp.add_argument("--sweep-json", help="the sweep's settings and cases as JSON (what the pipeline passes)")
-    sp.add_argument("--threads", type=int, default=0, help="torch threads when bench.threads is 0 (default 1)")
+    sp.add_argument("--cores", type=int, default=2, help="cores this sweep may use (default 2); torch uses "
+                    "bench.threads, or one fewer than these")
     sp.add_argument("--lengths", type=int, nargs="+", help="only these sequence lengths")
     sp.add_argument("--out", help="JSON to write (default: results/bench/VARIANT.json)")
     sp.add_argument("pytest_args", nargs="*", help="after --: more pytest arguments, e.g. -- -k layer")

@@ -1,6 +1,6 @@
 # The efficiency sweep: one pytest-benchmark run per variant (every backend, scope, mode,
 # dtype, batch size and length of `bench:`), collected into one tidy table. A bench job takes
-# every core, so nothing runs beside it while it measures; its settings and cases are a param,
+# every core, so nothing runs beside it while it measures (torch uses one fewer, see bench.threads); its settings and cases are a param,
 # so changing `bench:` re-runs exactly the variants it affects.
 # `snakemake bench` runs the sweep alone and renders reports/bench/index.html.
 
@@ -18,7 +18,7 @@ rule bench_variant:
     conda:
         "../environment.yml"
     shell:
-        "attnbench bench --variant {wildcards.variant} --sweep-json {params.sweep:q} --threads {threads} "
+        "attnbench bench --variant {wildcards.variant} --sweep-json {params.sweep:q} --cores {threads} "
         "--out {output} > {log} 2>&1"
 
 

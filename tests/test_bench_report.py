@@ -12,6 +12,7 @@ import pytest
 from harness.bench_report import (
     bench_section,
     crossover_table,
+    flops_table,
     figure_scaling,
     fit_exponents,
     relative_tables,
@@ -63,6 +64,8 @@ def make_bench_df(dtypes=("float32",), batches=(4,)) -> pd.DataFrame:
                             "flops_analytic": 4.0 * batch * n * n * 64,
                             "flops_counted": 4.0 * batch * n * n * 64 * 1.01 if impl == "full" else np.nan,
                             "gflops_per_s": 4.0 * batch * n * n * 64 / median / 1e9 if ok else np.nan,
+                            "sdpa_kernels": {"default": "flash", "math": "math"}[backend]
+                            if variant == "full" else "none",
                             "device": "cpu", "device_name": "Test CPU", "threads": 4, "torch": "2.13.0",
                             "params": json.dumps({}), "source": f"results/bench/{impl}.json",
                         })
@@ -227,7 +230,7 @@ def test_render_report_bench_only(bench_csv, bench, tmp_path):
     assert "![time per step (s) vs n (float32, batch 4)](figures/bench_time.png)" in md
     assert "Test CPU (cpu), 4 threads, torch 2.13.0" in md
     assert "median of 10 timed steps" in md and "tracemalloc (CPU)" in md
-    assert "in 23 of 94 ok cases" in md  # the counter cross-check: full's ok cases
+    assert "### FLOPs (layer, forward_backward, float32, batch 4)" in md  # the counter cross-check
     # one speed and one memory table per scope and mode, and the exponents
     assert md.count("| impl | 256 | 512 | 1024 | 2048 | 4096 | 8192 |") == 2 * len(SCALE)
     fit = fit_exponents(bench).set_index(["impl", "scope", "mode"]).loc[("window", "layer", "forward")]
@@ -275,3 +278,16 @@ def test_render_report_runs_and_bench(tmp_path, bench, tiny_listops_data):
     assert page.index("<h2>Training cost") < page.index("<h2>Efficiency sweep") < page.index("<h2>Runs")
     assert {p.name for p in (out / "figures").iterdir()} >= {
         "accuracy_vs_throughput.png", "bench_time.png", "bench_memory.png"}
+
+
+def test_flops_table_gives_rate_at_the_largest_n_and_the_counter_share(bench):
+    table = flops_table(bench, "layer", "forward", "float32", 4).set_index("impl")
+    assert list(table.index) == ["full", "full [math]", "lsh", "window"]
+    full = table.loc["full"]
+    assert full["SDPA kernels"] == "flash" and full["n"] == 8192 and full["counted / analytic"] == "1.01–1.01"
+    flops = 4.0 * 4 * 8192 ** 2 * 64
+    median = 1e-9 * 8192 ** 2.0 * _noise("full", "layer", "forward", 8192, "t")
+    assert float(full["GFLOP per step"]) == pytest.approx(flops / 1e9, rel=1e-3)
+    assert float(full["GFLOP/s"]) == pytest.approx(flops / median / 1e9, rel=1e-2)
+    assert table.loc["window", "counted / analytic"] == "–"  # nothing counted
+    assert table.loc["lsh", "n"] == 4096  # its 8192 case timed out
