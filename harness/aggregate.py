@@ -1,12 +1,11 @@
 """Collect every run record into one tidy table: ``results/summary.csv`` (+ ``.parquet``)."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pandas as pd
 
-from harness.io import atomic_write_bytes, atomic_write_text
+from harness.io import write_table
 from harness.records import find_records, read_record
 
 COLUMNS = [
@@ -71,8 +70,5 @@ def aggregate(records: list[Path] | Path, out_csv: Path) -> pd.DataFrame:
     if isinstance(records, (str, Path)):
         records = list(find_records(Path(records)))
     df = collect([Path(p) for p in records])
-    atomic_write_text(out_csv, df.to_csv(index=False))
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    atomic_write_bytes(out_csv.with_suffix(".parquet"), buf.getvalue())
+    write_table(df, out_csv)
     return df

@@ -17,11 +17,8 @@ fresh process (started by ``harness.probe.run_worker``):
 from __future__ import annotations
 
 import contextlib
-import json
 import sys
 import time
-import traceback
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -186,16 +183,10 @@ def _peak_of(stepper: Stepper, device: torch.device) -> tuple[int, int | None, s
 
 
 def _worker(argv: list[str]) -> int:
-    spec_json, out_path = argv
-    spec = json.loads(spec_json)
-    try:
-        result = measure_in_process(spec)
-    except BaseException as exc:  # recorded, never raised: the sweep goes on with the next case
-        oom = isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-        result = {"status": "oom" if oom else "failed", "message": f"{type(exc).__name__}: {exc}".strip()[:2000],
-                  "traceback": traceback.format_exc(limit=12)}
-    Path(out_path).write_text(json.dumps(result))
-    return 0
+    from harness.fresh_process import worker_main
+
+    return worker_main(argv, measure_in_process,
+                       lambda message, oom: {"status": "oom" if oom else "failed", "message": message})
 
 
 if __name__ == "__main__":

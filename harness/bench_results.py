@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import dataclasses
-import io
 import json
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.io import atomic_write_bytes, atomic_write_text
+from harness.io import atomic_write_text, write_table
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 MIB = 2 ** 20
@@ -81,8 +80,5 @@ def collect(paths: list[Path]) -> pd.DataFrame:
 def aggregate_bench(paths: list[Path], out_csv: Path) -> pd.DataFrame:
     """Write the tidy table of every case (``.csv`` and ``.parquet``)."""
     df = collect([Path(p) for p in paths])
-    atomic_write_text(out_csv, df.to_csv(index=False))
-    buf = io.BytesIO()
-    df.to_parquet(buf, index=False)
-    atomic_write_bytes(out_csv.with_suffix(".parquet"), buf.getvalue())
+    write_table(df, out_csv)
     return df

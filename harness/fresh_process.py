@@ -16,7 +16,9 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
+from typing import Callable
 
 import psutil
 
@@ -80,3 +82,20 @@ def run_fresh(module: str, spec: dict, timeout_s: float, workdir: Path, threads:
     result["process_wall_s"] = wall
     result["loadavg"] = [load0, os.getloadavg()[0]]  # 1-minute load average before and after: interference
     return result
+
+
+def worker_main(argv: list[str], measure: Callable[[dict], dict], on_error: Callable[[str, bool], dict]) -> int:
+    """The child's side: ``measure(spec)`` written as JSON to the out path. An exception is recorded,
+    never raised, so the parent goes on with the next case: ``on_error(message, out_of_memory)``
+    gives the result, to which the traceback is added."""
+    import torch
+
+    spec_json, out_path = argv
+    try:
+        result = measure(json.loads(spec_json))
+    except BaseException as exc:
+        oom = isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+        result = {**on_error(f"{type(exc).__name__}: {exc}".strip()[:2000], oom),
+                  "traceback": traceback.format_exc(limit=12)}
+    Path(out_path).write_text(json.dumps(result))
+    return 0

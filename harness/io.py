@@ -42,3 +42,13 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     import torch
 
     _atomic(path, lambda p: torch.save(obj, p))
+
+
+def write_table(df, out_csv: Path) -> None:
+    """A pandas table as CSV at ``out_csv`` and as Parquet beside it, each written atomically."""
+    import io
+
+    atomic_write_text(out_csv, df.to_csv(index=False))
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(out_csv.with_suffix(".parquet"), buf.getvalue())

@@ -19,14 +19,13 @@ import json
 import statistics
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Callable
 
 import torch
 from torch import nn
 
-from harness.fresh_process import run_fresh
+from harness.fresh_process import run_fresh, worker_main
 from harness.measure import CpuPeak
 from harness.peers import PEERS, Shape
 
@@ -161,16 +160,7 @@ def _profile(step: Callable[[], None], spec: dict, label: str) -> str:
 
 
 def _worker(argv: list[str]) -> int:
-    spec_json, out_path = argv
-    spec = json.loads(spec_json)
-    try:
-        result = measure_in_process(spec)
-    except BaseException as exc:  # recorded, never raised: the parent goes on with the next case
-        oom = isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
-        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}".strip(),
-                  "oom": oom, "traceback": traceback.format_exc(limit=12)}
-    Path(out_path).write_text(json.dumps(result))
-    return 0
+    return worker_main(argv, measure_in_process, lambda message, oom: {"ok": False, "error": message, "oom": oom})
 
 
 def run_worker(spec: dict, timeout_s: float, workdir: Path) -> dict:
