@@ -45,9 +45,20 @@ def pytest_configure(config):
 
 
 def pytest_generate_tests(metafunc):
+    """(round, case) pairs, round-major: every case once, then every case again (``bench.rounds``)."""
     if "case" in metafunc.fixturenames:
-        cases = [Case(**c) for c in metafunc.config.stash[SWEEP]["cases"]]
-        metafunc.parametrize("case", cases, ids=[c.id for c in cases])
+        sweep = metafunc.config.stash[SWEEP]
+        cases = [Case(**c) for c in sweep["cases"]]
+        rounds = int(sweep["settings"].get("rounds", 1))
+        pairs = [(r, c) for r in range(rounds) for c in cases]
+        ids = [c.id if rounds == 1 else f"round{r}-{c.id}" for r, c in pairs]
+        metafunc.parametrize(("round_index", "case"), pairs, ids=ids)
+
+
+@pytest.fixture(scope="session")
+def probes() -> dict:
+    """Each case's fresh-process probe (memory, FLOPs, status), from its first round."""
+    return {}
 
 
 @pytest.fixture(scope="session")

@@ -48,6 +48,9 @@ class BenchConfig:
                                       "distilled students have their attention variant's layers)")
     warmup: int = param(2, "untimed steps before the timed ones", minimum=0)
     repeats: int = param(7, "timed steps per case; the table reports their median", minimum=1)
+    rounds: int = param(1, "passes over a variant's cases, interleaved (every case once, then again): a case's "
+                        "median is the median of its rounds' medians, so a slow spell of a shared machine moves one "
+                        "round of it, not all; 3 steadies the medians from sweep to sweep at 3x the time", minimum=1)
     threads: int = param(0, "torch threads (0: one fewer than the cores the bench job holds, at least 1; the "
                          "job holds every core so that nothing runs beside it, and the spare core takes the OS "
                          "and Snakemake, which keeps the timings steady)", minimum=0)

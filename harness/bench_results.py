@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,7 +20,8 @@ MIB = 2 ** 20
 
 COLUMNS = [
     "impl", "variant", "backend", "scope", "mode", "dtype", "batch", "n", "status", "message",
-    "median_s", "min_s", "max_s", "iqr_s", "rounds", "tokens_per_s", "peak_mb", "reserved_mb", "peak_method",
+    "median_s", "min_s", "max_s", "iqr_s", "rounds", "sweep_rounds", "round_medians_s", "tokens_per_s", "peak_mb",
+    "reserved_mb", "peak_method",
     "flops_analytic", "flops_counted", "gflops_per_s", "sdpa_kernels", "cold_step_s", "params_count",
     "device", "device_name", "threads", "torch", "timing_method", "params", "source",
 ]
@@ -52,6 +54,32 @@ def run_sweep(sweep: dict, out_json: Path, extra_args: list[str] = ()) -> int:
     return rc
 
 
+def combine_rounds(rows: list[dict]) -> list[dict]:
+    """One row per case from the rows of its rounds: the median of the rounds' medians, the
+    extremes over all timed steps; a round that failed (say, out of memory while timing) makes
+    the case that status."""
+    groups: dict[str, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(r["case_id"], []).append(r)
+    out = []
+    for group in groups.values():
+        bad = [r for r in group if r["status"] != "ok"]
+        row = dict(bad[0] if bad else group[0])
+        row["sweep_rounds"] = len(group)
+        if not bad:
+            medians = [r["median_s"] for r in group]
+            row.update(median_s=statistics.median(medians), round_medians_s=medians,
+                       min_s=min(r["min_s"] for r in group), max_s=max(r["max_s"] for r in group),
+                       rounds=sum(r["rounds"] for r in group),
+                       times_s=[t for r in group for t in r.get("times_s", [])])
+            row["tokens_per_s"] = row["batch"] * row["n"] / row["median_s"]
+            row["gflops_per_s"] = row["flops_analytic"] / row["median_s"] / 1e9
+            if len(group) > 1:
+                row["iqr_s"] = None  # per-round statistic; not pooled
+        out.append(row)
+    return out
+
+
 def load_rows(path: Path) -> list[dict]:
     """The result rows of one sweep JSON, machine facts attached."""
     data = json.loads(Path(path).read_text())
@@ -59,7 +87,7 @@ def load_rows(path: Path) -> list[dict]:
         raise ValueError(f"{path} is not an attnbench sweep (no 'attnbench' section); write it with `attnbench bench`")
     machine = data.get("machine_info", {}).get("attnbench", {})
     rows = []
-    for r in data["attnbench"]["rows"]:
+    for r in combine_rounds(data["attnbench"]["rows"]):
         ok = r.get("status") == "ok"
         rows.append({
             **{k: r.get(k) for k in COLUMNS if k in r},
@@ -67,6 +95,7 @@ def load_rows(path: Path) -> list[dict]:
             "reserved_mb": r["reserved_bytes"] / MIB if ok and r.get("reserved_bytes") else None,
             "device_name": machine.get("device_name"), "torch": machine.get("torch"),
             "params": json.dumps(r.get("params"), sort_keys=True), "source": str(path),
+            "round_medians_s": json.dumps(r["round_medians_s"]) if r.get("round_medians_s") else None,
         })
     return rows
 

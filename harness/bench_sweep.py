@@ -90,10 +90,14 @@ def time_case(case: Case, env: SweepEnv, benchmark) -> dict:
                               " around each step; median")}
 
 
-def run_case(case: Case, env: SweepEnv, benchmark) -> dict:
-    """One case end to end; the row goes into the benchmark's ``extra_info`` as well."""
-    row = base_row(case, env)
-    probe = probe_case(case, env)
+def run_case(case: Case, env: SweepEnv, benchmark, round_index: int = 0, probes: dict | None = None) -> dict:
+    """One case (one round of it) end to end; the row goes into the benchmark's ``extra_info`` as well.
+    The fresh-process probe runs in the case's first round; later rounds reuse it from ``probes``."""
+    row = {**base_row(case, env), "round": round_index}
+    probes = {} if probes is None else probes
+    if case.id not in probes:
+        probes[case.id] = probe_case(case, env)
+    probe = probes[case.id]
     row.update({k: probe.get(k) for k in ("status", "message", "peak_bytes", "reserved_bytes", "peak_method",
                                           "cold_step_s", "params_count", "flops_analytic", "flops_counted", "sdpa_kernels",
                                           "process_wall_s", "loadavg")})
@@ -119,3 +123,4 @@ def describe(row: dict) -> str:
     spread = (max(row["times_s"]) - min(row["times_s"])) / row["median_s"] if row["times_s"] else 0.0
     return (f"{head}  {row['median_s'] * 1e3:9.2f} ms (spread {100 * spread:.0f}%)  "
             f"{row['peak_bytes'] / 2**20:8.1f} MiB  {row['tokens_per_s']:10.0f} tok/s")
+

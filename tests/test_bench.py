@@ -129,7 +129,7 @@ def test_memory_cap_and_time_cap_make_oom_and_timeout_results(tmp_path):
 @pytest.mark.slow
 def test_a_tiny_sweep_writes_pytest_benchmark_json_and_the_tidy_table(tmp_path):
     cfg = validate_config(tiny_config(variants={"full": {}, "window": {}}, bench={
-        "lengths": [32, 64], "modes": ["forward_backward"], "scopes": ["layer"], "warmup": 1, "repeats": 2,
+        "lengths": [32, 64], "modes": ["forward_backward"], "scopes": ["layer"], "warmup": 1, "repeats": 2, "rounds": 2,
         "backends": {"full": ["default", "xformers"]}, "variant_params": {"window": SMALL["window"]}}))
     sweep = sweep_file(cfg, "full", 1, tmp_path / "work")
     big = dict(sweep["cases"][0], n=4096, backend="math")  # forced out of memory by the cap below
@@ -143,9 +143,11 @@ def test_a_tiny_sweep_writes_pytest_benchmark_json_and_the_tidy_table(tmp_path):
     statuses = {(r["impl"], r["n"]): r["status"] for r in data["attnbench"]["rows"]}
     assert statuses == {("full", 32): "ok", ("full", 64): "ok", ("full [xformers]", 32): "unavailable",
                         ("full [xformers]", 64): "unavailable", ("full [math]", 4096): "oom"}
-    timed = {b["extra_info"]["case_id"]: b for b in data["benchmarks"]}  # pytest-benchmark's own entries
-    assert set(timed) == {"full-layer-forward_backward-float32-b1-n32", "full-layer-forward_backward-float32-b1-n64"}
-    assert all(b["stats"]["rounds"] == 2 for b in timed.values())
+    timed = [(b["extra_info"]["round"], b["extra_info"]["case_id"]) for b in data["benchmarks"]]  # pytest-benchmark's
+    assert sorted(timed) == [(r, f"full-layer-forward_backward-float32-b1-n{n}") for r in (0, 1) for n in (32, 64)]
+    assert all(b["stats"]["rounds"] == 2 for b in data["benchmarks"])
+    order = [(r["round"], r["n"]) for r in data["attnbench"]["rows"] if r["impl"] == "full"]
+    assert order == [(0, 32), (0, 64), (1, 32), (1, 64)]  # interleaved: every case, then every case again
 
     window = tmp_path / "bench" / "window.json"
     window_sweep = sweep_file(cfg, "window", 1, tmp_path / "work")
@@ -158,6 +160,25 @@ def test_a_tiny_sweep_writes_pytest_benchmark_json_and_the_tidy_table(tmp_path):
     assert (ok["flops_counted"] > 0).all() and (ok["sdpa_kernels"] == "flash").all()
     assert (ok["median_s"] > 0).all() and (ok["peak_mb"] > 0).all() and ok["tokens_per_s"].notna().all()
     assert (ok["tokens_per_s"] == ok["batch"] * ok["n"] / ok["median_s"]).all()
+    assert (ok["sweep_rounds"] == 2).all() and (ok["rounds"] == 4).all()  # 2 timed steps in each of 2 rounds
+    for _, r in ok.iterrows():  # two rounds: the median of their medians is their mean
+        assert r["median_s"] == pytest.approx(sum(json.loads(r["round_medians_s"])) / 2)
     bad = df[df["status"] != "ok"]
     assert bad["median_s"].isna().all() and bad["peak_mb"].isna().all() and bad["message"].str.len().gt(0).all()
     assert json.loads(ok[ok["impl"] == "window"]["params"].iloc[0])["window"] == 8
+
+
+def test_rounds_combine_into_one_row_per_case_and_a_failed_round_wins():
+    from harness.bench_results import combine_rounds
+
+    def row(case, rnd, median, status="ok"):
+        return {"case_id": case, "round": rnd, "status": status, "message": "" if status == "ok" else "boom",
+                "batch": 2, "n": 100, "flops_analytic": 1e9, "median_s": median, "min_s": median * 0.9,
+                "max_s": median * 1.2, "rounds": 5, "iqr_s": 0.01, "times_s": [median] * 5}
+
+    rows = [row("a", 0, 1.0), row("b", 0, 2.0), row("a", 1, 3.0), row("b", 1, 2.0, "oom"), row("a", 2, 2.0)]
+    a, b = combine_rounds(rows)
+    assert (a["case_id"], a["median_s"], a["round_medians_s"], a["sweep_rounds"]) == ("a", 2.0, [1.0, 3.0, 2.0], 3)
+    assert (a["min_s"], a["max_s"], a["rounds"], a["tokens_per_s"]) == (0.9, pytest.approx(3.6), 15, 100.0)
+    assert a["gflops_per_s"] == pytest.approx(0.5) and len(a["times_s"]) == 15
+    assert (b["case_id"], b["status"], b["message"], b["sweep_rounds"]) == ("b", "oom", "boom", 2)
