@@ -9,7 +9,7 @@ from harness.io import write_table
 from harness.records import find_records, read_record
 
 COLUMNS = [
-    "task", "variant", "seed", "status", "message", "best_val_acc", "test_acc", "best_step",
+    "task", "variant", "published_as", "seed", "status", "message", "best_val_acc", "test_acc", "best_step",
     "chance_acc", "majority_test_acc", "steps_done", "steps_planned", "wall_s",
     "train_steps_per_s", "train_tokens_per_s", "eval_tokens_per_s", "peak_memory_mb",
     "peak_memory_reserved_mb", "peak_memory_method", "timing_method", "params", "layers", "attention_flops_fwd",
@@ -34,11 +34,23 @@ def teacher_columns(record: dict) -> dict:
             "distill_alpha": params.get("alpha")}
 
 
+def published_as(record: dict) -> str | None:
+    """The model of LRA's published Table 1 that the run's variant (with its parameters) implements."""
+    from variants import VARIANTS
+
+    variant = record["config"]["variant"]
+    try:
+        return VARIANTS.get(variant["name"]).cls.published_as(variant["params"])
+    except KeyError:  # a record of a variant this checkout no longer registers
+        return None
+
+
 def record_row(record: dict, path: Path) -> dict:
     eff, env = record["efficiency"], record["environment"]
     mb = lambda b: None if b is None else b / 2**20  # noqa: E731
     return {
-        "task": record["task"], "variant": record["variant"], "seed": record["seed"],
+        "task": record["task"], "variant": record["variant"], "published_as": published_as(record),
+        "seed": record["seed"],
         "status": record["status"], "message": record["message"],
         "best_val_acc": record["accuracy"]["best_val"], "test_acc": record["accuracy"]["test"],
         "best_step": record["accuracy"]["best_step"],

@@ -146,7 +146,8 @@ def cmd_report(args) -> int:
     from harness.report import render_report
 
     summary = None if args.bench_only else Path(args.summary)
-    index = render_report(summary, Path(args.out), Path(args.bench) if args.bench else None)
+    index = render_report(summary, Path(args.out), Path(args.bench) if args.bench else None,
+                          lra_average=args.lra_average)
     print(f"report: {index.resolve()}")
     return 0
 
@@ -214,6 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--summary", default=str(paths.SUMMARY_CSV))
     sp.add_argument("--bench", help="the efficiency sweep's table (results/bench.csv) to add")
     sp.add_argument("--bench-only", action="store_true", help="a report of the efficiency sweep alone")
+    sp.add_argument("--lra-average", type=int, choices=(5, 6), default=5,
+                    help="LRA average over 5 tasks (LRA's own) or 6 with a Path-X FAIL as 50 (S4 and later)")
     sp.add_argument("--out", default=str(paths.REPORTS))
     sp.set_defaults(func=cmd_report)
     return p

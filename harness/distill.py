@@ -158,9 +158,8 @@ def load_teacher(checkpoint: Path, run: dict, data: PreparedData,
     # (LSH's eval rotations are not in the state dict) is then the teacher that was evaluated.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(teacher_run["seed"])
-        teacher = EncoderClassifier(ModelConfig(**teacher_run["model"]), teacher_run["variant"]["name"],
-                                    teacher_run["variant"]["params"], vocab_size=data.vocab_size,
-                                    seq_len=data.seq_len, num_classes=data.num_classes, pad_id=data.pad_id)
+        teacher = EncoderClassifier.for_data(ModelConfig(**teacher_run["model"]), teacher_run["variant"]["name"],
+                                             teacher_run["variant"]["params"], data)
     teacher.load_state_dict(ckpt["model"])
     teacher.to(device).eval().requires_grad_(False)
     return teacher, teacher_run

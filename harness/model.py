@@ -25,6 +25,7 @@ class ModelConfig:
     attn_dropout: float = param(0.0, "dropout on attention probabilities; > 0 makes CPU SDPA fall back to its O(N^2) math kernel", minimum=0.0, maximum=1.0)
     pooling: Literal["cls", "mean"] = param("cls", "cls: a learned [CLS] token is prepended and read out; mean: average over real tokens")
     positions: Literal["learned", "sinusoidal"] = param("learned", "position embeddings: learned (N(0, 0.02) init) or fixed sinusoids")
+    interaction: Literal["concat", "nli"] = param("concat", "paired tasks (Retrieval) only: the dual head reads [u, v] (LRA's released code) or [u, v, u*v, u-v] (LRA's paper, the xformers and Nystromformer reproductions)")
 
 
 def sinusoidal_positions(n: int, dim: int) -> torch.Tensor:
@@ -51,12 +52,16 @@ class Block(nn.Module):
 
 
 class EncoderClassifier(nn.Module):
-    """tokens (B, N) int, ``pad_id`` marking padding -> logits (B, num_classes)."""
+    """tokens (B, N) int, ``pad_id`` marking padding -> logits (B, num_classes).
+
+    Paired (two-tower) tasks give tokens (B, 2, N): both documents go through the same
+    encoder (no cross-attention), and the head reads the two pooled vectors u, v as
+    ``cfg.interaction`` says, through LRA's dual head (Dense, ReLU, Dense/2, ReLU, Dense)."""
 
     def __init__(self, cfg: ModelConfig, variant: str, variant_params: dict | None,
-                 vocab_size: int, seq_len: int, num_classes: int, pad_id: int = 0):
+                 vocab_size: int, seq_len: int, num_classes: int, pad_id: int = 0, paired: bool = False):
         super().__init__()
-        self.cfg, self.pad_id = cfg, pad_id
+        self.cfg, self.pad_id, self.paired = cfg, pad_id, paired
         n = seq_len + (cfg.pooling == "cls")
         self.embed = nn.Embedding(vocab_size, cfg.dim)
         nn.init.normal_(self.embed.weight, std=0.02)
@@ -68,9 +73,33 @@ class EncoderClassifier(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, variant, variant_params) for _ in range(cfg.layers))
         self.ln = nn.LayerNorm(cfg.dim)
-        self.head = nn.Sequential(nn.Linear(cfg.dim, cfg.mlp_dim), nn.ReLU(), nn.Linear(cfg.mlp_dim, num_classes))
+        if paired:
+            width = cfg.dim * (2 if cfg.interaction == "concat" else 4)
+            half = max(1, cfg.mlp_dim // 2)
+            self.head = nn.Sequential(nn.Linear(width, cfg.mlp_dim), nn.ReLU(), nn.Linear(cfg.mlp_dim, half),
+                                      nn.ReLU(), nn.Linear(half, num_classes))
+        else:
+            self.head = nn.Sequential(nn.Linear(cfg.dim, cfg.mlp_dim), nn.ReLU(), nn.Linear(cfg.mlp_dim, num_classes))
+
+    @classmethod
+    def for_data(cls, cfg: ModelConfig, variant: str, variant_params: dict | None, data) -> "EncoderClassifier":
+        """The model for a task's prepared data (its vocabulary, length, classes, pairing)."""
+        return cls(cfg, variant, variant_params, vocab_size=data.vocab_size, seq_len=data.seq_len,
+                   num_classes=data.num_classes, pad_id=data.pad_id, paired=data.paired)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        if not self.paired:
+            return self.head(self.encode(tokens))
+        if tokens.dim() != 3 or tokens.shape[1] != 2:
+            raise ValueError(f"a paired task's tokens are (batch, 2, length); got {tuple(tokens.shape)}")
+        b = tokens.shape[0]
+        pooled = self.encode(tokens.transpose(0, 1).reshape(2 * b, tokens.shape[2]))  # one pass, both towers
+        u, v = pooled[:b], pooled[b:]
+        feats = [u, v] if self.cfg.interaction == "concat" else [u, v, u * v, u - v]
+        return self.head(torch.cat(feats, dim=-1))
+
+    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, N) -> pooled (B, dim)."""
         mask = tokens != self.pad_id
         x = self.embed(tokens)
         if self.cls is not None:
@@ -85,7 +114,7 @@ class EncoderClassifier(nn.Module):
         else:
             m = mask.unsqueeze(-1).to(x.dtype)
             pooled = (x * m).sum(1) / m.sum(1).clamp_min(1.0)
-        return self.head(pooled)
+        return pooled
 
     def attention_layers(self):
         return [b.attn for b in self.blocks]

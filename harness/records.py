@@ -49,7 +49,7 @@ def build_record(*, run, data, status, message, trainer, test_acc, steps_done, m
     step_median = trainer.step_timer.median(skip=run["train"]["timing_skip_steps"]) if trainer else None
     steps_per_s = 1.0 / step_median if step_median else None
     eval_time = sum(trainer.eval_timer.durations) if trainer else 0.0
-    batch, n = run["train"]["batch_size"], data.seq_len
+    batch, n = run["train"]["batch_size"] * (2 if data.paired else 1), data.seq_len  # paired: two towers
     n_model = n + (run["model"]["pooling"] == "cls")
     flops = None
     if trainer is not None:

@@ -251,12 +251,14 @@ def _stamp() -> str:
     return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
 
-def render_report(summary_csv: Path | None, out_dir: Path, bench_csv: Path | None = None) -> Path:
+def render_report(summary_csv: Path | None, out_dir: Path, bench_csv: Path | None = None,
+                  lra_average: int = 5) -> Path:
     """Render ``out_dir/index.html`` and ``out_dir/summary.md`` (figures in ``out_dir/figures``)
     from the training runs' ``summary_csv`` and/or the efficiency sweep's ``bench_csv``.
 
     With both, the sweep's section follows the training cost; with only the sweep, the report
-    holds the sweep alone. Raises ValueError when neither holds any rows."""
+    holds the sweep alone. ``lra_average`` is the LRA Table 1 comparison's averaging convention
+    (5 or 6 tasks, ``harness.lra_published``). Raises ValueError when neither holds any rows."""
     df, bench = _read_table(summary_csv), _read_table(bench_csv)
     if df.empty and bench.empty:
         why = [f"{summary_csv} holds no runs" if summary_csv is not None else "no summary_csv given",
@@ -269,7 +271,7 @@ def render_report(summary_csv: Path | None, out_dir: Path, bench_csv: Path | Non
         bench_md, bench_html = bench_section(bench, out_dir / "figures", bench_csv)
     if df.empty:
         return _render_bench_only(bench, bench_csv, out_dir, bench_md, bench_html)
-    return _render_runs(df, summary_csv, out_dir, bench_md, bench_html)
+    return _render_runs(df, summary_csv, out_dir, bench_md, bench_html, lra_average)
 
 
 def _render_bench_only(bench: pd.DataFrame, bench_csv: Path, out_dir: Path, bench_md: str, bench_html: str) -> Path:
@@ -290,14 +292,18 @@ def _render_bench_only(bench: pd.DataFrame, bench_csv: Path, out_dir: Path, benc
     return _write_report(out_dir, title, md, body)
 
 
-def _render_runs(df: pd.DataFrame, summary_csv: Path, out_dir: Path, bench_md: str, bench_html: str) -> Path:
-    """The report of the training runs, with the efficiency sweep's section (if any) after the
-    training cost."""
+def _render_runs(df: pd.DataFrame, summary_csv: Path, out_dir: Path, bench_md: str, bench_html: str,
+                 lra_average: int = 5) -> Path:
+    """The report of the training runs, with the LRA Table 1 comparison after the accuracy table
+    and the efficiency sweep's section (if any) after the training cost."""
+    from harness.lra_report import lra_section
+
     figures = out_dir / "figures"
     acc_fig = figure_accuracy_vs_throughput(df, figures / "accuracy_vs_throughput.png")
     curve_fig = figure_curves(load_curves(df), figures / "validation_curves.png")
     acc, eff, runs, env = accuracy_table(df), efficiency_table(df), runs_table(df), environment_table(df)
     distill = distillation_table(df)
+    lra_md, lra_html = lra_section(df, lra_average)
     status_counts = df["status"].value_counts().to_dict()
     mem_methods = sorted(df["peak_memory_method"].dropna().unique())
     timing_method = "; ".join(sorted(df["timing_method"].dropna().unique())) if "timing_method" in df else ""
@@ -312,6 +318,7 @@ def _render_runs(df: pd.DataFrame, summary_csv: Path, out_dir: Path, bench_md: s
         ("Test accuracy of each run's best-validation checkpoint, evaluated once; mean ± sample std over seeds "
          "(n = seeds that finished ok). Chance and majority-class baselines are on the test split."), "",
         _md_table(acc),
+        *([lra_md] if lra_md else []),
         "## Accuracy vs throughput", "",
         "![accuracy vs throughput](figures/accuracy_vs_throughput.png)" if acc_fig else "_no data_", "",
         "## Validation accuracy during training", "",
@@ -334,6 +341,7 @@ def _render_runs(df: pd.DataFrame, summary_csv: Path, out_dir: Path, bench_md: s
         ("<p class='note'>Test accuracy of each run's best-validation checkpoint, evaluated once; mean ± sample std "
          "over seeds (n = seeds that finished ok). Chance and majority-class baselines are on the test split.</p>"),
         _html_table(acc),
+        lra_html,
         "<h2>Accuracy vs throughput</h2>", _img(acc_fig, "Test accuracy vs training throughput per task"),
         "<h2>Validation accuracy during training</h2>", _img(curve_fig, "Validation accuracy vs step"),
         "<h2>Training cost (median over seeds)</h2>",

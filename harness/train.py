@@ -39,8 +39,9 @@ class TrainConfig:
     lr: float = param(1.0e-3, "peak learning rate (AdamW)", exclusiveMinimum=0.0)
     weight_decay: float = param(0.01, "AdamW weight decay", minimum=0.0)
     betas: tuple[float, ...] = param((0.9, 0.98), "AdamW betas")
+    eps: float = param(1.0e-8, "AdamW epsilon (LRA: 1e-9)", exclusiveMinimum=0.0)
     warmup_steps: int = param(100, "linear warm-up steps from 0 to lr", minimum=0)
-    schedule: Literal["cosine", "linear", "constant"] = param("cosine", "decay after warm-up, to 0 at the last step (constant: none)")
+    schedule: Literal["cosine", "linear", "constant", "rsqrt"] = param("cosine", "decay after warm-up: cosine or linear to 0 at the last step, none (constant), or rsqrt: lr * sqrt(warmup_steps / step), LRA's text-task schedule (its base 0.05 is lr * sqrt(warmup_steps))")
     grad_clip: float = param(1.0, "clip the global gradient norm to this (0 = off)", minimum=0.0)
     eval_every: int = param(100, "evaluate on the validation split every this many steps (and at the end)", minimum=1)
     timing_skip_steps: int = param(5, "first steps left out of the steady-state throughput", minimum=0)
@@ -80,6 +81,8 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return 1.0
+    if cfg.schedule == "rsqrt":
+        return math.sqrt(max(1, cfg.warmup_steps) / (step + 1))
     span = max(1, cfg.steps - cfg.warmup_steps)
     progress = min(1.0, (step - cfg.warmup_steps) / span)
     if cfg.schedule == "linear":
@@ -133,7 +136,7 @@ class Trainer:
         self.cfg = TrainConfig(**{**run["train"], "betas": tuple(run["train"]["betas"])})
         self.model = self.build_model().to(device)
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, betas=self.cfg.betas,
-                                     weight_decay=self.cfg.weight_decay)
+                                     eps=self.cfg.eps, weight_decay=self.cfg.weight_decay)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.cfg))
         self.gen = torch.Generator().manual_seed(run["seed"])
         self.step_timer = Stopwatch(device)
@@ -146,9 +149,8 @@ class Trainer:
     def build_model(self) -> EncoderClassifier:
         """The model the run config describes, freshly initialised (seeded by the caller)."""
         run, data = self.run, self.data
-        return EncoderClassifier(
-            ModelConfig(**run["model"]), run["variant"]["name"], run["variant"]["params"],
-            vocab_size=data.vocab_size, seq_len=data.seq_len, num_classes=data.num_classes, pad_id=data.pad_id)
+        return EncoderClassifier.for_data(ModelConfig(**run["model"]), run["variant"]["name"],
+                                          run["variant"]["params"], data)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The training loss of one batch (the model is in training mode)."""

@@ -11,7 +11,8 @@ from harness import paths
 from harness.bench_config import bench_settings, bench_variants
 from harness.bench_results import sweep_file
 from harness.config import ConfigError, resolve_run, task_data_params, validate_config
-from tasks.base import data_key
+from snakemake.logging import logger
+from tasks.base import build_task, data_key
 from variants import VARIANTS as REGISTRY
 
 try:
@@ -44,6 +45,20 @@ wildcard_constraints:
 
 def dataset_key(task):
     return data_key(task, task_data_params(config, task))
+
+
+def report_missing_sources():
+    """Say, when the workflow is planned (dry runs too), which source files the configured tasks
+    need and cannot find, with how to get each; tasks whose data is already prepared are skipped."""
+    for task in TASKS:
+        if paths.dataset_file(task, dataset_key(task)).exists():
+            continue
+        for problem in build_task(task, task_data_params(config, task)).missing_sources():
+            logger.warning(f"attnbench: data of task {task!r} is missing (its prepare_data job will fail "
+                           f"until it is there): {problem}")
+
+
+report_missing_sources()
 
 
 def get_dataset(wildcards):

@@ -24,9 +24,10 @@ rule report:
         md="reports/summary.md",
     params:
         bench=bench_option,
+        lra_average=config["report"]["lra_average"],
     log:
         "logs/report.log",
     conda:
         "../environment.yml"
     shell:
-        "attnbench report --summary {input.summary} {params.bench} --out reports > {log} 2>&1"
+        "attnbench report --summary {input.summary} {params.bench} --lra-average {params.lra_average} --out reports > {log} 2>&1"

@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 
@@ -29,13 +29,14 @@ class DataError(RuntimeError):
 class PreparedData:
     """What a task's preparation produces: integer token tensors and labels per split."""
 
-    splits: dict[str, dict[str, torch.Tensor]]  # split -> {"tokens": (n, L) int, "labels": (n,) long}
+    splits: dict[str, dict[str, torch.Tensor]]  # split -> {"tokens": (n, L) or paired (n, 2, L) int, "labels": (n,) long}
     seq_len: int
     vocab_size: int
     num_classes: int
     label_names: list[str] = field(default_factory=list)
     source: str = ""  # human-readable origin of the data, for the record
     pad_id: int = PAD_ID
+    paired: bool = False  # two documents per example (tokens (n, 2, L)): a two-tower model
 
     def meta(self) -> dict[str, Any]:
         out = {k: v for k, v in dataclasses.asdict(self).items() if k != "splits"}
@@ -46,14 +47,18 @@ class PreparedData:
 class Task:
     """A registered task. Subclasses set the config dataclass and implement ``prepare``."""
 
-    paired: ClassVar[bool] = False
-
     def __init__(self, cfg):
         self.cfg = cfg
 
     @property
     def name(self) -> str:
         return self.registered_name  # type: ignore[attr-defined]
+
+    def missing_sources(self) -> list[str]:
+        """The source files this task's settings need and cannot find, each named with how to
+        get it. Checked when the pipeline is planned, so a dry run says what to download;
+        empty for generated data and for hub ids (those are checked when prepared)."""
+        return []
 
     def prepare(self, workdir: Path) -> PreparedData:
         """Build every split (generating or reading the source); ``workdir`` may hold

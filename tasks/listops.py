@@ -147,14 +147,16 @@ def write_tsv(path: Path, rows: list[tuple[str, int]]) -> None:
         w.writerows(rows)
 
 
+HOW_TO_GET = ("the LRA release has them under lra_release/listops-1000/ (download lra_release.gz from "
+              "the LRA repository, google-research/long-range-arena, and set tasks.listops.data.path to "
+              "that folder), or use source: generate")
+
+
 def read_tsv(path: Path) -> Iterator[tuple[str, int]]:
     """Rows of an LRA ListOps TSV (header ``Source<TAB>Target``)."""
     path = Path(path)
     if not path.exists():
-        raise DataError(
-            f"ListOps file {path} is missing. The LRA release has it under "
-            "lra_release/listops-1000/ (download lra_release.gz from the LRA repository, "
-            "google-research/long-range-arena), or use source: generate")
+        raise DataError(f"ListOps file {path} is missing; {HOW_TO_GET}")
     with open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f, delimiter="\t")
         header = next(reader, None)
@@ -186,6 +188,14 @@ class ListOps(Task):
         for split, n in zip(SPLITS, (cfg.n_train, cfg.n_val, cfg.n_test)):
             write_tsv(files[split], generate(n, rng, cfg, seen))
         return files
+
+    def missing_sources(self) -> list[str]:
+        if self.cfg.source == "generate":
+            return []
+        if not self.cfg.path:
+            return [f"listops source 'files' needs `path`; {HOW_TO_GET}"]
+        missing = [str(p) for p in self.split_files(Path(self.cfg.path)).values() if not p.exists()]
+        return [f"{', '.join(missing)}: {HOW_TO_GET}"] if missing else []
 
     def prepare(self, workdir: Path) -> PreparedData:
         if self.cfg.source == "generate":

@@ -44,6 +44,14 @@ class Attention(nn.Module):
     #: hyper-parameters under which a test at N = 16..64 tokens exercises the real mechanism
     #: (several blocks, chunks or buckets) rather than a degenerate one-block case
     small_params: ClassVar[dict] = {}
+    #: the model of LRA's published Table 1 that this variant implements (None: none does)
+    lra_model: ClassVar[str | None] = None
+
+    @classmethod
+    def published_as(cls, params: dict) -> str | None:
+        """LRA Table 1's name for this variant under ``params`` (a variant whose identity
+        depends on a parameter, such as linear's feature map, overrides this)."""
+        return cls.lra_model
 
     def __init__(self, dim: int, heads: int, cfg, dropout: float = 0.0):
         super().__init__()

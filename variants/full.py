@@ -19,6 +19,7 @@ class FullAttention(Attention):
 
     complexity = "O(N^2) time; O(N) memory with fused kernels"
     exact = True
+    lra_model = "Transformer"
 
     def attend(self, q, k, v, key_padding_mask):
         mask = None

@@ -137,6 +137,10 @@ class LinearAttention(Attention):
     linear_memory = True
     small_params = {}  # elu has no block/chunk size; N = 24 exercises the full mechanism
 
+    @classmethod
+    def published_as(cls, params: dict) -> str | None:
+        return "Performer" if params.get("feature_map", LinearConfig.feature_map) == "favor" else "Linear Trans."
+
     def __init__(self, dim: int, heads: int, cfg: LinearConfig, dropout: float = 0.0):
         super().__init__(dim, heads, cfg, dropout)
         # dropout: there is no attention matrix to drop entries of; the argument is accepted and unused

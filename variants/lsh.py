@@ -156,6 +156,7 @@ class LSHAttention(Attention):
     # peak RSS of one fwd+bwd (B=1, H=4, d=64, defaults), fresh process: see tests/test_lsh.py docstring
     linear_memory = True
     small_params = {"chunk_size": 4, "n_buckets": 4, "n_hashes": 2}
+    lra_model = "Reformer"
 
     def __init__(self, dim: int, heads: int, cfg: LSHConfig, dropout: float = 0.0):
         super().__init__(dim, heads, cfg, dropout)

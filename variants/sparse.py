@@ -55,6 +55,13 @@ class SparseAttention(Attention):
     linear_memory = True
     small_params = {"block_size": 4, "window_blocks": 1, "global_blocks": (0,), "random_blocks": 1, "strided_every": 3}
 
+    @classmethod
+    def published_as(cls, params: dict) -> str | None:
+        """BigBird with random blocks; Sparse Transformer with strided blocks and none random."""
+        if params.get("random_blocks", SparseConfig.random_blocks):
+            return "BigBird"
+        return "Sparse Trans." if params.get("strided_every", SparseConfig.strided_every) else None
+
     def __init__(self, dim, heads, cfg, dropout=0.0):
         super().__init__(dim, heads, cfg, dropout)
         # differs per layer, saved with the weights: eval layouts survive a checkpoint round trip

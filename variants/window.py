@@ -35,6 +35,7 @@ class WindowAttention(Attention):
     """Longformer sliding-window attention plus global tokens, computed in blocks."""
 
     complexity = "O(N*w) time and memory"
+    lra_model = "Longformer"
     linear_memory = True
     small_params = {"window": 3, "block_size": 4, "global_tokens": (0, -1)}
 
