@@ -80,6 +80,18 @@ def build_schema() -> dict[str, Any]:
                             "data": {**params, "description": f"{entry.name} data settings"},
                             "model": {**_strip_defaults(model), "description": "overrides of the top-level model settings"},
                             "train": {**_strip_defaults(train), "description": "overrides of the top-level train settings"},
+                            "per_variant": {
+                                "type": "object", "x-registry": "variant",
+                                "description": ("variant name -> {model, train}: overrides for that variant on this task "
+                                                "(LRA gave each model its own size on Image and Pathfinder)"),
+                                "properties": {v: {
+                                    "type": "object", "additionalProperties": False,
+                                    "properties": {
+                                        "model": {**_strip_defaults(model), "description": f"model settings of {v} on {entry.name}"},
+                                        "train": {**_strip_defaults(train), "description": f"train settings of {v} on {entry.name}"},
+                                    }} for v in registries["variant"].names()},
+                                "additionalProperties": False,
+                            },
                         },
                     }
                 entries[entry.name] = params
@@ -131,9 +143,12 @@ def _normalise(config: dict) -> dict:
                 if value is None:
                     entries[name] = {}
                 elif isinstance(value, dict) and section == "tasks":
-                    for part in ("data", "model", "train"):
+                    for part in ("data", "model", "train", "per_variant"):
                         if part in value and value[part] is None:
                             value[part] = {}
+                    for variant, over in value.get("per_variant", {}).items():
+                        if over is None:
+                            value["per_variant"][variant] = {}
     return config
 
 
@@ -187,10 +202,12 @@ def validate_config(config: dict) -> dict:
         raise ConfigError("invalid attnbench config:\n  - " + "\n  - ".join(lines))
     apply_defaults(schema, normalised)
     for section, params in normalised["tasks"].items():  # model dim/heads compatibility
-        model = {**normalised["model"], **params.get("model", {})}
-        if model["dim"] % model["heads"]:
-            raise ConfigError(f"invalid attnbench config:\n  - 'tasks.{section}': model dim {model['dim']} "
-                              f"is not divisible by heads {model['heads']}")
+        for variant, over in {"": {}, **params.get("per_variant", {})}.items():
+            model = {**normalised["model"], **params.get("model", {}), **over.get("model", {})}
+            where = f"tasks.{section}" + (f".per_variant.{variant}" if variant else "")
+            if model["dim"] % model["heads"]:
+                raise ConfigError(f"invalid attnbench config:\n  - '{where}': model dim {model['dim']} "
+                                  f"is not divisible by heads {model['heads']}")
     from harness.bench_config import check_bench
 
     problems = _teacher_problems(normalised) + check_bench(normalised)
@@ -274,8 +291,11 @@ def resolve_run(config: dict, task: str, variant: str, seed: int) -> dict:
     if variant not in config["variants"]:
         raise ConfigError(f"variant {variant!r} is not in the config; configured variants: {', '.join(config['variants'])}")
     per_task = config["tasks"][task]
-    model = build_dataclass(ModelConfig, {**config["model"], **per_task.get("model", {})}, "model")
-    train = build_dataclass(TrainConfig, {**config["train"], **per_task.get("train", {})}, "train")
+    per_variant = per_task.get("per_variant", {}).get(variant, {})  # the most specific settings win
+    model = build_dataclass(ModelConfig, {**config["model"], **per_task.get("model", {}),
+                                          **per_variant.get("model", {})}, "model")
+    train = build_dataclass(TrainConfig, {**config["train"], **per_task.get("train", {}),
+                                          **per_variant.get("train", {})}, "train")
     data = task_data_params(config, task)
     run = {
         "task": {"name": task, "data": data, "data_key": data_key(task, data)},

@@ -168,6 +168,32 @@ def test_per_task_override_used_by_resolve_run():
     assert listops["task"]["data_key"] != image["task"]["data_key"]
 
 
+def test_per_variant_override_wins_for_that_variant_only():
+    config = validate_config({
+        "variants": {"full": {}, "window": {}},
+        "tasks": {"image": {"model": {"layers": 1, "pooling": "cls"},
+                            "per_variant": {"window": {"model": {"layers": 4, "pooling": "mean"},
+                                                       "train": {"lr": 0.01}},
+                                            "lsh": None}}},  # a variant not configured: ignored
+        "train": {"lr": 0.002},
+    })
+    full, window = (resolve_run(config, "image", v, 0) for v in ("full", "window"))
+    assert (full["model"]["layers"], full["model"]["pooling"], full["train"]["lr"]) == (1, "cls", 0.002)
+    assert (window["model"]["layers"], window["model"]["pooling"], window["train"]["lr"]) == (4, "mean", 0.01)
+    assert config_hash(full) != config_hash(window)
+
+
+@pytest.mark.parametrize("per_variant, expected", [
+    ({"nonesuch": {}}, "unknown variant 'nonesuch'"),
+    ({"full": {"model": {"dim": 30, "heads": 4}}}, "'tasks.listops.per_variant.full': model dim 30 is not divisible by heads 4"),
+    ({"full": {"data": {}}}, "unknown key"),
+])
+def test_per_variant_errors(per_variant, expected):
+    config = minimal()
+    config["tasks"]["listops"]["per_variant"] = per_variant
+    assert expected in error_of(config)
+
+
 def test_resolve_run_rejects_unconfigured_names():
     config = validate_config(minimal())
     with pytest.raises(ConfigError, match="sudoku"):
