@@ -12,7 +12,6 @@ No 2-D structure is given to the model: a H x W grayscale image becomes H*W toke
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -54,18 +53,13 @@ def _digits() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
 
 
 def _cifar10(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
-    import datasets
+    from tasks.hf_source import load_source
 
-    try:
-        ds = datasets.load_dataset(str(path))  # a hub id, or a local folder of its files
-    except Exception as exc:
-        offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("HF_DATASETS_OFFLINE") == "1"
-        raise DataError(
-            f"could not load CIFAR-10 from {path!r} ({type(exc).__name__}: {exc}). "
-            + ("Offline mode is on (HF_HUB_OFFLINE=1): " if offline else "")
-            + "download it once with `python -c \"import datasets; datasets.load_dataset('uoft-cs/cifar10')\"` "
-            "on a machine with network access (it lands in the Hugging Face cache), "
-            "or set tasks.image.data.path to a local folder holding its train/test parquet files") from exc
+    # a hub id, or a local folder of its files; offline mode honoured, a DataError with the way out
+    ds, _ = load_source(str(path), what="CIFAR-10", config_key="tasks.image.data.path",
+                        expected="an 'img' (or 'image') and a 'label' column", default_hub_id="uoft-cs/cifar10",
+                        local_form="a local folder holding its train/test parquet files, with an 'img' "
+                                   "(or 'image') and a 'label' column")
     images, labels = {}, {}
     for split in ("train", "test"):
         if split not in ds:

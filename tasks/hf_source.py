@@ -1,0 +1,343 @@
+"""Labelled text data through Hugging Face ``datasets``: a hub id or local files, one loader.
+
+Shared by the text tasks (``text``, ``textcls``) and by ``image`` (``load_source``).
+
+A source is one of
+
+- a hub id (``stanfordnlp/imdb``, ``fancyzhx/ag_news``, ``stanfordnlp/sst2``): read from
+  the Hugging Face cache, downloaded first unless offline mode is on;
+- a local folder: ``datasets`` finds its splits from the file names (``train*.csv``,
+  ``test*.parquet``, ``validation*.jsonl``, ...);
+- one local file (.csv, .tsv, .json, .jsonl, .parquet): one pool of rows, from which
+  validation and test are carved (or a ``split_column`` assigns the rows);
+- ``data_files``: local files per split, e.g. ``{train: a.csv, test: b.csv}``.
+
+``HF_HUB_OFFLINE=1`` / ``HF_DATASETS_OFFLINE=1`` are read when a source is loaded (not only
+when ``datasets`` is imported), so nothing is downloaded when either is set.
+
+Split rules: a source's own validation split (``validation``/``valid``/``val``/``dev``) is
+used when it has one, else validation is carved from train with a seeded permutation;
+test is the source's test split, carved from train only when the source has none (or its
+labels are hidden, as SST-2's are). Nothing is ever selected on the test split.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from harness.registry import param
+from tasks.base import DataError
+
+#: local file suffix -> the ``datasets`` builder that reads it
+BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}
+#: a source's split names -> ours; other splits (IMDb's ``unsupervised``) are left out
+SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "val", "dev": "val", "test": "test"}
+#: values of a ``split_column`` -> our split; a boolean column is fastai's ``is_valid``
+SPLIT_VALUES = {**SPLIT_NAMES, "true": "val", "false": "train"}
+_TRUE = {"1", "ON", "YES", "TRUE"}
+
+
+# ---------------------------------------------------------------- hub or local, offline honoured
+
+def offline_mode() -> bool:
+    """Whether offline mode is on now (the environment, or ``datasets``' own setting)."""
+    env = any(os.environ.get(k, "").upper() in _TRUE for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+    try:
+        import datasets
+
+        return env or bool(datasets.config.HF_HUB_OFFLINE)
+    except ImportError:  # pragma: no cover
+        return env
+
+
+@contextlib.contextmanager
+def _offline_honoured() -> Iterator[None]:
+    """``datasets`` and ``huggingface_hub`` read the offline variables at import time; a variable
+    set later (a test's monkeypatch, a caller's os.environ) is applied for this load."""
+    import datasets
+    import huggingface_hub.constants as hub_constants
+
+    if not offline_mode():
+        yield
+        return
+    saved = datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE
+    datasets.config.HF_HUB_OFFLINE = hub_constants.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_HUB_OFFLINE, hub_constants.HF_HUB_OFFLINE = saved
+
+
+def is_local(path: str) -> bool:
+    """A local path (existing, absolute, ./-relative, or a data file name) rather than a hub id."""
+    p = Path(path).expanduser()
+    return (p.exists() or str(path).startswith(("/", ".", "~")) or p.suffix.lower() in BUILDERS
+            or str(path).count("/") > 1)
+
+
+def download_command(hub_id: str, subset: str = "") -> str:
+    args = f"'{hub_id}'" + (f", '{subset}'" if subset else "")
+    return f"python -c \"import datasets; datasets.load_dataset({args})\""
+
+
+def _builder(files: list[Path], where: str) -> tuple[str, dict[str, Any]]:
+    """The ``datasets`` builder (csv, json, parquet) that reads all of ``files``, and its options."""
+    kinds = {BUILDERS.get(f.suffix.lower()) for f in files}
+    if None in kinds or len(kinds) != 1:
+        suffixes = sorted({f.suffix or "(none)" for f in files})
+        raise DataError(f"{where}: cannot read files ending in {', '.join(suffixes)} together; "
+                        f"use one of {', '.join(BUILDERS)} for all of them")
+    extra = {"delimiter": "\t"} if all(f.suffix.lower() == ".tsv" for f in files) else {}
+    return kinds.pop(), extra
+
+
+def load_source(path: str, *, what: str, config_key: str, expected: str, default_hub_id: str = "",
+                subset: str = "", data_files: dict | None = None, local_form: str = ""):
+    """(a ``datasets.DatasetDict``, a description of where it came from) for a hub id, a local
+    folder, one local file, or ``data_files`` (split -> file or files).
+
+    ``what`` names the data in messages, ``config_key`` is the config entry to point at local
+    files, ``expected`` describes the columns the files must have, ``local_form`` the local
+    files that would do (default: a folder of split files or one file, with ``expected``).
+    Every failure is a ``DataError`` that says what is missing and how to get it."""
+    import datasets
+
+    local_form = local_form or ("a local folder with train/test files or one .csv/.tsv/.jsonl/.parquet file, "
+                                f"with {expected}")
+    local_hint = f"or set {config_key} to {local_form}"
+    if data_files:
+        files = {split: [Path(f).expanduser() for f in ([v] if isinstance(v, str) else v)]
+                 for split, v in data_files.items()}
+        missing = [str(f) for fs in files.values() for f in fs if not f.is_file()]
+        if missing:
+            raise DataError(f"{what}: data file(s) {', '.join(missing)} do not exist; expected files with {expected}")
+        kind, extra = _builder([f for fs in files.values() for f in fs], what)
+        args: tuple = (kind,)
+        kwargs: dict[str, Any] = {"data_files": {s: [str(f) for f in fs] for s, fs in files.items()}, **extra}
+        origin = "local files " + ", ".join(f"{s}: {', '.join(map(str, fs))}" for s, fs in files.items())
+    elif is_local(path):
+        p = Path(path).expanduser()
+        if not p.exists():
+            raise DataError(f"{what}: {p} does not exist; expected {local_form}"
+                            + (f". Or use the Hugging Face copy: download it once with "
+                               f"`{download_command(default_hub_id)}` and set {config_key} to '{default_hub_id}'"
+                               if default_hub_id else ""))
+        if p.is_file():
+            kind, extra = _builder([p], what)
+            args, kwargs = (kind,), {"data_files": {"train": str(p)}, **extra}
+            origin = f"local file {p}"
+        else:
+            args, kwargs = (str(p),), {}
+            origin = f"local folder {p}"
+    else:
+        args, kwargs = (str(path),), ({"name": subset} if subset else {})
+        origin = f"Hugging Face dataset {path}" + (f" ({subset})" if subset else "")
+    try:
+        with _offline_honoured():
+            ds = datasets.load_dataset(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 -- every loading failure becomes a DataError with the way out
+        if origin.startswith("Hugging Face"):
+            hub_id = str(path)
+            how = (f"download it once with `{download_command(hub_id, subset)}` on a machine with network "
+                   "access (it lands in the Hugging Face cache, HF_HOME), ")
+        else:
+            hub_id = default_hub_id
+            how = (f"download the Hugging Face copy with `{download_command(hub_id)}` on a machine with network "
+                   f"access and set {config_key} to '{hub_id}', " if hub_id else "")
+        raise DataError(
+            f"could not load {what} from {origin} ({type(exc).__name__}: {exc}). "
+            + ("Offline mode is on (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE), so only the local Hugging Face "
+               "cache is read: " if offline_mode() and origin.startswith("Hugging Face") else "")
+            + how + local_hint) from exc
+    if not isinstance(ds, datasets.DatasetDict):  # pragma: no cover -- load_dataset without split gives a dict
+        ds = datasets.DatasetDict({"train": ds})
+    return ds, origin
+
+
+# ---------------------------------------------------------------- labelled texts
+
+PATH_HELP = ("a Hugging Face dataset id, a local folder (splits from file names), or one local "
+             ".csv/.tsv/.json/.jsonl/.parquet file (one pool: validation and test are carved from it)")
+
+
+@dataclass(frozen=True)
+class TextSourceConfig:
+    """Where labelled texts come from and how they are split (shared by the text tasks)."""
+
+    path: str = param("stanfordnlp/imdb", PATH_HELP)
+    subset: str = param("", "hub sources: the dataset's configuration name (e.g. 'sst2' for 'nyu-mll/glue')")
+    data_files: dict = param({}, "local files per split, e.g. {train: a.csv, test: b.csv} (a file or a list); when set, `path` is ignored")
+    text_columns: tuple[str, ...] = param(("text",), "column(s) holding the text; several are joined with text_separator "
+                                          "(AG News CSV: [title, description])")
+    text_separator: str = param(" ", "string put between the text columns")
+    label_column: str = param("label", "column holding the label (integers, booleans or strings)")
+    label_names: tuple[str, ...] = param((), "class names in id order; string labels map to their position here "
+                                         "(empty: string labels in sorted order, integer labels keep their values)")
+    label_offset: int = param(0, "subtracted from integer labels, e.g. 1 for AG News CSV labels 1..4")
+    split_column: str = param("", "a column assigning each row to a split (values train/validation/valid/val/dev/test, "
+                              "or booleans as fastai's is_valid: True = validation); empty: the source's own splits")
+    val_fraction: float = param(0.1, "share of the training rows held out for validation when the source has no validation split",
+                                exclusiveMinimum=0.0, maximum=0.5)
+    test_fraction: float = param(0.1, "share of the training rows held out for testing, only when the source has no "
+                                 "(labelled) test split", exclusiveMinimum=0.0, maximum=0.5)
+    max_train: int = param(0, "use at most this many training rows, a seeded random subset (0 = all)", minimum=0)
+    data_seed: int = param(0, "seed of the carved splits and of the max_train subset")
+    seq_len: int = param(4096, "tokens per example: longer texts are cut, shorter ones padded", minimum=1)
+
+
+@dataclass
+class LabelledTexts:
+    """Texts and integer labels per split (train, val, test), with where they came from."""
+
+    texts: dict[str, list[str]]
+    labels: dict[str, np.ndarray]
+    label_names: list[str]
+    origin: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.label_names)
+
+    def describe(self) -> str:
+        sizes = ", ".join(f"{s} {len(self.texts[s])}" for s in ("train", "val", "test"))
+        return f"{self.origin} ({sizes}" + "".join(f"; {n}" for n in self.notes) + ")"
+
+
+def _columns_of(part, cfg: TextSourceConfig, split: str, origin: str, config_key: str) -> None:
+    wanted = [*cfg.text_columns, cfg.label_column] + ([cfg.split_column] if cfg.split_column else [])
+    missing = [c for c in wanted if c not in part.column_names]
+    if missing:
+        raise DataError(f"{origin}, split {split!r}: no column(s) {', '.join(map(repr, missing))}; "
+                        f"columns found: {', '.join(part.column_names)}. Set {config_key}.text_columns / "
+                        "label_column / split_column to the right names")
+
+
+def _column(part, name: str) -> list:
+    """A column as a Python list (through Arrow: iterating a ``datasets`` column is ~100x slower)."""
+    return part.with_format("arrow")[name].to_pylist()
+
+
+def _join(part, columns: tuple[str, ...], sep: str) -> list[str]:
+    cols = [_column(part, c) for c in columns]
+    if len(cols) == 1:
+        return ["" if v is None else str(v) for v in cols[0]]
+    return [sep.join("" if v is None else str(v) for v in row) for row in zip(*cols)]
+
+
+def _label_ids(raw: dict[str, list], cfg: TextSourceConfig, class_names: list[str] | None,
+               where: str) -> tuple[dict[str, np.ndarray], list[str]]:
+    """Labels as int64 ids 0..k-1 per split, and the class names."""
+    values = [v for vs in raw.values() for v in vs]
+    if any(v is None for v in values):
+        raise DataError(f"{where}: some rows have no label in column {cfg.label_column!r}")
+    if values and all(isinstance(v, str) for v in values):
+        names = list(cfg.label_names) or sorted(set(values))
+        index = {n: i for i, n in enumerate(names)}
+        unknown = sorted(set(values) - set(index))
+        if unknown:
+            raise DataError(f"{where}: label(s) {', '.join(map(repr, unknown[:10]))} are not in label_names "
+                            f"{names}")
+        return {s: np.array([index[v] for v in vs], dtype=np.int64) for s, vs in raw.items()}, names
+    if not all(isinstance(v, (bool, int, np.integer)) or (isinstance(v, float) and v.is_integer()) for v in values):
+        kinds = sorted({type(v).__name__ for v in values})
+        raise DataError(f"{where}: labels in column {cfg.label_column!r} must be all integers or all strings, "
+                        f"found {', '.join(kinds)}")
+    ids = {s: np.array([int(v) for v in vs], dtype=np.int64) - cfg.label_offset for s, vs in raw.items()}
+    # a split whose labels are all negative is unlabelled (SST-2's test: -1); the caller drops it
+    labelled = [v for s, v in ids.items() if len(v) and not (v < 0).all()]
+    top = max((int(v.max()) for v in labelled), default=-1)
+    names = list(cfg.label_names) or class_names or [str(i) for i in range(top + 1)]
+    bad = sorted({int(x) for v in labelled for x in v if not 0 <= x < len(names)})
+    if bad:
+        raise DataError(f"{where}: label ids {bad[:10]} (after label_offset {cfg.label_offset}) are outside "
+                        f"0..{len(names) - 1} for {len(names)} classes; set label_offset or label_names")
+    return ids, names
+
+
+def load_labelled_texts(cfg: TextSourceConfig, task: str, default_hub_id: str = "") -> LabelledTexts:
+    """The train/val/test texts and label ids of ``cfg``'s source, split by the rules above;
+    ``task`` names the config entry in messages, ``default_hub_id`` the hub copy to suggest."""
+    config_key = f"tasks.{task}.data"
+    expected = (f"text column(s) {', '.join(map(repr, cfg.text_columns))} and label column {cfg.label_column!r}"
+                + (f" and split column {cfg.split_column!r}" if cfg.split_column else ""))
+    ds, origin = load_source(cfg.path, what=f"the {task} data", config_key=f"{config_key}.path", expected=expected,
+                             default_hub_id=default_hub_id,
+                             subset=cfg.subset, data_files=cfg.data_files or None)
+    notes: list[str] = []
+    texts: dict[str, list[str]] = {}
+    raw: dict[str, list] = {}
+    class_names = None
+    if cfg.split_column:
+        for name in ds:
+            _columns_of(ds[name], cfg, name, origin, config_key)
+        for name in ds:
+            part = ds[name]
+            for text, label, value in zip(_join(part, cfg.text_columns, cfg.text_separator),
+                                          _column(part, cfg.label_column), _column(part, cfg.split_column)):
+                key = str(value).strip().lower()
+                if key not in SPLIT_VALUES:
+                    raise DataError(f"{origin}: split column {cfg.split_column!r} has the value {value!r}; "
+                                    f"allowed: {', '.join(sorted(SPLIT_VALUES))}")
+                split = SPLIT_VALUES[key]
+                texts.setdefault(split, []).append(text)
+                raw.setdefault(split, []).append(label)
+        notes.append(f"splits from column {cfg.split_column!r}")
+    else:
+        for name in ds:
+            split = SPLIT_NAMES.get(name)
+            if split is None or split in texts:
+                notes.append(f"split {name!r} not used")
+                continue
+            part = ds[name]
+            _columns_of(part, cfg, name, origin, config_key)
+            texts[split], raw[split] = _join(part, cfg.text_columns, cfg.text_separator), _column(part, cfg.label_column)
+            feature = part.features.get(cfg.label_column)
+            if class_names is None and getattr(feature, "names", None):
+                class_names = list(feature.names)
+    if "train" not in texts:
+        found = ", ".join(ds) if not cfg.split_column else ", ".join(texts)
+        raise DataError(f"{origin} has no training split (found: {found}); point {config_key}.path at a "
+                        f"single file to carve every split from it, or name the files in {config_key}.data_files")
+    labels, names = _label_ids(raw, cfg, class_names, origin)
+    for split in ("val", "test"):
+        if split in labels and len(labels[split]) and (labels[split] < 0).all():
+            notes.append(f"its {split} split has no labels (all {labels[split][0] + cfg.label_offset}): not used")
+            del texts[split], labels[split]
+    for split, ids in labels.items():
+        if len(ids) and (ids < 0).any():
+            raise DataError(f"{origin}: split {split!r} has negative label ids after label_offset {cfg.label_offset}")
+
+    # carve what is missing from train: test first (only if absent), then validation
+    rng = np.random.default_rng(cfg.data_seed)
+    n = len(texts["train"])
+    order = rng.permutation(n)
+    cut = {}
+    start = 0
+    for split, fraction in (("test", cfg.test_fraction), ("val", cfg.val_fraction)):
+        if split not in texts:
+            k = round(n * fraction)
+            cut[split] = np.sort(order[start:start + k])
+            start += k
+            notes.append(f"{split} carved from train ({fraction:g}, seed {cfg.data_seed})")
+    rest = order[start:]
+    if cfg.max_train and cfg.max_train < len(rest):
+        rest = rest[: cfg.max_train]
+        notes.append(f"train capped at {cfg.max_train} (seed {cfg.data_seed})")
+    cut["train"] = np.sort(rest)
+    pool_texts, pool_labels = texts["train"], labels["train"]
+    for split, idx in cut.items():
+        texts[split] = [pool_texts[i] for i in idx]
+        labels[split] = pool_labels[idx]
+    empty = [s for s in ("train", "val", "test") if not len(texts[s])]
+    if empty:
+        raise DataError(f"{origin}: split(s) {', '.join(empty)} would be empty ({n} training rows, val_fraction "
+                        f"{cfg.val_fraction}, test_fraction {cfg.test_fraction}); use more data or larger fractions")
+    return LabelledTexts(texts={s: texts[s] for s in ("train", "val", "test")},
+                         labels={s: labels[s] for s in ("train", "val", "test")},
+                         label_names=names, origin=origin, notes=notes)

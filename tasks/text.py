@@ -1,0 +1,36 @@
+"""Text (LRA): byte-level IMDb sentiment, 2 classes.
+
+LRA reads TFDS ``imdb_reviews`` (25k train, 25k test) as UTF-8 bytes cut to ``max_length``
+(4K in the paper, 1000 in the released ``base_tc_config``: ``seq_len`` selects) and uses
+the test split for validation too. Here validation is carved from train instead (seeded,
+``val_fraction``): the test split is only ever the test split.
+
+This is ``textcls`` with IMDb defaults and byte tokens only. Sources: the hub id
+``stanfordnlp/imdb`` (``text``/``label``; ``unsupervised`` is left out) or local
+CSV/JSON lines/Parquet files, e.g. fastai's IMDB_SAMPLE ``texts.csv`` (labels
+negative/positive, ``split_column: is_valid`` for its own train/valid split; a single file
+without a test split has its test carved from train, said in the data's ``source``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+from tasks.base import TASKS
+from tasks.hf_source import TextSourceConfig
+from tasks.textcls import TextCls
+
+
+@dataclass(frozen=True)
+class TextConfig(TextSourceConfig):
+    """IMDb reviews (hub id or local files) as UTF-8 byte sequences (LRA Text)."""
+
+
+@TASKS.register("text", TextConfig)
+class Text(TextCls):
+    """Text: byte-level IMDb sentiment, 2 classes (LRA)."""
+
+    hub_id: ClassVar[str] = "stanfordnlp/imdb"
+
+    def tokenizer_kind(self) -> str:
+        return "bytes"

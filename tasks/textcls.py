@@ -1,0 +1,72 @@
+"""Text classification: any labelled text data set as byte or subword token sequences.
+
+Sources (``tasks.hf_source``): Hugging Face ids such as ``fancyzhx/ag_news`` (the default),
+``stanfordnlp/imdb`` or ``stanfordnlp/sst2`` (``text_columns: [sentence]``), or local
+CSV/TSV/JSON lines/Parquet files with configurable text and label columns; e.g. the AG
+News CSV: ``text_columns: [title, description]``, ``label_offset: 1``.
+
+Tokens: ``bytes`` (``tasks.byte_text``: UTF-8 bytes + 1, 257 ids) or ``subword`` (BPE or
+WordPiece trained on the train split only, cached under the task's work folder:
+``tasks.subword``). Texts longer than ``seq_len`` tokens are cut (the head is kept).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import torch
+
+from harness.registry import param
+from tasks.base import TASKS, PreparedData, Task
+from tasks.byte_text import BYTE_VOCAB, encode_texts
+from tasks.hf_source import PATH_HELP, LabelledTexts, TextSourceConfig, load_labelled_texts
+
+
+@dataclass(frozen=True)
+class TextClsConfig(TextSourceConfig):
+    """Labelled texts (hub id or local files) as byte or subword token sequences."""
+
+    path: str = param("fancyzhx/ag_news", PATH_HELP)
+    seq_len: int = param(512, "tokens per example: longer texts are cut (the head is kept), shorter ones padded", minimum=1)
+    tokenizer: Literal["bytes", "subword"] = param("subword", "bytes: UTF-8 bytes (257 ids); subword: a tokenizer trained on the train split")
+    subword_model: Literal["bpe", "wordpiece"] = param("bpe", "subword only: byte-level BPE or BERT-style WordPiece")
+    vocab_size: int = param(8192, "subword only: vocabulary size to train (special tokens included; a small corpus may give fewer)", minimum=16)
+    min_frequency: int = param(2, "subword only: a merge or piece must occur this often in the train split", minimum=1)
+    lowercase: bool = param(False, "subword only: lowercase texts before tokenising")
+
+
+@TASKS.register("textcls", TextClsConfig)
+class TextCls(Task):
+    """Text classification: labelled texts (AG News by default) as byte or subword tokens."""
+
+    #: the Hugging Face copy suggested when a local source is missing
+    hub_id: ClassVar[str] = "fancyzhx/ag_news"
+
+    def tokenizer_kind(self) -> str:
+        return self.cfg.tokenizer
+
+    def load(self) -> LabelledTexts:
+        return load_labelled_texts(self.cfg, self.name, self.hub_id)
+
+    def encode(self, data: LabelledTexts, workdir: Path) -> tuple[dict[str, torch.Tensor], int, str]:
+        """Token tensors per split, the vocabulary size, and a description of the tokens."""
+        seq_len = self.cfg.seq_len
+        if self.tokenizer_kind() == "bytes":
+            tokens = {s: encode_texts(t, seq_len) for s, t in data.texts.items()}
+            return tokens, BYTE_VOCAB, f"UTF-8 bytes, seq_len {seq_len}"
+        from tasks.subword import SubwordSettings, load_or_train
+
+        settings = SubwordSettings(model=self.cfg.subword_model, vocab_size=self.cfg.vocab_size,
+                                   min_frequency=self.cfg.min_frequency, lowercase=self.cfg.lowercase)
+        tok = load_or_train(data.texts["train"], settings, Path(workdir) / "tokenizers")
+        tokens = {s: tok.encode(t, seq_len) for s, t in data.texts.items()}
+        return tokens, tok.vocab_size, f"{tok.describe()}, seq_len {seq_len}"
+
+    def prepare(self, workdir: Path) -> PreparedData:
+        data = self.load()
+        tokens, vocab_size, how = self.encode(data, Path(workdir))
+        splits = {s: {"tokens": tokens[s], "labels": torch.from_numpy(data.labels[s])} for s in tokens}
+        return PreparedData(splits=splits, seq_len=self.cfg.seq_len, vocab_size=vocab_size,
+                            num_classes=data.num_classes, label_names=data.label_names,
+                            source=f"{data.describe()}; {how}")
