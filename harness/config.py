@@ -78,17 +78,23 @@ def build_schema() -> dict[str, Any]:
                         "description": entry.description,
                         "properties": {
                             "data": {**params, "description": f"{entry.name} data settings"},
+                            "optional": {"type": "boolean", "default": False,
+                                         "description": ("true: when the source data is missing, leave the task out of "
+                                                         "the run (with a warning) instead of failing its prepare_data job")},
                             "model": {**_strip_defaults(model), "description": "overrides of the top-level model settings"},
                             "train": {**_strip_defaults(train), "description": "overrides of the top-level train settings"},
                             "per_variant": {
                                 "type": "object", "x-registry": "variant",
-                                "description": ("variant name -> {model, train}: overrides for that variant on this task "
-                                                "(LRA gave each model its own size on Image and Pathfinder)"),
+                                "description": ("variant name -> {model, train, params}: overrides for that variant on "
+                                                "this task (LRA gave each model its own size on Image and Pathfinder; "
+                                                "an LSH bucket count suits one length)"),
                                 "properties": {v: {
                                     "type": "object", "additionalProperties": False,
                                     "properties": {
                                         "model": {**_strip_defaults(model), "description": f"model settings of {v} on {entry.name}"},
                                         "train": {**_strip_defaults(train), "description": f"train settings of {v} on {entry.name}"},
+                                        "params": {**_strip_defaults(dataclass_schema(registries["variant"].get(v).config)),
+                                                   "description": f"{v}'s own parameters on {entry.name} (over those in `variants:`)"},
                                     }} for v in registries["variant"].names()},
                                 "additionalProperties": False,
                             },
@@ -299,7 +305,8 @@ def resolve_run(config: dict, task: str, variant: str, seed: int) -> dict:
     data = task_data_params(config, task)
     run = {
         "task": {"name": task, "data": data, "data_key": data_key(task, data)},
-        "variant": {"name": variant, "params": _as_dict(VARIANTS.make_config(variant, config["variants"][variant]))},
+        "variant": {"name": variant, "params": _as_dict(VARIANTS.make_config(
+            variant, {**config["variants"][variant], **per_variant.get("params", {})}))},
         "model": _as_dict(model),
         "train": _as_dict(train),
         "seed": int(seed),

@@ -56,13 +56,16 @@ def student_layer_count(student_layers: int, teacher_layers: int) -> int:
 def resolve_student(config: dict, run: dict) -> dict:
     """Spell out the student in a resolved run config (in place): its depth in
     ``model.layers`` and ``variant.params.student_layers``, and its attention's parameters
-    (``variants:`` entry of that variant, if any, overridden by ``attention_params``)."""
+    (``variants:`` entry of that variant, if any, and the task's ``per_variant`` params of
+    it, overridden by ``attention_params``)."""
     from harness.config import _as_dict
     from variants import VARIANTS
 
     params = run["variant"]["params"]
     layers = student_layer_count(params["student_layers"], run["model"]["layers"])
-    base = config["variants"].get(params["attention"], {})
+    task = config["tasks"].get(run["task"]["name"], {})
+    base = {**config["variants"].get(params["attention"], {}),  # as its attention has on this task
+            **task.get("per_variant", {}).get(params["attention"], {}).get("params", {})}
     attention = VARIANTS.make_config(params["attention"], {**base, **params["attention_params"]})
     params["student_layers"] = layers
     params["attention_params"] = _as_dict(attention)

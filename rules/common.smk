@@ -22,7 +22,28 @@ except ConfigError as exc:
 
 # jobs call `attnbench` from the environment running snakemake, even when it is not activated
 shell.prefix(f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; ")
-TASKS = list(config["tasks"])
+
+
+def planned_tasks():
+    """The configured tasks minus the optional ones whose source data is missing. Said when the
+    workflow is planned (dry runs too): which source files each task needs and cannot find, with
+    how to get them; tasks whose data is already prepared are not checked."""
+    planned = []
+    for task, settings in config["tasks"].items():
+        params = task_data_params(config, task)
+        prepared = paths.dataset_file(task, data_key(task, params)).exists()
+        problems = [] if prepared else build_task(task, params).missing_sources()
+        if problems and settings.get("optional"):
+            logger.warning(f"attnbench: task {task!r} is left out (optional, its data is missing): {'; '.join(problems)}")
+            continue
+        for problem in problems:
+            logger.warning(f"attnbench: data of task {task!r} is missing (its prepare_data job will fail "
+                           f"until it is there): {problem}")
+        planned.append(task)
+    return planned
+
+
+TASKS = planned_tasks()
 VARIANTS = list(config["variants"])
 SEEDS = [int(s) for s in config["seeds"]]
 # variants trained from labels (rule train) and from a teacher's run (rule distill), told
@@ -37,7 +58,7 @@ def one_of(names):
 
 
 wildcard_constraints:
-    task="|".join(TASKS),
+    task=one_of(TASKS),
     variant="|".join(VARIANTS),
     seed=r"\d+",
     key=r"[0-9a-f]{10}",
@@ -45,20 +66,6 @@ wildcard_constraints:
 
 def dataset_key(task):
     return data_key(task, task_data_params(config, task))
-
-
-def report_missing_sources():
-    """Say, when the workflow is planned (dry runs too), which source files the configured tasks
-    need and cannot find, with how to get each; tasks whose data is already prepared are skipped."""
-    for task in TASKS:
-        if paths.dataset_file(task, dataset_key(task)).exists():
-            continue
-        for problem in build_task(task, task_data_params(config, task)).missing_sources():
-            logger.warning(f"attnbench: data of task {task!r} is missing (its prepare_data job will fail "
-                           f"until it is there): {problem}")
-
-
-report_missing_sources()
 
 
 def get_dataset(wildcards):

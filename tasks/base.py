@@ -21,6 +21,17 @@ PAD_ID = 0
 SPLITS = ("train", "val", "test")
 
 
+#: LRA's data archive (about 8 GB; unpacks to about 19 GB): ListOps, Retrieval, Pathfinder, Path-X
+LRA_RELEASE_URL = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
+
+
+def lra_release_hint(folder: str, config_key: str, point_at: str = "") -> str:
+    """How to get one folder of the LRA release: the download and unpack commands, where the
+    folder lands, and the config key to set (to ``point_at``, by default that folder)."""
+    return (f"download and unpack the LRA release (about 8 GB): `wget {LRA_RELEASE_URL} && tar xzf lra_release.gz`; "
+            f"it unpacks {folder}; set {config_key} to {point_at or 'that folder'}")
+
+
 class DataError(RuntimeError):
     """Missing or corrupt data; the message names the file and how to obtain it."""
 

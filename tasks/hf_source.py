@@ -159,6 +159,40 @@ def load_source(path: str, *, what: str, config_key: str, expected: str, default
     return ds, origin
 
 
+def hub_cached(hub_id: str) -> bool:
+    """Whether the Hugging Face caches hold something of dataset ``hub_id`` (the hub download
+    or ``datasets``' prepared copy): a cheap check made when a run is planned."""
+    import datasets
+    import huggingface_hub.constants as hub_constants
+
+    hub = Path(hub_constants.HF_HUB_CACHE) / ("datasets--" + hub_id.replace("/", "--"))
+    prepared = Path(datasets.config.HF_DATASETS_CACHE) / hub_id.replace("/", "___")
+    return hub.is_dir() or prepared.is_dir()
+
+
+def missing_source(path: str, *, what: str, config_key: str, default_hub_id: str = "", subset: str = "",
+                   data_files: dict | None = None) -> list[str]:
+    """What ``load_source`` would not find, said with how to get it (empty when all is there):
+    local files or folders that do not exist, or a hub dataset absent from the local cache."""
+    if data_files:
+        missing = [str(Path(f).expanduser()) for v in data_files.values() for f in ([v] if isinstance(v, str) else v)
+                   if not Path(f).expanduser().is_file()]
+        return [f"{what}: data file(s) {', '.join(missing)} do not exist ({config_key}.data_files)"] if missing else []
+    if is_local(path):
+        if Path(path).expanduser().exists():
+            return []
+        hub = (f"; or download the Hugging Face copy with `{download_command(default_hub_id)}` and set "
+               f"{config_key}.path to '{default_hub_id}'" if default_hub_id else "")
+        return [f"{what}: {Path(path).expanduser()} does not exist ({config_key}.path){hub}"]
+    if hub_cached(path):
+        return []
+    when = ("offline mode is on, so it will not be downloaded" if offline_mode()
+            else "it will be downloaded when its data is prepared")
+    return [f"{what}: Hugging Face dataset {path!r} is not in the local cache ({when}); fetch it beforehand with "
+            f"`{download_command(path, subset)}` on a machine with network access (HF_HOME must point at the same "
+            f"cache), or set {config_key}.path to local files"]
+
+
 # ---------------------------------------------------------------- labelled texts
 
 PATH_HELP = ("a Hugging Face dataset id, a local folder (splits from file names), or one local "

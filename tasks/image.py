@@ -79,6 +79,14 @@ def _cifar10(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], i
 class Image(Task):
     """Image: pixel-intensity sequences, 10 classes (LRA uses grayscale CIFAR-10)."""
 
+    def missing_sources(self) -> list[str]:
+        if self.cfg.source == "digits":
+            return []
+        from tasks.hf_source import missing_source
+
+        return missing_source(self.cfg.path, what="CIFAR-10", config_key="tasks.image.data",
+                              default_hub_id="uoft-cs/cifar10")
+
     def prepare(self, workdir: Path) -> PreparedData:
         cfg = self.cfg
         if cfg.source == "digits":

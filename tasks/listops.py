@@ -21,7 +21,7 @@ from typing import Iterator, Literal, Union
 import torch
 
 from harness.registry import param
-from tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, pad_batch
+from tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, lra_release_hint, pad_batch
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
@@ -147,9 +147,7 @@ def write_tsv(path: Path, rows: list[tuple[str, int]]) -> None:
         w.writerows(rows)
 
 
-HOW_TO_GET = ("the LRA release has them under lra_release/listops-1000/ (download lra_release.gz from "
-              "the LRA repository, google-research/long-range-arena, and set tasks.listops.data.path to "
-              "that folder), or use source: generate")
+HOW_TO_GET = lra_release_hint("lra_release/listops-1000/", "tasks.listops.data.path") + ", or use source: generate"
 
 
 def read_tsv(path: Path) -> Iterator[tuple[str, int]]:

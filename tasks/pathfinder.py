@@ -37,16 +37,16 @@ import numpy as np
 import torch
 
 from harness.registry import param
-from tasks.base import SPLITS, TASKS, DataError, PreparedData, Task
+from tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, lra_release_hint
 from tasks.pathfinder_draw import DIFFICULTY_LENGTH, DrawSettings, draw_settings, write_release
 
 Difficulty = Literal["curv_baseline", "curv_contour_length_9", "curv_contour_length_14"]
 VOCAB_SIZE = 257  # pixel intensity 0-255, + 1; 0 is padding
 LABEL_NAMES = ["disconnected", "connected"]
 assert set(get_args(Difficulty)) == set(DIFFICULTY_LENGTH)  # one list of difficulties
-DOWNLOAD_HINT = ("download lra_release.gz from the Long Range Arena repository (google-research/long-range-arena), "
-                 "unpack it, and set tasks.{task}.data.path to the folder holding pathfinder{res}/ "
-                 "(in the release: lra_release/lra_release), or use source: generate")
+def download_hint(task: str, resolution: int) -> str:
+    return lra_release_hint(f"lra_release/lra_release/pathfinder{resolution}/", f"tasks.{task}.data.path",
+                            point_at="the folder holding it (lra_release/lra_release)") + ", or use source: generate"
 
 
 @dataclass(frozen=True)
@@ -113,11 +113,11 @@ def read_release(folder: Path, resolution: int, max_examples: int = 0, task: str
             hint = (f" ({one_level_up} exists: `path` must be the folder that holds pathfinder{resolution}/, "
                     f"not pathfinder{resolution}/ itself)")
         raise DataError(f"Pathfinder metadata folder {meta_dir} is missing{hint}; "
-                        + DOWNLOAD_HINT.format(task=task, res=resolution))
+                        + download_hint(task, resolution))
     meta_files = sorted((p for p in meta_dir.iterdir() if p.suffix == ".npy"), key=lambda p: _natural_key(p.name))
     if not meta_files:
         raise DataError(f"Pathfinder metadata folder {meta_dir} holds no <k>.npy files; "
-                        + DOWNLOAD_HINT.format(task=task, res=resolution))
+                        + download_hint(task, resolution))
     rows: list[tuple[str, str, int]] = []
     for meta in meta_files:
         file_rows = []
@@ -145,7 +145,7 @@ def read_release(folder: Path, resolution: int, max_examples: int = 0, task: str
             size = path.stat().st_size
         except FileNotFoundError:
             raise DataError(f"Pathfinder image {path} is listed in {meta_dir} but missing; "
-                            "the release is incompletely unpacked? " + DOWNLOAD_HINT.format(task=task, res=resolution)) from None
+                            "the release is incompletely unpacked? " + download_hint(task, resolution)) from None
         if size == 0:
             skipped["empty file"].append(name)
             continue
@@ -202,6 +202,16 @@ class Pathfinder(Task):
         write_release(release_folder(root, c.resolution, c.difficulty), n, self.generator_settings(), c.data_seed)
         return root
 
+    def missing_sources(self) -> list[str]:
+        c = self.cfg
+        if c.source == "generate":
+            return []
+        hint = download_hint(self.name, c.resolution)
+        if not c.path:
+            return [f"{self.name} source 'files' needs `path` (tasks.{self.name}.data.path); {hint}"]
+        meta = release_folder(Path(c.path), c.resolution, c.difficulty) / "metadata"
+        return [] if meta.is_dir() else [f"{meta} does not exist: {hint}"]
+
     def prepare(self, workdir: Path) -> PreparedData:
         c = self.cfg
         if c.source == "generate":
@@ -212,7 +222,7 @@ class Pathfinder(Task):
             if not c.path:
                 raise DataError(f"{self.name} source 'files' needs `path`: the folder holding "
                                 f"pathfinder{c.resolution}/{c.difficulty}/metadata; "
-                                + DOWNLOAD_HINT.format(task=self.name, res=c.resolution))
+                                + download_hint(self.name, c.resolution))
             root = Path(c.path)
             val_fraction, test_fraction = c.val_fraction, c.test_fraction
         folder = release_folder(root, c.resolution, c.difficulty)

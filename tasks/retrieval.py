@@ -18,14 +18,12 @@ from pathlib import Path
 import torch
 
 from harness.registry import param
-from tasks.base import SPLITS, TASKS, DataError, PreparedData, Task
+from tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, lra_release_hint
 from tasks.byte_text import BYTE_VOCAB, encode_texts
 
 #: our split name -> the release's file suffix
 FILE_SPLITS = {"train": "train", "val": "eval", "test": "test"}
-HOW_TO_GET = ("the LRA release has them under lra_release/tsv_data/ (download lra_release.gz from the "
-              "google-research/long-range-arena repository and unpack it), then set "
-              "tasks.retrieval.data.path to that folder")
+HOW_TO_GET = lra_release_hint("lra_release/lra_release/tsv_data/", "tasks.retrieval.data.path")
 
 
 @dataclass(frozen=True)

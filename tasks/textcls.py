@@ -20,7 +20,7 @@ import torch
 from harness.registry import param
 from tasks.base import TASKS, PreparedData, Task
 from tasks.byte_text import BYTE_VOCAB, encode_texts
-from tasks.hf_source import PATH_HELP, LabelledTexts, TextSourceConfig, load_labelled_texts
+from tasks.hf_source import PATH_HELP, LabelledTexts, TextSourceConfig, load_labelled_texts, missing_source
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,11 @@ class TextCls(Task):
 
     def tokenizer_kind(self) -> str:
         return self.cfg.tokenizer
+
+    def missing_sources(self) -> list[str]:
+        c = self.cfg
+        return missing_source(c.path, what=f"the {self.name} data", config_key=f"tasks.{self.name}.data",
+                              default_hub_id=self.hub_id, subset=c.subset, data_files=c.data_files or None)
 
     def load(self) -> LabelledTexts:
         return load_labelled_texts(self.cfg, self.name, self.hub_id)

@@ -173,13 +173,16 @@ def test_per_variant_override_wins_for_that_variant_only():
         "variants": {"full": {}, "window": {}},
         "tasks": {"image": {"model": {"layers": 1, "pooling": "cls"},
                             "per_variant": {"window": {"model": {"layers": 4, "pooling": "mean"},
-                                                       "train": {"lr": 0.01}},
-                                            "lsh": None}}},  # a variant not configured: ignored
+                                                       "train": {"lr": 0.01}, "params": {"window": 32}},
+                                            "lsh": None}},  # a variant not configured: ignored
+                  "listops": {}},
         "train": {"lr": 0.002},
     })
     full, window = (resolve_run(config, "image", v, 0) for v in ("full", "window"))
     assert (full["model"]["layers"], full["model"]["pooling"], full["train"]["lr"]) == (1, "cls", 0.002)
     assert (window["model"]["layers"], window["model"]["pooling"], window["train"]["lr"]) == (4, "mean", 0.01)
+    assert window["variant"]["params"]["window"] == 32
+    assert resolve_run(config, "listops", "window", 0)["variant"]["params"]["window"] == 64  # other tasks: its own
     assert config_hash(full) != config_hash(window)
 
 
@@ -187,6 +190,8 @@ def test_per_variant_override_wins_for_that_variant_only():
     ({"nonesuch": {}}, "unknown variant 'nonesuch'"),
     ({"full": {"model": {"dim": 30, "heads": 4}}}, "'tasks.listops.per_variant.full': model dim 30 is not divisible by heads 4"),
     ({"full": {"data": {}}}, "unknown key"),
+    ({"window": {"params": {"window": "wide"}}}, "tasks.listops.per_variant.window.params.window"),
+    ({"window": {"params": {"n_hashes": 2}}}, "unknown key"),
 ])
 def test_per_variant_errors(per_variant, expected):
     config = minimal()

@@ -16,7 +16,7 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from tasks.base import SPLITS, DataError, build_task
+from tasks.base import LRA_RELEASE_URL, SPLITS, DataError, build_task
 from tasks.pathfinder import read_release, split_indices
 from tasks.pathfinder_draw import DrawSettings, draw_settings, generate_images, write_release
 
@@ -181,8 +181,12 @@ def test_missing_folder_names_the_expected_path(tmp_path):
         build_task("pathfinder", _files(root)).prepare(tmp_path / "work")
     msg = str(info.value)
     assert str(root / "pathfinder32" / HARD / "metadata") in msg
-    assert "lra_release.gz" in msg and "google-research/long-range-arena" in msg
+    assert LRA_RELEASE_URL in msg and "lra_release/lra_release/pathfinder32/" in msg
     assert "tasks.pathfinder.data.path" in msg
+    # the same is said when the run is planned, before any job starts
+    (problem,) = build_task("pathfinder", _files(root)).missing_sources()
+    assert str(root / "pathfinder32" / HARD / "metadata") in problem and LRA_RELEASE_URL in problem
+    assert build_task("pathfinder", {"source": "generate"}).missing_sources() == []
     # another difficulty than the one present
     build_tree(root, folders=((0, 2),), difficulty="curv_baseline")
     with pytest.raises(DataError) as info:

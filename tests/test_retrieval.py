@@ -74,7 +74,7 @@ def test_prepared_file_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("problem, message", [
-    ("missing", "new_aan_pairs.train.tsv is missing; the LRA release has them under lra_release/tsv_data/"),
+    ("missing", "new_aan_pairs.train.tsv is missing; download and unpack the LRA release"),
     ("columns", "expected 5 tab-separated columns"),
     ("label", "is not a number"),
     ("nopath", "retrieval needs `path`"),

@@ -319,6 +319,28 @@ def test_offline_hub_id(tmp_path, task, hub_id):
     assert time.perf_counter() - t0 < 20  # no network attempts
 
 
+def test_missing_sources_said_when_planned(tmp_path, offline_hf, monkeypatch):
+    """What a dry run reports before any job: absent local files, and hub ids not in the cache."""
+    import huggingface_hub.constants as hub_constants
+
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(offline_hf / "hub"))
+    absent = tmp_path / "nowhere" / "reviews.csv"
+    (problem,) = build_task("textcls", {"path": str(absent)}).missing_sources()
+    assert str(absent) in problem and "datasets.load_dataset('fancyzhx/ag_news')" in problem
+    present = _write(tmp_path / "d.csv", _rows(10))
+    assert build_task("text", {"path": str(present)}).missing_sources() == []
+    (problem,) = build_task("textcls", {"data_files": {"train": str(present), "test": str(absent)}}).missing_sources()
+    assert str(absent) in problem and str(present) not in problem
+    # hub ids: absent from the cache -> the download command; present -> nothing to say
+    (problem,) = build_task("text", {}).missing_sources()
+    assert "datasets.load_dataset('stanfordnlp/imdb')" in problem and "offline mode is on" in problem
+    (problem,) = build_task("image", {"source": "cifar10"}).missing_sources()
+    assert "datasets.load_dataset('uoft-cs/cifar10')" in problem
+    assert build_task("image", {"source": "digits"}).missing_sources() == []
+    (offline_hf / "hub" / "datasets--stanfordnlp--imdb").mkdir(parents=True)
+    assert build_task("text", {}).missing_sources() == []
+
+
 def test_offline_hub_id_with_subset(tmp_path):
     with pytest.raises(DataError) as info:
         build_task("textcls", {"path": "nyu-mll/glue", "subset": "sst2", "text_columns": ["sentence"]}
