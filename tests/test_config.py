@@ -253,3 +253,21 @@ def test_cli_entry_point_exit_code(tmp_path):
                           timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert "'model.pooling'" in proc.stderr and "'max'" in proc.stderr
+
+
+def test_lra_config_resolves_lra_settings_per_task_and_variant():
+    config = load_config(Path(__file__).resolve().parent.parent / "config" / "lra.yaml")
+    run = {(t, v): resolve_run(config, t, v, 0) for t in config["tasks"] for v in config["variants"]}
+    listops = run["listops", "full"]
+    assert (listops["model"]["layers"], listops["model"]["dim"], listops["train"]["schedule"]) == (4, 512, "rsqrt")
+    assert listops["train"]["lr"] == pytest.approx(0.05 / 1000 ** 0.5, rel=1e-4)  # LRA's base 0.05 at warm-up 1000
+    assert run["text", "full"]["task"]["data"]["seq_len"] == 1000
+    # per-model sizes on Image and Pathfinder; per-task LSH buckets (about 2 N / chunk)
+    window = run["image", "window"]["model"]
+    assert (window["layers"], window["heads"], window["pooling"]) == (4, 4, "mean")
+    assert run["image", "full"]["model"]["layers"] == 1 and run["image", "full"]["model"]["pooling"] == "cls"
+    assert run["pathfinder", "linear"]["model"]["dim"] == 128 and run["pathfinder", "full"]["model"]["pooling"] == "mean"
+    assert {t: run[t, "lsh"]["variant"]["params"]["n_buckets"] for t in ("listops", "retrieval", "pathx", "image")} == {
+        "listops": 64, "retrieval": 128, "pathx": 512, "image": 32}
+    assert run["pathx", "full"]["train"]["grad_clip"] == 1.0 and run["image", "full"]["train"]["grad_clip"] == 0.0
+    assert config["report"]["lra_average"] == 5

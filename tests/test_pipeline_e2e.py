@@ -33,11 +33,11 @@ TINY = {
 }
 
 
-def snakemake(workdir: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})})
 
 
 def planned_wildcards(result: subprocess.CompletedProcess, rule: str) -> list[dict[str, str]]:
@@ -194,3 +194,48 @@ def test_snakemake_lint_is_clean():
     result = subprocess.run([str(SNAKEMAKE), "--lint", "--snakefile", str(REPO / "Snakefile")],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_lra_config_plans_the_grid_and_names_the_missing_data(tmp_path):
+    """config/lra.yaml with none of its data present: every task, variant and seed is planned,
+    and the dry run says, per task, what to download and where it must land."""
+    (tmp_path / "config.yaml").write_text((REPO / "config" / "lra.yaml").read_text())
+    home = tmp_path / "hf_home"  # an empty Hugging Face cache
+    result = snakemake(tmp_path, "-n", timeout=120, env={"HF_HOME": str(home),
+                                                         "HF_HUB_CACHE": str(home / "hub"),
+                                                         "HF_DATASETS_CACHE": str(home / "datasets")})
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    lra = yaml.safe_load((REPO / "config" / "lra.yaml").read_text())
+    tasks, variants = list(lra["tasks"]), list(lra["variants"])
+    assert set(tasks) == {"listops", "text", "retrieval", "image", "pathfinder", "pathx"}
+    jobs = planned_jobs(result)
+    assert jobs["prepare_data"] == 6 and jobs["distill"] == 6 and jobs["train"] == 6 * (len(variants) - 1)
+    assert sorted((w["task"], w["variant"]) for w in planned_wildcards(result, "train")) == sorted(
+        (t, v) for t in tasks for v in variants if v != "distilled")
+    out = result.stdout + result.stderr
+    missing = {t: line for line in out.splitlines() for t in tasks if line.startswith(f"attnbench: data of task '{t}'")}
+    assert set(missing) == set(tasks), out[-3000:]
+    url = "https://storage.googleapis.com/long-range-arena/lra_release.gz"
+    for task, where in (("listops", "lra_release/listops-1000/basic_train.tsv"),
+                        ("retrieval", "lra_release/lra_release/tsv_data/new_aan_pairs.train.tsv"),
+                        ("pathfinder", "lra_release/lra_release/pathfinder32/curv_contour_length_14/metadata"),
+                        ("pathx", "lra_release/lra_release/pathfinder128/curv_contour_length_14/metadata")):
+        assert url in missing[task] and where in missing[task] and f"tasks.{task}.data.path" in missing[task]
+    assert "datasets.load_dataset('stanfordnlp/imdb')" in missing["text"]
+    assert "datasets.load_dataset('uoft-cs/cifar10')" in missing["image"]
+
+
+def test_optional_task_without_its_data_is_left_out(tmp_path):
+    cfg = json.loads(json.dumps(TINY))
+    cfg["tasks"]["textcls"] = {"optional": True, "data": {"path": str(tmp_path / "absent.csv")}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    result = snakemake(tmp_path, "-n", timeout=120)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert {w["task"] for w in planned_wildcards(result, "train")} == {"listops", "image"}
+    out = result.stdout + result.stderr
+    assert "task 'textcls' is left out (optional, its data is missing)" in out and str(tmp_path / "absent.csv") in out
+    # the same task, present: planned
+    _rows = "text,label\n" + "".join(f"{'good' if i % 2 else 'bad'} film {i},{i % 2}\n" for i in range(40))
+    (tmp_path / "absent.csv").write_text(_rows)
+    result = snakemake(tmp_path, "-n", timeout=120)
+    assert "textcls" in {w["task"] for w in planned_wildcards(result, "train")}
