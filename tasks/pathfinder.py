@@ -29,6 +29,7 @@ Sources, both read by the same reader of the LRA release layout:
 from __future__ import annotations
 
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -215,16 +216,21 @@ class Pathfinder(Task):
     def prepare(self, workdir: Path) -> PreparedData:
         c = self.cfg
         if c.source == "generate":
-            root = self.write_generated(workdir)
-            n = c.n_train + c.n_val + c.n_test
-            val_fraction, test_fraction = c.n_val / n, c.n_test / n
-        else:
-            if not c.path:
-                raise DataError(f"{self.name} source 'files' needs `path`: the folder holding "
-                                f"pathfinder{c.resolution}/{c.difficulty}/metadata; "
-                                + download_hint(self.name, c.resolution))
-            root = Path(c.path)
-            val_fraction, test_fraction = c.val_fraction, c.test_fraction
+            # the images are an intermediate: drawn into a folder of this process's own (two
+            # processes preparing the same data do not clobber each other), read back, removed
+            Path(workdir).mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=workdir, prefix="generated.") as tmp:
+                n = c.n_train + c.n_val + c.n_test
+                return self.read_and_split(self.write_generated(Path(tmp)), c.n_val / n, c.n_test / n)
+        if not c.path:
+            raise DataError(f"{self.name} source 'files' needs `path`: the folder holding "
+                            f"pathfinder{c.resolution}/{c.difficulty}/metadata; "
+                            + download_hint(self.name, c.resolution))
+        return self.read_and_split(Path(c.path), c.val_fraction, c.test_fraction)
+
+    def read_and_split(self, root: Path, val_fraction: float, test_fraction: float) -> PreparedData:
+        """Read the release layout under ``root`` and split it."""
+        c = self.cfg
         folder = release_folder(root, c.resolution, c.difficulty)
         data = read_release(folder, c.resolution, c.max_examples, task=self.name)
         if not len(data.labels):

@@ -393,8 +393,9 @@ def test_generated_task_reads_back_through_the_reader(tmp_path):
     data = build_task("pathfinder", params).prepare(tmp_path)
     assert {s: data.splits[s]["labels"].shape[0] for s in SPLITS} == {"train": 40, "val": 10, "test": 14}
     assert "0 skipped" in data.source and "64 images of 64 metadata rows" in data.source
-    folder = tmp_path / "pathfinder32" / HARD
-    back = read_release(folder, 32)
+    assert list(tmp_path.iterdir()) == []  # the drawn release files were an intermediate, removed
+    task = build_task("pathfinder", params)
+    back = read_release(task.write_generated(tmp_path / "files") / "pathfinder32" / HARD, 32)
     assert len(back.labels) == 64 and int(back.labels.sum()) == 32
     generated, labels = generate_images(64, draw_settings(32), seed=2)
     assert np.array_equal(back.images, generated) and np.array_equal(back.labels, labels)
@@ -402,12 +403,12 @@ def test_generated_task_reads_back_through_the_reader(tmp_path):
     pooled = {tuple(row.tolist()): int(y) for s in SPLITS
               for row, y in zip(data.splits[s]["tokens"], data.splits[s]["labels"])}
     assert pooled == {tuple((img.reshape(-1).astype(np.int64) + 1).tolist()): int(y) for img, y in zip(generated, labels)}
-    # a second prepare into the same folder replaces the first (no stale rows)
-    data2 = build_task("pathfinder", {**params, "n_train": 20}).prepare(tmp_path)
-    assert sum(data2.splits[s]["labels"].shape[0] for s in SPLITS) == 44
+    # writing again into the same folder replaces the first files (no stale rows)
+    build_task("pathfinder", {**params, "n_train": 20}).write_generated(tmp_path / "files")
+    assert len(read_release(tmp_path / "files" / "pathfinder32" / HARD, 32).labels) == 44
     # max_examples generates only the first rows, identical to the full run's
-    capped = build_task("pathfinder", {**params, "max_examples": 16}).prepare(tmp_path / "capped")
-    assert "16 images of 16 metadata rows" in capped.source
-    first = read_release(tmp_path / "capped" / "pathfinder32" / HARD, 32)
+    capped = build_task("pathfinder", {**params, "max_examples": 16})
+    assert "16 images of 16 metadata rows" in capped.prepare(tmp_path / "capped").source
+    first = read_release(capped.write_generated(tmp_path / "capped") / "pathfinder32" / HARD, 32)
     assert first.names == back.names[:16]
     assert np.array_equal(first.images, back.images[:16]) and np.array_equal(first.labels, back.labels[:16])
