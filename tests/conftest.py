@@ -18,6 +18,23 @@ TINY_CONFIG = {
 }
 
 
+@pytest.fixture
+def offline_hf(tmp_path, monkeypatch):
+    """Nothing downloads: offline mode on, and the Hugging Face caches empty folders in tmp_path."""
+    import datasets
+    import huggingface_hub.constants as hub_constants
+
+    home = tmp_path / "hf_home"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    # `datasets` and `huggingface_hub` read these at import time, which may have happened in an earlier test
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", home / "datasets")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(home / "hub"))
+    return home
+
+
 def _merge(base: dict, override: dict) -> dict:
     out = copy.deepcopy(base)
     for key, value in override.items():

@@ -83,20 +83,6 @@ def _image_pixels(i: int) -> np.ndarray:
     return np.array([COLOURS[k] for k in idx], dtype=np.uint8).reshape(H, W, 3)
 
 
-@pytest.fixture
-def offline_hf(tmp_path, monkeypatch):
-    import datasets
-
-    home = tmp_path / "hf_home"
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    # `datasets` reads these at import time, which may have happened in an earlier test
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", home / "datasets")
-    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    return home
-
-
 def _write_split(folder: Path, split: str, indices: list[int], column: str = "img") -> None:
     import datasets
     from PIL import Image as PILImage

@@ -22,16 +22,9 @@ IMDB_SAMPLE = SHARED / "imdb_sample" / "texts.csv"
 
 
 @pytest.fixture(autouse=True)
-def offline_hf(tmp_path, monkeypatch):
-    """Nothing downloads: offline mode on, and the `datasets` cache in tmp_path."""
-    import datasets
-
-    home = tmp_path / "hf_home"
-    monkeypatch.setenv("HF_HOME", str(home))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", home / "datasets")
-    return home
+def _offline(offline_hf):
+    """Every test here runs offline, with empty Hugging Face caches (conftest's ``offline_hf``)."""
+    return offline_hf
 
 
 # ---------------------------------------------------------------- small local files
@@ -319,11 +312,8 @@ def test_offline_hub_id(tmp_path, task, hub_id):
     assert time.perf_counter() - t0 < 20  # no network attempts
 
 
-def test_missing_sources_said_when_planned(tmp_path, offline_hf, monkeypatch):
+def test_missing_sources_said_when_planned(tmp_path, offline_hf):
     """What a dry run reports before any job: absent local files, and hub ids not in the cache."""
-    import huggingface_hub.constants as hub_constants
-
-    monkeypatch.setattr(hub_constants, "HF_HUB_CACHE", str(offline_hf / "hub"))
     absent = tmp_path / "nowhere" / "reviews.csv"
     (problem,) = build_task("textcls", {"path": str(absent)}).missing_sources()
     assert str(absent) in problem and "datasets.load_dataset('fancyzhx/ag_news')" in problem
