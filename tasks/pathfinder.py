@@ -221,7 +221,11 @@ class Pathfinder(Task):
             Path(workdir).mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=workdir, prefix="generated.") as tmp:
                 n = c.n_train + c.n_val + c.n_test
-                return self.read_and_split(self.write_generated(Path(tmp)), c.n_val / n, c.n_test / n)
+                try:
+                    root = self.write_generated(Path(tmp))
+                except ValueError as exc:  # the shapes asked for do not fit the resolution
+                    raise DataError(f"tasks.{self.name}.data: {exc}") from None
+                return self.read_and_split(root, c.n_val / n, c.n_test / n)
         if not c.path:
             raise DataError(f"{self.name} source 'files' needs `path`: the folder holding "
                             f"pathfinder{c.resolution}/{c.difficulty}/metadata; "

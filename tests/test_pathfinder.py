@@ -353,6 +353,14 @@ def test_generator_options_and_impossible_settings():
         generate_images(1, draw_settings(16, path_length=30), seed=0)
 
 
+def test_impossible_generator_settings_are_a_data_error_naming_the_key(tmp_path):
+    with pytest.raises(DataError, match=r"tasks\.pathfinder\.data: .*could not fit"):
+        build_task("pathfinder", {"resolution": 16, "path_length": 30, "n_train": 2}).prepare(tmp_path)
+    with pytest.raises(DataError, match=r"tasks\.pathx\.data: .*marker_size"):
+        build_task("pathx", {"marker_size": 4, "n_train": 2}).prepare(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # nothing left behind
+
+
 def test_generated_release_is_seeded(tmp_path):
     s = draw_settings(32)
     files = {}
