@@ -84,6 +84,13 @@ def cmd_train(args) -> int:
             raise SystemExit(f"--{key} {want} does not match the run config's {run[key]['name']}")
     if run["seed"] != args.seed:
         raise SystemExit(f"--seed {args.seed} does not match the run config's seed {run['seed']}")
+    # Lease one GPU before anything touches torch.cuda (it sets CUDA_VISIBLE_DEVICES).
+    from harness.gpu_lease import acquire
+
+    lease = acquire(run["device"])
+    if lease:
+        print(f"gpu lease: device {lease['index']} (CUDA_VISIBLE_DEVICES={lease['cuda_visible_devices']})",
+              flush=True)
     params = run["task"]["data"]
     data_file = Path(args.data) if args.data else paths.dataset_file(args.task, run["task"]["data_key"])
     if not data_file.exists() and not args.data:
@@ -125,8 +132,12 @@ def cmd_bench(args) -> int:
         sweep["cases"] = [c for c in sweep["cases"] if c["n"] in args.lengths]
     if not sweep["cases"]:
         raise SystemExit(f"attnbench bench: no cases to run for {args.variant}")
-    print(f"{args.variant}: {len(sweep['cases'])} cases on {sweep['device']} with {sweep['threads']} threads -> {out}",
-          flush=True)
+    from harness.gpu_lease import acquire
+
+    lease = acquire(sweep["device"])  # one GPU of a workstation's; the case processes inherit it
+    print(f"{args.variant}: {len(sweep['cases'])} cases on {sweep['device']}"
+          + (f" (leased GPU {lease['cuda_visible_devices']})" if lease else "")
+          + f" with {sweep['threads']} threads -> {out}", flush=True)
     rc = run_sweep(sweep, out, args.pytest_args)
     if rc:
         print(f"attnbench bench: the benchmark run failed (pytest exit status {rc}); {out} not written", file=sys.stderr)
