@@ -78,6 +78,7 @@ def build_record(*, run, data, status, message, trainer, test_acc, steps_done, m
             "wall_s": round(wall_s, 3),
             "curve": "curve.csv" if trainer else None,
             "checkpoint": "best.pt" if trainer and trainer.best["state"] is not None else None,
+            "resumed_from_step": getattr(trainer, "resumed_from_step", None),
         },
         "efficiency": {
             "train_steps_per_s": steps_per_s,

@@ -4,6 +4,9 @@ steps, the best-validation checkpoint kept and tested once at the end.
 ``train_run`` never raises for an outcome of the run itself: running out of memory, a
 non-finite loss, the time limit, or an unexpected error each end in a record with the
 matching status, so the pipeline goes on and the report shows what happened.
+
+With ``train.checkpoint_every`` set, a run killed part-way resumes from its last checkpoint
+when run again (``harness.checkpoint``).
 """
 from __future__ import annotations
 
@@ -22,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from harness import checkpoint
 from harness.io import atomic_torch_save, atomic_write_text
 from harness.measure import PeakMemory, Stopwatch
 from harness.model import EncoderClassifier, ModelConfig
@@ -46,6 +50,7 @@ class TrainConfig:
     eval_every: int = param(100, "evaluate on the validation split every this many steps (and at the end)", minimum=1)
     timing_skip_steps: int = param(5, "first steps left out of the steady-state throughput", minimum=0)
     time_limit_min: float = param(0.0, "stop with status 'timeout' after this many minutes of training (0 = none)", minimum=0.0)
+    checkpoint_every: int = param(0, "save a resume checkpoint (<run dir>/checkpoint/last.pt) every this many optimiser steps, so that a killed run continues from it when run again; removed when the run ends ok, diverged or timed out (0 = off)", minimum=0)
 
 
 class Diverged(Exception):
@@ -145,6 +150,12 @@ class Trainer:
         self.curve: list[dict] = []
         self.best = {"val_acc": -1.0, "step": None, "state": None}
         self.step = 0  # the step being run (or last finished)
+        self.perm, self.pos = None, 0  # this epoch's permutation of the training split and the place in it
+        self.losses: list[float] = []  # training losses since the last evaluation
+        self.elapsed_s = 0.0  # training time before this process (resumed runs)
+        self.resumed_from_step: int | None = None
+        self.checkpoint_path: Path | None = None  # where fit saves resume checkpoints (checkpoint_every)
+        self.checkpoint_key = ""  # and their checkpoint.resume_hash
 
     def build_model(self) -> EncoderClassifier:
         """The model the run config describes, freshly initialised (seeded by the caller)."""
@@ -161,11 +172,12 @@ class Trainer:
         split = self.data.splits["train"]
         n = split["labels"].shape[0]
         bs = min(self.cfg.batch_size, n)
-        while True:
-            perm = torch.randperm(n, generator=self.gen)
-            for i in range(0, n - bs + 1, bs):  # drop the ragged last batch: fixed shapes
-                idx = perm[i:i + bs]
-                yield split["tokens"][idx], split["labels"][idx]
+        while True:  # the position is kept in self.perm / self.pos, so that a checkpoint holds it
+            if self.perm is None or self.pos + bs > n:  # drop the ragged last batch: fixed shapes
+                self.perm, self.pos = torch.randperm(n, generator=self.gen), 0
+            idx = self.perm[self.pos:self.pos + bs]
+            self.pos += bs
+            yield split["tokens"][idx], split["labels"][idx]
 
     @torch.no_grad()
     def evaluate(self, split_name: str) -> tuple[float, float]:
@@ -197,19 +209,26 @@ class Trainer:
         return loss.item()
 
     def fit(self, log: Log) -> int:
-        """Train; returns the number of steps done. Raises Diverged / TimeLimit."""
-        cfg, t0 = self.cfg, time.perf_counter()
-        losses: list[float] = []
+        """Train (from ``self.step``, later than 0 when resumed); returns the number of steps
+        done. Raises Diverged / TimeLimit."""
+        cfg, t0 = self.cfg, time.perf_counter() - self.elapsed_s
+        losses = self.losses
         self.model.train()
         batches = self.batches()
-        for step in range(1, cfg.steps + 1):
+        if self.step:
+            log.step(self.step)  # resumed
+        for step in range(self.step + 1, cfg.steps + 1):
             self.step = step
             x, y = next(batches)
             losses.append(self.train_step(x.to(self.device), y.to(self.device)))
             log.step(loss=f"{losses[-1]:.3f}")
             if step % cfg.eval_every == 0 or step == cfg.steps:
                 self.record_eval(step, losses, time.perf_counter() - t0, log)
-                losses = []
+                losses = self.losses = []
+            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps
+                    and self.checkpoint_path is not None):
+                checkpoint.save(self.checkpoint_path, self, key=self.checkpoint_key,
+                                losses=losses, elapsed_s=time.perf_counter() - t0)
             if cfg.time_limit_min and time.perf_counter() - t0 > cfg.time_limit_min * 60:
                 if losses:
                     self.record_eval(step, losses, time.perf_counter() - t0, log)
@@ -253,6 +272,23 @@ def baselines(data: PreparedData) -> dict:
             "majority_test_acc": float((test_labels == majority).float().mean())}
 
 
+def resume(trainer: Trainer, run: dict, teacher: dict | None, out_dir: Path, log: Log, rebuild) -> Trainer:
+    """The trainer, set to save its checkpoints in ``out_dir`` and restored from the one there
+    if that was made by this run; ``rebuild()`` makes a fresh trainer when restoring fails."""
+    path, key = checkpoint.checkpoint_path(out_dir), checkpoint.resume_hash(run, teacher)
+    state = checkpoint.load(path, run, key)
+    if state is not None:
+        try:
+            checkpoint.restore(trainer, state)
+            log.line(f"resuming from step {trainer.step} (checkpoint {path})")
+        except Exception as exc:  # noqa: BLE001 -- e.g. the code changed the model's layout since
+            log.line(f"ignoring checkpoint {path}: cannot restore it ({type(exc).__name__}: {exc}); starting fresh")
+            seed_everything(run["seed"], run["deterministic"])
+            trainer = rebuild()
+    trainer.checkpoint_path, trainer.checkpoint_key = path, key
+    return trainer
+
+
 def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = None, *,
               trainer_cls: type[Trainer] = Trainer, trainer_kwargs: dict | None = None,
               teacher: dict | None = None) -> dict:
@@ -279,7 +315,8 @@ def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = N
     if status == "ok":
         try:
             with mem:
-                trainer = trainer_cls(run, data, device, **(trainer_kwargs or {}))
+                make = lambda: trainer_cls(run, data, device, **(trainer_kwargs or {}))  # noqa: E731
+                trainer = resume(make(), run, teacher, out_dir, log, make)
                 steps_done = trainer.fit(log)
         except Diverged as exc:
             status, message = "diverged", str(exc)
@@ -308,6 +345,8 @@ def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = N
                           wall_s=time.perf_counter() - wall0, baselines=baselines(data),
                           step_work=trainer_cls.step_work, teacher=teacher)
     write_record(out_dir / "record.json", record)
+    if status in ("ok", "diverged", "timeout"):  # a re-run would end the same: nothing left to resume
+        checkpoint.remove(out_dir)
     log.line(f"{record['run_id']}: status {status}"
              + (f", test accuracy {test_acc:.4f}" if test_acc is not None else "")
              + (f" ({message})" if message else ""))

@@ -1,0 +1,147 @@
+"""Resume checkpoints: a killed training run continues where it was, bit-identically on CPU
+with deterministic settings.
+
+With ``train.checkpoint_every: K`` the trainer writes ``<run dir>/checkpoint/last.pt``
+(atomically: a kill during the write leaves the previous one) after every K-th optimiser
+step, once that step's evaluation, if due, is done. It holds everything the rest of the run
+depends on: model, AdamW and LR-schedule state, the step, the best-validation state so far,
+the curve rows and the training losses since the last evaluation, the training time so far
+(the curve's ``elapsed_s`` and the time limit continue from it), the data position (this
+epoch's permutation and the place in it) and every random number generator: torch's CPU
+and CUDA ones, Python's ``random``, NumPy's, and each ``torch.Generator`` the trainer or its
+model holds as an attribute.
+
+A checkpoint is used only by the same run: the hash of its resolved run config, less
+``train.checkpoint_every`` (which changes when the run is saved, not what it computes), and
+for a distilled run of its record's ``teacher`` entry (a retrained teacher differs at least
+in its measured throughput), must match; otherwise it is ignored with a printed line and the
+run starts fresh. The folder
+is not a declared output of the pipeline's rules, so Snakemake leaves it in place when it
+re-runs a job whose record is missing.
+"""
+from __future__ import annotations
+
+import copy
+import random
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from harness.config import config_hash
+from harness.io import atomic_torch_save
+
+if TYPE_CHECKING:
+    from harness.train import Trainer
+
+FORMAT = 1
+CHECKPOINT_DIR = "checkpoint"
+
+
+def checkpoint_path(out_dir: Path) -> Path:
+    return Path(out_dir) / CHECKPOINT_DIR / "last.pt"
+
+
+def resume_hash(run: dict, teacher: dict | None = None) -> str:
+    """What must match for a checkpoint to be resumed: the run config less ``checkpoint_every``,
+    and the teacher entry of a distilled run."""
+    run = copy.deepcopy(run)
+    run["train"].pop("checkpoint_every", None)
+    return config_hash({"run": run, "teacher": teacher})
+
+
+# ---------------------------------------------------------------- random number generators
+
+def owned_generators(trainer: Trainer) -> dict[str, torch.Generator]:
+    """The ``torch.Generator`` attributes of the trainer and of every module of its model, by name."""
+    found = {f"trainer.{k}": v for k, v in vars(trainer).items() if isinstance(v, torch.Generator)}
+    for name, module in trainer.model.named_modules():
+        found.update({f"model.{name}.{k}".replace("..", "."): v
+                      for k, v in vars(module).items() if isinstance(v, torch.Generator)})
+    return found
+
+
+def capture_rng(trainer: Trainer) -> dict:
+    np_state = np.random.get_state(legacy=False)
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+        "python": random.getstate(),
+        # plain values, so that the checkpoint loads with weights_only=True
+        "numpy": {**np_state, "state": {"key": np_state["state"]["key"].tolist(), "pos": int(np_state["state"]["pos"])}},
+        "generators": {name: gen.get_state() for name, gen in owned_generators(trainer).items()},
+    }
+
+
+def restore_rng(trainer: Trainer, state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    random.setstate(state["python"])
+    np_state = state["numpy"]
+    np.random.set_state({**np_state, "state": {"key": np.array(np_state["state"]["key"], dtype=np.uint32),
+                                               "pos": np_state["state"]["pos"]}})
+    gens = owned_generators(trainer)
+    if set(gens) != set(state["generators"]):
+        raise ValueError(f"the checkpoint has generators {sorted(state['generators'])}, the trainer {sorted(gens)}")
+    for name, gen in gens.items():
+        gen.set_state(state["generators"][name])
+
+
+# ---------------------------------------------------------------- save, load, restore
+
+def save(path: Path, trainer: Trainer, *, key: str, losses: list[float], elapsed_s: float) -> None:
+    """Write the trainer's state after its step ``trainer.step``; ``key``: its ``resume_hash``."""
+    atomic_torch_save({
+        "format": FORMAT,
+        "config_hash": config_hash(trainer.run),
+        "resume_hash": key,
+        "step": trainer.step,
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.opt.state_dict(),
+        "scheduler": trainer.sched.state_dict(),
+        "best": trainer.best,
+        "curve": trainer.curve,
+        "losses": list(losses),
+        "elapsed_s": elapsed_s,
+        "data": {"perm": trainer.perm, "pos": trainer.pos},
+        "rng": capture_rng(trainer),
+    }, path)
+
+
+def load(path: Path, run: dict, key: str) -> dict | None:
+    """The checkpoint at ``path`` if there is one made by this run (``key``: its
+    ``resume_hash``), else None (with a printed line saying why one that exists is ignored)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 -- an unreadable checkpoint only costs the steps in it
+        first = (str(exc).splitlines() or [""])[0]
+        print(f"ignoring checkpoint {path}: cannot read it ({type(exc).__name__}: {first}); starting fresh", flush=True)
+        return None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("resume_hash") != key:
+        theirs = state.get("config_hash") if isinstance(state, dict) else None
+        print(f"ignoring checkpoint {path}: made with another run config or teacher "
+              f"(config hash {theirs}, this run {config_hash(run)}); starting fresh", flush=True)
+        return None
+    return state
+
+
+def restore(trainer: Trainer, state: dict) -> None:
+    """Put the trainer where it was when ``state`` was saved."""
+    trainer.model.load_state_dict(state["model"])
+    trainer.opt.load_state_dict(state["optimizer"])
+    trainer.sched.load_state_dict(state["scheduler"])
+    trainer.step = trainer.resumed_from_step = int(state["step"])
+    trainer.best, trainer.curve = state["best"], state["curve"]
+    trainer.losses, trainer.elapsed_s = list(state["losses"]), float(state["elapsed_s"])
+    trainer.perm, trainer.pos = state["data"]["perm"], int(state["data"]["pos"])
+    restore_rng(trainer, state["rng"])
+
+
+def remove(out_dir: Path) -> None:
+    shutil.rmtree(Path(out_dir) / CHECKPOINT_DIR, ignore_errors=True)
