@@ -13,6 +13,8 @@ rule bench_variant:
     wildcard_constraints:
         variant=one_of(BENCH_VARIANTS),
     threads: workflow.cores
+    resources:
+        **rule_resources("bench", gpu=True),
     log:
         "logs/bench/{variant}.log",
     conda:
@@ -28,6 +30,8 @@ rule bench_aggregate:
     output:
         csv="results/bench.csv",
         parquet="results/bench.parquet",
+    resources:
+        **rule_resources("report"),
     log:
         "logs/bench/aggregate.log",
     conda:
@@ -42,6 +46,8 @@ rule bench_report:
     output:
         html="reports/bench/index.html",
         md="reports/bench/summary.md",
+    resources:
+        **rule_resources("report"),
     log:
         "logs/bench/report.log",
     conda:

@@ -20,6 +20,18 @@ try:
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
+
+def rule_resources(group, gpu=False):
+    """A rule's `resources:` from the config's `resources.<group>` (config/schema.yaml): `runtime` in
+    minutes and `mem_mb`, plus `gpu=1` on a GPU rule (train, distill, bench_variant) when `device` is not
+    cpu (cuda or auto). Data preparation, aggregation and the report never ask for a GPU."""
+    settings = config["resources"][group]
+    resources = {"runtime": settings["runtime_min"], "mem_mb": settings["mem_mb"]}
+    if gpu and config["device"] != "cpu":
+        resources["gpu"] = 1
+    return resources
+
+
 # jobs call `attnbench` from the environment running snakemake, even when it is not activated
 shell.prefix(f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; ")
 

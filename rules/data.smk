@@ -7,6 +7,8 @@ rule prepare_data:
         "data/{task}/{key}/dataset.pt",
     params:
         data=get_data_json,
+    resources:
+        **rule_resources("prepare"),
     log:
         "logs/prepare/{task}/{key}.log",
     conda:

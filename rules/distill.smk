@@ -17,6 +17,8 @@ rule distill:
     wildcard_constraints:
         variant=one_of(FROM_TEACHER),
     threads: config["threads"]
+    resources:
+        **rule_resources("distill", gpu=True),
     log:
         "logs/distill/{task}/{variant}/seed{seed}.log",
     conda:

@@ -7,6 +7,8 @@ rule aggregate:
     output:
         csv="results/summary.csv",
         parquet="results/summary.parquet",
+    resources:
+        **rule_resources("report"),
     log:
         "logs/aggregate.log",
     conda:
@@ -25,6 +27,8 @@ rule report:
     params:
         bench=bench_option,
         lra_average=config["report"]["lra_average"],
+    resources:
+        **rule_resources("report"),
     log:
         "logs/report.log",
     conda:

@@ -14,6 +14,8 @@ rule train:
     wildcard_constraints:
         variant=one_of(FROM_LABELS),
     threads: config["threads"]
+    resources:
+        **rule_resources("train", gpu=True),
     log:
         "logs/train/{task}/{variant}/seed{seed}.log",
     conda:
