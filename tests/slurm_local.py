@@ -48,7 +48,7 @@ def _run(cmd: list[str], timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
 
 
-def install_reason(timeout: float = 300) -> str | None:
+def install_reason(timeout: float = 120) -> str | None:
     """None when sbatch, slurmctld, slurmd and munged are there (installing them with apt-get if
     they are not), else why they are not: the reason to skip with."""
     needed = ["sbatch", "squeue", "sinfo", "slurmctld", "slurmd"]
