@@ -79,6 +79,9 @@ def capture(device: torch.device) -> dict:
         env["device_memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
         env["driver"] = _gpu_driver()
         env["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
+        from harness.gpu_lease import current
+
+        env["gpu_lease"] = current()  # which workstation GPU this job leased (None: no lease, e.g. SLURM)
     return env
 
 

@@ -145,6 +145,11 @@ def acquire(device: str, *, n_gpus: int | None = None, lock_dir: str | Path | No
         time.sleep(POLL_S if timeout is None else max(0.0, min(POLL_S, timeout - waited)))
 
 
+def current() -> dict | None:
+    """The lease this process holds (what ``acquire`` returned), or None."""
+    return dict(_held["lease"]) if _held else None
+
+
 def release() -> None:
     """Give the lease back early and restore CUDA_VISIBLE_DEVICES (process exit does the same)."""
     if not _held:

@@ -130,8 +130,9 @@ def test_existing_visible_list_keeps_the_physical_id(tmp_path, monkeypatch, clea
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "7"
     assert json.loads(json.dumps(lease)) == lease
     assert gpu_lease.acquire("cuda", n_gpus=8, lock_dir=lock_dir) == lease  # idempotent in one process
+    assert gpu_lease.current() == lease  # what a CUDA run's record environment carries
     gpu_lease.release()
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3,7"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3,7" and gpu_lease.current() is None
 
 
 def test_timeout_names_the_lock_dir_and_count(tmp_path, monkeypatch, clean_lease):
