@@ -284,6 +284,13 @@ def task_data_params(config: dict, task: str) -> dict:
     return _as_dict(TASKS.make_config(task, config["tasks"][task].get("data", {})))
 
 
+def variant_params(config: dict, task: str, variant: str) -> dict:
+    """A variant's parameters as set for one task: its `variants:` entry (if any), overridden by
+    the task's `per_variant.<variant>.params`."""
+    per_variant = config["tasks"][task].get("per_variant", {}).get(variant, {})
+    return {**config["variants"].get(variant, {}), **per_variant.get("params", {})}
+
+
 def resolve_run(config: dict, task: str, variant: str, seed: int) -> dict:
     """Everything one training run depends on, defaults spelled out; stored in its record."""
     from harness.model import ModelConfig
@@ -305,8 +312,7 @@ def resolve_run(config: dict, task: str, variant: str, seed: int) -> dict:
     data = task_data_params(config, task)
     run = {
         "task": {"name": task, "data": data, "data_key": data_key(task, data)},
-        "variant": {"name": variant, "params": _as_dict(VARIANTS.make_config(
-            variant, {**config["variants"][variant], **per_variant.get("params", {})}))},
+        "variant": {"name": variant, "params": _as_dict(VARIANTS.make_config(variant, variant_params(config, task, variant)))},
         "model": _as_dict(model),
         "train": _as_dict(train),
         "seed": int(seed),

@@ -58,14 +58,12 @@ def resolve_student(config: dict, run: dict) -> dict:
     ``model.layers`` and ``variant.params.student_layers``, and its attention's parameters
     (``variants:`` entry of that variant, if any, and the task's ``per_variant`` params of
     it, overridden by ``attention_params``)."""
-    from harness.config import _as_dict
+    from harness.config import _as_dict, variant_params
     from variants import VARIANTS
 
     params = run["variant"]["params"]
     layers = student_layer_count(params["student_layers"], run["model"]["layers"])
-    task = config["tasks"].get(run["task"]["name"], {})
-    base = {**config["variants"].get(params["attention"], {}),  # as its attention has on this task
-            **task.get("per_variant", {}).get(params["attention"], {}).get("params", {})}
+    base = variant_params(config, run["task"]["name"], params["attention"])  # as that variant has on this task
     attention = VARIANTS.make_config(params["attention"], {**base, **params["attention_params"]})
     params["student_layers"] = layers
     params["attention_params"] = _as_dict(attention)
