@@ -40,6 +40,12 @@ def snakemake(workdir: Path, *args: str, timeout: int = 600, env: dict | None = 
                           env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})})
 
 
+def empty_hf_cache(tmp_path: Path) -> dict[str, str]:
+    """Environment pointing every Hugging Face cache at an empty folder: nothing is found or fetched."""
+    home = tmp_path / "hf_home"
+    return {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HF_DATASETS_CACHE": str(home / "datasets")}
+
+
 def planned_wildcards(result: subprocess.CompletedProcess, rule: str) -> list[dict[str, str]]:
     """The wildcards of each job of ``rule`` in a dry run's job listing."""
     out = result.stdout + result.stderr
@@ -200,10 +206,7 @@ def test_lra_config_plans_the_grid_and_names_the_missing_data(tmp_path):
     """config/lra.yaml with none of its data present: every task, variant and seed is planned,
     and the dry run says, per task, what to download and where it must land."""
     (tmp_path / "config.yaml").write_text((REPO / "config" / "lra.yaml").read_text())
-    home = tmp_path / "hf_home"  # an empty Hugging Face cache
-    result = snakemake(tmp_path, "-n", timeout=120, env={"HF_HOME": str(home),
-                                                         "HF_HUB_CACHE": str(home / "hub"),
-                                                         "HF_DATASETS_CACHE": str(home / "datasets")})
+    result = snakemake(tmp_path, "-n", timeout=120, env=empty_hf_cache(tmp_path))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     lra = yaml.safe_load((REPO / "config" / "lra.yaml").read_text())
     tasks, variants = list(lra["tasks"]), list(lra["variants"])

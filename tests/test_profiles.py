@@ -8,7 +8,7 @@ import re
 import pytest
 import yaml
 
-from test_pipeline_e2e import REPO, planned_jobs, snakemake
+from test_pipeline_e2e import REPO, empty_hf_cache, planned_jobs, snakemake
 
 GPU_RULES = {"train", "distill", "bench_variant"}
 
@@ -28,10 +28,8 @@ def dry_run(tmp_path, profile: str, **overrides):
     config = yaml.safe_load((REPO / "config" / "lra.yaml").read_text())
     config.update(overrides)
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
-    home = tmp_path / "hf_home"  # an empty Hugging Face cache: nothing is found, nothing downloads
     result = snakemake(tmp_path, "-n", "--profile", str(REPO / "profiles" / profile), timeout=180,
-                       env={"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"),
-                            "HF_DATASETS_CACHE": str(home / "datasets"),
+                       env={**empty_hf_cache(tmp_path),
                             "ATTNBENCH_SLURM_PARTITION": "gpu", "ATTNBENCH_SLURM_ACCOUNT": "proj"})
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
