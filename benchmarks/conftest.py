@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.bench_config import BenchConfig, Case
-from harness.bench_sweep import SweepEnv
+from attnbench.harness.bench.settings import BenchConfig, Case
+from attnbench.harness.bench.sweep import SweepEnv
 
 ROWS = pytest.StashKey[list]()
 SWEEP = pytest.StashKey[dict]()
@@ -27,14 +27,16 @@ def _load_sweep(config) -> dict:
     path = config.getoption("--attnbench-sweep")
     if path:
         return json.loads(Path(path).read_text())
-    from harness.bench_config import bench_device, bench_settings, bench_variants, variant_cases
-    from harness.config import load_config
+    import os
 
-    cfg = load_config()
-    settings = bench_settings(cfg)
-    return {"settings": json.loads(json.dumps(settings.__dict__)), "device": bench_device(cfg),
-            "threads": settings.threads or 1, "workdir": "results/bench/.work",
-            "cases": [c.to_dict() for v in bench_variants(cfg) for c in variant_cases(cfg, v)]}
+    from attnbench.harness.bench.files import sweep_file
+    from attnbench.harness.bench.settings import bench_variants
+    from attnbench.harness.config.validate import load_config
+
+    cfg = load_config()  # the default config: every variant's cases, on every core this process may use
+    cores = len(os.sched_getaffinity(0))
+    sweeps = [sweep_file(cfg, v, cores, Path("results/bench/.work")) for v in bench_variants(cfg)]
+    return {**sweeps[0], "cases": [c for s in sweeps for c in s["cases"]]}
 
 
 def pytest_configure(config):
@@ -63,7 +65,7 @@ def probes() -> dict:
 
 @pytest.fixture(scope="session")
 def sweep_env(pytestconfig) -> SweepEnv:
-    from harness.registry import build_dataclass
+    from attnbench.harness.core.registry import build_dataclass
 
     sweep = pytestconfig.stash[SWEEP]
     return SweepEnv(build_dataclass(BenchConfig, sweep["settings"], "bench"), sweep["device"],
@@ -76,7 +78,7 @@ def rows(pytestconfig) -> list:
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):
-    from harness.environment import bench_machine
+    from attnbench.harness.results.environment import bench_machine
 
     machine_info["attnbench"] = bench_machine(config.stash[SWEEP]["device"], int(config.stash[SWEEP]["threads"]))
 

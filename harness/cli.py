@@ -8,19 +8,19 @@ import sys
 import time
 from pathlib import Path
 
-from harness import paths
+from attnbench.harness.core import paths
 
 
 def _load(args) -> dict:
-    from harness.config import load_config
+    from attnbench.harness.config.validate import load_config
 
     return load_config(args.config)
 
 
 def cmd_list(args) -> int:
-    from harness.registry import dataclass_schema
-    from tasks import TASKS
-    from variants import VARIANTS
+    from attnbench.harness.core.registry import dataclass_schema
+    from attnbench.tasks import TASKS
+    from attnbench.variants import VARIANTS
 
     for title, registry in (("Variants", VARIANTS), ("Tasks", TASKS)):
         print(f"{title}:")
@@ -41,7 +41,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from harness.config import build_schema
+    from attnbench.harness.config.validate import build_schema
 
     print(json.dumps(build_schema(), indent=2))
     return 0
@@ -54,8 +54,8 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from harness.config import task_data_params
-    from tasks.base import build_task, save_prepared
+    from attnbench.harness.config.validate import task_data_params
+    from attnbench.tasks.base import build_task, save_prepared
 
     params = json.loads(args.data_json) if args.data_json else task_data_params(_load(args), args.task)
     out = Path(args.out)
@@ -69,10 +69,10 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from harness.config import resolve_run
-    from harness.train import train_run
-    from tasks.base import build_task, load_prepared, save_prepared
-    from variants import VARIANTS
+    from attnbench.harness.config.validate import resolve_run
+    from attnbench.harness.run.train import train_run
+    from attnbench.tasks.base import build_task, load_prepared, save_prepared
+    from attnbench.variants import VARIANTS
 
     needs_teacher = VARIANTS.get(args.variant).cls.needs_teacher
     if args.teacher_dir and not needs_teacher:
@@ -85,7 +85,7 @@ def cmd_train(args) -> int:
     if run["seed"] != args.seed:
         raise SystemExit(f"--seed {args.seed} does not match the run config's seed {run['seed']}")
     # Lease one GPU before anything touches torch.cuda (it sets CUDA_VISIBLE_DEVICES).
-    from harness.gpu_lease import acquire
+    from attnbench.harness.measure.gpu_lease import acquire
 
     lease = acquire(run["device"])
     if lease:
@@ -99,7 +99,7 @@ def cmd_train(args) -> int:
     data = load_prepared(data_file, args.task, params)
     out = Path(args.out) if args.out else paths.run_dir(args.task, args.variant, args.seed)
     if needs_teacher:
-        from harness.distill import distill_run
+        from attnbench.harness.run.distill import distill_run
 
         record = distill_run(run, data, out, args.teacher_dir, bar=args.progress)
     else:
@@ -108,7 +108,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_aggregate(args) -> int:
-    from harness.aggregate import aggregate
+    from attnbench.harness.results.aggregate import aggregate
 
     df = aggregate(args.records or Path(args.runs), Path(args.out))
     print(f"aggregated {len(df)} run records into {args.out}")
@@ -116,13 +116,13 @@ def cmd_aggregate(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from harness.bench_results import run_sweep, sweep_file
+    from attnbench.harness.bench.files import run_sweep, sweep_file
 
     out = Path(args.out or paths.BENCH / f"{args.variant}.json")
     workdir = out.parent / ".work"
     if args.sweep_json:
-        from harness.bench_config import BenchConfig, sweep_threads
-        from harness.registry import build_dataclass
+        from attnbench.harness.bench.settings import BenchConfig, sweep_threads
+        from attnbench.harness.core.registry import build_dataclass
 
         sweep = json.loads(args.sweep_json)
         sweep["threads"] = sweep_threads(build_dataclass(BenchConfig, sweep["settings"], "bench"), args.cores)
@@ -132,7 +132,7 @@ def cmd_bench(args) -> int:
         sweep["cases"] = [c for c in sweep["cases"] if c["n"] in args.lengths]
     if not sweep["cases"]:
         raise SystemExit(f"attnbench bench: no cases to run for {args.variant}")
-    from harness.gpu_lease import acquire
+    from attnbench.harness.measure.gpu_lease import acquire
 
     lease = acquire(sweep["device"])  # one GPU of a workstation's; the case processes inherit it
     print(f"{args.variant}: {len(sweep['cases'])} cases on {sweep['device']}"
@@ -145,7 +145,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_aggregate_bench(args) -> int:
-    from harness.bench_results import aggregate_bench
+    from attnbench.harness.bench.files import aggregate_bench
 
     df = aggregate_bench([Path(p) for p in args.inputs], Path(args.out))
     counts = ", ".join(f"{v} {k}" for k, v in df["status"].value_counts().items())
@@ -154,7 +154,7 @@ def cmd_aggregate_bench(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from harness.report import render_report
+    from attnbench.harness.report.render import render_report
 
     summary = None if args.bench_only else Path(args.summary)
     index = render_report(summary, Path(args.out), Path(args.bench) if args.bench else None,
@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=str(paths.SUMMARY_CSV), help="CSV to write (a .parquet is written beside it)")
     sp.set_defaults(func=cmd_aggregate)
 
-    # listed for --help; main() hands `compare` and its arguments to harness.compare
+    # listed for --help; main() hands `compare` and its arguments to attnbench.harness.compare.command
     sub.add_parser("compare", add_help=False,
                    help="time variants against public implementations (`attnbench compare --help`)")
 
@@ -234,13 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from harness.config import ConfigError
-    from harness.registry import UnknownNameError
-    from tasks.base import DataError
+    from attnbench.harness.config.validate import ConfigError
+    from attnbench.harness.core.registry import UnknownNameError
+    from attnbench.tasks.base import DataError
 
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["compare"]:
-        from harness.compare import main as compare_main
+        from attnbench.harness.compare.command import main as compare_main
 
         return compare_main(argv[1:])
     args = build_parser().parse_args(argv)

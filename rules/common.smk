@@ -7,13 +7,13 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from harness import paths
-from harness.bench_config import bench_settings, bench_variants
-from harness.bench_results import sweep_file
-from harness.config import ConfigError, resolve_run, task_data_params, validate_config
+from attnbench.harness.core import paths
+from attnbench.harness.bench.settings import bench_settings, bench_variants
+from attnbench.harness.bench.files import sweep_file
+from attnbench.harness.config.validate import ConfigError, resolve_run, task_data_params, validate_config
 from snakemake.logging import logger
-from tasks.base import build_task, data_key
-from variants import VARIANTS as REGISTRY
+from attnbench.tasks.base import build_task, data_key
+from attnbench.variants import VARIANTS as REGISTRY
 
 try:
     validate_config(config)

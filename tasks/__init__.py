@@ -1,4 +1,4 @@
 """Tasks: one file per task (generator and/or loaders), each registered in ``TASKS``."""
-from tasks.base import TASKS, PreparedData, Task, build_task
+from attnbench.tasks.base import TASKS, PreparedData, Task, build_task
 
 __all__ = ["TASKS", "PreparedData", "Task", "build_task"]

@@ -10,10 +10,10 @@ from typing import Any
 
 import torch
 
-from harness.io import atomic_torch_save
-from harness.registry import Registry
+from attnbench.harness.core.io import atomic_torch_save
+from attnbench.harness.core.registry import Registry
 
-TASKS = Registry("task", "tasks")
+TASKS = Registry("task", "attnbench.tasks")
 
 #: bump when the layout of prepared tensor files changes; part of every data key
 FORMAT_VERSION = 1

@@ -11,7 +11,7 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from tasks.base import PAD_ID
+from attnbench.tasks.base import PAD_ID
 
 BYTE_OFFSET = 1
 BYTE_VOCAB = 256 + BYTE_OFFSET

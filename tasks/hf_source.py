@@ -30,8 +30,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from harness.registry import param
-from tasks.base import DataError
+from attnbench.harness.core.registry import param
+from attnbench.tasks.base import DataError
 
 #: local file suffix -> the ``datasets`` builder that reads it
 BUILDERS = {".csv": "csv", ".tsv": "csv", ".json": "json", ".jsonl": "json", ".parquet": "parquet"}

@@ -19,8 +19,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from harness.registry import param
-from tasks.base import TASKS, DataError, PreparedData, Task
+from attnbench.harness.core.registry import param
+from attnbench.tasks.base import TASKS, DataError, PreparedData, Task
 
 # tf.image.rgb_to_grayscale weights, as LRA's input pipeline uses
 LUMA = np.array([0.2989, 0.5870, 0.1140])
@@ -53,7 +53,7 @@ def _digits() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
 
 
 def _cifar10(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
-    from tasks.hf_source import load_source
+    from attnbench.tasks.hf_source import load_source
 
     # a hub id, or a local folder of its files; offline mode honoured, a DataError with the way out
     ds, _ = load_source(str(path), what="CIFAR-10", config_key="tasks.image.data.path",
@@ -82,7 +82,7 @@ class Image(Task):
     def missing_sources(self) -> list[str]:
         if self.cfg.source == "digits":
             return []
-        from tasks.hf_source import missing_source
+        from attnbench.tasks.hf_source import missing_source
 
         return missing_source(self.cfg.path, what="CIFAR-10", config_key="tasks.image.data",
                               default_hub_id="uoft-cs/cifar10")

@@ -20,8 +20,8 @@ from typing import Iterator, Literal, Union
 
 import torch
 
-from harness.registry import param
-from tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, lra_release_hint, pad_batch
+from attnbench.harness.core.registry import param
+from attnbench.tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, lra_release_hint, pad_batch
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"

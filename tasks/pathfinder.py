@@ -37,9 +37,9 @@ from typing import Literal, get_args
 import numpy as np
 import torch
 
-from harness.registry import param
-from tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, lra_release_hint
-from tasks.pathfinder_draw import DIFFICULTY_LENGTH, DrawSettings, draw_settings, write_release
+from attnbench.harness.core.registry import param
+from attnbench.tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, lra_release_hint
+from attnbench.tasks.pathfinder_draw import DIFFICULTY_LENGTH, DrawSettings, draw_settings, write_release
 
 Difficulty = Literal["curv_baseline", "curv_contour_length_9", "curv_contour_length_14"]
 VOCAB_SIZE = 257  # pixel intensity 0-255, + 1; 0 is padding

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from harness.registry import param
-from tasks.base import TASKS
-from tasks.pathfinder import Pathfinder, PathfinderConfig
+from attnbench.harness.core.registry import param
+from attnbench.tasks.base import TASKS
+from attnbench.tasks.pathfinder import Pathfinder, PathfinderConfig
 
 
 @dataclass(frozen=True)

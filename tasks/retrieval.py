@@ -17,9 +17,9 @@ from pathlib import Path
 
 import torch
 
-from harness.registry import param
-from tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, lra_release_hint
-from tasks.byte_text import BYTE_VOCAB, encode_texts
+from attnbench.harness.core.registry import param
+from attnbench.tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, lra_release_hint
+from attnbench.tasks.byte_text import BYTE_VOCAB, encode_texts
 
 #: our split name -> the release's file suffix
 FILE_SPLITS = {"train": "train", "val": "eval", "test": "test"}

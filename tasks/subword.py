@@ -19,8 +19,8 @@ from typing import Literal, Sequence
 
 import torch
 
-from harness.io import atomic_write_text
-from tasks.base import PAD_ID, pad_batch
+from attnbench.harness.core.io import atomic_write_text
+from attnbench.tasks.base import PAD_ID, pad_batch
 
 PAD, UNK = "[PAD]", "[UNK]"
 SPECIAL_TOKENS = (PAD, UNK)  # in id order: [PAD] is 0

@@ -16,9 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from tasks.base import TASKS
-from tasks.hf_source import TextSourceConfig
-from tasks.textcls import TextCls
+from attnbench.tasks.base import TASKS
+from attnbench.tasks.hf_source import TextSourceConfig
+from attnbench.tasks.textcls import TextCls
 
 
 @dataclass(frozen=True)

@@ -17,10 +17,10 @@ from typing import ClassVar, Literal
 
 import torch
 
-from harness.registry import param
-from tasks.base import TASKS, PreparedData, Task
-from tasks.byte_text import BYTE_VOCAB, encode_texts
-from tasks.hf_source import PATH_HELP, LabelledTexts, TextSourceConfig, load_labelled_texts, missing_source
+from attnbench.harness.core.registry import param
+from attnbench.tasks.base import TASKS, PreparedData, Task
+from attnbench.tasks.byte_text import BYTE_VOCAB, encode_texts
+from attnbench.tasks.hf_source import PATH_HELP, LabelledTexts, TextSourceConfig, load_labelled_texts, missing_source
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class TextCls(Task):
         if self.tokenizer_kind() == "bytes":
             tokens = {s: encode_texts(t, seq_len) for s, t in data.texts.items()}
             return tokens, BYTE_VOCAB, f"UTF-8 bytes, seq_len {seq_len}"
-        from tasks.subword import SubwordSettings, load_or_train
+        from attnbench.tasks.subword import SubwordSettings, load_or_train
 
         settings = SubwordSettings(model=self.cfg.subword_model, vocab_size=self.cfg.vocab_size,
                                    min_frequency=self.cfg.min_frequency, lowercase=self.cfg.lowercase)

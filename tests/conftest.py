@@ -52,7 +52,7 @@ def tiny_config(**override) -> dict:
 
 def tiny_run(seed: int = 0, **override) -> dict:
     """The resolved run config of the tiny listops/full run."""
-    from harness.config import resolve_run, validate_config
+    from attnbench.harness.config.validate import resolve_run, validate_config
 
     return resolve_run(validate_config(tiny_config(**override)), "listops", "full", seed)
 
@@ -78,7 +78,7 @@ def _restore_torch_state():
 @pytest.fixture(scope="session")
 def tiny_listops_data(tmp_path_factory):
     """PreparedData of the tiny listops config (generated once per session)."""
-    from tasks.base import build_task
+    from attnbench.tasks.base import build_task
 
     run = tiny_run()
     return build_task("listops", run["task"]["data"]).prepare(tmp_path_factory.mktemp("tiny_listops"))

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from harness.bench_case import Stepper, analytic_flops, counted_flops
-from harness.bench_config import BenchConfig, bench_variants, variant_cases
-from harness.bench_results import aggregate_bench, run_sweep, sweep_file
-from harness.bench_sweep import SweepEnv, probe_case
-from harness.config import ConfigError, validate_config
-from harness.registry import build_dataclass
+from attnbench.harness.bench.case import Stepper, analytic_flops, counted_flops
+from attnbench.harness.bench.settings import BenchConfig, bench_variants, variant_cases
+from attnbench.harness.bench.files import aggregate_bench, run_sweep, sweep_file
+from attnbench.harness.bench.sweep import SweepEnv, probe_case
+from attnbench.harness.config.validate import ConfigError, validate_config
+from attnbench.harness.core.registry import build_dataclass
 from conftest import tiny_config
 
 SMALL = {"window": {"window": 8, "block_size": 8}, "sparse": {"block_size": 8, "random_blocks": 1},
@@ -61,8 +61,8 @@ def test_bad_bench_settings_are_named(bench, message):
 
 
 def stepper(variant: str, scope: str, mode: str, n: int = 64, params=None):
-    from harness.bench_config import Case
-    from variants import VARIANTS
+    from attnbench.harness.bench.settings import Case
+    from attnbench.variants import VARIANTS
 
     cfg = VARIANTS.make_config(variant, params or {})
     import dataclasses
@@ -111,7 +111,7 @@ def env_for(tmp_path, **settings) -> SweepEnv:
 
 
 def case_of(variant, n, backend="default", mode="forward_backward", scope="layer"):
-    from harness.bench_config import Case
+    from attnbench.harness.bench.settings import Case
 
     return Case(variant, {}, backend, scope, mode, "float32", 1, n)
 
@@ -169,7 +169,7 @@ def test_a_tiny_sweep_writes_pytest_benchmark_json_and_the_tidy_table(tmp_path):
 
 
 def test_rounds_combine_into_one_row_per_case_and_a_failed_round_wins():
-    from harness.bench_results import combine_rounds
+    from attnbench.harness.bench.files import combine_rounds
 
     def row(case, rnd, median, status="ok"):
         return {"case_id": case, "round": rnd, "status": status, "message": "" if status == "ok" else "boom",

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from harness.bench_report import (
+from attnbench.harness.report.bench import (
     bench_section,
     crossover_table,
     flops_table,
@@ -17,7 +17,7 @@ from harness.bench_report import (
     fit_exponents,
     relative_tables,
 )
-from harness.report import render_report
+from attnbench.harness.report.render import render_report
 
 NS = [256, 512, 1024, 2048, 4096, 8192]
 # impl -> (variant, backend, (time a, time b), (memory a, memory b)): time a·n^b seconds, memory a·n^b MiB
@@ -256,8 +256,8 @@ def test_render_report_runs_and_bench(tmp_path, bench, tiny_listops_data):
     """A real summary of a tiny training run, with the sweep placed after the training cost."""
     from conftest import tiny_run, torch_state_restored
 
-    from harness.aggregate import aggregate
-    from harness.train import train_run
+    from attnbench.harness.results.aggregate import aggregate
+    from attnbench.harness.run.train import train_run
 
     with torch_state_restored():
         train_run(tiny_run(), tiny_listops_data, tmp_path / "runs" / "listops" / "full" / "seed0", bar=False)

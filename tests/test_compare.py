@@ -15,10 +15,12 @@ import textwrap
 import pytest
 import torch
 
-from harness import compare, peers, probe
-from harness.compare import main
-from harness.peers import PEERS, Shape
-from variants import build_attention
+from attnbench.harness.compare import command as compare
+from attnbench.harness.compare import peers
+from attnbench.harness.compare import probe
+from attnbench.harness.compare.command import main
+from attnbench.harness.compare.peers import PEERS, Shape
+from attnbench.variants import build_attention
 
 DIM, HEADS = 32, 4
 
@@ -69,7 +71,7 @@ def test_tiny_full_vs_torch_mha_in_subprocesses(tmp_path, capsys):
 
 
 BROKEN_PEER_MODULE = '''
-from harness.peers import Peer, register_peer
+from attnbench.harness.compare.peers import Peer, register_peer
 
 def _build(shape, settings):
     raise RuntimeError("deliberately broken peer: " + settings["why"])
@@ -266,7 +268,7 @@ def test_linear_favor_equals_performer_with_copied_features(monkeypatch):
     pp = pytest.importorskip("performer_pytorch.performer_pytorch")
     import functools
 
-    import variants.linear
+    import attnbench.variants.linear
 
     monkeypatch.setattr(variants.linear, "FAVOR_EPS", 0.0)
     monkeypatch.setattr(pp, "softmax_kernel", functools.partial(pp.softmax_kernel, eps=0.0))

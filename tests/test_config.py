@@ -10,13 +10,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import cli
-from harness.config import (DEFAULT_CONFIG, SCHEMA_PATH, ConfigError, build_schema, config_hash, load_config,
+from attnbench.harness import cli
+from attnbench.harness.config.validate import (DEFAULT_CONFIG, SCHEMA_PATH, ConfigError, build_schema, config_hash, load_config,
                             resolve_run, validate_config)
-from harness.model import ModelConfig
-from harness.train import TrainConfig
-from tasks import TASKS
-from variants import VARIANTS
+from attnbench.harness.run.model import ModelConfig
+from attnbench.harness.run.train import TrainConfig
+from attnbench.tasks import TASKS
+from attnbench.variants import VARIANTS
 
 ATTNBENCH = Path(sys.executable).parent / "attnbench"
 

@@ -13,16 +13,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from conftest import tiny_config, torch_state_restored
-from harness import cli
-from harness.config import ConfigError, resolve_run, validate_config
-from harness.distill import (TeacherError, distill_run, distillation_loss, init_student_from_teacher, soft_kl,
+from attnbench.harness import cli
+from attnbench.harness.config.validate import ConfigError, resolve_run, validate_config
+from attnbench.harness.run.distill import (TeacherError, distill_run, distillation_loss, init_student_from_teacher, soft_kl,
                              select_teacher_layers, student_layer_count)
-from harness.model import EncoderClassifier, ModelConfig, count_parameters
-from harness.records import read_record
-from harness.registry import dataclass_schema, param
-from harness.report import distillation_table
-from harness.train import train_run
-from variants import VARIANTS
+from attnbench.harness.run.model import EncoderClassifier, ModelConfig, count_parameters
+from attnbench.harness.results.records import read_record
+from attnbench.harness.core.registry import dataclass_schema, param
+from attnbench.harness.report.render import distillation_table
+from attnbench.harness.run.train import train_run
+from attnbench.variants import VARIANTS
 
 FROM_LABELS = [e.name for e in VARIANTS if not e.cls.needs_teacher]
 
@@ -209,7 +209,7 @@ def test_missing_teacher_is_an_error_that_says_how_to_get_it(tmp_path, tiny_list
 
 
 def test_cli_missing_teacher_exits_2(tmp_path, capsys, tiny_listops_data):
-    from tasks.base import save_prepared
+    from attnbench.tasks.base import save_prepared
 
     run = resolve_run(_config(), "listops", "distilled", 0)
     data_file = tmp_path / "dataset.pt"

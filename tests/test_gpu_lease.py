@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import gpu_lease
+from attnbench.harness.measure import gpu_lease
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +25,7 @@ def _env(lock_dir, gpus="2", **extra):
 
 
 def _holder(env, hold=30):
-    return subprocess.Popen([sys.executable, "-m", "harness.gpu_lease", "--hold", str(hold)], cwd=ROOT, env=env,
+    return subprocess.Popen([sys.executable, "-m", "attnbench.harness.measure.gpu_lease", "--hold", str(hold)], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from tasks.base import SPLITS, DataError, build_task
+from attnbench.tasks.base import SPLITS, DataError, build_task
 
 
 # ---------------------------------------------------------------- digits

@@ -7,9 +7,9 @@ import math
 import pytest
 import torch
 
-from variants import build_attention
-from variants.linear import FAVOR_EPS, LinearAttention, elu_feature_map, orthogonal_gaussian_projection
-from variants.reference import explicit_softmax_attention
+from attnbench.variants import build_attention
+from attnbench.variants.linear import FAVOR_EPS, LinearAttention, elu_feature_map, orthogonal_gaussian_projection
+from attnbench.variants.reference import explicit_softmax_attention
 
 DIM, HEADS = 32, 2          # head dim 16; FAVOR+ default m = int(16 ln 16) = 44, i.e. 3 blocks (16, 16, 12)
 DH = DIM // HEADS
@@ -271,7 +271,7 @@ def test_config_and_flops():
 
 
 def test_elu_feature_map_gradient_matches_finite_differences():
-    from variants.linear import elu_feature_map
+    from attnbench.variants.linear import elu_feature_map
 
     x = (torch.randn(3, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0)) * 3).requires_grad_()
     assert torch.autograd.gradcheck(elu_feature_map, (x,))

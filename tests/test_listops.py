@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.base import PAD_ID, SPLITS, DataError, build_task
-from tasks.listops import VOCAB, read_tsv, to_string, write_tsv
+from attnbench.tasks.base import PAD_ID, SPLITS, DataError, build_task
+from attnbench.tasks.listops import VOCAB, read_tsv, to_string, write_tsv
 
 REPO = Path(__file__).resolve().parent.parent
 OPS = ("[MIN", "[MAX", "[MED", "[SM")
@@ -200,7 +200,7 @@ def test_same_seed_same_rows_other_seed_other_rows(tmp_path):
 _GEN_SCRIPT = """
 import hashlib, json, sys, tempfile
 from pathlib import Path
-from tasks.base import build_task
+from attnbench.tasks.base import build_task
 params = json.loads(sys.argv[1])
 out = Path(tempfile.mkdtemp())
 files = build_task("listops", params).write_generated(out)
@@ -326,7 +326,7 @@ def test_files_source_without_path_is_a_data_error(tmp_path):
 # ---------------------------------------------------------------- the cached tensor file
 
 def test_prepared_file_round_trip_and_key_check(tmp_path):
-    from tasks.base import load_prepared, save_prepared
+    from attnbench.tasks.base import load_prepared, save_prepared
 
     params = dict(max_depth=4, min_length=3, max_length=40, n_train=30, n_val=10, n_test=10)
     data = build_task("listops", params).prepare(tmp_path / "src")

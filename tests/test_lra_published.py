@@ -7,10 +7,10 @@ import math
 import pandas as pd
 import pytest
 
-from harness.lra_published import PRINTED_AVERAGE, PUBLISHED, lra_average
-from harness.lra_report import lra_section, lra_table
-from harness.train import TrainConfig, lr_factor
-from variants import VARIANTS
+from attnbench.harness.report.lra_published import PRINTED_AVERAGE, PUBLISHED, lra_average
+from attnbench.harness.report.lra import lra_section, lra_table
+from attnbench.harness.run.train import TrainConfig, lr_factor
+from attnbench.variants import VARIANTS
 
 
 def test_five_task_average_reproduces_the_printed_averages():

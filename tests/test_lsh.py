@@ -18,9 +18,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from harness.registry import dataclass_schema
-from variants import VARIANTS, build_attention
-from variants.lsh import LSHAttention, LSHConfig, gather_rows, lsh_sort, unsort_rows
+from attnbench.harness.core.registry import dataclass_schema
+from attnbench.variants import VARIANTS, build_attention
+from attnbench.variants.lsh import LSHAttention, LSHConfig, gather_rows, lsh_sort, unsort_rows
 
 DIM, HEADS = 16, 2
 

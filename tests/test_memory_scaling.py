@@ -1,6 +1,6 @@
 """Scaling shape, as a ratio: peak memory of one forward+backward at 2N over N.
 
-Each case runs in a fresh process (harness.probe): the peak resident memory of the first
+Each case runs in a fresh process (attnbench.harness.compare.probe): the peak resident memory of the first
 fwd+bwd step above the memory before it, after one small priming step has paid torch's
 one-time set-up. Variants that declare ``linear_memory`` must stay near 2; full attention
 forced onto SDPA's math kernel (which materialises the N x N scores) is the contrast near 4.
@@ -11,8 +11,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harness.probe import run_worker
-from variants import VARIANTS
+from attnbench.harness.compare.probe import run_worker
+from attnbench.variants import VARIANTS
 
 LINEAR = [e.name for e in VARIANTS if e.cls.linear_memory and not e.cls.needs_teacher]
 N, CONTRAST_N = 4096, 2048

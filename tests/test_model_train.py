@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import tiny_run
-from harness.model import EncoderClassifier, ModelConfig, count_parameters, sinusoidal_positions
-from harness.train import TrainConfig, lr_factor, train_run
-from variants import VARIANTS
+from attnbench.harness.run.model import EncoderClassifier, ModelConfig, count_parameters, sinusoidal_positions
+from attnbench.harness.run.train import TrainConfig, lr_factor, train_run
+from attnbench.variants import VARIANTS
 
 # ---------------------------------------------------------------- learning-rate schedule
 

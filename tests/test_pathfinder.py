@@ -16,9 +16,9 @@ from scipy import ndimage
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from tasks.base import LRA_RELEASE_URL, SPLITS, DataError, build_task
-from tasks.pathfinder import read_release, split_indices
-from tasks.pathfinder_draw import DrawSettings, draw_settings, generate_images, write_release
+from attnbench.tasks.base import LRA_RELEASE_URL, SPLITS, DataError, build_task
+from attnbench.tasks.pathfinder import read_release, split_indices
+from attnbench.tasks.pathfinder_draw import DrawSettings, draw_settings, generate_images, write_release
 
 REPO = Path(__file__).resolve().parent.parent
 HARD = "curv_contour_length_14"
@@ -247,7 +247,7 @@ def test_pathx_reads_128(tmp_path):
 
 
 def test_pathx_defaults_differ_only_in_resolution():
-    from tasks import TASKS
+    from attnbench.tasks import TASKS
 
     pf, px = TASKS.make_config("pathfinder"), TASKS.make_config("pathx")
     assert (pf.resolution, px.resolution) == (32, 128)
@@ -377,7 +377,7 @@ def test_generated_release_is_seeded(tmp_path):
 
 _GEN_SCRIPT = """
 import hashlib, sys
-from tasks.pathfinder_draw import draw_settings, generate_images
+from attnbench.tasks.pathfinder_draw import draw_settings, generate_images
 images, labels = generate_images(6, draw_settings(32), seed=11)
 print(hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest())
 """

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from harness.records import read_record
+from attnbench.harness.results.records import read_record
 
 REPO = Path(__file__).resolve().parent.parent
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"

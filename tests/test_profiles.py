@@ -74,7 +74,7 @@ def test_auto_device_asks_for_a_gpu(tmp_path):
 
 
 def test_default_resources_are_filled_from_the_schema():
-    from harness.config import SCHEMA_PATH, validate_config
+    from attnbench.harness.config.validate import SCHEMA_PATH, validate_config
 
     config = validate_config({"variants": {"full": {}}, "tasks": {"listops": {}},
                               "resources": {"train": {"runtime_min": "600"}}})
@@ -89,7 +89,7 @@ def test_default_resources_are_filled_from_the_schema():
 
 
 def test_unknown_resources_key_is_rejected():
-    from harness.config import ConfigError, validate_config
+    from attnbench.harness.config.validate import ConfigError, validate_config
 
     with pytest.raises(ConfigError) as info:
         validate_config({"variants": {"full": {}}, "tasks": {"listops": {}},

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import tiny_run, torch_state_restored
-from harness.config import config_hash
-from harness.model import EncoderClassifier, ModelConfig
-from harness.records import RecordError, read_record, validate_record, write_record
-from harness.train import train_run
+from attnbench.harness.config.validate import config_hash
+from attnbench.harness.run.model import EncoderClassifier, ModelConfig
+from attnbench.harness.results.records import RecordError, read_record, validate_record, write_record
+from attnbench.harness.run.train import train_run
 
 
 @pytest.fixture(scope="module")

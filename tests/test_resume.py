@@ -15,9 +15,9 @@ import torch
 import yaml
 
 from conftest import tiny_config, torch_state_restored
-from harness import checkpoint
-from harness.config import resolve_run, validate_config
-from harness.train import Trainer, train_run
+from attnbench.harness.run import checkpoint
+from attnbench.harness.config.validate import resolve_run, validate_config
+from attnbench.harness.run.train import Trainer, train_run
 
 CLI = Path(sys.executable).with_name("attnbench")
 # long enough that the best validation accuracy comes after the kill; dropout on, so that
@@ -71,7 +71,7 @@ def _interrupted(monkeypatch, run_fn, out: Path, step: int = 25) -> None:
 # ---------------------------------------------------------------- a real kill
 
 def test_killed_run_resumes_and_ends_like_the_uninterrupted_one(tmp_path, tiny_listops_data):
-    from tasks.base import save_prepared
+    from attnbench.tasks.base import save_prepared
 
     config = _config(train={**TRAIN, "steps": 100, "checkpoint_every": 10})  # 70 steps left at the kill
     cfg_file = tmp_path / "cfg.yaml"
@@ -165,7 +165,7 @@ def test_checkpoint_every_0_writes_no_checkpoint(tmp_path, tiny_listops_data, mo
 
 
 def test_distilled_run_resumes(tmp_path, tiny_listops_data, monkeypatch, capsys):
-    from harness.distill import distill_run
+    from attnbench.harness.run.distill import distill_run
 
     config = validate_config(_config(variants={"full": {}, "distilled": {}}, model={"layers": 2, "dropout": 0.1}))
     with torch_state_restored():

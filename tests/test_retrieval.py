@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from conftest import tiny_run
-from harness.model import EncoderClassifier, ModelConfig
-from harness.train import train_run
-from tasks.base import SPLITS, DataError, build_task, load_prepared, save_prepared
-from tasks.byte_text import decode_bytes
+from attnbench.harness.run.model import EncoderClassifier, ModelConfig
+from attnbench.harness.run.train import train_run
+from attnbench.tasks.base import SPLITS, DataError, build_task, load_prepared, save_prepared
+from attnbench.tasks.byte_text import decode_bytes
 
 
 def write_aan(folder: Path, rows: dict[str, list[tuple]], prefix: str = "new_aan_pairs") -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.records import read_record
+from attnbench.harness.results.records import read_record
 from slurm_local import LocalSlurm, install_reason
 from test_pipeline_e2e import TINY
 

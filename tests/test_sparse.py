@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from variants import build_attention
-from variants.reference import explicit_softmax_attention
+from attnbench.variants import build_attention
+from attnbench.variants.reference import explicit_softmax_attention
 
 B, H, D = 2, 2, 4
 

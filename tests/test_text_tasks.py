@@ -12,9 +12,9 @@ import pytest
 import tokenizers
 import torch
 
-from tasks import subword
-from tasks.base import SPLITS, TASKS, DataError, build_task
-from tasks.byte_text import BYTE_VOCAB, decode_bytes
+from attnbench.tasks import subword
+from attnbench.tasks.base import SPLITS, TASKS, DataError, build_task
+from attnbench.tasks.byte_text import BYTE_VOCAB, decode_bytes
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 AG_NEWS = SHARED / "ag_news" / "test.csv"
@@ -360,7 +360,7 @@ def test_bad_labels_and_split_values(tmp_path):
 # ---------------------------------------------------------------- configs
 
 def test_configs_and_defaults():
-    from harness.config import resolve_run, validate_config
+    from attnbench.harness.config.validate import resolve_run, validate_config
 
     text, textcls = TASKS.get("text").config(), TASKS.get("textcls").config()
     assert (text.path, text.seq_len, text.text_columns, text.label_column) == ("stanfordnlp/imdb", 4096, ("text",), "label")
@@ -375,8 +375,8 @@ def test_configs_and_defaults():
 # ---------------------------------------------------------------- the real shared samples, trained briefly
 
 def _train_briefly(tmp_path, task: str, data, model: dict, train: dict) -> dict:
-    from harness.config import resolve_run, validate_config
-    from harness.train import train_run
+    from attnbench.harness.config.validate import resolve_run, validate_config
+    from attnbench.harness.run.train import train_run
 
     config = validate_config({"variants": {"full": {}}, "tasks": {task: {}}, "model": model, "train": train,
                               "device": "cpu", "threads": 1, "seeds": [0]})

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from harness.registry import UnknownNameError
-from variants import VARIANTS, Attention, build_attention
-from variants.reference import explicit_softmax_attention
+from attnbench.harness.core.registry import UnknownNameError
+from attnbench.variants import VARIANTS, Attention, build_attention
+from attnbench.variants.reference import explicit_softmax_attention
 
 ENTRIES = list(VARIANTS)
 IDS = [e.name for e in ENTRIES]

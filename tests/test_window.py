@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from variants import build_attention
-from variants.blocks import resolve_positions
-from variants.reference import explicit_softmax_attention
+from attnbench.variants import build_attention
+from attnbench.variants.blocks import resolve_positions
+from attnbench.variants.reference import explicit_softmax_attention
 
 B, H, D = 2, 2, 4
 

@@ -3,7 +3,7 @@
 Every module in this package is imported on first use of the registry, so adding a
 variant means adding one file.
 """
-from variants.base import VARIANTS, Attention
+from attnbench.variants.base import VARIANTS, Attention
 
 __all__ = ["VARIANTS", "Attention", "build_attention"]
 

@@ -6,9 +6,9 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from harness.registry import Registry
+from attnbench.harness.core.registry import Registry
 
-VARIANTS = Registry("variant", "variants")
+VARIANTS = Registry("variant", "attnbench.variants")
 
 
 class Attention(nn.Module):

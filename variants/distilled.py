@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.registry import param
-from variants.base import VARIANTS, Attention
+from attnbench.harness.core.registry import param
+from attnbench.variants.base import VARIANTS, Attention
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class DistilledAttention(Attention):
 
     def __init__(self, dim: int, heads: int, cfg: DistilledConfig, dropout: float = 0.0):
         nn.Module.__init__(self)  # no projections of its own: the delegate has them
-        from variants import build_attention
+        from attnbench.variants import build_attention
 
         student = VARIANTS.get(cfg.attention)
         if student.cls.needs_teacher:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from variants.base import VARIANTS, Attention
-from variants.sdpa import attention
+from attnbench.variants.base import VARIANTS, Attention
+from attnbench.variants.sdpa import attention
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,8 @@ from typing import Literal
 
 import torch
 
-from harness.registry import param
-from variants.base import VARIANTS, Attention
+from attnbench.harness.core.registry import param
+from attnbench.variants.base import VARIANTS, Attention
 
 #: the additive constant inside the FAVOR+ features (performer-pytorch's kernel_epsilon)
 FAVOR_EPS = 1e-4

@@ -36,8 +36,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from harness.registry import param
-from variants.base import VARIANTS, Attention
+from attnbench.harness.core.registry import param
+from attnbench.variants.base import VARIANTS, Attention
 
 #: score offset of a query's own position (Reformer's self-mask; finite, so a token with no
 #: other valid key attends to itself)

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.registry import param
-from variants.base import VARIANTS, Attention
-from variants.blocks import (block_sparse_attention, dense_mask_from_blocks, pad_to_multiple,
+from attnbench.harness.core.registry import param
+from attnbench.variants.base import VARIANTS, Attention
+from attnbench.variants.blocks import (block_sparse_attention, dense_mask_from_blocks, pad_to_multiple,
                              position_onehot, real_lengths, resolve_positions)
 
 

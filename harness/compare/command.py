@@ -11,9 +11,9 @@ Peers that only implement the attention core get the same input/output projectio
 (``nn.Linear``), so both sides do the same projection work. Peers are optional
 (``pip install .[peers]``); a peer whose package is missing is reported as skipped.
 
-Every implementation and N is measured in a fresh process (``harness.probe``: time = median
+Every implementation and N is measured in a fresh process (``attnbench.harness.compare.probe``: time = median
 of the timed steps after warm-up; peak memory = the first step's peak above the memory before
-it). The peers are in ``harness.peers``. A case that fails (peer error, out of memory,
+it). The peers are in ``attnbench.harness.compare.peers``. A case that fails (peer error, out of memory,
 timeout) is recorded with its error text and the run goes on. Output: a Markdown table on
 stdout and a JSON file (machine info and every case).
 """
@@ -33,8 +33,8 @@ from typing import Callable
 
 import torch
 
-from harness.peers import PEERS, Shape, _defaults, _version, missing_modules
-from harness.probe import run_worker
+from attnbench.harness.compare.peers import PEERS, Shape, _defaults, _version, missing_modules
+from attnbench.harness.compare.probe import run_worker
 
 #: distributions whose versions go into the JSON machine info
 PEER_DISTRIBUTIONS = ("transformers", "local-attention", "reformer-pytorch", "performer-pytorch",
@@ -47,7 +47,7 @@ MIB = 2 ** 20
 def plan(variants: list[str], peers: list[str] | None, shape_of: Callable[[int], Shape], ns: list[int],
          no_peers: bool = False) -> tuple[list[dict], list[dict]]:
     """(cases, skipped): one case per (variant, peer, N); skipped variants and peers with reasons."""
-    from variants import VARIANTS
+    from attnbench.variants import VARIANTS
 
     known = set(VARIANTS.names())
     cases, skipped = [], []
@@ -110,7 +110,7 @@ def _progress(msg: str, end: str = "\n") -> None:
 
 def run_comparison(args: argparse.Namespace, quiet: bool = False) -> dict:
     """Plan and run every case of ``args`` (the parsed ``build_parser`` arguments); returns the report."""
-    from harness.environment import capture
+    from attnbench.harness.results.environment import capture
 
     devices = _devices(args.device)
     threads = args.threads or len(os.sched_getaffinity(0))
@@ -299,7 +299,7 @@ def _devices(choice: str) -> list[str]:
 
 
 def _default_variants() -> list[str]:
-    from variants import VARIANTS
+    from attnbench.variants import VARIANTS
 
     names = VARIANTS.names()
     ordered = [v for v in VARIANT_ORDER if v in names] + [v for v in names if v not in VARIANT_ORDER]

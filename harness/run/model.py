@@ -9,8 +9,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from harness.registry import param
-from variants import build_attention
+from attnbench.harness.core.registry import param
+from attnbench.variants import build_attention
 
 
 @dataclass(frozen=True)

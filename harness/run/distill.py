@@ -18,7 +18,7 @@ is the teacher), ``student_layers``, ``temperature``, ``alpha``, ``attention`` a
 - Loss = alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE,
   the KL averaged over the batch (``KLDivLoss(reduction="batchmean")``); T^2 keeps the soft
   term's gradients comparable across temperatures (Hinton et al. 2015).
-- The training loop is ``harness.train``'s: ``DistillTrainer`` overrides the model factory
+- The training loop is ``attnbench.harness.run.train``'s: ``DistillTrainer`` overrides the model factory
   and the loss, so every outcome (ok, oom, diverged, timeout, failed) is recorded the same
   way. Its timed step includes the teacher's forward pass: that is what a distillation step
   costs. Evaluation runs the student alone.
@@ -32,9 +32,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from harness.model import EncoderClassifier, ModelConfig
-from harness.train import Trainer, train_run
-from tasks.base import DataError, PreparedData
+from attnbench.harness.run.model import EncoderClassifier, ModelConfig
+from attnbench.harness.run.train import Trainer, train_run
+from attnbench.tasks.base import DataError, PreparedData
 
 #: model settings a teacher and its student must share (the student only has fewer blocks;
 #: dropout is a training setting of each run)
@@ -58,15 +58,16 @@ def resolve_student(config: dict, run: dict) -> dict:
     ``model.layers`` and ``variant.params.student_layers``, and its attention's parameters
     (``variants:`` entry of that variant, if any, and the task's ``per_variant`` params of
     it, overridden by ``attention_params``)."""
-    from harness.config import _as_dict, variant_params
-    from variants import VARIANTS
+    from attnbench.harness.config.validate import variant_params
+    from attnbench.harness.core.registry import as_dict
+    from attnbench.variants import VARIANTS
 
     params = run["variant"]["params"]
     layers = student_layer_count(params["student_layers"], run["model"]["layers"])
     base = variant_params(config, run["task"]["name"], params["attention"])  # as that variant has on this task
     attention = VARIANTS.make_config(params["attention"], {**base, **params["attention_params"]})
     params["student_layers"] = layers
-    params["attention_params"] = _as_dict(attention)
+    params["attention_params"] = as_dict(attention)
     run["model"]["layers"] = layers
     return run
 
@@ -167,7 +168,7 @@ def load_teacher(checkpoint: Path, run: dict, data: PreparedData,
 
 
 class DistillTrainer(Trainer):
-    """The training loop of ``harness.train`` with a student initialised from the teacher and
+    """The training loop of ``attnbench.harness.run.train`` with a student initialised from the teacher and
     the distillation loss."""
 
     step_work = "teacher forward in eval mode without gradients, student forward, backward, clip, AdamW"
@@ -197,14 +198,14 @@ class DistillTrainer(Trainer):
 
 def teacher_dir_of(run: dict) -> Path:
     """Where the pipeline keeps the teacher's run: the teacher variant, same task and seed."""
-    from harness import paths
+    from attnbench.harness.core import paths
 
     return paths.run_dir(run["task"]["name"], run["variant"]["params"]["teacher"], run["seed"])
 
 
 def teacher_entry(run: dict, teacher_dir: Path, out_dir: Path) -> tuple[dict, Path | None]:
     """The record's ``teacher`` entry (paths relative to ``out_dir``) and the checkpoint path."""
-    from harness.records import RECORD_NAME, RecordError, read_record
+    from attnbench.harness.results.records import RECORD_NAME, RecordError, read_record
 
     teacher_dir = Path(teacher_dir)
     record_path = teacher_dir / RECORD_NAME

@@ -18,7 +18,7 @@ import matplotlib.ticker  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 
-from harness.io import atomic_write_bytes, atomic_write_text  # noqa: E402
+from attnbench.harness.core.io import atomic_write_bytes, atomic_write_text  # noqa: E402
 
 ENV_COLUMNS = ["host", "device", "device_name", "torch_threads", "python", "torch", "cuda", "git_commit", "git_dirty"]
 
@@ -258,7 +258,7 @@ def render_report(summary_csv: Path | None, out_dir: Path, bench_csv: Path | Non
 
     With both, the sweep's section follows the training cost; with only the sweep, the report
     holds the sweep alone. ``lra_average`` is the LRA Table 1 comparison's averaging convention
-    (5 or 6 tasks, ``harness.lra_published``). Raises ValueError when neither holds any rows."""
+    (5 or 6 tasks, ``attnbench.harness.report.lra_published``). Raises ValueError when neither holds any rows."""
     df, bench = _read_table(summary_csv), _read_table(bench_csv)
     if df.empty and bench.empty:
         why = [f"{summary_csv} holds no runs" if summary_csv is not None else "no summary_csv given",
@@ -266,7 +266,7 @@ def render_report(summary_csv: Path | None, out_dir: Path, bench_csv: Path | Non
         raise ValueError(f"{'; '.join(why)}: nothing to report")
     bench_md, bench_html = "", ""
     if not bench.empty:
-        from harness.bench_report import bench_section
+        from attnbench.harness.report.bench import bench_section
 
         bench_md, bench_html = bench_section(bench, out_dir / "figures", bench_csv)
     if df.empty:
@@ -276,7 +276,7 @@ def render_report(summary_csv: Path | None, out_dir: Path, bench_csv: Path | Non
 
 def _render_bench_only(bench: pd.DataFrame, bench_csv: Path, out_dir: Path, bench_md: str, bench_html: str) -> Path:
     """The report of an efficiency sweep without training runs."""
-    from harness.bench_report import bench_environment_table
+    from attnbench.harness.report.bench import bench_environment_table
 
     title = "attnbench efficiency report"
     counts = bench["status"].value_counts()
@@ -296,7 +296,7 @@ def _render_runs(df: pd.DataFrame, summary_csv: Path, out_dir: Path, bench_md: s
                  lra_average: int = 5) -> Path:
     """The report of the training runs, with the LRA Table 1 comparison after the accuracy table
     and the efficiency sweep's section (if any) after the training cost."""
-    from harness.lra_report import lra_section
+    from attnbench.harness.report.lra import lra_section
 
     figures = out_dir / "figures"
     acc_fig = figure_accuracy_vs_throughput(df, figures / "accuracy_vs_throughput.png")

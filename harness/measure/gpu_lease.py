@@ -13,7 +13,7 @@ Why before CUDA: the CUDA driver reads ``CUDA_VISIBLE_DEVICES`` once, when it is
 initialised; a change after that has no effect. So ``acquire`` must run before anything
 touches ``torch.cuda``, and it counts GPUs with ``nvidia-smi -L`` rather than torch.
 
-``python -m harness.gpu_lease --hold SECONDS`` acquires, prints one JSON line and sleeps: a
+``python -m attnbench.harness.measure.gpu_lease --hold SECONDS`` acquires, prints one JSON line and sleeps: a
 job stand-in for tests.
 """
 from __future__ import annotations
@@ -163,7 +163,7 @@ def release() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m harness.gpu_lease",
+    parser = argparse.ArgumentParser(prog="python -m attnbench.harness.measure.gpu_lease",
                                      description="Lease a GPU, print it as JSON and hold it (a job stand-in).")
     parser.add_argument("--hold", type=float, required=True, metavar="SECONDS")
     parser.add_argument("--device", default="cuda", choices=["cpu", "cuda", "auto"])

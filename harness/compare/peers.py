@@ -37,7 +37,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from variants.blocks import real_lengths, resolve_positions
+from attnbench.variants.blocks import real_lengths, resolve_positions
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
@@ -100,7 +100,7 @@ def _version(dist: str) -> str | None:
 
 
 def _defaults(variant: str) -> dict:
-    from variants import VARIANTS
+    from attnbench.variants import VARIANTS
 
     cfg = VARIANTS.get(variant).config
     return {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]

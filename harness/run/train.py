@@ -6,7 +6,7 @@ non-finite loss, the time limit, or an unexpected error each end in a record wit
 matching status, so the pipeline goes on and the report shows what happened.
 
 With ``train.checkpoint_every`` set, a run killed part-way resumes from its last checkpoint
-when run again (``harness.checkpoint``).
+when run again (``attnbench.harness.run.checkpoint``).
 """
 from __future__ import annotations
 
@@ -25,12 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness import checkpoint
-from harness.io import atomic_torch_save, atomic_write_text
-from harness.measure import PeakMemory, Stopwatch
-from harness.model import EncoderClassifier, ModelConfig
-from harness.registry import param
-from tasks.base import PreparedData
+from attnbench.harness.run import checkpoint
+from attnbench.harness.core.io import atomic_torch_save, atomic_write_text
+from attnbench.harness.measure.memory import PeakMemory, is_out_of_memory
+from attnbench.harness.measure.timing import Stopwatch
+from attnbench.harness.run.model import EncoderClassifier, ModelConfig
+from attnbench.harness.core.registry import param
+from attnbench.tasks.base import PreparedData
 
 
 @dataclass(frozen=True)
@@ -93,12 +94,6 @@ def lr_factor(step: int, cfg: TrainConfig) -> float:
     if cfg.schedule == "linear":
         return 1.0 - progress
     return 0.5 * (1.0 + math.cos(math.pi * progress))
-
-
-def is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, (torch.OutOfMemoryError, MemoryError)):
-        return True
-    return isinstance(exc, RuntimeError) and ("out of memory" in str(exc) or "can't allocate memory" in str(exc))
 
 
 class Log:
@@ -297,7 +292,7 @@ def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = N
     ``trainer_cls(run, data, device, **trainer_kwargs)`` builds the trainer inside the measured,
     guarded section, so that its failures become records too; ``teacher`` is the record's
     ``teacher`` entry (None for a run trained from labels alone)."""
-    from harness.records import build_record, write_record
+    from attnbench.harness.results.records import build_record, write_record
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -323,7 +318,7 @@ def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = N
         except TimeLimit as exc:
             status, message = "timeout", str(exc)
         except Exception as exc:  # noqa: BLE001 -- every outcome becomes a record
-            status = "oom" if is_oom(exc) else "failed"
+            status = "oom" if is_out_of_memory(exc) else "failed"
             message = f"{type(exc).__name__}: {exc}"
             log.line(traceback.format_exc())
         finally:
@@ -334,7 +329,7 @@ def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = N
             try:
                 test_acc = trainer.test_best()
             except Exception as exc:  # noqa: BLE001
-                status, message = ("oom" if is_oom(exc) else "failed"), f"testing failed: {type(exc).__name__}: {exc}"
+                status, message = ("oom" if is_out_of_memory(exc) else "failed"), f"testing failed: {type(exc).__name__}: {exc}"
     if trainer is not None and trainer.best["state"] is not None:
         atomic_torch_save({"model": trainer.best["state"], "step": trainer.best["step"], "run": run},
                           out_dir / "best.pt")

@@ -1,14 +1,14 @@
 """One attention layer measured in a fresh process: the forward+backward time and peak memory
 of our variant or of a peer, for ``attnbench compare`` and the memory-scaling tests.
 
-``run_worker(spec)`` starts ``python -m harness.probe`` with a JSON spec and returns its
+``run_worker(spec)`` starts ``python -m attnbench.harness.compare.probe`` with a JSON spec and returns its
 result; ``measure_in_process(spec)`` is what that process runs:
 - torch threads fixed (``spec["threads"]``; OMP/MKL threads set to match);
 - training mode (dropout 0): random hashes/blocks/features are drawn as in training;
 - every token real: ours gets the all-True ``key_padding_mask`` tensor (the pipeline's model
   always passes one); a peer gets it in its library's form;
 - peak memory: the peak of the first forward+backward step above the memory just before it
-  (``harness.measure.CpuPeak`` on CPU; ``max_memory_allocated`` after a reset on CUDA);
+  (``attnbench.harness.measure.memory.PeakMemory``);
 - time: after warm-up, ``repeats`` timed steps (perf_counter, the device synchronised).
 A failure (error, out of memory, timeout) comes back as ``{"ok": False, "error": ...}``.
 """
@@ -25,15 +25,16 @@ from typing import Callable
 import torch
 from torch import nn
 
-from harness.fresh_process import run_fresh, worker_main
-from harness.measure import CpuPeak
-from harness.peers import PEERS, Shape
+from attnbench.harness.measure.fresh_process import run_fresh, worker_main
+from attnbench.harness.measure.memory import PeakMemory
+from attnbench.harness.measure.timing import Stopwatch
+from attnbench.harness.compare.peers import PEERS, Shape
 
 def build_impl(spec: dict) -> tuple[nn.Module, str]:
     """The module a worker spec names: ours (``build_attention``) or a peer, with its label."""
     shape = Shape(spec["n"], spec["batch"], spec["heads"], spec["head_dim"])
     if spec["impl"] == "ours":
-        from variants import build_attention
+        from attnbench.variants import build_attention
 
         return build_attention(spec["variant"], shape.dim, shape.heads, spec["params"]), \
             f"attnbench {spec['variant']}"
@@ -60,18 +61,16 @@ def measure_in_process(spec: dict) -> dict:
     """
     import contextlib
 
-    from harness.measure import Stopwatch
-
     backend = contextlib.nullcontext()
     if spec.get("sdpa_backend"):
         from torch.nn.attention import SDPBackend, sdpa_kernel
 
         backend = sdpa_kernel([getattr(SDPBackend, spec["sdpa_backend"].upper())])
     with backend:
-        return _measure(spec, Stopwatch)
+        return _measure(spec)
 
 
-def _measure(spec: dict, Stopwatch) -> dict:
+def _measure(spec: dict) -> dict:
 
     threads = int(spec["threads"])
     torch.set_num_threads(threads)
@@ -102,17 +101,9 @@ def _measure(spec: dict, Stopwatch) -> dict:
     def peak_of_step() -> tuple[int, str, int]:
         """(peak bytes above the start, method, bytes at the start) of one step."""
         clear()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-            torch.cuda.reset_peak_memory_stats(device)
-            start = torch.cuda.memory_allocated(device)
+        with PeakMemory(device) as mem:
             step()
-            torch.cuda.synchronize(device)
-            return (torch.cuda.max_memory_allocated(device) - start,
-                    "torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus allocated at start", start)
-        with CpuPeak() as cp:
-            step()
-        return cp.peak_bytes, cp.method, cp.baseline
+        return mem.peak_bytes, mem.method, mem.baseline_bytes
 
     if spec.get("prime_n"):
         xs = torch.randn(b, int(spec["prime_n"]), dim, device=device, requires_grad=True)
@@ -165,7 +156,7 @@ def _worker(argv: list[str]) -> int:
 
 def run_worker(spec: dict, timeout_s: float, workdir: Path) -> dict:
     """``measure_in_process(spec)`` in a fresh Python process; failures become ``{"ok": False, ...}``."""
-    result = run_fresh("harness.probe", spec, timeout_s, workdir, threads=int(spec["threads"]))
+    result = run_fresh("attnbench.harness.compare.probe", spec, timeout_s, workdir, threads=int(spec["threads"]))
     failure = result.pop("failure", None)
     if failure:
         result.update(ok=False, oom=failure == "oom")
@@ -175,6 +166,6 @@ def run_worker(spec: dict, timeout_s: float, workdir: Path) -> dict:
 if __name__ == "__main__":
     # run the imported module, not this __main__ copy: peers registered by --peer-module
     # must land in the registry that build_impl reads
-    from harness.probe import _worker as _run
+    from attnbench.harness.compare.probe import _worker as _run
 
     sys.exit(_run(sys.argv[1:]))

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.io import write_table
-from harness.records import find_records, read_record
+from attnbench.harness.core.io import write_table
+from attnbench.harness.results.records import find_records, read_record
 
 COLUMNS = [
     "task", "variant", "published_as", "seed", "status", "message", "best_val_acc", "test_acc", "best_step",
@@ -36,7 +36,7 @@ def teacher_columns(record: dict) -> dict:
 
 def published_as(record: dict) -> str | None:
     """The model of LRA's published Table 1 that the run's variant (with its parameters) implements."""
-    from variants import VARIANTS
+    from attnbench.variants import VARIANTS
 
     variant = record["config"]["variant"]
     try:

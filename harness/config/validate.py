@@ -18,11 +18,12 @@ from typing import Any
 import yaml
 from jsonschema import Draft202012Validator
 
-from harness.registry import Registry, dataclass_schema
+from attnbench.harness.core import resources
+from attnbench.harness.core.hashing import config_hash  # noqa: F401
+from attnbench.harness.core.registry import Registry, as_dict, dataclass_schema
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
-DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
+SCHEMA_PATH = resources.config_schema()
+DEFAULT_CONFIG = resources.default_config()
 
 _JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
                list: "a list", dict: "a mapping", type(None): "null"}
@@ -33,16 +34,16 @@ class ConfigError(ValueError):
 
 
 def _registries() -> dict[str, Registry]:
-    from tasks import TASKS
-    from variants import VARIANTS
+    from attnbench.tasks import TASKS
+    from attnbench.variants import VARIANTS
 
     return {"variant": VARIANTS, "task": TASKS}
 
 
 def _dataclasses() -> dict[str, type]:
-    from harness.bench_config import BenchConfig
-    from harness.model import ModelConfig
-    from harness.train import TrainConfig
+    from attnbench.harness.bench.settings import BenchConfig
+    from attnbench.harness.run.model import ModelConfig
+    from attnbench.harness.run.train import TrainConfig
 
     return {"model": ModelConfig, "train": TrainConfig, "bench": BenchConfig}
 
@@ -214,7 +215,7 @@ def validate_config(config: dict) -> dict:
             if model["dim"] % model["heads"]:
                 raise ConfigError(f"invalid attnbench config:\n  - '{where}': model dim {model['dim']} "
                                   f"is not divisible by heads {model['heads']}")
-    from harness.bench_config import check_bench
+    from attnbench.harness.bench.settings import check_bench
 
     problems = _teacher_problems(normalised) + check_bench(normalised)
     if problems:
@@ -229,7 +230,7 @@ def _teacher_problems(config: dict) -> list[str]:
     express: the teacher is a configured variant trained from labels, the student's attention
     is a registered one and its parameters fit it, and the student is no deeper than the teacher.
     Normalises numbers written as text in ``attention_params`` in place."""
-    from variants import VARIANTS
+    from attnbench.variants import VARIANTS
 
     from_labels = [v for v in VARIANTS.names() if not VARIANTS.get(v).cls.needs_teacher]
     configured = config["variants"]
@@ -273,15 +274,11 @@ def load_config(path: str | Path | None = None) -> dict:
     return validate_config(raw)
 
 
-def _as_dict(dc) -> dict:
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(dc).items()}
-
-
 def task_data_params(config: dict, task: str) -> dict:
     """The task's data settings with every default spelled out."""
-    from tasks import TASKS
+    from attnbench.tasks import TASKS
 
-    return _as_dict(TASKS.make_config(task, config["tasks"][task].get("data", {})))
+    return as_dict(TASKS.make_config(task, config["tasks"][task].get("data", {})))
 
 
 def variant_params(config: dict, task: str, variant: str) -> dict:
@@ -293,11 +290,11 @@ def variant_params(config: dict, task: str, variant: str) -> dict:
 
 def resolve_run(config: dict, task: str, variant: str, seed: int) -> dict:
     """Everything one training run depends on, defaults spelled out; stored in its record."""
-    from harness.model import ModelConfig
-    from harness.train import TrainConfig
-    from harness.registry import build_dataclass
-    from tasks.base import data_key
-    from variants import VARIANTS
+    from attnbench.harness.run.model import ModelConfig
+    from attnbench.harness.run.train import TrainConfig
+    from attnbench.harness.core.registry import build_dataclass
+    from attnbench.tasks.base import data_key
+    from attnbench.variants import VARIANTS
 
     if task not in config["tasks"]:
         raise ConfigError(f"task {task!r} is not in the config; configured tasks: {', '.join(config['tasks'])}")
@@ -312,21 +309,17 @@ def resolve_run(config: dict, task: str, variant: str, seed: int) -> dict:
     data = task_data_params(config, task)
     run = {
         "task": {"name": task, "data": data, "data_key": data_key(task, data)},
-        "variant": {"name": variant, "params": _as_dict(VARIANTS.make_config(variant, variant_params(config, task, variant)))},
-        "model": _as_dict(model),
-        "train": _as_dict(train),
+        "variant": {"name": variant, "params": as_dict(VARIANTS.make_config(variant, variant_params(config, task, variant)))},
+        "model": as_dict(model),
+        "train": as_dict(train),
         "seed": int(seed),
         "device": config["device"],
         "threads": config["threads"],
         "deterministic": config["deterministic"],
     }
     if VARIANTS.get(variant).cls.needs_teacher:
-        from harness.distill import resolve_student
+        from attnbench.harness.run.distill import resolve_student
 
         resolve_student(config, run)
     return run
 
-
-def config_hash(run_config: dict) -> str:
-    blob = json.dumps(run_config, sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -19,7 +19,7 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from harness.report import _html_table, _img, _md_table, _save  # noqa: E402
+from attnbench.harness.report.render import _html_table, _img, _md_table, _save  # noqa: E402
 
 BASELINE = "full"  # the impl label of variant "full" on the "default" backend
 GROUP = ["impl", "scope", "mode", "dtype", "batch"]

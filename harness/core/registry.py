@@ -81,6 +81,11 @@ class Registry:
         return iter(self.get(n) for n in self.names())
 
 
+def as_dict(dc) -> dict:
+    """A config dataclass as plain JSON-ready values (tuples as lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(dc).items()}
+
+
 def build_dataclass(cls: type, params: dict[str, Any], where: str):
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(params) - known)

@@ -88,13 +88,13 @@ def worker_main(argv: list[str], measure: Callable[[dict], dict], on_error: Call
     """The child's side: ``measure(spec)`` written as JSON to the out path. An exception is recorded,
     never raised, so the parent goes on with the next case: ``on_error(message, out_of_memory)``
     gives the result, to which the traceback is added."""
-    import torch
+    from attnbench.harness.measure.memory import is_out_of_memory  # torch: only in the worker process
 
     spec_json, out_path = argv
     try:
         result = measure(json.loads(spec_json))
     except BaseException as exc:
-        oom = isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+        oom = is_out_of_memory(exc)
         result = {**on_error(f"{type(exc).__name__}: {exc}".strip()[:2000], oom),
                   "traceback": traceback.format_exc(limit=12)}
     Path(out_path).write_text(json.dumps(result))

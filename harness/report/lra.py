@@ -7,7 +7,7 @@ import html
 
 import pandas as pd
 
-from harness.lra_published import CONVENTIONS, LRA_TASKS, PUBLISHED, SOURCE, lra_average
+from attnbench.harness.report.lra_published import CONVENTIONS, LRA_TASKS, PUBLISHED, SOURCE, lra_average
 
 
 def _fmt(x: float | None) -> str:
@@ -53,7 +53,7 @@ def lra_note(convention: int) -> str:
 
 def lra_section(df: pd.DataFrame, convention: int = 5) -> tuple[str, str]:
     """(markdown, html) of the section; empty strings when no LRA task was run."""
-    from harness.report import _html_table, _md_table
+    from attnbench.harness.report.render import _html_table, _md_table
 
     table = lra_table(df, convention)
     if table.empty:

@@ -5,8 +5,8 @@ memory in a fresh process.
 (forward: eval mode under ``torch.inference_mode``; forward_backward: training mode, output
 gradient applied), synchronising the device at the end, so a timer around the call is honest.
 
-``measure_in_process(spec)`` is what ``python -m harness.bench_case`` runs for one case in a
-fresh process (started by ``harness.probe.run_worker``):
+``measure_in_process(spec)`` is what ``python -m attnbench.harness.bench.case`` runs for one case in a
+fresh process (started by ``attnbench.harness.compare.probe.run_worker``):
 1. one untimed step at ``prime_length`` tokens: torch's one-time set-up (lazy initialisation,
    code pages of the kernels) is paid before measuring;
 2. the measured step: peak memory above the memory just before it (CPU: the process's resident
@@ -25,8 +25,9 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend
 from torch.overrides import TorchFunctionMode
 
-from harness.bench_config import Case
-from harness.measure import CpuPeak, synchronize
+from attnbench.harness.bench.settings import Case
+from attnbench.harness.measure.memory import PeakMemory
+from attnbench.harness.measure.timing import synchronize
 
 
 def backend_context(backend: str):
@@ -34,7 +35,7 @@ def backend_context(backend: str):
     if backend == "default":
         return contextlib.nullcontext()
     if backend == "xformers":
-        from variants.sdpa import use_xformers
+        from attnbench.variants.sdpa import use_xformers
 
         return use_xformers()
     from torch.nn.attention import sdpa_kernel
@@ -46,7 +47,7 @@ def backend_context(backend: str):
 def unavailable(case: Case, device: torch.device) -> str | None:
     """Why this case cannot run on this machine (None when it can)."""
     if case.backend == "xformers":
-        from variants.sdpa import xformers_unavailable
+        from attnbench.variants.sdpa import xformers_unavailable
 
         return xformers_unavailable()
     if case.backend in ("efficient", "cudnn") and device.type != "cuda":
@@ -59,8 +60,8 @@ class Stepper:
 
     def __init__(self, case: Case, heads: int, head_dim: int, mlp_dim: int, device: torch.device, seed: int,
                  n: int | None = None):
-        from harness.model import Block, ModelConfig
-        from variants import build_attention
+        from attnbench.harness.run.model import Block, ModelConfig
+        from attnbench.variants import build_attention
 
         self.case, self.device = case, device
         self.backward = case.mode == "forward_backward"
@@ -169,27 +170,19 @@ def measure_in_process(spec: dict) -> dict:
 
 def _peak_of(stepper: Stepper, device: torch.device) -> tuple[int, int | None, str]:
     """(peak bytes above the start, peak reserved bytes or None, method) of one step."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
+    with PeakMemory(device) as mem:
         stepper()
-        return (torch.cuda.max_memory_allocated(device) - start, torch.cuda.max_memory_reserved(device),
-                "torch.cuda.max_memory_allocated after reset_peak_memory_stats, minus allocated at start "
-                "(first step after a short priming step, fresh process)")
-    with CpuPeak() as cp:
-        stepper()
-    return cp.peak_bytes, None, f"{cp.method} (first step after a short priming step, fresh process)"
+    return mem.peak_bytes, mem.reserved_bytes, f"{mem.method} (first step after a short priming step, fresh process)"
 
 
 def _worker(argv: list[str]) -> int:
-    from harness.fresh_process import worker_main
+    from attnbench.harness.measure.fresh_process import worker_main
 
     return worker_main(argv, measure_in_process,
                        lambda message, oom: {"status": "oom" if oom else "failed", "message": message})
 
 
 if __name__ == "__main__":
-    from harness.bench_case import _worker as _run  # the imported module, not this __main__ copy
+    from attnbench.harness.bench.case import _worker as _run  # the imported module, not this __main__ copy
 
     sys.exit(_run(sys.argv[1:]))

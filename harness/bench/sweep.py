@@ -13,9 +13,9 @@ from pathlib import Path
 import psutil
 import torch
 
-from harness.bench_case import Stepper, backend_context, unavailable
-from harness.bench_config import BenchConfig, Case
-from harness.fresh_process import run_fresh
+from attnbench.harness.bench.case import Stepper, backend_context, unavailable
+from attnbench.harness.bench.settings import BenchConfig, Case
+from attnbench.harness.measure.fresh_process import run_fresh
 
 # seconds a case's worker may spend beyond its measured steps (starting Python, importing torch)
 STARTUP_S = 60.0
@@ -61,7 +61,7 @@ def probe_case(case: Case, env: SweepEnv) -> dict:
     why_not = unavailable(case, torch.device(env.device))
     if why_not:  # known without starting a process
         return {"status": "unavailable", "message": why_not}
-    result = run_fresh("harness.bench_case", env.worker_spec(case), env.worker_timeout_s(), env.workdir,
+    result = run_fresh("attnbench.harness.bench.case", env.worker_spec(case), env.worker_timeout_s(), env.workdir,
                        threads=env.threads, memory_cap_bytes=env.memory_cap_bytes if env.device == "cpu" else None)
     failure = result.pop("failure", None)
     if failure:

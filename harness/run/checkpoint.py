@@ -30,11 +30,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from harness.config import config_hash
-from harness.io import atomic_torch_save
+from attnbench.harness.core.hashing import config_hash
+from attnbench.harness.core.io import atomic_torch_save
 
 if TYPE_CHECKING:
-    from harness.train import Trainer
+    from attnbench.harness.run.train import Trainer
 
 FORMAT = 1
 CHECKPOINT_DIR = "checkpoint"

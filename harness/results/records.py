@@ -1,6 +1,6 @@
 """Run records: one self-describing JSON per (task, variant, seed).
 
-The schema is ``harness/record_schema.json``; every record is validated against it when
+The schema is ``record_schema.json`` beside this file; every record is validated against it when
 written and when read back for aggregation.
 """
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Iterator
 
 from jsonschema import Draft202012Validator
 
-from harness.config import config_hash
-from harness.io import atomic_write_json
+from attnbench.harness.core.hashing import config_hash
+from attnbench.harness.core import resources
+from attnbench.harness.core.io import atomic_write_json
 
 SCHEMA_VERSION = 1
 RECORD_NAME = "record.json"
@@ -26,7 +27,7 @@ class RecordError(ValueError):
 
 @lru_cache(maxsize=1)
 def _validator() -> Draft202012Validator:
-    schema = json.loads((Path(__file__).parent / "record_schema.json").read_text())
+    schema = json.loads(resources.record_schema().read_text())
     return Draft202012Validator(schema)
 
 
@@ -43,8 +44,8 @@ def run_id(task: str, variant: str, seed: int) -> str:
 
 def build_record(*, run, data, status, message, trainer, test_acc, steps_done, mem, device, wall_s, baselines,
                  step_work: str = "forward, backward, clip, AdamW", teacher: dict | None = None) -> dict:
-    from harness.environment import capture
-    from harness.model import count_parameters
+    from attnbench.harness.results.environment import capture
+    from attnbench.harness.run.model import count_parameters
 
     step_median = trainer.step_timer.median(skip=run["train"]["timing_skip_steps"]) if trainer else None
     steps_per_s = 1.0 / step_median if step_median else None

@@ -10,21 +10,28 @@ from pathlib import Path
 
 import torch
 
-from harness.config import REPO_ROOT
 
-PACKAGES = ("torch", "numpy", "pandas", "snakemake", "datasets", "scikit-learn", "xformers")
+PACKAGES = ("attnbench", "torch", "numpy", "pandas", "snakemake", "datasets", "scikit-learn", "xformers")
+
+
+#: this file: the code whose version a record names
+_CODE = Path(__file__).resolve()
 
 
 def _git(*args: str) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(REPO_ROOT), *args], capture_output=True, text=True, timeout=10)
+        out = subprocess.run(["git", "-C", str(_CODE.parent), *args], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() if out.returncode == 0 else None
 
 
 def git_state() -> dict:
-    commit = _git("rev-parse", "HEAD")
+    """The commit of the checkout the running code comes from, and whether its tracked files differ
+    from it; None for both when the code is not a tracked file of a git work tree (a normal
+    install in site-packages: ``packages.attnbench`` names its version then)."""
+    tracked = _git("ls-files", "--error-unmatch", _CODE.name) is not None
+    commit = _git("rev-parse", "HEAD") if tracked else None
     status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
     return {"commit": commit, "dirty": bool(status) if status is not None else None}
 
@@ -79,7 +86,7 @@ def capture(device: torch.device) -> dict:
         env["device_memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
         env["driver"] = _gpu_driver()
         env["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
-        from harness.gpu_lease import current
+        from attnbench.harness.measure.gpu_lease import current
 
         env["gpu_lease"] = current()  # which workstation GPU this job leased (None: no lease, e.g. SLURM)
     return env

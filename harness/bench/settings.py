@@ -10,7 +10,7 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from harness.registry import build_dataclass, param
+from attnbench.harness.core.registry import build_dataclass, param
 
 SDPA_BACKENDS = ("default", "math", "flash", "efficient", "cudnn", "xformers")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -97,7 +97,7 @@ def bench_settings(config: dict) -> BenchConfig:
 
 def bench_variants(config: dict) -> list[str]:
     """The variants the sweep measures: ``bench.variants``, else every configured variant trained from labels."""
-    from variants import VARIANTS
+    from attnbench.variants import VARIANTS
 
     chosen = bench_settings(config).variants
     if chosen:
@@ -121,7 +121,7 @@ def bench_device(config: dict) -> str:
 
 def variant_cases(config: dict, variant: str) -> list[Case]:
     """Every case of one variant: its backends x scopes x modes x dtypes x batch sizes x lengths."""
-    from variants import VARIANTS
+    from attnbench.variants import VARIANTS
 
     cfg = bench_settings(config)
     cuda = bench_device(config) == "cuda"
@@ -137,7 +137,7 @@ def variant_cases(config: dict, variant: str) -> list[Case]:
 
 def check_bench(config: dict) -> list[str]:
     """Problems with the ``bench:`` section that the schema cannot express."""
-    from variants import VARIANTS
+    from attnbench.variants import VARIANTS
 
     cfg = bench_settings(config)
     problems = []

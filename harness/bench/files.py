@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from harness.io import atomic_write_text, write_table
+from attnbench.harness.core import resources
+from attnbench.harness.core.io import atomic_write_text, write_table
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 MIB = 2 ** 20
 
 COLUMNS = [
@@ -30,7 +30,7 @@ COLUMNS = [
 def sweep_file(config: dict, variant: str, cores: int, workdir: Path) -> dict:
     """What ``benchmarks/conftest.py`` reads: the settings and every case of one variant, for a job
     holding ``cores`` cores."""
-    from harness.bench_config import bench_device, bench_settings, sweep_threads, variant_cases
+    from attnbench.harness.bench.settings import bench_device, bench_settings, sweep_threads, variant_cases
 
     settings = bench_settings(config)
     as_json = json.loads(json.dumps(dataclasses.asdict(settings)))
@@ -44,8 +44,10 @@ def run_sweep(sweep: dict, out_json: Path, extra_args: list[str] = ()) -> int:
     with tempfile.TemporaryDirectory(dir=out_json.parent, prefix=".bench-") as tmp:
         sweep_path, raw = Path(tmp) / "sweep.json", Path(tmp) / "benchmark.json"
         sweep_path.write_text(json.dumps(sweep))
-        cmd = [sys.executable, "-m", "pytest", str(BENCHMARKS / "test_attention.py"), "-p", "no:cacheprovider",
-               "--rootdir", str(BENCHMARKS), "-o", "addopts=",
+        benchmarks = resources.benchmarks_dir()
+        # importlib mode: pytest leaves sys.path alone (the benchmarks import attnbench like any user code)
+        cmd = [sys.executable, "-m", "pytest", str(benchmarks / "test_attention.py"), "-p", "no:cacheprovider",
+               "--rootdir", str(benchmarks), "--import-mode=importlib", "-o", "addopts=",
                "-q", "-s", "--benchmark-enable", "--benchmark-json", str(raw), "--benchmark-columns",
                "min,median,max,rounds", "--attnbench-sweep", str(sweep_path), *extra_args]
         rc = subprocess.call(cmd)
