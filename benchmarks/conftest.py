@@ -31,7 +31,7 @@ def _load_sweep(config) -> dict:
 
     from attnbench.harness.bench.files import sweep_file
     from attnbench.harness.bench.settings import bench_variants
-    from attnbench.harness.config.validate import load_config
+    from attnbench.harness.config import load_config
 
     cfg = load_config()  # the default config: every variant's cases, on every core this process may use
     cores = len(os.sched_getaffinity(0))

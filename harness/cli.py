@@ -9,10 +9,11 @@ import time
 from pathlib import Path
 
 from attnbench.harness.core import paths
+from attnbench.harness.results.records import RunKey
 
 
 def _load(args) -> dict:
-    from attnbench.harness.config.validate import load_config
+    from attnbench.harness.config import load_config
 
     return load_config(args.config)
 
@@ -27,8 +28,7 @@ def cmd_list(args) -> int:
         for entry in registry:
             flags = ""
             if registry is VARIANTS:
-                flags = (f"  [{entry.cls.complexity}{'; exact' if entry.cls.exact else ''}"
-                         f"{'; trained from a teacher' if entry.cls.needs_teacher else ''}]")
+                flags = f"  [{entry.cls.complexity}{'; exact' if entry.cls.exact else ''}]"
             print(f"  {entry.name}: {entry.description}{flags}")
             props = dataclass_schema(entry.config)["properties"]
             if not props:
@@ -41,7 +41,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_schema(args) -> int:
-    from attnbench.harness.config.validate import build_schema
+    from attnbench.harness.config import build_schema
 
     print(json.dumps(build_schema(), indent=2))
     return 0
@@ -54,7 +54,7 @@ def cmd_check_config(args) -> int:
 
 
 def cmd_prepare(args) -> int:
-    from attnbench.harness.config.validate import task_data_params
+    from attnbench.harness.config import task_data_params
     from attnbench.tasks.base import build_task, save_prepared
 
     params = json.loads(args.data_json) if args.data_json else task_data_params(_load(args), args.task)
@@ -69,17 +69,16 @@ def cmd_prepare(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from attnbench.harness.config.validate import resolve_run
+    from attnbench.harness.config import resolve_run
+    from attnbench.harness.run.distill import distill_run
     from attnbench.harness.run.train import train_run
     from attnbench.tasks.base import build_task, load_prepared, save_prepared
-    from attnbench.variants import VARIANTS
 
-    needs_teacher = VARIANTS.get(args.variant).cls.needs_teacher
-    if args.teacher_dir and not needs_teacher:
-        raise SystemExit(f"--teacher-dir: variant {args.variant} is trained from labels, not from a teacher")
-
-    run = json.loads(args.run_config) if args.run_config else resolve_run(_load(args), args.task, args.variant, args.seed)
-    for key, want in (("task", args.task), ("variant", args.variant)):
+    if args.teacher_dir and args.method != "distill":
+        raise SystemExit("--teacher-dir: only a distilled run (--method distill) has a teacher")
+    run = (json.loads(args.run_config) if args.run_config
+           else resolve_run(_load(args), args.task, args.variant, args.seed, args.method))
+    for key, want in (("task", args.task), ("variant", args.variant), ("method", args.method)):
         if run[key]["name"] != want:
             raise SystemExit(f"--{key} {want} does not match the run config's {run[key]['name']}")
     if run["seed"] != args.seed:
@@ -97,10 +96,8 @@ def cmd_train(args) -> int:
         print(f"preparing {data_file} (not found)", flush=True)
         save_prepared(data_file, args.task, params, build_task(args.task, params).prepare(data_file.parent / "source"))
     data = load_prepared(data_file, args.task, params)
-    out = Path(args.out) if args.out else paths.run_dir(args.task, args.variant, args.seed)
-    if needs_teacher:
-        from attnbench.harness.run.distill import distill_run
-
+    out = Path(args.out) if args.out else RunKey.of(run).dir
+    if args.method == "distill":
         record = distill_run(run, data, out, args.teacher_dir, bar=args.progress)
     else:
         record = train_run(run, data, out, bar=args.progress)
@@ -183,15 +180,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="dataset file to write")
     sp.set_defaults(func=cmd_prepare)
 
-    sp = with_config(sub.add_parser("train", help="train and evaluate one (task, variant, seed)"))
+    sp = with_config(sub.add_parser("train", help="train and evaluate one (task, variant, seed, method)"))
     sp.add_argument("--task", required=True)
-    sp.add_argument("--variant", required=True)
+    sp.add_argument("--variant", required=True, help="the model's attention variant")
     sp.add_argument("--seed", type=int, required=True)
-    sp.add_argument("--out", help="run folder (default: results/runs/TASK/VARIANT/seedS)")
+    sp.add_argument("--method", choices=("labels", "distill"), default="labels",
+                    help="labels: train from the labels (default); distill: a student of the config's "
+                         "distill.teacher run of the same task and seed")
+    sp.add_argument("--out", help="run folder (default: results/runs/TASK/VARIANT/seedS; a distilled "
+                    "student: results/runs/TASK/distilled-VARIANT/seedS)")
     sp.add_argument("--run-config", help="the resolved run config as JSON (what the pipeline passes)")
     sp.add_argument("--data", help="prepared dataset file (default: data/TASK/KEY/dataset.pt, prepared if missing)")
-    sp.add_argument("--teacher-dir", help="variants trained from a teacher (distilled): the teacher's run folder, "
-                    "with record.json and best.pt (default: results/runs/TASK/TEACHER/seedS)")
+    sp.add_argument("--teacher-dir", help="--method distill: the teacher's run folder, with record.json and best.pt "
+                    "(default: results/runs/TASK/TEACHER/seedS)")
     sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress bar (default: when stderr is a terminal)")
     sp.add_argument("--strict", action="store_true", help="exit 1 when the run's status is 'failed'")
@@ -234,7 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from attnbench.harness.config.validate import ConfigError
+    from attnbench.harness.config import ConfigError
     from attnbench.harness.core.registry import UnknownNameError
     from attnbench.tasks.base import DataError
 

@@ -7,13 +7,12 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from attnbench.harness.core import paths
-from attnbench.harness.bench.settings import bench_settings, bench_variants
 from attnbench.harness.bench.files import sweep_file
-from attnbench.harness.config.validate import ConfigError, resolve_run, task_data_params, validate_config
-from snakemake.logging import logger
+from attnbench.harness.bench.settings import bench_settings, bench_variants
+from attnbench.harness.config import ConfigError, planned_runs, resolve_run, task_data_params, validate_config
+from attnbench.harness.core import paths
 from attnbench.tasks.base import build_task, data_key
-from attnbench.variants import VARIANTS as REGISTRY
+from snakemake.logging import logger
 
 try:
     validate_config(config)
@@ -57,11 +56,9 @@ def planned_tasks():
 
 TASKS = planned_tasks()
 VARIANTS = list(config["variants"])
-SEEDS = [int(s) for s in config["seeds"]]
-# variants trained from labels (rule train) and from a teacher's run (rule distill), told
-# apart by the variant's `needs_teacher` flag, never by name
-FROM_TEACHER = [v for v in VARIANTS if REGISTRY.get(v).cls.needs_teacher]
-FROM_LABELS = [v for v in VARIANTS if v not in FROM_TEACHER]
+# every run of the config: (task, variant, seed, method); rule train makes those trained from
+# labels, rules/distill.smk the others
+RUNS = planned_runs(config, TASKS)
 
 
 def one_of(names):
@@ -71,7 +68,6 @@ def one_of(names):
 
 wildcard_constraints:
     task=one_of(TASKS),
-    variant="|".join(VARIANTS),
     seed=r"\d+",
     key=r"[0-9a-f]{10}",
 
@@ -88,28 +84,23 @@ def get_data_json(wildcards):
     return json.dumps(task_data_params(config, wildcards.task), sort_keys=True)
 
 
-def get_run_json(wildcards):
-    run = resolve_run(config, wildcards.task, wildcards.variant, int(wildcards.seed))
-    return json.dumps(run, sort_keys=True)
+def run_json(method):
+    """A rule's param: the resolved run config of its (task, variant, seed) trained by ``method``."""
+
+    def get(wildcards):
+        run = resolve_run(config, wildcards.task, wildcards.variant, int(wildcards.seed), method)
+        return json.dumps(run, sort_keys=True)
+
+    return get
 
 
-def get_run_dir(wildcards):
-    return str(paths.run_dir(wildcards.task, wildcards.variant, int(wildcards.seed)))
+def output_dir(wildcards, output):
+    """A rule's param: the folder of its (first) output, e.g. a run's folder."""
+    return os.path.dirname(output[0])
 
 
 def get_records(wildcards=None):
-    return [str(paths.run_dir(t, v, s) / "record.json") for t in TASKS for v in VARIANTS for s in SEEDS]
-
-
-def get_teacher_dir(wildcards):
-    """The run folder of the teacher of a teacher-trained run: same task and seed."""
-    teacher = config["variants"][wildcards.variant]["teacher"]
-    return str(paths.run_dir(wildcards.task, teacher, int(wildcards.seed)))
-
-
-def get_teacher_record(wildcards):
-    """The teacher's record; it is written after its best.pt, so it marks the checkpoint complete."""
-    return os.path.join(get_teacher_dir(wildcards), "record.json")
+    return [str(run.record) for run in RUNS]
 
 
 # The efficiency sweep (rules/bench.smk): the variants it measures, none when `bench.enabled` is false.

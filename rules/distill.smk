@@ -1,21 +1,25 @@
-# Distillation: one job per (task, seed) of each variant trained from a teacher (flag
-# `needs_teacher`, e.g. distilled). The job waits for the teacher variant's run of the same
-# task and seed: its record.json is an input (written after best.pt, it marks the
-# checkpoint complete), so a re-run teacher re-runs its students.
+# Distillation: one job per (task, seed) of each student in `distill.students`, trained from
+# the `distill.teacher` run of the same task and seed. The teacher's record.json is an input
+# (written after its best.pt, it marks the checkpoint complete), so a re-run teacher re-runs
+# its students. A student's run is named distilled[<variant>] (folder distilled-<variant>).
+from attnbench.harness.results.records import RunKey
+
+STUDENTS = list(config["distill"]["students"])
+TEACHER = config["distill"]["teacher"]
 
 
 rule distill:
     input:
         data=get_dataset,
-        teacher=get_teacher_record,
+        teacher=lambda wc: str(RunKey(wc.task, TEACHER, int(wc.seed)).record),
     output:
-        "results/runs/{task}/{variant}/seed{seed}/record.json",
+        "results/runs/{task}/distilled-{variant}/seed{seed}/record.json",
     params:
-        run=get_run_json,
-        outdir=get_run_dir,
-        teacher_dir=get_teacher_dir,
+        run=run_json("distill"),
+        outdir=output_dir,
+        teacher_dir=lambda wc: str(RunKey(wc.task, TEACHER, int(wc.seed)).dir),
     wildcard_constraints:
-        variant=one_of(FROM_TEACHER),
+        variant=one_of(STUDENTS),
     threads: config["threads"]
     resources:
         **rule_resources("distill", gpu=True),
@@ -24,6 +28,6 @@ rule distill:
     conda:
         "../environment.yml"
     shell:
-        "attnbench train --task {wildcards.task} --variant {wildcards.variant} --seed {wildcards.seed} "
-        "--data {input.data} --teacher-dir {params.teacher_dir} --run-config {params.run:q} "
+        "attnbench train --task {wildcards.task} --variant {wildcards.variant} --method distill "
+        "--seed {wildcards.seed} --data {input.data} --teacher-dir {params.teacher_dir} --run-config {params.run:q} "
         "--out {params.outdir} --no-progress > {log} 2>&1"

@@ -1,6 +1,6 @@
-# Training: one job per (task, variant, seed) of the variants trained from labels. The
-# resolved run config is a param, so a change to any setting that affects a run re-runs
-# exactly that run. (Variants trained from a teacher: rules/distill.smk.)
+# Training from labels: one job per (task, variant, seed) of `variants:`. The resolved run
+# config is a param, so a change to any setting that affects a run re-runs exactly that run.
+# (Distilled students: rules/distill.smk.)
 
 
 rule train:
@@ -9,10 +9,10 @@ rule train:
     output:
         "results/runs/{task}/{variant}/seed{seed}/record.json",
     params:
-        run=get_run_json,
-        outdir=get_run_dir,
+        run=run_json("labels"),
+        outdir=output_dir,
     wildcard_constraints:
-        variant=one_of(FROM_LABELS),
+        variant=one_of(VARIANTS),
     threads: config["threads"]
     resources:
         **rule_resources("train", gpu=True),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -75,6 +76,36 @@ class Task:
         """Build every split (generating or reading the source); ``workdir`` may hold
         intermediate files, e.g. the TSVs a generator writes."""
         raise NotImplementedError
+
+    @classmethod
+    def tiny_params(cls, folder: Path) -> dict[str, Any]:
+        """Data settings (``build_task`` params) of a tiny data set that ``prepare`` builds offline
+        in well under a second: what the registry-wide test (``tests/test_tasks.py``) prepares
+        and checks, so a new task file is tested once it implements this.
+
+        A task that reads files writes a few small ones into ``folder`` (an empty folder the
+        caller made) in the real source's layout, and returns settings that read them, so that
+        without ``folder`` its ``missing_sources`` names it; a task with no file source returns
+        settings that generate a small data set and writes nothing. Every split must come out
+        non-empty, with at least two classes in train. JSON values only (lists, not tuples)."""
+        name = getattr(cls, "registered_name", cls.__name__)
+        raise NotImplementedError(
+            f"task {name!r} ({cls.__module__}.{cls.__qualname__}) does not implement the classmethod "
+            "tiny_params(folder) -> dict: write a few small source files into `folder` (none for generated "
+            "data) and return the data settings that prepare a tiny data set from them offline; "
+            "see Task.tiny_params in attnbench/tasks/base.py")
+
+
+#: words of the texts that tasks write for ``Task.tiny_params``: non-ASCII (several bytes each),
+#: a quote and a comma (CSV quoting; ordinary characters in a TSV)
+TINY_WORDS = ("good", "bad", "plot", "actor", "scene", "café", "naïve", "☕", 'said "no",', "end")
+
+
+def tiny_texts(n: int, seed: int = 0, max_words: int = 12) -> list[str]:
+    """``n`` seeded pseudo-sentences of 1 to ``max_words`` words: the text of the tiny source
+    files that tasks write in ``Task.tiny_params``."""
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(TINY_WORDS) for _ in range(rng.randint(1, max_words))) for _ in range(n)]
 
 
 def build_task(name: str, params: dict | None = None) -> Task:

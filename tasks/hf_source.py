@@ -23,6 +23,7 @@ labels are hidden, as SST-2's are). Nothing is ever selected on the test split.
 from __future__ import annotations
 
 import contextlib
+import csv
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +158,17 @@ def load_source(path: str, *, what: str, config_key: str, expected: str, default
     if not isinstance(ds, datasets.DatasetDict):  # pragma: no cover -- load_dataset without split gives a dict
         ds = datasets.DatasetDict({"train": ds})
     return ds, origin
+
+
+def write_csv(path: Path, header: list[str], rows: list[tuple]) -> Path:
+    """A small CSV file (header, then ``rows``), e.g. the tiny source of ``Task.tiny_params``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows(rows)
+    return path
 
 
 def hub_cached(hub_id: str) -> bool:

@@ -79,6 +79,23 @@ def _cifar10(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], i
 class Image(Task):
     """Image: pixel-intensity sequences, 10 classes (LRA uses grayscale CIFAR-10)."""
 
+    @classmethod
+    def tiny_params(cls, folder: Path) -> dict:
+        """20 train and 5 test 32 x 32 RGB images of random pixels in CIFAR-10's hub layout
+        (``plain_text/{train,test}-00000-of-00001.parquet``, columns ``img``, ``label``)."""
+        import datasets
+        from PIL import Image as PILImage
+
+        rng = np.random.default_rng(0)
+        features = datasets.Features({"img": datasets.Image(), "label": datasets.ClassLabel(num_classes=10)})
+        folder = Path(folder) / "cifar10"
+        (folder / "plain_text").mkdir(parents=True, exist_ok=True)
+        for split, n in (("train", 20), ("test", 5)):
+            images = [PILImage.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)) for _ in range(n)]
+            datasets.Dataset.from_dict({"img": images, "label": [i % 10 for i in range(n)]}, features=features
+                                       ).to_parquet(str(folder / "plain_text" / f"{split}-00000-of-00001.parquet"))
+        return {"source": "cifar10", "path": str(folder)}
+
     def missing_sources(self) -> list[str]:
         if self.cfg.source == "digits":
             return []

@@ -21,7 +21,7 @@ from typing import Iterator, Literal, Union
 import torch
 
 from attnbench.harness.core.registry import param
-from attnbench.tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, lra_release_hint, pad_batch
+from attnbench.tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, build_task, lra_release_hint, pad_batch
 
 OPERATORS = ("[MIN", "[MAX", "[MED", "[SM")
 END = "]"
@@ -174,6 +174,15 @@ def tokenize(source: str) -> list[int]:
 @TASKS.register("listops", ListOpsConfig)
 class ListOps(Task):
     """ListOps: hierarchical MIN/MAX/MED/SM expressions, 10 classes (LRA)."""
+
+    @classmethod
+    def tiny_params(cls, folder: Path) -> dict:
+        """32 / 8 / 8 short generated trees written as release TSVs
+        (``listops-1000/basic_{train,val,test}.tsv``) and read as files."""
+        shape = {"min_length": 0, "max_length": 32, "max_depth": 3}
+        folder = Path(folder) / "listops-1000"
+        build_task(cls.registered_name, {"n_train": 32, "n_val": 8, "n_test": 8, **shape}).write_generated(folder)
+        return {"source": "files", "path": str(folder), "max_length": shape["max_length"]}
 
     def split_files(self, folder: Path) -> dict[str, Path]:
         return {s: Path(folder) / f"{self.cfg.prefix}_{s}.tsv" for s in SPLITS}

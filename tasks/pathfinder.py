@@ -38,7 +38,7 @@ import numpy as np
 import torch
 
 from attnbench.harness.core.registry import param
-from attnbench.tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, lra_release_hint
+from attnbench.tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, build_task, lra_release_hint
 from attnbench.tasks.pathfinder_draw import DIFFICULTY_LENGTH, DrawSettings, draw_settings, write_release
 
 Difficulty = Literal["curv_baseline", "curv_contour_length_9", "curv_contour_length_14"]
@@ -184,6 +184,13 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
 @TASKS.register("pathfinder", PathfinderConfig)
 class Pathfinder(Task):
     """Pathfinder: are two markers joined by a dashed path? Pixel sequences, 2 classes (LRA)."""
+
+    @classmethod
+    def tiny_params(cls, folder: Path) -> dict:
+        """Ten generated images (at the task's default resolution) written in the release layout
+        (``pathfinder<R>/<difficulty>/{imgs,metadata}``) and read as files: 6 / 2 / 2."""
+        root = build_task(cls.registered_name, {"n_train": 6, "n_val": 2, "n_test": 2}).write_generated(Path(folder))
+        return {"source": "files", "path": str(root), "val_fraction": 0.2, "test_fraction": 0.2}
 
     def generator_settings(self) -> DrawSettings:
         """The generator's settings, automatic values resolved."""

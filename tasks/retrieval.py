@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from attnbench.harness.core.registry import param
-from attnbench.tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, lra_release_hint
+from attnbench.tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, lra_release_hint, tiny_texts
 from attnbench.tasks.byte_text import BYTE_VOCAB, encode_texts
 
 #: our split name -> the release's file suffix
@@ -71,6 +71,17 @@ def read_pairs(path: Path, max_examples: int = 0) -> tuple[list[str], list[str],
 @TASKS.register("retrieval", RetrievalConfig)
 class Retrieval(Task):
     """Retrieval: AAN citation matching of two byte-level documents, 2 classes (LRA)."""
+
+    @classmethod
+    def tiny_params(cls, folder: Path) -> dict:
+        """8 / 4 / 4 pairs in the release layout (``tsv_data/new_aan_pairs.{train,eval,test}.tsv``)."""
+        folder = Path(folder) / "tsv_data"
+        folder.mkdir(parents=True, exist_ok=True)
+        for k, (suffix, n) in enumerate(zip(FILE_SPLITS.values(), (8, 4, 4))):
+            texts = tiny_texts(2 * n, seed=k)
+            lines = [f"{i % 2}.0\t{suffix}{i}a\t{suffix}{i}b\t{texts[2 * i]}\t{texts[2 * i + 1]}\n" for i in range(n)]
+            (folder / f"new_aan_pairs.{suffix}.tsv").write_text("".join(lines), encoding="utf-8")
+        return {"path": str(folder), "seq_len": 48, "max_chars": 40}
 
     def split_files(self) -> dict[str, Path]:
         if not self.cfg.path:

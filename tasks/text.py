@@ -14,10 +14,11 @@ without a test split has its test carved from train, said in the data's ``source
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import ClassVar
 
-from attnbench.tasks.base import TASKS
-from attnbench.tasks.hf_source import TextSourceConfig
+from attnbench.tasks.base import TASKS, tiny_texts
+from attnbench.tasks.hf_source import TextSourceConfig, write_csv
 from attnbench.tasks.textcls import TextCls
 
 
@@ -31,6 +32,14 @@ class Text(TextCls):
     """Text: byte-level IMDb sentiment, 2 classes (LRA)."""
 
     hub_id: ClassVar[str] = "stanfordnlp/imdb"
+
+    @classmethod
+    def tiny_params(cls, folder: Path) -> dict:
+        """40 rows in the layout of fastai's IMDB_SAMPLE ``texts.csv`` (``label,text,is_valid``,
+        labels negative/positive, every fifth row validation), test carved from train."""
+        rows = [("positive" if i % 2 else "negative", text, i % 5 == 0) for i, text in enumerate(tiny_texts(40))]
+        path = write_csv(Path(folder) / "imdb_sample" / "texts.csv", ["label", "text", "is_valid"], rows)
+        return {"path": str(path), "split_column": "is_valid", "seq_len": 48}
 
     def tokenizer_kind(self) -> str:
         return "bytes"

@@ -18,9 +18,10 @@ from typing import ClassVar, Literal
 import torch
 
 from attnbench.harness.core.registry import param
-from attnbench.tasks.base import TASKS, PreparedData, Task
+from attnbench.tasks.base import TASKS, PreparedData, Task, tiny_texts
 from attnbench.tasks.byte_text import BYTE_VOCAB, encode_texts
-from attnbench.tasks.hf_source import PATH_HELP, LabelledTexts, TextSourceConfig, load_labelled_texts, missing_source
+from attnbench.tasks.hf_source import (PATH_HELP, LabelledTexts, TextSourceConfig, load_labelled_texts, missing_source,
+                                       write_csv)
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,17 @@ class TextCls(Task):
 
     #: the Hugging Face copy suggested when a local source is missing
     hub_id: ClassVar[str] = "fancyzhx/ag_news"
+
+    @classmethod
+    def tiny_params(cls, folder: Path) -> dict:
+        """40 rows in the AG News CSV layout (``label,title,description``, labels 1-4), val and
+        test carved from them; a small BPE vocabulary trained on train."""
+        titles, texts = tiny_texts(40, seed=1, max_words=3), tiny_texts(40, seed=2)
+        path = write_csv(Path(folder) / "ag_news" / "train.csv", ["label", "title", "description"],
+                         [(1 + i % 4, t, d) for i, (t, d) in enumerate(zip(titles, texts))])
+        return {"path": str(path), "text_columns": ["title", "description"], "label_offset": 1,
+                "label_names": ["World", "Sports", "Business", "Sci/Tech"], "seq_len": 32,
+                "tokenizer": "subword", "vocab_size": 300, "min_frequency": 1}
 
     def tokenizer_kind(self) -> str:
         return self.cfg.tokenizer

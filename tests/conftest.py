@@ -52,7 +52,7 @@ def tiny_config(**override) -> dict:
 
 def tiny_run(seed: int = 0, **override) -> dict:
     """The resolved run config of the tiny listops/full run."""
-    from attnbench.harness.config.validate import resolve_run, validate_config
+    from attnbench.harness.config import resolve_run, validate_config
 
     return resolve_run(validate_config(tiny_config(**override)), "listops", "full", seed)
 

@@ -13,7 +13,7 @@ from attnbench.harness.bench.case import Stepper, analytic_flops, counted_flops
 from attnbench.harness.bench.settings import BenchConfig, bench_variants, variant_cases
 from attnbench.harness.bench.files import aggregate_bench, run_sweep, sweep_file
 from attnbench.harness.bench.sweep import SweepEnv, probe_case
-from attnbench.harness.config.validate import ConfigError, validate_config
+from attnbench.harness.config import ConfigError, validate_config
 from attnbench.harness.core.registry import build_dataclass
 from conftest import tiny_config
 
@@ -22,14 +22,15 @@ SMALL = {"window": {"window": 8, "block_size": 8}, "sparse": {"block_size": 8, "
 
 
 def bench_config(**bench) -> dict:
-    return validate_config(tiny_config(variants={"full": {}, "window": {}, "distilled": {}}, bench=bench))
+    return validate_config(tiny_config(variants={"full": {}, "window": {}}, distill={"students": {"full": {}}},
+                                       bench=bench))
 
 
 def test_cases_cover_every_combination_of_the_settings():
     cfg = bench_config(lengths=[256, 128], batch_sizes=[1, 2], modes=["forward", "forward_backward"],
                        scopes=["layer", "block"], dtypes=["float32"], backends={"full": ["default", "math"]},
                        variant_params={"window": {"window": 16}})
-    assert bench_variants(cfg) == ["full", "window"]  # the distilled student has full's layers
+    assert bench_variants(cfg) == ["full", "window"]  # the variants: a distilled student's layers are its variant's
     full, window = variant_cases(cfg, "full"), variant_cases(cfg, "window")
     assert len(full) == 2 * 2 * 2 * 1 * 2 * 2 and len(window) == 2 * 2 * 1 * 2 * 2
     assert {c.impl for c in full} == {"full", "full [math]"}
@@ -47,7 +48,7 @@ def test_cuda_device_uses_the_gpu_lengths_and_dtypes():
 
 
 @pytest.mark.parametrize("bench, message", [
-    ({"variants": ["distilled"]}, "trained from a teacher"),
+    ({"variants": ["distilled"]}, "unknown variant 'distilled' under 'bench.variants'"),
     ({"backends": {"full": ["fast"]}}, "'bench.backends.full' is ['fast']; allowed: default, math"),
     ({"backends": {"ful": ["math"]}}, "unknown variant 'ful' under 'bench.backends'"),
     ({"variant_params": {"window": {"width": 3}}}, "'bench.variant_params.window'"),

@@ -11,8 +11,9 @@ import pytest
 import yaml
 
 from attnbench.harness import cli
-from attnbench.harness.config.validate import (DEFAULT_CONFIG, SCHEMA_PATH, ConfigError, build_schema, config_hash, load_config,
-                            resolve_run, validate_config)
+from attnbench.harness.config import DEFAULT_CONFIG, ConfigError, build_schema, load_config, resolve_run, validate_config
+from attnbench.harness.core import resources
+from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.run.model import ModelConfig
 from attnbench.harness.run.train import TrainConfig
 from attnbench.tasks import TASKS
@@ -50,7 +51,7 @@ def test_repository_config_is_valid():
 
 def test_minimal_config_is_valid_and_defaults_are_filled():
     config = validate_config(minimal())
-    schema_top = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]
+    schema_top = yaml.safe_load(resources.config_schema().read_text())["properties"]
     for key in ("seeds", "device", "threads", "deterministic"):
         assert config[key] == schema_top[key]["default"], key
     assert config["train"] == {f.name: (list(f.default) if isinstance(f.default, tuple) else f.default)

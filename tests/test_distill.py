@@ -1,4 +1,4 @@
-"""The distilled variant: loss, the student's initialisation from the teacher, a real
+"""Distillation as a training method: loss, the student's initialisation from the teacher, a real
 teacher -> student run and its record, config validation, the report's distillation table."""
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from torch import nn
 
 from conftest import tiny_config, torch_state_restored
 from attnbench.harness import cli
-from attnbench.harness.config.validate import ConfigError, resolve_run, validate_config
-from attnbench.harness.run.distill import (TeacherError, distill_run, distillation_loss, init_student_from_teacher, soft_kl,
-                             select_teacher_layers, student_layer_count)
+from attnbench.harness.config import ConfigError, resolve_run, validate_config
+from attnbench.harness.run.distill import (TeacherError, distill_run, distillation_loss, init_student_from_teacher,
+                                           select_teacher_layers, soft_kl, student_layer_count)
 from attnbench.harness.run.model import EncoderClassifier, ModelConfig, count_parameters
 from attnbench.harness.results.records import read_record
 from attnbench.harness.core.registry import dataclass_schema, param
@@ -24,7 +24,7 @@ from attnbench.harness.report.render import distillation_table
 from attnbench.harness.run.train import train_run
 from attnbench.variants import VARIANTS
 
-FROM_LABELS = [e.name for e in VARIANTS if not e.cls.needs_teacher]
+NAMES = VARIANTS.names()
 
 
 def logits(*shape, seed):
@@ -98,7 +98,7 @@ def _model(layers, variant="full", params=None, seed=0):
 
 
 def test_student_init_copies_exactly_the_chosen_teacher_layers():
-    teacher, student = _model(4, seed=1), _model(2, "distilled", {"student_layers": 2}, seed=2)
+    teacher, student = _model(4, seed=1), _model(2, seed=2)
     t_state = teacher.state_dict()
     result = init_student_from_teacher(student, t_state, [0, 3])
     s_state = student.state_dict()
@@ -124,13 +124,12 @@ def test_student_init_keeps_its_own_tensors_where_shapes_differ():
     assert torch.equal(student.blocks[0].attn.out.weight, teacher.blocks[0].attn.out.weight)
 
 
-@pytest.mark.parametrize("attention", FROM_LABELS)
+@pytest.mark.parametrize("attention", NAMES)
 def test_student_init_from_full_teacher_for_every_student_attention(attention):
     """Whatever the student's attention, a tensor is copied exactly when the teacher has one of
     that name and shape; everything outside the attention layers always is."""
     teacher = _model(2, seed=1)
-    params = {"attention": attention, "attention_params": VARIANTS.get(attention).cls.small_params}
-    student = _model(1, "distilled", params, seed=2)
+    student = _model(1, attention, VARIANTS.get(attention).cls.small_params, seed=2)
     own = {k: v.clone() for k, v in student.state_dict().items()}
     t_state = teacher.state_dict()
     result = init_student_from_teacher(student, t_state, [0])
@@ -145,7 +144,7 @@ def test_student_init_from_full_teacher_for_every_student_attention(attention):
 # ---------------------------------------------------------------- a real teacher -> student run
 
 def _config(**override):
-    return validate_config(tiny_config(**{"variants": {"full": {}, "distilled": {}}, "model": {"layers": 2},
+    return validate_config(tiny_config(**{"distill": {"students": {"full": {}}}, "model": {"layers": 2},
                                           **override}))
 
 
@@ -155,7 +154,7 @@ def distilled(tmp_path_factory, tiny_listops_data):
     config = _config()
     with torch_state_restored():
         teacher = train_run(resolve_run(config, "listops", "full", 0), tiny_listops_data, root / "full", bar=False)
-        run = resolve_run(config, "listops", "distilled", 0)
+        run = resolve_run(config, "listops", "full", 0, "distill")
         record = distill_run(run, tiny_listops_data, root / "distilled", root / "full", bar=False)
     return teacher, run, record, root
 
@@ -166,7 +165,9 @@ def test_distilled_record_names_its_teacher(distilled):
     stored = read_record(out / "record.json")
     assert stored == json.loads(json.dumps(record))
     assert stored["status"] == "ok", stored["message"]
-    assert stored["run_id"] == "listops/distilled/seed0" and teacher["teacher"] is None
+    assert stored["run_id"] == "listops/distilled[full]/seed0" and "teacher" not in teacher
+    assert (stored["variant"], stored["method"], stored["label"]) == ("full", "distill", "distilled[full]")
+    assert (teacher["method"], teacher["label"]) == ("labels", "full")
     t = stored["teacher"]
     assert t["run_id"] == "listops/full/seed0" and t["status"] == "ok"
     assert (out / t["checkpoint"]).resolve() == (root / "full" / "best.pt").resolve() and (out / t["checkpoint"]).exists()
@@ -178,8 +179,9 @@ def test_distilled_record_names_its_teacher(distilled):
     assert t["layers"] == 2 and t["layers_copied"] == [0]
     # the student: half the teacher's blocks, fewer parameters, settings in the resolved config
     assert stored["config"]["model"]["layers"] == 1
-    assert stored["config"]["variant"]["params"] == {"teacher": "full", "student_layers": 1, "temperature": 2.0,
-                                                     "alpha": 0.5, "attention": "full", "attention_params": {}}
+    assert stored["config"]["method"] == {"name": "distill", "teacher": "full", "student_layers": 1,
+                                          "temperature": 2.0, "alpha": 0.5}
+    assert stored["config"]["variant"] == {"name": "full", "params": {}}
     assert stored["efficiency"]["params"] < teacher["efficiency"]["params"]
     assert "teacher forward" in stored["efficiency"]["timing_method"]
     assert 0.0 <= stored["accuracy"]["test"] <= 1.0
@@ -189,18 +191,17 @@ def test_distilled_checkpoint_loads_into_the_model_its_run_config_describes(dist
     _, run, record, root = distilled
     ckpt = torch.load(root / "distilled" / record["training"]["checkpoint"], weights_only=True)
     data = tiny_listops_data
-    for variant, params in (("distilled", run["variant"]["params"]), ("full", {})):
-        model = EncoderClassifier(ModelConfig(**run["model"]), variant, params, data.vocab_size, data.seq_len,
-                                  data.num_classes)
-        model.load_state_dict(ckpt["model"])
-        model.eval()
-        with torch.no_grad():
-            acc = (model(data.splits["test"]["tokens"]).argmax(-1) == data.splits["test"]["labels"]).float().mean()
-        assert record["accuracy"]["test"] == pytest.approx(acc.item())
+    model = EncoderClassifier.for_data(ModelConfig(**run["model"]), run["variant"]["name"],
+                                       run["variant"]["params"], data)
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    with torch.no_grad():
+        acc = (model(data.splits["test"]["tokens"]).argmax(-1) == data.splits["test"]["labels"]).float().mean()
+    assert record["accuracy"]["test"] == pytest.approx(acc.item())
 
 
 def test_missing_teacher_is_an_error_that_says_how_to_get_it(tmp_path, tiny_listops_data):
-    run = resolve_run(_config(), "listops", "distilled", 0)
+    run = resolve_run(_config(), "listops", "full", 0, "distill")
     with pytest.raises(TeacherError) as info:
         distill_run(run, tiny_listops_data, tmp_path / "out", tmp_path / "nowhere", bar=False)
     msg = str(info.value)
@@ -211,15 +212,17 @@ def test_missing_teacher_is_an_error_that_says_how_to_get_it(tmp_path, tiny_list
 def test_cli_missing_teacher_exits_2(tmp_path, capsys, tiny_listops_data):
     from attnbench.tasks.base import save_prepared
 
-    run = resolve_run(_config(), "listops", "distilled", 0)
+    run = resolve_run(_config(), "listops", "full", 0, "distill")
     data_file = tmp_path / "dataset.pt"
     save_prepared(data_file, "listops", run["task"]["data"], tiny_listops_data)
-    args = ["train", "--task", "listops", "--variant", "distilled", "--seed", "0", "--data", str(data_file),
-            "--run-config", json.dumps(run), "--out", str(tmp_path / "out"), "--no-progress"]
+    args = ["train", "--task", "listops", "--variant", "full", "--method", "distill", "--seed", "0",
+            "--data", str(data_file), "--run-config", json.dumps(run), "--out", str(tmp_path / "out"), "--no-progress"]
     assert cli.main([*args, "--teacher-dir", str(tmp_path / "nowhere")]) == 2
     assert "teacher record" in capsys.readouterr().err
-    with pytest.raises(SystemExit, match="trained from labels"):
+    with pytest.raises(SystemExit, match="only a distilled run"):
         cli.main(["train", "--task", "listops", "--variant", "full", "--seed", "0", "--teacher-dir", str(tmp_path)])
+    with pytest.raises(SystemExit, match="--method labels does not match the run config's distill"):
+        cli.main([a for a in args if a not in ("--method", "distill")])
 
 
 def test_teacher_without_checkpoint_gives_failed_record(distilled, tmp_path, tiny_listops_data):
@@ -238,7 +241,7 @@ def test_teacher_without_checkpoint_gives_failed_record(distilled, tmp_path, tin
 
 def test_incompatible_teacher_gives_failed_record(distilled, tmp_path, tiny_listops_data):
     _, _, _, root = distilled
-    wider = resolve_run(_config(model={"layers": 2, "dim": 32}), "listops", "distilled", 0)
+    wider = resolve_run(_config(model={"layers": 2, "dim": 32}), "listops", "full", 0, "distill")
     with torch_state_restored():
         record = distill_run(wider, tiny_listops_data, tmp_path / "out", root / "full", bar=False)
     assert record["status"] == "failed"
@@ -254,65 +257,78 @@ def error_of(config: dict) -> str:
 
 
 def test_teacher_must_be_in_the_config():
-    config = tiny_config()
-    config["variants"] = {"distilled": {}}  # tiny_config merges: replace instead
-    msg = error_of(config)
-    assert "'variants.distilled.teacher'" in msg and "'full'" in msg and "not in 'variants'" in msg
+    msg = error_of(tiny_config(distill={"teacher": "window", "students": {"full": {}}}))
+    assert "'distill.teacher' is 'window'" in msg and "not in 'variants'" in msg and "`window: {}`" in msg
 
 
-def test_teacher_must_be_a_variant_trained_from_labels():
-    msg = error_of(tiny_config(variants={"full": {}, "distilled": {"teacher": "distilled"}}))
-    assert "'variants.distilled.teacher' is 'distilled'" in msg and "trained from labels: full" in msg
-    msg = error_of(tiny_config(variants={"full": {}, "distilled": {"teacher": "nonesuch"}}))
-    assert "'nonesuch'" in msg and "distilled" in msg
+def test_no_students_no_distillation_and_no_teacher_check():
+    config = validate_config(tiny_config(distill={"teacher": "nonesuch"}))
+    assert config["distill"]["students"] == {}
+    with pytest.raises(ConfigError, match="not a distilled student"):
+        resolve_run(config, "listops", "full", 0, "distill")
 
 
-def test_unknown_student_attention_lists_known_variants():
-    msg = error_of(tiny_config(variants={"full": {}, "distilled": {"attention": "fulll"}}))
-    assert "'variants.distilled.attention' is 'fulll'" in msg
-    for name in FROM_LABELS:
+def test_unknown_student_lists_known_variants():
+    msg = error_of(tiny_config(distill={"students": {"fulll": {}}}))
+    assert "unknown variant 'fulll' under 'distill.students'" in msg
+    for name in NAMES:
         assert name in msg
 
 
-def test_student_attention_params_are_checked_against_that_variant():
-    msg = error_of(tiny_config(variants={"full": {}, "distilled": {"attention_params": {"window": 3}}}))
-    assert "'variants.distilled.attention_params'" in msg and "window" in msg and "unknown key" in msg
+def test_student_params_are_checked_against_that_variant():
+    msg = error_of(tiny_config(distill={"students": {"full": {"window": 3}}}))
+    assert "'distill.students.full'" in msg and "window" in msg and "unknown key" in msg
+    msg = error_of(tiny_config(distill={"students": {"window": {"window": "wide"}}}))
+    assert "'distill.students.window.window' is 'wide'" in msg
 
 
 def test_student_deeper_than_teacher_rejected():
-    msg = error_of(tiny_config(variants={"full": {}, "distilled": {"student_layers": 3}}, model={"layers": 2}))
-    assert "'variants.distilled.student_layers' is 3" in msg and "listops" in msg and "<= 2" in msg
+    msg = error_of(tiny_config(distill={"students": {"full": {}}, "student_layers": 3}, model={"layers": 2}))
+    assert "'distill.student_layers' is 3" in msg and "listops" in msg and "<= 2" in msg
 
 
-def test_resolved_student_spells_out_layers_and_attention_params():
+def test_old_distilled_variant_is_read_as_the_distill_section(capsys):
+    config = validate_config(tiny_config(variants={"full": {}, "distilled": {
+        "teacher": "full", "student_layers": 1, "temperature": 3.0, "attention": "window",
+        "attention_params": {"window": 4}}}))
+    assert list(config["variants"]) == ["full"]
+    assert config["distill"] == {"teacher": "full", "student_layers": 1, "temperature": 3.0, "alpha": 0.5,
+                                 "students": {"window": {"window": 4}}}
+    assert "'variants.distilled' is the old form" in capsys.readouterr().err
+    msg = error_of(tiny_config(variants={"full": {}, "distilled": {}}, distill={"students": {"full": {}}}))
+    assert "keep one of them" in msg
+
+
+def test_resolved_student_spells_out_layers_and_params():
     config = _config(model={"layers": 3})
-    run = resolve_run(config, "listops", "distilled", 1)
-    assert run["model"]["layers"] == 2 == run["variant"]["params"]["student_layers"]
+    run = resolve_run(config, "listops", "full", 1, "distill")
+    assert run["model"]["layers"] == 2 == run["method"]["student_layers"]
     assert resolve_run(config, "listops", "full", 1)["model"]["layers"] == 3  # the teacher keeps its depth
     # the student's attention takes that variant's params from `variants:`, overridden by
-    # attention_params: checked with a registered variant whose test-size params are not its defaults
-    as_json = lambda v: list(v) if isinstance(v, tuple) else v  # noqa: E731
+    # distill.students.<variant>: checked with a registered variant whose test-size params are not its defaults
+    def as_json(v):
+        return list(v) if isinstance(v, tuple) else v
 
     def non_default(entry):
         defaults = {k: as_json(v) for k, v in dataclasses.asdict(entry.config()).items()}
         return {k: v for k, v in entry.cls.small_params.items() if defaults[k] != as_json(v)}
 
-    entries = [e for e in VARIANTS if not e.cls.needs_teacher and non_default(e)]
+    entries = [e for e in VARIANTS if non_default(e)]
     if not entries:
         pytest.skip("no registered variant has test-size parameters that differ from its defaults")
     entry = entries[0]
     small = non_default(entry)
     key = next(iter(small))
     default = as_json(getattr(entry.config(), key))
-    for attention_params, expected in (({}, as_json(small[key])), ({key: default}, default)):
-        config = _config(variants={"full": {}, entry.name: dict(small),
-                                   "distilled": {"attention": entry.name, "attention_params": attention_params}})
-        params = resolve_run(config, "listops", "distilled", 0)["variant"]["params"]["attention_params"]
+    for student_params, expected in (({}, as_json(small[key])), ({key: default}, default)):
+        config = _config(variants={"full": {}, entry.name: dict(small)},
+                         distill={"students": {entry.name: student_params}})
+        params = resolve_run(config, "listops", entry.name, 0, "distill")["variant"]["params"]
         assert set(params) == {f.name for f in dataclasses.fields(entry.config)}  # spelled out
-        assert params[key] == expected, (entry.name, key, attention_params)
+        assert params[key] == expected, (entry.name, key, student_params)
     # a variant that `variants:` does not name: its defaults
-    config = _config(variants={"full": {}, "distilled": {"attention": entry.name}})
-    params = resolve_run(config, "listops", "distilled", 0)["variant"]["params"]["attention_params"]
+    config = _config(distill={"students": {entry.name: {}}})
+    params = resolve_run(config, "listops", entry.name, 0, "distill")["variant"]["params"]
     assert params[key] == default
 
 
@@ -331,24 +347,31 @@ def test_dict_config_fields_are_objects_with_fresh_defaults():
     assert second.nested == {"a": 1}
 
 
-def test_records_written_before_the_teacher_entry_read_as_trained_from_labels(distilled, tmp_path):
-    teacher = copy.deepcopy(distilled[0])
-    del teacher["teacher"]
-    (tmp_path / "record.json").write_text(json.dumps(teacher))
-    assert read_record(tmp_path / "record.json")["teacher"] is None
+def test_version_1_records_read_with_method_and_label(distilled, tmp_path):
+    teacher, _, student, _ = copy.deepcopy(distilled)
+    for record in (teacher, student):
+        record["schema_version"] = 1
+        del record["method"], record["label"]
+    teacher.pop("teacher", None)  # written before records named a teacher
+    student["variant"] = "distilled"  # version 1 named a student after its (distilled) variant
+    (tmp_path / "t.json").write_text(json.dumps(teacher))
+    (tmp_path / "s.json").write_text(json.dumps(student))
+    old_teacher, old_student = read_record(tmp_path / "t.json"), read_record(tmp_path / "s.json")
+    assert old_teacher.get("teacher") is None and (old_teacher["method"], old_teacher["label"]) == ("labels", "full")
+    assert (old_student["method"], old_student["label"]) == ("distill", "distilled")
 
 
 def _summary_rows():
     base = {"task": "listops", "status": "ok", "layers": 2, "params": 1000, "teacher_run_id": None}
     rows = []
     for seed, (t_acc, s_acc) in enumerate([(0.50, 0.45), (0.40, 0.40)]):
-        rows.append({**base, "variant": "full", "seed": seed, "test_acc": t_acc, "train_tokens_per_s": 100.0,
+        rows.append({**base, "variant": "full", "attention": "full", "seed": seed, "test_acc": t_acc, "train_tokens_per_s": 100.0,
                      "eval_tokens_per_s": 1000.0})
-        rows.append({**base, "variant": "distilled", "seed": seed, "test_acc": s_acc, "layers": 1, "params": 600,
+        rows.append({**base, "variant": "distilled[full]", "attention": "full", "seed": seed, "test_acc": s_acc, "layers": 1, "params": 600,
                      "train_tokens_per_s": 150.0 + 50 * seed, "eval_tokens_per_s": 2000.0,
                      "teacher_run_id": f"listops/full/seed{seed}", "teacher_status": "ok", "teacher_test_acc": t_acc,
                      "teacher_train_tokens_per_s": 100.0, "teacher_eval_tokens_per_s": 1000.0,
-                     "teacher_params": 1000, "teacher_layers": 2, "student_attention": "full",
+                     "teacher_params": 1000, "teacher_layers": 2,
                      "distill_temperature": 2.0, "distill_alpha": 0.5})
     return rows
 
@@ -357,7 +380,8 @@ def test_distillation_table_means_per_seed_ratios():
     table = distillation_table(pd.DataFrame(_summary_rows()))
     assert len(table) == 1
     row = table.iloc[0]
-    assert (row["task"], row["student"], row["teacher"]) == ("listops", "distilled", "full")
+    assert (row["task"], row["student"], row["teacher"]) == ("listops", "distilled[full]", "full")
+    assert row["student attention"] == "full"
     assert row["layers (student/teacher)"] == "1/2" and row["pairs"] == "2/2"
     assert row["accuracy kept (%)"] == "95.0"  # mean of 0.45/0.50 and 0.40/0.40
     assert row["Δ acc (points)"] == "-2.5"

@@ -44,7 +44,7 @@ def test_average_needs_every_task_of_its_convention():
     ("full", {}, "Transformer"), ("window", {}, "Longformer"), ("lsh", {}, "Reformer"),
     ("sparse", {}, "BigBird"), ("sparse", {"random_blocks": 0, "strided_every": 4}, "Sparse Trans."),
     ("sparse", {"random_blocks": 0}, None), ("linear", {}, "Linear Trans."),
-    ("linear", {"feature_map": "favor"}, "Performer"), ("distilled", {}, None),
+    ("linear", {"feature_map": "favor"}, "Performer"),
 ])
 def test_variants_name_the_published_model_they_implement(variant, params, model):
     assert VARIANTS.get(variant).cls.published_as(params) == model

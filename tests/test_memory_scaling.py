@@ -14,7 +14,7 @@ import pytest
 from attnbench.harness.compare.probe import run_worker
 from attnbench.variants import VARIANTS
 
-LINEAR = [e.name for e in VARIANTS if e.cls.linear_memory and not e.cls.needs_teacher]
+LINEAR = [e.name for e in VARIANTS if e.cls.linear_memory]
 N, CONTRAST_N = 4096, 2048
 BASE = {"impl": "ours", "peer": None, "batch": 1, "heads": 4, "head_dim": 64, "threads": 1,
         "device": "cpu", "warmup": 1, "repeats": 1, "seed": 0, "prime_n": 256}

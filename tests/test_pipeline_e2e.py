@@ -19,7 +19,8 @@ SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 
 TINY = {
     "seeds": [0, 1],
-    "variants": {"full": {}, "distilled": {}},  # distilled: a 1-layer student of each full run
+    "variants": {"full": {}},
+    "distill": {"students": {"full": {}}},  # distilled[full]: a 1-layer student of each full run
     "model": {"layers": 2, "dim": 16, "heads": 2, "mlp_dim": 32},
     "train": {"steps": 30, "batch_size": 16, "eval_every": 10, "warmup_steps": 5},
     "tasks": {
@@ -82,18 +83,22 @@ def test_pipeline_writes_records_summary_and_report(pipeline):
         assert rec["status"] == "ok", rec["message"]
         assert 0.0 <= rec["accuracy"]["test"] <= 1.0
         assert (path.parent / "curve.csv").exists() and (path.parent / "best.pt").exists()
-        if rec["variant"] == "distilled":  # its teacher: the full run of the same task and seed
+        if rec["method"] == "distill":  # its teacher: the full run of the same task and seed
+            assert rec["label"] == "distilled[full]" and path.parent.parent.name == "distilled-full"
             assert rec["teacher"]["run_id"] == f"{rec['task']}/full/seed{rec['seed']}"
             assert (path.parent / rec["teacher"]["checkpoint"]).resolve() == (
                 work / "results" / "runs" / rec["task"] / "full" / f"seed{rec['seed']}" / "best.pt").resolve()
             assert (rec["config"]["model"]["layers"], rec["teacher"]["layers"]) == (1, 2)
         else:
-            assert rec["teacher"] is None
+            assert "teacher" not in rec and rec["label"] == rec["variant"] == "full"
     df = pd.read_csv(work / "results" / "summary.csv")
     assert sorted(zip(df["task"], df["variant"], df["seed"])) == [
-        (t, v, s) for t in ("image", "listops") for v in ("distilled", "full") for s in (0, 1)]
-    distilled = df[df["variant"] == "distilled"]
+        (t, v, s) for t in ("image", "listops") for v in ("distilled[full]", "full") for s in (0, 1)]
+    distilled = df[df["variant"] == "distilled[full]"]
     assert distilled["teacher_test_acc"].notna().all() and (distilled["params"] < distilled["teacher_params"]).all()
+    assert (distilled["attention"] == "full").all() and (distilled["method"] == "distill").all()
+    assert distilled["published_as"].isna().all()  # a student is not LRA's Transformer
+    assert (df[df["variant"] == "full"]["published_as"] == "Transformer").all()
     assert df[df["variant"] == "full"]["teacher_run_id"].isna().all()
     assert (work / "results" / "summary.parquet").exists()
     bench = pd.read_csv(work / "results" / "bench.csv")  # the sweep: full on its default and math kernels
@@ -108,7 +113,7 @@ def test_pipeline_writes_records_summary_and_report(pipeline):
     # accuracy table: one row per task, 'mean ± std (n=2)' per variant, baselines beside
     for task in ("image", "listops"):
         row = next(line for line in md.splitlines() if line.startswith(f"| {task} |"))
-        for variant in ("distilled", "full"):
+        for variant in ("distilled[full]", "full"):
             mean = df[(df["task"] == task) & (df["variant"] == variant)]["test_acc"].mean() * 100
             assert f"{mean:.1f} ± " in row, (variant, row)
         assert row.count("(n=2)") == 2
@@ -119,7 +124,8 @@ def test_pipeline_writes_records_summary_and_report(pipeline):
     assert "<h2>Distillation</h2>" in html and "accuracy kept" in html
     section = md.split("## Distillation", 1)[1].split("## Runs", 1)[0]
     for task in ("image", "listops"):
-        row = next(line for line in section.splitlines() if line.startswith(f"| {task} | distilled | full | 1/2 |"))
+        row = next(line for line in section.splitlines()
+                   if line.startswith(f"| {task} | distilled[full] | full | 1/2 | full |"))
         pairs = distilled[distilled["task"] == task]
         kept = (pairs["test_acc"] / pairs["teacher_test_acc"]).mean() * 100
         assert "| 2/2 |" in row and f"| {kept:.1f} |" in row, row
@@ -130,7 +136,7 @@ def test_rerun_does_nothing_and_deleting_a_record_reruns_only_that_job(pipeline)
     work = pipeline
     assert planned_jobs(snakemake(work, "-n")) == {}
     runs = work / "results" / "runs" / "listops"
-    student = runs / "distilled" / "seed0" / "record.json"
+    student = runs / "distilled-full" / "seed0" / "record.json"
     student.rename(student.with_suffix(".bak"))  # a student alone: only its job
     try:
         assert planned_jobs(snakemake(work, "-n")) == {"distill": 1, "aggregate": 1, "report": 1, "all": 1}
@@ -141,11 +147,11 @@ def test_rerun_does_nothing_and_deleting_a_record_reruns_only_that_job(pipeline)
     dry = snakemake(work, "-n")
     assert planned_jobs(dry) == {"train": 1, "distill": 1, "aggregate": 1, "report": 1, "all": 1}
     assert planned_wildcards(dry, "train") == [{"task": "listops", "variant": "full", "seed": "1"}]
-    assert planned_wildcards(dry, "distill") == [{"task": "listops", "variant": "distilled", "seed": "1"}]
+    assert planned_wildcards(dry, "distill") == [{"task": "listops", "variant": "full", "seed": "1"}]
     result = snakemake(work)
     assert result.returncode == 0, result.stderr[-3000:]
     teacher = read_record(runs / "full" / "seed1" / "record.json")
-    student = read_record(runs / "distilled" / "seed1" / "record.json")
+    student = read_record(runs / "distilled-full" / "seed1" / "record.json")
     assert teacher["status"] == student["status"] == "ok"
     assert student["teacher"]["config_hash"] == teacher["config_hash"]
     assert student["teacher"]["test_acc"] == teacher["accuracy"]["test"]  # distilled from the new teacher
@@ -212,9 +218,10 @@ def test_lra_config_plans_the_grid_and_names_the_missing_data(tmp_path):
     tasks, variants = list(lra["tasks"]), list(lra["variants"])
     assert set(tasks) == {"listops", "text", "retrieval", "image", "pathfinder", "pathx"}
     jobs = planned_jobs(result)
-    assert jobs["prepare_data"] == 6 and jobs["distill"] == 6 and jobs["train"] == 6 * (len(variants) - 1)
+    assert jobs["prepare_data"] == 6 and jobs["distill"] == 6 and jobs["train"] == 6 * len(variants)
     assert sorted((w["task"], w["variant"]) for w in planned_wildcards(result, "train")) == sorted(
-        (t, v) for t in tasks for v in variants if v != "distilled")
+        (t, v) for t in tasks for v in variants)
+    assert sorted(w["task"] for w in planned_wildcards(result, "distill")) == sorted(tasks)
     out = result.stdout + result.stderr
     missing = {t: line for line in out.splitlines() for t in tasks if line.startswith(f"attnbench: data of task '{t}'")}
     assert set(missing) == set(tasks), out[-3000:]

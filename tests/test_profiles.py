@@ -40,10 +40,10 @@ def test_profile_plans_the_lra_grid_with_a_gpu_per_training_job(tmp_path, profil
     result = dry_run(tmp_path, profile)
     assert f"Using profiles {REPO / 'profiles' / profile}" in result.stdout + result.stderr
     lra = yaml.safe_load((REPO / "config" / "lra.yaml").read_text())
-    tasks, variants = len(lra["tasks"]), len(lra["variants"])
+    tasks, variants, students = len(lra["tasks"]), len(lra["variants"]), len(lra["distill"]["students"])
     jobs = planned_jobs(result)
-    assert jobs["prepare_data"] == tasks and jobs["distill"] == tasks and jobs["train"] == tasks * (variants - 1)
-    assert jobs["bench_variant"] == variants - 1  # every variant trained from labels
+    assert jobs["prepare_data"] == tasks and jobs["distill"] == tasks * students and jobs["train"] == tasks * variants
+    assert jobs["bench_variant"] == variants
     res = planned_resources(result)
     want = lra["resources"]
     groups = {"prepare_data": "prepare", "train": "train", "distill": "distill", "bench_variant": "bench",
@@ -74,11 +74,12 @@ def test_auto_device_asks_for_a_gpu(tmp_path):
 
 
 def test_default_resources_are_filled_from_the_schema():
-    from attnbench.harness.config.validate import SCHEMA_PATH, validate_config
+    from attnbench.harness.config import validate_config
+    from attnbench.harness.core import resources
 
     config = validate_config({"variants": {"full": {}}, "tasks": {"listops": {}},
                               "resources": {"train": {"runtime_min": "600"}}})
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())["properties"]["resources"]["properties"]
+    schema = yaml.safe_load(resources.config_schema().read_text())["properties"]["resources"]["properties"]
     assert set(config["resources"]) == set(schema) == {"prepare", "train", "distill", "bench", "report"}
     for group, prop in schema.items():
         expected = {key: p["default"] for key, p in prop["properties"].items()}
@@ -89,7 +90,7 @@ def test_default_resources_are_filled_from_the_schema():
 
 
 def test_unknown_resources_key_is_rejected():
-    from attnbench.harness.config.validate import ConfigError, validate_config
+    from attnbench.harness.config import ConfigError, validate_config
 
     with pytest.raises(ConfigError) as info:
         validate_config({"variants": {"full": {}}, "tasks": {"listops": {}},

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import tiny_run, torch_state_restored
-from attnbench.harness.config.validate import config_hash
+from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.run.model import EncoderClassifier, ModelConfig
 from attnbench.harness.results.records import RecordError, read_record, validate_record, write_record
 from attnbench.harness.run.train import train_run

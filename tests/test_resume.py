@@ -16,7 +16,7 @@ import yaml
 
 from conftest import tiny_config, torch_state_restored
 from attnbench.harness.run import checkpoint
-from attnbench.harness.config.validate import resolve_run, validate_config
+from attnbench.harness.config import resolve_run, validate_config
 from attnbench.harness.run.train import Trainer, train_run
 
 CLI = Path(sys.executable).with_name("attnbench")
@@ -167,11 +167,14 @@ def test_checkpoint_every_0_writes_no_checkpoint(tmp_path, tiny_listops_data, mo
 def test_distilled_run_resumes(tmp_path, tiny_listops_data, monkeypatch, capsys):
     from attnbench.harness.run.distill import distill_run
 
-    config = validate_config(_config(variants={"full": {}, "distilled": {}}, model={"layers": 2, "dropout": 0.1}))
+    config = validate_config(_config(distill={"students": {"full": {}}}, model={"layers": 2, "dropout": 0.1}))
     with torch_state_restored():
         train_run(resolve_run(config, "listops", "full", 0), tiny_listops_data, tmp_path / "teacher", bar=False)
-    run = resolve_run(config, "listops", "distilled", 0)
-    distill = lambda out: distill_run(run, tiny_listops_data, out, tmp_path / "teacher", bar=False)  # noqa: E731
+    run = resolve_run(config, "listops", "full", 0, "distill")
+
+    def distill(out):
+        return distill_run(run, tiny_listops_data, out, tmp_path / "teacher", bar=False)
+
     with torch_state_restored():
         distill(tmp_path / "A")
     _interrupted(monkeypatch, distill, tmp_path / "B", step=33)

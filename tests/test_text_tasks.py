@@ -360,7 +360,7 @@ def test_bad_labels_and_split_values(tmp_path):
 # ---------------------------------------------------------------- configs
 
 def test_configs_and_defaults():
-    from attnbench.harness.config.validate import resolve_run, validate_config
+    from attnbench.harness.config import resolve_run, validate_config
 
     text, textcls = TASKS.get("text").config(), TASKS.get("textcls").config()
     assert (text.path, text.seq_len, text.text_columns, text.label_column) == ("stanfordnlp/imdb", 4096, ("text",), "label")
@@ -375,7 +375,7 @@ def test_configs_and_defaults():
 # ---------------------------------------------------------------- the real shared samples, trained briefly
 
 def _train_briefly(tmp_path, task: str, data, model: dict, train: dict) -> dict:
-    from attnbench.harness.config.validate import resolve_run, validate_config
+    from attnbench.harness.config import resolve_run, validate_config
     from attnbench.harness.run.train import train_run
 
     config = validate_config({"variants": {"full": {}}, "tasks": {task: {}}, "model": model, "train": train,

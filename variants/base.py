@@ -39,8 +39,6 @@ class Attention(nn.Module):
     exact: ClassVar[bool] = False
     #: True when the peak memory of forward+backward grows linearly with N (tested as a ratio)
     linear_memory: ClassVar[bool] = False
-    #: True when the variant is trained from a teacher's checkpoint (the pipeline adds that edge)
-    needs_teacher: ClassVar[bool] = False
     #: hyper-parameters under which a test at N = 16..64 tokens exercises the real mechanism
     #: (several blocks, chunks or buckets) rather than a degenerate one-block case
     small_params: ClassVar[dict] = {}

@@ -10,7 +10,10 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
-from attnbench.harness.core.registry import build_dataclass, param
+import torch
+
+from attnbench.harness.core.registry import as_dict, build_dataclass, param
+from attnbench.variants import VARIANTS
 
 SDPA_BACKENDS = ("default", "math", "flash", "efficient", "cudnn", "xformers")
 DTYPES = ("float32", "float64", "bfloat16", "float16")
@@ -44,8 +47,7 @@ class BenchConfig:
     variant_params: dict[str, dict] = param(
         {}, "per-variant hyper-parameters for the sweep, over the variant's defaults (which suit 1K-4K tokens); "
         "the `variants:` settings suit the training tasks' lengths and are not used here")
-    variants: tuple[str, ...] = param((), "variants to sweep (empty: every configured variant trained from labels; "
-                                      "distilled students have their attention variant's layers)")
+    variants: tuple[str, ...] = param((), "variants to sweep (empty: every variant in `variants:`)")
     warmup: int = param(2, "untimed steps before the timed ones", minimum=0)
     repeats: int = param(7, "timed steps per case; the table reports their median", minimum=1)
     rounds: int = param(1, "passes over a variant's cases, interleaved (every case once, then again): a case's "
@@ -96,13 +98,8 @@ def bench_settings(config: dict) -> BenchConfig:
 
 
 def bench_variants(config: dict) -> list[str]:
-    """The variants the sweep measures: ``bench.variants``, else every configured variant trained from labels."""
-    from attnbench.variants import VARIANTS
-
-    chosen = bench_settings(config).variants
-    if chosen:
-        return list(chosen)
-    return [v for v in config["variants"] if not VARIANTS.get(v).cls.needs_teacher]
+    """The variants the sweep measures: ``bench.variants``, else every variant in ``variants:``."""
+    return list(bench_settings(config).variants or config["variants"])
 
 
 def sweep_threads(settings: BenchConfig, cores: int) -> int:
@@ -113,20 +110,15 @@ def sweep_threads(settings: BenchConfig, cores: int) -> int:
 def bench_device(config: dict) -> str:
     device = config.get("device", "cpu")
     if device == "auto":
-        import torch
-
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
 
 def variant_cases(config: dict, variant: str) -> list[Case]:
     """Every case of one variant: its backends x scopes x modes x dtypes x batch sizes x lengths."""
-    from attnbench.variants import VARIANTS
-
     cfg = bench_settings(config)
     cuda = bench_device(config) == "cuda"
-    params = dataclasses.asdict(VARIANTS.make_config(variant, cfg.variant_params.get(variant, {})))
-    params = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
+    params = as_dict(VARIANTS.make_config(variant, cfg.variant_params.get(variant, {})))
     lengths = cfg.cuda_lengths if cuda else cfg.lengths
     dtypes = cfg.cuda_dtypes if cuda else cfg.dtypes
     return [Case(variant, params, backend, scope, mode, dtype, batch, n)
@@ -137,8 +129,6 @@ def variant_cases(config: dict, variant: str) -> list[Case]:
 
 def check_bench(config: dict) -> list[str]:
     """Problems with the ``bench:`` section that the schema cannot express."""
-    from attnbench.variants import VARIANTS
-
     cfg = bench_settings(config)
     problems = []
     for key in ("lengths", "cuda_lengths", "batch_sizes"):
@@ -157,9 +147,6 @@ def check_bench(config: dict) -> list[str]:
     for name in cfg.variants:
         if name not in known:
             problems.append(f"unknown variant {name!r} under 'bench.variants'; known variants: {', '.join(known)}")
-        elif VARIANTS.get(name).cls.needs_teacher:
-            problems.append(f"'bench.variants' names {name!r}, which is trained from a teacher; its layers are "
-                            "its attention variant's: sweep that one")
     for name, params in cfg.variant_params.items():
         if name in known:
             try:

@@ -61,8 +61,7 @@ def plan(variants: list[str], peers: list[str] | None, shape_of: Callable[[int],
         else:  # in the order given
             vpeers = [PEERS[name] for name in peers if name in PEERS and PEERS[name].variant == variant]
         if not vpeers:
-            why = ("its attention is the configured student variant's (compare that variant)"
-                   if VARIANTS.get(variant).cls.needs_teacher else "no public peer registered for it")
+            why = "no public peer registered for it"
             if no_peers:
                 for n in ns:
                     cases.append({"variant": variant, "peer": None, "n": n, "ours_params": {}, "peer_settings": None})

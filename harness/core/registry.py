@@ -139,7 +139,7 @@ def dataclass_schema(cls: type) -> dict[str, Any]:
         else:
             raise TypeError(f"{cls.__name__}.{f.name} needs a default to be a config field")
         prop["default"] = list(default) if isinstance(default, tuple) else default
-        for key in ("minimum", "maximum", "exclusiveMinimum"):
+        for key in ("minimum", "maximum", "exclusiveMinimum", "x-registry"):
             if key in f.metadata:
                 prop[key] = f.metadata[key]
         prop["description"] = f.metadata.get("help", "")
@@ -154,7 +154,9 @@ def dataclass_schema(cls: type) -> dict[str, Any]:
 
 
 def param(default: Any, help: str, **bounds: Any) -> Any:
-    """A config dataclass field with a description and optional JSON-schema bounds.
+    """A config dataclass field with a description and optional JSON-schema bounds
+    (``minimum``, ``maximum``, ``exclusiveMinimum``; ``**{"x-registry": "variant"}`` makes a mapping
+    field one entry per registered variant, each with that variant's parameters).
 
     A mapping default (a ``dict[str, Any]`` field: an object in the schema) is copied for
     each instance; sequences take a tuple default."""

@@ -35,8 +35,6 @@ OVER_BUDGET = {"median_s": {"oom", "timeout"}, "peak_mb": {"oom"}}
 METRIC_LABELS = {"median_s": "time per step (s)", "peak_mb": "peak memory (MiB)"}
 EXPONENT_COLUMNS = {"median_s": "time_exponent", "peak_mb": "memory_exponent"}
 BENCH_ENV_COLUMNS = ["device", "device_name", "threads", "torch"]
-DISTILLED_NOTE = ("Variants trained from a teacher (distilled) are not swept: their layers are their "
-                  "attention variant's.")
 
 
 # ---------------------------------------------------------------- fitting
@@ -494,7 +492,6 @@ def bench_section(df: pd.DataFrame, figures_dir: Path, bench_csv: Path | str = "
         for d, b in combos[1:]:
             _relative_block(sec, df, d, b, sub + 1)
 
-    sec.note(DISTILLED_NOTE)
     sec.md += [f"All {len(df)} cases, one row each: `{bench_csv}`.", ""]
     sec.html.append(f"<details><summary>All {len(df)} cases (tidy table, from "
                     f"<code>{html.escape(str(bench_csv))}</code>)</summary>{_html_table(df)}</details>")

@@ -68,7 +68,8 @@ def efficiency_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 DISTILLATION_NOTE = (
-    "Each distilled student against its teacher: the teacher variant's run of the same task and seed. "
+    "Each distilled student (distilled[<its attention>]) against its teacher: the teacher variant's run of the "
+    "same task and seed. "
     "Means over the seeds where both finished ok (pairs: ok / distilled runs). Accuracy kept = student test "
     "accuracy / teacher test accuracy; Δ = student minus teacher, in points. Train speed = training tokens/s "
     "of the distillation step (the teacher's forward pass included) over the teacher's own training "
@@ -100,7 +101,7 @@ def distillation_table(df: pd.DataFrame) -> pd.DataFrame:
         rows.append({
             "task": task, "student": variant, "teacher": str(first["teacher_run_id"]).split("/")[1],
             "layers (student/teacher)": f"{int(first['layers'])}/{int(first['teacher_layers'])}",
-            "student attention": first["student_attention"],
+            "student attention": first["attention"],
             "T, alpha": f"{first['distill_temperature']:g}, {first['distill_alpha']:g}",
             "pairs": f"{len(pairs)}/{len(g)}",
             "student acc (%)": fmt(mean(pairs["test_acc"]), _pct),

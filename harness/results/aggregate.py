@@ -1,4 +1,8 @@
-"""Collect every run record into one tidy table: ``results/summary.csv`` (+ ``.parquet``)."""
+"""Collect every run record into one tidy table: ``results/summary.csv`` (+ ``.parquet``).
+
+One row per run. ``variant`` is the run's label, the name the report shows (a distilled student
+is ``distilled[<attention>]``); ``attention`` is the model's attention variant and ``method``
+how it was trained."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,19 +10,19 @@ from pathlib import Path
 import pandas as pd
 
 from attnbench.harness.core.io import write_table
+from attnbench.variants import VARIANTS
 from attnbench.harness.results.records import find_records, read_record
 
 COLUMNS = [
-    "task", "variant", "published_as", "seed", "status", "message", "best_val_acc", "test_acc", "best_step",
+    "task", "variant", "attention", "method", "published_as", "seed", "status", "message", "best_val_acc", "test_acc", "best_step",
     "chance_acc", "majority_test_acc", "steps_done", "steps_planned", "wall_s",
     "train_steps_per_s", "train_tokens_per_s", "eval_tokens_per_s", "peak_memory_mb",
     "peak_memory_reserved_mb", "peak_memory_method", "timing_method", "params", "layers", "attention_flops_fwd",
     "seq_len", "batch_size", "device", "device_name", "torch_threads", "torch", "cuda", "python", "host", "git_commit",
     "git_dirty",
-    # runs distilled from a teacher (empty otherwise): the teacher's numbers and the settings
+    # distilled students (empty otherwise): the teacher's numbers and the settings
     "teacher_run_id", "teacher_status", "teacher_test_acc", "teacher_train_tokens_per_s",
-    "teacher_eval_tokens_per_s", "teacher_params", "teacher_layers", "student_attention",
-    "distill_temperature", "distill_alpha",
+    "teacher_eval_tokens_per_s", "teacher_params", "teacher_layers", "distill_temperature", "distill_alpha",
     "config_hash", "record",
 ]
 TEACHER_FIELDS = ["run_id", "status", "test_acc", "train_tokens_per_s", "eval_tokens_per_s", "params", "layers"]
@@ -28,17 +32,17 @@ def teacher_columns(record: dict) -> dict:
     teacher = record.get("teacher")
     if teacher is None:
         return {}
-    params = record["config"]["variant"]["params"]
+    method = record["config"].get("method", {})
     return {**{f"teacher_{k}": teacher[k] for k in TEACHER_FIELDS},
-            "student_attention": params.get("attention"), "distill_temperature": params.get("temperature"),
-            "distill_alpha": params.get("alpha")}
+            "distill_temperature": method.get("temperature"), "distill_alpha": method.get("alpha")}
 
 
 def published_as(record: dict) -> str | None:
-    """The model of LRA's published Table 1 that the run's variant (with its parameters) implements."""
-    from attnbench.variants import VARIANTS
-
+    """The model of LRA's published Table 1 that the run (its variant with its parameters, trained
+    from labels as LRA's were) implements."""
     variant = record["config"]["variant"]
+    if record["method"] != "labels":
+        return None
     try:
         return VARIANTS.get(variant["name"]).cls.published_as(variant["params"])
     except KeyError:  # a record of a variant this checkout no longer registers
@@ -49,7 +53,8 @@ def record_row(record: dict, path: Path) -> dict:
     eff, env = record["efficiency"], record["environment"]
     mb = lambda b: None if b is None else b / 2**20  # noqa: E731
     return {
-        "task": record["task"], "variant": record["variant"], "published_as": published_as(record),
+        "task": record["task"], "variant": record["label"], "attention": record["variant"],
+        "method": record["method"], "published_as": published_as(record),
         "seed": record["seed"],
         "status": record["status"], "message": record["message"],
         "best_val_acc": record["accuracy"]["best_val"], "test_acc": record["accuracy"]["test"],

@@ -13,9 +13,9 @@ model holds as an attribute.
 
 A checkpoint is used only by the same run: the hash of its resolved run config, less
 ``train.checkpoint_every`` (which changes when the run is saved, not what it computes), and
-for a distilled run of its record's ``teacher`` entry (a retrained teacher differs at least
-in its measured throughput), must match; otherwise it is ignored with a printed line and the
-run starts fresh. The folder
+of what its training method takes from other runs (the record entries it adds: a run it
+learns from differs, if retrained, at least in its measured throughput), must match;
+otherwise it is ignored with a printed line and the run starts fresh. The folder
 is not a declared output of the pipeline's rules, so Snakemake leaves it in place when it
 re-runs a job whose record is missing.
 """
@@ -44,12 +44,12 @@ def checkpoint_path(out_dir: Path) -> Path:
     return Path(out_dir) / CHECKPOINT_DIR / "last.pt"
 
 
-def resume_hash(run: dict, teacher: dict | None = None) -> str:
+def resume_hash(run: dict, inputs: dict | None = None) -> str:
     """What must match for a checkpoint to be resumed: the run config less ``checkpoint_every``,
-    and the teacher entry of a distilled run."""
+    and ``inputs``, the record entries the training method takes from other runs."""
     run = copy.deepcopy(run)
     run["train"].pop("checkpoint_every", None)
-    return config_hash({"run": run, "teacher": teacher})
+    return config_hash({"run": run, "inputs": inputs or {}})
 
 
 # ---------------------------------------------------------------- random number generators
@@ -125,7 +125,7 @@ def load(path: Path, run: dict, key: str) -> dict | None:
         return None
     if not isinstance(state, dict) or state.get("format") != FORMAT or state.get("resume_hash") != key:
         theirs = state.get("config_hash") if isinstance(state, dict) else None
-        print(f"ignoring checkpoint {path}: made with another run config or teacher "
+        print(f"ignoring checkpoint {path}: made with another run config or from other runs "
               f"(config hash {theirs}, this run {config_hash(run)}); starting fresh", flush=True)
         return None
     return state

@@ -1,14 +1,14 @@
-"""Knowledge distillation (DistilBERT-style) for the variants trained from a teacher.
+"""Distillation (DistilBERT-style), a way of training a model whose attention is any variant:
+from a trained teacher run of the same task and seed instead of from the labels alone.
 
-A variant whose class sets ``needs_teacher`` (``distilled``) is trained here instead of from
-labels alone. Its parameters: ``teacher`` (the variant whose run of the same task and seed
-is the teacher), ``student_layers``, ``temperature``, ``alpha``, ``attention`` and
-``attention_params`` (the student's attention).
+The config's ``distill:`` section (``DistillConfig``) names the students (attention variants),
+the teacher variant, the student's depth and the loss settings; ``attnbench.harness.config.runs``
+resolves each student's run config (method ``distill``).
 
 - The teacher is the best-validation checkpoint (``best.pt``) of its run, rebuilt from the
   run config stored inside it, in eval mode (dropout off) and without gradients.
-- The student is the model the distilled run config describes: the teacher's model settings
-  with ``layers = student_layers`` and the chosen attention. It starts from the teacher:
+- The student is the model its run config describes: the teacher's model settings with
+  ``layers = student_layers`` and the student's attention. It starts from the teacher:
   token embeddings, positions, [CLS], the final LayerNorm, the head, and for each student
   block the teacher block ``select_teacher_layers`` picks. A tensor is copied only where the
   teacher has one of the same name and shape; the rest keeps its own initialisation. So a
@@ -18,20 +18,23 @@ is the teacher), ``student_layers``, ``temperature``, ``alpha``, ``attention`` a
 - Loss = alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE,
   the KL averaged over the batch (``KLDivLoss(reduction="batchmean")``); T^2 keeps the soft
   term's gradients comparable across temperatures (Hinton et al. 2015).
-- The training loop is ``attnbench.harness.run.train``'s: ``DistillTrainer`` overrides the model factory
-  and the loss, so every outcome (ok, oom, diverged, timeout, failed) is recorded the same
-  way. Its timed step includes the teacher's forward pass: that is what a distillation step
-  costs. Evaluation runs the student alone.
+- The training loop is ``attnbench.harness.run.train``'s: ``DistillTrainer`` overrides the model
+  factory and the loss, so every outcome (ok, oom, diverged, timeout, failed) is recorded the
+  same way. Its timed step includes the teacher's forward pass: that is what a distillation
+  step costs. Evaluation runs the student alone. The record gains a ``teacher`` entry.
 """
 from __future__ import annotations
 
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from attnbench.harness.core.registry import param
+from attnbench.harness.results.records import RECORD_NAME, RecordError, RunKey, read_record
 from attnbench.harness.run.model import EncoderClassifier, ModelConfig
 from attnbench.harness.run.train import Trainer, train_run
 from attnbench.tasks.base import DataError, PreparedData
@@ -46,30 +49,28 @@ class TeacherError(DataError):
     names the file and how to obtain it."""
 
 
-# ---------------------------------------------------------------- config resolution
+# ---------------------------------------------------------------- the config section
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Distillation: students trained from the trained teacher run of the same task and seed (DistilBERT-style)."""
+
+    students: dict[str, dict] = param(
+        {}, "attention variant -> its parameters over those it has in `variants:` ({} for the same): one student "
+            "run per task and seed for each, named distilled[<variant>], with the teacher's model settings and "
+            "student_layers blocks (empty: no distillation)", **{"x-registry": "variant"})
+    teacher: str = param("full", "variant whose trained run of the same task and seed is the teacher; it must be in "
+                                 "`variants:`")
+    student_layers: int = param(0, "student encoder blocks (0 = half the teacher's, rounded up); initialised from "
+                                   "teacher blocks spread evenly, first and last included", minimum=0)
+    temperature: float = param(2.0, "softmax temperature T of the distillation term", exclusiveMinimum=0.0)
+    alpha: float = param(0.5, "weight of the soft term: alpha * T^2 * KL(teacher/T || student/T) "
+                              "+ (1 - alpha) * cross-entropy", minimum=0.0, maximum=1.0)
+
 
 def student_layer_count(student_layers: int, teacher_layers: int) -> int:
     """The student's depth: ``student_layers``, or half the teacher's rounded up when 0."""
     return student_layers if student_layers > 0 else max(1, math.ceil(teacher_layers / 2))
-
-
-def resolve_student(config: dict, run: dict) -> dict:
-    """Spell out the student in a resolved run config (in place): its depth in
-    ``model.layers`` and ``variant.params.student_layers``, and its attention's parameters
-    (``variants:`` entry of that variant, if any, and the task's ``per_variant`` params of
-    it, overridden by ``attention_params``)."""
-    from attnbench.harness.config.validate import variant_params
-    from attnbench.harness.core.registry import as_dict
-    from attnbench.variants import VARIANTS
-
-    params = run["variant"]["params"]
-    layers = student_layer_count(params["student_layers"], run["model"]["layers"])
-    base = variant_params(config, run["task"]["name"], params["attention"])  # as that variant has on this task
-    attention = VARIANTS.make_config(params["attention"], {**base, **params["attention_params"]})
-    params["student_layers"] = layers
-    params["attention_params"] = as_dict(attention)
-    run["model"]["layers"] = layers
-    return run
 
 
 # ---------------------------------------------------------------- the student's initialisation
@@ -177,8 +178,8 @@ class DistillTrainer(Trainer):
                  teacher_id: str = "the teacher"):
         if checkpoint is None:
             raise TeacherError(f"{teacher_id} has no checkpoint to distill from")
-        params = run["variant"]["params"]
-        self.temperature, self.alpha = float(params["temperature"]), float(params["alpha"])
+        method = run["method"]
+        self.temperature, self.alpha = float(method["temperature"]), float(method["alpha"])
         self.teacher, self.teacher_run = load_teacher(Path(checkpoint), run, data, device)
         super().__init__(run, data, device)
 
@@ -196,20 +197,16 @@ class DistillTrainer(Trainer):
 
 # ---------------------------------------------------------------- one distilled run
 
-def teacher_dir_of(run: dict) -> Path:
-    """Where the pipeline keeps the teacher's run: the teacher variant, same task and seed."""
-    from attnbench.harness.core import paths
-
-    return paths.run_dir(run["task"]["name"], run["variant"]["params"]["teacher"], run["seed"])
+def teacher_key(run: dict) -> RunKey:
+    """The teacher's run: the teacher variant trained from labels, same task and seed."""
+    return RunKey(run["task"]["name"], run["method"]["teacher"], int(run["seed"]))
 
 
 def teacher_entry(run: dict, teacher_dir: Path, out_dir: Path) -> tuple[dict, Path | None]:
     """The record's ``teacher`` entry (paths relative to ``out_dir``) and the checkpoint path."""
-    from attnbench.harness.results.records import RECORD_NAME, RecordError, read_record
-
     teacher_dir = Path(teacher_dir)
     record_path = teacher_dir / RECORD_NAME
-    teacher = run["variant"]["params"]["teacher"]
+    teacher = run["method"]["teacher"]
     hint = (f"train the teacher first: attnbench train --task {run['task']['name']} --variant {teacher} "
             f"--seed {run['seed']} --out {teacher_dir}")
     if not record_path.exists():
@@ -218,11 +215,14 @@ def teacher_entry(run: dict, teacher_dir: Path, out_dir: Path) -> tuple[dict, Pa
         record = read_record(record_path)
     except RecordError as exc:
         raise TeacherError(f"{exc}\n{hint}") from exc
-    if (record["task"], record["variant"]) != (run["task"]["name"], teacher):
+    if (record["task"], record["variant"], record["method"]) != (run["task"]["name"], teacher, "labels"):
         raise TeacherError(f"{record_path} is the record of {record['run_id']}, not of a {teacher} teacher on "
                            f"{run['task']['name']}; {hint}")
     checkpoint = teacher_dir / record["training"]["checkpoint"] if record["training"]["checkpoint"] else None
-    rel = lambda p: os.path.relpath(Path(p).absolute(), Path(out_dir).absolute())  # noqa: E731
+
+    def rel(p: Path) -> str:
+        return os.path.relpath(Path(p).absolute(), Path(out_dir).absolute())
+
     teacher_layers = record["config"]["model"]["layers"]
     student_layers = run["model"]["layers"]
     entry = {
@@ -244,15 +244,16 @@ def teacher_entry(run: dict, teacher_dir: Path, out_dir: Path) -> tuple[dict, Pa
 
 def distill_run(run: dict, data: PreparedData, out_dir: Path, teacher_dir: Path | None = None,
                 bar: bool | None = None) -> dict:
-    """Distil one (task, teacher-trained variant, seed) from the teacher's run in ``teacher_dir``
-    (default: the teacher variant's run folder of the same task and seed) and return the record.
+    """Train one distilled student (a run config of method ``distill``) from the teacher's run in
+    ``teacher_dir`` (default: the teacher variant's run folder of the same task and seed) and
+    return its record.
 
     Raises ``TeacherError`` when the teacher's record is missing or belongs to another run;
     any later problem (no checkpoint, other data or model settings) ends in a ``failed`` record."""
     out_dir = Path(out_dir)
-    teacher_dir = Path(teacher_dir) if teacher_dir is not None else teacher_dir_of(run)
+    teacher_dir = Path(teacher_dir) if teacher_dir is not None else teacher_key(run).dir
     entry, checkpoint = teacher_entry(run, teacher_dir, out_dir)
     return train_run(run, data, out_dir, bar, trainer_cls=DistillTrainer,
                      trainer_kwargs={"checkpoint": checkpoint, "teacher_id": f"teacher {entry['run_id']} "
                                      f"(status {entry['status']})"},
-                     teacher=entry)
+                     extra={"teacher": entry})

@@ -25,11 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from attnbench.harness.results.records import RECORD_NAME, write_record
 from attnbench.harness.run import checkpoint
 from attnbench.harness.core.io import atomic_torch_save, atomic_write_text
 from attnbench.harness.measure.memory import PeakMemory, is_out_of_memory
 from attnbench.harness.measure.timing import Stopwatch
 from attnbench.harness.run.model import EncoderClassifier, ModelConfig
+from attnbench.harness.run.record import build_record
 from attnbench.harness.core.registry import param
 from attnbench.tasks.base import PreparedData
 
@@ -267,10 +269,10 @@ def baselines(data: PreparedData) -> dict:
             "majority_test_acc": float((test_labels == majority).float().mean())}
 
 
-def resume(trainer: Trainer, run: dict, teacher: dict | None, out_dir: Path, log: Log, rebuild) -> Trainer:
+def resume(trainer: Trainer, run: dict, inputs: dict | None, out_dir: Path, log: Log, rebuild) -> Trainer:
     """The trainer, set to save its checkpoints in ``out_dir`` and restored from the one there
     if that was made by this run; ``rebuild()`` makes a fresh trainer when restoring fails."""
-    path, key = checkpoint.checkpoint_path(out_dir), checkpoint.resume_hash(run, teacher)
+    path, key = checkpoint.checkpoint_path(out_dir), checkpoint.resume_hash(run, inputs)
     state = checkpoint.load(path, run, key)
     if state is not None:
         try:
@@ -286,14 +288,12 @@ def resume(trainer: Trainer, run: dict, teacher: dict | None, out_dir: Path, log
 
 def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = None, *,
               trainer_cls: type[Trainer] = Trainer, trainer_kwargs: dict | None = None,
-              teacher: dict | None = None) -> dict:
+              extra: dict | None = None) -> dict:
     """Train one (task, variant, seed) and return its record (also written to ``out_dir``).
 
     ``trainer_cls(run, data, device, **trainer_kwargs)`` builds the trainer inside the measured,
-    guarded section, so that its failures become records too; ``teacher`` is the record's
-    ``teacher`` entry (None for a run trained from labels alone)."""
-    from attnbench.harness.results.records import build_record, write_record
-
+    guarded section, so that its failures become records too; ``extra``: record entries that a
+    training method adds (what it took from other runs; none for a run trained from labels)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     status, message, trainer, steps_done = "ok", None, None, 0
@@ -311,7 +311,7 @@ def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = N
         try:
             with mem:
                 make = lambda: trainer_cls(run, data, device, **(trainer_kwargs or {}))  # noqa: E731
-                trainer = resume(make(), run, teacher, out_dir, log, make)
+                trainer = resume(make(), run, extra, out_dir, log, make)
                 steps_done = trainer.fit(log)
         except Diverged as exc:
             status, message = "diverged", str(exc)
@@ -338,8 +338,8 @@ def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = N
     record = build_record(run=run, data=data, status=status, message=message, trainer=trainer,
                           test_acc=test_acc, steps_done=steps_done, mem=mem, device=device,
                           wall_s=time.perf_counter() - wall0, baselines=baselines(data),
-                          step_work=trainer_cls.step_work, teacher=teacher)
-    write_record(out_dir / "record.json", record)
+                          step_work=trainer_cls.step_work, extra=extra)
+    write_record(out_dir / RECORD_NAME, record)
     if status in ("ok", "diverged", "timeout"):  # a re-run would end the same: nothing left to resume
         checkpoint.remove(out_dir)
     log.line(f"{record['run_id']}: status {status}"

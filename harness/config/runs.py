@@ -1,0 +1,148 @@
+"""From a validated config to the runs it asks for, each spelled out in full.
+
+A run is (task, variant, seed, method): the ``variant`` is the model's attention, the
+``method`` how it is trained: ``labels`` (every variant in ``variants:``) or ``distill``
+(every variant in ``distill.students``, from the ``distill.teacher`` run of the same task and
+seed). ``resolve_run`` gives one run's self-contained settings, with every default spelled
+out: what its record stores and hashes, and what its job is given.
+
+This module is the one place of the config that knows about teachers: it resolves a student
+(the teacher's model settings with fewer blocks), checks the ``distill:`` section against the
+rest of the config, and reads the old form of it (a ``distilled`` entry in ``variants:``).
+"""
+from __future__ import annotations
+
+import sys
+
+from attnbench.harness.config.schema import ConfigError
+from attnbench.harness.core.registry import as_dict, build_dataclass
+from attnbench.harness.results.records import RunKey
+from attnbench.harness.run.distill import student_layer_count
+from attnbench.harness.run.model import ModelConfig
+from attnbench.harness.run.train import TrainConfig
+from attnbench.tasks import TASKS
+from attnbench.tasks.base import data_key
+from attnbench.variants import VARIANTS
+
+METHODS = ("labels", "distill")
+
+
+def task_data_params(config: dict, task: str) -> dict:
+    """The task's data settings with every default spelled out."""
+    return as_dict(TASKS.make_config(task, config["tasks"][task].get("data", {})))
+
+
+def variant_params(config: dict, task: str, variant: str) -> dict:
+    """A variant's parameters as set for one task: its `variants:` entry (if any), overridden by
+    the task's `per_variant.<variant>.params`."""
+    per_variant = config["tasks"][task].get("per_variant", {}).get(variant, {})
+    return {**config["variants"].get(variant, {}), **per_variant.get("params", {})}
+
+
+def planned_runs(config: dict, tasks: list[str] | None = None) -> list[RunKey]:
+    """Every run of the config (on ``tasks``, default all): each variant from labels, then each
+    distilled student, per task and seed."""
+    tasks = list(config["tasks"]) if tasks is None else tasks
+    seeds = [int(s) for s in config["seeds"]]
+    return ([RunKey(t, v, s, "labels") for t in tasks for v in config["variants"] for s in seeds]
+            + [RunKey(t, v, s, "distill") for t in tasks for v in config["distill"]["students"] for s in seeds])
+
+
+def _labels_run(config: dict, task: str, variant: str, seed: int, params: dict) -> dict:
+    per_task = config["tasks"][task]
+    per_variant = per_task.get("per_variant", {}).get(variant, {})  # the most specific settings win
+    model = build_dataclass(ModelConfig, {**config["model"], **per_task.get("model", {}),
+                                          **per_variant.get("model", {})}, "model")
+    train = build_dataclass(TrainConfig, {**config["train"], **per_task.get("train", {}),
+                                          **per_variant.get("train", {})}, "train")
+    data = task_data_params(config, task)
+    return {
+        "task": {"name": task, "data": data, "data_key": data_key(task, data)},
+        "variant": {"name": variant, "params": as_dict(VARIANTS.make_config(variant, params))},
+        "model": as_dict(model),
+        "train": as_dict(train),
+        "method": {"name": "labels"},
+        "seed": int(seed),
+        "device": config["device"],
+        "threads": config["threads"],
+        "deterministic": config["deterministic"],
+    }
+
+
+def resolve_run(config: dict, task: str, variant: str, seed: int, method: str = "labels") -> dict:
+    """Everything one training run depends on, defaults spelled out; stored in its record.
+
+    A distilled student (``method="distill"``) has its teacher's model settings with
+    ``distill.student_layers`` blocks, the training settings its variant has on the task, and
+    its attention's parameters from ``variants:`` / ``per_variant`` overridden by
+    ``distill.students.<variant>``; ``method`` holds the teacher and the loss settings."""
+    if task not in config["tasks"]:
+        raise ConfigError(f"task {task!r} is not in the config; configured tasks: {', '.join(config['tasks'])}")
+    if method not in METHODS:
+        raise ConfigError(f"training method {method!r}; known methods: {', '.join(METHODS)}")
+    if method == "labels":
+        if variant not in config["variants"]:
+            raise ConfigError(f"variant {variant!r} is not in the config; configured variants: "
+                              f"{', '.join(config['variants'])}")
+        return _labels_run(config, task, variant, seed, variant_params(config, task, variant))
+    distill = config["distill"]
+    if variant not in distill["students"]:
+        raise ConfigError(f"variant {variant!r} is not a distilled student in the config; "
+                          f"distill.students: {', '.join(distill['students']) or 'none'}")
+    teacher = resolve_run(config, task, distill["teacher"], seed)
+    params = {**variant_params(config, task, variant), **distill["students"][variant]}
+    run = _labels_run(config, task, variant, seed, params)
+    layers = student_layer_count(distill["student_layers"], teacher["model"]["layers"])
+    run["model"] = {**teacher["model"], "layers": layers}
+    run["method"] = {"name": "distill", "teacher": distill["teacher"], "student_layers": layers,
+                     "temperature": distill["temperature"], "alpha": distill["alpha"]}
+    return run
+
+
+def check_runs(config: dict) -> list[str]:
+    """Problems of the run grid that the schema cannot express: the ``distill:`` section against
+    the variants and tasks."""
+    distill = config["distill"]
+    if not distill["students"]:
+        return []
+    teacher, problems = distill["teacher"], []
+    if teacher not in config["variants"]:
+        problems.append(f"'distill.teacher' is {teacher!r} but variant {teacher!r} is not in 'variants'; add "
+                        f"`{teacher}: {{}}` there (each student is trained from the {teacher} run of the same task "
+                        f"and seed) or name a configured one: {', '.join(config['variants'])}")
+    elif distill["student_layers"]:
+        for task in config["tasks"]:
+            layers = resolve_run(config, task, teacher, int(config["seeds"][0]))["model"]["layers"]
+            if distill["student_layers"] > layers:
+                problems.append(f"'distill.student_layers' is {distill['student_layers']}; task {task!r} has "
+                                f"{layers}-layer teachers, so it must be <= {layers} (0 = half the teacher's)")
+    return problems
+
+
+def migrate(config: dict) -> dict:
+    """Read the form of attnbench <= 0.1, where distillation was a variant: ``variants.distilled:
+    {teacher, student_layers, temperature, alpha, attention, attention_params}`` becomes
+    ``distill: {teacher, student_layers, temperature, alpha, students: {<attention>:
+    <attention_params>}}`` (said on stderr); a student written ``name:`` with nothing after it
+    gets the parameters of `variants:`. Returns ``config``, changed in place."""
+    students = config["distill"].get("students") if isinstance(config.get("distill"), dict) else None
+    if isinstance(students, dict):
+        students.update({name: {} for name, value in students.items() if value is None})
+    variants = config.get("variants")
+    if not isinstance(variants, dict) or "distilled" not in variants or "distilled" in VARIANTS.names():
+        return config
+    old = variants.pop("distilled") or {}
+    if not isinstance(old, dict) or "distill" in config:
+        raise ConfigError.of(["'variants.distilled' is the old form of the 'distill' section; keep one of them "
+                              "(see README: Distillation)"])
+    for task, settings in (config.get("tasks") or {}).items():
+        if isinstance(settings, dict) and "distilled" in (settings.get("per_variant") or {}):
+            raise ConfigError.of([f"'tasks.{task}.per_variant.distilled': distillation is no longer a variant; a "
+                                  "student has its teacher's model settings and its attention variant's training "
+                                  "settings (set those under per_variant.<attention>)"])
+    new = {k: old[k] for k in ("teacher", "student_layers", "temperature", "alpha") if k in old}
+    new["students"] = {old.get("attention", "full"): old.get("attention_params") or {}}
+    config["distill"] = new
+    print(f"attnbench: 'variants.distilled' is the old form; read as `distill: {new}` (runs named "
+          f"distilled[<attention>]; see README: Distillation)", file=sys.stderr)
+    return config

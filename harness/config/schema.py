@@ -1,0 +1,183 @@
+"""The config's JSON schema, completed from the code, and the problems it finds, one line each.
+
+``config/schema.yaml`` describes the top level. Two kinds of placeholder are filled in here,
+so that each default and description lives in one place:
+- ``x-dataclass: <section>``: the schema of that section's config dataclass (``SECTIONS``);
+- ``x-registry: variant | task``: one property per registered variant / task with the schema of
+  its own config dataclass. At the top level (``variants:``) entries get their defaults filled
+  in; nested inside another section (``tasks.<t>.per_variant``, ``distill.students``) they are
+  overrides of the top-level settings, so their defaults are left out.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import yaml
+
+from attnbench.harness.bench.settings import BenchConfig
+from attnbench.harness.core import resources
+from attnbench.harness.core.registry import Registry, dataclass_schema
+from attnbench.harness.run.distill import DistillConfig
+from attnbench.harness.run.model import ModelConfig
+from attnbench.harness.run.train import TrainConfig
+from attnbench.tasks import TASKS
+from attnbench.variants import VARIANTS
+
+#: config section -> the dataclass that holds its settings, defaults and descriptions
+SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "bench": BenchConfig,
+                             "distill": DistillConfig}
+REGISTRIES: dict[str, Registry] = {"variant": VARIANTS, "task": TASKS}
+
+_JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
+               list: "a list", dict: "a mapping", type(None): "null"}
+
+
+class ConfigError(ValueError):
+    """An invalid config; the message has one line per problem."""
+
+    @classmethod
+    def of(cls, problems: list[str]) -> ConfigError:
+        return cls("invalid attnbench config:\n  - " + "\n  - ".join(problems))
+
+
+def strip_defaults(schema: dict) -> dict:
+    """An object schema whose properties have no defaults: a set of overrides."""
+    out = copy.deepcopy(schema)
+    out.pop("default", None)
+    for prop in out.get("properties", {}).values():
+        prop.pop("default", None)
+    return out
+
+
+def _variant_entries(overrides: bool, where: str = "") -> dict[str, dict]:
+    """variant name -> the schema of its parameters (without defaults when they are ``overrides``)."""
+    entries = {}
+    for entry in VARIANTS:
+        params = dataclass_schema(entry.config)
+        params["description"] = f"{entry.name}'s own parameters{where}" if overrides else entry.description
+        entries[entry.name] = strip_defaults(params) if overrides else params
+    return entries
+
+
+def _registry_mapping(prop: dict, entries: dict[str, dict]) -> dict:
+    return {**prop, "properties": entries, "additionalProperties": False}
+
+
+def _task_entry(entry, model: dict, train: dict) -> dict:
+    """The schema of one task's section: data settings, optional, model/train overrides, per_variant."""
+    per_variant = {
+        v: {"type": "object", "additionalProperties": False, "properties": {
+            "model": {**strip_defaults(model), "description": f"model settings of {v} on {entry.name}"},
+            "train": {**strip_defaults(train), "description": f"train settings of {v} on {entry.name}"},
+            "params": {**strip_defaults(dataclass_schema(VARIANTS.get(v).config)),
+                       "description": f"{v}'s own parameters on {entry.name} (over those in `variants:`)"},
+        }} for v in VARIANTS.names()}
+    return {
+        "type": "object", "additionalProperties": False, "default": {}, "description": entry.description,
+        "properties": {
+            "data": {**dataclass_schema(entry.config), "description": f"{entry.name} data settings"},
+            "optional": {"type": "boolean", "default": False,
+                         "description": ("true: when the source data is missing, leave the task out of the run "
+                                         "(with a warning) instead of failing its prepare_data job")},
+            "model": {**strip_defaults(model), "description": "overrides of the top-level model settings"},
+            "train": {**strip_defaults(train), "description": "overrides of the top-level train settings"},
+            "per_variant": _registry_mapping(
+                {"type": "object", "x-registry": "variant",
+                 "description": ("variant name -> {model, train, params}: overrides for that variant on this task "
+                                 "(LRA gave each model its own size on Image and Pathfinder; an LSH bucket count "
+                                 "suits one length)")}, per_variant),
+        },
+    }
+
+
+def build_schema() -> dict[str, Any]:
+    """The complete JSON schema: ``config/schema.yaml`` with its placeholders filled in."""
+    schema = yaml.safe_load(resources.config_schema().read_text())
+    model, train = dataclass_schema(ModelConfig), dataclass_schema(TrainConfig)
+    for key, prop in schema["properties"].items():
+        if "x-dataclass" in prop:
+            filled = dataclass_schema(SECTIONS[prop["x-dataclass"]])
+            filled["description"] = prop.get("description", filled["description"])
+            for name, field in filled["properties"].items():  # a section's own registry mappings are overrides
+                if field.get("x-registry") == "variant":
+                    field.pop("additionalProperties", None)
+                    filled["properties"][name] = _registry_mapping(field, _variant_entries(True, f" in {key}.{name}"))
+            schema["properties"][key] = {**filled, "x-dataclass": prop["x-dataclass"]}
+        elif prop.get("x-registry") == "variant":
+            schema["properties"][key] = _registry_mapping(prop, _variant_entries(False))
+        elif prop.get("x-registry") == "task":
+            schema["properties"][key] = _registry_mapping(prop, {e.name: _task_entry(e, model, train) for e in TASKS})
+    return schema
+
+
+def _describe(value: Any) -> str:
+    return f"{value!r} ({_JSON_TYPES.get(type(value), type(value).__name__)})"
+
+
+def format_error(err, prefix: str = "") -> str:
+    """One line for one jsonschema error: the key, the bad value and what is allowed."""
+    path = ".".join(([prefix] if prefix else []) + [str(p) for p in err.absolute_path])
+    where = f"'{path}'" if path else "the top level"
+    sub = err.schema
+    kind = err.validator
+    if kind == "additionalProperties":
+        allowed = sorted(sub.get("properties", {}))
+        unknown = sorted(set(err.instance) - set(allowed))
+        registry = sub.get("x-registry")
+        if registry:
+            return (f"unknown {registry} {', '.join(repr(u) for u in unknown)} under {where}; "
+                    f"known {registry}s: {', '.join(allowed)}")
+        keys = ", ".join(f"'{path + '.' if path else ''}{u}'" for u in unknown)
+        return f"unknown key {keys}; allowed keys under {where}: {', '.join(allowed)}"
+    if kind == "type":
+        expected = sub["type"] if isinstance(sub["type"], str) else " or ".join(sub["type"])
+        return f"{where} is {_describe(err.instance)}; expected {expected}"
+    if kind == "enum":
+        return f"{where} is {err.instance!r}; allowed: {', '.join(map(str, sub['enum']))}"
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[kind]
+        return f"{where} is {err.instance!r}; must be {op} {sub[kind]}"
+    if kind == "required":
+        return f"{where} is missing a required key: {err.message.split(' ')[0]}"
+    if kind == "minProperties":
+        return f"{where} is empty; name at least one entry"
+    return f"{where}: {err.message}"
+
+
+def _to_number(value: str, kind: str) -> Any:
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if kind == "integer":
+        return int(number) if number.is_integer() else value
+    return number
+
+
+def coerce_numbers(schema: dict, instance: Any) -> Any:
+    """Numbers written as text become numbers where the schema wants one: YAML reads
+    ``1e-3`` as a string, and ``snakemake --config seeds=[1,2]`` passes strings."""
+    kind = schema.get("type")
+    if isinstance(instance, str) and kind in ("number", "integer"):
+        return _to_number(instance.strip(), kind)
+    if isinstance(instance, list) and "items" in schema:
+        return [coerce_numbers(schema["items"], v) for v in instance]
+    if isinstance(instance, dict):
+        props = schema.get("properties", {})
+        return {k: coerce_numbers(props[k], v) if k in props else v for k, v in instance.items()}
+    return instance
+
+
+def apply_defaults(schema: dict, instance: Any) -> Any:
+    """Fill in missing keys from the schema's defaults, recursively. Under a registry
+    section (variants, tasks) only the entries the config names are filled, never added."""
+    if not isinstance(instance, dict):
+        return instance
+    is_registry = "x-registry" in schema
+    for key, prop in schema.get("properties", {}).items():
+        if key not in instance and "default" in prop and not is_registry:
+            instance[key] = copy.deepcopy(prop["default"])
+        if key in instance:
+            apply_defaults(prop, instance[key])
+    return instance

@@ -1,0 +1,80 @@
+"""The record of one training run, from what its trainer measured (the format is
+``attnbench.harness.results.records``)."""
+from __future__ import annotations
+
+import datetime as dt
+
+import torch
+
+from attnbench.harness.core.hashing import config_hash
+from attnbench.harness.measure.memory import PeakMemory
+from attnbench.harness.results.environment import capture
+from attnbench.harness.results.records import SCHEMA_VERSION, RunKey
+from attnbench.harness.run.model import count_parameters
+from attnbench.tasks.base import PreparedData
+
+
+def build_record(*, run: dict, data: PreparedData, status: str, message: str | None, trainer, test_acc: float | None,
+                 steps_done: int, mem: PeakMemory, device: torch.device, wall_s: float, baselines: dict,
+                 step_work: str = "forward, backward, clip, AdamW", extra: dict | None = None) -> dict:
+    """The record of a run that ended with ``status``; ``trainer`` is None when it never started.
+    ``extra``: entries a training method adds (a distilled run's ``teacher``)."""
+    key = RunKey.of(run)
+    step_median = trainer.step_timer.median(skip=run["train"]["timing_skip_steps"]) if trainer else None
+    steps_per_s = 1.0 / step_median if step_median else None
+    eval_time = sum(trainer.eval_timer.durations) if trainer else 0.0
+    batch, n = run["train"]["batch_size"] * (2 if data.paired else 1), data.seq_len  # paired: two towers
+    n_model = n + (run["model"]["pooling"] == "cls")
+    flops = None
+    if trainer is not None:
+        try:
+            flops = sum(layer.flops(batch, n_model) for layer in trainer.model.attention_layers())
+        except NotImplementedError:
+            flops = None
+    timing = (f"median wall time of a training step ({step_work}) after the first "
+              f"{run['train']['timing_skip_steps']} steps, evaluation excluded, "
+              + ("CUDA-synchronised" if device.type == "cuda" else f"{run['threads']} CPU thread(s)"))
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": key.run_id,
+        "task": key.task,
+        "variant": key.variant,
+        "method": key.method,
+        "label": key.label,
+        "seed": key.seed,
+        "config_hash": config_hash(run),
+        "status": status,
+        "message": message,
+        "accuracy": {
+            "best_val": trainer.best["val_acc"] if trainer and trainer.best["step"] is not None else None,
+            "test": test_acc,
+            "best_step": trainer.best["step"] if trainer else None,
+        },
+        "baselines": baselines,
+        "training": {
+            "steps_planned": run["train"]["steps"],
+            "steps_done": int(steps_done),
+            "wall_s": round(wall_s, 3),
+            "curve": "curve.csv" if trainer else None,
+            "checkpoint": "best.pt" if trainer and trainer.best["state"] is not None else None,
+            "resumed_from_step": getattr(trainer, "resumed_from_step", None),
+        },
+        "efficiency": {
+            "train_steps_per_s": steps_per_s,
+            "train_tokens_per_s": steps_per_s * batch * n if steps_per_s else None,
+            "eval_tokens_per_s": trainer.eval_tokens / eval_time if trainer and eval_time > 0 else None,
+            "step_time_median_s": step_median,
+            "timing_method": timing,
+            "peak_memory_bytes": mem.peak_bytes,
+            "peak_memory_reserved_bytes": mem.reserved_bytes,
+            "peak_memory_method": mem.method,
+            "params": count_parameters(trainer.model) if trainer else None,
+            "attention_flops_fwd": flops,
+        },
+        "data": {k: v for k, v in data.meta().items() if k in ("source", "seq_len", "vocab_size", "num_classes", "sizes")}
+                | {"key": run["task"]["data_key"]},
+        "config": run,
+        **(extra or {}),
+        "environment": capture(device),
+        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+    }
