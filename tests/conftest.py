@@ -7,6 +7,8 @@ import copy
 import pytest
 import torch
 
+import length_projected  # noqa: F401 -- registers a test variant that needs max_len (tests/length_projected.py)
+
 # Small enough that preparing the data and training take well under a second.
 TINY_CONFIG = {
     "seeds": [0],

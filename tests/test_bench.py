@@ -170,7 +170,7 @@ def test_a_tiny_sweep_writes_pytest_benchmark_json_and_the_tidy_table(tmp_path):
 
 
 def test_rounds_combine_into_one_row_per_case_and_a_failed_round_wins():
-    from attnbench.harness.bench.files import combine_rounds
+    from attnbench.harness.bench.files import merge_rounds_per_case
 
     def row(case, rnd, median, status="ok"):
         return {"case_id": case, "round": rnd, "status": status, "message": "" if status == "ok" else "boom",
@@ -178,7 +178,7 @@ def test_rounds_combine_into_one_row_per_case_and_a_failed_round_wins():
                 "max_s": median * 1.2, "rounds": 5, "iqr_s": 0.01, "times_s": [median] * 5}
 
     rows = [row("a", 0, 1.0), row("b", 0, 2.0), row("a", 1, 3.0), row("b", 1, 2.0, "oom"), row("a", 2, 2.0)]
-    a, b = combine_rounds(rows)
+    a, b = merge_rounds_per_case(rows)
     assert (a["case_id"], a["median_s"], a["round_medians_s"], a["sweep_rounds"]) == ("a", 2.0, [1.0, 3.0, 2.0], 3)
     assert (a["min_s"], a["max_s"], a["rounds"], a["tokens_per_s"]) == (0.9, pytest.approx(3.6), 15, 100.0)
     assert a["gflops_per_s"] == pytest.approx(0.5) and len(a["times_s"]) == 15

@@ -18,6 +18,7 @@ from attnbench.harness.report.bench import (
     relative_tables,
 )
 from attnbench.harness.report.render import render_report
+from attnbench.harness.report.writer import Document
 
 NS = [256, 512, 1024, 2048, 4096, 8192]
 # impl -> (variant, backend, (time a, time b), (memory a, memory b)): time a·n^b seconds, memory a·n^b MiB
@@ -205,7 +206,9 @@ def test_bench_section_other_dtypes_and_batches(tmp_path):
     df = make_bench_df(dtypes=("bfloat16", "float32"), batches=(8, 2))
     df = df[(df["scope"] == "block") & (df["mode"] == "forward_backward")  # single-panel figures: quick
             & ~((df["dtype"] == "bfloat16") & (df["batch"] == 2))]  # 3 combinations
-    md, page = bench_section(df, tmp_path / "figures")
+    doc = Document(tmp_path)
+    bench_section(doc, df)
+    md, page = "\n".join(doc.md), "".join(doc.html)
     assert md.startswith("## Efficiency sweep")
     assert "Primary setting: float32, batch 2." in md
     assert "### block, forward_backward (float32, batch 2)" in md

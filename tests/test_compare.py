@@ -22,6 +22,9 @@ from attnbench.harness.compare.command import main
 from attnbench.harness.compare.peers import PEERS, Shape
 from attnbench.variants import build_attention
 
+#: the longest input these tests build layers for (the variants here do not use it)
+MAX_LEN = 4096
+
 DIM, HEADS = 32, 4
 
 
@@ -144,11 +147,11 @@ def test_rounds_pool_the_timed_steps_and_take_the_median_peak():
     runs = [{"ok": True, "times_s": [1.0, 3.0], "median_s": 2.0, "peak_bytes": 10, "process_wall_s": 1.0},
             {"ok": True, "times_s": [2.0, 4.0], "median_s": 3.0, "peak_bytes": 30, "process_wall_s": 1.0},
             {"ok": True, "times_s": [5.0], "median_s": 5.0, "peak_bytes": 20, "process_wall_s": 1.0}]
-    out = compare.combine_rounds(runs)
+    out = compare.pool_rounds(runs)
     assert out["times_s"] == [1.0, 3.0, 2.0, 4.0, 5.0] and out["median_s"] == 3.0
     assert (out["min_s"], out["max_s"], out["peak_bytes"]) == (1.0, 5.0, 20) and len(out["rounds"]) == 3
     failed = {"ok": False, "error": "boom"}
-    assert compare.combine_rounds([runs[0], failed]) is failed
+    assert compare.pool_rounds([runs[0], failed]) is failed
 
 
 # --- the peer adapters ----------------------------------------------------------------------------
@@ -164,7 +167,7 @@ def _x(n, b=2, real=None, seed=0):
 
 def _ours(variant, params):
     torch.manual_seed(0)
-    return build_attention(variant, DIM, HEADS, params).double().eval()
+    return build_attention(variant, DIM, HEADS, params, max_len=MAX_LEN).double().eval()
 
 
 def _copy(linear, weight, bias=None):
@@ -270,7 +273,7 @@ def test_linear_favor_equals_performer_with_copied_features(monkeypatch):
 
     import attnbench.variants.linear
 
-    monkeypatch.setattr(variants.linear, "FAVOR_EPS", 0.0)
+    monkeypatch.setattr(attnbench.variants.linear, "FAVOR_EPS", 0.0)
     monkeypatch.setattr(pp, "softmax_kernel", functools.partial(pp.softmax_kernel, eps=0.0))
     params, settings = PEERS["performer-pytorch"].match(Shape(40, 2, HEADS, DIM // HEADS), {"n_features": 0})
     assert params["n_features"] == settings["nb_features"] == int(8 * math.log(8))
@@ -314,7 +317,7 @@ def test_installed_peer_adapter_runs_forward_backward(name):
     ours_params, settings = peer.match(shape, {**peers._defaults(peer.variant), **over})
     built = peer.build(shape, settings)
     layer = (built[0] if isinstance(built, tuple) else built).train()
-    ours = build_attention(peer.variant, DIM, HEADS, ours_params).train()
+    ours = build_attention(peer.variant, DIM, HEADS, ours_params, max_len=n).train()
     x, mask = _x(n, real=n - 9)
     x = x.float().requires_grad_(True)
     for module in (layer, ours):

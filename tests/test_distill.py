@@ -20,7 +20,7 @@ from attnbench.harness.run.distill import (TeacherError, distill_run, distillati
 from attnbench.harness.run.model import EncoderClassifier, ModelConfig, count_parameters
 from attnbench.harness.results.records import read_record
 from attnbench.harness.core.registry import dataclass_schema, param
-from attnbench.harness.report.render import distillation_table
+from attnbench.harness.report.distillation import distillation_table
 from attnbench.harness.run.train import train_run
 from attnbench.variants import VARIANTS
 

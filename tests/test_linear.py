@@ -11,6 +11,9 @@ from attnbench.variants import build_attention
 from attnbench.variants.linear import FAVOR_EPS, LinearAttention, elu_feature_map, orthogonal_gaussian_projection
 from attnbench.variants.reference import explicit_softmax_attention
 
+#: the longest input these tests build layers for (the variants here do not use it)
+MAX_LEN = 4096
+
 DIM, HEADS = 32, 2          # head dim 16; FAVOR+ default m = int(16 ln 16) = 44, i.e. 3 blocks (16, 16, 12)
 DH = DIM // HEADS
 MAPS = ["elu", "favor"]
@@ -24,7 +27,7 @@ def _one_thread():
 
 def make(params=None, dtype=torch.float64, seed=0, dim=DIM, heads=HEADS) -> LinearAttention:
     torch.manual_seed(seed)
-    return build_attention("linear", dim, heads, params or {}).to(dtype).eval()
+    return build_attention("linear", dim, heads, params or {}, max_len=MAX_LEN).to(dtype).eval()
 
 
 def randn(*shape, seed=1, dtype=torch.float64, scale=1.0):
@@ -227,8 +230,8 @@ def test_eval_deterministic_and_redraw_in_training():
     assert torch.equal(c(x), ref) and torch.equal(c(x), ref)
     # layers built one after another get different features; eval_seed changes them too
     torch.manual_seed(0)
-    l1 = build_attention("linear", DIM, HEADS, {"feature_map": "favor"})
-    l2 = build_attention("linear", DIM, HEADS, {"feature_map": "favor"})
+    l1 = build_attention("linear", DIM, HEADS, {"feature_map": "favor"}, max_len=MAX_LEN)
+    l2 = build_attention("linear", DIM, HEADS, {"feature_map": "favor"}, max_len=MAX_LEN)
     assert not torch.allclose(l1.projection, l2.projection)
     assert not torch.allclose(make({"feature_map": "favor", "eval_seed": 1}, dtype=torch.float32).projection,
                               l1.projection)
@@ -262,7 +265,7 @@ def test_config_and_flops():
     assert make({}).n_features == DH and not hasattr(make({}), "projection")
     assert make({"feature_map": "favor", "n_features": 7}).projection.shape == (7, DH)
     with pytest.raises(ValueError, match="feature_map"):
-        build_attention("linear", DIM, HEADS, {"feature_map": "relu"})
+        build_attention("linear", DIM, HEADS, {"feature_map": "relu"}, max_len=MAX_LEN)
     for fmap in MAPS:
         layer = make({"feature_map": fmap})
         assert layer.flops(2, 2048) == 2 * layer.flops(2, 1024), "linear in N"

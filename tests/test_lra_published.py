@@ -3,12 +3,14 @@ mapping from variants to the published models."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from attnbench.harness.report.lra_published import PRINTED_AVERAGE, PUBLISHED, lra_average
 from attnbench.harness.report.lra import lra_section, lra_table
+from attnbench.harness.report.writer import Document
 from attnbench.harness.run.train import TrainConfig, lr_factor
 from attnbench.variants import VARIANTS
 
@@ -80,9 +82,14 @@ def test_report_table_six_task_convention_and_missing_tasks():
     assert table.iloc[0]["average"] == "–"  # four tasks were not run
     assert table.iloc[1]["Path-X (N=256)"] == "FAIL"
     assert table.iloc[1]["average"] == "53.66"
-    md, html = lra_section(_runs(rows), 6)
-    assert "a Path-X FAIL counted as 50" in md and "published" in html
-    assert lra_section(_runs([("other", "full", None, 0, "ok", 0.5, 8)]), 5) == ("", "")
+    doc = Document(Path("."))
+    lra_section(doc, _runs(rows), 6)
+    md, html = "\n".join(doc.md), "".join(doc.html)
+    assert md.startswith("## LRA Table 1 comparison") and "a Path-X FAIL counted as 50" in md
+    assert "<h2>LRA Table 1 comparison</h2>" in html and "published" in html
+    empty = Document(Path("."))
+    lra_section(empty, _runs([("other", "full", None, 0, "ok", 0.5, 8)]), 5)
+    assert empty.md == empty.html == []
 
 
 @pytest.mark.parametrize("warmup, steps, peak, end", [(1000, 5000, 1.58e-3, 7.1e-4), (8000, 5000, 5.59e-4, 3.5e-4),

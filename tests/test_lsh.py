@@ -22,6 +22,9 @@ from attnbench.harness.core.registry import dataclass_schema
 from attnbench.variants import VARIANTS, build_attention
 from attnbench.variants.lsh import LSHAttention, LSHConfig, gather_rows, lsh_sort, unsort_rows
 
+#: the longest input these tests build layers for (the variants here do not use it)
+MAX_LEN = 4096
+
 DIM, HEADS = 16, 2
 
 
@@ -35,7 +38,7 @@ def lengths_mask(lengths, n):
 
 def make(seed=0, dim=DIM, heads=HEADS, dtype=torch.float64, **params) -> LSHAttention:
     torch.manual_seed(seed)
-    return build_attention("lsh", dim, heads, params).to(dtype).eval()
+    return build_attention("lsh", dim, heads, params, max_len=MAX_LEN).to(dtype).eval()
 
 
 def shared_qk_reference(layer: LSHAttention, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -76,7 +79,7 @@ def test_registered_with_documented_bounded_config():
     assert LSHConfig().n_buckets % 2 == 0 and "2 * N / chunk_size" in schema["n_buckets"]["description"]
     assert (LSHConfig().chunk_size, LSHConfig().n_hashes, LSHConfig().chunks_before, LSHConfig().chunks_after) == (64, 2, 1, 0)
     with pytest.raises(ValueError, match="even"):
-        build_attention("lsh", DIM, HEADS, {"n_buckets": 5})
+        build_attention("lsh", DIM, HEADS, {"n_buckets": 5}, max_len=MAX_LEN)
     with pytest.raises(dataclasses.FrozenInstanceError):
         LSHConfig().chunk_size = 3  # type: ignore[misc]
 
@@ -260,14 +263,14 @@ def test_eval_deterministic_training_draws_new_rotations():
 
 def test_eval_rotations_fixed_per_layer_and_seed():
     torch.manual_seed(0)
-    l1 = build_attention("lsh", DIM, HEADS, {"eval_seed": 3})
-    l2 = build_attention("lsh", DIM, HEADS, {"eval_seed": 3})
+    l1 = build_attention("lsh", DIM, HEADS, {"eval_seed": 3}, max_len=MAX_LEN)
+    l2 = build_attention("lsh", DIM, HEADS, {"eval_seed": 3}, max_len=MAX_LEN)
     assert not torch.equal(l1.eval_rotations, l2.eval_rotations)  # per-layer offset
     torch.manual_seed(0)
-    again = build_attention("lsh", DIM, HEADS, {"eval_seed": 3})
+    again = build_attention("lsh", DIM, HEADS, {"eval_seed": 3}, max_len=MAX_LEN)
     assert torch.equal(again.eval_rotations, l1.eval_rotations)  # reproducible under the model seed
     torch.manual_seed(0)
-    other = build_attention("lsh", DIM, HEADS, {"eval_seed": 4})
+    other = build_attention("lsh", DIM, HEADS, {"eval_seed": 4}, max_len=MAX_LEN)
     assert not torch.equal(other.eval_rotations, l1.eval_rotations)
 
 

@@ -8,6 +8,9 @@ import torch
 from attnbench.variants import build_attention
 from attnbench.variants.reference import explicit_softmax_attention
 
+#: the longest input these tests build layers for (the variants here do not use it)
+MAX_LEN = 4096
+
 B, H, D = 2, 2, 4
 
 
@@ -22,7 +25,7 @@ def lengths_mask(lengths, n):
 
 def sparse(**params):
     torch.manual_seed(0)
-    return build_attention("sparse", H * D, H, params).double().eval()
+    return build_attention("sparse", H * D, H, params, max_len=MAX_LEN).double().eval()
 
 
 def expand(layer, n, mask):
@@ -111,7 +114,7 @@ def test_random_blocks_fixed_in_eval_drawn_in_training_and_padding_proof():
 def test_random_layout_survives_a_checkpoint_round_trip():
     a = sparse(block_size=4, random_blocks=2)
     torch.manual_seed(123)
-    b = build_attention("sparse", H * D, H, {"block_size": 4, "random_blocks": 2}).double().eval()
+    b = build_attention("sparse", H * D, H, {"block_size": 4, "random_blocks": 2}, max_len=MAX_LEN).double().eval()
     mask = torch.ones(1, 40, dtype=torch.bool)
     assert not torch.equal(expand(a, 40, mask)[1], expand(b, 40, mask)[1])  # layers differ
     b.load_state_dict(a.state_dict())

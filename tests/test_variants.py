@@ -14,6 +14,9 @@ from attnbench.harness.core.registry import UnknownNameError
 from attnbench.variants import VARIANTS, Attention, build_attention
 from attnbench.variants.reference import explicit_softmax_attention
 
+#: the longest input these tests build layers for (every input here is shorter)
+MAX_LEN = 4096
+
 ENTRIES = list(VARIANTS)
 IDS = [e.name for e in ENTRIES]
 EXACT = [e for e in ENTRIES if e.cls.exact]
@@ -25,7 +28,7 @@ DIM, HEADS, BATCH, N = 16, 2, 3, 24
 def make(entry, dtype=torch.float64, seed=0) -> Attention:
     """The variant with its test-size hyper-parameters, so several blocks/chunks are exercised."""
     torch.manual_seed(seed)
-    return build_attention(entry.name, DIM, HEADS, entry.cls.small_params).to(dtype).eval()
+    return build_attention(entry.name, DIM, HEADS, entry.cls.small_params, max_len=MAX_LEN).to(dtype).eval()
 
 
 def randn(*shape, seed=1, dtype=torch.float64):
@@ -206,7 +209,7 @@ def test_exact_module_forward_equals_manual(entry):
 
 def test_unknown_variant_lists_known_names():
     with pytest.raises(UnknownNameError) as info:
-        build_attention("no-such-attention", DIM, HEADS)
+        build_attention("no-such-attention", DIM, HEADS, max_len=MAX_LEN)
     msg = str(info.value)
     assert "no-such-attention" in msg
     for name in IDS:
@@ -217,7 +220,7 @@ def test_unknown_variant_lists_known_names():
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
 def test_unknown_parameter_and_bad_heads_rejected(entry):
     with pytest.raises(ValueError) as info:
-        build_attention(entry.name, DIM, HEADS, {"no_such_param": 1})
+        build_attention(entry.name, DIM, HEADS, {"no_such_param": 1}, max_len=MAX_LEN)
     assert "no_such_param" in str(info.value)
     with pytest.raises(ValueError, match="divisible"):
-        build_attention(entry.name, 10, 3)
+        build_attention(entry.name, 10, 3, max_len=MAX_LEN)

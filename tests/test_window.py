@@ -8,6 +8,9 @@ from attnbench.variants import build_attention
 from attnbench.variants.blocks import resolve_positions
 from attnbench.variants.reference import explicit_softmax_attention
 
+#: the longest input these tests build layers for (the variants here do not use it)
+MAX_LEN = 4096
+
 B, H, D = 2, 2, 4
 
 
@@ -37,7 +40,8 @@ def band_mask(n, w, globals_, lengths):
 
 
 def window(w, globals_=(), block=0):
-    return build_attention("window", H * D, H, {"window": w, "global_tokens": globals_, "block_size": block}).double().eval()
+    return build_attention("window", H * D, H, {"window": w, "global_tokens": globals_, "block_size": block},
+                           max_len=MAX_LEN).double().eval()
 
 
 def real_rows(t, mask):

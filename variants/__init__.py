@@ -8,7 +8,9 @@ from attnbench.variants.base import VARIANTS, Attention
 __all__ = ["VARIANTS", "Attention", "build_attention"]
 
 
-def build_attention(name: str, dim: int, heads: int, params: dict | None = None, dropout: float = 0.0) -> Attention:
-    """An attention layer of the registered variant ``name`` with its hyper-parameters."""
+def build_attention(name: str, dim: int, heads: int, params: dict | None = None, *, max_len: int,
+                    dropout: float = 0.0) -> Attention:
+    """An attention layer of the registered variant ``name`` with its hyper-parameters, built for
+    sequences of at most ``max_len`` tokens (see ``Attention``)."""
     entry = VARIANTS.get(name)
-    return entry.cls(dim=dim, heads=heads, cfg=VARIANTS.make_config(name, params), dropout=dropout)
+    return entry.cls(dim=dim, heads=heads, cfg=VARIANTS.make_config(name, params), max_len=max_len, dropout=dropout)

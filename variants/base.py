@@ -20,6 +20,13 @@ class Attention(nn.Module):
     (B, H, N, D/H), calls ``attend`` and projects back. A variant that projects
     differently (shared QK, projections along the length) overrides ``forward``.
 
+    It is built knowing ``max_len``, the longest sequence it will be given (the model passes its
+    sequence length, the [CLS] token included; the efficiency sweep builds one layer per length).
+    A mechanism that projects or learns along the length (Linformer's E and F, a learned
+    N x N synthesizer, learned relative positions) sizes its parameters from it and may refuse
+    longer inputs; a variant that does not need it ignores it. Shorter inputs (a batch padded
+    to less than ``max_len``) must work.
+
     Capability flags (class attributes) let the harness and tests treat variants
     uniformly instead of branching on names.
 
@@ -51,11 +58,14 @@ class Attention(nn.Module):
         depends on a parameter, such as linear's feature map, overrides this)."""
         return cls.lra_model
 
-    def __init__(self, dim: int, heads: int, cfg, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, cfg, max_len: int, dropout: float = 0.0):
         super().__init__()
         if dim % heads:
             raise ValueError(f"model dim {dim} is not divisible by heads {heads}")
+        if max_len < 1:
+            raise ValueError(f"max_len must be >= 1, got {max_len}")
         self.dim, self.heads, self.head_dim = dim, heads, dim // heads
+        self.max_len = int(max_len)
         self.cfg = cfg
         self.dropout = dropout
         self.build_projections()

@@ -141,8 +141,8 @@ class LinearAttention(Attention):
     def published_as(cls, params: dict) -> str | None:
         return "Performer" if params.get("feature_map", LinearConfig.feature_map) == "favor" else "Linear Trans."
 
-    def __init__(self, dim: int, heads: int, cfg: LinearConfig, dropout: float = 0.0):
-        super().__init__(dim, heads, cfg, dropout)
+    def __init__(self, dim: int, heads: int, cfg: LinearConfig, max_len: int, dropout: float = 0.0):
+        super().__init__(dim, heads, cfg, max_len, dropout)
         # dropout: there is no attention matrix to drop entries of; the argument is accepted and unused
         if cfg.feature_map not in ("elu", "favor"):
             raise ValueError(f"linear: unknown feature_map {cfg.feature_map!r}; allowed: 'elu', 'favor'")

@@ -158,8 +158,8 @@ class LSHAttention(Attention):
     small_params = {"chunk_size": 4, "n_buckets": 4, "n_hashes": 2}
     lra_model = "Reformer"
 
-    def __init__(self, dim: int, heads: int, cfg: LSHConfig, dropout: float = 0.0):
-        super().__init__(dim, heads, cfg, dropout)
+    def __init__(self, dim: int, heads: int, cfg: LSHConfig, max_len: int, dropout: float = 0.0):
+        super().__init__(dim, heads, cfg, max_len, dropout)
         if cfg.n_buckets % 2 or cfg.n_buckets < 2:
             raise ValueError(f"lsh: n_buckets must be even and >= 2, got {cfg.n_buckets}")
         self.layer_offset = self.draw_layer_seed()

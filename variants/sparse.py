@@ -62,8 +62,8 @@ class SparseAttention(Attention):
             return "BigBird"
         return "Sparse Trans." if params.get("strided_every", SparseConfig.strided_every) else None
 
-    def __init__(self, dim, heads, cfg, dropout=0.0):
-        super().__init__(dim, heads, cfg, dropout)
+    def __init__(self, dim: int, heads: int, cfg: SparseConfig, max_len: int, dropout: float = 0.0):
+        super().__init__(dim, heads, cfg, max_len, dropout)
         # differs per layer, saved with the weights: eval layouts survive a checkpoint round trip
         self.register_buffer("layer_seed", torch.tensor(self.draw_layer_seed()))
 

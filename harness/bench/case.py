@@ -26,8 +26,10 @@ from torch.nn.attention import SDPBackend
 from torch.overrides import TorchFunctionMode
 
 from attnbench.harness.bench.settings import Case
+from attnbench.harness.run.model import Block, ModelConfig
 from attnbench.harness.measure.memory import PeakMemory
 from attnbench.harness.measure.timing import synchronize
+from attnbench.variants import build_attention
 
 
 def backend_context(backend: str):
@@ -60,25 +62,25 @@ class Stepper:
 
     def __init__(self, case: Case, heads: int, head_dim: int, mlp_dim: int, device: torch.device, seed: int,
                  n: int | None = None):
-        from attnbench.harness.run.model import Block, ModelConfig
-        from attnbench.variants import build_attention
-
         self.case, self.device = case, device
         self.backward = case.mode == "forward_backward"
         dtype = getattr(torch, case.dtype)
         self.dim = dim = heads * head_dim
         torch.manual_seed(seed)
-        if case.scope == "layer":
-            module = build_attention(case.variant, dim, heads, case.params)
+        if case.scope == "layer":  # built for the case's length; the priming step runs a shorter one
+            module = build_attention(case.variant, dim, heads, case.params, max_len=case.n)
         else:
             cfg = ModelConfig(layers=1, dim=dim, heads=heads, mlp_dim=mlp_dim, dropout=0.0)
-            module = Block(cfg, case.variant, case.params)
+            module = Block(cfg, case.variant, case.params, max_len=case.n)
         self.module = module.to(device=device, dtype=dtype).train(self.backward)
         self.params = sum(p.numel() for p in self.module.parameters())
         self.resize(n or case.n, seed)
 
     def resize(self, n: int, seed: int) -> None:
-        """New inputs of length ``n`` (the priming step runs a short sequence through the same module)."""
+        """New inputs of length ``n``, at most the case's length that the module is built for (the
+        priming step runs a shorter sequence through the same module)."""
+        if n > self.case.n:
+            raise ValueError(f"inputs of {n} tokens for a module built for at most {self.case.n}")
         gen = torch.Generator().manual_seed(seed + 1)
         shape = (self.case.batch, n, self.dim)
         dtype = next(self.module.parameters()).dtype

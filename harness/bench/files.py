@@ -56,7 +56,7 @@ def run_sweep(sweep: dict, out_json: Path, extra_args: list[str] = ()) -> int:
     return rc
 
 
-def combine_rounds(rows: list[dict]) -> list[dict]:
+def merge_rounds_per_case(rows: list[dict]) -> list[dict]:
     """One row per case from the rows of its rounds: the median of the rounds' medians, the
     extremes over all timed steps; a round that failed (say, out of memory while timing) makes
     the case that status."""
@@ -89,7 +89,7 @@ def load_rows(path: Path) -> list[dict]:
         raise ValueError(f"{path} is not an attnbench sweep (no 'attnbench' section); write it with `attnbench bench`")
     machine = data.get("machine_info", {}).get("attnbench", {})
     rows = []
-    for r in combine_rounds(data["attnbench"]["rows"]):
+    for r in merge_rounds_per_case(data["attnbench"]["rows"]):
         ok = r.get("status") == "ok"
         rows.append({
             **{k: r.get(k) for k in COLUMNS if k in r},

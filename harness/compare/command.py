@@ -190,16 +190,16 @@ def _run_cases(report, cases, devices, args, threads, workdir, measured, log) ->
             if shared:
                 case["ours"] = {**measured[key], "shared": True}
             else:
-                case["ours"] = measured[key] = combine_rounds(ours_runs)
+                case["ours"] = measured[key] = pool_rounds(ours_runs)
             if case["peer"]:
-                case["peer_result"] = combine_rounds(peer_runs)
+                case["peer_result"] = pool_rounds(peer_runs)
             finish_case(case)
             log(f"{what}: {case['status']}")
             report["cases"].append(case)
             _write(report, args.out)  # a partial file survives an interrupted run
 
 
-def combine_rounds(runs: list[dict]) -> dict:
+def pool_rounds(runs: list[dict]) -> dict:
     """One result from the rounds of one implementation: all timed steps pooled (median, min, max),
     the median of the rounds' peaks; the first failure, if any round failed."""
     failed = [r for r in runs if not r.get("ok")]

@@ -36,7 +36,7 @@ def build_impl(spec: dict) -> tuple[nn.Module, str]:
     if spec["impl"] == "ours":
         from attnbench.variants import build_attention
 
-        return build_attention(spec["variant"], shape.dim, shape.heads, spec["params"]), \
+        return build_attention(spec["variant"], shape.dim, shape.heads, spec["params"], max_len=shape.n), \
             f"attnbench {spec['variant']}"
     peer = PEERS[spec["peer"]]
     built = peer.build(shape, spec["params"])

@@ -6,20 +6,16 @@ relative to the ``full`` baseline in the style of LRA's Table 2, crossover point
 scaling figures, and the report section that puts them together."""
 from __future__ import annotations
 
-import html
 from pathlib import Path
 
-import matplotlib
+import matplotlib.pyplot as plt
+import matplotlib.ticker
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib.lines import Line2D
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import matplotlib.ticker  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import seaborn as sns  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-
-from attnbench.harness.report.render import _html_table, _img, _md_table, _save  # noqa: E402
+from attnbench.harness.report.writer import Document, save_figure
 
 BASELINE = "full"  # the impl label of variant "full" on the "default" backend
 GROUP = ["impl", "scope", "mode", "dtype", "batch"]
@@ -344,7 +340,7 @@ def figure_scaling(df: pd.DataFrame, path: Path, metric: str, dtype: str, batch:
     fig.suptitle(f"{METRIC_LABELS[metric]} vs n ({dtype}, batch {batch}); b = fitted log-log slope; "
                  "dashed: non-default backend", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---------------------------------------------------------------- the report section
@@ -407,38 +403,11 @@ def flops_table(df: pd.DataFrame, scope: str, mode: str, dtype: str, batch: int)
     return pd.DataFrame(rows)
 
 
-class _Section:
-    """Markdown and HTML of one report section, built side by side."""
-
-    def __init__(self) -> None:
-        self.md: list[str] = []
-        self.html: list[str] = []
-
-    def heading(self, level: int, text: str) -> None:
-        self.md += [f"{'#' * level} {text}", ""]
-        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
-
-    def note(self, text: str) -> None:
-        self.md += [text, ""]
-        self.html.append(f"<p class='note'>{html.escape(text)}</p>")
-
-    def table(self, df: pd.DataFrame, caption: str | None = None) -> None:
-        if caption:
-            self.md += [f"_{caption}_", ""]
-            self.html.append(f"<p class='note'><em>{html.escape(caption)}</em></p>")
-        self.md.append(_md_table(df))
-        self.html.append(_html_table(df))
-
-    def figure(self, path: Path | None, alt: str, rel_dir: str) -> None:
-        self.md += [f"![{alt}]({rel_dir}/{path.name})" if path else f"_{alt}: no data to plot_", ""]
-        self.html.append(_img(path, alt))
-
-
 SPEED_CAPTION = "Speed: full's median time per step; others full time / their time (× above 1: faster)"
 MEMORY_CAPTION = "Peak memory: full's peak; others their peak / full's (below 1: smaller)"
 
 
-def _relative_block(sec: _Section, df: pd.DataFrame, dtype: str, batch: int, level: int) -> None:
+def _relative_block(sec: Document, df: pd.DataFrame, dtype: str, batch: int, level: int) -> None:
     """The speed and memory tables of every (scope, mode) of one (dtype, batch)."""
     sub = df[(df["dtype"] == dtype) & (df["batch"] == batch)]
     for scope, mode in _scope_modes(sub):
@@ -448,14 +417,13 @@ def _relative_block(sec: _Section, df: pd.DataFrame, dtype: str, batch: int, lev
         sec.table(memory, MEMORY_CAPTION)
 
 
-def bench_section(df: pd.DataFrame, figures_dir: Path, bench_csv: Path | str = "results/bench.csv",
-                  level: int = 2) -> tuple[str, str]:
-    """The report's "Efficiency sweep" section as ``(markdown, html)``; figures are written to
-    ``figures_dir`` (the Markdown links them relative to its parent)."""
+def bench_section(sec: Document, df: pd.DataFrame, bench_csv: Path | str = "results/bench.csv",
+                  level: int = 2) -> None:
+    """The report's "Efficiency sweep" section, into ``sec``; figures go to its ``figures/``."""
     combos = _combos(df)
     dtype, batch = combos[0]
     sub = level + 1
-    sec = _Section()
+    figures_dir = sec.out_dir / "figures"
     sec.heading(level, "Efficiency sweep")
     sec.note(f"Machine: {machine_line(df)}. {method_line(df)}")
     sec.note(f"Primary setting: {dtype}, batch {batch}. Cases: " + ", ".join(
@@ -485,14 +453,12 @@ def bench_section(df: pd.DataFrame, figures_dir: Path, bench_csv: Path | str = "
         tag = f"_{d}_b{b}" if suffix else ""
         for metric, name in (("median_s", "time"), ("peak_mb", "memory")):
             path = figure_scaling(df, figures_dir / f"bench_{name}{tag}.png", metric, d, b)
-            sec.figure(path, f"{METRIC_LABELS[metric]} vs n ({d}, batch {b})", figures_dir.name)
+            sec.figure(path, f"{METRIC_LABELS[metric]} vs n ({d}, batch {b})")
 
     if len(combos) > 1:
         sec.heading(sub, "Other dtypes and batch sizes")
         for d, b in combos[1:]:
             _relative_block(sec, df, d, b, sub + 1)
 
-    sec.md += [f"All {len(df)} cases, one row each: `{bench_csv}`.", ""]
-    sec.html.append(f"<details><summary>All {len(df)} cases (tidy table, from "
-                    f"<code>{html.escape(str(bench_csv))}</code>)</summary>{_html_table(df)}</details>")
-    return "\n".join(sec.md), "".join(sec.html)
+    sec.details(f"All {len(df)} cases (tidy table, from `{bench_csv}`)", df,
+                f"All {len(df)} cases, one row each: `{bench_csv}`.")

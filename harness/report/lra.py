@@ -3,10 +3,9 @@ as columns, an average by the configured convention), each variant followed by t
 published for the model it implements, labelled as published."""
 from __future__ import annotations
 
-import html
-
 import pandas as pd
 
+from attnbench.harness.report.writer import Document
 from attnbench.harness.report.lra_published import CONVENTIONS, LRA_TASKS, PUBLISHED, SOURCE, lra_average
 
 
@@ -51,14 +50,11 @@ def lra_note(convention: int) -> str:
             "needs was not run. FAIL: the paper's chance-level entry.")
 
 
-def lra_section(df: pd.DataFrame, convention: int = 5) -> tuple[str, str]:
-    """(markdown, html) of the section; empty strings when no LRA task was run."""
-    from attnbench.harness.report.render import _html_table, _md_table
-
+def lra_section(doc: Document, df: pd.DataFrame, convention: int = 5) -> None:
+    """Nothing when no LRA task was run."""
     table = lra_table(df, convention)
     if table.empty:
-        return "", ""
-    note = lra_note(convention)
-    md = "\n".join(["## LRA Table 1 comparison", "", note, "", _md_table(table)])
-    body = f"<h2>LRA Table 1 comparison</h2><p class='note'>{html.escape(note)}</p>{_html_table(table)}"
-    return md, body
+        return
+    doc.heading(2, "LRA Table 1 comparison")
+    doc.note(lra_note(convention))
+    doc.table(table)

@@ -38,10 +38,13 @@ def sinusoidal_positions(n: int, dim: int) -> torch.Tensor:
 
 
 class Block(nn.Module):
-    def __init__(self, cfg: ModelConfig, variant: str, variant_params: dict | None):
+    """A pre-LayerNorm encoder block for sequences of at most ``max_len`` tokens."""
+
+    def __init__(self, cfg: ModelConfig, variant: str, variant_params: dict | None, max_len: int):
         super().__init__()
         self.ln1 = nn.LayerNorm(cfg.dim)
-        self.attn = build_attention(variant, cfg.dim, cfg.heads, variant_params, cfg.attn_dropout)
+        self.attn = build_attention(variant, cfg.dim, cfg.heads, variant_params, max_len=max_len,
+                                    dropout=cfg.attn_dropout)
         self.ln2 = nn.LayerNorm(cfg.dim)
         self.mlp = nn.Sequential(nn.Linear(cfg.dim, cfg.mlp_dim), nn.GELU(), nn.Linear(cfg.mlp_dim, cfg.dim))
         self.drop = nn.Dropout(cfg.dropout)
@@ -71,7 +74,7 @@ class EncoderClassifier(nn.Module):
             self.register_buffer("pos", sinusoidal_positions(n, cfg.dim)[None], persistent=False)
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim)) if cfg.pooling == "cls" else None
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg, variant, variant_params) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(Block(cfg, variant, variant_params, max_len=n) for _ in range(cfg.layers))
         self.ln = nn.LayerNorm(cfg.dim)
         if paired:
             width = cfg.dim * (2 if cfg.interaction == "concat" else 4)
