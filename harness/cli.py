@@ -9,6 +9,9 @@ import time
 from pathlib import Path
 
 from attnbench.harness.core import paths
+
+# Each command imports what it runs inside its function: torch, pandas and matplotlib take seconds
+# to import, and `attnbench --help` or a report should not pay for the training code.
 from attnbench.harness.results.records import RunKey
 
 

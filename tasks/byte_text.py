@@ -6,7 +6,7 @@ to one id with a small reserved offset). The vocabulary is 257 ids.
 """
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import numpy as np
 import torch

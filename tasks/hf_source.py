@@ -19,15 +19,19 @@ Split rules: a source's own validation split (``validation``/``valid``/``val``/`
 used when it has one, else validation is carved from train with a seeded permutation;
 test is the source's test split, carved from train only when the source has none (or its
 labels are hidden, as SST-2's are). Nothing is ever selected on the test split.
+
+``datasets`` is imported inside the functions that use it: it takes seconds, and the tasks that
+generate their data (and the pipeline's planning) never need it.
 """
 from __future__ import annotations
 
 import contextlib
 import csv
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -141,7 +145,7 @@ def load_source(path: str, *, what: str, config_key: str, expected: str, default
     try:
         with _offline_honoured():
             ds = datasets.load_dataset(*args, **kwargs)
-    except Exception as exc:  # noqa: BLE001 -- every loading failure becomes a DataError with the way out
+    except Exception as exc:  # every loading failure becomes a DataError with the way out
         if origin.startswith("Hugging Face"):
             hub_id = str(path)
             how = (f"download it once with `{download_command(hub_id, subset)}` on a machine with network "

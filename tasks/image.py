@@ -21,6 +21,7 @@ import torch
 
 from attnbench.harness.core.registry import param
 from attnbench.tasks.base import TASKS, DataError, PreparedData, Task
+from attnbench.tasks.hf_source import load_source, missing_source
 
 # tf.image.rgb_to_grayscale weights, as LRA's input pipeline uses
 LUMA = np.array([0.2989, 0.5870, 0.1140])
@@ -46,15 +47,13 @@ def to_grayscale(rgb: np.ndarray) -> np.ndarray:
 
 
 def _digits() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
-    from sklearn.datasets import load_digits
+    from sklearn.datasets import load_digits  # scikit-learn takes seconds to import: only when used
 
     d = load_digits()
     return {"all": d.data.astype(np.int64)}, {"all": d.target.astype(np.int64)}, 16
 
 
 def _cifar10(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
-    from attnbench.tasks.hf_source import load_source
-
     # a hub id, or a local folder of its files; offline mode honoured, a DataError with the way out
     ds, _ = load_source(str(path), what="CIFAR-10", config_key="tasks.image.data.path",
                         expected="an 'img' (or 'image') and a 'label' column", default_hub_id="uoft-cs/cifar10",
@@ -83,7 +82,7 @@ class Image(Task):
     def tiny_params(cls, folder: Path) -> dict:
         """20 train and 5 test 32 x 32 RGB images of random pixels in CIFAR-10's hub layout
         (``plain_text/{train,test}-00000-of-00001.parquet``, columns ``img``, ``label``)."""
-        import datasets
+        import datasets  # with Pillow: only this test set-up writes CIFAR-like files
         from PIL import Image as PILImage
 
         rng = np.random.default_rng(0)
@@ -99,8 +98,6 @@ class Image(Task):
     def missing_sources(self) -> list[str]:
         if self.cfg.source == "digits":
             return []
-        from attnbench.tasks.hf_source import missing_source
-
         return missing_source(self.cfg.path, what="CIFAR-10", config_key="tasks.image.data",
                               default_hub_id="uoft-cs/cifar10")
 

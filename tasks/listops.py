@@ -14,9 +14,10 @@ from __future__ import annotations
 import csv
 import random
 import statistics
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Union
+from typing import Literal, Union
 
 import torch
 

@@ -103,7 +103,7 @@ def release_folder(root: Path, resolution: int, difficulty: str) -> Path:
 def read_release(folder: Path, resolution: int, max_examples: int = 0, task: str = "pathfinder") -> ReleaseImages:
     """Read ``folder`` (``.../pathfinder<R>/<difficulty>``): its metadata rows, then each
     row's PNG, skipping (and naming) empty, undecodable and all-black images."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError  # Pillow: imported only where PNGs are read
 
     folder = Path(folder)
     meta_dir = folder / "metadata"

@@ -367,7 +367,7 @@ def write_release(folder: Path, n: int, settings: DrawSettings, seed: int) -> Pa
     folder, e.g. ``.../pathfinder32/curv_contour_length_14``): ``imgs/<k>/sample_<i>.png``
     and the text file ``metadata/<k>.npy``, ``IMAGES_PER_FOLDER`` images per ``k``, ``i``
     counted within each ``k``. Anything already in ``folder`` is removed first."""
-    from PIL import Image
+    from PIL import Image  # Pillow: imported only where PNGs are written
 
     folder = Path(folder)
     if folder.exists():

@@ -8,14 +8,18 @@ id 1 ``[UNK]``; no [CLS]/[SEP] are added (the model adds its own CLS token).
 
 - ``bpe``: byte-level BPE (as GPT-2/RoBERTa): every string is representable, nothing is unknown.
 - ``wordpiece``: BERT-style WordPiece (BERT normaliser and pre-tokeniser, ``##`` continuations).
+
+``tokenizers`` is imported where it is used: only a task that trains or reads a subword
+tokenizer pays for it.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 
@@ -121,7 +125,7 @@ def load_or_train(texts: Sequence[str], settings: SubwordSettings, cache_dir: Pa
     if path.exists():
         try:
             return SubwordTokenizer(Tokenizer.from_file(str(path)), settings, path, reused=True)
-        except Exception:  # noqa: BLE001 -- a corrupt cache file is trained again
+        except Exception:  # a corrupt cache file is trained again
             path.unlink(missing_ok=True)
     trained = train(texts, settings)
     atomic_write_text(path, trained.tokenizer.to_str())

@@ -20,8 +20,15 @@ import torch
 from attnbench.harness.core.registry import param
 from attnbench.tasks.base import TASKS, PreparedData, Task, tiny_texts
 from attnbench.tasks.byte_text import BYTE_VOCAB, encode_texts
-from attnbench.tasks.hf_source import (PATH_HELP, LabelledTexts, TextSourceConfig, load_labelled_texts, missing_source,
-                                       write_csv)
+from attnbench.tasks.hf_source import (
+    PATH_HELP,
+    LabelledTexts,
+    TextSourceConfig,
+    load_labelled_texts,
+    missing_source,
+    write_csv,
+)
+from attnbench.tasks.subword import SubwordSettings, load_or_train
 
 
 @dataclass(frozen=True)
@@ -72,8 +79,6 @@ class TextCls(Task):
         if self.tokenizer_kind() == "bytes":
             tokens = {s: encode_texts(t, seq_len) for s, t in data.texts.items()}
             return tokens, BYTE_VOCAB, f"UTF-8 bytes, seq_len {seq_len}"
-        from attnbench.tasks.subword import SubwordSettings, load_or_train
-
         settings = SubwordSettings(model=self.cfg.subword_model, vocab_size=self.cfg.vocab_size,
                                    min_frequency=self.cfg.min_frequency, lowercase=self.cfg.lowercase)
         tok = load_or_train(data.texts["train"], settings, Path(workdir) / "tokenizers")

@@ -3,11 +3,14 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import importlib
 
 import pytest
 import torch
 
-import length_projected  # noqa: F401 -- registers a test variant that needs max_len (tests/length_projected.py)
+# a test variant that needs max_len, added as one file (tests/length_projected.py): registered here,
+# so the registry-wide tests cover it in every test module
+importlib.import_module("length_projected")
 
 # Small enough that preparing the data and training take well under a second.
 TINY_CONFIG = {

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from attnbench.harness.bench.case import Stepper, analytic_flops, counted_flops
-from attnbench.harness.bench.settings import BenchConfig, bench_variants, variant_cases
 from attnbench.harness.bench.files import aggregate_bench, run_sweep, sweep_file
+from attnbench.harness.bench.settings import BenchConfig, bench_variants, variant_cases
 from attnbench.harness.bench.sweep import SweepEnv, probe_case
 from attnbench.harness.config import ConfigError, validate_config
 from attnbench.harness.core.registry import build_dataclass

@@ -12,9 +12,9 @@ import pytest
 from attnbench.harness.report.bench import (
     bench_section,
     crossover_table,
-    flops_table,
     figure_scaling,
     fit_exponents,
+    flops_table,
     relative_tables,
 )
 from attnbench.harness.report.render import render_report
@@ -257,10 +257,9 @@ def test_render_report_needs_data(tmp_path):
 
 def test_render_report_runs_and_bench(tmp_path, bench, tiny_listops_data):
     """A real summary of a tiny training run, with the sweep placed after the training cost."""
-    from conftest import tiny_run, torch_state_restored
-
     from attnbench.harness.results.aggregate import aggregate
     from attnbench.harness.run.train import train_run
+    from conftest import tiny_run, torch_state_restored
 
     with torch_state_restored():
         train_run(tiny_run(), tiny_listops_data, tmp_path / "runs" / "listops" / "full" / "seed0", bar=False)

@@ -16,8 +16,7 @@ import pytest
 import torch
 
 from attnbench.harness.compare import command as compare
-from attnbench.harness.compare import peers
-from attnbench.harness.compare import probe
+from attnbench.harness.compare import peers, probe
 from attnbench.harness.compare.command import main
 from attnbench.harness.compare.peers import PEERS, Shape
 from attnbench.variants import build_attention

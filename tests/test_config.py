@@ -11,7 +11,14 @@ import pytest
 import yaml
 
 from attnbench.harness import cli
-from attnbench.harness.config import DEFAULT_CONFIG, ConfigError, build_schema, load_config, resolve_run, validate_config
+from attnbench.harness.config import (
+    DEFAULT_CONFIG,
+    ConfigError,
+    build_schema,
+    load_config,
+    resolve_run,
+    validate_config,
+)
 from attnbench.harness.core import resources
 from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.run.model import ModelConfig

@@ -12,17 +12,24 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import tiny_config, torch_state_restored
 from attnbench.harness import cli
 from attnbench.harness.config import ConfigError, resolve_run, validate_config
-from attnbench.harness.run.distill import (TeacherError, distill_run, distillation_loss, init_student_from_teacher,
-                                           select_teacher_layers, soft_kl, student_layer_count)
-from attnbench.harness.run.model import EncoderClassifier, ModelConfig, count_parameters
-from attnbench.harness.results.records import read_record
 from attnbench.harness.core.registry import dataclass_schema, param
 from attnbench.harness.report.distillation import distillation_table
+from attnbench.harness.results.records import read_record
+from attnbench.harness.run.distill import (
+    TeacherError,
+    distill_run,
+    distillation_loss,
+    init_student_from_teacher,
+    select_teacher_layers,
+    soft_kl,
+    student_layer_count,
+)
+from attnbench.harness.run.model import EncoderClassifier, ModelConfig, count_parameters
 from attnbench.harness.run.train import train_run
 from attnbench.variants import VARIANTS
+from conftest import tiny_config, torch_state_restored
 
 NAMES = VARIANTS.names()
 

@@ -9,7 +9,6 @@ import torch
 
 from attnbench.tasks.base import SPLITS, DataError, build_task
 
-
 # ---------------------------------------------------------------- digits
 
 @pytest.fixture(scope="module")

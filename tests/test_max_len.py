@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import tiny_config, torch_state_restored
 from attnbench.harness.bench.case import Stepper
 from attnbench.harness.bench.settings import Case
 from attnbench.harness.config import resolve_run, validate_config
 from attnbench.harness.run.model import EncoderClassifier, ModelConfig
 from attnbench.harness.run.train import train_run
 from attnbench.variants import VARIANTS, build_attention
+from conftest import tiny_config, torch_state_restored
 
 NAME = "test_length_projected"
 DIM, HEADS = 16, 2

@@ -7,10 +7,10 @@ import math
 import pytest
 import torch
 
-from conftest import tiny_run
 from attnbench.harness.run.model import EncoderClassifier, ModelConfig, count_parameters, sinusoidal_positions
 from attnbench.harness.run.train import TrainConfig, lr_factor, train_run
 from attnbench.variants import VARIANTS
+from conftest import tiny_run
 
 # ---------------------------------------------------------------- learning-rate schedule
 

@@ -9,11 +9,11 @@ from collections import Counter
 import pytest
 import torch
 
-from conftest import tiny_run, torch_state_restored
 from attnbench.harness.core.hashing import config_hash
-from attnbench.harness.run.model import EncoderClassifier, ModelConfig
 from attnbench.harness.results.records import RecordError, read_record, validate_record, write_record
+from attnbench.harness.run.model import EncoderClassifier, ModelConfig
 from attnbench.harness.run.train import train_run
+from conftest import tiny_run, torch_state_restored
 
 
 @pytest.fixture(scope="module")

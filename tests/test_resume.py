@@ -14,10 +14,10 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_config, torch_state_restored
-from attnbench.harness.run import checkpoint
 from attnbench.harness.config import resolve_run, validate_config
+from attnbench.harness.run import checkpoint
 from attnbench.harness.run.train import Trainer, train_run
+from conftest import tiny_config, torch_state_restored
 
 CLI = Path(sys.executable).with_name("attnbench")
 # long enough that the best validation accuracy comes after the kill; dropout on, so that
@@ -118,7 +118,10 @@ def test_killed_run_resumes_and_ends_like_the_uninterrupted_one(tmp_path, tiny_l
 
 def test_resume_between_evaluations_in_process(tmp_path, tiny_listops_data, monkeypatch, capsys):
     run = _run()
-    train = lambda out, run=run: train_run(run, tiny_listops_data, out, bar=False)  # noqa: E731
+
+    def train(out):
+        return train_run(run, tiny_listops_data, out, bar=False)
+
     train(tmp_path / "A")
     _interrupted(monkeypatch, train, tmp_path / "B")
     assert torch.load(checkpoint.checkpoint_path(tmp_path / "B"), weights_only=True)["step"] == 21

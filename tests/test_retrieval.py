@@ -7,11 +7,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import tiny_run
 from attnbench.harness.run.model import EncoderClassifier, ModelConfig
 from attnbench.harness.run.train import train_run
 from attnbench.tasks.base import SPLITS, DataError, build_task, load_prepared, save_prepared
 from attnbench.tasks.byte_text import decode_bytes
+from conftest import tiny_run
 
 
 def write_aan(folder: Path, rows: dict[str, list[tuple]], prefix: str = "new_aan_pairs") -> Path:

@@ -14,8 +14,17 @@ import pytest
 import torch
 
 from attnbench.harness.core.registry import dataclass_schema
-from attnbench.tasks.base import (SPLITS, TASKS, DataError, PreparedData, Task, build_task, data_key, load_prepared,
-                                  save_prepared)
+from attnbench.tasks.base import (
+    SPLITS,
+    TASKS,
+    DataError,
+    PreparedData,
+    Task,
+    build_task,
+    data_key,
+    load_prepared,
+    save_prepared,
+)
 
 ENTRIES = list(TASKS)
 IDS = [e.name for e in ENTRIES]

@@ -16,6 +16,8 @@ tokens, so appended padding never moves them (padding invariance).
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -98,10 +100,10 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     if key_blocks is not None:
         key_blocks = key_blocks.expand(bsz, -1, -1)
         nq, kk = key_blocks.shape[1:]
-        select = lambda t: _gather_blocks(t, key_blocks)  # noqa: E731
+        select = functools.partial(_gather_blocks, key_blocks=key_blocks)
     else:
         nq, kk = nb, 2 * reach + 1
-        select = lambda t: _neighbour_blocks(t, reach)  # noqa: E731
+        select = functools.partial(_neighbour_blocks, reach=reach)
     has_global = global_idx is not None and global_idx.shape[1] > 0
     is_global = position_onehot(global_idx, global_valid, n).any(1) if has_global else \
         torch.zeros(bsz, n, dtype=torch.bool, device=q.device)

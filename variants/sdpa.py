@@ -8,6 +8,7 @@ it cannot run, ``xformers_unavailable()`` says why and ``use_xformers()`` raises
 from __future__ import annotations
 
 import contextvars
+import importlib
 from contextlib import contextmanager
 
 import torch
@@ -21,7 +22,7 @@ def xformers_unavailable() -> str | None:
     if not torch.cuda.is_available():
         return "xformers has no CPU kernels and no CUDA device is visible"
     try:
-        import xformers.ops  # noqa: F401
+        importlib.import_module("xformers.ops")  # only where a CUDA device is: it has no CPU kernels
     except ImportError as exc:
         return f"xformers is not installed ({exc}); `pip install xformers` matching this torch"
     return None

@@ -17,8 +17,13 @@ import torch
 
 from attnbench.harness.core.registry import param
 from attnbench.variants.base import VARIANTS, Attention
-from attnbench.variants.blocks import (block_sparse_attention, dense_mask_from_blocks, pad_to_multiple,
-                             real_lengths, resolve_positions)
+from attnbench.variants.blocks import (
+    block_sparse_attention,
+    dense_mask_from_blocks,
+    pad_to_multiple,
+    real_lengths,
+    resolve_positions,
+)
 
 
 @dataclass(frozen=True)

@@ -22,14 +22,17 @@ import time
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention import SDPBackend
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.overrides import TorchFunctionMode
+from torch.utils.flop_counter import FlopCounterMode
 
 from attnbench.harness.bench.settings import Case
-from attnbench.harness.run.model import Block, ModelConfig
+from attnbench.harness.measure.fresh_process import worker_main
 from attnbench.harness.measure.memory import PeakMemory
 from attnbench.harness.measure.timing import synchronize
+from attnbench.harness.run.model import Block, ModelConfig
 from attnbench.variants import build_attention
+from attnbench.variants.sdpa import use_xformers, xformers_unavailable
 
 
 def backend_context(backend: str):
@@ -37,11 +40,7 @@ def backend_context(backend: str):
     if backend == "default":
         return contextlib.nullcontext()
     if backend == "xformers":
-        from attnbench.variants.sdpa import use_xformers
-
         return use_xformers()
-    from torch.nn.attention import sdpa_kernel
-
     name = {"efficient": "EFFICIENT_ATTENTION", "flash": "FLASH_ATTENTION", "cudnn": "CUDNN_ATTENTION"}
     return sdpa_kernel([getattr(SDPBackend, name.get(backend, backend.upper()))])
 
@@ -49,8 +48,6 @@ def backend_context(backend: str):
 def unavailable(case: Case, device: torch.device) -> str | None:
     """Why this case cannot run on this machine (None when it can)."""
     if case.backend == "xformers":
-        from attnbench.variants.sdpa import xformers_unavailable
-
         return xformers_unavailable()
     if case.backend in ("efficient", "cudnn") and device.type != "cuda":
         return f"SDPA's {case.backend} kernel runs on CUDA only"
@@ -133,8 +130,6 @@ def counted_flops(stepper: Stepper) -> tuple[int, str]:
     """FLOPs that ``torch.utils.flop_counter`` sees in one step (it counts matmuls and the SDPA
     kernels it knows; torch's CPU flash kernel and elementwise work count as 0), and the SDPA
     kernels the step ran ("none": the variant does not call SDPA)."""
-    from torch.utils.flop_counter import FlopCounterMode
-
     with FlopCounterMode(display=False) as counter, _SdpaKernels() as kernels:
         stepper()
     return int(counter.get_total_flops()), ", ".join(sorted(kernels.seen)) or "none"
@@ -178,8 +173,6 @@ def _peak_of(stepper: Stepper, device: torch.device) -> tuple[int, int | None, s
 
 
 def _worker(argv: list[str]) -> int:
-    from attnbench.harness.measure.fresh_process import worker_main
-
     return worker_main(argv, measure_in_process,
                        lambda message, oom: {"status": "oom" if oom else "failed", "message": message})
 

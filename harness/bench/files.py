@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from attnbench.harness.bench.settings import bench_device, bench_settings, sweep_threads, variant_cases
 from attnbench.harness.core import resources
 from attnbench.harness.core.io import atomic_write_text, write_table
 
@@ -30,8 +31,6 @@ COLUMNS = [
 def sweep_file(config: dict, variant: str, cores: int, workdir: Path) -> dict:
     """What ``benchmarks/conftest.py`` reads: the settings and every case of one variant, for a job
     holding ``cores`` cores."""
-    from attnbench.harness.bench.settings import bench_device, bench_settings, sweep_threads, variant_cases
-
     settings = bench_settings(config)
     as_json = json.loads(json.dumps(dataclasses.asdict(settings)))
     return {"settings": as_json, "device": bench_device(config), "threads": sweep_threads(settings, cores),

@@ -28,13 +28,15 @@ import shutil
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from attnbench.harness.compare.peers import PEERS, Shape, _defaults, _version, missing_modules
 from attnbench.harness.compare.probe import run_worker
+from attnbench.harness.results.environment import capture
+from attnbench.variants import VARIANTS
 
 #: distributions whose versions go into the JSON machine info
 PEER_DISTRIBUTIONS = ("transformers", "local-attention", "reformer-pytorch", "performer-pytorch",
@@ -47,8 +49,6 @@ MIB = 2 ** 20
 def plan(variants: list[str], peers: list[str] | None, shape_of: Callable[[int], Shape], ns: list[int],
          no_peers: bool = False) -> tuple[list[dict], list[dict]]:
     """(cases, skipped): one case per (variant, peer, N); skipped variants and peers with reasons."""
-    from attnbench.variants import VARIANTS
-
     known = set(VARIANTS.names())
     cases, skipped = [], []
     for variant in variants:
@@ -109,8 +109,6 @@ def _progress(msg: str, end: str = "\n") -> None:
 
 def run_comparison(args: argparse.Namespace, quiet: bool = False) -> dict:
     """Plan and run every case of ``args`` (the parsed ``build_parser`` arguments); returns the report."""
-    from attnbench.harness.results.environment import capture
-
     devices = _devices(args.device)
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
@@ -122,7 +120,10 @@ def run_comparison(args: argparse.Namespace, quiet: bool = False) -> dict:
     if unknown:
         raise SystemExit(f"unknown peer(s) {', '.join(unknown)}; known: {', '.join(PEERS)}")
     workdir = Path(tempfile.mkdtemp(prefix="attnbench-compare-"))  # the workers' result files
-    shape_of = lambda n: Shape(n, args.batch, args.heads, args.head_dim)  # noqa: E731
+
+    def shape_of(n: int) -> Shape:
+        return Shape(n, args.batch, args.heads, args.head_dim)
+
     cases, skipped = plan(variants, args.peers, shape_of, ns, args.no_peers)
     machine = {dev: capture(torch.device(dev if dev == "cpu" else "cuda:0")) for dev in devices}
     for info in machine.values():
@@ -131,7 +132,7 @@ def run_comparison(args: argparse.Namespace, quiet: bool = False) -> dict:
         info["peer_packages"] = {d: _version(d) for d in PEER_DISTRIBUTIONS}
     report = {
         "kind": "attnbench compare",
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
         "settings": {"n": ns, "batch": args.batch, "heads": args.heads, "head_dim": args.head_dim,
                      "dim": args.heads * args.head_dim, "dtype": "float32", "threads": threads,
                      "warmup": args.warmup, "repeats": args.repeats, "rounds": max(1, args.rounds),
@@ -298,8 +299,6 @@ def _devices(choice: str) -> list[str]:
 
 
 def _default_variants() -> list[str]:
-    from attnbench.variants import VARIANTS
-
     names = VARIANTS.names()
     ordered = [v for v in VARIANT_ORDER if v in names] + [v for v in names if v not in VARIANT_ORDER]
     return ordered + [v for v in VARIANT_ORDER if v not in names]  # missing ones are reported as skipped

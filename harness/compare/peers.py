@@ -32,12 +32,15 @@ import dataclasses
 import importlib
 import importlib.metadata
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from attnbench.variants import VARIANTS
 from attnbench.variants.blocks import real_lengths, resolve_positions
+
 
 @dataclasses.dataclass(frozen=True)
 class Shape:
@@ -100,8 +103,6 @@ def _version(dist: str) -> str | None:
 
 
 def _defaults(variant: str) -> dict:
-    from attnbench.variants import VARIANTS
-
     cfg = VARIANTS.get(variant).config
     return {f.name: (f.default if f.default is not dataclasses.MISSING else f.default_factory())  # type: ignore[misc]
             for f in dataclasses.fields(cfg)}

@@ -14,28 +14,31 @@ A failure (error, out of memory, timeout) comes back as ``{"ok": False, "error":
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.profiler import ProfilerActivity, profile
 
+from attnbench.harness.compare.peers import PEERS, Shape
 from attnbench.harness.measure.fresh_process import run_fresh, worker_main
 from attnbench.harness.measure.memory import PeakMemory
 from attnbench.harness.measure.timing import Stopwatch
-from attnbench.harness.compare.peers import PEERS, Shape
+from attnbench.variants import build_attention
+
 
 def build_impl(spec: dict) -> tuple[nn.Module, str]:
     """The module a worker spec names: ours (``build_attention``) or a peer, with its label."""
     shape = Shape(spec["n"], spec["batch"], spec["heads"], spec["head_dim"])
     if spec["impl"] == "ours":
-        from attnbench.variants import build_attention
-
         return build_attention(spec["variant"], shape.dim, shape.heads, spec["params"], max_len=shape.n), \
             f"attnbench {spec['variant']}"
     peer = PEERS[spec["peer"]]
@@ -59,12 +62,8 @@ def measure_in_process(spec: dict) -> dict:
     every step; ``prime_n`` runs one untimed step at that (small) length before the measured
     one, so torch's one-time set-up is paid before the peak is taken.
     """
-    import contextlib
-
     backend = contextlib.nullcontext()
     if spec.get("sdpa_backend"):
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
         backend = sdpa_kernel([getattr(SDPBackend, spec["sdpa_backend"].upper())])
     with backend:
         return _measure(spec)
@@ -136,8 +135,6 @@ def _measure(spec: dict) -> dict:
 
 def _profile(step: Callable[[], None], spec: dict, label: str) -> str:
     """One more step under torch.profiler; the op table is written next to the JSON."""
-    from torch.profiler import ProfilerActivity, profile
-
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if spec["device"].startswith("cuda") else [])
     with profile(activities=acts, profile_memory=True, record_shapes=False) as prof:
         step()

@@ -14,8 +14,7 @@ from jsonschema import Draft202012Validator
 
 from attnbench.harness.bench.settings import check_bench
 from attnbench.harness.config.runs import check_runs, migrate
-from attnbench.harness.config.schema import (ConfigError, apply_defaults, build_schema, coerce_numbers,
-                                             format_error)
+from attnbench.harness.config.schema import ConfigError, apply_defaults, build_schema, coerce_numbers, format_error
 from attnbench.harness.core import resources
 
 DEFAULT_CONFIG = resources.default_config()

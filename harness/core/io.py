@@ -1,12 +1,13 @@
 """Atomic file writes: a temporary file in the same folder, then a rename."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
-
+from typing import Any
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -39,15 +40,13 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    import torch
+    import torch  # here, not at the top: the core layer imports without torch
 
     _atomic(path, lambda p: torch.save(obj, p))
 
 
 def write_table(df, out_csv: Path) -> None:
     """A pandas table as CSV at ``out_csv`` and as Parquet beside it, each written atomically."""
-    import io
-
     atomic_write_text(out_csv, df.to_csv(index=False))
     buf = io.BytesIO()
     df.to_parquet(buf, index=False)

@@ -13,7 +13,8 @@ import importlib
 import pkgutil
 import types
 import typing
-from typing import Any, Callable, Literal
+from collections.abc import Callable
+from typing import Any, Literal
 
 
 class UnknownNameError(KeyError):

@@ -148,7 +148,10 @@ def _baseline_cell(case, metric: str) -> str:
 
 def _relative_table(cases: pd.DataFrame, metric: str) -> pd.DataFrame:
     ns = sorted(cases.index.get_level_values("n").unique())
-    row = lambda impl, n: cases.loc[(impl, n)] if (impl, n) in cases.index else None  # noqa: E731
+
+    def row(impl, n):
+        return cases.loc[(impl, n)] if (impl, n) in cases.index else None
+
     rows = []
     for impl in impl_order(cases.index.get_level_values("impl")):
         cells = {str(n): (_baseline_cell(row(impl, n), metric) if impl == BASELINE

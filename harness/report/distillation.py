@@ -7,7 +7,6 @@ import pandas as pd
 from attnbench.harness.report.runs import pct
 from attnbench.harness.report.writer import Document
 
-
 DISTILLATION_NOTE = (
     "Each distilled student (distilled[<its attention>]) against its teacher: the teacher variant's run of the "
     "same task and seed. "
@@ -22,6 +21,14 @@ def _ratio(num: pd.Series, den: pd.Series) -> pd.Series:
     return num / den.where(den > 0)
 
 
+def _mean(s: pd.Series) -> float:
+    return s.mean() if s.notna().any() else float("nan")
+
+
+def _fmt(x: float, f) -> str:
+    return "–" if pd.isna(x) else f(x)
+
+
 def distillation_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per task and distilled variant: accuracy kept and speed gained versus the teacher, as
     means over seeds of the per-seed ratios (empty when no run was distilled)."""
@@ -32,26 +39,24 @@ def distillation_table(df: pd.DataFrame) -> pd.DataFrame:
         first = g.iloc[0]
         pairs = g[(g["status"] == "ok") & (g["teacher_status"] == "ok")
                   & g["test_acc"].notna() & g["teacher_test_acc"].notna()]
-        mean = lambda s: s.mean() if s.notna().any() else float("nan")  # noqa: E731
-        fmt = lambda x, f: "–" if pd.isna(x) else f(x)  # noqa: E731
-        kept = mean(_ratio(pairs["test_acc"], pairs["teacher_test_acc"]))
-        delta = mean(pairs["test_acc"] - pairs["teacher_test_acc"])
-        train = mean(_ratio(pairs["train_tokens_per_s"], pairs["teacher_train_tokens_per_s"]))
-        evals = mean(_ratio(pairs["eval_tokens_per_s"], pairs["teacher_eval_tokens_per_s"]))
-        params = mean(_ratio(pairs["params"], pairs["teacher_params"]))
+        kept = _mean(_ratio(pairs["test_acc"], pairs["teacher_test_acc"]))
+        delta = _mean(pairs["test_acc"] - pairs["teacher_test_acc"])
+        train = _mean(_ratio(pairs["train_tokens_per_s"], pairs["teacher_train_tokens_per_s"]))
+        evals = _mean(_ratio(pairs["eval_tokens_per_s"], pairs["teacher_eval_tokens_per_s"]))
+        params = _mean(_ratio(pairs["params"], pairs["teacher_params"]))
         rows.append({
             "task": task, "student": variant, "teacher": str(first["teacher_run_id"]).split("/")[1],
             "layers (student/teacher)": f"{int(first['layers'])}/{int(first['teacher_layers'])}",
             "student attention": first["attention"],
             "T, alpha": f"{first['distill_temperature']:g}, {first['distill_alpha']:g}",
             "pairs": f"{len(pairs)}/{len(g)}",
-            "student acc (%)": fmt(mean(pairs["test_acc"]), pct),
-            "teacher acc (%)": fmt(mean(pairs["teacher_test_acc"]), pct),
-            "accuracy kept (%)": fmt(kept, pct),
-            "Δ acc (points)": fmt(delta, lambda x: f"{100 * x:+.1f}"),
-            "train speed (×)": fmt(train, lambda x: f"{x:.2f}"),
-            "eval speed (×)": fmt(evals, lambda x: f"{x:.2f}"),
-            "params (×)": fmt(params, lambda x: f"{x:.2f}"),
+            "student acc (%)": _fmt(_mean(pairs["test_acc"]), pct),
+            "teacher acc (%)": _fmt(_mean(pairs["teacher_test_acc"]), pct),
+            "accuracy kept (%)": _fmt(kept, pct),
+            "Δ acc (points)": _fmt(delta, lambda x: f"{100 * x:+.1f}"),
+            "train speed (×)": _fmt(train, lambda x: f"{x:.2f}"),
+            "eval speed (×)": _fmt(evals, lambda x: f"{x:.2f}"),
+            "params (×)": _fmt(params, lambda x: f"{x:.2f}"),
         })
     return pd.DataFrame(rows)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from attnbench.harness.report.writer import Document
 from attnbench.harness.report.lra_published import CONVENTIONS, LRA_TASKS, PUBLISHED, SOURCE, lra_average
+from attnbench.harness.report.writer import Document
 
 
 def _fmt(x: float | None) -> str:

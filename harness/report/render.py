@@ -13,13 +13,18 @@ import pandas as pd
 from attnbench.harness.report.bench import bench_environment_table, bench_section
 from attnbench.harness.report.distillation import distillation_section
 from attnbench.harness.report.lra import lra_section
-from attnbench.harness.report.runs import (accuracy_section, cost_section, environment_table, figures_section,
-                                           runs_section)
+from attnbench.harness.report.runs import (
+    accuracy_section,
+    cost_section,
+    environment_table,
+    figures_section,
+    runs_section,
+)
 from attnbench.harness.report.writer import Document, read_table
 
 
 def _stamp() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def _status_line(df: pd.DataFrame, what: str) -> str:

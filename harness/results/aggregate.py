@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 
 from attnbench.harness.core.io import write_table
-from attnbench.variants import VARIANTS
 from attnbench.harness.results.records import find_records, read_record
+from attnbench.variants import VARIANTS
 
 COLUMNS = [
     "task", "variant", "attention", "method", "published_as", "seed", "status", "message", "best_val_acc", "test_acc", "best_step",
@@ -51,7 +51,10 @@ def published_as(record: dict) -> str | None:
 
 def record_row(record: dict, path: Path) -> dict:
     eff, env = record["efficiency"], record["environment"]
-    mb = lambda b: None if b is None else b / 2**20  # noqa: E731
+
+    def mb(b):
+        return None if b is None else b / 2**20
+
     return {
         "task": record["task"], "variant": record["label"], "attention": record["variant"],
         "method": record["method"], "published_as": published_as(record),

@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psutil
 import torch
 
+from attnbench.harness.measure.gpu_lease import current
 
 PACKAGES = ("attnbench", "torch", "numpy", "pandas", "snakemake", "datasets", "scikit-learn", "xformers")
 
@@ -86,16 +88,12 @@ def capture(device: torch.device) -> dict:
         env["device_memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
         env["driver"] = _gpu_driver()
         env["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
-        from attnbench.harness.measure.gpu_lease import current
-
         env["gpu_lease"] = current()  # which workstation GPU this job leased (None: no lease, e.g. SLURM)
     return env
 
 
 def bench_machine(device: str, threads: int) -> dict:
     """The machine facts the efficiency sweep's JSON carries (pytest-benchmark's machine_info)."""
-    import psutil
-
     env = capture(torch.device("cuda", 0) if device == "cuda" else torch.device("cpu"))
     env["torch_threads"] = threads
     env["memory_bytes"] = psutil.virtual_memory().total

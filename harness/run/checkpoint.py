@@ -33,7 +33,7 @@ import torch
 from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.core.io import atomic_torch_save
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # for the annotations only: train.py imports this module
     from attnbench.harness.run.train import Trainer
 
 FORMAT = 1
@@ -119,7 +119,7 @@ def load(path: Path, run: dict, key: str) -> dict | None:
         return None
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 -- an unreadable checkpoint only costs the steps in it
+    except Exception as exc:  # an unreadable checkpoint only costs the steps in it
         first = (str(exc).splitlines() or [""])[0]
         print(f"ignoring checkpoint {path}: cannot read it ({type(exc).__name__}: {first}); starting fresh", flush=True)
         return None

@@ -85,7 +85,7 @@ class EncoderClassifier(nn.Module):
             self.head = nn.Sequential(nn.Linear(cfg.dim, cfg.mlp_dim), nn.ReLU(), nn.Linear(cfg.mlp_dim, num_classes))
 
     @classmethod
-    def for_data(cls, cfg: ModelConfig, variant: str, variant_params: dict | None, data) -> "EncoderClassifier":
+    def for_data(cls, cfg: ModelConfig, variant: str, variant_params: dict | None, data) -> EncoderClassifier:
         """The model for a task's prepared data (its vocabulary, length, classes, pairing)."""
         return cls(cfg, variant, variant_params, vocab_size=data.vocab_size, seq_len=data.seq_len,
                    num_classes=data.num_classes, pad_id=data.pad_id, paired=data.paired)

@@ -76,5 +76,5 @@ def build_record(*, run: dict, data: PreparedData, status: str, message: str | N
         "config": run,
         **(extra or {}),
         "environment": capture(device),
-        "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }

@@ -11,6 +11,7 @@ when run again (``attnbench.harness.run.checkpoint``).
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import random
@@ -24,15 +25,16 @@ from typing import Literal
 import numpy as np
 import torch
 import torch.nn.functional as F
+from tqdm import tqdm
 
-from attnbench.harness.results.records import RECORD_NAME, write_record
-from attnbench.harness.run import checkpoint
 from attnbench.harness.core.io import atomic_torch_save, atomic_write_text
+from attnbench.harness.core.registry import param
 from attnbench.harness.measure.memory import PeakMemory, is_out_of_memory
 from attnbench.harness.measure.timing import Stopwatch
+from attnbench.harness.results.records import RECORD_NAME, write_record
+from attnbench.harness.run import checkpoint
 from attnbench.harness.run.model import EncoderClassifier, ModelConfig
 from attnbench.harness.run.record import build_record
-from attnbench.harness.core.registry import param
 from attnbench.tasks.base import PreparedData
 
 
@@ -104,8 +106,6 @@ class Log:
     def __init__(self, total: int, desc: str, bar: bool | None = None):
         self.bar = None
         if bar if bar is not None else sys.stderr.isatty():
-            from tqdm import tqdm
-
             self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True)
 
     def step(self, n: int = 1, **postfix) -> None:
@@ -251,8 +251,6 @@ class Trainer:
 
 
 def write_curve(path: Path, rows: list[dict]) -> None:
-    import io
-
     buf = io.StringIO()
     fields = ["step", "lr", "train_loss", "val_loss", "val_acc", "elapsed_s"]
     writer = csv.DictWriter(buf, fieldnames=fields)
@@ -278,7 +276,7 @@ def resume(trainer: Trainer, run: dict, inputs: dict | None, out_dir: Path, log:
         try:
             checkpoint.restore(trainer, state)
             log.line(f"resuming from step {trainer.step} (checkpoint {path})")
-        except Exception as exc:  # noqa: BLE001 -- e.g. the code changed the model's layout since
+        except Exception as exc:  # e.g. the code changed the model's layout since
             log.line(f"ignoring checkpoint {path}: cannot restore it ({type(exc).__name__}: {exc}); starting fresh")
             seed_everything(run["seed"], run["deterministic"])
             trainer = rebuild()
@@ -310,14 +308,16 @@ def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = N
     if status == "ok":
         try:
             with mem:
-                make = lambda: trainer_cls(run, data, device, **(trainer_kwargs or {}))  # noqa: E731
+                def make() -> Trainer:
+                    return trainer_cls(run, data, device, **(trainer_kwargs or {}))
+
                 trainer = resume(make(), run, extra, out_dir, log, make)
                 steps_done = trainer.fit(log)
         except Diverged as exc:
             status, message = "diverged", str(exc)
         except TimeLimit as exc:
             status, message = "timeout", str(exc)
-        except Exception as exc:  # noqa: BLE001 -- every outcome becomes a record
+        except Exception as exc:  # every outcome becomes a record
             status = "oom" if is_out_of_memory(exc) else "failed"
             message = f"{type(exc).__name__}: {exc}"
             log.line(traceback.format_exc())
@@ -328,7 +328,7 @@ def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = N
             steps_done = steps_done or (trainer.step - (status == "diverged"))
             try:
                 test_acc = trainer.test_best()
-            except Exception as exc:  # noqa: BLE001
+            except Exception as exc:  # the test pass's failure is a record too
                 status, message = ("oom" if is_out_of_memory(exc) else "failed"), f"testing failed: {type(exc).__name__}: {exc}"
     if trainer is not None and trainer.best["state"] is not None:
         atomic_torch_save({"model": trainer.best["state"], "step": trainer.best["step"], "run": run},
