@@ -25,7 +25,11 @@ run: install
 test: install
 	$(OFFLINE) $(BIN)/pytest
 
+# ruff (pyproject.toml [tool.ruff]), the import layers (pyproject.toml [tool.importlinter]) and the
+# workflow; the test suite runs the first two as well (tests/test_layers.py)
 lint: install
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports --no-cache
 	$(BIN)/snakemake --lint
 
 clean:

@@ -1,1 +1,12 @@
-"""attnbench harness: config, model, training, measurement, records, report, CLI."""
+"""attnbench's harness, in layers whose imports point down only (pyproject.toml, [tool.importlinter]):
+
+- ``cli``: the ``attnbench`` command;
+- ``config``: the config's schema, validation, and the runs it asks for;
+- ``bench`` (the efficiency sweep), ``compare`` (public implementations side by side),
+  ``report`` (Markdown and HTML from the tables);
+- ``run``: model, training loop, distillation, checkpoints, a run's record;
+- ``results``: the record format, machine facts, aggregation;
+- ``measure``: timing, peak memory, fresh processes, the GPU lease;
+- below them the components, ``attnbench.variants`` and ``attnbench.tasks``;
+- ``core``: registries and config dataclasses, atomic files, paths, hashing, package data.
+"""

@@ -51,8 +51,10 @@ def cmd_schema(args) -> int:
 
 
 def cmd_check_config(args) -> int:
+    from attnbench.harness.config import DEFAULT_CONFIG
+
     config = _load(args)
-    print(json.dumps(config, indent=2) if args.show else f"{args.config or 'config/config.yaml'}: valid")
+    print(json.dumps(config, indent=2) if args.show else f"{args.config or DEFAULT_CONFIG}: valid")
     return 0
 
 
@@ -140,7 +142,8 @@ def cmd_bench(args) -> int:
           + f" with {sweep['threads']} threads -> {out}", flush=True)
     rc = run_sweep(sweep, out, args.pytest_args)
     if rc:
-        print(f"attnbench bench: the benchmark run failed (pytest exit status {rc}); {out} not written", file=sys.stderr)
+        print(f"attnbench bench: the benchmark run failed (pytest exit status {rc}); {out} not written",
+              file=sys.stderr)
     return rc
 
 
@@ -168,7 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     def with_config(sp):
-        sp.add_argument("--config", help="pipeline config YAML (default: config/config.yaml of this checkout)")
+        sp.add_argument("--config", help="pipeline config YAML (default: the shipped config/config.yaml, in an "
+                        "editable install this checkout's)")
         return sp
 
     sub.add_parser("list", help="registered variants and tasks with their parameters").set_defaults(func=cmd_list)

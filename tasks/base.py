@@ -41,7 +41,8 @@ class DataError(RuntimeError):
 class PreparedData:
     """What a task's preparation produces: integer token tensors and labels per split."""
 
-    splits: dict[str, dict[str, torch.Tensor]]  # split -> {"tokens": (n, L) or paired (n, 2, L) int, "labels": (n,) long}
+    # split -> {"tokens": (n, L) or paired (n, 2, L) int, "labels": (n,) long}
+    splits: dict[str, dict[str, torch.Tensor]]
     seq_len: int
     vocab_size: int
     num_classes: int

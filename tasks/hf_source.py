@@ -221,9 +221,10 @@ class TextSourceConfig:
 
     path: str = param("stanfordnlp/imdb", PATH_HELP)
     subset: str = param("", "hub sources: the dataset's configuration name (e.g. 'sst2' for 'nyu-mll/glue')")
-    data_files: dict = param({}, "local files per split, e.g. {train: a.csv, test: b.csv} (a file or a list); when set, `path` is ignored")
-    text_columns: tuple[str, ...] = param(("text",), "column(s) holding the text; several are joined with text_separator "
-                                          "(AG News CSV: [title, description])")
+    data_files: dict = param({}, "local files per split, e.g. {train: a.csv, test: b.csv} (a file or a list); "
+                             "when set, `path` is ignored")
+    text_columns: tuple[str, ...] = param(("text",), "column(s) holding the text; several are joined with "
+                                          "text_separator (AG News CSV: [title, description])")
     text_separator: str = param(" ", "string put between the text columns")
     label_column: str = param("label", "column holding the label (integers, booleans or strings)")
     label_names: tuple[str, ...] = param((), "class names in id order; string labels map to their position here "
@@ -231,8 +232,8 @@ class TextSourceConfig:
     label_offset: int = param(0, "subtracted from integer labels, e.g. 1 for AG News CSV labels 1..4")
     split_column: str = param("", "a column assigning each row to a split (values train/validation/valid/val/dev/test, "
                               "or booleans as fastai's is_valid: True = validation); empty: the source's own splits")
-    val_fraction: float = param(0.1, "share of the training rows held out for validation when the source has no validation split",
-                                exclusiveMinimum=0.0, maximum=0.5)
+    val_fraction: float = param(0.1, "share of the training rows held out for validation when the source has no "
+                                "validation split", exclusiveMinimum=0.0, maximum=0.5)
     test_fraction: float = param(0.1, "share of the training rows held out for testing, only when the source has no "
                                  "(labelled) test split", exclusiveMinimum=0.0, maximum=0.5)
     max_train: int = param(0, "use at most this many training rows, a seeded random subset (0 = all)", minimum=0)
@@ -277,7 +278,7 @@ def _join(part, columns: tuple[str, ...], sep: str) -> list[str]:
     cols = [_column(part, c) for c in columns]
     if len(cols) == 1:
         return ["" if v is None else str(v) for v in cols[0]]
-    return [sep.join("" if v is None else str(v) for v in row) for row in zip(*cols)]
+    return [sep.join("" if v is None else str(v) for v in row) for row in zip(*cols, strict=True)]
 
 
 def _label_ids(raw: dict[str, list], cfg: TextSourceConfig, class_names: list[str] | None,
@@ -329,7 +330,8 @@ def load_labelled_texts(cfg: TextSourceConfig, task: str, default_hub_id: str = 
         for name in ds:
             part = ds[name]
             for text, label, value in zip(_join(part, cfg.text_columns, cfg.text_separator),
-                                          _column(part, cfg.label_column), _column(part, cfg.split_column)):
+                                          _column(part, cfg.label_column), _column(part, cfg.split_column),
+                                          strict=True):
                 key = str(value).strip().lower()
                 if key not in SPLIT_VALUES:
                     raise DataError(f"{origin}: split column {cfg.split_column!r} has the value {value!r}; "
@@ -346,7 +348,8 @@ def load_labelled_texts(cfg: TextSourceConfig, task: str, default_hub_id: str = 
                 continue
             part = ds[name]
             _columns_of(part, cfg, name, origin, config_key)
-            texts[split], raw[split] = _join(part, cfg.text_columns, cfg.text_separator), _column(part, cfg.label_column)
+            texts[split], raw[split] = (_join(part, cfg.text_columns, cfg.text_separator),
+                                        _column(part, cfg.label_column))
             feature = part.features.get(cfg.label_column)
             if class_names is None and getattr(feature, "names", None):
                 class_names = list(feature.names)

@@ -31,10 +31,13 @@ LUMA = np.array([0.2989, 0.5870, 0.1140])
 class ImageConfig:
     """Images as pixel-intensity token sequences."""
 
-    source: Literal["digits", "cifar10"] = param("digits", "digits: scikit-learn's 8x8 digits (offline); cifar10: CIFAR-10 via `datasets`")
+    source: Literal["digits", "cifar10"] = param("digits", "digits: scikit-learn's 8x8 digits (offline); cifar10: "
+                                                 "CIFAR-10 via `datasets`")
     path: str = param("uoft-cs/cifar10", "cifar10 only: a Hugging Face dataset id, or a local folder with its files")
-    val_fraction: float = param(0.1, "share of the training split held out for validation (LRA: 0.1)", exclusiveMinimum=0.0, maximum=0.5)
-    test_fraction: float = param(0.2, "digits only (it has no test split): share held out for testing", exclusiveMinimum=0.0, maximum=0.5)
+    val_fraction: float = param(0.1, "share of the training split held out for validation (LRA: 0.1)",
+                                exclusiveMinimum=0.0, maximum=0.5)
+    test_fraction: float = param(0.2, "digits only (it has no test split): share held out for testing",
+                                 exclusiveMinimum=0.0, maximum=0.5)
     max_train: int = param(0, "use at most this many training images (0 = all)", minimum=0)
     data_seed: int = param(0, "seed of the digits split")
 

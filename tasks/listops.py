@@ -17,7 +17,7 @@ import statistics
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 import torch
 
@@ -30,21 +30,23 @@ END = "]"
 VOCAB = ("<pad>", "<unk>", *OPERATORS, END, *(str(d) for d in range(10)))
 TOKEN_ID = {t: i for i, t in enumerate(VOCAB)}
 
-Tree = Union[int, str, tuple]
+Tree = int | str | tuple
 
 
 @dataclass(frozen=True)
 class ListOpsConfig:
     """ListOps data: generated (LRA's specification) or read from LRA release TSVs."""
 
-    source: Literal["generate", "files"] = param("generate", "generate with the seeded generator, or read LRA release TSVs from `path`")
+    source: Literal["generate", "files"] = param("generate", "generate with the seeded generator, or read LRA release "
+                                                 "TSVs from `path`")
     path: str = param("", "folder with {prefix}_{train,val,test}.tsv (source: files), e.g. lra_release/listops-1000")
     prefix: str = param("basic", "file name prefix of the TSVs")
     n_train: int = param(96_000, "generated training examples", minimum=1)
     n_val: int = param(2_000, "generated validation examples", minimum=1)
     n_test: int = param(2_000, "generated test examples", minimum=1)
     min_length: int = param(500, "keep trees with more tokens than this (strict, as LRA)", minimum=0)
-    max_length: int = param(2_000, "keep trees with fewer tokens than this (strict, as LRA); also the padded length", minimum=2)
+    max_length: int = param(2_000, "keep trees with fewer tokens than this (strict, as LRA); also the padded length",
+                            minimum=2)
     max_depth: int = param(10, "maximum nesting depth of the tree (the root is depth 1)", minimum=1)
     max_args: int = param(10, "maximum number of arguments of an operator (at least 2)", minimum=2)
     value_p: float = param(0.25, "probability that a node below max_depth is an operator", minimum=0.0, maximum=1.0)
@@ -55,7 +57,8 @@ class _TooLong(Exception):
     pass
 
 
-def generate_tree(rng: random.Random, cfg: ListOpsConfig, depth: int = 1, budget: int | None = None) -> tuple[Tree, int]:
+def generate_tree(rng: random.Random, cfg: ListOpsConfig, depth: int = 1,
+                  budget: int | None = None) -> tuple[Tree, int]:
     """One random tree and its token count (operators, digits and closing brackets).
 
     Draw order follows LRA: leaf-or-operator, number of arguments, each argument, then
@@ -193,7 +196,7 @@ class ListOps(Task):
         cfg = self.cfg
         rng, seen = random.Random(cfg.data_seed), {}
         files = self.split_files(folder)
-        for split, n in zip(SPLITS, (cfg.n_train, cfg.n_val, cfg.n_test)):
+        for split, n in zip(SPLITS, (cfg.n_train, cfg.n_val, cfg.n_test), strict=True):
             write_tsv(files[split], generate(n, rng, cfg, seen))
         return files
 

@@ -54,26 +54,39 @@ def download_hint(task: str, resolution: int) -> str:
 class PathfinderConfig:
     """Pathfinder images as pixel-intensity token sequences: generated, or the LRA release files."""
 
-    source: Literal["generate", "files"] = param("generate", "generate with the seeded generator (offline), or read the LRA release PNGs from `path`")
-    path: str = param("", "files only: the folder holding pathfinder{resolution}/ (lra_release/lra_release in the LRA archive)")
-    resolution: int = param(32, "image side in pixels (LRA: 32 for Pathfinder, 128 for Path-X); seq_len = resolution^2", minimum=8)
-    difficulty: Difficulty = param("curv_contour_length_14", "release folder (easy, intermediate, hard = LRA's choice); "
-                                   "generate: sets the path length (6, 9 or 14 dashes) unless path_length is given")
-    max_examples: int = param(0, "read at most this many metadata rows, in sorted order, before splitting (0 = all)", minimum=0)
-    val_fraction: float = param(0.1, "files only: share of the images for validation (LRA: 0.1)", minimum=0.0, maximum=0.5)
-    test_fraction: float = param(0.1, "files only: share of the images for testing (LRA: 0.1)", minimum=0.0, maximum=0.5)
-    data_seed: int = param(0, "seed of the split permutation and of the generator (the training seed does not change the data)")
+    source: Literal["generate", "files"] = param("generate", "generate with the seeded generator (offline), or read "
+                                                 "the LRA release PNGs from `path`")
+    path: str = param("", "files only: the folder holding pathfinder{resolution}/ (lra_release/lra_release in the "
+                      "LRA archive)")
+    resolution: int = param(32, "image side in pixels (LRA: 32 for Pathfinder, 128 for Path-X); seq_len = resolution^2",
+                            minimum=8)
+    difficulty: Difficulty = param("curv_contour_length_14", "release folder (easy, intermediate, hard = LRA's "
+                                   "choice); generate: sets the path length (6, 9 or 14 dashes) unless path_length "
+                                   "is given")
+    max_examples: int = param(0, "read at most this many metadata rows, in sorted order, before splitting (0 = all)",
+                              minimum=0)
+    val_fraction: float = param(0.1, "files only: share of the images for validation (LRA: 0.1)",
+                                minimum=0.0, maximum=0.5)
+    test_fraction: float = param(0.1, "files only: share of the images for testing (LRA: 0.1)",
+                                 minimum=0.0, maximum=0.5)
+    data_seed: int = param(0, "seed of the split permutation and of the generator (the training seed does not "
+                           "change the data)")
     n_train: int = param(2_000, "generate only: training images (LRA's files: 160,000)", minimum=1)
     n_val: int = param(250, "generate only: validation images", minimum=0)
     n_test: int = param(500, "generate only: test images", minimum=0)
     path_length: int = param(0, "generate only: dashes per target path (0 = from difficulty: 6, 9, 14)", minimum=0)
-    dash_length: int = param(0, "generate only: pixels per dash along its axis (0 = max(2, round(resolution/16)))", minimum=0)
-    gap: int = param(0, "generate only: background pixels between consecutive dashes; distinct paths stay farther apart "
-                        "(0 = max(1, round(resolution/64)))", minimum=0)
-    n_distractors: int = param(-1, "generate only: distractor paths drawn if they fit (-1 = round(5*resolution/32))", minimum=-1)
-    distractor_length: int = param(0, "generate only: dashes per distractor path (0 = max(2, path_length // 3))", minimum=0)
-    marker_size: int = param(0, "generate only: side of the square markers, odd, at least 3 (0 = 2*max(1, round(0.75*resolution/32))+1: 3 at 32, 7 at 128)", minimum=0)
-    max_turn: float = param(45.0, "generate only: largest change of direction between two dashes, degrees", minimum=0.0, maximum=90.0)
+    dash_length: int = param(0, "generate only: pixels per dash along its axis (0 = max(2, round(resolution/16)))",
+                             minimum=0)
+    gap: int = param(0, "generate only: background pixels between consecutive dashes; distinct paths stay farther "
+                     "apart (0 = max(1, round(resolution/64)))", minimum=0)
+    n_distractors: int = param(-1, "generate only: distractor paths drawn if they fit (-1 = round(5*resolution/32))",
+                               minimum=-1)
+    distractor_length: int = param(0, "generate only: dashes per distractor path (0 = max(2, path_length // 3))",
+                                   minimum=0)
+    marker_size: int = param(0, "generate only: side of the square markers, odd, at least 3 "
+                             "(0 = 2*max(1, round(0.75*resolution/32))+1: 3 at 32, 7 at 128)", minimum=0)
+    max_turn: float = param(45.0, "generate only: largest change of direction between two dashes, degrees",
+                            minimum=0.0, maximum=90.0)
 
 
 @dataclass
@@ -255,7 +268,8 @@ class Pathfinder(Task):
             ids += 1  # in place: Path-X images are 16,384 tokens each
             splits[s] = {"tokens": torch.from_numpy(ids), "labels": torch.from_numpy(data.labels[idx])}
         if c.source == "generate":
-            what = f"generated (seed {c.data_seed}, {self.generator_settings()}), written as LRA release files and read back"
+            what = (f"generated (seed {c.data_seed}, {self.generator_settings()}), written as LRA release files "
+                    "and read back")
         else:
             what = f"LRA release files in {folder}"
         source = f"{what}: {len(data.labels)} images of {data.rows} metadata rows, {data.skipped_summary()}"

@@ -162,7 +162,8 @@ class _Geometry:
             return [y * w + x for x, y in points]
 
         def halo(points):
-            return sorted({(y + dy) * w + x + dx for x, y in points for dy in range(-k, k + 1) for dx in range(-k, k + 1)})
+            return sorted({(y + dy) * w + x + dx for x, y in points
+                           for dy in range(-k, k + 1) for dx in range(-k, k + 1)})
 
         dash = [[along(i, d) for i in range(L)] for d in range(n)]
         square = [(dx, dy) for dy in range(-half, half + 1) for dx in range(-half, half + 1)]
@@ -315,7 +316,8 @@ def draw_image(rng: random.Random, settings: DrawSettings, label: int) -> np.nda
         if not second:
             continue
         targets = [first, second]
-        distractors = [canvas.place(rng, s.distractor_length, False, _DISTRACTOR_TRIES) for _d in range(s.n_distractors)]
+        distractors = [canvas.place(rng, s.distractor_length, False, _DISTRACTOR_TRIES)
+                       for _d in range(s.n_distractors)]
         if label == 1:
             chosen = targets[int(rng.random() * 2)]
             markers = [chosen[0], chosen[-1]]

@@ -77,7 +77,7 @@ class Retrieval(Task):
         """8 / 4 / 4 pairs in the release layout (``tsv_data/new_aan_pairs.{train,eval,test}.tsv``)."""
         folder = Path(folder) / "tsv_data"
         folder.mkdir(parents=True, exist_ok=True)
-        for k, (suffix, n) in enumerate(zip(FILE_SPLITS.values(), (8, 4, 4))):
+        for k, (suffix, n) in enumerate(zip(FILE_SPLITS.values(), (8, 4, 4), strict=True)):
             texts = tiny_texts(2 * n, seed=k)
             lines = [f"{i % 2}.0\t{suffix}{i}a\t{suffix}{i}b\t{texts[2 * i]}\t{texts[2 * i + 1]}\n" for i in range(n)]
             (folder / f"new_aan_pairs.{suffix}.tsv").write_text("".join(lines), encoding="utf-8")

@@ -36,10 +36,13 @@ class TextClsConfig(TextSourceConfig):
     """Labelled texts (hub id or local files) as byte or subword token sequences."""
 
     path: str = param("fancyzhx/ag_news", PATH_HELP)
-    seq_len: int = param(512, "tokens per example: longer texts are cut (the head is kept), shorter ones padded", minimum=1)
-    tokenizer: Literal["bytes", "subword"] = param("subword", "bytes: UTF-8 bytes (257 ids); subword: a tokenizer trained on the train split")
+    seq_len: int = param(512, "tokens per example: longer texts are cut (the head is kept), shorter ones padded",
+                         minimum=1)
+    tokenizer: Literal["bytes", "subword"] = param("subword", "bytes: UTF-8 bytes (257 ids); subword: a tokenizer "
+                                                   "trained on the train split")
     subword_model: Literal["bpe", "wordpiece"] = param("bpe", "subword only: byte-level BPE or BERT-style WordPiece")
-    vocab_size: int = param(8192, "subword only: vocabulary size to train (special tokens included; a small corpus may give fewer)", minimum=16)
+    vocab_size: int = param(8192, "subword only: vocabulary size to train (special tokens included; a small corpus "
+                            "may give fewer)", minimum=16)
     min_frequency: int = param(2, "subword only: a merge or piece must occur this often in the train split", minimum=1)
     lowercase: bool = param(False, "subword only: lowercase texts before tokenising")
 
@@ -57,7 +60,7 @@ class TextCls(Task):
         test carved from them; a small BPE vocabulary trained on train."""
         titles, texts = tiny_texts(40, seed=1, max_words=3), tiny_texts(40, seed=2)
         path = write_csv(Path(folder) / "ag_news" / "train.csv", ["label", "title", "description"],
-                         [(1 + i % 4, t, d) for i, (t, d) in enumerate(zip(titles, texts))])
+                         [(1 + i % 4, t, d) for i, (t, d) in enumerate(zip(titles, texts, strict=True))])
         return {"path": str(path), "text_columns": ["title", "description"], "label_offset": 1,
                 "label_names": ["World", "Sports", "Business", "Sci/Tech"], "seq_len": 32,
                 "tokenizer": "subword", "vocab_size": 300, "min_frequency": 1}

@@ -121,7 +121,8 @@ class LocalSlurm:
             if out.returncode == 0 and state.startswith(("idle", "mixed", "allocated")):
                 return
             time.sleep(0.5)
-        raise RuntimeError(f"the SLURM node did not become idle within {timeout:.0f} s (sinfo: {state!r})\n{self.logs()}")
+        raise RuntimeError(f"the SLURM node did not become idle within {timeout:.0f} s (sinfo: {state!r})\n"
+                           f"{self.logs()}")
 
     def _write_conf(self) -> None:
         mem_total = next(int(line.split()[1]) // 1024 for line in Path("/proc/meminfo").read_text().splitlines()

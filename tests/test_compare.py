@@ -230,7 +230,7 @@ def test_window_equals_local_attention_exact_window(window):
 
 def _fast_transformers_weights(ours, proj):
     (q, k, v) = _qkv(ours)
-    for lin, wb in zip(proj, (q, k, v, (ours.out.weight, ours.out.bias))):
+    for lin, wb in zip(proj, (q, k, v, (ours.out.weight, ours.out.bias)), strict=True):
         _copy(lin, *wb)
 
 
@@ -281,7 +281,8 @@ def test_linear_favor_equals_performer_with_copied_features(monkeypatch):
     with torch.no_grad():
         peer.attn.fast_attention.projection_matrix.copy_(ours.projection)
     a = peer.attn
-    for lin, wb in zip((a.to_q, a.to_k, a.to_v, a.to_out), (*_qkv(ours), (ours.out.weight, ours.out.bias))):
+    for lin, wb in zip((a.to_q, a.to_k, a.to_v, a.to_out), (*_qkv(ours), (ours.out.weight, ours.out.bias)),
+                    strict=True):
         _copy(lin, *wb)
     _same(ours, peer, *_x(40), atol=1e-10)  # no padding: performer leaves padded keys in the normaliser
 

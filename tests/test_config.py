@@ -80,7 +80,8 @@ def test_only_configured_tasks_and_variants_are_kept():
     config = validate_config(minimal())
     assert set(config["variants"]) == {"full"}
     assert set(config["tasks"]) == {"listops"}, (
-        "validate_config added tasks that the config does not name: " + ", ".join(sorted(set(config["tasks"]) - {"listops"})))
+        "validate_config added tasks that the config does not name: "
+        + ", ".join(sorted(set(config["tasks"]) - {"listops"})))
 
 
 def test_dim_heads_check_uses_per_task_model_override():
@@ -102,8 +103,10 @@ def test_yaml_none_means_defaults():
 
 
 @pytest.mark.parametrize("config, expected", [
-    pytest.param(with_(colour="blue"), ["'colour'", "unknown key", "variants", "tasks", "train"], id="unknown-top-level"),
-    pytest.param(with_(train={"lrr": 0.1}), ["'train.lrr'", "unknown key", "lr", "steps", "warmup_steps"], id="unknown-nested"),
+    pytest.param(with_(colour="blue"), ["'colour'", "unknown key", "variants", "tasks", "train"],
+                 id="unknown-top-level"),
+    pytest.param(with_(train={"lrr": 0.1}), ["'train.lrr'", "unknown key", "lr", "steps", "warmup_steps"],
+                 id="unknown-nested"),
     pytest.param(with_(train={"lr": "abc"}), ["'train.lr'", "'abc'", "number"], id="wrong-type"),
     pytest.param(with_(variants={"full": {}, "nonesuch": {}}),
                  ["'nonesuch'", "variant", *VARIANTS.names()], id="unknown-variant"),
@@ -132,7 +135,8 @@ def test_all_problems_are_reported_at_once():
 def test_numbers_written_as_text_are_read_as_numbers(tmp_path):
     # YAML 1.1 reads 1e-3 as a string; `snakemake --config seeds=[1,2]` passes strings
     path = tmp_path / "c.yaml"
-    path.write_text("variants: {full: {}}\ntasks: {listops: {}}\nseeds: ['1', '2']\ntrain:\n  lr: 1e-3\n  steps: '20'\n")
+    path.write_text("variants: {full: {}}\ntasks: {listops: {}}\nseeds: ['1', '2']\n"
+                    "train:\n  lr: 1e-3\n  steps: '20'\n")
     config = load_config(path)
     assert config["train"]["lr"] == 0.001 and config["train"]["steps"] == 20 and config["seeds"] == [1, 2]
     assert error_of(with_(train={"steps": "2.5"})).count("'train.steps' is '2.5'") == 1
@@ -196,7 +200,8 @@ def test_per_variant_override_wins_for_that_variant_only():
 
 @pytest.mark.parametrize("per_variant, expected", [
     ({"nonesuch": {}}, "unknown variant 'nonesuch'"),
-    ({"full": {"model": {"dim": 30, "heads": 4}}}, "'tasks.listops.per_variant.full': model dim 30 is not divisible by heads 4"),
+    ({"full": {"model": {"dim": 30, "heads": 4}}},
+     "'tasks.listops.per_variant.full': model dim 30 is not divisible by heads 4"),
     ({"full": {"data": {}}}, "unknown key"),
     ({"window": {"params": {"window": "wide"}}}, "tasks.listops.per_variant.window.params.window"),
     ({"window": {"params": {"n_hashes": 2}}}, "unknown key"),
@@ -274,7 +279,8 @@ def test_lra_config_resolves_lra_settings_per_task_and_variant():
     window = run["image", "window"]["model"]
     assert (window["layers"], window["heads"], window["pooling"]) == (4, 4, "mean")
     assert run["image", "full"]["model"]["layers"] == 1 and run["image", "full"]["model"]["pooling"] == "cls"
-    assert run["pathfinder", "linear"]["model"]["dim"] == 128 and run["pathfinder", "full"]["model"]["pooling"] == "mean"
+    assert run["pathfinder", "linear"]["model"]["dim"] == 128
+    assert run["pathfinder", "full"]["model"]["pooling"] == "mean"
     assert {t: run[t, "lsh"]["variant"]["params"]["n_buckets"] for t in ("listops", "retrieval", "pathx", "image")} == {
         "listops": 64, "retrieval": 128, "pathx": 512, "image": 32}
     assert run["pathx", "full"]["train"]["grad_clip"] == 1.0 and run["image", "full"]["train"]["grad_clip"] == 0.0

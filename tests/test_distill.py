@@ -177,7 +177,8 @@ def test_distilled_record_names_its_teacher(distilled):
     assert (teacher["method"], teacher["label"]) == ("labels", "full")
     t = stored["teacher"]
     assert t["run_id"] == "listops/full/seed0" and t["status"] == "ok"
-    assert (out / t["checkpoint"]).resolve() == (root / "full" / "best.pt").resolve() and (out / t["checkpoint"]).exists()
+    assert (out / t["checkpoint"]).resolve() == (root / "full" / "best.pt").resolve()
+    assert (out / t["checkpoint"]).exists()
     assert read_record(out / t["record"])["run_id"] == t["run_id"]
     assert t["config_hash"] == teacher["config_hash"]
     assert t["test_acc"] == teacher["accuracy"]["test"] and t["params"] == teacher["efficiency"]["params"]
@@ -372,9 +373,10 @@ def _summary_rows():
     base = {"task": "listops", "status": "ok", "layers": 2, "params": 1000, "teacher_run_id": None}
     rows = []
     for seed, (t_acc, s_acc) in enumerate([(0.50, 0.45), (0.40, 0.40)]):
-        rows.append({**base, "variant": "full", "attention": "full", "seed": seed, "test_acc": t_acc, "train_tokens_per_s": 100.0,
-                     "eval_tokens_per_s": 1000.0})
-        rows.append({**base, "variant": "distilled[full]", "attention": "full", "seed": seed, "test_acc": s_acc, "layers": 1, "params": 600,
+        rows.append({**base, "variant": "full", "attention": "full", "seed": seed, "test_acc": t_acc,
+                     "train_tokens_per_s": 100.0, "eval_tokens_per_s": 1000.0})
+        rows.append({**base, "variant": "distilled[full]", "attention": "full", "seed": seed, "test_acc": s_acc,
+                     "layers": 1, "params": 600,
                      "train_tokens_per_s": 150.0 + 50 * seed, "eval_tokens_per_s": 2000.0,
                      "teacher_run_id": f"listops/full/seed{seed}", "teacher_status": "ok", "teacher_test_acc": t_acc,
                      "teacher_train_tokens_per_s": 100.0, "teacher_eval_tokens_per_s": 1000.0,

@@ -25,8 +25,8 @@ def _env(lock_dir, gpus="2", **extra):
 
 
 def _holder(env, hold=30):
-    return subprocess.Popen([sys.executable, "-m", "attnbench.harness.measure.gpu_lease", "--hold", str(hold)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    return subprocess.Popen([sys.executable, "-m", "attnbench.harness.measure.gpu_lease", "--hold", str(hold)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
 def _read_line(proc, timeout):

@@ -18,7 +18,8 @@ def digits():
 
 def _rows(data, splits=SPLITS) -> list[tuple]:
     return [tuple(row) + (label,) for s in splits
-            for row, label in zip(data.splits[s]["tokens"].tolist(), data.splits[s]["labels"].tolist())]
+            for row, label in zip(data.splits[s]["tokens"].tolist(), data.splits[s]["labels"].tolist(),
+                                     strict=True)]
 
 
 def test_digits_shapes_and_vocabulary(digits):
@@ -43,7 +44,8 @@ def test_digits_splits_partition_the_dataset(digits):
     assert abs(sizes["test"] - 0.2 * 1797) <= 1 and abs(sizes["val"] - 0.1 * 1797) <= 1
     # the three splits together are exactly the dataset, each image once (a partition, as multisets)
     ours = sorted(_rows(digits))
-    theirs = sorted(tuple(int(v) + 1 for v in img) + (int(label),) for img, label in zip(raw.data, raw.target))
+    theirs = sorted(tuple(int(v) + 1 for v in img) + (int(label),)
+                    for img, label in zip(raw.data, raw.target, strict=True))
     assert ours == theirs
 
 

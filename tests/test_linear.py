@@ -91,7 +91,7 @@ def test_attend_equals_dense_kernel_formula(fmap, n):
         got = layer.attend(q, kk, vv, mask)
         want = dense_linear_attention(layer, q, k, v, mask)
         assert torch.isfinite(got).all(), name
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-10, msg=lambda m: f"{fmap} mask {name}: {m}")
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10, msg=lambda m, name=name: f"{fmap} mask {name}: {m}")
 
 
 def test_dense_formula_is_not_trivially_uniform():
@@ -147,7 +147,8 @@ def test_favor_padding_and_holes_equal_compact_run():
         for b in range(3):
             idx = mask[b].nonzero().squeeze(1)
             alone = layer.attend(q[b:b + 1, :, idx], k[b:b + 1, :, idx], v[b:b + 1, :, idx], None)
-            torch.testing.assert_close(out[b:b + 1, :, idx], alone, rtol=0, atol=1e-10, msg=lambda m: f"scale {scale}: {m}")
+            torch.testing.assert_close(out[b:b + 1, :, idx], alone, rtol=0, atol=1e-10,
+                                       msg=lambda m, scale=scale: f"scale {scale}: {m}")
 
 
 @pytest.mark.parametrize("params", [{"feature_map": "favor"}, {"feature_map": "favor", "redraw": True}])

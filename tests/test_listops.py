@@ -137,14 +137,15 @@ CONFIGS = [
 @pytest.mark.parametrize("params", CONFIGS)
 def test_generated_labels_lengths_and_layout(tmp_path, params):
     rows = _generated_rows(tmp_path, params)
-    for split, n in zip(SPLITS, (params["n_train"], params["n_val"], params["n_test"])):
+    for split, n in zip(SPLITS, (params["n_train"], params["n_val"], params["n_test"]), strict=True):
         assert len(rows[split]) == n, split
     max_args = params.get("max_args", 10)
     deepest = 0
     for split, split_rows in rows.items():
         for source, label in split_rows:
             ref = evaluate_tokens(source)
-            assert ref["value"] == label, f"{split}: label {label} but the expression evaluates to {ref['value']}: {source}"
+            assert ref["value"] == label, (f"{split}: label {label} but the expression evaluates to "
+                                           f"{ref['value']}: {source}")
             assert params["min_length"] < ref["length"] < params["max_length"], (ref["length"], source)
             # the root is depth 1 and a node at max_depth is a leaf: operators nest at most max_depth - 1 deep
             assert ref["op_depth"] <= params["max_depth"] - 1, source
@@ -194,7 +195,8 @@ def test_same_seed_same_rows_other_seed_other_rows(tmp_path):
     assert {s for s, _ in a["train"]} != {s for s, _ in c["train"]}
     # and the files themselves are byte-identical
     for split in SPLITS:
-        assert (tmp_path / "a" / f"basic_{split}.tsv").read_bytes() == (tmp_path / "b" / f"basic_{split}.tsv").read_bytes()
+        assert (tmp_path / "a" / f"basic_{split}.tsv").read_bytes() == \
+               (tmp_path / "b" / f"basic_{split}.tsv").read_bytes()
 
 
 _GEN_SCRIPT = """
@@ -279,7 +281,7 @@ def test_reading_lra_release_files(tmp_path):
         tokens, labels = data.splits[split]["tokens"], data.splits[split]["labels"]
         assert tokens.shape == (2, 12)
         assert labels.tolist() == [e[1] for e in expected]
-        for row, (_, label, words) in zip(tokens.tolist(), expected):
+        for row, (_, label, words) in zip(tokens.tolist(), expected, strict=True):
             assert [VOCAB[t] for t in row[:len(words)]] == words
             assert row[len(words):] == [PAD_ID] * (12 - len(words))
             assert evaluate_tokens(" ".join(words))["value"] == label
@@ -294,7 +296,7 @@ def test_generated_data_tokens_match_sources(tmp_path):
         tokens = data.splits[split]["tokens"]
         assert tokens.shape == (len(rows[split]), 40)
         assert data.splits[split]["labels"].tolist() == [t for _, t in rows[split]]
-        for row, (source, _) in zip(tokens.tolist(), rows[split]):
+        for row, (source, _) in zip(tokens.tolist(), rows[split], strict=True):
             words = [t for t in source.split() if t not in ("(", ")")]
             assert [VOCAB[t] for t in row[:len(words)]] == words
             assert all(t == PAD_ID for t in row[len(words):])

@@ -99,6 +99,6 @@ def test_rsqrt_schedule_is_lras(warmup, steps, peak, end):
     cfg = TrainConfig(steps=steps, warmup_steps=warmup, schedule="rsqrt", lr=0.05 / math.sqrt(warmup))
     lra = [0.05 * min(1.0, s / warmup) / math.sqrt(max(s, warmup)) for s in range(1, steps + 1)]
     ours = [cfg.lr * lr_factor(s, cfg) for s in range(steps)]  # optimiser step s is LRA's step s + 1
-    assert max(abs(a - b) / b for a, b in zip(ours, lra)) < 1e-9
+    assert max(abs(a - b) / b for a, b in zip(ours, lra, strict=True)) < 1e-9
     assert max(ours) == pytest.approx(peak, rel=0.01) if warmup <= steps else max(ours) < peak
     assert ours[-1] == pytest.approx(end, rel=0.02)

@@ -77,7 +77,8 @@ def test_registered_with_documented_bounded_config():
     for name, prop in schema.items():
         assert prop["description"] and "minimum" in prop, name
     assert LSHConfig().n_buckets % 2 == 0 and "2 * N / chunk_size" in schema["n_buckets"]["description"]
-    assert (LSHConfig().chunk_size, LSHConfig().n_hashes, LSHConfig().chunks_before, LSHConfig().chunks_after) == (64, 2, 1, 0)
+    assert (LSHConfig().chunk_size, LSHConfig().n_hashes, LSHConfig().chunks_before,
+            LSHConfig().chunks_after) == (64, 2, 1, 0)
     with pytest.raises(ValueError, match="even"):
         build_attention("lsh", DIM, HEADS, {"n_buckets": 5}, max_len=MAX_LEN)
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -294,7 +295,7 @@ def test_gradcheck_eval_mode():
     params = dict(layer.named_parameters())
 
     def f(*ps):
-        return torch.func.functional_call(layer, dict(zip(params, ps)), (x.detach(), mask))[:, :6]
+        return torch.func.functional_call(layer, dict(zip(params, ps, strict=True)), (x.detach(), mask))[:, :6]
 
     assert torch.autograd.gradcheck(f, tuple(p.detach().clone().requires_grad_() for p in params.values()),
                                     eps=1e-6, atol=1e-7, fast_mode=True)

@@ -114,7 +114,7 @@ def test_reads_release_tree(tree, tmp_path):
         assert tokens.dtype == torch.int64 and labels.dtype == torch.int64
         assert tokens.shape == (labels.shape[0], 1024)
         assert int(tokens.min()) >= 1 and int(tokens.max()) <= 256
-        for row, label in zip(tokens, labels.tolist()):
+        for row, label in zip(tokens, labels.tolist(), strict=True):
             uid = int(row[0]) - 1
             assert label == good[uid], f"image {uid}: label {label}, metadata says {good[uid]}"
             # every pixel, row-major, + 1
@@ -238,7 +238,8 @@ def test_pathx_reads_128(tmp_path):
     assert data.seq_len == 16384
     assert {s: tuple(data.splits[s]["tokens"].shape) for s in SPLITS} == \
            {"train": (2, 16384), "val": (1, 16384), "test": (1, 16384)}
-    got = {uid: label for s in SPLITS for uid, label in zip(_uids(data, s), data.splits[s]["labels"].tolist())}
+    got = {uid: label for s in SPLITS
+           for uid, label in zip(_uids(data, s), data.splits[s]["labels"].tolist(), strict=True)}
     assert got == {uid: label for uid, label in rows.values()}
     with pytest.raises(DataError) as info:  # a pathfinder32 tree is not Path-X
         build_task("pathx", _files(tmp_path / "nothing")).prepare(tmp_path / "work")
@@ -325,7 +326,7 @@ def test_generated_labels_agree_with_connectivity(resolution, n):
     assert images.shape == (n, resolution, resolution) and images.dtype == np.uint8
     assert set(np.unique(images).tolist()) == {0, 255}
     disagree = []
-    for i, (img, label) in enumerate(zip(images, labels.tolist())):
+    for i, (img, label) in enumerate(zip(images, labels.tolist(), strict=True)):
         got = check_image(img, s)
         if got["connected"] != bool(label):
             disagree.append(i)
@@ -343,7 +344,7 @@ def test_generator_options_and_impossible_settings():
     s = draw_settings(48, "curv_baseline", gap=2, dash_length=3, marker_size=5, n_distractors=0)
     assert (s.path_length, s.distractor_length) == (6, 2)
     images, labels = generate_images(40, s, seed=3)
-    for img, label in zip(images, labels.tolist()):
+    for img, label in zip(images, labels.tolist(), strict=True):
         got = check_image(img, s)
         assert got["connected"] == bool(label) and got["pieces"] == 6 + (2 if label else 1)
     assert len(np.unique(bridged_components(images[0], 3))) - 1 == 2  # no distractors: two paths
@@ -366,7 +367,8 @@ def test_generated_release_is_seeded(tmp_path):
     files = {}
     for name, seed in (("a", 7), ("b", 7), ("c", 8)):
         folder = write_release(tmp_path / name, 12, s, seed)
-        files[name] = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+        files[name] = {p.relative_to(folder).as_posix(): p.read_bytes()
+                       for p in sorted(folder.rglob("*")) if p.is_file()}
     assert files["a"] == files["b"]
     assert set(files["a"]) == set(files["c"]) == {"metadata/0.npy", *(f"imgs/0/sample_{i}.png" for i in range(12))}
     assert all(files["a"][k] != files["c"][k] for k in files["a"] if k.endswith(".png"))
@@ -409,8 +411,9 @@ def test_generated_task_reads_back_through_the_reader(tmp_path):
     assert np.array_equal(back.images, generated) and np.array_equal(back.labels, labels)
     # the prepared splits are the files' images, each once, + 1
     pooled = {tuple(row.tolist()): int(y) for s in SPLITS
-              for row, y in zip(data.splits[s]["tokens"], data.splits[s]["labels"])}
-    assert pooled == {tuple((img.reshape(-1).astype(np.int64) + 1).tolist()): int(y) for img, y in zip(generated, labels)}
+              for row, y in zip(data.splits[s]["tokens"], data.splits[s]["labels"], strict=True)}
+    assert pooled == {tuple((img.reshape(-1).astype(np.int64) + 1).tolist()): int(y)
+                      for img, y in zip(generated, labels, strict=True)}
     # writing again into the same folder replaces the first files (no stale rows)
     build_task("pathfinder", {**params, "n_train": 20}).write_generated(tmp_path / "files")
     assert len(read_release(tmp_path / "files" / "pathfinder32" / HARD, 32).labels) == 44

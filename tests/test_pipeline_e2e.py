@@ -92,7 +92,7 @@ def test_pipeline_writes_records_summary_and_report(pipeline):
         else:
             assert "teacher" not in rec and rec["label"] == rec["variant"] == "full"
     df = pd.read_csv(work / "results" / "summary.csv")
-    assert sorted(zip(df["task"], df["variant"], df["seed"])) == [
+    assert sorted(zip(df["task"], df["variant"], df["seed"], strict=True)) == [
         (t, v, s) for t in ("image", "listops") for v in ("distilled[full]", "full") for s in (0, 1)]
     distilled = df[df["variant"] == "distilled[full]"]
     assert distilled["teacher_test_acc"].notna().all() and (distilled["params"] < distilled["teacher_params"]).all()
@@ -102,7 +102,7 @@ def test_pipeline_writes_records_summary_and_report(pipeline):
     assert df[df["variant"] == "full"]["teacher_run_id"].isna().all()
     assert (work / "results" / "summary.parquet").exists()
     bench = pd.read_csv(work / "results" / "bench.csv")  # the sweep: full on its default and math kernels
-    assert sorted(zip(bench["impl"], bench["n"], bench["status"])) == [
+    assert sorted(zip(bench["impl"], bench["n"], bench["status"], strict=True)) == [
         ("full", 32, "ok"), ("full", 64, "ok"), ("full [math]", 32, "ok"), ("full [math]", 64, "ok")]
     assert json.loads((work / "results" / "bench" / "full.json").read_text())["benchmarks"]  # pytest-benchmark's
 

@@ -51,6 +51,7 @@ def local_slurm(tmp_path_factory, request):
 def tiny_slurm_config() -> dict:
     cfg = copy.deepcopy(TINY)
     cfg.update(seeds=[0], variants={"full": {}}, bench={"enabled": False}, resources=RESOURCES)
+    cfg.pop("distill", None)  # no students
     return cfg
 
 

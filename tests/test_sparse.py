@@ -37,10 +37,10 @@ def expand(layer, n, mask):
     out = torch.zeros(mask.shape[0], n_pad, n_pad, dtype=torch.bool)
     for b in range(mask.shape[0]):
         for qb in range(table.shape[1]):
-            for kb, ok in zip(table[b, qb].tolist(), valid[b, qb].tolist()):
+            for kb, ok in zip(table[b, qb].tolist(), valid[b, qb].tolist(), strict=True):
                 if ok:
                     out[b, qb * block:(qb + 1) * block, kb * block:(kb + 1) * block] = True
-        for pos, ok in zip(g_idx[b].tolist(), g_ok[b].tolist()):
+        for pos, ok in zip(g_idx[b].tolist(), g_ok[b].tolist(), strict=True):
             if ok:
                 out[b, pos, :] = True
                 out[b, :, pos] = True
@@ -87,7 +87,7 @@ def test_layout_rows_hold_local_strided_and_random_blocks_without_duplicates():
     _, table, valid = expand(layer, n, mask)
     nb = n // block
     for i in range(nb):
-        row = [kb for kb, ok in zip(table[0, i].tolist(), valid[0, i].tolist()) if ok]
+        row = [kb for kb, ok in zip(table[0, i].tolist(), valid[0, i].tolist(), strict=True) if ok]
         assert len(row) == len(set(row)), f"row {i} has a duplicate key block"
         assert 0 not in row and nb - 1 not in row, "global blocks are scored beside the table, not in it"
         local = {j for j in (i - 1, i, i + 1) if 0 < j < nb - 1}

@@ -45,7 +45,8 @@ def check_prepared(data: PreparedData, name: str) -> None:
     assert set(data.splits) == set(SPLITS), f"{name}: splits {sorted(data.splits)}"
     assert data.num_classes >= 2
     assert data.seq_len >= 1
-    assert 0 <= data.pad_id < data.vocab_size, f"{name}: pad_id {data.pad_id} outside the vocabulary of {data.vocab_size}"
+    assert 0 <= data.pad_id < data.vocab_size, (f"{name}: pad_id {data.pad_id} outside the vocabulary of "
+                                                f"{data.vocab_size}")
     assert len(data.label_names) in (0, data.num_classes), f"{name}: {len(data.label_names)} label names"
     meta = json.loads(json.dumps(data.meta()))
     for split in SPLITS:

@@ -57,7 +57,7 @@ def _texts(data, split: str) -> list[str]:
 
 
 def _pairs(data, split: str) -> list[tuple[str, int]]:
-    return list(zip(_texts(data, split), data.splits[split]["labels"].tolist()))
+    return list(zip(_texts(data, split), data.splits[split]["labels"].tolist(), strict=True))
 
 
 def _check_shapes(data, seq_len: int) -> None:
@@ -363,7 +363,8 @@ def test_configs_and_defaults():
     from attnbench.harness.config import resolve_run, validate_config
 
     text, textcls = TASKS.get("text").config(), TASKS.get("textcls").config()
-    assert (text.path, text.seq_len, text.text_columns, text.label_column) == ("stanfordnlp/imdb", 4096, ("text",), "label")
+    assert (text.path, text.seq_len, text.text_columns, text.label_column) == \
+           ("stanfordnlp/imdb", 4096, ("text",), "label")
     assert not hasattr(text, "tokenizer")  # LRA Text is bytes only
     assert (textcls.path, textcls.tokenizer, textcls.vocab_size) == ("fancyzhx/ag_news", "subword", 8192)
     config = validate_config({"variants": {"full": {}}, "tasks": {"text": {"data": {"seq_len": 1000}},
@@ -383,8 +384,8 @@ def _train_briefly(tmp_path, task: str, data, model: dict, train: dict) -> dict:
     t0 = time.perf_counter()
     record = train_run(resolve_run(config, task, "full", 0), data, tmp_path / "run", bar=False)
     record["_seconds"] = time.perf_counter() - t0
-    print(f"{task}: test accuracy {record['accuracy']['test']:.4f}, majority {record['baselines']['majority_test_acc']:.4f}, "
-          f"{record['_seconds']:.1f} s")
+    print(f"{task}: test accuracy {record['accuracy']['test']:.4f}, "
+          f"majority {record['baselines']['majority_test_acc']:.4f}, {record['_seconds']:.1f} s")
     assert record["status"] == "ok", record["message"]
     return record
 

@@ -129,7 +129,8 @@ def test_explicit_reference_hand_computed():
     torch.testing.assert_close(out[0, 0], expected, rtol=0, atol=1e-12)
     # key 1 masked: every query sees only value 0
     out = explicit_softmax_attention(q, k, v, key_padding_mask=torch.tensor([[True, False]]))
-    torch.testing.assert_close(out[0, 0], torch.tensor([[1.0, 2.0], [1.0, 2.0]], dtype=torch.float64), rtol=0, atol=1e-12)
+    torch.testing.assert_close(out[0, 0], torch.tensor([[1.0, 2.0], [1.0, 2.0]], dtype=torch.float64),
+                               rtol=0, atol=1e-12)
     # causal mask: query 0 sees key 0 only, query 1 sees both
     causal = torch.tensor([[True, False], [True, True]])
     out = explicit_softmax_attention(q, k, v, attn_mask=causal)
@@ -160,7 +161,7 @@ def test_exact_attend_equals_reference(entry):
     for name, mask in masks.items():
         got = layer.attend(q, k, v, mask)
         want = explicit_softmax_attention(q, k, v, key_padding_mask=mask)
-        torch.testing.assert_close(got, want, rtol=0, atol=1e-10, msg=lambda m: f"mask {name}: {m}")
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10, msg=lambda m, name=name: f"mask {name}: {m}")
 
 
 @pytest.mark.parametrize("entry", EXACT, ids=[e.name for e in EXACT])

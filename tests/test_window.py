@@ -66,7 +66,8 @@ def test_window_equals_dense_attention_under_the_band_and_global_mask(w, block, 
     q, k, v = qkv(n, seed=w)
     mask = lengths_mask(lengths, n)
     out = window(w, globals_, block).attend(q, k, v, mask)
-    want = explicit_softmax_attention(q, k, v, key_padding_mask=mask, attn_mask=band_mask(n, w, globals_, lengths)[:, None])
+    want = explicit_softmax_attention(q, k, v, key_padding_mask=mask,
+                                      attn_mask=band_mask(n, w, globals_, lengths)[:, None])
     torch.testing.assert_close(real_rows(out, mask), real_rows(want, mask), rtol=0, atol=1e-12)
 
 
@@ -86,11 +87,13 @@ def test_gradients_match_dense_reference():
     q, k, v = (t.requires_grad_() for t in qkv(n, seed=9))
     mask = lengths_mask([n, 15], n)
     out = window(w, (0, -1), 4).attend(q, k, v, mask)
-    want = explicit_softmax_attention(q, k, v, key_padding_mask=mask, attn_mask=band_mask(n, w, (0, -1), [n, 15])[:, None])
-    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64) * mask[:, None, :, None]
+    want = explicit_softmax_attention(q, k, v, key_padding_mask=mask,
+                                      attn_mask=band_mask(n, w, (0, -1), [n, 15])[:, None])
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(1),
+                         dtype=torch.float64) * mask[:, None, :, None]
     g1 = torch.autograd.grad((out * weight).sum(), (q, k, v))
     g2 = torch.autograd.grad((want * weight).sum(), (q, k, v))
-    for a, b in zip(g1, g2):
+    for a, b in zip(g1, g2, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
 
 
@@ -107,7 +110,7 @@ def test_scores_are_banded_not_quadratic():
     for n in (256, 512):
         q, k, v = qkv(n)
         seen = []
-        hook = torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append(t.numel()) or t, lambda t: t)
+        hook = torch.autograd.graph.saved_tensors_hooks(lambda t, seen=seen: seen.append(t.numel()) or t, lambda t: t)
         with hook:
             layer.attend(q.requires_grad_(), k, v, torch.ones(B, n, dtype=torch.bool))
         sizes.append(max(seen))

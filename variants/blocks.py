@@ -185,7 +185,7 @@ def dense_mask_from_blocks(n: int, block: int, key_blocks: torch.Tensor, block_v
                 mask[b_, rows[qb, r], cols] = True
     if global_idx is not None:
         for b_ in range(bsz):
-            for gpos, gval in zip(global_idx[b_].tolist(), global_valid[b_].tolist()):
+            for gpos, gval in zip(global_idx[b_].tolist(), global_valid[b_].tolist(), strict=True):
                 if gval:
                     mask[b_, :, gpos] = True  # everyone attends the global token
                     mask[b_, gpos, :] = True  # the global token attends everyone

@@ -35,8 +35,10 @@ class SparseConfig:
     """Block-sparse layout."""
 
     block_size: int = param(64, "tokens per block", minimum=1)
-    window_blocks: int = param(1, "neighbouring key blocks on each side of a query block's own (1: 3 blocks)", minimum=0)
-    global_blocks: tuple[int, ...] = param((0,), "global blocks (negative: from the end of the real tokens); [] for none")
+    window_blocks: int = param(1, "neighbouring key blocks on each side of a query block's own (1: 3 blocks)",
+                               minimum=0)
+    global_blocks: tuple[int, ...] = param((0,), "global blocks (negative: from the end of the real tokens); "
+                                           "[] for none")
     random_blocks: int = param(3, "random key blocks per query block (BigBird); 0 for none", minimum=0)
     strided_every: int = param(0, "also attend key blocks j with (i - j) % strided_every == 0 (0: off)", minimum=0)
     eval_seed: int = param(0, "seed of the random blocks in eval mode")
@@ -113,7 +115,8 @@ class SparseAttention(Attention):
         return self.fixed_seed(self.cfg.eval_seed, self.layer_seed)
 
     def _prepare(self, n, key_padding_mask, batch, device):
-        mask = key_padding_mask if key_padding_mask is not None else torch.ones(batch, n, dtype=torch.bool, device=device)
+        mask = key_padding_mask if key_padding_mask is not None else \
+            torch.ones(batch, n, dtype=torch.bool, device=device)
         block = self.block(n)
         mask = pad_to_multiple(mask, 1, block, value=False)
         return (mask, block) + self.layout(mask.shape[1], block, mask, self._seed())

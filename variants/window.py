@@ -31,7 +31,8 @@ class WindowConfig:
     """Sliding window and global tokens."""
 
     window: int = param(64, "one-sided window w: query i sees keys j with |i - j| <= w", minimum=0)
-    global_tokens: tuple[int, ...] = param((0,), "positions of global tokens (negative: from the end of the real tokens); [] for none")
+    global_tokens: tuple[int, ...] = param((0,), "positions of global tokens (negative: from the end of the real "
+                                           "tokens); [] for none")
     block_size: int = param(0, "tokens per block of the banded computation (0: the window, at least 16)", minimum=0)
 
 
@@ -66,7 +67,8 @@ class WindowAttention(Attention):
         return kb.clamp(0, nb - 1)[None], valid[None], band
 
     def _prepare(self, n: int, key_padding_mask: torch.Tensor | None, batch: int, device):
-        mask = key_padding_mask if key_padding_mask is not None else torch.ones(batch, n, dtype=torch.bool, device=device)
+        mask = key_padding_mask if key_padding_mask is not None else \
+            torch.ones(batch, n, dtype=torch.bool, device=device)
         block = self.block(n)
         mask = pad_to_multiple(mask, 1, block, value=False)
         key_blocks, valid, band = self.layout(mask.shape[1], block, device)
@@ -84,7 +86,8 @@ class WindowAttention(Attention):
 
     def dense_mask(self, n: int, key_padding_mask: torch.Tensor) -> torch.Tensor:
         """(B, N, N) token-level mask of this layout, for tests against dense attention."""
-        mask, block, key_blocks, valid, band, g_idx, g_ok = self._prepare(n, key_padding_mask, key_padding_mask.shape[0], key_padding_mask.device)
+        mask, block, key_blocks, valid, band, g_idx, g_ok = self._prepare(
+            n, key_padding_mask, key_padding_mask.shape[0], key_padding_mask.device)
         full = dense_mask_from_blocks(mask.shape[1], block, key_blocks.expand(mask.shape[0], -1, -1),
                                       valid.expand(mask.shape[0], -1, -1), band, g_idx, g_ok)
         return full[:, :n, :n]

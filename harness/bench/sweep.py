@@ -99,8 +99,8 @@ def run_case(case: Case, env: SweepEnv, benchmark, round_index: int = 0, probes:
         probes[case.id] = probe_case(case, env)
     probe = probes[case.id]
     row.update({k: probe.get(k) for k in ("status", "message", "peak_bytes", "reserved_bytes", "peak_method",
-                                          "cold_step_s", "params_count", "flops_analytic", "flops_counted", "sdpa_kernels",
-                                          "process_wall_s", "loadavg")})
+                                          "cold_step_s", "params_count", "flops_analytic", "flops_counted",
+                                          "sdpa_kernels", "process_wall_s", "loadavg")})
     if row["status"] == "ok":
         try:
             row.update(time_case(case, env, benchmark))

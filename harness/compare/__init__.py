@@ -1,0 +1,3 @@
+"""``attnbench compare``: our variants against the best public implementation of each mechanism,
+side by side (``command``), the peers' adapters (``peers``) and one layer measured in a fresh
+process (``probe``)."""

@@ -17,7 +17,7 @@ Peers (``PEERS``; more can be registered from a module given with ``--peer-modul
 | lsh | ``LSHSelfAttention`` (HF) | transformers |
 | lsh | ``LSHSelfAttention`` (lucidrains) | reformer-pytorch |
 | linear | ``SelfAttention`` (FAVOR+) | performer-pytorch |
-| linear | ``AttentionLayer(LinearAttention)`` | pytorch-fast-transformers if installed, else its formulation re-implemented here |
+| linear | ``AttentionLayer(LinearAttention)`` | pytorch-fast-transformers if installed, else re-implemented here |
 | full | ``torch.nn.MultiheadAttention`` (sanity peer) | torch |
 
 ``pytorch-fast-transformers`` is not in the ``peers`` extra: it compiles C++ extensions at install
@@ -264,7 +264,8 @@ class HFBigBird(nn.Module):
                              f"BigBirdModel switches to full attention at N = {n}")
         mask = key_padding_mask if key_padding_mask is not None else torch.ones(b, n, dtype=torch.bool, device=x.device)
         xp, maskp = _pad_to(x, mask, self.block)
-        blocked, band, from_mask, to_mask = BigBirdModel.create_masks_for_block_sparse_attn(maskp.to(x.dtype), self.block)
+        blocked, band, from_mask, to_mask = BigBirdModel.create_masks_for_block_sparse_attn(maskp.to(x.dtype),
+                                                                                             self.block)
         out, _ = self.attn(xp, band_mask=band, from_mask=from_mask, to_mask=to_mask,
                            from_blocked_mask=blocked, to_blocked_mask=blocked)
         return self.out(out[:, :n])

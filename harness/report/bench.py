@@ -57,7 +57,7 @@ def fit_exponents(df: pd.DataFrame) -> pd.DataFrame:
     for key, g in df.groupby(GROUP, sort=True):
         ok = _ok(g)
         rows.append({
-            **dict(zip(GROUP, key)), "points": len(ok),
+            **dict(zip(GROUP, key, strict=True)), "points": len(ok),
             "n_min": ok["n"].min() if len(ok) else np.nan, "n_max": ok["n"].max() if len(ok) else np.nan,
             "time_exponent": _power_fit(ok["n"], ok["median_s"])[1],
             "memory_exponent": _power_fit(ok["n"], ok["peak_mb"])[1],
@@ -278,7 +278,8 @@ def _ordered(values, order: list[str]) -> list[str]:
 def impl_palette(impls) -> dict[str, tuple]:
     """One colour per impl, fixed by the impl order so that every figure agrees."""
     ordered = impl_order(impls)
-    return dict(zip(ordered, sns.color_palette("colorblind", max(len(ordered), 1))))
+    # strict=False: the palette has at least one colour, so no impls must give an empty dict
+    return dict(zip(ordered, sns.color_palette("colorblind", max(len(ordered), 1)), strict=False))
 
 
 def _not_ok_label(statuses) -> str:
@@ -359,7 +360,7 @@ def _combos(df: pd.DataFrame) -> list[tuple[str, int]]:
 
 
 def _scope_modes(df: pd.DataFrame) -> list[tuple[str, str]]:
-    present = set(zip(df["scope"], df["mode"]))
+    present = set(zip(df["scope"], df["mode"], strict=True))
     return [(s, m) for s in _ordered(df["scope"], SCOPE_ORDER) for m in _ordered(df["mode"], MODE_ORDER)
             if (s, m) in present]
 

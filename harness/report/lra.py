@@ -31,7 +31,8 @@ def lra_table(df: pd.DataFrame, convention: int = 5) -> pd.DataFrame:
         ok = vdf[(vdf["status"] == "ok") & vdf["test_acc"].notna()]
         means = {t: 100 * ok[ok["task"] == t]["test_acc"].mean() for t in tasks}
         row = {"model": f"{variant} (this run)", **{columns[t]: _fmt(means[t]) for t in tasks},
-               "average": _fmt_average(lra_average(means, convention)), "seeds": ok.groupby("task")["seed"].count().max()}
+               "average": _fmt_average(lra_average(means, convention)),
+               "seeds": ok.groupby("task")["seed"].count().max()}
         rows.append(row)
         published = vdf["published_as"].dropna().unique() if "published_as" in vdf else []
         for model in published:

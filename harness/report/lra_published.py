@@ -31,14 +31,15 @@ _ROWS = {
     "Performer": (18.01, 65.40, 53.82, 42.77, 77.05, FAIL),
 }
 #: model -> task -> accuracy (%) or FAIL
-PUBLISHED: dict[str, dict[str, float | None]] = {m: dict(zip(_COLUMNS, accs)) for m, accs in _ROWS.items()}
+PUBLISHED: dict[str, dict[str, float | None]] = {m: dict(zip(_COLUMNS, accs, strict=True)) for m, accs in _ROWS.items()}
 #: the averages as printed (5-task convention); Sinkhorn's printed 51.39 is not its row's mean (51.48)
 PRINTED_AVERAGE = {"Transformer": 54.39, "Local Attention": 46.06, "Sparse Trans.": 51.24, "Longformer": 53.46,
                    "Linformer": 51.36, "Reformer": 50.67, "Sinkhorn Trans.": 51.39, "Synthesizer": 52.88,
                    "BigBird": 55.01, "Linear Trans.": 50.55, "Performer": 51.41}
 
 CONVENTIONS = {
-    5: "LRA's convention: the mean over the five tasks ListOps, Text, Retrieval, Image and Pathfinder (Path-X left out)",
+    5: "LRA's convention: the mean over the five tasks ListOps, Text, Retrieval, Image and Pathfinder "
+       "(Path-X left out)",
     6: "the six-task convention of S4 and later papers: the mean over all six tasks, a Path-X FAIL counted as 50",
 }
 

@@ -61,7 +61,8 @@ def efficiency_table(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def runs_table(df: pd.DataFrame) -> pd.DataFrame:
-    cols = ["task", "variant", "seed", "status", "test_acc", "best_val_acc", "best_step", "steps_done", "wall_s", "message"]
+    cols = ["task", "variant", "seed", "status", "test_acc", "best_val_acc", "best_step", "steps_done", "wall_s",
+            "message"]
     out = df[cols].copy()
     for c in ("test_acc", "best_val_acc"):
         out[c] = out[c].map(lambda x: "" if pd.isna(x) else pct(x))
@@ -89,9 +90,10 @@ def figure_accuracy_vs_throughput(df: pd.DataFrame, path: Path) -> Path | None:
     if ok.empty:
         return None
     tasks = sorted(ok["task"].unique())
-    palette = dict(zip(sorted(df["variant"].unique()), sns.color_palette("colorblind", df["variant"].nunique())))
+    palette = dict(zip(sorted(df["variant"].unique()), sns.color_palette("colorblind", df["variant"].nunique()),
+                       strict=True))
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.8 * len(tasks), 4), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    for ax, task in zip(axes[0], tasks, strict=True):
         t = ok[ok["task"] == task]
         for v, vdf in t.groupby("variant"):
             ax.scatter(vdf["train_tokens_per_s"], 100 * vdf["test_acc"], color=palette[v], alpha=0.35, s=18)
@@ -122,7 +124,7 @@ def figure_curves(curves: pd.DataFrame, path: Path) -> Path | None:
         return None
     tasks = sorted(curves["task"].unique())
     fig, axes = plt.subplots(1, len(tasks), figsize=(4.8 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks):
+    for ax, task in zip(axes[0], tasks, strict=True):
         t = curves[curves["task"] == task].copy()
         t["val_acc"] *= 100
         sns.lineplot(data=t, x="step", y="val_acc", hue="variant", errorbar=("pi", 100), ax=ax, palette="colorblind")

@@ -14,8 +14,8 @@ from attnbench.harness.results.records import find_records, read_record
 from attnbench.variants import VARIANTS
 
 COLUMNS = [
-    "task", "variant", "attention", "method", "published_as", "seed", "status", "message", "best_val_acc", "test_acc", "best_step",
-    "chance_acc", "majority_test_acc", "steps_done", "steps_planned", "wall_s",
+    "task", "variant", "attention", "method", "published_as", "seed", "status", "message", "best_val_acc", "test_acc",
+    "best_step", "chance_acc", "majority_test_acc", "steps_done", "steps_planned", "wall_s",
     "train_steps_per_s", "train_tokens_per_s", "eval_tokens_per_s", "peak_memory_mb",
     "peak_memory_reserved_mb", "peak_memory_method", "timing_method", "params", "layers", "attention_flops_fwd",
     "seq_len", "batch_size", "device", "device_name", "torch_threads", "torch", "cuda", "python", "host", "git_commit",
@@ -67,7 +67,8 @@ def record_row(record: dict, path: Path) -> dict:
         "wall_s": record["training"]["wall_s"],
         "train_steps_per_s": eff["train_steps_per_s"], "train_tokens_per_s": eff["train_tokens_per_s"],
         "eval_tokens_per_s": eff["eval_tokens_per_s"],
-        "peak_memory_mb": mb(eff["peak_memory_bytes"]), "peak_memory_reserved_mb": mb(eff["peak_memory_reserved_bytes"]),
+        "peak_memory_mb": mb(eff["peak_memory_bytes"]),
+        "peak_memory_reserved_mb": mb(eff["peak_memory_reserved_bytes"]),
         "peak_memory_method": eff["peak_memory_method"], "timing_method": eff["timing_method"], "params": eff["params"],
         "layers": record["config"]["model"]["layers"], "attention_flops_fwd": eff["attention_flops_fwd"],
         "seq_len": record["data"]["seq_len"], "batch_size": record["config"]["train"]["batch_size"],

@@ -70,7 +70,8 @@ def capture_rng(trainer: Trainer) -> dict:
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
         "python": random.getstate(),
         # plain values, so that the checkpoint loads with weights_only=True
-        "numpy": {**np_state, "state": {"key": np_state["state"]["key"].tolist(), "pos": int(np_state["state"]["pos"])}},
+        "numpy": {**np_state, "state": {"key": np_state["state"]["key"].tolist(),
+                                        "pos": int(np_state["state"]["pos"])}},
         "generators": {name: gen.get_state() for name, gen in owned_generators(trainer).items()},
     }
 

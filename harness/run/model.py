@@ -22,10 +22,15 @@ class ModelConfig:
     heads: int = param(4, "attention heads", minimum=1)
     mlp_dim: int = param(128, "hidden width of the blocks' MLP and of the classifier head", minimum=1)
     dropout: float = param(0.1, "dropout after attention and MLP, and on embeddings", minimum=0.0, maximum=1.0)
-    attn_dropout: float = param(0.0, "dropout on attention probabilities; > 0 makes CPU SDPA fall back to its O(N^2) math kernel", minimum=0.0, maximum=1.0)
-    pooling: Literal["cls", "mean"] = param("cls", "cls: a learned [CLS] token is prepended and read out; mean: average over real tokens")
-    positions: Literal["learned", "sinusoidal"] = param("learned", "position embeddings: learned (N(0, 0.02) init) or fixed sinusoids")
-    interaction: Literal["concat", "nli"] = param("concat", "paired tasks (Retrieval) only: the dual head reads [u, v] (LRA's released code) or [u, v, u*v, u-v] (LRA's paper, the xformers and Nystromformer reproductions)")
+    attn_dropout: float = param(0.0, "dropout on attention probabilities; > 0 makes CPU SDPA fall back to its O(N^2) "
+                                "math kernel", minimum=0.0, maximum=1.0)
+    pooling: Literal["cls", "mean"] = param("cls", "cls: a learned [CLS] token is prepended and read out; mean: "
+                                            "average over real tokens")
+    positions: Literal["learned", "sinusoidal"] = param("learned", "position embeddings: learned (N(0, 0.02) init) or "
+                                                        "fixed sinusoids")
+    interaction: Literal["concat", "nli"] = param("concat", "paired tasks (Retrieval) only: the dual head reads [u, v] "
+                                                  "(LRA's released code) or [u, v, u*v, u-v] (LRA's paper, the "
+                                                  "xformers and Nystromformer reproductions)")
 
 
 def sinusoidal_positions(n: int, dim: int) -> torch.Tensor:

@@ -71,7 +71,8 @@ def build_record(*, run: dict, data: PreparedData, status: str, message: str | N
             "params": count_parameters(trainer.model) if trainer else None,
             "attention_flops_fwd": flops,
         },
-        "data": {k: v for k, v in data.meta().items() if k in ("source", "seq_len", "vocab_size", "num_classes", "sizes")}
+        "data": {k: v for k, v in data.meta().items()
+                 if k in ("source", "seq_len", "vocab_size", "num_classes", "sizes")}
                 | {"key": run["task"]["data_key"]},
         "config": run,
         **(extra or {}),

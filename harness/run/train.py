@@ -50,12 +50,19 @@ class TrainConfig:
     betas: tuple[float, ...] = param((0.9, 0.98), "AdamW betas")
     eps: float = param(1.0e-8, "AdamW epsilon (LRA: 1e-9)", exclusiveMinimum=0.0)
     warmup_steps: int = param(100, "linear warm-up steps from 0 to lr", minimum=0)
-    schedule: Literal["cosine", "linear", "constant", "rsqrt"] = param("cosine", "decay after warm-up: cosine or linear to 0 at the last step, none (constant), or rsqrt: lr * sqrt(warmup_steps / step), LRA's text-task schedule (its base 0.05 is lr * sqrt(warmup_steps))")
+    schedule: Literal["cosine", "linear", "constant", "rsqrt"] = param("cosine", "decay after warm-up: cosine or "
+                                                                       "linear to 0 at the last step, none (constant), "
+                                                                       "or rsqrt: lr * sqrt(warmup_steps / step), "
+                                                                       "LRA's text-task schedule (its base 0.05 is "
+                                                                       "lr * sqrt(warmup_steps))")
     grad_clip: float = param(1.0, "clip the global gradient norm to this (0 = off)", minimum=0.0)
     eval_every: int = param(100, "evaluate on the validation split every this many steps (and at the end)", minimum=1)
     timing_skip_steps: int = param(5, "first steps left out of the steady-state throughput", minimum=0)
-    time_limit_min: float = param(0.0, "stop with status 'timeout' after this many minutes of training (0 = none)", minimum=0.0)
-    checkpoint_every: int = param(0, "save a resume checkpoint (<run dir>/checkpoint/last.pt) every this many optimiser steps, so that a killed run continues from it when run again; removed when the run ends ok, diverged or timed out (0 = off)", minimum=0)
+    time_limit_min: float = param(0.0, "stop with status 'timeout' after this many minutes of training (0 = none)",
+                                  minimum=0.0)
+    checkpoint_every: int = param(0, "save a resume checkpoint (<run dir>/checkpoint/last.pt) every this many "
+                                  "optimiser steps, so that a killed run continues from it when run again; removed "
+                                  "when the run ends ok, diverged or timed out (0 = off)", minimum=0)
 
 
 class Diverged(Exception):
@@ -329,7 +336,8 @@ def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = N
             try:
                 test_acc = trainer.test_best()
             except Exception as exc:  # the test pass's failure is a record too
-                status, message = ("oom" if is_out_of_memory(exc) else "failed"), f"testing failed: {type(exc).__name__}: {exc}"
+                status, message = (("oom" if is_out_of_memory(exc) else "failed"),
+                                   f"testing failed: {type(exc).__name__}: {exc}")
     if trainer is not None and trainer.best["state"] is not None:
         atomic_torch_save({"model": trainer.best["state"], "step": trainer.best["step"], "run": run},
                           out_dir / "best.pt")
