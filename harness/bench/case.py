@@ -6,7 +6,7 @@ memory in a fresh process.
 gradient applied), synchronising the device at the end, so a timer around the call is honest.
 
 ``measure_in_process(spec)`` is what ``python -m attnbench.harness.bench.case`` runs for one case in a
-fresh process (started by ``attnbench.harness.compare.probe.run_worker``):
+fresh process (started by ``attnbench.harness.measure.fresh_process.run_fresh``):
 1. one untimed step at ``prime_length`` tokens: torch's one-time set-up (lazy initialisation,
    code pages of the kernels) is paid before measuring;
 2. the measured step: peak memory above the memory just before it (CPU: the process's resident

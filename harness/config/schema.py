@@ -17,7 +17,7 @@ import yaml
 
 from attnbench.harness.bench.settings import BenchConfig
 from attnbench.harness.core import resources
-from attnbench.harness.core.registry import Registry, dataclass_schema
+from attnbench.harness.core.registry import dataclass_schema
 from attnbench.harness.run.distill import DistillConfig
 from attnbench.harness.run.model import ModelConfig
 from attnbench.harness.run.train import TrainConfig
@@ -27,7 +27,6 @@ from attnbench.variants import VARIANTS
 #: config section -> the dataclass that holds its settings, defaults and descriptions
 SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "bench": BenchConfig,
                              "distill": DistillConfig}
-REGISTRIES: dict[str, Registry] = {"variant": VARIANTS, "task": TASKS}
 
 _JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
                list: "a list", dict: "a mapping", type(None): "null"}

@@ -23,11 +23,6 @@ def default_config() -> Path:
     return _file("attnbench.config", "config.yaml")
 
 
-def shipped_config(name: str) -> Path:
-    """One of the shipped configs by file name, e.g. ``lra.yaml``."""
-    return _file("attnbench.config", name)
-
-
 def record_schema() -> Path:
     return _file("attnbench.harness.results", "record_schema.json")
 

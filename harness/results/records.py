@@ -39,7 +39,7 @@ class RunKey(NamedTuple):
     @property
     def label(self) -> str:
         """The run's name in tables: the variant, or ``distilled[<variant>]`` for a distilled student."""
-        return run_label(self.variant, self.method)
+        return LABELS[self.method].format(variant=self.variant)
 
     @property
     def run_id(self) -> str:
@@ -57,10 +57,6 @@ class RunKey(NamedTuple):
     def of(cls, run: dict) -> RunKey:
         """The key of a resolved run config."""
         return cls(run["task"]["name"], run["variant"]["name"], int(run["seed"]), run["method"]["name"])
-
-
-def run_label(variant: str, method: str = "labels") -> str:
-    return LABELS[method].format(variant=variant)
 
 
 @lru_cache(maxsize=1)
