@@ -21,14 +21,13 @@ import sys
 import time
 
 import torch
-import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 
 from attnbench.harness.bench.settings import Case
 from attnbench.harness.measure.fresh_process import worker_main
 from attnbench.harness.measure.memory import PeakMemory
+from attnbench.harness.measure.sdpa_kernels import SdpaKernels
 from attnbench.harness.measure.timing import synchronize
 from attnbench.harness.run.model import Block, ModelConfig
 from attnbench.variants import build_attention
@@ -110,29 +109,13 @@ def analytic_flops(stepper: Stepper) -> int:
     return 3 * fwd if stepper.backward else fwd
 
 
-class _SdpaKernels(TorchFunctionMode):
-    """Records which SDPA kernels (flash, efficient, cudnn, math) a step's attention calls pick:
-    torch's own choice for each call's inputs and the active ``sdpa_kernel`` restriction."""
-
-    def __init__(self):
-        super().__init__()
-        self.seen: set[str] = set()
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is F.scaled_dot_product_attention:
-            choice = SDPBackend(torch._fused_sdp_choice(*args, **kwargs)).name
-            self.seen.add(choice.lower().replace("_attention", ""))
-        return func(*args, **kwargs)
-
-
 def counted_flops(stepper: Stepper) -> tuple[int, str]:
     """FLOPs that ``torch.utils.flop_counter`` sees in one step (it counts matmuls and the SDPA
     kernels it knows; torch's CPU flash kernel and elementwise work count as 0), and the SDPA
     kernels the step ran ("none": the variant does not call SDPA)."""
-    with FlopCounterMode(display=False) as counter, _SdpaKernels() as kernels:
+    with FlopCounterMode(display=False) as counter, SdpaKernels() as kernels:
         stepper()
-    return int(counter.get_total_flops()), ", ".join(sorted(kernels.seen)) or "none"
+    return int(counter.get_total_flops()), kernels.names()
 
 
 def measure_in_process(spec: dict) -> dict:
