@@ -126,3 +126,22 @@ def test_flops_and_blocks_per_row_grow_linearly_without_stride():
     assert layer.blocks_per_row(4096) == layer.blocks_per_row(8192) == 6
     f1, f2 = layer.flops(1, 4096), layer.flops(1, 8192)
     assert f2 / f1 == pytest.approx(2.0, rel=1e-9)
+
+
+@pytest.mark.parametrize("params", [
+    dict(block_size=2, window_blocks=0, random_blocks=0, strided_every=1, global_blocks=()),
+    dict(block_size=2, window_blocks=1, random_blocks=3, strided_every=2, global_blocks=()),
+    dict(block_size=3, window_blocks=2, random_blocks=9, strided_every=3, global_blocks=(0, -1)),
+    dict(block_size=4, window_blocks=5, random_blocks=1, strided_every=0, global_blocks=(1,)),
+])
+def test_static_table_width_bounds_every_row(params):
+    """The table's width comes from the config and the block count (no look at the data, a sync on
+    CUDA): it must hold every row's chosen blocks, for any length and padding."""
+    layer = sparse(**params)
+    block = params["block_size"]
+    for n in (block, 7 * block, 30 * block + 1):
+        n_pad = -(-n // block) * block
+        mask = lengths_mask([n, n // 2, 1], n_pad)
+        chosen, _, _ = layer.block_pairs(n_pad, block, mask, layer._seed())
+        width = layer.table_width(n_pad // block)
+        assert int(chosen.sum(-1).max()) <= width <= n_pad // block

@@ -123,3 +123,13 @@ def test_resolve_positions_counts_negatives_from_the_real_end():
     assert idx.tolist()[0][:2] == [0, 4] and ok.tolist()[0] == [True, True, False, False]
     assert ok.tolist()[1] == [True, False, False, False]  # 0 and -1 are the same token
     assert idx.tolist()[2][:3] == [0, 8, 7] and ok.tolist()[2] == [True, True, True, False]
+
+
+def test_resolve_positions_takes_the_layers_position_tensor():
+    lengths = torch.tensor([5, 1, 9])
+    for a, b in zip(resolve_positions((0, -1, 7), lengths), resolve_positions(torch.tensor([0, -1, 7]), lengths),
+                    strict=True):
+        assert torch.equal(a, b)
+    layer = window(2, (0, -1), 4)
+    assert layer.global_positions.tolist() == [0, -1]
+    assert "global_positions" not in layer.state_dict()  # derived from the config: checkpoints keep their keys

@@ -20,6 +20,7 @@ import functools
 
 import torch
 import torch.nn.functional as F
+from torch.nn.functional import scaled_dot_product_attention
 
 
 def pad_to_multiple(x: torch.Tensor, dim: int, multiple: int, value=0) -> torch.Tensor:
@@ -37,16 +38,22 @@ def real_lengths(key_padding_mask: torch.Tensor) -> torch.Tensor:
     return (key_padding_mask * pos).amax(dim=1)
 
 
-def resolve_positions(spec: tuple[int, ...], lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def resolve_positions(spec: tuple[int, ...] | torch.Tensor,
+                      lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Positions (negatives from each element's real end) -> (B, G) indices and validity.
 
+    ``spec``: the configured positions, a tuple or a (G,) long tensor. A layer passes a tensor
+    it keeps on its own device (a non-persistent buffer), so a CUDA forward copies nothing from
+    the host; a tuple is turned into a CPU tensor (for tests and host-side callers).
     Out-of-range positions and repeats (e.g. 0 and -1 in a one-token sequence) are invalid.
     """
     b = lengths.shape[0]
-    if not spec:
+    if len(spec) == 0:
         empty = torch.zeros(b, 0, dtype=torch.long, device=lengths.device)
         return empty, empty.bool()
-    s = torch.tensor(spec, dtype=torch.long, device=lengths.device)[None, :].expand(b, -1)
+    if not isinstance(spec, torch.Tensor):
+        spec = torch.tensor(spec, dtype=torch.long)
+    s = spec.to(lengths.device)[None, :].expand(b, -1)
     idx = torch.where(s < 0, lengths[:, None] + s, s)
     valid = (idx >= 0) & (idx < lengths[:, None])
     idx = idx.clamp(min=0)
@@ -105,8 +112,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         nq, kk = nb, 2 * reach + 1
         select = functools.partial(_neighbour_blocks, reach=reach)
     has_global = global_idx is not None and global_idx.shape[1] > 0
-    is_global = position_onehot(global_idx, global_valid, n).any(1) if has_global else \
-        torch.zeros(bsz, n, dtype=torch.bool, device=q.device)
+    is_global = global_token_mask(global_idx, global_valid, bsz, n, q.device)
 
     # key-side mask of the gathered blocks: real, a valid table entry, and not global
     local_keys = (key_mask & ~is_global).view(bsz, 1, nb, block, 1)
@@ -126,15 +132,16 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         g_ok = (global_valid & key_mask.gather(1, global_idx))[:, None, None, :]
         allowed = torch.cat([allowed, g_ok.expand(-1, nq, allowed.shape[2], -1)], dim=-1)
     width = kb.shape[3]
-    out = F.scaled_dot_product_attention(
+    out = scaled_dot_product_attention(
         q.view(bsz, heads, nb, block, d).transpose(1, 2).reshape(bsz * nq, heads, block, d),
         kb.transpose(1, 2).reshape(bsz * nq, heads, width, d),
         vb.transpose(1, 2).reshape(bsz * nq, heads, width, d),
         attn_mask=allowed.reshape(bsz * nq, 1, allowed.shape[2], width),
         dropout_p=dropout if training else 0.0)
+    # rows with no allowed key: zeros. A kernel may return NaN there, and NaN * 0 is NaN, so a
+    # select rather than a product; unconditional, so no host sync asks whether any row is empty
     row_ok = allowed.any(-1)  # (B, nQ, b or 1)
-    if not bool(row_ok.all()):
-        out = out * row_ok.reshape(bsz * nq, 1, -1, 1)
+    out = torch.where(row_ok.reshape(bsz * nq, 1, -1, 1), out, 0.0)
     out = out.view(bsz, nq, heads, block, d).transpose(1, 2).reshape(bsz, heads, n, d)
     if has_global:
         out = global_rows(q, k, v, out, global_idx, global_valid, key_mask, dropout, training)
@@ -146,14 +153,22 @@ def global_rows(q, k, v, out, global_idx, global_valid, key_mask, dropout=0.0, t
     bsz, heads, n, d = q.shape
     g = global_idx.shape[1]
     gi = global_idx[:, None, :, None].expand(bsz, heads, g, d)
-    rows = F.scaled_dot_product_attention(q.gather(2, gi), k, v, attn_mask=key_mask[:, None, None, :],
-                                          dropout_p=dropout if training else 0.0)
-    rows = rows * key_mask.any(-1)[:, None, None, None]  # no real key at all: zeros
+    rows = scaled_dot_product_attention(q.gather(2, gi), k, v, attn_mask=key_mask[:, None, None, :],
+                                        dropout_p=dropout if training else 0.0)
+    rows = torch.where(key_mask.any(-1)[:, None, None, None], rows, 0.0)  # no real key at all: zeros, never NaN
     # place each valid global row at its position (a one-hot product, not a scatter: the
     # table may repeat a position among its invalid entries, and this stays deterministic)
     onehot = position_onehot(global_idx, global_valid, n)  # (B, G, N)
     placed = torch.einsum("bgn,bhgd->bhnd", onehot.to(rows.dtype), rows)
     return torch.where(onehot.any(1)[:, None, :, None], placed, out)
+
+
+def global_token_mask(global_idx: torch.Tensor | None, global_valid: torch.Tensor | None,
+                      bsz: int, n: int, device) -> torch.Tensor:
+    """(B, N) bool, True at the valid global token positions (all False without global tokens)."""
+    if global_idx is None or global_idx.shape[1] == 0:
+        return torch.zeros(bsz, n, dtype=torch.bool, device=device)
+    return position_onehot(global_idx, global_valid, n).any(1)
 
 
 def position_onehot(idx: torch.Tensor, valid: torch.Tensor, n: int) -> torch.Tensor:

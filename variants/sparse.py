@@ -10,6 +10,9 @@ The sequence is cut into blocks; each query block attends to a layout of key blo
 The chosen key blocks are gathered: memory O(N * blocks_per_row * block). With
 ``strided_every`` set, blocks_per_row grows as N / strided_every (Child et al. pick it
 near sqrt(N), giving O(N sqrt N)). The layout is part of the config and of the record.
+
+Two kernels compute it (the ``kernel`` parameter, ``flex_blocks``): the key-block table gathered
+into SDPA, and FlexAttention with the same block layout as its mask.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from attnbench.variants.blocks import (
     real_lengths,
     resolve_positions,
 )
+from attnbench.variants.flex_blocks import KERNEL_HELP, BlockKernelChoice, Kernel, flex_block_sparse_attention
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,7 @@ class SparseConfig:
     random_blocks: int = param(3, "random key blocks per query block (BigBird); 0 for none", minimum=0)
     strided_every: int = param(0, "also attend key blocks j with (i - j) % strided_every == 0 (0: off)", minimum=0)
     eval_seed: int = param(0, "seed of the random blocks in eval mode")
+    kernel: Kernel = param("auto", KERNEL_HELP)
 
 
 def _hash_priority(seed: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -56,7 +61,7 @@ def _hash_priority(seed: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.T
 
 
 @VARIANTS.register("sparse", SparseConfig)
-class SparseAttention(Attention):
+class SparseAttention(BlockKernelChoice, Attention):
     """Block-sparse attention: local, strided, random and global blocks (BigBird / Sparse Transformer)."""
 
     complexity = "O(N*k*b) time and memory (k key blocks of b tokens per query block)"
@@ -74,19 +79,40 @@ class SparseAttention(Attention):
         super().__init__(dim, heads, cfg, max_len, dropout)
         # differs per layer, saved with the weights: eval layouts survive a checkpoint round trip
         self.register_buffer("layer_seed", torch.tensor(self.draw_layer_seed()))
+        # its value as a Python int, read again after each load_state_dict: reading the buffer in
+        # the forward would be a host sync on CUDA
+        self._layer_seed = int(self.layer_seed)
+        self.register_load_state_dict_post_hook(_reread_layer_seed)
+        # the configured global blocks on the layer's device (no host copy per forward); not
+        # persistent: derived from the config, so checkpoints keep their keys
+        self.register_buffer("global_block_positions", torch.tensor(cfg.global_blocks, dtype=torch.long),
+                             persistent=False)
 
     def block(self, n: int) -> int:
         return max(1, min(self.cfg.block_size, n))
 
-    def layout(self, n_padded: int, block: int, mask: torch.Tensor, seed: int):
-        """Key-block table (B, nB, K), its validity, and the global token positions."""
+    def table_width(self, nb: int) -> int:
+        """Key blocks per query block, at most, in a sequence of ``nb`` blocks: a static bound, so the
+        table's width needs no look at the data (a host sync on CUDA).
+
+        Local blocks number at most min(nb, 2 * window_blocks + 1); strided ones at most
+        ceil(nb / strided_every) of which one is the query block itself (already local), so at
+        most nb // strided_every more; random ones at most random_blocks. Global blocks only remove.
+        """
+        local = min(nb, 2 * self.cfg.window_blocks + 1)
+        strided = nb // self.cfg.strided_every if self.cfg.strided_every else 0
+        return min(nb, local + strided + self.cfg.random_blocks)
+
+    def block_pairs(self, n_padded: int, block: int, mask: torch.Tensor, seed: int):
+        """Which key blocks each query block attends, (B, nB, nB) bool, without the global blocks
+        (scored beside, once), and the global blocks' indices and validity (B, G)."""
         cfg, dev = self.cfg, mask.device
         nb = n_padded // block
         n_real = (real_lengths(mask) + block - 1) // block  # (B,) real blocks per element
         rows = torch.arange(nb, device=dev)[:, None]
         cols = torch.arange(nb, device=dev)[None, :]
         in_range = cols[None] < n_real[:, None, None]  # (B, nB, nB)
-        gb_idx, gb_ok = resolve_positions(tuple(cfg.global_blocks), n_real)
+        gb_idx, gb_ok = resolve_positions(self.global_block_positions, n_real)
         is_global = position_onehot(gb_idx, gb_ok, nb).any(1)  # (B, nB)
         chosen = ((rows - cols).abs() <= cfg.window_blocks)[None] & in_range
         if cfg.strided_every:
@@ -99,48 +125,67 @@ class SparseAttention(Attention):
             top = prio.topk(k, dim=-1)
             picked = torch.zeros_like(chosen).scatter_(-1, top.indices, free.gather(-1, top.indices))
             chosen |= picked
-        counts = chosen.sum(-1)
-        width = max(1, int(counts.max()))
+        return chosen, gb_idx, gb_ok
+
+    def block_table(self, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, nB, nB) chosen pairs -> key-block table (B, nB, K) and its validity, K = ``table_width``:
+        each row's chosen blocks in ascending order, then unchosen ones marked invalid."""
+        width = self.table_width(chosen.shape[-1])
         order = torch.argsort((~chosen).to(torch.int8), dim=-1, stable=True)[..., :width]
-        valid = torch.arange(width, device=dev) < counts[..., None]
-        # global blocks -> global token positions
-        offs = torch.arange(block, device=dev)
-        g_idx = (gb_idx[..., None] * block + offs).flatten(1)
-        g_ok = gb_ok[..., None].expand(-1, -1, block).flatten(1) & mask.gather(1, g_idx.clamp(max=n_padded - 1))
-        return order, valid, g_idx.clamp(max=n_padded - 1), g_ok
+        valid = torch.arange(width, device=chosen.device) < chosen.sum(-1, keepdim=True)
+        return order, valid
+
+    @staticmethod
+    def global_tokens(gb_idx: torch.Tensor, gb_ok: torch.Tensor, block: int, mask: torch.Tensor):
+        """Global blocks (B, G) -> global token positions and validity (B, G * block): real tokens only."""
+        n_padded = mask.shape[1]
+        offs = torch.arange(block, device=mask.device)
+        g_idx = (gb_idx[..., None] * block + offs).flatten(1).clamp(max=n_padded - 1)
+        g_ok = gb_ok[..., None].expand(-1, -1, block).flatten(1) & mask.gather(1, g_idx)
+        return g_idx, g_ok
+
+    def layout(self, n_padded: int, block: int, mask: torch.Tensor, seed: int):
+        """Key-block table (B, nB, K), its validity, and the global token positions and validity."""
+        chosen, gb_idx, gb_ok = self.block_pairs(n_padded, block, mask, seed)
+        return self.block_table(chosen) + self.global_tokens(gb_idx, gb_ok, block, mask)
 
     def _seed(self) -> int:
         if self.training and self.cfg.random_blocks:
             return int(torch.randint(0, 2**31 - 1, (1,)).item())
-        return self.fixed_seed(self.cfg.eval_seed, self.layer_seed)
+        return self.fixed_seed(self.cfg.eval_seed, self._layer_seed)
 
     def _prepare(self, n, key_padding_mask, batch, device):
         mask = key_padding_mask if key_padding_mask is not None else \
             torch.ones(batch, n, dtype=torch.bool, device=device)
         block = self.block(n)
         mask = pad_to_multiple(mask, 1, block, value=False)
-        return (mask, block) + self.layout(mask.shape[1], block, mask, self._seed())
+        chosen, gb_idx, gb_ok = self.block_pairs(mask.shape[1], block, mask, self._seed())
+        return (mask, block, chosen) + self.global_tokens(gb_idx, gb_ok, block, mask)
 
     def attend(self, q, k, v, key_padding_mask):
         n = q.shape[2]
-        mask, block, key_blocks, valid, g_idx, g_ok = self._prepare(n, key_padding_mask, q.shape[0], q.device)
+        kernel = self.kernel_for(q, k, v)
+        mask, block, chosen, g_idx, g_ok = self._prepare(n, key_padding_mask, q.shape[0], q.device)
         q, k, v = (pad_to_multiple(t, 2, block) for t in (q, k, v))
-        out = block_sparse_attention(q, k, v, block=block, key_blocks=key_blocks, block_valid=valid,
-                                     key_mask=mask, global_idx=g_idx, global_valid=g_ok,
-                                     dropout=self.dropout, training=self.training)
+        if kernel == "flex":
+            out = flex_block_sparse_attention(q, k, v, block=block, key_mask=mask, block_pairs=chosen,
+                                              global_idx=g_idx, global_valid=g_ok)
+        else:
+            key_blocks, valid = self.block_table(chosen)
+            out = block_sparse_attention(q, k, v, block=block, key_blocks=key_blocks, block_valid=valid,
+                                         key_mask=mask, global_idx=g_idx, global_valid=g_ok,
+                                         dropout=self.dropout, training=self.training)
         return out[:, :, :n]
 
     def dense_mask(self, n: int, key_padding_mask: torch.Tensor) -> torch.Tensor:
         """(B, N, N) token-level mask of the current layout (eval mode: the fixed one)."""
-        mask, block, key_blocks, valid, g_idx, g_ok = self._prepare(n, key_padding_mask, key_padding_mask.shape[0],
-                                                                    key_padding_mask.device)
+        mask, block, chosen, g_idx, g_ok = self._prepare(n, key_padding_mask, key_padding_mask.shape[0],
+                                                         key_padding_mask.device)
+        key_blocks, valid = self.block_table(chosen)
         return dense_mask_from_blocks(mask.shape[1], block, key_blocks, valid, None, g_idx, g_ok)[:, :n, :n]
 
     def blocks_per_row(self, seq_len: int) -> int:
-        nb = math.ceil(seq_len / self.block(seq_len))
-        local = min(nb, 2 * self.cfg.window_blocks + 1)
-        strided = nb // self.cfg.strided_every if self.cfg.strided_every else 0
-        return min(nb, local + strided + self.cfg.random_blocks)
+        return self.table_width(math.ceil(seq_len / self.block(seq_len)))
 
     def flops(self, batch: int, seq_len: int) -> int:
         block = self.block(seq_len)
@@ -150,3 +195,8 @@ class SparseAttention(Attention):
         attn = 2 * 2 * batch * self.heads * n * (keys + g) * self.head_dim
         attn += 2 * 2 * batch * self.heads * g * n * self.head_dim
         return attn + self.projection_flops(batch, seq_len)
+
+
+def _reread_layer_seed(module: SparseAttention, incompatible_keys) -> None:
+    """load_state_dict post-hook: the layer seed's Python copy follows the loaded buffer."""
+    module._layer_seed = int(module.layer_seed)

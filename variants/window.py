@@ -7,6 +7,9 @@ gathers its own and the neighbouring key blocks and masks them down to the exact
 so memory and time are O(N * w), never N x N. Global keys are masked out of the band and
 scored once, beside it. Sequences that are not a multiple of the block are padded and the
 padding masked.
+
+Two kernels compute it (the ``kernel`` parameter, ``flex_blocks``): the blockwise gather into
+SDPA, and FlexAttention with the band as its mask.
 """
 from __future__ import annotations
 
@@ -24,6 +27,7 @@ from attnbench.variants.blocks import (
     real_lengths,
     resolve_positions,
 )
+from attnbench.variants.flex_blocks import KERNEL_HELP, BlockKernelChoice, Kernel, flex_block_sparse_attention
 
 
 @dataclass(frozen=True)
@@ -34,16 +38,23 @@ class WindowConfig:
     global_tokens: tuple[int, ...] = param((0,), "positions of global tokens (negative: from the end of the real "
                                            "tokens); [] for none")
     block_size: int = param(0, "tokens per block of the banded computation (0: the window, at least 16)", minimum=0)
+    kernel: Kernel = param("auto", KERNEL_HELP)
 
 
 @VARIANTS.register("window", WindowConfig)
-class WindowAttention(Attention):
+class WindowAttention(BlockKernelChoice, Attention):
     """Longformer sliding-window attention plus global tokens, computed in blocks."""
 
     complexity = "O(N*w) time and memory"
     lra_model = "Longformer"
     linear_memory = True
     small_params = {"window": 3, "block_size": 4, "global_tokens": (0, -1)}
+
+    def __init__(self, dim: int, heads: int, cfg: WindowConfig, max_len: int, dropout: float = 0.0):
+        super().__init__(dim, heads, cfg, max_len, dropout)
+        # the configured positions, on the layer's device: a CUDA forward copies nothing from the
+        # host. Not persistent: derived from the config, so checkpoints keep their keys
+        self.register_buffer("global_positions", torch.tensor(cfg.global_tokens, dtype=torch.long), persistent=False)
 
     def block(self, n: int) -> int:
         b = self.cfg.block_size or max(self.cfg.window, 16)
@@ -72,16 +83,21 @@ class WindowAttention(Attention):
         block = self.block(n)
         mask = pad_to_multiple(mask, 1, block, value=False)
         key_blocks, valid, band = self.layout(mask.shape[1], block, device)
-        g_idx, g_ok = resolve_positions(tuple(self.cfg.global_tokens), real_lengths(mask))
+        g_idx, g_ok = resolve_positions(self.global_positions, real_lengths(mask))
         return mask, block, key_blocks, valid, band, g_idx, g_ok
 
     def attend(self, q, k, v, key_padding_mask):
         n = q.shape[2]
+        kernel = self.kernel_for(q, k, v)
         mask, block, _, _, band, g_idx, g_ok = self._prepare(n, key_padding_mask, q.shape[0], q.device)
         q, k, v = (pad_to_multiple(t, 2, block) for t in (q, k, v))
-        out = block_sparse_attention(q, k, v, block=block, key_mask=mask, reach=self.reach(block), token_allowed=band,
-                                     global_idx=g_idx, global_valid=g_ok,
-                                     dropout=self.dropout, training=self.training)
+        if kernel == "flex":
+            out = flex_block_sparse_attention(q, k, v, block=block, key_mask=mask, band=self.cfg.window,
+                                              global_idx=g_idx, global_valid=g_ok)
+        else:
+            out = block_sparse_attention(q, k, v, block=block, key_mask=mask, reach=self.reach(block),
+                                         token_allowed=band, global_idx=g_idx, global_valid=g_ok,
+                                         dropout=self.dropout, training=self.training)
         return out[:, :, :n]
 
     def dense_mask(self, n: int, key_padding_mask: torch.Tensor) -> torch.Tensor:
