@@ -155,9 +155,9 @@ def test_nan_loss_gives_diverged_record(tmp_path, tiny_listops_data, monkeypatch
     original = EncoderClassifier.forward
     calls = {"n": 0}
 
-    def poisoned(self, tokens):
+    def poisoned(self, tokens, padded=True):
         calls["n"] += 1
-        out = original(self, tokens)
+        out = original(self, tokens, padded)
         return out * float("nan") if self.training and calls["n"] >= 3 else out
 
     monkeypatch.setattr(EncoderClassifier, "forward", poisoned)
@@ -169,7 +169,7 @@ def test_nan_loss_gives_diverged_record(tmp_path, tiny_listops_data, monkeypatch
 
 
 def test_exception_in_model_gives_failed_record(tmp_path, tiny_listops_data, monkeypatch):
-    def broken(self, tokens):
+    def broken(self, tokens, padded=True):
         raise RuntimeError("deliberately broken forward")
 
     monkeypatch.setattr(EncoderClassifier, "forward", broken)
@@ -182,7 +182,7 @@ def test_exception_in_model_gives_failed_record(tmp_path, tiny_listops_data, mon
 
 
 def test_out_of_memory_gives_oom_record(tmp_path, tiny_listops_data, monkeypatch):
-    def oom(self, tokens):
+    def oom(self, tokens, padded=True):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 TiB")
 
     monkeypatch.setattr(EncoderClassifier, "forward", oom)

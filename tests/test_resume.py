@@ -52,10 +52,10 @@ def _kill_at_step(monkeypatch, step: int) -> None:
     """Simulate a kill in-process: the run stops at ``step`` without writing its record."""
     original = Trainer.train_step
 
-    def train_step(self, x, y):
+    def train_step(self, x, y, padded=True):
         if self.step == step:
             raise KeyboardInterrupt  # not an Exception: train_run does not turn it into a record
-        return original(self, x, y)
+        return original(self, x, y, padded)
 
     monkeypatch.setattr(Trainer, "train_step", train_step)
 

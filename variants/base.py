@@ -11,6 +11,19 @@ from attnbench.harness.core.registry import Registry
 VARIANTS = Registry("variant", "attnbench.variants")
 
 
+def padding_mask_or_none(key_padding_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The mask, or None when it masks nothing and that is known without a device sync.
+
+    A variant skips its masking work (and full attention keeps SDPA's mask-free kernels) when
+    given None. On the CPU an all-True mask is checked and dropped here; on a GPU checking it
+    would stall the host until the device caught up, so the mask is kept (the result is the
+    same) and the model passes None itself for batches it knows have no padding.
+    """
+    if key_padding_mask is None or key_padding_mask.device.type != "cpu":
+        return key_padding_mask
+    return None if bool(key_padding_mask.all()) else key_padding_mask
+
+
 class Attention(nn.Module):
     """A whole multi-head self-attention layer (projections included).
 

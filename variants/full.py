@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attnbench.variants.base import VARIANTS, Attention
+from attnbench.variants.base import VARIANTS, Attention, padding_mask_or_none
 from attnbench.variants.sdpa import attention
 
 
@@ -22,9 +22,9 @@ class FullAttention(Attention):
     lra_model = "Transformer"
 
     def attend(self, q, k, v, key_padding_mask):
-        mask = None
-        if key_padding_mask is not None and not bool(key_padding_mask.all()):
-            mask = key_padding_mask[:, None, None, :]  # (B, 1, 1, N), True = attend
+        mask = padding_mask_or_none(key_padding_mask)
+        if mask is not None:
+            mask = mask[:, None, None, :]  # (B, 1, 1, N), True = attend
         p = self.dropout if self.training else 0.0
         return attention(q, k, v, attn_mask=mask, dropout_p=p)
 

@@ -39,7 +39,7 @@ from typing import Literal
 import torch
 
 from attnbench.harness.core.registry import param
-from attnbench.variants.base import VARIANTS, Attention
+from attnbench.variants.base import VARIANTS, Attention, padding_mask_or_none
 
 #: the additive constant inside the FAVOR+ features (performer-pytorch's kernel_epsilon)
 FAVOR_EPS = 1e-4
@@ -186,8 +186,7 @@ class LinearAttention(Attention):
     def attend(self, q, k, v, key_padding_mask):
         in_dtype = q.dtype
         compute = torch.float32 if in_dtype in (torch.float16, torch.bfloat16) else in_dtype
-        if key_padding_mask is not None and bool(key_padding_mask.all()):
-            key_padding_mask = None  # nothing to mask: skip the masking passes
+        key_padding_mask = padding_mask_or_none(key_padding_mask)  # nothing to mask: skip the masking passes
         with torch.autocast(device_type=q.device.type, enabled=False):
             q, k, v = q.to(compute), k.to(compute), v.to(compute)
             if key_padding_mask is not None:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.harness.core.registry import param
-from attnbench.variants.base import VARIANTS, Attention
+from attnbench.variants.base import VARIANTS, Attention, padding_mask_or_none
 
 #: score offset of a query's own position (Reformer's self-mask; finite, so a token with no
 #: other valid key attends to itself)
@@ -194,14 +194,25 @@ class LSHAttention(Attention):
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, dim = x.shape
         h, d = self.heads, self.head_dim
+        key_padding_mask = padding_mask_or_none(key_padding_mask)
+        # the shared projection, hashing, scores and softmax in float32 at least, whatever autocast
+        # says: the buckets are an argmax that bfloat16 rounding of q would change (a different
+        # bucket is a different attention pattern, not a small error), and the mask value -1e9
+        # overflows float16
+        work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            xw = x.to(work)
+            qk = F.linear(xw, self.qk.weight.to(work)).view(b, n, h, d).transpose(1, 2)  # (B, H, N, d)
+            v = F.linear(xw, self.v.weight.to(work)).view(b, n, h, d).transpose(1, 2)
+            o = self.shared_qk_attention(qk, v, key_padding_mask)
+        return self.out(o.to(x.dtype).transpose(1, 2).reshape(b, n, dim))
+
+    def shared_qk_attention(self, qk: torch.Tensor, v: torch.Tensor,
+                            key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """Steps 2-7 of the module doc: (B, H, N, d) shared query/key vectors and values -> (B, H, N, d)."""
+        b, h, n, d = qk.shape
         c, before, after = self.cfg.chunk_size, self.cfg.chunks_before, self.cfg.chunks_after
         r = self.cfg.n_hashes
-        if key_padding_mask is not None and bool(key_padding_mask.all()):
-            key_padding_mask = None
-        qk = self.qk(x).view(b, n, h, d).transpose(1, 2)  # (B, H, N, d)
-        v = self.v(x).view(b, n, h, d).transpose(1, 2)
-        work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-        qk, v = qk.to(work), v.to(work)
 
         buckets = self.hash(qk, key_padding_mask)  # (B, H, R, N)
         sort_idx, undo_idx = lsh_sort(buckets)
@@ -226,13 +237,13 @@ class LSHAttention(Attention):
         if key_padding_mask is None and not extra:
             # every slot is real: only the filler chunks beyond each round's ends are invalid,
             # and only the first `before` and last `after` chunks' windows hold any
-            filler = _filler_mask(n_chunks, before, after, c, x.device)
+            filler = _filler_mask(n_chunks, before, after, c, qk.device)
             if before:
                 scores[:, :, :, :before].masked_fill_(filler[:before], MASK_VALUE)
             if after:
                 scores[:, :, :, n_chunks - after:].masked_fill_(filler[n_chunks - after:], MASK_VALUE)
         else:
-            slot_real = torch.arange(n_chunks * c, device=x.device) < n
+            slot_real = torch.arange(n_chunks * c, device=qk.device) < n
             if key_padding_mask is None:
                 valid = slot_real.expand(b, h, r, n_chunks * c)
             else:
@@ -250,8 +261,7 @@ class LSHAttention(Attention):
         out = unsort_rows(out.reshape(b, h, r, n_chunks * c, d)[:, :, :, :n], undo_idx, sort_idx)  # (B, H, R, N, d)
         lse = unsort_rows(lse.reshape(b, h, r, n_chunks * c)[:, :, :, :n], undo_idx, sort_idx)  # (B, H, R, N)
         weights = torch.softmax(lse, dim=2)
-        o = (weights.unsqueeze(-1) * out).sum(dim=2)  # (B, H, N, d)
-        return self.out(o.to(x.dtype).transpose(1, 2).reshape(b, n, dim))
+        return (weights.unsqueeze(-1) * out).sum(dim=2)  # (B, H, N, d)
 
     def attend(self, q, k, v, key_padding_mask):
         raise NotImplementedError("lsh uses shared QK: call forward(x, key_padding_mask)")

@@ -100,8 +100,27 @@ def resolve_run(config: dict, task: str, variant: str, seed: int, method: str = 
 
 
 def check_runs(config: dict) -> list[str]:
-    """Problems of the run grid that the schema cannot express: the ``distill:`` section against
-    the variants and tasks."""
+    """Problems of the run grid that the schema cannot express: each run's micro-batches, and the
+    ``distill:`` section against the variants and tasks."""
+    return check_micro_batches(config) + check_distill(config)
+
+
+def check_micro_batches(config: dict) -> list[str]:
+    """``train.accumulate`` must divide ``train.batch_size`` in every (task, variant) run: the
+    micro-batches are equal, so their mean loss is the batch's."""
+    problems = []
+    for task in config["tasks"]:
+        for variant in config["variants"]:
+            train = resolve_run(config, task, variant, int(config["seeds"][0]))["train"]
+            if train["batch_size"] % train["accumulate"]:
+                problems.append(f"task {task!r}, variant {variant!r}: 'train.accumulate' ({train['accumulate']}) "
+                                f"does not divide 'train.batch_size' ({train['batch_size']}); the optimiser "
+                                "step's batch is split into equal micro-batches")
+    return problems
+
+
+def check_distill(config: dict) -> list[str]:
+    """The ``distill:`` section against the variants and tasks."""
     distill = config["distill"]
     if not distill["students"]:
         return []

@@ -67,6 +67,21 @@ def package_versions() -> dict[str, str | None]:
     return out
 
 
+def cuda_facts(device: torch.device) -> dict:
+    """What a GPU number depends on beyond the device name: its memory, compute capability and
+    UUID (which physical card), the cuDNN version, and whether TF32 is on for matmuls and cuDNN."""
+    props = torch.cuda.get_device_properties(device)
+    uuid = getattr(props, "uuid", None)
+    return {
+        "device_memory_bytes": props.total_memory,
+        "compute_capability": f"{props.major}.{props.minor}",
+        "gpu_uuid": f"GPU-{uuid}" if uuid is not None else None,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+    }
+
+
 def capture(device: torch.device) -> dict:
     env = {
         "python": sys.version.split()[0],
@@ -83,9 +98,10 @@ def capture(device: torch.device) -> dict:
         "driver": None,
         "git": git_state(),
         "packages": package_versions(),
+        "float32_matmul_precision": torch.get_float32_matmul_precision(),
     }
     if device.type == "cuda":
-        env["device_memory_bytes"] = torch.cuda.get_device_properties(device).total_memory
+        env.update(cuda_facts(device))
         env["driver"] = _gpu_driver()
         env["cuda_visible_devices"] = os.environ.get("CUDA_VISIBLE_DEVICES")
         env["gpu_lease"] = current()  # which workstation GPU this job leased (None: no lease, e.g. SLURM)

@@ -76,10 +76,25 @@ def capture_rng(trainer: Trainer) -> dict:
     }
 
 
-def restore_rng(trainer: Trainer, state: dict) -> None:
+def restore_cuda_rng(states: list[torch.Tensor] | None) -> str | None:
+    """Restore the CUDA generators saved per device, on the devices that are visible now. A run
+    saved with more visible GPUs than it has now (a resubmitted SLURM job that got fewer) restores
+    the ones it has (training uses the first) and says what it left out; None when all were restored."""
+    if not states or not torch.cuda.is_available():
+        return None if not states else f"{len(states)} saved CUDA generator state(s) not restored: no CUDA device"
+    count = torch.cuda.device_count()
+    for index, rng in enumerate(states[:count]):
+        torch.cuda.set_rng_state(rng, index)
+    if len(states) > count:
+        return (f"the checkpoint has CUDA generator states of {len(states)} devices, {count} visible now: "
+                f"devices {count}..{len(states) - 1} not restored (training runs on device 0)")
+    return None
+
+
+def restore_rng(trainer: Trainer, state: dict) -> str | None:
+    """Put every generator where it was; returns a note when some CUDA states had no device."""
     torch.set_rng_state(state["torch"])
-    if state["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    note = restore_cuda_rng(state["cuda"])
     random.setstate(state["python"])
     np_state = state["numpy"]
     np.random.set_state({**np_state, "state": {"key": np.array(np_state["state"]["key"], dtype=np.uint32),
@@ -89,6 +104,7 @@ def restore_rng(trainer: Trainer, state: dict) -> None:
         raise ValueError(f"the checkpoint has generators {sorted(state['generators'])}, the trainer {sorted(gens)}")
     for name, gen in gens.items():
         gen.set_state(state["generators"][name])
+    return note
 
 
 # ---------------------------------------------------------------- save, load, restore
@@ -103,6 +119,7 @@ def save(path: Path, trainer: Trainer, *, key: str, losses: list[float], elapsed
         "model": trainer.model.state_dict(),
         "optimizer": trainer.opt.state_dict(),
         "scheduler": trainer.sched.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
         "best": trainer.best,
         "curve": trainer.curve,
         "losses": list(losses),
@@ -137,11 +154,15 @@ def restore(trainer: Trainer, state: dict) -> None:
     trainer.model.load_state_dict(state["model"])
     trainer.opt.load_state_dict(state["optimizer"])
     trainer.sched.load_state_dict(state["scheduler"])
+    if state.get("scaler"):  # fp16 runs: the loss scale and its growth tracker
+        trainer.scaler.load_state_dict(state["scaler"])
     trainer.step = trainer.resumed_from_step = int(state["step"])
     trainer.best, trainer.curve = state["best"], state["curve"]
     trainer.losses, trainer.elapsed_s = list(state["losses"]), float(state["elapsed_s"])
     trainer.perm, trainer.pos = state["data"]["perm"], int(state["data"]["pos"])
-    restore_rng(trainer, state["rng"])
+    note = restore_rng(trainer, state["rng"])
+    if note:
+        print(f"resuming: {note}", flush=True)
 
 
 def remove(out_dir: Path) -> None:

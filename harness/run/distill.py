@@ -189,10 +189,10 @@ class DistillTrainer(Trainer):
         self.init = init_student_from_teacher(student, self.teacher.state_dict(), self.layer_map)
         return student
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def loss(self, x: torch.Tensor, y: torch.Tensor, padded: bool = True) -> torch.Tensor:
         with torch.no_grad():
-            teacher_logits = self.teacher(x)
-        return distillation_loss(self.model(x), teacher_logits, y, self.temperature, self.alpha)
+            teacher_logits = self.teacher(x, padded)
+        return distillation_loss(self.model(x, padded), teacher_logits, y, self.temperature, self.alpha)
 
 
 # ---------------------------------------------------------------- one distilled run

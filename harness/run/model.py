@@ -54,7 +54,7 @@ class Block(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(cfg.dim, cfg.mlp_dim), nn.GELU(), nn.Linear(cfg.mlp_dim, cfg.dim))
         self.drop = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         x = x + self.drop(self.attn(self.ln1(x), mask))
         return x + self.drop(self.mlp(self.ln2(x)))
 
@@ -95,34 +95,38 @@ class EncoderClassifier(nn.Module):
         return cls(cfg, variant, variant_params, vocab_size=data.vocab_size, seq_len=data.seq_len,
                    num_classes=data.num_classes, pad_id=data.pad_id, paired=data.paired)
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, padded: bool = True) -> torch.Tensor:
+        """``padded=False`` promises that no token is ``pad_id``: no mask is built, so variants skip
+        their masking work and full attention keeps SDPA's mask-free kernels (the trainer knows
+        this per batch from host-side flags, without reading the device)."""
         if not self.paired:
-            return self.head(self.encode(tokens))
+            return self.head(self.encode(tokens, padded))
         if tokens.dim() != 3 or tokens.shape[1] != 2:
             raise ValueError(f"a paired task's tokens are (batch, 2, length); got {tuple(tokens.shape)}")
         b = tokens.shape[0]
-        pooled = self.encode(tokens.transpose(0, 1).reshape(2 * b, tokens.shape[2]))  # one pass, both towers
+        pooled = self.encode(tokens.transpose(0, 1).reshape(2 * b, tokens.shape[2]), padded)  # one pass, both towers
         u, v = pooled[:b], pooled[b:]
         feats = [u, v] if self.cfg.interaction == "concat" else [u, v, u * v, u - v]
         return self.head(torch.cat(feats, dim=-1))
 
-    def encode(self, tokens: torch.Tensor) -> torch.Tensor:
+    def encode(self, tokens: torch.Tensor, padded: bool = True) -> torch.Tensor:
         """tokens (B, N) -> pooled (B, dim)."""
-        mask = tokens != self.pad_id
+        mask = tokens != self.pad_id if padded else None
         x = self.embed(tokens)
         if self.cls is not None:
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
-            mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
+            if mask is not None:
+                mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
         x = self.drop(x + self.pos[:, : x.shape[1]])
         for block in self.blocks:
             x = block(x, mask)
         x = self.ln(x)
         if self.cls is not None:
-            pooled = x[:, 0]
-        else:
-            m = mask.unsqueeze(-1).to(x.dtype)
-            pooled = (x * m).sum(1) / m.sum(1).clamp_min(1.0)
-        return pooled
+            return x[:, 0]
+        if mask is None:
+            return x.mean(1)
+        m = mask.unsqueeze(-1).to(x.dtype)
+        return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
     def attention_layers(self):
         return [b.attn for b in self.blocks]

@@ -31,9 +31,11 @@ def build_record(*, run: dict, data: PreparedData, status: str, message: str | N
             flops = sum(layer.flops(batch, n_model) for layer in trainer.model.attention_layers())
         except NotImplementedError:
             flops = None
-    timing = (f"median wall time of a training step ({step_work}) after the first "
-              f"{run['train']['timing_skip_steps']} steps, evaluation excluded, "
-              + ("CUDA-synchronised" if device.type == "cuda" else f"{run['threads']} CPU thread(s)"))
+    timing = (f"median time of a training step ({step_work}) after the first "
+              f"{run['train']['timing_skip_steps']} steps, evaluation excluded: "
+              + (trainer.step_timer.method if trainer else "-")
+              + ("" if device.type == "cuda" else f", {run['threads']} CPU thread(s)"))
+    accumulate = run["train"]["accumulate"]
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": key.run_id,
@@ -58,6 +60,14 @@ def build_record(*, run: dict, data: PreparedData, status: str, message: str | N
             "curve": "curve.csv" if trainer else None,
             "checkpoint": "best.pt" if trainer and trainer.best["state"] is not None else None,
             "resumed_from_step": getattr(trainer, "resumed_from_step", None),
+            "precision": getattr(trainer, "precision", None),
+            "accumulate": accumulate,
+            "micro_batch": run["train"]["batch_size"] // accumulate,
+            "effective_batch": run["train"]["batch_size"],
+            "compiled": getattr(trainer, "compiled", None),
+            "optimizer": getattr(trainer, "optimizer_kind", None),
+            "float32_matmul_precision": getattr(trainer, "matmul_precision", None),
+            "sdpa_kernels": getattr(trainer, "sdpa_kernels", None),
         },
         "efficiency": {
             "train_steps_per_s": steps_per_s,

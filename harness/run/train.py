@@ -30,9 +30,11 @@ from tqdm import tqdm
 from attnbench.harness.core.io import atomic_torch_save, atomic_write_text
 from attnbench.harness.core.registry import param
 from attnbench.harness.measure.memory import PeakMemory, is_out_of_memory
-from attnbench.harness.measure.timing import Stopwatch
+from attnbench.harness.measure.sdpa_kernels import SdpaKernels
+from attnbench.harness.measure.timing import LazyStepTimer
 from attnbench.harness.results.records import RECORD_NAME, write_record
-from attnbench.harness.run import checkpoint
+from attnbench.harness.run import checkpoint, precision
+from attnbench.harness.run.batches import DeviceSplit
 from attnbench.harness.run.model import EncoderClassifier, ModelConfig
 from attnbench.harness.run.record import build_record
 from attnbench.tasks.base import PreparedData
@@ -60,6 +62,18 @@ class TrainConfig:
     timing_skip_steps: int = param(5, "first steps left out of the steady-state throughput", minimum=0)
     time_limit_min: float = param(0.0, "stop with status 'timeout' after this many minutes of training (0 = none)",
                                   minimum=0.0)
+    accumulate: int = param(1, "micro-batches per optimiser step: the step's batch_size examples go through the "
+                            "model in this many equal parts (it must divide batch_size), gradients summed, so a "
+                            "batch that does not fit in memory at once still gives the same update", minimum=1)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = param(
+        "auto", "autocast precision of forward passes: fp32 (none), bf16, or fp16 (with a gradient scaler); auto: "
+        "bf16 on a CUDA device that supports it, fp32 elsewhere. Variants keep their sensitive parts (linear's "
+        "sums, LSH's hashing and softmax) in float32 whatever this says")
+    tf32: bool = param(True, "on CUDA devices of compute capability >= 8.0, float32 matmuls use TF32 tensor cores "
+                       "(torch.set_float32_matmul_precision('high')); the setting used is recorded")
+    compile: bool = param(False, "compile the model with torch.compile (model.compile(): state-dict keys and "
+                          "checkpoints are unchanged); the first steps then include compilation, so raise "
+                          "timing_skip_steps")
     checkpoint_every: int = param(0, "save a resume checkpoint (<run dir>/checkpoint/last.pt) every this many "
                                   "optimiser steps, so that a killed run continues from it when run again; removed "
                                   "when the run ends ok, diverged or timed out (0 = off)", minimum=0)
@@ -135,27 +149,45 @@ class Log:
 class Trainer:
     """Trains the model of one run on its labels. A subclass changes what is trained or how the
     loss is computed by overriding ``build_model`` and ``loss``; the loop, evaluation,
-    checkpointing and every outcome (ok, oom, diverged, timeout, failed) stay here."""
+    checkpointing and every outcome (ok, oom, diverged, timeout, failed) stay here.
+
+    The steady-state loop never reads a device tensor: the training losses stay on the device
+    until the next evaluation (where a non-finite one ends the run as diverged, at the step it
+    first appeared), the step timer reads CUDA events lazily, and whether a batch is padded is
+    known from host-side flags. So on a GPU the host runs ahead and queues the next steps while
+    the device works."""
 
     #: what one timed training step does, for the record's timing method
     step_work = "forward, backward, clip, AdamW"
 
     def __init__(self, run: dict, data: PreparedData, device: torch.device):
         self.run, self.data, self.device = run, data, device
-        self.cfg = TrainConfig(**{**run["train"], "betas": tuple(run["train"]["betas"])})
+        self.cfg = cfg = TrainConfig(**{**run["train"], "betas": tuple(run["train"]["betas"])})
+        self.precision = precision.resolve_precision(cfg.precision, device)
+        self.matmul_precision = precision.configure_float32_matmul(cfg.tf32, device)
+        self.scaler = precision.grad_scaler(self.precision, device)
         self.model = self.build_model().to(device)
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, betas=self.cfg.betas,
-                                     eps=self.cfg.eps, weight_decay=self.cfg.weight_decay)
+        self.compiled = False
+        if cfg.compile:
+            why_not = precision.compile_unavailable(device)
+            if why_not:
+                raise RuntimeError(f"train.compile: {why_not}; set compile: false")
+            self.model.compile()  # in place: the state dict keeps its keys
+            self.compiled = True
+        self.opt, self.optimizer_kind = precision.adamw(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
+                                                        eps=cfg.eps, weight_decay=cfg.weight_decay, device=device)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.cfg))
         self.gen = torch.Generator().manual_seed(run["seed"])
-        self.step_timer = Stopwatch(device)
-        self.eval_timer = Stopwatch(device)
+        self.splits = {name: DeviceSplit(split, data.pad_id, device) for name, split in data.splits.items()}
+        self.step_timer = LazyStepTimer(device)
+        self.eval_timer = LazyStepTimer(device)
         self.eval_tokens = 0
+        self.sdpa_kernels: str | None = None  # the SDPA kernels a training step ran (recorded once)
         self.curve: list[dict] = []
         self.best = {"val_acc": -1.0, "step": None, "state": None}
         self.step = 0  # the step being run (or last finished)
         self.perm, self.pos = None, 0  # this epoch's permutation of the training split and the place in it
-        self.losses: list[float] = []  # training losses since the last evaluation
+        self.losses: list[torch.Tensor] = []  # training losses since the last evaluation, on the device
         self.elapsed_s = 0.0  # training time before this process (resumed runs)
         self.resumed_from_step: int | None = None
         self.checkpoint_path: Path | None = None  # where fit saves resume checkpoints (checkpoint_every)
@@ -167,79 +199,126 @@ class Trainer:
         return EncoderClassifier.for_data(ModelConfig(**run["model"]), run["variant"]["name"],
                                           run["variant"]["params"], data)
 
-    def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """The training loss of one batch (the model is in training mode)."""
-        return F.cross_entropy(self.model(x), y)
+    def loss(self, x: torch.Tensor, y: torch.Tensor, padded: bool = True) -> torch.Tensor:
+        """The training loss of one (micro-)batch, a mean over its examples (the model is in
+        training mode); ``padded``: whether any token of ``x`` is padding."""
+        return F.cross_entropy(self.model(x, padded), y)
 
     def batches(self):
-        """Endless shuffled training batches (a new permutation every epoch)."""
-        split = self.data.splits["train"]
-        n = split["labels"].shape[0]
-        bs = min(self.cfg.batch_size, n)
+        """Endless shuffled training batches (a new permutation every epoch), on the device."""
+        split = self.splits["train"]
+        bs = min(self.cfg.batch_size, split.n)
         while True:  # the position is kept in self.perm / self.pos, so that a checkpoint holds it
-            if self.perm is None or self.pos + bs > n:  # drop the ragged last batch: fixed shapes
-                self.perm, self.pos = torch.randperm(n, generator=self.gen), 0
+            if self.perm is None or self.pos + bs > split.n:  # drop the ragged last batch: fixed shapes
+                self.perm, self.pos = torch.randperm(split.n, generator=self.gen), 0
             idx = self.perm[self.pos:self.pos + bs]
             self.pos += bs
-            yield split["tokens"][idx], split["labels"][idx]
+            yield split.batch(idx)
 
     @torch.no_grad()
     def evaluate(self, split_name: str) -> tuple[float, float]:
+        """(accuracy, mean loss) on a split; the sums stay on the device until the end."""
         self.model.eval()
-        split = self.data.splits[split_name]
-        correct, loss_sum, n = 0, 0.0, split["labels"].shape[0]
-        for i in range(0, n, self.cfg.eval_batch_size):
-            x = split["tokens"][i:i + self.cfg.eval_batch_size].to(self.device)
-            y = split["labels"][i:i + self.cfg.eval_batch_size].to(self.device)
-            with self.eval_timer.time():
-                logits = self.model(x)
+        split, bs = self.splits[split_name], self.cfg.eval_batch_size
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
+        for i in range(0, split.n, bs):
+            x, y, padded = split.slice(i, i + bs)
+            with self.eval_timer.time(), precision.autocast(self.precision, self.device):
+                logits = self.model(x, padded)
             self.eval_tokens += x.numel()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-            correct += (logits.argmax(-1) == y).sum().item()
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
+            correct += (logits.argmax(-1) == y).sum()
         self.model.train()
-        return correct / n, loss_sum / n
+        return correct.item() / split.n, loss_sum.item() / split.n
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> float:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, padded: bool = True) -> torch.Tensor:
+        """One optimiser step over ``train.accumulate`` equal micro-batches of (x, y); returns the
+        batch's mean loss as a device tensor (not read here)."""
+        k = self.cfg.accumulate
         with self.step_timer.time():
-            loss = self.loss(x, y)
-            if not torch.isfinite(loss):
-                raise Diverged(f"non-finite training loss {loss.item()}")
             self.opt.zero_grad(set_to_none=True)
-            loss.backward()
+            total = None
+            for xm, ym in zip(x.chunk(k), y.chunk(k), strict=True):
+                with precision.autocast(self.precision, self.device):
+                    loss = self.loss(xm, ym, padded) / k
+                self.scaler.scale(loss).backward()
+                total = loss.detach() if total is None else total + loss.detach()
             if self.cfg.grad_clip > 0:
+                self.scaler.unscale_(self.opt)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-            self.opt.step()
+            self.scaler.step(self.opt)
+            self.scaler.update()
             self.sched.step()
-        return loss.item()
+        return total
+
+    def first_step(self, x: torch.Tensor, y: torch.Tensor, padded: bool) -> torch.Tensor:
+        """A training step that also records which SDPA kernels it ran (a compiled model's calls
+        are not seen by the recorder: it says so)."""
+        if self.compiled:
+            self.sdpa_kernels = "not recorded (compiled model)"
+            return self.train_step(x, y, padded)
+        with SdpaKernels() as kernels:
+            loss = self.train_step(x, y, padded)
+        self.sdpa_kernels = kernels.names()
+        return loss
+
+    def check_finite(self, losses: list[torch.Tensor], last_step: int) -> None:
+        """Raise Diverged at the first non-finite loss among ``losses``, those of the steps up to
+        ``last_step`` (one read of the device)."""
+        if not losses:
+            return
+        values = torch.stack([torch.as_tensor(v, device=self.device) for v in losses]).float().cpu()
+        bad = (~torch.isfinite(values)).nonzero()
+        if len(bad):
+            first = int(bad[0, 0])
+            self.step = last_step - len(losses) + 1 + first
+            raise Diverged(f"non-finite training loss {values[first].item()} at step {self.step}")
 
     def fit(self, log: Log) -> int:
         """Train (from ``self.step``, later than 0 when resumed); returns the number of steps
         done. Raises Diverged / TimeLimit."""
         cfg, t0 = self.cfg, time.perf_counter() - self.elapsed_s
-        losses = self.losses
         self.model.train()
         batches = self.batches()
         if self.step:
             log.step(self.step)  # resumed
-        for step in range(self.step + 1, cfg.steps + 1):
-            self.step = step
-            x, y = next(batches)
-            losses.append(self.train_step(x.to(self.device), y.to(self.device)))
-            log.step(loss=f"{losses[-1]:.3f}")
-            if step % cfg.eval_every == 0 or step == cfg.steps:
-                self.record_eval(step, losses, time.perf_counter() - t0, log)
-                losses = self.losses = []
-            if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps
-                    and self.checkpoint_path is not None):
-                checkpoint.save(self.checkpoint_path, self, key=self.checkpoint_key,
-                                losses=losses, elapsed_s=time.perf_counter() - t0)
-            if cfg.time_limit_min and time.perf_counter() - t0 > cfg.time_limit_min * 60:
-                if losses:
-                    self.record_eval(step, losses, time.perf_counter() - t0, log)
-                raise TimeLimit(f"time limit of {cfg.time_limit_min} min reached at step {step}")
+        finished = self.step  # the last step whose loss is in self.losses (or was evaluated)
+        try:
+            for step in range(self.step + 1, cfg.steps + 1):
+                self.step = step
+                x, y, padded = next(batches)
+                run_step = self.first_step if self.sdpa_kernels is None else self.train_step
+                self.losses.append(run_step(x, y, padded))
+                finished = step
+                log.step()
+                if step % cfg.eval_every == 0 or step == cfg.steps:
+                    self.record_eval(step, time.perf_counter() - t0, log)
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps
+                        and self.checkpoint_path is not None):
+                    self.check_finite(self.losses, step)
+                    checkpoint.save(self.checkpoint_path, self, key=self.checkpoint_key,
+                                    losses=self.loss_values(), elapsed_s=time.perf_counter() - t0)
+                if cfg.time_limit_min and time.perf_counter() - t0 > cfg.time_limit_min * 60:
+                    if self.losses:
+                        self.record_eval(step, time.perf_counter() - t0, log)
+                    raise TimeLimit(f"time limit of {cfg.time_limit_min} min reached at step {step}")
+        except (Diverged, TimeLimit):
+            raise
+        except Exception:  # a step that failed on a model that had already diverged: say diverged
+            self.check_finite(self.losses, finished)
+            raise
         return cfg.steps
 
-    def record_eval(self, step: int, losses: list[float], elapsed: float, log: Log) -> None:
+    def loss_values(self) -> list[float]:
+        """The training losses since the last evaluation, read from the device."""
+        return [float(v) for v in torch.stack([torch.as_tensor(v, device=self.device)
+                                               for v in self.losses]).float().cpu()] if self.losses else []
+
+    def record_eval(self, step: int, elapsed: float, log: Log) -> None:
+        self.check_finite(self.losses, step)
+        losses = self.loss_values()
+        self.losses = []
         val_acc, val_loss = self.evaluate("val")
         row = {"step": step, "lr": self.sched.get_last_lr()[0], "train_loss": float(np.mean(losses)),
                "val_loss": val_loss, "val_acc": val_acc, "elapsed_s": round(elapsed, 3)}
@@ -247,6 +326,7 @@ class Trainer:
         if val_acc > self.best["val_acc"]:
             self.best = {"val_acc": val_acc, "step": step,
                          "state": {k: v.detach().to("cpu", copy=True) for k, v in self.model.state_dict().items()}}
+        log.step(0, train_loss=f"{row['train_loss']:.3f}", val_acc=f"{val_acc:.3f}")
         log.line(f"step {step}/{self.cfg.steps}  train_loss {row['train_loss']:.4f}  "
                  f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  best {self.best['val_acc']:.4f}@{self.best['step']}")
 

@@ -1,0 +1,255 @@
+"""The training loop on the target device's terms: mixed precision, gradient accumulation, no
+host reads of device values between evaluations, compilation, and what the record says of them."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+from attnbench.harness.cli import main as cli_main
+from attnbench.harness.run import checkpoint, precision
+from attnbench.harness.run.train import Trainer, seed_everything, train_run
+from attnbench.variants import full, linear, lsh, sparse
+from conftest import tiny_config, tiny_run
+
+
+def _run(**train):
+    return tiny_run(train={"steps": 30, "eval_every": 10, **train})
+
+
+@pytest.mark.parametrize("kind", ["bf16", "fp16"])
+def test_mixed_precision_on_cpu_trains_and_is_recorded(tmp_path, tiny_listops_data, kind):
+    record = train_run(_run(precision=kind), tiny_listops_data, tmp_path, bar=False)
+    assert record["status"] == "ok", record["message"]
+    assert record["training"]["precision"] == kind
+    curve = (tmp_path / "curve.csv").read_text().splitlines()[1:]
+    assert all(float(line.split(",")[2]) == float(line.split(",")[2]) for line in curve)  # train_loss not NaN
+
+
+def test_bf16_accuracy_stays_near_fp32_on_a_tiny_task(tmp_path, tiny_listops_data):
+    """Same seed, same data: bf16 autocast moves the validation accuracy by rounding noise only.
+    Tolerance: 0.1 on 50 validation examples (5 of them), with accuracies near 0.3 here."""
+    accs = {}
+    for kind in ("fp32", "bf16"):
+        record = train_run(_run(precision=kind, steps=60), tiny_listops_data, tmp_path / kind, bar=False)
+        assert record["status"] == "ok"
+        accs[kind] = record["accuracy"]["best_val"]
+    assert abs(accs["bf16"] - accs["fp32"]) <= 0.1, accs
+
+
+def test_the_record_says_how_the_run_computed(tmp_path, tiny_listops_data):
+    record = train_run(_run(batch_size=16, accumulate=4), tiny_listops_data, tmp_path, bar=False)
+    t = record["training"]
+    assert (t["precision"], t["accumulate"], t["micro_batch"], t["effective_batch"]) == ("fp32", 4, 4, 16)
+    assert t["compiled"] is False and t["optimizer"] == "AdamW (fused)"
+    assert t["float32_matmul_precision"] == torch.get_float32_matmul_precision()
+    assert t["sdpa_kernels"] in ("flash", "math", "flash, math")  # CPU SDPA: flash, or math with a mask
+    assert "perf_counter" in record["efficiency"]["timing_method"]
+    assert record["environment"]["float32_matmul_precision"] == torch.get_float32_matmul_precision()
+
+
+def test_cli_train_with_bf16_on_cpu_records_the_precision(tmp_path, tiny_listops_data):
+    from attnbench.tasks.base import save_prepared
+
+    run = _run(precision="bf16", steps=10)
+    data_file = tmp_path / "data.pt"
+    save_prepared(data_file, "listops", run["task"]["data"], tiny_listops_data)
+    out = tmp_path / "run"
+    rc = cli_main(["train", "--task", "listops", "--variant", "full", "--seed", "0", "--run-config", json.dumps(run),
+                   "--data", str(data_file), "--out", str(out), "--no-progress", "--strict"])
+    assert rc == 0
+    assert json.loads((out / "record.json").read_text())["training"]["precision"] == "bf16"
+
+
+def test_accumulation_must_divide_the_batch():
+    from attnbench.harness.config import ConfigError, validate_config
+
+    with pytest.raises(ConfigError, match=r"'train.accumulate' \(3\) does not divide 'train.batch_size' \(16\)"):
+        validate_config(tiny_config(train={"accumulate": 3}))
+
+
+# ---------------------------------------------------------------- accumulation equivalence
+
+def _float64_trainer(data, variant: str, accumulate: int) -> Trainer:
+    run = tiny_run(variants={variant: {}}, model={"dropout": 0.0},
+                   train={"accumulate": accumulate, "grad_clip": 0.5, "warmup_steps": 0})
+    run["variant"] = {"name": variant, "params": {}}
+    seed_everything(0, True)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        return Trainer(run, data, torch.device("cpu"))
+    finally:
+        torch.set_default_dtype(default)
+
+
+@pytest.mark.parametrize("variant", ["full", "window", "linear"])
+def test_k_micro_batches_give_the_update_of_one_batch(tiny_listops_data, variant):
+    """float64, no dropout: one optimiser step over 4 micro-batches of 4 equals one over the batch
+    of 16 (clipping included), to 1e-10. Variants with random hashing or blocks in training mode
+    (lsh, sparse) draw per forward, so their micro-batches see other draws by design."""
+    trainers = [_float64_trainer(tiny_listops_data, variant, k) for k in (1, 4)]
+    x, y = tiny_listops_data.splits["train"]["tokens"][:16], tiny_listops_data.splits["train"]["labels"][:16]
+    losses = [t.train_step(x, y) for t in trainers]
+    torch.testing.assert_close(losses[1], losses[0], rtol=0, atol=1e-12)
+    for (name, p1), (_, p4) in zip(trainers[0].model.named_parameters(), trainers[1].model.named_parameters(),
+                                   strict=True):
+        assert p1.dtype == torch.float64
+        torch.testing.assert_close(p4, p1, rtol=0, atol=1e-10, msg=f"{variant}: parameter {name} differs")
+    untrained = _float64_trainer(tiny_listops_data, variant, 1).model.parameters()
+    assert any((p - q).abs().max() > 0 for p, q in zip(trainers[0].model.parameters(), untrained, strict=True))
+
+
+# ---------------------------------------------------------------- no host reads in the loop
+
+class HostReads(TorchFunctionMode):
+    """Counts the tensor methods that copy a value to the host (item, bool, float, int, tolist,
+    numpy, cpu) while not paused: on a GPU each is a synchronisation."""
+
+    READS = {"item", "__bool__", "__float__", "__int__", "__index__", "tolist", "numpy", "cpu", "is_nonzero"}
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[str] = []
+        self.paused = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if not self.paused and getattr(func, "__name__", "") in self.READS:
+            self.reads.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_the_loop_reads_no_device_value_between_evaluations(tiny_listops_data, monkeypatch):
+    """Between evaluations a step queues its work and goes on: the losses stay on the device.
+    The data pipeline (host-side index tensors) and the evaluations are not counted."""
+    hook = HostReads()
+
+    def paused(fn):
+        def wrapper(*args, **kwargs):
+            hook.paused += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                hook.paused -= 1
+        return wrapper
+
+    def paused_batches(original):
+        def gen(self):
+            it = original(self)
+            while True:
+                hook.paused += 1
+                try:
+                    item = next(it)
+                finally:
+                    hook.paused -= 1
+                yield item
+        return gen
+
+    monkeypatch.setattr(Trainer, "record_eval", paused(Trainer.record_eval))
+    monkeypatch.setattr(Trainer, "batches", paused_batches(Trainer.batches))
+    # the variants' all-True mask check reads the mask on the CPU only (on a GPU it returns the mask
+    # untouched, see variants.base.padding_mask_or_none): not counted here
+    for module in (full, linear, lsh):
+        monkeypatch.setattr(module, "padding_mask_or_none", paused(module.padding_mask_or_none))
+    # sparse draws each training step's layout seed from torch's CPU generator: a host value, never the device's
+    monkeypatch.setattr(sparse.SparseAttention, "_seed", paused(sparse.SparseAttention._seed))
+    seed_everything(0, True)
+    for variant, params in (("full", {}), ("linear", {}), ("window", {"window": 4, "block_size": 4}),
+                            ("lsh", {"chunk_size": 4, "n_buckets": 4}),
+                            ("sparse", {"block_size": 4, "random_blocks": 1})):
+        run = tiny_run(variants={variant: params}, train={"steps": 25, "eval_every": 10})
+        run["variant"] = {"name": variant, "params": params}
+        trainer = Trainer(run, tiny_listops_data, torch.device("cpu"))
+        hook.reads.clear()
+        from attnbench.harness.run.train import Log
+
+        with hook:
+            trainer.fit(Log(25, "t", bar=False))
+        assert hook.reads == [], f"{variant}: the loop read device values: {hook.reads}"
+        assert len(trainer.curve) == 3  # evaluations at 10, 20, 25 did read (paused)
+
+
+def test_a_non_finite_loss_is_found_at_the_next_evaluation_with_its_step(tmp_path, tiny_listops_data, monkeypatch):
+    from attnbench.harness.run.model import EncoderClassifier
+
+    original = EncoderClassifier.forward
+    calls = {"n": 0}
+
+    def poisoned(self, tokens, padded=True):
+        out = original(self, tokens, padded)
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] >= 13:
+                return out * float("nan")
+        return out
+
+    monkeypatch.setattr(EncoderClassifier, "forward", poisoned)
+    record = train_run(_run(), tiny_listops_data, tmp_path, bar=False)
+    assert record["status"] == "diverged" and "at step 13" in record["message"]
+    assert record["training"]["steps_done"] == 12
+    assert record["accuracy"]["best_step"] == 10  # the evaluation before it stands
+
+
+# ---------------------------------------------------------------- compilation
+
+def test_compiled_model_trains_and_keeps_its_state_dict_keys(tmp_path, tiny_listops_data):
+    why_not = precision.compile_unavailable(torch.device("cpu"))
+    if why_not:
+        pytest.skip(f"torch.compile cannot run here: {why_not}")
+    run = tiny_run(train={"compile": True, "steps": 4, "eval_every": 4, "eval_batch_size": 50,
+                          "timing_skip_steps": 1})
+    record = train_run(run, tiny_listops_data, tmp_path, bar=False)
+    assert record["status"] == "ok", record["message"]
+    assert record["training"]["compiled"] is True
+    assert record["training"]["sdpa_kernels"] == "not recorded (compiled model)"
+    saved = torch.load(tmp_path / "best.pt", weights_only=True)["model"]
+    plain = Trainer(tiny_run(), tiny_listops_data, torch.device("cpu")).model.state_dict()
+    assert sorted(saved) == sorted(plain)  # no "_orig_mod." prefixes: checkpoints load into a plain model
+
+
+# ---------------------------------------------------------------- resuming with fewer GPUs
+
+def test_cuda_generators_restore_on_the_devices_there_are(monkeypatch):
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((int(state[0]), device)))
+    states = [torch.tensor([7], dtype=torch.uint8), torch.tensor([9], dtype=torch.uint8)]
+    note = checkpoint.restore_cuda_rng(states)
+    assert restored == [(7, 0)]
+    assert "2 devices, 1 visible now" in note
+    restored.clear()
+    assert checkpoint.restore_cuda_rng(states[:1]) is None and restored == [(7, 0)]
+
+
+# ---------------------------------------------------------------- CUDA only
+
+cuda_only = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run make gpu-check)")
+
+
+@cuda_only
+def test_cuda_steps_do_not_synchronise(tiny_listops_data):
+    run = tiny_run(device="cuda", train={"steps": 12, "eval_every": 100, "precision": "bf16"})
+    trainer = Trainer(run, tiny_listops_data, torch.device("cuda"))
+    batches = trainer.batches()
+    trainer.first_step(*next(batches))  # set-up (lazy init, kernel choice) may synchronise
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(5):
+            trainer.losses.append(trainer.train_step(*next(batches)))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert len(trainer.step_timer.durations) == 6
+
+
+@cuda_only
+def test_cuda_record_names_the_gpu(tmp_path, tiny_listops_data):
+    record = train_run(tiny_run(device="cuda"), tiny_listops_data, tmp_path, bar=False)
+    env = record["environment"]
+    assert record["status"] == "ok"
+    assert env["compute_capability"] and env["gpu_uuid"].startswith("GPU-") and env["cudnn"]
+    assert record["training"]["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+    assert "CUDA events" in record["efficiency"]["timing_method"]
