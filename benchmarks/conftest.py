@@ -1,9 +1,10 @@
 """pytest-benchmark glue for the efficiency sweep.
 
 The cases come from a sweep file (``--attnbench-sweep``) that ``attnbench bench`` writes from
-the pipeline config; without one, the default config's cases for every variant are used (a
-long run: pass ``-k`` to pick some). Every case's result row, failures included, is added to
-pytest-benchmark's JSON under ``"attnbench"``; machine facts go into its ``machine_info``.
+the pipeline config (a plan without cases is expanded here, for this machine's device); without
+one, the default config's cases for every variant are used (a long run: pass ``-k`` to pick some).
+Every case's result row, failures included, is added to pytest-benchmark's JSON under
+``"attnbench"``; machine facts go into its ``machine_info``.
 """
 from __future__ import annotations
 
@@ -24,17 +25,21 @@ def pytest_addoption(parser):
 
 
 def _load_sweep(config) -> dict:
-    path = config.getoption("--attnbench-sweep")
-    if path:
-        return json.loads(Path(path).read_text())
+    """The sweep to run: the file given (a plan without cases is expanded here, for this machine's
+    device), else every variant's cases of the default config."""
     import os
 
-    from attnbench.harness.bench.files import sweep_file
+    from attnbench.harness.bench.files import expand_sweep, sweep_file
+
+    cores = len(os.sched_getaffinity(0))  # every core this process may use
+    path = config.getoption("--attnbench-sweep")
+    if path:
+        sweep = json.loads(Path(path).read_text())
+        return sweep if "cases" in sweep and sweep["device"] != "auto" else expand_sweep(sweep, cores)
     from attnbench.harness.bench.settings import bench_variants
     from attnbench.harness.config import load_config
 
-    cfg = load_config()  # the default config: every variant's cases, on every core this process may use
-    cores = len(os.sched_getaffinity(0))
+    cfg = load_config()
     sweeps = [sweep_file(cfg, v, cores, Path("results/bench/.work")) for v in bench_variants(cfg)]
     return {**sweeps[0], "cases": [c for s in sweeps for c in s["cases"]]}
 

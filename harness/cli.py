@@ -118,26 +118,26 @@ def cmd_aggregate(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from attnbench.harness.bench.files import run_sweep, sweep_file
+    from attnbench.harness.bench.files import expand_sweep, run_sweep, sweep_plan
 
     out = Path(args.out or paths.BENCH / f"{args.variant}.json")
-    workdir = out.parent / ".work"
-    if args.sweep_json:
-        from attnbench.harness.bench.settings import BenchConfig, sweep_threads
-        from attnbench.harness.core.registry import build_dataclass
+    plan = json.loads(args.sweep_json) if args.sweep_json else sweep_plan(_load(args), args.variant,
+                                                                          out.parent / ".work")
+    if plan.get("variant", args.variant) != args.variant:
+        raise SystemExit(f"--variant {args.variant} does not match the sweep's variant {plan['variant']}")
+    plan.setdefault("variant", args.variant)
+    # Lease one GPU before anything touches torch.cuda (it sets CUDA_VISIBLE_DEVICES; resolving
+    # `device: auto` below asks torch). The case processes inherit it.
+    from attnbench.harness.measure.gpu_lease import acquire
 
-        sweep = json.loads(args.sweep_json)
-        sweep["threads"] = sweep_threads(build_dataclass(BenchConfig, sweep["settings"], "bench"), args.cores)
-    else:
-        sweep = sweep_file(_load(args), args.variant, args.cores, workdir)
+    lease = acquire(plan["device"])
+    sweep = expand_sweep(plan, args.cores)  # the device and the cases of this machine
     if args.lengths:
         sweep["cases"] = [c for c in sweep["cases"] if c["n"] in args.lengths]
     if not sweep["cases"]:
-        raise SystemExit(f"attnbench bench: no cases to run for {args.variant}")
-    from attnbench.harness.measure.gpu_lease import acquire
-
-    lease = acquire(sweep["device"])  # one GPU of a workstation's; the case processes inherit it
+        raise SystemExit(f"attnbench bench: no cases to run for {args.variant} on {sweep['device']}")
     print(f"{args.variant}: {len(sweep['cases'])} cases on {sweep['device']}"
+          + (f" (configured: {plan['device']})" if plan["device"] != sweep["device"] else "")
           + (f" (leased GPU {lease['cuda_visible_devices']})" if lease else "")
           + f" with {sweep['threads']} threads -> {out}", flush=True)
     rc = run_sweep(sweep, out, args.pytest_args)
@@ -217,7 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = with_config(sub.add_parser("bench", help="run one variant's efficiency sweep (pytest-benchmark)"))
     sp.add_argument("--variant", required=True)
-    sp.add_argument("--sweep-json", help="the sweep's settings and cases as JSON (what the pipeline passes)")
+    sp.add_argument("--sweep-json", help="the sweep's plan as JSON (what the pipeline passes: settings, device as "
+                    "configured; the cases are expanded here, for the device this job resolves)")
     sp.add_argument("--cores", type=int, default=2, help="cores this sweep may use (default 2); torch uses "
                     "bench.threads, or one fewer than these")
     sp.add_argument("--lengths", type=int, nargs="+", help="only these sequence lengths")

@@ -1,7 +1,8 @@
 # The efficiency sweep: one pytest-benchmark run per variant (every backend, scope, mode,
 # dtype, batch size and length of `bench:`), collected into one tidy table. A bench job takes
-# every core, so nothing runs beside it while it measures (torch uses one fewer, see bench.threads); its settings and cases are a param,
-# so changing `bench:` re-runs exactly the variants it affects.
+# every core, so nothing runs beside it while it measures (torch uses one fewer, see bench.threads).
+# Its plan (the `bench:` settings, `device` as configured) is a param, so changing `bench:` re-runs
+# the sweeps; the job resolves `device: auto` and expands the cases on the node it runs on.
 # `snakemake bench` runs the sweep alone and renders reports/bench/index.html.
 
 

@@ -7,7 +7,7 @@ import sys
 
 from snakemake.exceptions import WorkflowError
 
-from attnbench.harness.bench.files import sweep_file
+from attnbench.harness.bench.files import sweep_param
 from attnbench.harness.bench.settings import bench_settings, bench_variants
 from attnbench.harness.config import ConfigError, planned_runs, resolve_run, task_data_params, validate_config
 from attnbench.harness.core import paths
@@ -112,8 +112,10 @@ def get_bench_files(wildcards=None):
 
 
 def get_sweep_json(wildcards):
-    """One variant's sweep settings and cases: a param, so changing `bench:` re-runs that variant's sweep."""
-    return json.dumps(sweep_file(config, wildcards.variant, 1, paths.BENCH / ".work"), sort_keys=True)
+    """One variant's sweep plan (device as configured, settings, the variant's parameters): a param, so
+    changing `bench:` re-runs that variant's sweep. The job expands it into cases where it runs: `device:
+    auto` is resolved on the node that has (or lacks) the GPU, not on the one planning."""
+    return sweep_param(config, wildcards.variant, paths.BENCH / ".work")
 
 
 def get_report_bench(wildcards):

@@ -153,6 +153,61 @@ def test_rounds_pool_the_timed_steps_and_take_the_median_peak():
     assert compare.pool_rounds([runs[0], failed]) is failed
 
 
+# --- on CUDA: a GPU lease first, then the leased (current) device ---------------------------------
+
+@pytest.fixture
+def fake_cuda(monkeypatch, tmp_path):
+    """torch.cuda faked present (its first query records CUDA_VISIBLE_DEVICES), the workers stubbed
+    (they record the device they are given), a workstation of 2 GPUs (ATTNBENCH_GPUS)."""
+    from attnbench.harness.measure import gpu_lease
+
+    for key in ("CUDA_VISIBLE_DEVICES", "SLURM_JOB_ID", "ATTNBENCH_GPU_LEASE_TIMEOUT"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("ATTNBENCH_GPUS", "2")
+    monkeypatch.setenv("ATTNBENCH_LOCK_DIR", str(tmp_path / "locks"))
+    seen = {"visible": [], "devices": [], "current": 0}
+
+    def is_available():
+        seen["visible"].append(os.environ.get("CUDA_VISIBLE_DEVICES"))
+        return True
+
+    def worker(spec, timeout_s, workdir):
+        seen["devices"].append(spec["device"])
+        return {"ok": True, "label": "stub", "times_s": [0.1], "median_s": 0.1, "min_s": 0.1, "max_s": 0.1,
+                "peak_bytes": 1, "process_wall_s": 0.1}
+
+    monkeypatch.setattr(torch.cuda, "is_available", is_available)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: seen["current"])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: f"fake GPU {index}")
+    monkeypatch.setattr(compare, "capture", lambda device: {"device": str(device)})
+    monkeypatch.setattr(compare, "run_worker", worker)
+    yield seen
+    gpu_lease.release()
+
+
+def test_compare_on_cuda_leases_a_gpu_before_touching_cuda_and_runs_on_it(tmp_path, fake_cuda):
+    report, _ = _run_cuda(tmp_path)
+    assert fake_cuda["visible"][0] == "0"  # the lease set CUDA_VISIBLE_DEVICES before torch was asked
+    assert report["settings"]["gpu_lease"]["cuda_visible_devices"] == "0"
+    assert report["settings"]["torch_devices"] == {"cuda": "cuda:0"}
+    assert fake_cuda["devices"] == ["cuda:0"] and report["machine"]["cuda"]["gpu"] == "fake GPU 0"
+
+
+def test_compare_uses_the_current_device_not_a_fixed_index(tmp_path, monkeypatch, fake_cuda):
+    monkeypatch.setenv("SLURM_JOB_ID", "42")  # SLURM pins the device: no lease
+    fake_cuda["current"] = 1
+    report, _ = _run_cuda(tmp_path)
+    assert report["settings"]["gpu_lease"] is None
+    assert fake_cuda["devices"] == ["cuda:1"] and report["machine"]["cuda"]["device"] == "cuda:1"
+
+
+def _run_cuda(tmp_path):
+    out = tmp_path / "compare.json"
+    assert main(["--device", "cuda", "--threads", "1", "--no-peers", "--variants", "full", "--n", "16",
+                 "--repeats", "1", "--out", str(out)]) == 0
+    return json.loads(out.read_text()), None
+
+
 # --- the peer adapters ----------------------------------------------------------------------------
 
 def _x(n, b=2, real=None, seed=0):

@@ -12,17 +12,23 @@ fresh process (started by ``attnbench.harness.measure.fresh_process.run_fresh``)
 2. the measured step: peak memory above the memory just before it (CPU: the process's resident
    set, via a reset ``VmHWM``; CUDA: ``max_memory_allocated`` after a reset, reserved too) and its
    time; a step slower than ``time_cap_s`` makes the case a ``timeout``;
-3. one more step under ``torch.utils.flop_counter.FlopCounterMode``: the FLOPs it sees.
+3. one more step under ``torch.utils.flop_counter.FlopCounterMode``: the FLOPs it sees (xformers'
+   kernel, which it does not see, added from the case's shapes by torch's own SDPA formulas).
+
+On CUDA the worker caps its allocations first (``cap_cuda_memory``): the configured cap, else 80% of
+the GPU, never more than was free when it started; the result carries the cap it used. A backend
+that cannot run the case (``unavailable``, or torch finding no SDPA kernel for it) is ``unavailable``.
 """
 from __future__ import annotations
 
 import contextlib
+import re
 import sys
 import time
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from attnbench.harness.bench.settings import Case
 from attnbench.harness.measure.fresh_process import worker_main
@@ -44,21 +50,94 @@ def backend_context(backend: str):
     return sdpa_kernel([getattr(SDPBackend, name.get(backend, backend.upper()))])
 
 
+#: torch's error when no SDPA kernel allowed by ``sdpa_kernel`` can take the inputs (CUDA and CPU wordings)
+NO_KERNEL = re.compile(r"No available kernel|No viable backend for scaled_dot_product_attention")
+HALF_DTYPES = ("float16", "bfloat16")
+
+
 def unavailable(case: Case, device: torch.device) -> str | None:
-    """Why this case cannot run on this machine (None when it can)."""
+    """Why this case cannot run on this machine (None when it can), known before running it; torch's
+    own "no kernel" error covers the rest (``failure_status``)."""
     if case.backend == "xformers":
+        if case.variant != "full":  # use_xformers routes full attention's kernel; others call SDPA directly
+            return f"xformers replaces full attention's kernel only; {case.variant} would run SDPA under that label"
         return xformers_unavailable()
     if case.backend in ("efficient", "cudnn") and device.type != "cuda":
         return f"SDPA's {case.backend} kernel runs on CUDA only"
+    if device.type != "cuda":
+        return None
+    if case.backend in ("flash", "cudnn") and case.dtype not in HALF_DTYPES:
+        return f"SDPA's {case.backend} kernel on CUDA takes float16 or bfloat16, not {case.dtype}"
+    if case.backend == "flash" and case.variant != "full":
+        return ("SDPA's flash kernel on CUDA takes no attention mask, and only full attention calls SDPA "
+                f"without one (every token real); {case.variant} does not")
     return None
 
 
+def failure_status(message: str, out_of_memory: bool) -> str:
+    """A failed case's status from its error: ``oom``, ``unavailable`` when torch found no SDPA kernel
+    that may run the inputs (the forced backend cannot take this dtype, mask or device), else ``failed``."""
+    if out_of_memory:
+        return "oom"
+    return "unavailable" if NO_KERNEL.search(message) else "failed"
+
+
+def cuda_memory_cap(configured: int | None, total: int, free: int) -> int:
+    """The bytes a case's worker may allocate on its GPU: ``bench.memory_cap_mb`` if set, else 80% of the
+    GPU's memory, and never more than was free when the worker started (what another process holds,
+    the sweep's own timing process included, is not there to use: a cap above it would turn a real
+    out-of-memory into a crash at an unrecorded size)."""
+    return max(0, min(configured or int(0.8 * total), free))
+
+
+def memory_fraction_args(device: torch.device, current_index: int, cap: int, total: int) -> tuple[float, int]:
+    """The arguments of ``torch.cuda.set_per_process_memory_fraction`` that cap ``device`` at ``cap``
+    bytes: the fraction of its total memory, and its index (torch 2.13 refuses a ``torch.device`` without
+    one: "Expected a torch.device with a specified index"); an unindexed ``cuda`` is the current device."""
+    index = device.index if device.index is not None else current_index
+    return min(1.0, cap / total), index
+
+
+def cap_cuda_memory(device: torch.device, configured: int | None) -> int:
+    """Cap this process's CUDA allocations on ``device`` (see ``cuda_memory_cap``); the cap in bytes."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    free, total = torch.cuda.mem_get_info(index)
+    cap = cuda_memory_cap(configured, total, free)
+    torch.cuda.set_per_process_memory_fraction(*memory_fraction_args(device, index, cap, total))
+    return cap
+
+
+def routes_to_xformers(case: Case) -> bool:
+    """Whether the case's attention runs xformers' kernel: ``use_xformers`` routes full attention's."""
+    return case.backend == "xformers" and case.variant == "full"
+
+
+def xformers_attention_flops(case: Case, heads: int, head_dim: int) -> int:
+    """FLOPs of the case's one xformers attention call per step, counted as ``FlopCounterMode`` counts
+    SDPA's fused kernels (torch.utils.flop_counter's formulas): forward QK^T and PV, 4*B*H*N^2*Dh; a
+    backward recomputes the scores and takes four more products, 10*B*H*N^2*Dh."""
+    shape = (case.batch, heads, case.n, head_dim)
+    flops = sdpa_flop_count(shape, shape, shape)
+    if case.mode == "forward_backward":
+        flops += sdpa_backward_flop_count(shape, shape, shape, shape)
+    return flops
+
+
+COUNTER_METHOD = "torch.utils.flop_counter.FlopCounterMode over one step"
+XFORMERS_FLOPS_NOTE = ("; xformers' attention added analytically (the counter does not see its kernel): "
+                       "torch's SDPA formulas, 4*B*H*N^2*Dh forward, 10*B*H*N^2*Dh more backward")
+
+
 class Stepper:
-    """One case's module and inputs; calling it runs one step and waits for the device."""
+    """One case's module and inputs; calling it runs one step and waits for the device.
+
+    Every token is real and no padding mask is passed (``None``), as the model does for a batch
+    without padding: on CUDA an all-True mask tensor is not dropped (checking it would synchronise),
+    and a mask takes full attention off SDPA's mask-free kernels (flash) and off xformers."""
 
     def __init__(self, case: Case, heads: int, head_dim: int, mlp_dim: int, device: torch.device, seed: int,
                  n: int | None = None):
-        self.case, self.device = case, device
+        self.case, self.device, self.heads, self.head_dim = case, device, heads, head_dim
         self.backward = case.mode == "forward_backward"
         dtype = getattr(torch, case.dtype)
         self.dim = dim = heads * head_dim
@@ -82,7 +161,7 @@ class Stepper:
         dtype = next(self.module.parameters()).dtype
         self.x = torch.randn(shape, generator=gen).to(self.device, dtype).requires_grad_(self.backward)
         self.grad_out = torch.randn(shape, generator=gen).to(self.device, dtype) if self.backward else None
-        self.mask = torch.ones(self.case.batch, n, dtype=torch.bool, device=self.device)
+        self.mask = None  # every token real (see the class doc)
 
     def __call__(self) -> None:
         if self.backward:
@@ -111,11 +190,26 @@ def analytic_flops(stepper: Stepper) -> int:
 
 def counted_flops(stepper: Stepper) -> tuple[int, str]:
     """FLOPs that ``torch.utils.flop_counter`` sees in one step (it counts matmuls and the SDPA
-    kernels it knows; torch's CPU flash kernel and elementwise work count as 0), and the SDPA
-    kernels the step ran ("none": the variant does not call SDPA)."""
+    kernels it knows; torch's CPU flash kernel and elementwise work count as 0), plus xformers'
+    attention, which it cannot see (``xformers_attention_flops``; not added if it did count an
+    attention kernel), and the kernels the step ran ("none": the variant calls no fused kernel)."""
     with FlopCounterMode(display=False) as counter, SdpaKernels() as kernels:
         stepper()
-    return int(counter.get_total_flops()), kernels.names()
+    flops, names = int(counter.get_total_flops()), kernels.names()
+    if routes_to_xformers(stepper.case) and not _counted_attention(counter):
+        flops += xformers_attention_flops(stepper.case, stepper.heads, stepper.head_dim)
+        names = "xformers" if names == "none" else f"{names}, xformers"
+    return flops, names
+
+
+def flops_counted_method(case: Case) -> str:
+    """How the case's ``flops_counted`` was obtained, for its row."""
+    return COUNTER_METHOD + (XFORMERS_FLOPS_NOTE if routes_to_xformers(case) else "")
+
+
+def _counted_attention(counter: FlopCounterMode) -> bool:
+    """Whether the counter saw FLOPs of a fused attention kernel (an op named like one)."""
+    return any("attention" in str(op) and flops for op, flops in counter.get_flop_counts().get("Global", {}).items())
 
 
 def measure_in_process(spec: dict) -> dict:
@@ -126,9 +220,8 @@ def measure_in_process(spec: dict) -> dict:
     why_not = unavailable(case, device)
     if why_not:
         return {"status": "unavailable", "message": why_not}
-    if device.type == "cuda" and spec.get("memory_cap_bytes"):
-        total = torch.cuda.get_device_properties(device).total_memory
-        torch.cuda.set_per_process_memory_fraction(min(1.0, spec["memory_cap_bytes"] / total), device)
+    if device.type == "cuda":
+        _WORKER["memory_cap_bytes"] = cap_cuda_memory(device, spec.get("memory_cap_bytes"))
     with backend_context(case.backend):
         stepper = Stepper(case, spec["heads"], spec["head_dim"], spec["mlp_dim"], device, spec["seed"],
                           n=min(case.n, int(spec["prime_length"])))
@@ -139,12 +232,13 @@ def measure_in_process(spec: dict) -> dict:
         cold_s = time.perf_counter() - t0
         result = {"status": "ok", "message": "", "peak_bytes": peak, "reserved_bytes": reserved,
                   "peak_method": method, "cold_step_s": cold_s, "params_count": stepper.params,
-                  "flops_analytic": analytic_flops(stepper)}
+                  "flops_analytic": analytic_flops(stepper), **_WORKER}
         if cold_s > float(spec["time_cap_s"]) > 0:
             result.update(status="timeout", message=f"one step took {cold_s:.1f} s, over the cap of "
                           f"{float(spec['time_cap_s']):g} s (bench.time_cap_s)")
             return result
         result["flops_counted"], result["sdpa_kernels"] = counted_flops(stepper)
+        result["flops_counted_method"] = flops_counted_method(case)
     return result
 
 
@@ -155,9 +249,18 @@ def _peak_of(stepper: Stepper, device: torch.device) -> tuple[int, int | None, s
     return mem.peak_bytes, mem.reserved_bytes, f"{mem.method} (first step after a short priming step, fresh process)"
 
 
+#: facts of this worker process that its result carries even when the case fails (the CUDA cap it used)
+_WORKER: dict = {}
+
+
+def error_result(message: str, out_of_memory: bool) -> dict:
+    """The worker's result when measuring raised: its status (``failure_status``), the error, and the
+    worker's facts so far."""
+    return {"status": failure_status(message, out_of_memory), "message": message, **_WORKER}
+
+
 def _worker(argv: list[str]) -> int:
-    return worker_main(argv, measure_in_process,
-                       lambda message, oom: {"status": "oom" if oom else "failed", "message": message})
+    return worker_main(argv, measure_in_process, error_result)
 
 
 if __name__ == "__main__":

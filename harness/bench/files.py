@@ -13,9 +13,17 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnbench.harness.bench.settings import bench_device, bench_settings, sweep_threads, variant_cases
+from attnbench.harness.bench.settings import (
+    BenchConfig,
+    bench_settings,
+    expand_cases,
+    resolve_device,
+    sweep_threads,
+    variant_params,
+)
 from attnbench.harness.core import resources
 from attnbench.harness.core.io import atomic_write_text, write_table
+from attnbench.harness.core.registry import build_dataclass
 
 MIB = 2 ** 20
 
@@ -23,18 +31,44 @@ COLUMNS = [
     "impl", "variant", "backend", "scope", "mode", "dtype", "batch", "n", "status", "message",
     "median_s", "min_s", "max_s", "iqr_s", "rounds", "sweep_rounds", "round_medians_s", "tokens_per_s", "peak_mb",
     "reserved_mb", "peak_method",
-    "flops_analytic", "flops_counted", "gflops_per_s", "sdpa_kernels", "cold_step_s", "params_count",
-    "device", "device_name", "threads", "torch", "timing_method", "params", "source",
+    "flops_analytic", "flops_counted", "flops_counted_method", "gflops_per_s", "sdpa_kernels", "cold_step_s",
+    "params_count", "memory_cap_mb", "device", "device_name", "threads", "torch", "timing_method", "params", "source",
 ]
 
 
-def sweep_file(config: dict, variant: str, cores: int, workdir: Path) -> dict:
-    """What ``benchmarks/conftest.py`` reads: the settings and every case of one variant, for a job
-    holding ``cores`` cores."""
+def sweep_plan(config: dict, variant: str, workdir: Path) -> dict:
+    """One variant's sweep as planned, the same on any machine: the configured device (``auto`` stays
+    ``auto``), the ``bench:`` settings and the variant's parameters. The job that runs it expands it into
+    cases (``expand_sweep``) where it runs, so a plan made on a GPU-less login node still sweeps the GPU."""
     settings = bench_settings(config)
-    as_json = json.loads(json.dumps(dataclasses.asdict(settings)))
-    return {"settings": as_json, "device": bench_device(config), "threads": sweep_threads(settings, cores),
-            "workdir": str(workdir), "cases": [c.to_dict() for c in variant_cases(config, variant)]}
+    return {"variant": variant, "device": config.get("device", "cpu"),
+            "settings": json.loads(json.dumps(dataclasses.asdict(settings))),
+            "params": variant_params(settings, variant), "workdir": str(workdir)}
+
+
+def sweep_param(config: dict, variant: str, workdir: Path) -> str:
+    """The bench rule's param (``rules/common.smk``): the plan as JSON, so a change to ``bench:`` (or
+    ``device``) re-runs the sweep, and torch's view of the planning machine cannot change it."""
+    return json.dumps(sweep_plan(config, variant, workdir), sort_keys=True)
+
+
+def expand_sweep(plan: dict, cores: int) -> dict:
+    """What ``benchmarks/conftest.py`` reads: the plan with its device resolved in this process (call it
+    after the GPU lease), the torch threads of a job holding ``cores`` cores, and every case. A sweep that
+    already lists its cases keeps them (its device still resolved)."""
+    settings = build_dataclass(BenchConfig, plan["settings"], "bench")
+    device = resolve_device(plan["device"])
+    sweep = {**plan, "configured_device": plan.get("configured_device", plan["device"]), "device": device,
+             "threads": sweep_threads(settings, cores)}
+    if "cases" not in plan:
+        params = plan["params"] if "params" in plan else variant_params(settings, plan["variant"])
+        sweep["cases"] = [c.to_dict() for c in expand_cases(settings, plan["variant"], params, device)]
+    return sweep
+
+
+def sweep_file(config: dict, variant: str, cores: int, workdir: Path) -> dict:
+    """The expanded sweep of one variant of ``config`` on this machine (plan and expansion in one)."""
+    return expand_sweep(sweep_plan(config, variant, workdir), cores)
 
 
 def run_sweep(sweep: dict, out_json: Path, extra_args: list[str] = ()) -> int:
@@ -94,6 +128,7 @@ def load_rows(path: Path) -> list[dict]:
             **{k: r.get(k) for k in COLUMNS if k in r},
             "peak_mb": r["peak_bytes"] / MIB if ok and r.get("peak_bytes") is not None else None,
             "reserved_mb": r["reserved_bytes"] / MIB if ok and r.get("reserved_bytes") else None,
+            "memory_cap_mb": r["memory_cap_bytes"] / MIB if r.get("memory_cap_bytes") else None,
             "device_name": machine.get("device_name"), "torch": machine.get("torch"),
             "params": json.dumps(r.get("params"), sort_keys=True), "source": str(path),
             "round_medians_s": json.dumps(r["round_medians_s"]) if r.get("round_medians_s") else None,

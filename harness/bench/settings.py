@@ -107,24 +107,37 @@ def sweep_threads(settings: BenchConfig, cores: int) -> int:
     return settings.threads or max(1, cores - 1)
 
 
-def bench_device(config: dict) -> str:
-    device = config.get("device", "cpu")
+def resolve_device(device: str) -> str:
+    """The device a sweep runs on: ``auto`` is cuda where this process sees a GPU, else cpu. Called by the
+    bench job where it runs (after its GPU lease), never while planning: a login node without a GPU
+    would plan a CPU sweep for a job that gets one."""
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
 
-def variant_cases(config: dict, variant: str) -> list[Case]:
-    """Every case of one variant: its backends x scopes x modes x dtypes x batch sizes x lengths."""
-    cfg = bench_settings(config)
-    cuda = bench_device(config) == "cuda"
-    params = as_dict(VARIANTS.make_config(variant, cfg.variant_params.get(variant, {})))
-    lengths = cfg.cuda_lengths if cuda else cfg.lengths
-    dtypes = cfg.cuda_dtypes if cuda else cfg.dtypes
+def variant_params(settings: BenchConfig, variant: str) -> dict:
+    """One variant's hyper-parameters in the sweep: ``bench.variant_params`` over the variant's defaults."""
+    return as_dict(VARIANTS.make_config(variant, settings.variant_params.get(variant, {})))
+
+
+def expand_cases(settings: BenchConfig, variant: str, params: dict, device: str) -> list[Case]:
+    """Every case of one variant on a resolved ``device`` (cpu or cuda): its backends x scopes x modes x
+    dtypes x batch sizes x lengths, with the lengths and dtypes of that device."""
+    cuda = device == "cuda"
+    lengths = settings.cuda_lengths if cuda else settings.lengths
+    dtypes = settings.cuda_dtypes if cuda else settings.dtypes
     return [Case(variant, params, backend, scope, mode, dtype, batch, n)
-            for backend in cfg.backends.get(variant, ["default"])
-            for scope in cfg.scopes for mode in cfg.modes for dtype in dtypes
-            for batch in cfg.batch_sizes for n in sorted(lengths)]
+            for backend in settings.backends.get(variant, ["default"])
+            for scope in settings.scopes for mode in settings.modes for dtype in dtypes
+            for batch in settings.batch_sizes for n in sorted(lengths)]
+
+
+def variant_cases(config: dict, variant: str, device: str | None = None) -> list[Case]:
+    """Every case of one variant on ``device`` (default: the config's, resolved in this process)."""
+    cfg = bench_settings(config)
+    device = resolve_device(device or config.get("device", "cpu"))
+    return expand_cases(cfg, variant, variant_params(cfg, variant), device)
 
 
 def check_bench(config: dict) -> list[str]:

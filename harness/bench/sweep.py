@@ -3,19 +3,23 @@ then the timing in this process through pytest-benchmark; one result row per cas
 
 ``run_case`` is what each parametrised benchmark in ``benchmarks/test_attention.py`` calls. A case
 that runs out of memory, goes over its time cap, fails or cannot run here (``unavailable``) gets
-a row with that status and no timing, and the sweep goes on.
+a row with that status and no timing, and the sweep goes on. Whatever the timing's outcome, its
+memory is released before the next case (``release_memory``): a case that ran out of GPU memory
+must not leave it held, or the next case's worker finds it taken.
 """
 from __future__ import annotations
 
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import torch
 
-from attnbench.harness.bench.case import Stepper, backend_context, unavailable
+from attnbench.harness.bench.case import Stepper, backend_context, failure_status, unavailable
 from attnbench.harness.bench.settings import BenchConfig, Case
 from attnbench.harness.measure.fresh_process import run_fresh
+from attnbench.harness.measure.memory import is_out_of_memory
 
 # seconds a case's worker may spend beyond its measured steps (starting Python, importing torch)
 STARTUP_S = 60.0
@@ -31,18 +35,23 @@ class SweepEnv:
     workdir: Path
 
     @property
-    def memory_cap_bytes(self) -> int:
-        if self.settings.memory_cap_mb:
-            return self.settings.memory_cap_mb * 2 ** 20
-        if self.device == "cuda":
-            return int(0.8 * torch.cuda.get_device_properties(0).total_memory)
-        return int(0.8 * psutil.virtual_memory().total)
+    def configured_cap_bytes(self) -> int | None:
+        """``bench.memory_cap_mb`` in bytes, None when unset (0)."""
+        return self.settings.memory_cap_mb * 2 ** 20 if self.settings.memory_cap_mb else None
+
+    @property
+    def cpu_memory_cap_bytes(self) -> int:
+        """A CPU case's resident-memory cap, enforced by the parent: configured, else 80% of the RAM."""
+        return self.configured_cap_bytes or int(0.8 * psutil.virtual_memory().total)
 
     def worker_spec(self, case: Case) -> dict:
+        """What the case's worker needs. A CUDA worker gets the configured cap only and sets its own from
+        the GPU memory free when it starts (``case.cap_cuda_memory``)."""
         s = self.settings
+        cap = self.cpu_memory_cap_bytes if self.device == "cpu" else self.configured_cap_bytes
         return {"case": case.to_dict(), "device": self.device, "threads": self.threads, "heads": s.heads,
                 "head_dim": s.head_dim, "mlp_dim": s.mlp_dim, "seed": s.seed, "prime_length": s.prime_length,
-                "time_cap_s": s.time_cap_s, "memory_cap_bytes": self.memory_cap_bytes}
+                "time_cap_s": s.time_cap_s, "memory_cap_bytes": cap}
 
     def worker_timeout_s(self) -> float:
         # priming, the measured step and the counted step; a slower measured step is reported by the worker
@@ -57,12 +66,15 @@ def base_row(case: Case, env: SweepEnv) -> dict:
 
 
 def probe_case(case: Case, env: SweepEnv) -> dict:
-    """The fresh-process part: status, peak memory, cold step time, FLOPs."""
+    """The fresh-process part: status, peak memory, cold step time, FLOPs, and the memory cap it ran under."""
     why_not = unavailable(case, torch.device(env.device))
     if why_not:  # known without starting a process
         return {"status": "unavailable", "message": why_not}
+    cpu_cap = env.cpu_memory_cap_bytes if env.device == "cpu" else None
     result = run_fresh("attnbench.harness.bench.case", env.worker_spec(case), env.worker_timeout_s(), env.workdir,
-                       threads=env.threads, memory_cap_bytes=env.memory_cap_bytes if env.device == "cpu" else None)
+                       threads=env.threads, memory_cap_bytes=cpu_cap)
+    if cpu_cap:
+        result["memory_cap_bytes"] = cpu_cap
     failure = result.pop("failure", None)
     if failure:
         status = {"crash": "failed"}.get(failure, failure)
@@ -70,17 +82,28 @@ def probe_case(case: Case, env: SweepEnv) -> dict:
     return result
 
 
+def release_memory(device: torch.device) -> None:
+    """Give back what a timed case left: its garbage (reference cycles) and, on CUDA, the caching
+    allocator's free blocks, so that the next case's worker finds the GPU memory free."""
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
 def time_case(case: Case, env: SweepEnv, benchmark) -> dict:
-    """Time the case in this process: ``warmup`` untimed then ``repeats`` timed steps (pytest-benchmark)."""
+    """Time the case in this process: ``warmup`` untimed then ``repeats`` timed steps (pytest-benchmark).
+    The stepper (module, inputs, gradients) is dropped and its memory released however timing ends."""
     s = env.settings
     device = torch.device(env.device)
     torch.set_num_threads(env.threads)
-    with backend_context(case.backend):
-        stepper = Stepper(case, s.heads, s.head_dim, s.mlp_dim, device, s.seed)
-        benchmark.pedantic(stepper, rounds=s.repeats, warmup_rounds=s.warmup, iterations=1)
-    del stepper
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
+    stepper = None
+    try:
+        with backend_context(case.backend):
+            stepper = Stepper(case, s.heads, s.head_dim, s.mlp_dim, device, s.seed)
+            benchmark.pedantic(stepper, rounds=s.repeats, warmup_rounds=s.warmup, iterations=1)
+    finally:
+        del stepper
+        release_memory(device)
     st = benchmark.stats.stats
     data = list(st.data)
     return {"median_s": st.median, "min_s": st.min, "max_s": st.max, "iqr_s": st.iqr,
@@ -88,6 +111,13 @@ def time_case(case: Case, env: SweepEnv, benchmark) -> dict:
             "timing_method": (f"pytest-benchmark pedantic: {s.warmup} warm-up then {s.repeats} timed steps, "
                               f"time.perf_counter{' with torch.cuda.synchronize' if device.type == 'cuda' else ''}"
                               " around each step; median")}
+
+
+def timing_failure(exc: Exception) -> dict:
+    """The status and message of a case whose timing raised (out of memory, no SDPA kernel, other)."""
+    message = f"{type(exc).__name__}: {exc}"
+    status = failure_status(message, is_out_of_memory(exc))
+    return {"status": status, "message": f"while timing: {exc if status == 'oom' else message}"[:2000]}
 
 
 def run_case(case: Case, env: SweepEnv, benchmark, round_index: int = 0, probes: dict | None = None) -> dict:
@@ -100,14 +130,15 @@ def run_case(case: Case, env: SweepEnv, benchmark, round_index: int = 0, probes:
     probe = probes[case.id]
     row.update({k: probe.get(k) for k in ("status", "message", "peak_bytes", "reserved_bytes", "peak_method",
                                           "cold_step_s", "params_count", "flops_analytic", "flops_counted",
-                                          "sdpa_kernels", "process_wall_s", "loadavg")})
+                                          "flops_counted_method", "sdpa_kernels", "memory_cap_bytes",
+                                          "process_wall_s", "loadavg")})
     if row["status"] == "ok":
         try:
             row.update(time_case(case, env, benchmark))
-        except torch.OutOfMemoryError as exc:
-            row.update(status="oom", message=f"while timing: {exc}"[:2000])
         except Exception as exc:  # a result, not a crash of the sweep
-            row.update(status="failed", message=f"while timing: {type(exc).__name__}: {exc}"[:2000])
+            row.update(timing_failure(exc))
+        finally:  # here the exception and its traceback, which held the step's tensors, are gone
+            release_memory(torch.device(env.device))
     if row["status"] == "ok":
         row["tokens_per_s"] = case.batch * case.n / row["median_s"]
         row["gflops_per_s"] = row["flops_analytic"] / row["median_s"] / 1e9

@@ -15,7 +15,9 @@ Every implementation and N is measured in a fresh process (``attnbench.harness.c
 of the timed steps after warm-up; peak memory = the first step's peak above the memory before
 it). The peers are in ``attnbench.harness.compare.peers``. A case that fails (peer error, out of memory,
 timeout) is recorded with its error text and the run goes on. Output: a Markdown table on
-stdout and a JSON file (machine info and every case).
+stdout and a JSON file (machine info and every case). With ``--device cuda`` or ``auto`` it first leases
+one GPU of a workstation (``attnbench.harness.measure.gpu_lease``, as ``bench`` and ``train`` do) and
+runs on CUDA's current device, the leased one.
 """
 from __future__ import annotations
 
@@ -35,6 +37,7 @@ import torch
 
 from attnbench.harness.compare.peers import PEERS, Shape, _defaults, _version, missing_modules
 from attnbench.harness.compare.probe import run_worker
+from attnbench.harness.measure.gpu_lease import acquire
 from attnbench.harness.results.environment import capture
 from attnbench.variants import VARIANTS
 
@@ -125,10 +128,11 @@ def run_comparison(args: argparse.Namespace, quiet: bool = False) -> dict:
         return Shape(n, args.batch, args.heads, args.head_dim)
 
     cases, skipped = plan(variants, args.peers, shape_of, ns, args.no_peers)
-    machine = {dev: capture(torch.device(dev if dev == "cpu" else "cuda:0")) for dev in devices}
+    targets = {dev: _torch_device(dev) for dev in devices}  # "cuda" -> this process's (leased) GPU
+    machine = {dev: capture(torch.device(target)) for dev, target in targets.items()}
     for info in machine.values():
         info["torch_threads"] = threads
-        info["gpu"] = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+        info["gpu"] = torch.cuda.get_device_name(torch.cuda.current_device()) if torch.cuda.is_available() else None
         info["peer_packages"] = {d: _version(d) for d in PEER_DISTRIBUTIONS}
     report = {
         "kind": "attnbench compare",
@@ -136,7 +140,8 @@ def run_comparison(args: argparse.Namespace, quiet: bool = False) -> dict:
         "settings": {"n": ns, "batch": args.batch, "heads": args.heads, "head_dim": args.head_dim,
                      "dim": args.heads * args.head_dim, "dtype": "float32", "threads": threads,
                      "warmup": args.warmup, "repeats": args.repeats, "rounds": max(1, args.rounds),
-                     "devices": devices, "seed": args.seed,
+                     "devices": devices, "torch_devices": targets, "seed": args.seed,
+                     "gpu_lease": getattr(args, "gpu_lease", None),
                      "step": "forward + backward of the whole layer (projections included), training mode, "
                              "dropout 0, all tokens real",
                      "mask": "ours gets the all-True key_padding_mask tensor, as the pipeline's model passes it; "
@@ -154,7 +159,7 @@ def run_comparison(args: argparse.Namespace, quiet: bool = False) -> dict:
         log(f"skip {s['variant']}" + (f" vs {s['peer']}" if s.get("peer") else "") + f": {s['reason']}")
     measured: dict[tuple, dict] = {}  # ours with the same settings is measured once and shared
     try:
-        _run_cases(report, cases, devices, args, threads, workdir, measured, log)
+        _run_cases(report, cases, targets, args, threads, workdir, measured, log)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     report["table"] = markdown_table(report)
@@ -162,13 +167,14 @@ def run_comparison(args: argparse.Namespace, quiet: bool = False) -> dict:
     return report
 
 
-def _run_cases(report, cases, devices, args, threads, workdir, measured, log) -> None:
+def _run_cases(report, cases, targets, args, threads, workdir, measured, log) -> None:
+    """Every case on every device (``targets``: "cpu"/"cuda" -> the torch device the workers use)."""
     rounds = max(1, int(args.rounds))
-    for dev in devices:
+    for dev, target in targets.items():
         for case in cases:
             case = {**case, "device": dev}
             base = {"variant": case["variant"], "n": case["n"], "batch": args.batch, "heads": args.heads,
-                    "head_dim": args.head_dim, "threads": threads, "device": dev if dev == "cpu" else "cuda:0",
+                    "head_dim": args.head_dim, "threads": threads, "device": target,
                     "warmup": args.warmup, "repeats": args.repeats, "seed": args.seed,
                     "peer_modules": list(args.peer_module or ())}
             what = f"{case['variant']}" + (f" vs {case['peer']}" if case["peer"] else "") + f" N={case['n']} {dev}"
@@ -298,6 +304,22 @@ def _devices(choice: str) -> list[str]:
     return [choice]
 
 
+def _torch_device(dev: str) -> str:
+    """The torch device of "cpu" or "cuda": CUDA's current device, which after a GPU lease is the leased
+    one (``CUDA_VISIBLE_DEVICES`` then lists it alone), never a hard-coded index."""
+    return "cpu" if dev == "cpu" else f"cuda:{torch.cuda.current_device()}"
+
+
+def lease_gpu(device: str) -> dict | None:
+    """Lease one GPU of a workstation for this run (``--device cuda`` or ``auto``), before anything touches
+    ``torch.cuda``: the lease sets ``CUDA_VISIBLE_DEVICES``, which CUDA reads once. None: no lease taken
+    (a CPU run, SLURM, or no GPU); the workers inherit the lease's ``CUDA_VISIBLE_DEVICES``."""
+    lease = acquire(device)
+    if lease:
+        _progress(f"gpu lease: device {lease['index']} (CUDA_VISIBLE_DEVICES={lease['cuda_visible_devices']})")
+    return lease
+
+
 def _default_variants() -> list[str]:
     names = VARIANTS.names()
     ordered = [v for v in VARIANT_ORDER if v in names] + [v for v in names if v not in VARIANT_ORDER]
@@ -350,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
         args.out = str(Path("results/compare") / f"compare-{stamp}.json")
     if args.repeats < 1:
         raise SystemExit("--repeats must be at least 1")
+    args.gpu_lease = lease_gpu(args.device)
     report = run_comparison(args)
     print()
     print(report["table"])

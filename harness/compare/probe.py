@@ -5,8 +5,8 @@ of our variant or of a peer, for ``attnbench compare`` and the memory-scaling te
 result; ``measure_in_process(spec)`` is what that process runs:
 - torch threads fixed (``spec["threads"]``; OMP/MKL threads set to match);
 - training mode (dropout 0): random hashes/blocks/features are drawn as in training;
-- every token real: ours gets the all-True ``key_padding_mask`` tensor (the pipeline's model
-  always passes one); a peer gets it in its library's form;
+- every token real: ours and the peers get ``key_padding_mask=None``, as the pipeline's model
+  passes for a batch without padding (a peer builds its library's all-real mask where it needs one);
 - peak memory: the peak of the first forward+backward step above the memory just before it
   (``attnbench.harness.measure.memory.PeakMemory``);
 - time: after warm-up, ``repeats`` timed steps (perf_counter, the device synchronised).
@@ -83,7 +83,7 @@ def _measure(spec: dict) -> dict:
     b, n, dim = spec["batch"], spec["n"], spec["heads"] * spec["head_dim"]
     x = torch.randn(b, n, dim, generator=gen).to(device).requires_grad_(True)
     grad_out = torch.randn(b, n, dim, generator=gen).to(device)
-    mask = torch.ones(b, n, dtype=torch.bool, device=device)
+    mask = None  # every token real
     n_params = sum(p.numel() for p in module.parameters())
 
     def clear():
