@@ -9,7 +9,7 @@ CORES ?= $(shell nproc 2>/dev/null || echo 2)
 # nothing is fetched at run time: the default config uses generated and shipped data
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
 
-.PHONY: install run test lint clean
+.PHONY: install run test lint gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -31,6 +31,18 @@ lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/snakemake --lint
+
+# On a machine with a CUDA GPU, about 10 minutes (README, "On a GPU"): installs the gpu extra (xformers), then
+# scripts/gpu_check.py: the CUDA tests, ListOps with every variant in bf16, the sweep to 16K tokens, and one table
+# (results/gpu_check/summary.md). ARGS go to the script: `make gpu-check ARGS=--dry-run` prints the plan and its
+# time budget and checks its config, on any machine, without the gpu extra.
+gpu-check: install
+	$(if $(filter --dry-run,$(ARGS)),,$(MAKE) --no-print-directory $(VENV)/.installed-gpu)
+	$(OFFLINE) $(BIN)/python scripts/gpu_check.py $(ARGS)
+
+$(VENV)/.installed-gpu: pyproject.toml
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,gpu]'
+	touch $@
 
 clean:
 	rm -rf results reports logs data .snakemake

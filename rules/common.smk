@@ -9,7 +9,14 @@ from snakemake.exceptions import WorkflowError
 
 from attnbench.harness.bench.files import sweep_param
 from attnbench.harness.bench.settings import bench_settings, bench_variants
-from attnbench.harness.config import ConfigError, planned_runs, resolve_run, task_data_params, validate_config
+from attnbench.harness.config import (
+    ConfigError,
+    planned_runs,
+    resolve_run,
+    task_data_params,
+    task_resources,
+    validate_config,
+)
 from attnbench.harness.core import paths
 from attnbench.tasks.base import build_task, data_key
 from snakemake.logging import logger
@@ -20,12 +27,17 @@ except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
 
-def rule_resources(group, gpu=False):
+def rule_resources(group, gpu=False, per_task=False):
     """A rule's `resources:` from the config's `resources.<group>` (config/schema.yaml): `runtime` in
     minutes and `mem_mb`, plus `gpu=1` on a GPU rule (train, distill, bench_variant) when `device` is not
-    cpu (cuda or auto). Data preparation, aggregation and the report never ask for a GPU."""
+    cpu (cuda or auto). Data preparation, aggregation and the report never ask for a GPU. `per_task`: the
+    rule has a {task} wildcard, and `tasks.<task>.resources.<group>` overrides the group's values."""
     settings = config["resources"][group]
-    resources = {"runtime": settings["runtime_min"], "mem_mb": settings["mem_mb"]}
+    if per_task:
+        resources = {"runtime": lambda wc: task_resources(config, wc.task, group)["runtime_min"],
+                     "mem_mb": lambda wc: task_resources(config, wc.task, group)["mem_mb"]}
+    else:
+        resources = {"runtime": settings["runtime_min"], "mem_mb": settings["mem_mb"]}
     if gpu and config["device"] != "cpu":
         resources["gpu"] = 1
     return resources

@@ -8,7 +8,7 @@ rule prepare_data:
     params:
         data=get_data_json,
     resources:
-        **rule_resources("prepare"),
+        **rule_resources("prepare", per_task=True),
     log:
         "logs/prepare/{task}/{key}.log",
     conda:

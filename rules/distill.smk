@@ -22,7 +22,7 @@ rule distill:
         variant=one_of(STUDENTS),
     threads: config["threads"]
     resources:
-        **rule_resources("distill", gpu=True),
+        **rule_resources("distill", gpu=True, per_task=True),
     log:
         "logs/distill/{task}/{variant}/seed{seed}.log",
     conda:

@@ -15,7 +15,7 @@ rule train:
         variant=one_of(VARIANTS),
     threads: config["threads"]
     resources:
-        **rule_resources("train", gpu=True),
+        **rule_resources("train", gpu=True, per_task=True),
     log:
         "logs/train/{task}/{variant}/seed{seed}.log",
     conda:

@@ -8,6 +8,7 @@ import re
 import pytest
 import yaml
 
+from attnbench.harness.config import task_resources, validate_config
 from test_pipeline_e2e import REPO, empty_hf_cache, planned_jobs, snakemake
 
 GPU_RULES = {"train", "distill", "bench_variant"}
@@ -20,7 +21,11 @@ def planned_resources(result) -> dict[str, list[dict[str, str]]]:
     for rule, body in re.findall(r"^rule (\w+):\n((?:    .*\n)+)", out, re.M):
         line = re.search(r"^    resources: (.*)$", body, re.M)
         pairs = line.group(1).split(", ") if line else []
-        found.setdefault(rule, []).append(dict(p.split("=", 1) for p in pairs))
+        job = dict(p.split("=", 1) for p in pairs)
+        task = re.search(r"^    wildcards: .*\btask=(\w+)", body, re.M)
+        if task:
+            job["_task"] = task.group(1)
+        found.setdefault(rule, []).append(job)
     return found
 
 
@@ -45,14 +50,19 @@ def test_profile_plans_the_lra_grid_with_a_gpu_per_training_job(tmp_path, profil
     assert jobs["prepare_data"] == tasks and jobs["distill"] == tasks * students and jobs["train"] == tasks * variants
     assert jobs["bench_variant"] == variants
     res = planned_resources(result)
-    want = lra["resources"]
+    config = validate_config(lra)
     groups = {"prepare_data": "prepare", "train": "train", "distill": "distill", "bench_variant": "bench",
               "aggregate": "report", "bench_aggregate": "report", "report": "report"}
     for rule, group in groups.items():
         assert len(res[rule]) == jobs[rule]
         for job in res[rule]:
-            assert (job["runtime"], job["mem_mb"]) == (str(want[group]["runtime_min"]), str(want[group]["mem_mb"]))
+            # a task's own resources (Path-X's longer limit) over the group's, for its prepare/train/distill jobs
+            want = task_resources(config, job["_task"], group) if "_task" in job else config["resources"][group]
+            assert (job["runtime"], job["mem_mb"]) == (str(want["runtime_min"]), str(want["mem_mb"])), (rule, job)
             assert job.get("gpu") == ("1" if rule in GPU_RULES else None), (rule, job)
+    pathx_train = [job for job in res["train"] if job["_task"] == "pathx"]
+    assert pathx_train and {job["runtime"] for job in pathx_train} == {"1620"}
+    assert {job["runtime"] for job in res["train"] if job["_task"] != "pathx"} == {"120"}
     if profile == "slurm":  # the profile's defaults, with the placeholders taken from the environment
         job = res["train"][0]
         assert (job["slurm_partition"], job["slurm_account"], job["tasks_per_gpu"]) == ("gpu", "proj", "0")
@@ -87,6 +97,19 @@ def test_default_resources_are_filled_from_the_schema():
             expected["runtime_min"] = 600  # given (as text, as `--config` passes it), kept as a number
         assert config["resources"][group] == expected, group
         assert prop["description"] and all(p["description"] for p in prop["properties"].values())
+
+
+def test_a_task_overrides_the_resources_of_its_own_jobs():
+    config = validate_config({"variants": {"full": {}}, "tasks": {
+        "listops": {"resources": {"train": {"runtime_min": 900}}}, "text": {}},
+        "resources": {"train": {"runtime_min": 60, "mem_mb": 3000}}})
+    assert task_resources(config, "listops", "train") == {"runtime_min": 900, "mem_mb": 3000}
+    assert task_resources(config, "text", "train") == {"runtime_min": 60, "mem_mb": 3000}
+    assert task_resources(config, "listops", "distill") == config["resources"]["distill"]
+    from attnbench.harness.config import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown key 'tasks.listops.resources.bench'"):
+        validate_config({"variants": {"full": {}}, "tasks": {"listops": {"resources": {"bench": {}}}}})
 
 
 def test_unknown_resources_key_is_rejected():

@@ -99,6 +99,13 @@ def resolve_run(config: dict, task: str, variant: str, seed: int, method: str = 
     return run
 
 
+def task_resources(config: dict, task: str, group: str) -> dict:
+    """What one of ``task``'s jobs of rule ``group`` asks its scheduler for: ``resources.<group>``
+    with ``tasks.<task>.resources.<group>`` over it."""
+    own = (config["tasks"][task].get("resources") or {}).get(group) or {}
+    return {**config["resources"][group], **own}
+
+
 def check_runs(config: dict) -> list[str]:
     """Problems of the run grid that the schema cannot express: each run's micro-batches, and the
     ``distill:`` section against the variants and tasks."""

@@ -63,8 +63,23 @@ def _registry_mapping(prop: dict, entries: dict[str, dict]) -> dict:
     return {**prop, "properties": entries, "additionalProperties": False}
 
 
-def _task_entry(entry, model: dict, train: dict) -> dict:
-    """The schema of one task's section: data settings, optional, model/train overrides, per_variant."""
+#: the rule groups whose `resources:` a task may override for its own jobs
+TASK_RESOURCE_GROUPS = ("prepare", "train", "distill")
+
+
+def _task_resources(resources_schema: dict) -> dict:
+    """The schema of a task's ``resources``: overrides of the top-level groups whose jobs are per task."""
+    groups = {g: {**strip_defaults(resources_schema["properties"][g]),
+                  "description": f"overrides of resources.{g} for this task's {g} jobs"}
+              for g in TASK_RESOURCE_GROUPS}
+    return {"type": "object", "additionalProperties": False, "properties": groups,
+            "description": ("overrides of the top-level `resources` for this task's jobs (prepare, train, distill): "
+                            "a long task's runs ask its scheduler for more time without every other task's "
+                            "runs asking for as much")}
+
+
+def _task_entry(entry, model: dict, train: dict, resources_schema: dict) -> dict:
+    """The schema of one task's section: data settings, optional, model/train overrides, per_variant, resources."""
     per_variant = {
         v: {"type": "object", "additionalProperties": False, "properties": {
             "model": {**strip_defaults(model), "description": f"model settings of {v} on {entry.name}"},
@@ -86,6 +101,7 @@ def _task_entry(entry, model: dict, train: dict) -> dict:
                  "description": ("variant name -> {model, train, params}: overrides for that variant on this task "
                                  "(LRA gave each model its own size on Image and Pathfinder; an LSH bucket count "
                                  "suits one length)")}, per_variant),
+            "resources": _task_resources(resources_schema),
         },
     }
 
@@ -106,7 +122,9 @@ def build_schema() -> dict[str, Any]:
         elif prop.get("x-registry") == "variant":
             schema["properties"][key] = _registry_mapping(prop, _variant_entries(False))
         elif prop.get("x-registry") == "task":
-            schema["properties"][key] = _registry_mapping(prop, {e.name: _task_entry(e, model, train) for e in TASKS})
+            task_resources = schema["properties"]["resources"]
+            schema["properties"][key] = _registry_mapping(
+                prop, {e.name: _task_entry(e, model, train, task_resources) for e in TASKS})
     return schema
 
 
