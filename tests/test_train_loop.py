@@ -253,3 +253,34 @@ def test_cuda_record_names_the_gpu(tmp_path, tiny_listops_data):
     assert env["compute_capability"] and env["gpu_uuid"].startswith("GPU-") and env["cudnn"]
     assert record["training"]["precision"] == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
     assert "CUDA events" in record["efficiency"]["timing_method"]
+
+
+def test_padding_flags_and_device_split_batches_on_cpu(monkeypatch):
+    from attnbench.harness.run import batches
+
+    monkeypatch.setattr(batches, "FLAG_CHUNK", 3)  # several chunks
+    tokens = torch.tensor([[1, 2, 0], [3, 4, 5], [6, 0, 0], [7, 8, 9], [1, 1, 1], [0, 0, 0], [2, 2, 2]])
+    flags = batches.padding_flags(tokens, pad_id=0)
+    assert flags.tolist() == [True, False, True, False, False, True, False]
+    split = batches.DeviceSplit({"tokens": tokens, "labels": torch.arange(7)}, 0, torch.device("cpu"))
+    x, y, padded = split.batch(torch.tensor([1, 3, 4]))
+    assert x.tolist() == [[3, 4, 5], [7, 8, 9], [1, 1, 1]] and y.tolist() == [1, 3, 4] and padded is False
+    assert split.batch(torch.tensor([1, 2]))[2] is True
+    assert split.slice(5, 10)[1].tolist() == [5, 6]
+    paired = batches.padding_flags(torch.tensor([[[1, 2], [3, 0]], [[1, 2], [3, 4]]]), pad_id=0)
+    assert paired.tolist() == [True, False]  # a pair: either document's padding counts
+
+
+@cuda_only
+def test_cuda_split_resident_or_pinned_gives_the_same_batches():
+    from attnbench.harness.run.batches import DeviceSplit
+
+    tokens = torch.randint(0, 9, (40, 16))
+    split = {"tokens": tokens, "labels": torch.arange(40)}
+    resident = DeviceSplit(split, 0, torch.device("cuda"))
+    streamed = DeviceSplit(split, 0, torch.device("cuda"), budget_bytes=0)
+    assert resident.resident and not streamed.resident
+    idx = torch.randperm(40)[:8]
+    for got in (resident.batch(idx), streamed.batch(idx)):
+        assert got[0].is_cuda and torch.equal(got[0].cpu(), tokens[idx]) and torch.equal(got[1].cpu(), idx)
+        assert got[2] == bool((tokens[idx] == 0).any())

@@ -16,9 +16,16 @@ BUDGET_CAP_BYTES = 2 * 2 ** 30
 BUDGET_FRACTION_OF_FREE = 0.25
 
 
+#: examples compared with the padding id at a time (a comparison makes a bool copy of what it reads)
+FLAG_CHUNK = 4096
+
+
 def padding_flags(tokens: torch.Tensor, pad_id: int) -> np.ndarray:
-    """(n,) bool: whether each example (a pair's two documents together) holds a padding token."""
-    return (tokens == pad_id).reshape(tokens.shape[0], -1).any(dim=1).numpy()
+    """(n,) bool: whether each example (a pair's two documents together) holds a padding token.
+    Computed a chunk of examples at a time, so Path-X's split needs no second copy of its size."""
+    flat = tokens.reshape(tokens.shape[0], -1)
+    return np.concatenate([(flat[i:i + FLAG_CHUNK] == pad_id).any(dim=1).numpy()
+                           for i in range(0, flat.shape[0], FLAG_CHUNK)] or [np.zeros(0, dtype=bool)])
 
 
 def device_budget_bytes(device: torch.device) -> int:
