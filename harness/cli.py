@@ -1,5 +1,5 @@
-"""The ``attnbench`` command line: list, schema, check-config, prepare, train (or distil), aggregate,
-bench, aggregate-bench, report (and compare)."""
+"""The ``attnbench`` command line: list, schema, check-config, prepare, train (or distil), check-variant,
+new-variant, aggregate, bench, aggregate-bench, report (and compare)."""
 from __future__ import annotations
 
 import argparse
@@ -26,12 +26,16 @@ def cmd_list(args) -> int:
     from attnbench.tasks import TASKS
     from attnbench.variants import VARIANTS
 
+    if args.config:  # its `from:` variants join the built-in and installed ones
+        _load(args)
     for title, registry in (("Variants", VARIANTS), ("Tasks", TASKS)):
         print(f"{title}:")
         for entry in registry:
             flags = ""
             if registry is VARIANTS:
-                flags = f"  [{entry.cls.complexity}{'; exact' if entry.cls.exact else ''}]"
+                source = VARIANTS.source(entry.name)
+                flags = (f"  [{entry.cls.complexity}{'; exact' if entry.cls.exact else ''}]"
+                         + (f"  (from {source})" if source else ""))
             print(f"  {entry.name}: {entry.description}{flags}")
             props = dataclass_schema(entry.config)["properties"]
             if not props:
@@ -88,6 +92,10 @@ def cmd_train(args) -> int:
             raise SystemExit(f"--{key} {want} does not match the run config's {run[key]['name']}")
     if run["seed"] != args.seed:
         raise SystemExit(f"--seed {args.seed} does not match the run config's seed {run['seed']}")
+    if run["variant"].get("source"):  # a variant from outside the repository: the run says where it lives
+        from attnbench.variants import VARIANTS
+
+        VARIANTS.register_source(run["variant"]["name"], run["variant"]["source"], export=True)
     # Lease one GPU before anything touches torch.cuda (it sets CUDA_VISIBLE_DEVICES).
     from attnbench.harness.measure.gpu_lease import acquire
 
@@ -107,6 +115,37 @@ def cmd_train(args) -> int:
     else:
         record = train_run(run, data, out, bar=args.progress)
     return 0 if record["status"] != "failed" or not args.strict else 1
+
+
+def cmd_check_variant(args) -> int:
+    from attnbench.harness.conformance.checks import FAST_CHECKS, run_checks
+    from attnbench.variants import VARIANTS
+
+    name = args.name or args.source.partition(":")[0].rsplit(".", 1)[-1]
+    VARIANTS.register_source(name, args.source, export=True)  # exported: the memory check's processes load it
+    results = run_checks(name, FAST_CHECKS if args.no_memory else None)
+    width = max(len(r.check) for r in results)
+    print(f"{args.source} as variant {name!r}:")
+    for r in results:
+        print(f"  {r.status.upper():4}  {r.check:{width}}  {r.detail}")
+    failed = [r.check for r in results if r.status == "fail"]
+    print(f"{len(results) - len(failed)} of {len(results)} checks passed or do not apply"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+def cmd_new_variant(args) -> int:
+    from attnbench.harness.conformance.template import write_template
+
+    try:
+        path, cls = write_template(args.name, Path(args.dir), force=args.force)
+    except (ValueError, FileExistsError) as exc:
+        print(f"attnbench new-variant: {exc}", file=sys.stderr)
+        return 2
+    print(f"wrote {path} (class {cls}: full softmax attention, to replace with your mechanism)\n"
+          f"check it:  cd {path.parent} && attnbench check-variant {args.name}:{cls}\n"
+          f"use it:    variants: {{{args.name}: {{from: \"{args.name}:{cls}\"}}}} in a config")
+    return 0
 
 
 def cmd_aggregate(args) -> int:
@@ -175,7 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "editable install this checkout's)")
         return sp
 
-    sub.add_parser("list", help="registered variants and tasks with their parameters").set_defaults(func=cmd_list)
+    sp = with_config(sub.add_parser("list", help="registered variants and tasks with their parameters (with "
+                                    "--config: also the config's variants from outside the repository)"))
+    sp.set_defaults(func=cmd_list, config=None)
     sub.add_parser("schema", help="print the complete config JSON schema").set_defaults(func=cmd_schema)
     sp = with_config(sub.add_parser("check-config", help="validate a config (and print it resolved with --show)"))
     sp.add_argument("--show", action="store_true")
@@ -204,6 +245,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="progress bar (default: when stderr is a terminal)")
     sp.add_argument("--strict", action="store_true", help="exit 1 when the run's status is 'failed'")
     sp.set_defaults(func=cmd_train)
+
+    sp = sub.add_parser("check-variant", help="run the conformance checks of every variant on your attention class")
+    sp.add_argument("source", help="package.module:ClassName, importable from the current folder or PYTHONPATH")
+    sp.add_argument("--name", help="the name to register it under (default: the module's last part)")
+    sp.add_argument("--no-memory", action="store_true",
+                    help="skip the linear-memory check (it measures two fresh processes, a few seconds)")
+    sp.set_defaults(func=cmd_check_variant)
+
+    sp = sub.add_parser("new-variant", help="write NAME.py: a new attention variant to start from (passes "
+                        "check-variant as written)")
+    sp.add_argument("name", help="the module and variant name (a Python identifier)")
+    sp.add_argument("--dir", default=".", help="folder to write it in (default: the current one)")
+    sp.add_argument("--force", action="store_true", help="overwrite an existing NAME.py")
+    sp.set_defaults(func=cmd_new_variant)
 
     sp = sub.add_parser("aggregate", help="collect run records into a summary table")
     sp.add_argument("--runs", default=str(paths.RUNS), help="folder searched for record.json files")
@@ -244,7 +299,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from attnbench.harness.config import ConfigError
-    from attnbench.harness.core.registry import UnknownNameError
+    from attnbench.harness.core.registry import ExternalComponentError, UnknownNameError
     from attnbench.tasks.base import DataError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -255,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, UnknownNameError, DataError) as exc:
+    except (ConfigError, UnknownNameError, DataError, ExternalComponentError) as exc:
         print(f"attnbench: error: {exc}", file=sys.stderr)
         return 2
 

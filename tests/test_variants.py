@@ -1,4 +1,4 @@
-"""Every registered attention variant: shapes, gradients, padding; exact ones against the reference.
+"""Every registered attention variant: the conformance checks; exact ones against the reference.
 
 Tests iterate over the registry, so a new variant file is tested without editing this file.
 """
@@ -10,6 +10,7 @@ import pytest
 import torch
 from torch import nn
 
+from attnbench.harness.conformance.checks import FAST_CHECKS, run_checks
 from attnbench.harness.core.registry import UnknownNameError
 from attnbench.variants import VARIANTS, Attention, build_attention
 from attnbench.variants.reference import explicit_softmax_attention
@@ -44,74 +45,16 @@ def test_registry_is_not_empty_and_has_full():
     assert any(e.cls.exact for e in ENTRIES)
 
 
+@pytest.mark.parametrize("check", FAST_CHECKS)
 @pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
-def test_entry_metadata(entry):
-    assert issubclass(entry.cls, Attention)
-    assert entry.description, f"{entry.name}: the class needs a docstring (its first line is the description)"
-    assert isinstance(entry.cls.complexity, str) and entry.cls.complexity
-    layer = make(entry)
-    try:
-        flops = layer.flops(2, 32)
-    except NotImplementedError:
-        return
-    assert isinstance(flops, int) and flops > 0
-    assert layer.flops(2, 64) > flops and layer.flops(4, 32) > flops
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
-def test_output_shape(entry, dtype):
-    layer = make(entry, dtype)
-    x = randn(BATCH, N, DIM, dtype=dtype)
-    out = layer(x)
-    assert out.shape == (BATCH, N, DIM) and out.dtype == dtype
-    assert torch.isfinite(out).all()
-    if entry.cls.supports_padding_mask:
-        out = layer(x, lengths_mask([N, N - 3, 2], N))
-        assert out.shape == (BATCH, N, DIM)
-        assert torch.isfinite(out).all()
-
-
-@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
-def test_gradients_finite_for_every_parameter(entry):
-    layer = make(entry, torch.float32).train()
-    x = randn(BATCH, N, DIM, dtype=torch.float32).requires_grad_()
-    mask = lengths_mask([N, N - 4, 5], N) if entry.cls.supports_padding_mask else None
-    out = layer(x, mask)
-    (out * randn(*out.shape, seed=2, dtype=torch.float32)).sum().backward()
-    assert torch.isfinite(x.grad).all()
-    for name, p in layer.named_parameters():
-        assert p.grad is not None, f"{entry.name}: parameter {name} gets no gradient"
-        assert torch.isfinite(p.grad).all(), f"{entry.name}: non-finite gradient for {name}"
-        assert p.grad.abs().sum() > 0, f"{entry.name}: zero gradient for {name}"
-
-
-@pytest.mark.parametrize("entry", PADDABLE, ids=[e.name for e in PADDABLE])
-def test_padding_invariance(entry):
-    """Appending padded positions (mask False) leaves the real tokens' outputs unchanged."""
-    layer = make(entry)
-    x = randn(BATCH, N, DIM)
-    ref = layer(x, torch.ones(BATCH, N, dtype=torch.bool))
-    ref_nomask = layer(x)
-    torch.testing.assert_close(ref, ref_nomask, rtol=0, atol=1e-10)
-    for pad in (1, 7):
-        junk = randn(BATCH, pad, DIM, seed=10 + pad) * 100  # whatever sits in the padding must not matter
-        xp = torch.cat([x, junk], dim=1)
-        mask = torch.cat([torch.ones(BATCH, N, dtype=torch.bool), torch.zeros(BATCH, pad, dtype=torch.bool)], 1)
-        out = layer(xp, mask)
-        torch.testing.assert_close(out[:, :N], ref, rtol=0, atol=1e-10)
-
-
-@pytest.mark.parametrize("entry", PADDABLE, ids=[e.name for e in PADDABLE])
-def test_padding_per_batch_element(entry):
-    """Ragged lengths in one batch: each element's real outputs equal running it alone, unpadded."""
-    layer = make(entry)
-    lengths = [N, 5, 9]
-    x = randn(BATCH, N, DIM)
-    out = layer(x, lengths_mask(lengths, N))
-    for b, n in enumerate(lengths):
-        alone = layer(x[b:b + 1, :n])
-        torch.testing.assert_close(out[b:b + 1, :n], alone, rtol=0, atol=1e-10)
+def test_conformance(entry, check):
+    """The checks `attnbench check-variant` runs on a user's class (harness/conformance/checks.py):
+    interface, construction errors, shapes and dtypes, gradients, padding invariance, padding per
+    element, eval determinism, flops, max_len. (Linear memory: tests/test_memory_scaling.py.)"""
+    (result,) = run_checks(entry.name, [check])
+    if result.status == "skip":
+        pytest.skip(result.detail)
+    assert result.status == "pass", f"{entry.name}, {check}: {result.detail}"
 
 
 # ---------------------------------------------------------------- the reference, anchored by hand
@@ -216,12 +159,3 @@ def test_unknown_variant_lists_known_names():
     for name in IDS:
         assert name in msg
     assert isinstance(info.value, KeyError)
-
-
-@pytest.mark.parametrize("entry", ENTRIES, ids=IDS)
-def test_unknown_parameter_and_bad_heads_rejected(entry):
-    with pytest.raises(ValueError) as info:
-        build_attention(entry.name, DIM, HEADS, {"no_such_param": 1}, max_len=MAX_LEN)
-    assert "no_such_param" in str(info.value)
-    with pytest.raises(ValueError, match="divisible"):
-        build_attention(entry.name, 10, 3, max_len=MAX_LEN)

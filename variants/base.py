@@ -8,8 +8,6 @@ from torch import nn
 
 from attnbench.harness.core.registry import Registry
 
-VARIANTS = Registry("variant", "attnbench.variants")
-
 
 def padding_mask_or_none(key_padding_mask: torch.Tensor | None) -> torch.Tensor | None:
     """The mask, or None when it masks nothing and that is known without a device sync.
@@ -119,3 +117,9 @@ class Attention(nn.Module):
     def flops(self, batch: int, seq_len: int) -> int:
         """Analytic forward FLOPs of the layer for one (batch, seq_len) shape."""
         raise NotImplementedError
+
+
+#: every attention variant: the files of this package, installed packages' ``attnbench.variants``
+#: entry points, and the variants a config names with ``from: package.module:Class``
+VARIANTS = Registry("variant", "attnbench.variants", entry_points="attnbench.variants",
+                    env="ATTNBENCH_VARIANTS", base=Attention)

@@ -24,6 +24,7 @@ from attnbench.harness.bench.settings import (
 from attnbench.harness.core import resources
 from attnbench.harness.core.io import atomic_write_text, write_table
 from attnbench.harness.core.registry import build_dataclass
+from attnbench.variants import VARIANTS
 
 MIB = 2 ** 20
 
@@ -41,9 +42,11 @@ def sweep_plan(config: dict, variant: str, workdir: Path) -> dict:
     ``auto``), the ``bench:`` settings and the variant's parameters. The job that runs it expands it into
     cases (``expand_sweep``) where it runs, so a plan made on a GPU-less login node still sweeps the GPU."""
     settings = bench_settings(config)
-    return {"variant": variant, "device": config.get("device", "cpu"),
+    plan = {"variant": variant, "device": config.get("device", "cpu"),
             "settings": json.loads(json.dumps(dataclasses.asdict(settings))),
             "params": variant_params(settings, variant), "workdir": str(workdir)}
+    source = VARIANTS.source(variant)
+    return {**plan, "source": source} if source else plan  # a variant from outside: where the job loads it
 
 
 def sweep_param(config: dict, variant: str, workdir: Path) -> str:
@@ -56,6 +59,8 @@ def expand_sweep(plan: dict, cores: int) -> dict:
     """What ``benchmarks/conftest.py`` reads: the plan with its device resolved in this process (call it
     after the GPU lease), the torch threads of a job holding ``cores`` cores, and every case. A sweep that
     already lists its cases keeps them (its device still resolved)."""
+    if plan.get("source"):  # exported: the sweep's pytest process and each case's worker load it too
+        VARIANTS.register_source(plan["variant"], plan["source"], export=True)
     settings = build_dataclass(BenchConfig, plan["settings"], "bench")
     device = resolve_device(plan["device"])
     sweep = {**plan, "configured_device": plan.get("configured_device", plan["device"]), "device": device,

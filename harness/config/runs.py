@@ -39,6 +39,14 @@ def variant_params(config: dict, task: str, variant: str) -> dict:
     return {**config["variants"].get(variant, {}), **per_variant.get("params", {})}
 
 
+def variant_entry(variant: str, params: dict) -> dict:
+    """A run's ``variant``: its name and full parameters, and for a variant from outside the
+    repository its ``source`` (``package.module:Class``), so that the run's job can load it."""
+    entry = {"name": variant, "params": as_dict(VARIANTS.make_config(variant, params))}
+    source = VARIANTS.source(variant)
+    return {**entry, "source": source} if source else entry
+
+
 def planned_runs(config: dict, tasks: list[str] | None = None) -> list[RunKey]:
     """Every run of the config (on ``tasks``, default all): each variant from labels, then each
     distilled student, per task and seed."""
@@ -58,7 +66,7 @@ def _labels_run(config: dict, task: str, variant: str, seed: int, params: dict) 
     data = task_data_params(config, task)
     return {
         "task": {"name": task, "data": data, "data_key": data_key(task, data)},
-        "variant": {"name": variant, "params": as_dict(VARIANTS.make_config(variant, params))},
+        "variant": variant_entry(variant, params),
         "model": as_dict(model),
         "train": as_dict(train),
         "method": {"name": "labels"},

@@ -16,6 +16,8 @@ from attnbench.harness.bench.settings import check_bench
 from attnbench.harness.config.runs import check_runs, migrate
 from attnbench.harness.config.schema import ConfigError, apply_defaults, build_schema, coerce_numbers, format_error
 from attnbench.harness.core import resources
+from attnbench.harness.core.registry import ExternalComponentError
+from attnbench.variants import VARIANTS
 
 DEFAULT_CONFIG = resources.default_config()
 
@@ -39,15 +41,54 @@ def _normalise(config: dict) -> dict:
     return config
 
 
+def register_external_variants(config: dict) -> list[str]:
+    """Register the variants the config brings from outside the repository, before the schema is
+    built from the registry: ``variants: {name: {from: "package.module:Class", params: {...}}}``
+    becomes ``variants: {name: {...params}}`` plus ``variant_sources: {name: "package.module:Class"}``
+    (the form a validated config keeps, so validating it again registers the same). Registered with
+    ``export``: the jobs and worker processes started from here find them too. Returns the names
+    given with ``from`` (their parameters' errors are reported under ``params``, where they were)."""
+    variants, problems, given = config.get("variants"), [], []
+    sources = config.get("variant_sources")
+    if sources is None or not isinstance(sources, dict):
+        sources = config["variant_sources"] = {} if sources is None else sources
+    if isinstance(variants, dict):
+        for name, entry in variants.items():
+            if isinstance(entry, dict) and "from" in entry:
+                extra = sorted(set(entry) - {"from", "params"})
+                if extra:
+                    problems.append(f"'variants.{name}': a variant given with 'from' takes only 'from' and 'params'; "
+                                    f"move {', '.join(repr(e) for e in extra)} under 'params'")
+                if not isinstance(entry["from"], str):
+                    problems.append(f"'variants.{name}.from' is {entry['from']!r}; expected 'package.module:Class'")
+                    continue
+                sources[name] = entry["from"]
+                variants[name] = entry.get("params") or {}
+                given.append(name)
+    for name, source in sources.items() if isinstance(sources, dict) else ():
+        try:
+            VARIANTS.register_source(name, source, export=True)
+        except ExternalComponentError as exc:
+            problems.append(f"'variants.{name}.from': {exc}")
+    if problems:
+        raise ConfigError.of(problems)
+    return given
+
+
 def validate_config(config: dict) -> dict:
     """Validate, fill in defaults and return the config (``config`` itself is updated too,
     so a Snakefile can pass its global ``config``)."""
+    normalised = _normalise(config)
+    given = register_external_variants(normalised)
     schema = build_schema()
-    normalised = coerce_numbers(schema, _normalise(config))
+    normalised = coerce_numbers(schema, normalised)
     errors = sorted(Draft202012Validator(schema).iter_errors(normalised),
                     key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
-        raise ConfigError.of(sorted({format_error(e) for e in errors}))
+        lines = {format_error(e) for e in errors}
+        for name in given:  # where the user wrote them: under the variant's `params`
+            lines = {line.replace(f"'variants.{name}.", f"'variants.{name}.params.") for line in lines}
+        raise ConfigError.of(sorted(lines))
     apply_defaults(schema, normalised)
     for section, params in normalised["tasks"].items():  # model dim/heads compatibility
         for variant, over in {"": {}, **params.get("per_variant", {})}.items():

@@ -10,7 +10,10 @@ from __future__ import annotations
 import copy
 import dataclasses
 import importlib
+import importlib.metadata
+import os
 import pkgutil
+import sys
 import types
 import typing
 from collections.abc import Callable
@@ -32,12 +35,46 @@ class Entry:
     description: str
 
 
+class ExternalComponentError(ValueError):
+    """A component named from outside the package (``module:Class``) that cannot be used."""
+
+
+def load_object(source: str) -> Any:
+    """The object ``module.path:Attr`` names, imported from the current folder or ``sys.path``
+    (the current folder is added to ``sys.path`` as ``python -m`` would: a console script such
+    as ``attnbench`` does not have it)."""
+    module_name, sep, attr = source.partition(":")
+    if not sep or not module_name or not attr:
+        raise ExternalComponentError(f"{source!r} is not of the form 'package.module:ClassName'")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ExternalComponentError(f"cannot import module {module_name!r} of {source!r} ({exc}); is its folder "
+                                     "the current one, on PYTHONPATH, or installed?") from exc
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ExternalComponentError(f"module {module_name!r} has no {attr!r} (from {source!r})")
+        obj = getattr(obj, part)
+    return obj
+
+
 class Registry:
-    def __init__(self, kind: str, package: str):
+    """Components by name: every module of ``package`` (each registers itself on import), the
+    installed packages' entry points of group ``entry_points``, and ``name=module:Class`` pairs
+    in the environment variable ``env`` (what a config's ``from:`` sets, so that the jobs and
+    worker processes a validated config starts see the same components)."""
+
+    def __init__(self, kind: str, package: str, *, entry_points: str | None = None, env: str | None = None,
+                 base: type | None = None):
         self.kind = kind
         self.package = package
+        self.entry_points, self.env, self.base = entry_points, env, base
         self._entries: dict[str, Entry] = {}
-        self._loaded = False
+        self._sources: dict[str, str] = {}  # name -> module:Class of components from outside the package
+        self._loaded = self._loading = False
 
     def register(self, name: str, config: type) -> Callable[[type], type]:
         if not dataclasses.is_dataclass(config):
@@ -53,14 +90,63 @@ class Registry:
 
         return decorator
 
+    def register_source(self, name: str, source: str, *, export: bool = False) -> Entry:
+        """Register the class at ``source`` (``package.module:ClassName``) under ``name``: a
+        component written outside this package. Its hyper-parameters are its ``Config`` class
+        attribute (a dataclass; none: no parameters). Registering the same class again is a
+        no-op. ``export``: also put it in the environment variable, for child processes."""
+        self._load()
+        if not name or not all(c.isalnum() or c in "_-" for c in name):
+            raise ExternalComponentError(f"{self.kind} name {name!r}: use letters, digits, '_' or '-'")
+        cls = load_object(source)
+        if not isinstance(cls, type) or (self.base is not None and not issubclass(cls, self.base)):
+            base = f"{self.base.__module__}.{self.base.__name__}" if self.base else "a class"
+            raise ExternalComponentError(f"{self.kind} {name!r}: {source!r} is {cls!r}, not a subclass of {base}")
+        if name in self._entries and self._entries[name].cls is not cls:
+            where = self._sources.get(name) or f"{self.package} (built in)"
+            raise ExternalComponentError(f"{self.kind} {name!r} from {source!r}: that name is taken by {where}; "
+                                         "choose another name")
+        config = getattr(cls, "Config", None)
+        if config is None:
+            config = dataclasses.make_dataclass(f"{cls.__name__}Config", [])
+            config.__doc__ = f"{name} has no parameters."
+        elif not dataclasses.is_dataclass(config):
+            raise ExternalComponentError(f"{self.kind} {name!r}: {source}.Config must be a dataclass")
+        self.register(name, config)(cls)
+        self._sources[name] = source
+        if export and self.env:
+            self._export()
+        return self._entries[name]
+
+    def source(self, name: str) -> str | None:
+        """``module:Class`` of a component from outside the package, None for a built-in one."""
+        self._load()
+        return self._sources.get(name)
+
+    def _export(self) -> None:
+        os.environ[self.env] = ",".join(f"{n}={s}" for n, s in sorted(self._sources.items()))
+
     def _load(self) -> None:
-        """Import every module of the package so that each file registers itself."""
-        if self._loaded:
+        """Import every module of the package so that each file registers itself, then the
+        entry points and the environment's components."""
+        if self._loaded or self._loading:
             return
-        pkg = importlib.import_module(self.package)
-        for mod in pkgutil.iter_modules(pkg.__path__):
-            importlib.import_module(f"{self.package}.{mod.name}")
-        self._loaded = True
+        self._loading = True
+        try:
+            pkg = importlib.import_module(self.package)
+            for mod in pkgutil.iter_modules(pkg.__path__):
+                importlib.import_module(f"{self.package}.{mod.name}")
+            if self.entry_points:
+                for ep in importlib.metadata.entry_points(group=self.entry_points):
+                    self.register_source(ep.name, ep.value)
+            for item in filter(None, (os.environ.get(self.env, "") if self.env else "").split(",")):
+                name, sep, source = item.partition("=")
+                if not sep:
+                    raise ExternalComponentError(f"${self.env}: {item!r} is not of the form name=package.module:Class")
+                self.register_source(name.strip(), source.strip())
+            self._loaded = True
+        finally:
+            self._loading = False
 
     def names(self) -> list[str]:
         self._load()

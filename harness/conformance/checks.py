@@ -1,0 +1,242 @@
+"""The conformance checks of an attention variant, by registered name.
+
+Each check builds the variant small (``DIM`` wide, ``HEADS`` heads, its ``small_params``, so that
+several blocks, chunks or buckets are exercised at ``N`` tokens) and raises ``CheckFailed`` with
+what it saw, or ``CheckSkipped`` when the check does not apply (a variant without padding
+support, or one that does not claim linear memory). ``run_checks`` runs them all and returns one
+``Result`` per check; ``tests/test_variants.py`` runs the same functions on every registered
+variant, so a user's class passes exactly what the built-in ones pass.
+"""
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from attnbench.harness.compare.probe import run_worker
+from attnbench.harness.core.registry import dataclass_schema
+from attnbench.variants import VARIANTS, Attention, build_attention
+
+DIM, HEADS, BATCH, N = 16, 2, 3, 24
+#: the longest input the checks build layers for (every input here is shorter)
+MAX_LEN = 4096
+#: peak memory of one forward+backward at 2N over N that "linear memory" allows (2 is exact;
+#: allocator rounding and fixed costs move it a little), as tests/test_memory_scaling.py
+LINEAR_MEMORY_RATIO = 2.6
+MEMORY_N = 2048
+
+
+class CheckFailed(AssertionError):
+    """The variant does not do what the check asks."""
+
+
+class CheckSkipped(Exception):
+    """The check does not apply to the variant."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    check: str
+    status: str  # pass | fail | skip
+    detail: str = ""
+
+
+def make(name: str, dtype=torch.float64, seed: int = 0) -> Attention:
+    """The variant at test size in eval mode, its weights seeded."""
+    torch.manual_seed(seed)
+    params = dict(VARIANTS.get(name).cls.small_params)
+    return build_attention(name, DIM, HEADS, params, max_len=MAX_LEN).to(dtype).eval()
+
+
+def randn(*shape, seed: int = 1, dtype=torch.float64) -> torch.Tensor:
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
+
+
+def lengths_mask(lengths: list[int], n: int) -> torch.Tensor:
+    return torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
+
+
+def _expect(ok: bool, message: str) -> None:
+    if not ok:
+        raise CheckFailed(message)
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, what: str, atol: float = 1e-10) -> None:
+    err = (got - want).abs().max().item() if got.numel() else 0.0
+    _expect(got.shape == want.shape and err <= atol, f"{what}: max difference {err:.3g} (allowed {atol:g})")
+
+
+# ---------------------------------------------------------------- the checks
+
+def check_interface(name: str) -> str:
+    """A subclass of Attention with a docstring, a complexity, and a config dataclass whose every
+    field has a default (its JSON schema builds)."""
+    entry = VARIANTS.get(name)
+    _expect(issubclass(entry.cls, Attention), f"{entry.cls} does not subclass attnbench.variants.Attention")
+    _expect(bool(entry.description), "the class needs a docstring (its first line is the description)")
+    _expect(isinstance(entry.cls.complexity, str) and bool(entry.cls.complexity),
+            "set the `complexity` class attribute")
+    schema = dataclass_schema(entry.config)
+    return f"{len(schema['properties'])} parameter(s): {', '.join(schema['properties']) or 'none'}"
+
+
+def check_construction_errors(name: str) -> str:
+    """Unknown parameters and a width not divisible by the heads are refused with ValueError."""
+    for params, dim, heads, needle in (({"no_such_param": 1}, DIM, HEADS, "no_such_param"), ({}, 10, 3, "divisible")):
+        try:
+            build_attention(name, dim, heads, params, max_len=MAX_LEN)
+        except ValueError as exc:
+            _expect(needle in str(exc), f"the ValueError for {needle!r} does not say so: {exc}")
+        else:
+            raise CheckFailed(f"built without complaint with {params or f'dim {dim}, heads {heads}'}")
+    return "unknown parameter and dim % heads refused"
+
+
+def check_shapes_and_dtypes(name: str) -> str:
+    """(B, N, D) in float32 and float64, with and without a padding mask: same shape and dtype out, finite."""
+    for dtype in (torch.float32, torch.float64):
+        layer = make(name, dtype)
+        x = randn(BATCH, N, DIM, dtype=dtype)
+        masks = [None] + ([lengths_mask([N, N - 3, 2], N)] if layer.supports_padding_mask else [])
+        for mask in masks:
+            out = layer(x, mask)
+            _expect(out.shape == x.shape and out.dtype == dtype,
+                    f"{dtype}: output {tuple(out.shape)} {out.dtype} for input {tuple(x.shape)} {dtype}")
+            _expect(bool(torch.isfinite(out).all()), f"{dtype}, mask {mask is not None}: non-finite output")
+    return "float32 and float64, with and without padding"
+
+
+def check_gradients(name: str) -> str:
+    """In training mode every parameter gets a finite, non-zero gradient (and so does the input)."""
+    layer = make(name, torch.float32).train()
+    x = randn(BATCH, N, DIM, dtype=torch.float32).requires_grad_()
+    mask = lengths_mask([N, N - 4, 5], N) if layer.supports_padding_mask else None
+    out = layer(x, mask)
+    (out * randn(*out.shape, seed=2, dtype=torch.float32)).sum().backward()
+    _expect(bool(torch.isfinite(x.grad).all()), "non-finite gradient for the input")
+    for pname, p in layer.named_parameters():
+        _expect(p.grad is not None, f"parameter {pname} gets no gradient")
+        _expect(bool(torch.isfinite(p.grad).all()), f"non-finite gradient for {pname}")
+        _expect(bool(p.grad.abs().sum() > 0), f"zero gradient for {pname}")
+    return f"{sum(1 for _ in layer.parameters())} parameter tensors"
+
+
+def check_padding_invariance(name: str) -> str:
+    """Appended padding (mask False, junk values) leaves the real tokens' outputs unchanged, and an
+    all-True mask equals no mask."""
+    layer = make(name)
+    if not layer.supports_padding_mask:
+        raise CheckSkipped("supports_padding_mask is False")
+    x = randn(BATCH, N, DIM)
+    ref = layer(x, torch.ones(BATCH, N, dtype=torch.bool))
+    _close(layer(x), ref, "no mask vs an all-True mask")
+    for pad in (1, 7):
+        junk = randn(BATCH, pad, DIM, seed=10 + pad) * 100  # whatever sits in the padding must not matter
+        mask = torch.cat([torch.ones(BATCH, N, dtype=torch.bool), torch.zeros(BATCH, pad, dtype=torch.bool)], 1)
+        _close(layer(torch.cat([x, junk], dim=1), mask)[:, :N], ref, f"{pad} padded position(s) appended")
+    return "1 and 7 padded positions"
+
+
+def check_padding_per_element(name: str) -> str:
+    """Ragged lengths in one batch: each element's real outputs equal running it alone, unpadded."""
+    layer = make(name)
+    if not layer.supports_padding_mask:
+        raise CheckSkipped("supports_padding_mask is False")
+    lengths = [N, 5, 9]
+    x = randn(BATCH, N, DIM)
+    out = layer(x, lengths_mask(lengths, N))
+    for b, n in enumerate(lengths):
+        _close(out[b:b + 1, :n], layer(x[b:b + 1, :n]), f"element {b} ({n} real tokens) vs alone")
+    return f"lengths {lengths}"
+
+
+def check_eval_determinism(name: str) -> str:
+    """In eval mode the output is a function of the weights and the input: the same twice, and the
+    same from a second layer built under the same seed (randomness fixed per layer in eval)."""
+    x = randn(BATCH, N, DIM)
+    a, b = make(name, seed=4), make(name, seed=4)
+    first = a(x)
+    _close(a(x), first, "two eval forwards of one layer", atol=0.0)
+    _close(b(x), first, "two layers built under the same seed", atol=0.0)
+    return "repeatable in eval mode"
+
+
+def check_flops(name: str) -> str:
+    """``flops(batch, seq_len)`` is implemented: a positive int growing with the length and the batch."""
+    layer = make(name)
+    try:
+        flops = layer.flops(2, 32)
+    except NotImplementedError:
+        raise CheckFailed("flops(batch, seq_len) is not implemented (the sweep and report need it)") from None
+    _expect(isinstance(flops, int) and flops > 0, f"flops(2, 32) is {flops!r}; expected a positive int")
+    _expect(layer.flops(2, 64) > flops and layer.flops(4, 32) > flops, "flops do not grow with length and batch")
+    return f"flops(2, 32) = {flops:,}"
+
+
+def check_max_len(name: str) -> str:
+    """A layer built for ``max_len`` runs inputs of that length and shorter ones."""
+    torch.manual_seed(0)
+    params = dict(VARIANTS.get(name).cls.small_params)
+    layer = build_attention(name, DIM, HEADS, params, max_len=32).double().eval()
+    for n in (32, 20):
+        out = layer(randn(2, n, DIM))
+        _expect(out.shape == (2, n, DIM), f"max_len 32, input of {n}: output {tuple(out.shape)}")
+    return "max_len 32: inputs of 32 and 20 tokens"
+
+
+def check_linear_memory(name: str, workdir: Path | None = None) -> str:
+    """A variant that claims ``linear_memory``: the peak memory of one forward+backward at 2N is at
+    most LINEAR_MEMORY_RATIO times that at N (each in a fresh process; default parameters)."""
+    if not VARIANTS.get(name).cls.linear_memory:
+        raise CheckSkipped("linear_memory is False (nothing claimed)")
+    base = {"impl": "ours", "peer": None, "batch": 1, "heads": 4, "head_dim": 64, "threads": 1, "device": "cpu",
+            "warmup": 1, "repeats": 1, "seed": 0, "prime_n": 256, "variant": name, "params": {}}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(workdir or tmp)
+        peaks = {}
+        for n in (MEMORY_N, 2 * MEMORY_N):
+            result = run_worker({**base, "n": n}, 600, work)
+            _expect(bool(result.get("ok")), f"the probe at N={n} failed: {result.get('error')}")
+            peaks[n] = result["peak_bytes"]
+    ratio = peaks[2 * MEMORY_N] / max(1, peaks[MEMORY_N])
+    _expect(ratio < LINEAR_MEMORY_RATIO, f"peak memory at N={2 * MEMORY_N} is {ratio:.2f}x that at N={MEMORY_N} "
+                                         f"(linear: about 2, at most {LINEAR_MEMORY_RATIO})")
+    return f"{ratio:.2f}x from N={MEMORY_N} to {2 * MEMORY_N}"
+
+
+CHECKS: dict[str, Callable[[str], str]] = {
+    "interface": check_interface,
+    "construction errors": check_construction_errors,
+    "shapes and dtypes": check_shapes_and_dtypes,
+    "gradients": check_gradients,
+    "padding invariance": check_padding_invariance,
+    "padding per element": check_padding_per_element,
+    "eval determinism": check_eval_determinism,
+    "flops": check_flops,
+    "max_len": check_max_len,
+    "linear memory": check_linear_memory,
+}
+#: the checks that run in this process in a fraction of a second (the memory check starts processes)
+FAST_CHECKS = [c for c in CHECKS if c != "linear memory"]
+
+
+def run_checks(name: str, checks: list[str] | None = None) -> list[Result]:
+    """Every check (or ``checks``) on the registered variant ``name``; an exception in a check is a
+    failure with its last traceback line, never a crash of the run."""
+    results = []
+    for check in checks or list(CHECKS):
+        try:
+            results.append(Result(check, "pass", CHECKS[check](name)))
+        except CheckSkipped as exc:
+            results.append(Result(check, "skip", str(exc)))
+        except CheckFailed as exc:
+            results.append(Result(check, "fail", str(exc)))
+        except Exception as exc:  # the user's code raised: a failure of the check, reported, not raised
+            where = traceback.extract_tb(exc.__traceback__)[-1]
+            results.append(Result(check, "fail", f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:"
+                                                  f"{where.lineno})"))
+    return results
