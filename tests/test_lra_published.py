@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from attnbench.harness.report.lra import lra_section, lra_table
-from attnbench.harness.report.lra_published import PRINTED_AVERAGE, PUBLISHED, lra_average
+from attnbench.harness.report.lra_published import PRINTED_AVERAGE, PUBLISHED, lra_average, published_row
 from attnbench.harness.report.writer import Document
 from attnbench.harness.run.train import TrainConfig, lr_factor
 from attnbench.variants import VARIANTS
@@ -74,6 +74,18 @@ def test_report_table_interleaves_our_rows_with_the_published_ones():
     assert table.iloc[1]["ListOps (N=2000)"] == "36.37" and table.iloc[1]["average"] == "54.39"
     assert table.iloc[2]["ListOps (N=2000)"] == "40.00"  # the OOM seed is left out of the mean
     assert table.iloc[0]["seeds"] == "2" and table.iloc[1]["seeds"] == ""
+
+
+def test_a_later_papers_row_is_labelled_with_its_source():
+    rows = [(task, "nystrom", "Nystromformer", 0, "ok", 0.5, 1024) for task in ("listops", "text", "retrieval",
+                                                                           "image", "pathfinder")]
+    table = lra_table(_runs(rows), 5)
+    assert list(table["model"]) == ["nystrom (this run)", "Nystromformer (published, Xiong et al., Nyströmformer, "
+                                                          "AAAI 2021)"]
+    assert table.iloc[1]["Retrieval (N=1024)"] == "79.56" and table.iloc[1]["average"] == "58.95"
+    assert lra_table(_runs(rows + [("pathx", "nystrom", "Nystromformer", 0, "ok", 0.5, 16384)]), 6).iloc[1][
+        "Path-X (N=16384)"] == "–"  # not reported, not a FAIL
+    assert lra_average(published_row("Nystromformer")[0], 6) is None
 
 
 def test_report_table_six_task_convention_and_missing_tasks():

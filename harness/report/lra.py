@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pandas as pd
 
-from attnbench.harness.report.lra_published import CONVENTIONS, LRA_TASKS, PUBLISHED, SOURCE, lra_average
+from attnbench.harness.report.lra_published import (
+    CONVENTIONS,
+    LRA_TASKS,
+    OTHER_PUBLISHED,
+    SOURCE,
+    lra_average,
+    published_row,
+)
 from attnbench.harness.report.writer import Document
 
 
@@ -36,8 +43,9 @@ def lra_table(df: pd.DataFrame, convention: int = 5) -> pd.DataFrame:
         rows.append(row)
         published = vdf["published_as"].dropna().unique() if "published_as" in vdf else []
         for model in published:
-            accs = PUBLISHED[model]
-            rows.append({"model": f"{model} (published, LRA Table 1)", **{columns[t]: _fmt(accs[t]) for t in tasks},
+            accs, source = published_row(model)
+            label = source if source == "LRA Table 1" else source.split(":")[0]
+            rows.append({"model": f"{model} (published, {label})", **{columns[t]: _fmt(accs[t]) for t in tasks},
                          "average": _fmt_average(lra_average(accs, convention)), "seeds": ""})
     out = pd.DataFrame(rows)
     out["seeds"] = out["seeds"].map(lambda s: "" if s == "" or pd.isna(s) else str(int(s)))
@@ -45,10 +53,12 @@ def lra_table(df: pd.DataFrame, convention: int = 5) -> pd.DataFrame:
 
 
 def lra_note(convention: int) -> str:
+    others = "; ".join(f"{model}: {source}" for model, (_, source) in OTHER_PUBLISHED.items())
     return (f"Test accuracy (%) in LRA's layout; N is this run's sequence length. Rows marked published are "
-            f"{SOURCE}, measured on LRA's data and settings (`config/lra.yaml`); rows of this run are comparable "
-            f"with them only when it ran that config. Average: {CONVENTIONS[convention]}; '–' where a task it "
-            "needs was not run. FAIL: the paper's chance-level entry.")
+            f"{SOURCE}, measured on LRA's data and settings (`config/lra.yaml`), unless they name another "
+            f"source ({others}); rows of this run are comparable with them only when it ran that config. Average: "
+            f"{CONVENTIONS[convention]}; '–' where a task it needs was not run or the paper did not report it. "
+            "FAIL: the paper's chance-level entry.")
 
 
 def lra_section(doc: Document, df: pd.DataFrame, convention: int = 5) -> None:
