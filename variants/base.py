@@ -60,7 +60,8 @@ class Attention(nn.Module):
     #: hyper-parameters under which a test at N = 16..64 tokens exercises the real mechanism
     #: (several blocks, chunks or buckets) rather than a degenerate one-block case
     small_params: ClassVar[dict] = {}
-    #: the model of LRA's published Table 1 that this variant implements (None: none does)
+    #: the published model this variant implements: a row of LRA's Table 1, or of a later paper's LRA
+    #: table (Nystromformer: harness/report/lra_published.py); None: none does
     lra_model: ClassVar[str | None] = None
 
     @classmethod
