@@ -163,3 +163,17 @@ def test_an_out_of_tree_variant_runs_through_the_pipeline(tmp_path):
     assert set(bench[bench["status"] == "ok"]["impl"]) == {"full", "mine"}
     md = (tmp_path / "reports" / "summary.md").read_text()
     assert "mine" in md and "mine" in (tmp_path / "reports" / "index.html").read_text()
+
+
+def test_the_zoo_config_holds_every_row_of_lra_table_1_and_nystromformer(monkeypatch):
+    """config/zoo.yaml: each published model once, two of them built-in classes under a second name."""
+    from attnbench.harness.config import load_config
+    from attnbench.harness.report.lra_published import OTHER_PUBLISHED, PUBLISHED
+
+    monkeypatch.setenv("ATTNBENCH_VARIANTS", "")
+    config = load_config(Path(__file__).resolve().parent.parent / "config" / "zoo.yaml")
+    published = [VARIANTS.get(v).cls.published_as(params) for v, params in config["variants"].items()]
+    assert sorted(published) == sorted([*PUBLISHED, *OTHER_PUBLISHED])
+    assert config["variant_sources"] == {"performer": "attnbench.variants.linear:LinearAttention",
+                                         "sparse_strided": "attnbench.variants.sparse:SparseAttention"}
+    assert VARIANTS.get("performer").config is VARIANTS.get("linear").config  # its parameters are linear's

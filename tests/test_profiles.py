@@ -61,7 +61,7 @@ def test_profile_plans_the_lra_grid_with_a_gpu_per_training_job(tmp_path, profil
             assert (job["runtime"], job["mem_mb"]) == (str(want["runtime_min"]), str(want["mem_mb"])), (rule, job)
             assert job.get("gpu") == ("1" if rule in GPU_RULES else None), (rule, job)
     pathx_train = [job for job in res["train"] if job["_task"] == "pathx"]
-    assert pathx_train and {job["runtime"] for job in pathx_train} == {"1620"}
+    assert pathx_train and {job["runtime"] for job in pathx_train} == {"2400"}
     assert {job["runtime"] for job in res["train"] if job["_task"] != "pathx"} == {"120"}
     if profile == "slurm":  # the profile's defaults, with the placeholders taken from the environment
         job = res["train"][0]

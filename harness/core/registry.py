@@ -85,16 +85,19 @@ class Registry:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
             doc = (cls.__doc__ or "").strip().splitlines()
             self._entries[name] = Entry(name, cls, config, doc[0] if doc else "")
-            cls.registered_name = name
+            if "registered_name" not in cls.__dict__:  # its first name (a class may be registered again)
+                cls.registered_name = name
             return cls
 
         return decorator
 
     def register_source(self, name: str, source: str, *, export: bool = False) -> Entry:
         """Register the class at ``source`` (``package.module:ClassName``) under ``name``: a
-        component written outside this package. Its hyper-parameters are its ``Config`` class
-        attribute (a dataclass; none: no parameters). Registering the same class again is a
-        no-op. ``export``: also put it in the environment variable, for child processes."""
+        component written outside this package, or a registered one under a second name (with
+        other parameters in a config). Its hyper-parameters are its ``Config`` class attribute (a
+        dataclass; none: no parameters), or those it is already registered with. Registering the
+        same class again under the same name is a no-op. ``export``: also put it in the
+        environment variable, for child processes."""
         self._load()
         if not name or not all(c.isalnum() or c in "_-" for c in name):
             raise ExternalComponentError(f"{self.kind} name {name!r}: use letters, digits, '_' or '-'")
@@ -106,7 +109,8 @@ class Registry:
             where = self._sources.get(name) or f"{self.package} (built in)"
             raise ExternalComponentError(f"{self.kind} {name!r} from {source!r}: that name is taken by {where}; "
                                          "choose another name")
-        config = getattr(cls, "Config", None)
+        known = [e.config for e in self._entries.values() if e.cls is cls]
+        config = known[0] if known else getattr(cls, "Config", None)
         if config is None:
             config = dataclasses.make_dataclass(f"{cls.__name__}Config", [])
             config.__doc__ = f"{name} has no parameters."
