@@ -62,6 +62,15 @@ def tiny_run(seed: int = 0, **override) -> dict:
     return resolve_run(validate_config(tiny_config(**override)), "listops", "full", seed)
 
 
+def largest_saved_tensor(attend, q, k, v, mask) -> int:
+    """The element count of the largest tensor ``attend(q, k, v, mask)`` keeps for its backward pass:
+    how the memory of a variant's attention grows, measured without timing or RSS."""
+    seen = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: seen.append(t.numel()) or t, lambda t: t):
+        attend(q.requires_grad_(), k, v, mask)
+    return max(seen)
+
+
 @contextlib.contextmanager
 def torch_state_restored():
     """``train_run`` sets torch's thread count and deterministic mode process-wide."""

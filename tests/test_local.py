@@ -6,6 +6,7 @@ import torch
 
 from attnbench.variants import VARIANTS, build_attention
 from attnbench.variants.reference import explicit_softmax_attention
+from conftest import largest_saved_tensor
 from test_flex_blocks import HostRoundTrips
 
 #: the longest input these tests build layers for (local attention does not use it)
@@ -117,14 +118,7 @@ def test_forward_makes_no_host_round_trip(training):
 def test_scores_are_block_local_not_quadratic():
     """The largest tensor kept for the backward pass grows with N b, not N^2."""
     layer = local(8)
-    sizes = []
-    for n in (256, 512):
-        q, k, v = qkv(n)
-        seen = []
-        hook = torch.autograd.graph.saved_tensors_hooks(lambda t, seen=seen: seen.append(t.numel()) or t, lambda t: t)
-        with hook:
-            layer.attend(q.requires_grad_(), k, v, torch.ones(B, n, dtype=torch.bool))
-        sizes.append(max(seen))
+    sizes = [largest_saved_tensor(layer.attend, *qkv(n), torch.ones(B, n, dtype=torch.bool)) for n in (256, 512)]
     assert sizes[1] / sizes[0] == pytest.approx(2.0, rel=0.05)
     assert sizes[1] < B * H * 512 * 512 / 4
 

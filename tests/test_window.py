@@ -7,6 +7,7 @@ import torch
 from attnbench.variants import build_attention
 from attnbench.variants.blocks import resolve_positions
 from attnbench.variants.reference import explicit_softmax_attention
+from conftest import largest_saved_tensor
 
 #: the longest input these tests build layers for (the variants here do not use it)
 MAX_LEN = 4096
@@ -106,14 +107,7 @@ def test_layer_dense_mask_matches_the_specification():
 def test_scores_are_banded_not_quadratic():
     """The largest tensor the layer builds grows with N*w, not N^2."""
     layer = window(8, (0,), 8)
-    sizes = []
-    for n in (256, 512):
-        q, k, v = qkv(n)
-        seen = []
-        hook = torch.autograd.graph.saved_tensors_hooks(lambda t, seen=seen: seen.append(t.numel()) or t, lambda t: t)
-        with hook:
-            layer.attend(q.requires_grad_(), k, v, torch.ones(B, n, dtype=torch.bool))
-        sizes.append(max(seen))
+    sizes = [largest_saved_tensor(layer.attend, *qkv(n), torch.ones(B, n, dtype=torch.bool)) for n in (256, 512)]
     assert sizes[1] / sizes[0] == pytest.approx(2.0, rel=0.05)
     assert sizes[1] < B * H * 512 * 512 / 4
 
