@@ -281,6 +281,7 @@ def test_window_equals_local_attention_exact_window(window):
     _copy(peer.qkv, ours.qkv.weight, ours.qkv.bias)
     _copy(peer.out, ours.out.weight, ours.out.bias)
     _same(ours, peer, *_x(44, real=31), atol=1e-12)
+    _same(ours, peer, *_x(44, real=44), atol=1e-12)  # every token real, N not a multiple of the window
 
 
 def _fast_transformers_weights(ours, proj):
@@ -357,8 +358,148 @@ def test_lsh_equals_reformer_pytorch_full_qk_path():
         assert torch.allclose(ours(x, mask), a(x), atol=1e-12, rtol=0)
 
 
+# --- the later variants' peers (harness/compare/zoo_peers.py) -------------------------------------
+
+def _no_qkv_bias(ours):
+    """Their q/k/v projections have no bias: ours with a zero bias computes the same projections."""
+    with torch.no_grad():
+        ours.qkv.bias.zero_()
+    return ours
+
+
+def test_zoo_peers_are_registered_with_our_settings():
+    shape = Shape(4096)
+    want = {"linformer": ("linformer", "linformer-pytorch"), "nystrom": ("nystrom-attention",),
+            "sinkhorn": ("sinkhorn-transformer",), "local": ("local-attention-blocks",)}
+    for variant, names in want.items():
+        assert {p.name for p in PEERS.values() if p.variant == variant} == set(names)
+        for name in names:
+            d = peers._defaults(variant)
+            ours, theirs = PEERS[name].match(shape, d)
+            if variant == "linformer":
+                assert ours["k"] == theirs.get("k", theirs.get("dim_k")) == min(d["k"], shape.n)
+                assert not ours["share_kv"] and not ours["per_head"]
+            elif variant == "nystrom":
+                assert (ours["landmarks"], ours["pinv_iterations"]) == (theirs["num_landmarks"],
+                                                                       theirs["pinv_iterations"])
+                assert theirs["residual"] == (ours["conv_kernel"] > 0)
+            elif variant == "sinkhorn":
+                assert (ours["block_size"], ours["sinkhorn_iterations"], ours["temperature"]) == \
+                    (theirs["bucket_size"], theirs["sinkhorn_iter"], theirs["temperature"])
+                assert theirs["non_permutative"] is False  # Sinkhorn sorting, not its top-k default
+            else:
+                assert ours["block_size"] == theirs["window_size"]
+                assert theirs["look_backward"] == theirs["look_forward"] == 0
+    # k is reduced to N on both sides, as ours reduces it to max_len
+    assert PEERS["linformer"].match(Shape(100), {"k": 256})[1]["k"] == 100
+    # the synthesizer has no public package: reported as skipped, not compared
+    cases, skipped = compare.plan(["synthesizer"], None, lambda n: Shape(n), [64])
+    assert cases == [] and "no public peer" in skipped[0]["reason"]
+
+
+def test_linformer_equals_lucidrains_linformer_with_copied_weights():
+    """Random E and F (not only the identity): lucidrains' proj_k, proj_v are (seq_len, k) = E^T, F^T."""
+    pytest.importorskip("linformer")
+    from attnbench.harness.compare import zoo_peers
+
+    ours = _no_qkv_bias(_ours("linformer", {"k": 12}))
+    peer = zoo_peers.LucidrainsLinformer(DIM, HEADS, MAX_LEN, 12).double().eval()
+    a = peer.attn
+    for lin, (w, _) in zip((a.to_q, a.to_k, a.to_v), _qkv(ours), strict=True):
+        _copy(lin, w)
+    _copy(a.to_out, ours.out.weight, ours.out.bias)
+    with torch.no_grad():
+        a.proj_k.copy_(ours.proj_e.T)
+        a.proj_v.copy_(ours.proj_f.T)
+    _same(ours, peer, *_x(40, real=27), atol=1e-12)  # padded rows zeroed by the adapter = our masking
+
+
+@pytest.mark.parametrize("per_head,share_kv", [(False, False), (False, True), (True, False)])
+def test_linformer_equals_linformer_pytorch_with_copied_weights(per_head, share_kv):
+    """Its E, F are nn.Linear(N, k) with a bias: with the bias zero, the same function (padding masked too)."""
+    pytest.importorskip("linformer_pytorch.linformer_pytorch")
+    from attnbench.harness.compare import zoo_peers
+
+    n = 40
+    params, settings = PEERS["linformer-pytorch"].match(Shape(n), {"k": 12, "per_head": per_head,
+                                                                   "share_kv": share_kv})
+    assert (params["per_head"], params["share_kv"]) == (per_head, share_kv)
+    ours = _no_qkv_bias(_ours("linformer", params))
+    peer = zoo_peers.LinformerPytorch(DIM, HEADS, n, settings["dim_k"], settings["parameter_sharing"])
+    peer = peer.double().eval()
+    a, d = peer.attn, DIM // HEADS
+    (wq, _), (wk, _), (wv, _) = _qkv(ours)
+    e_all, f_all = ours.proj_e[..., :n], (ours.proj_e if ours.proj_f is None else ours.proj_f)[..., :n]
+    for h in range(HEADS):
+        rows = slice(h * d, (h + 1) * d)
+        for lin, w in ((a.to_q[h], wq), (a.to_k[h], wk), (a.to_v[h], wv)):
+            _copy(lin, w[rows])
+        e, f = (e_all[h], f_all[h]) if per_head else (e_all, f_all)
+        _copy(a.heads[h].E, e, torch.zeros(e.shape[0]))
+        _copy(a.heads[h].F, f, torch.zeros(f.shape[0]))
+    _copy(a.w_o, ours.out.weight, ours.out.bias)
+    _same(ours, peer, *_x(n, real=27), atol=1e-12)
+
+
+@pytest.mark.parametrize("n,landmarks,conv_kernel", [(48, 8, 3), (16, 16, 0)])
+def test_nystrom_equals_nystrom_attention_once_the_pinv_converged(n, landmarks, conv_kernel):
+    """No padding, N a multiple of m: the same landmarks and kernels. The pseudo-inverse iterations start
+    from different Z0 (theirs: one norm over the batch and heads), so the outputs agree once both have
+    converged (30 iterations); landmarks = N is the limit where both are full softmax attention."""
+    pytest.importorskip("nystrom_attention")
+    from attnbench.harness.compare import zoo_peers
+
+    params, settings = PEERS["nystrom-attention"].match(Shape(n), {"landmarks": landmarks, "pinv_iterations": 30,
+                                                                   "conv_kernel": conv_kernel})
+    ours = _no_qkv_bias(_ours("nystrom", params))
+    peer = zoo_peers.LucidrainsNystrom(DIM, HEADS, settings["num_landmarks"], settings["pinv_iterations"],
+                                       conv_kernel).double().eval()
+    _copy(peer.attn.to_qkv, ours.qkv.weight)
+    _copy(peer.attn.to_out[0], ours.out.weight, ours.out.bias)
+    if conv_kernel:
+        with torch.no_grad():
+            peer.attn.res_conv.weight.copy_(ours.conv.weight)
+    _same(ours, peer, *_x(n), atol=1e-9)
+
+
+@pytest.mark.parametrize("n,block,real", [(44, 8, 31), (48, 8, None), (20, 50, 13)])
+def test_local_equals_local_attention_without_look_around(n, block, real):
+    pytest.importorskip("local_attention")
+    from attnbench.harness.compare import zoo_peers
+
+    params, settings = PEERS["local-attention-blocks"].match(Shape(n), {"block_size": block})
+    ours = _ours("local", params)
+    peer = zoo_peers.LucidrainsLocalBlocks(DIM, HEADS, settings["window_size"]).double().eval()
+    _copy(peer.qkv, ours.qkv.weight, ours.qkv.bias)
+    _copy(peer.out, ours.out.weight, ours.out.bias)
+    _same(ours, peer, *_x(n, real=real), atol=1e-12)
+
+
+def test_sinkhorn_transformer_one_bucket_uses_the_sorted_keys_as_values():
+    """What the peer's note says: with one bucket its permutation is [[1]] and one softmax over the
+    sorted and own keys (the same keys twice) weighs values [sorted keys; own values] (0.11.4 sets
+    b_v_r = b_k_r), so it computes 1/2 (softmax(Q K^T) K + softmax(Q K^T) V) where ours (the mean of
+    its two halves) is full attention softmax(Q K^T) V."""
+    pytest.importorskip("sinkhorn_transformer")
+    from attnbench.harness.compare import zoo_peers
+
+    n = 16
+    peer = zoo_peers.LucidrainsSinkhorn(DIM, HEADS, n, n, 8, 0.75).double().eval()
+    x, _ = _x(n)
+    with torch.no_grad():
+        q = peer.attn.to_q(x).view(2, n, HEADS, -1).transpose(1, 2)
+        k, v = (t.view(2, n, HEADS, -1).transpose(1, 2) for t in peer.attn.to_kv(x).chunk(2, dim=-1))
+        attn = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(DIM // HEADS), dim=-1)
+        o = 0.5 * (attn @ k + attn @ v)
+        want = peer.attn.to_out(o.transpose(1, 2).reshape(2, n, DIM))
+        assert torch.allclose(peer(x, None), want, atol=1e-10, rtol=0)
+
+
 # every peer that is installed builds at a small size and runs forward+backward with padding
-SMALL = {"hf-bigbird": ({"block_size": 16, "random_blocks": 1}, 256)}
+SMALL = {"hf-bigbird": ({"block_size": 16, "random_blocks": 1}, 256),
+         "linformer": ({"k": 16}, 72), "linformer-pytorch": ({"k": 16}, 72),
+         "nystrom-attention": ({"landmarks": 8, "conv_kernel": 3}, 76),
+         "sinkhorn-transformer": ({"block_size": 8}, 76), "local-attention-blocks": ({"block_size": 8}, 76)}
 
 
 @pytest.mark.parametrize("name", list(PEERS))

@@ -192,7 +192,10 @@ class SinkhornAttention(Attention):
         mask_blocks = mask.view(bsz, nb, blk)
         dropout = self.dropout if self.training else 0.0
         with torch.autocast(device_type=q.device.type, enabled=False):
-            q, k, v = (pad_to_multiple(t.to(compute), 2, blk).view(bsz, heads, nb, blk, d) for t in (q, k, v))
+            # contiguous once: the block views then merge (batch, heads, blocks) without a copy in each
+            # half's attention and in the sorting einsums (q, k, v are strided views of the fused qkv)
+            q, k, v = (pad_to_multiple(t.to(compute), 2, blk).contiguous().view(bsz, heads, nb, blk, d)
+                       for t in (q, k, v))
             if masked:
                 keep = mask_blocks[:, None, :, :, None]
                 k, v = k.masked_fill(~keep, 0.0), v.masked_fill(~keep, 0.0)

@@ -43,9 +43,11 @@ from attnbench.variants import VARIANTS
 
 #: distributions whose versions go into the JSON machine info
 PEER_DISTRIBUTIONS = ("transformers", "local-attention", "reformer-pytorch", "performer-pytorch",
-                      "pytorch-fast-transformers", "einops")
+                      "pytorch-fast-transformers", "linformer", "linformer-pytorch", "nystrom-attention",
+                      "sinkhorn-transformer", "einops")
 #: order of the variants in the output
-VARIANT_ORDER = ("window", "sparse", "lsh", "linear", "full")
+VARIANT_ORDER = ("window", "sparse", "lsh", "linear", "local", "linformer", "sinkhorn", "nystrom", "synthesizer",
+                 "full")
 MIB = 2 ** 20
 
 

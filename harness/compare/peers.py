@@ -19,6 +19,15 @@ Peers (``PEERS``; more can be registered from a module given with ``--peer-modul
 | linear | ``SelfAttention`` (FAVOR+) | performer-pytorch |
 | linear | ``AttentionLayer(LinearAttention)`` | pytorch-fast-transformers if installed, else re-implemented here |
 | full | ``torch.nn.MultiheadAttention`` (sanity peer) | torch |
+| linformer | ``LinformerSelfAttention`` (``zoo_peers``) | linformer |
+| linformer | ``MHAttention`` (``zoo_peers``) | linformer-pytorch |
+| nystrom | ``NystromAttention`` (``zoo_peers``) | nystrom-attention |
+| sinkhorn | ``SinkhornSelfAttention`` (``zoo_peers``) | sinkhorn-transformer |
+| local | ``LocalAttention``, no look-around (``zoo_peers``) | local-attention |
+
+The peers of the later variants are in ``zoo_peers``, which the package imports, so they are in
+``PEERS`` whenever ``attnbench.harness.compare`` is imported. No peer for ``synthesizer``: no
+maintained PyPI package.
 
 ``pytorch-fast-transformers`` is not in the ``peers`` extra: it compiles C++ extensions at install
 time (minutes; on a machine whose ``nvcc`` is a broken stub, only with that ``nvcc`` off PATH).
@@ -218,12 +227,15 @@ class LucidrainsLocal(_QKVOut):
         from local_attention import LocalAttention
 
         super().__init__(dim, heads)
+        self.window = window
         self.attn = LocalAttention(window_size=window, causal=False, look_backward=1, look_forward=1,
                                    dropout=0.0, exact_windowsize=True, autopad=True, use_rotary_pos_emb=False)
 
     def forward(self, x, key_padding_mask=None):
         q, k, v = self.split(x)
         mask = None if _all_real(key_padding_mask) else key_padding_mask
+        if mask is None and x.shape[1] % self.window:  # its autopad's zero keys are real unless masked
+            mask = torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
         return self.merge(self.attn(q, k, v, mask=mask))
 
 
