@@ -185,8 +185,7 @@ def test_per_variant_override_wins_for_that_variant_only():
         "variants": {"full": {}, "window": {}},
         "tasks": {"image": {"model": {"layers": 1, "pooling": "cls"},
                             "per_variant": {"window": {"model": {"layers": 4, "pooling": "mean"},
-                                                       "train": {"lr": 0.01}, "params": {"window": 32}},
-                                            "lsh": None}},  # a variant not configured: ignored
+                                                       "train": {"lr": 0.01}, "params": {"window": 32}}}},
                   "listops": {}},
         "train": {"lr": 0.002},
     })

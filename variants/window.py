@@ -60,14 +60,15 @@ class WindowAttention(BlockKernelChoice, Attention):
         b = self.cfg.block_size or max(self.cfg.window, 16)
         return max(1, min(b, n))
 
-    def reach(self, block: int) -> int:
-        """Neighbour key blocks on each side that the band touches."""
-        return math.ceil(self.cfg.window / block)
+    def reach(self, block: int, n_blocks: int) -> int:
+        """Neighbour key blocks on each side that the band touches, at most the other blocks there
+        are: a window longer than the sequence costs what the sequence allows, not what it says."""
+        return max(0, min(math.ceil(self.cfg.window / block), n_blocks - 1))
 
     def layout(self, n_padded: int, block: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Key-block table (1, nB, K), its validity, and the token-level band mask (b, K*b)."""
         nb = n_padded // block
-        reach = self.reach(block)
+        reach = self.reach(block, nb)
         rel = torch.arange(-reach, reach + 1, device=device)
         kb = torch.arange(nb, device=device)[:, None] + rel[None, :]
         valid = (kb >= 0) & (kb < nb)
@@ -95,9 +96,10 @@ class WindowAttention(BlockKernelChoice, Attention):
             out = flex_block_sparse_attention(q, k, v, block=block, key_mask=mask, band=self.cfg.window,
                                               global_idx=g_idx, global_valid=g_ok)
         else:
-            out = block_sparse_attention(q, k, v, block=block, key_mask=mask, reach=self.reach(block),
-                                         token_allowed=band, global_idx=g_idx, global_valid=g_ok,
-                                         dropout=self.dropout, training=self.training)
+            reach = self.reach(block, q.shape[2] // block)
+            out = block_sparse_attention(q, k, v, block=block, key_mask=mask, reach=reach, token_allowed=band,
+                                         global_idx=g_idx, global_valid=g_ok, dropout=self.dropout,
+                                         training=self.training)
         return out[:, :, :n]
 
     def dense_mask(self, n: int, key_padding_mask: torch.Tensor) -> torch.Tensor:
@@ -111,7 +113,7 @@ class WindowAttention(BlockKernelChoice, Attention):
     def flops(self, batch: int, seq_len: int) -> int:
         block = self.block(seq_len)
         n = math.ceil(seq_len / block) * block
-        keys = (2 * self.reach(block) + 1) * block
+        keys = (2 * self.reach(block, n // block) + 1) * block
         g = len(self.cfg.global_tokens)
         attn = 2 * 2 * batch * self.heads * n * (keys + g) * self.head_dim  # band + global columns
         attn += 2 * 2 * batch * self.heads * g * n * self.head_dim  # global rows

@@ -22,7 +22,7 @@ from attnbench.harness.run.model import ModelConfig
 from attnbench.harness.run.train import TrainConfig
 from attnbench.tasks import TASKS
 from attnbench.tasks.base import data_key
-from attnbench.variants import VARIANTS
+from attnbench.variants import VARIANTS, build_attention
 
 METHODS = ("labels", "distill")
 
@@ -115,9 +115,34 @@ def task_resources(config: dict, task: str, group: str) -> dict:
 
 
 def check_runs(config: dict) -> list[str]:
-    """Problems of the run grid that the schema cannot express: each run's micro-batches, and the
-    ``distill:`` section against the variants and tasks."""
-    return check_micro_batches(config) + check_distill(config)
+    """Problems of the run grid that the schema cannot express: each run's micro-batches, each
+    attention's parameters as its constructor checks them, and the ``distill:`` section against
+    the variants and tasks."""
+    problems = check_micro_batches(config) + check_distill(config)
+    return problems or check_attention_params(config)
+
+
+#: the length the parameter check builds each attention layer for (small: the check is of the
+#: parameters' own constraints, such as LSH's even bucket count, not of memory)
+CHECK_MAX_LEN = 16
+
+
+def check_attention_params(config: dict) -> list[str]:
+    """Build each run's attention layer once, small, so that what its constructor refuses (an odd
+    LSH bucket count, say) is said before any job starts, naming the run."""
+    problems, seen = [], set()
+    for run_key in planned_runs(config):
+        run = resolve_run(config, run_key.task, run_key.variant, run_key.seed, run_key.method)
+        variant, model = run["variant"], run["model"]
+        key = (variant["name"], repr(sorted(variant["params"].items())), model["dim"], model["heads"])
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            build_attention(variant["name"], model["dim"], model["heads"], variant["params"], max_len=CHECK_MAX_LEN)
+        except (ValueError, TypeError) as exc:
+            problems.append(f"'variants.{variant['name']}' on task {run_key.task!r}: {exc}")
+    return problems
 
 
 def check_micro_batches(config: dict) -> list[str]:

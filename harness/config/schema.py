@@ -11,6 +11,7 @@ so that each default and description lives in one place:
 from __future__ import annotations
 
 import copy
+import math
 from typing import Any
 
 import yaml
@@ -178,12 +179,26 @@ def coerce_numbers(schema: dict, instance: Any) -> Any:
     kind = schema.get("type")
     if isinstance(instance, str) and kind in ("number", "integer"):
         return _to_number(instance.strip(), kind)
+    if isinstance(instance, float) and kind == "integer" and instance.is_integer():
+        return int(instance)  # `steps: 20.0` means 20 (JSON schema calls it an integer; Python's range does not)
     if isinstance(instance, list) and "items" in schema:
         return [coerce_numbers(schema["items"], v) for v in instance]
     if isinstance(instance, dict):
         props = schema.get("properties", {})
         return {k: coerce_numbers(props[k], v) if k in props else v for k, v in instance.items()}
     return instance
+
+
+def non_finite_numbers(instance: Any, path: str = "") -> list[str]:
+    """One line per NaN or infinite number anywhere in the config (YAML's ``.nan``, ``.inf``, or
+    text such as ``nan`` read as a number): none of them is a meaningful setting."""
+    if isinstance(instance, float) and not math.isfinite(instance):
+        return [f"'{path}' is {instance}; give a finite number"]
+    if isinstance(instance, dict):
+        return [line for k, v in instance.items() for line in non_finite_numbers(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(instance, list):
+        return [line for i, v in enumerate(instance) for line in non_finite_numbers(v, f"{path}[{i}]")]
+    return []
 
 
 def apply_defaults(schema: dict, instance: Any) -> Any:

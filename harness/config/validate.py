@@ -14,7 +14,14 @@ from jsonschema import Draft202012Validator
 
 from attnbench.harness.bench.settings import check_bench
 from attnbench.harness.config.runs import check_runs, migrate
-from attnbench.harness.config.schema import ConfigError, apply_defaults, build_schema, coerce_numbers, format_error
+from attnbench.harness.config.schema import (
+    ConfigError,
+    apply_defaults,
+    build_schema,
+    coerce_numbers,
+    format_error,
+    non_finite_numbers,
+)
 from attnbench.harness.core import resources
 from attnbench.harness.core.registry import ExternalComponentError
 from attnbench.variants import VARIANTS
@@ -82,6 +89,9 @@ def validate_config(config: dict) -> dict:
     given = register_external_variants(normalised)
     schema = build_schema()
     normalised = coerce_numbers(schema, normalised)
+    non_finite = non_finite_numbers(normalised)
+    if non_finite:
+        raise ConfigError.of(non_finite)
     errors = sorted(Draft202012Validator(schema).iter_errors(normalised),
                     key=lambda e: [str(p) for p in e.absolute_path])
     if errors:
@@ -97,7 +107,7 @@ def validate_config(config: dict) -> dict:
             if model["dim"] % model["heads"]:
                 raise ConfigError.of([f"'{where}': model dim {model['dim']} is not divisible by heads "
                                       f"{model['heads']}"])
-    problems = check_runs(normalised) + check_bench(normalised)
+    problems = check_per_variant(normalised) + check_runs(normalised) + check_bench(normalised)
     if problems:
         raise ConfigError.of(problems)
     config.clear()
@@ -105,13 +115,38 @@ def validate_config(config: dict) -> dict:
     return config
 
 
+def check_per_variant(config: dict) -> list[str]:
+    """``tasks.<task>.per_variant`` may name only variants the config trains (in ``variants:`` or
+    ``distill.students``): settings for any other would be silently unused, a typo's trap."""
+    used = set(config["variants"]) | set(config["distill"]["students"])
+    return [f"'tasks.{task}.per_variant.{name}': {name!r} is not trained by this config (variants: "
+            f"{', '.join(config['variants'])}; distill.students: {', '.join(config['distill']['students']) or 'none'})"
+            for task, settings in config["tasks"].items() for name in settings.get("per_variant", {})
+            if name not in used]
+
+
+def read_yaml(path: Path) -> object:
+    """A YAML file's content; a file that is not UTF-8 or not YAML is a ConfigError naming the file
+    and, for YAML, the line and column."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
+
+
 def load_config(path: str | Path | None = None) -> dict:
     """The config at ``path`` (default: the shipped ``config/config.yaml``), validated."""
     path = Path(path) if path else DEFAULT_CONFIG
     if not path.exists():
         raise ConfigError(f"config file {path} does not exist")
-    with open(path, encoding="utf-8") as f:
-        raw = yaml.safe_load(f) or {}
+    raw = read_yaml(path) or {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     return validate_config(raw)
