@@ -284,3 +284,28 @@ def test_cuda_split_resident_or_pinned_gives_the_same_batches():
     for got in (resident.batch(idx), streamed.batch(idx)):
         assert got[0].is_cuda and torch.equal(got[0].cpu(), tokens[idx]) and torch.equal(got[1].cpu(), idx)
         assert got[2] == bool((tokens[idx] == 0).any())
+
+
+def test_a_batch_larger_than_the_split_is_recorded_as_run(tmp_path, tiny_listops_data):
+    """200 training examples, batch_size 1000: each step uses 200, and throughput counts 200."""
+    record = train_run(_run(batch_size=1000, steps=4, eval_every=2, timing_skip_steps=0), tiny_listops_data,
+                       tmp_path, bar=False)
+    t, e = record["training"], record["efficiency"]
+    assert record["status"] == "ok" and t["effective_batch"] == 200 and t["micro_batch"] == 200
+    assert "batch_size 1000 is larger than the 200 training examples: each step used 200" in t["batch_note"]
+    assert e["train_tokens_per_s"] == pytest.approx(e["train_steps_per_s"] * 200 * tiny_listops_data.seq_len)
+    from attnbench.harness.run.train import effective_batch
+
+    assert effective_batch(32, 4, 30) == (28, "batch_size 32 is larger than the 30 training examples: each step "
+                                              "used 28 (4 micro-batches of 7)")
+    assert effective_batch(16, 1, 200) == (16, None)
+
+
+def test_records_never_hold_non_finite_numbers(tmp_path):
+    import json
+
+    from attnbench.harness.core.io import atomic_write_json
+
+    atomic_write_json(tmp_path / "r.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}})
+    assert json.loads((tmp_path / "r.json").read_text()) == {"a": None, "b": [1.0, None], "c": {"d": None}}
+    assert "NaN" not in (tmp_path / "r.json").read_text()

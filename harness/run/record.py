@@ -23,7 +23,8 @@ def build_record(*, run: dict, data: PreparedData, status: str, message: str | N
     step_median = trainer.step_timer.median(skip=run["train"]["timing_skip_steps"]) if trainer else None
     steps_per_s = 1.0 / step_median if step_median else None
     eval_time = sum(trainer.eval_timer.durations) if trainer else 0.0
-    batch, n = run["train"]["batch_size"] * (2 if data.paired else 1), data.seq_len  # paired: two towers
+    used = getattr(trainer, "batch_size", run["train"]["batch_size"])  # what a step ran (at most the split)
+    batch, n = used * (2 if data.paired else 1), data.seq_len  # paired: two towers
     n_model = n + (run["model"]["pooling"] == "cls")
     flops = None
     if trainer is not None:
@@ -62,8 +63,9 @@ def build_record(*, run: dict, data: PreparedData, status: str, message: str | N
             "resumed_from_step": getattr(trainer, "resumed_from_step", None),
             "precision": getattr(trainer, "precision", None),
             "accumulate": accumulate,
-            "micro_batch": run["train"]["batch_size"] // accumulate,
-            "effective_batch": run["train"]["batch_size"],
+            "micro_batch": used // accumulate,
+            "effective_batch": used,
+            "batch_note": getattr(trainer, "batch_note", None),
             "compiled": getattr(trainer, "compiled", None),
             "optimizer": getattr(trainer, "optimizer_kind", None),
             "float32_matmul_precision": getattr(trainer, "matmul_precision", None),

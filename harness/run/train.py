@@ -79,6 +79,16 @@ class TrainConfig:
                                   "when the run ends ok, diverged or timed out (0 = off)", minimum=0)
 
 
+def effective_batch(batch_size: int, accumulate: int, n_train: int) -> tuple[int, str | None]:
+    """The batch a step really uses, and why it is not ``batch_size`` (None when it is): a batch
+    cannot hold more examples than the training split, and stays a multiple of ``accumulate``."""
+    if batch_size <= n_train:
+        return batch_size, None
+    used = max(accumulate, n_train // accumulate * accumulate)
+    return used, (f"batch_size {batch_size} is larger than the {n_train} training examples: each step used "
+                  f"{used}" + (f" ({accumulate} micro-batches of {used // accumulate})" if accumulate > 1 else ""))
+
+
 class Diverged(Exception):
     pass
 
@@ -179,6 +189,7 @@ class Trainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.cfg))
         self.gen = torch.Generator().manual_seed(run["seed"])
         self.splits = {name: DeviceSplit(split, data.pad_id, device) for name, split in data.splits.items()}
+        self.batch_size, self.batch_note = effective_batch(cfg.batch_size, cfg.accumulate, self.splits["train"].n)
         self.step_timer = LazyStepTimer(device)
         self.eval_timer = LazyStepTimer(device)
         self.eval_tokens = 0
@@ -207,7 +218,7 @@ class Trainer:
     def batches(self):
         """Endless shuffled training batches (a new permutation every epoch), on the device."""
         split = self.splits["train"]
-        bs = min(self.cfg.batch_size, split.n)
+        bs = self.batch_size
         while True:  # the position is kept in self.perm / self.pos, so that a checkpoint holds it
             if self.perm is None or self.pos + bs > split.n:  # drop the ragged last batch: fixed shapes
                 self.perm, self.pos = torch.randperm(split.n, generator=self.gen), 0
