@@ -22,6 +22,9 @@ SWEEP = pytest.StashKey[dict]()
 
 def pytest_addoption(parser):
     parser.addoption("--attnbench-sweep", help="sweep file written by `attnbench bench` (settings and cases)")
+    parser.addoption("--attnbench-rows", help="also write every case's row (and the machine facts) here as JSON, "
+                     "in the layout of pytest-benchmark's file: written even when no case could be timed, when "
+                     "pytest-benchmark saves nothing")
 
 
 def _load_sweep(config) -> dict:
@@ -88,5 +91,23 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     machine_info["attnbench"] = bench_machine(config.stash[SWEEP]["device"], int(config.stash[SWEEP]["threads"]))
 
 
+def _attnbench_section(config) -> dict:
+    return {"schema_version": 1, "sweep": config.stash[SWEEP], "rows": config.stash[ROWS]}
+
+
 def pytest_benchmark_update_json(config, benchmarks, output_json):
-    output_json["attnbench"] = {"schema_version": 1, "sweep": config.stash[SWEEP], "rows": config.stash[ROWS]}
+    output_json["attnbench"] = _attnbench_section(config)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """The rows of every case, failures included, whether or not pytest-benchmark timed any: a
+    sweep whose every case is oom or unavailable is a result too."""
+    path = session.config.getoption("--attnbench-rows")
+    if not path:
+        return
+    from attnbench.harness.results.environment import bench_machine
+
+    sweep = session.config.stash[SWEEP]
+    data = {"machine_info": {"attnbench": bench_machine(sweep["device"], int(sweep["threads"]))}, "benchmarks": [],
+            "attnbench": _attnbench_section(session.config)}
+    Path(path).write_text(json.dumps(data, default=str))

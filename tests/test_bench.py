@@ -183,3 +183,21 @@ def test_rounds_combine_into_one_row_per_case_and_a_failed_round_wins():
     assert (a["min_s"], a["max_s"], a["rounds"], a["tokens_per_s"]) == (0.9, pytest.approx(3.6), 15, 100.0)
     assert a["gflops_per_s"] == pytest.approx(0.5) and len(a["times_s"]) == 15
     assert (b["case_id"], b["status"], b["message"], b["sweep_rounds"]) == ("b", "oom", "boom", 2)
+
+
+def test_a_sweep_whose_every_case_fails_is_still_a_result(tmp_path):
+    """Every case unavailable (xformers on a CPU): pytest-benchmark saves nothing, yet the sweep's
+    JSON is written with those rows, the table holds them and the report renders them."""
+    from attnbench.harness.report.render import render_report
+
+    cfg = validate_config(tiny_config(bench={"lengths": [32, 64], "modes": ["forward"], "scopes": ["layer"],
+                                             "warmup": 0, "repeats": 1, "backends": {"full": ["xformers"]}}))
+    out = tmp_path / "bench" / "full.json"
+    assert run_sweep(sweep_file(cfg, "full", 1, tmp_path / "work"), out) == 0
+    data = json.loads(out.read_text())
+    assert data["benchmarks"] == [] and data["machine_info"]["attnbench"]["torch"] == torch.__version__
+    df = aggregate_bench([out], tmp_path / "bench.csv")
+    assert list(zip(df["impl"], df["n"], df["status"], strict=True)) == [("full [xformers]", 32, "unavailable"),
+                                                                         ("full [xformers]", 64, "unavailable")]
+    index = render_report(None, tmp_path / "report", tmp_path / "bench.csv")
+    assert "unavailable" in (tmp_path / "report" / "summary.md").read_text().lower() and index.exists()

@@ -77,20 +77,23 @@ def sweep_file(config: dict, variant: str, cores: int, workdir: Path) -> dict:
 
 
 def run_sweep(sweep: dict, out_json: Path, extra_args: list[str] = ()) -> int:
-    """Run the sweep's benchmarks in a pytest process; its JSON replaces ``out_json`` only when complete."""
+    """Run the sweep's benchmarks in a pytest process; its JSON replaces ``out_json`` only when complete.
+    That is pytest-benchmark's file; when no case could be timed (every one oom, timeout or
+    unavailable) pytest-benchmark saves none, and the rows file in the same layout stands in."""
     out_json.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out_json.parent, prefix=".bench-") as tmp:
-        sweep_path, raw = Path(tmp) / "sweep.json", Path(tmp) / "benchmark.json"
+        sweep_path, raw, rows = Path(tmp) / "sweep.json", Path(tmp) / "benchmark.json", Path(tmp) / "rows.json"
         sweep_path.write_text(json.dumps(sweep))
         benchmarks = resources.benchmarks_dir()
         # importlib mode: pytest leaves sys.path alone (the benchmarks import attnbench like any user code)
         cmd = [sys.executable, "-m", "pytest", str(benchmarks / "test_attention.py"), "-p", "no:cacheprovider",
                "--rootdir", str(benchmarks), "--import-mode=importlib", "-o", "addopts=",
                "-q", "-s", "--benchmark-enable", "--benchmark-json", str(raw), "--benchmark-columns",
-               "min,median,max,rounds", "--attnbench-sweep", str(sweep_path), *extra_args]
+               "min,median,max,rounds", "--attnbench-sweep", str(sweep_path), "--attnbench-rows", str(rows),
+               *extra_args]
         rc = subprocess.call(cmd)
-        if rc == 0 and raw.exists():
-            atomic_write_text(out_json, raw.read_text())
+        if rc == 0 and (raw.exists() or rows.exists()):
+            atomic_write_text(out_json, (raw if raw.exists() else rows).read_text())
     return rc
 
 
