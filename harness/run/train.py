@@ -274,17 +274,18 @@ class Trainer:
         self.sdpa_kernels = kernels.names()
         return loss
 
-    def check_finite(self, losses: list[torch.Tensor], last_step: int) -> None:
-        """Raise Diverged at the first non-finite loss among ``losses``, those of the steps up to
-        ``last_step`` (one read of the device)."""
-        if not losses:
-            return
-        values = torch.stack([torch.as_tensor(v, device=self.device) for v in losses]).float().cpu()
+    def finite_losses(self, last_step: int) -> list[float]:
+        """The training losses since the last evaluation (those of the steps up to ``last_step``),
+        read from the device at once; raises Diverged at the first non-finite one, naming its step."""
+        if not self.losses:
+            return []
+        values = torch.stack([torch.as_tensor(v, device=self.device) for v in self.losses]).float().cpu()
         bad = (~torch.isfinite(values)).nonzero()
         if len(bad):
             first = int(bad[0, 0])
-            self.step = last_step - len(losses) + 1 + first
+            self.step = last_step - len(values) + 1 + first
             raise Diverged(f"non-finite training loss {values[first].item()} at step {self.step}")
+        return values.tolist()
 
     def fit(self, log: Log) -> int:
         """Train (from ``self.step``, later than 0 when resumed); returns the number of steps
@@ -307,9 +308,8 @@ class Trainer:
                     self.record_eval(step, time.perf_counter() - t0, log)
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps
                         and self.checkpoint_path is not None):
-                    self.check_finite(self.losses, step)
                     checkpoint.save(self.checkpoint_path, self, key=self.checkpoint_key,
-                                    losses=self.loss_values(), elapsed_s=time.perf_counter() - t0)
+                                    losses=self.finite_losses(step), elapsed_s=time.perf_counter() - t0)
                 if cfg.time_limit_min and time.perf_counter() - t0 > cfg.time_limit_min * 60:
                     if self.losses:
                         self.record_eval(step, time.perf_counter() - t0, log)
@@ -317,18 +317,12 @@ class Trainer:
         except (Diverged, TimeLimit):
             raise
         except Exception:  # a step that failed on a model that had already diverged: say diverged
-            self.check_finite(self.losses, finished)
+            self.finite_losses(finished)
             raise
         return cfg.steps
 
-    def loss_values(self) -> list[float]:
-        """The training losses since the last evaluation, read from the device."""
-        return [float(v) for v in torch.stack([torch.as_tensor(v, device=self.device)
-                                               for v in self.losses]).float().cpu()] if self.losses else []
-
     def record_eval(self, step: int, elapsed: float, log: Log) -> None:
-        self.check_finite(self.losses, step)
-        losses = self.loss_values()
+        losses = self.finite_losses(step)
         self.losses = []
         val_acc, val_loss = self.evaluate("val")
         row = {"step": step, "lr": self.sched.get_last_lr()[0], "train_loss": float(np.mean(losses)),
