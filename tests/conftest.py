@@ -62,6 +62,25 @@ def tiny_run(seed: int = 0, **override) -> dict:
     return resolve_run(validate_config(tiny_config(**override)), "listops", "full", seed)
 
 
+def assert_padding_invariant(layer, x, junk_seed: int, pads=(1, 9), lengths=None) -> None:
+    """What the conformance checks assert with a variant's test parameters, for a layer built with
+    others: appended padding (junk values) leaves the real outputs unchanged, and in a ragged batch
+    each element's real outputs equal running it alone (float64, to 1e-10)."""
+    from attnbench.harness.conformance.checks import lengths_mask, randn
+
+    batch, n, dim = x.shape
+    lengths = lengths or (n, 4, 11)
+    with torch.no_grad():
+        ref = layer(x)
+        for pad in pads:
+            xp = torch.cat([x, randn(batch, pad, dim, seed=junk_seed) * 100], dim=1)
+            out = layer(xp, lengths_mask([n] * batch, n + pad))
+            torch.testing.assert_close(out[:, :n], ref, rtol=0, atol=1e-10)
+        out = layer(x, lengths_mask(lengths, n))
+        for b, length in enumerate(lengths):
+            torch.testing.assert_close(out[b:b + 1, :length], layer(x[b:b + 1, :length]), rtol=0, atol=1e-10)
+
+
 def largest_saved_tensor(attend, q, k, v, mask) -> int:
     """The element count of the largest tensor ``attend(q, k, v, mask)`` keeps for its backward pass:
     how the memory of a variant's attention grows, measured without timing or RSS."""

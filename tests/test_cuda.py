@@ -23,6 +23,7 @@ import copy
 import pytest
 import torch
 
+from attnbench.harness.conformance.checks import lengths_mask
 from attnbench.harness.measure.memory import PeakMemory
 from attnbench.variants import VARIANTS, build_attention
 from attnbench.variants.sdpa import use_xformers, xformers_unavailable
@@ -70,9 +71,6 @@ def make(entry, seed=0):
 def randn(*shape, seed=1):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
 
-
-def lengths_mask(lengths, n):
-    return torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
 
 
 def autocast(precision: str):

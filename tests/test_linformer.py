@@ -7,19 +7,13 @@ import math
 import pytest
 import torch
 
+from attnbench.harness.conformance.checks import lengths_mask, randn
 from attnbench.harness.run import precision
 from attnbench.variants import VARIANTS, build_attention
+from conftest import assert_padding_invariant
 
 DIM, HEADS, BATCH = 16, 2, 3
 DH = DIM // HEADS
-
-
-def randn(*shape, seed=1, dtype=torch.float64):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def lengths_mask(lengths, n):
-    return torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
 
 
 def make(params=None, max_len=32, seed=0):
@@ -146,18 +140,7 @@ def test_layer_equals_its_formula_with_padding(params):
 @pytest.mark.parametrize("params", OPTIONS[1:], ids=lambda p: ",".join(f"{k}={v}" for k, v in p.items()))
 def test_padding_invariance_of_the_options(params):
     """What the registry-wide tests check with the defaults, for the other options."""
-    layer = make(params)
-    n = 18
-    x = randn(BATCH, n, DIM, seed=7)
-    with torch.no_grad():
-        ref = layer(x)
-        for pad in (1, 9):
-            xp = torch.cat([x, randn(BATCH, pad, DIM, seed=8) * 100], dim=1)
-            out = layer(xp, lengths_mask([n] * BATCH, n + pad))
-            torch.testing.assert_close(out[:, :n], ref, rtol=0, atol=1e-10)
-        out = layer(x, lengths_mask([n, 4, 11], n))
-        for b, length in enumerate((n, 4, 11)):
-            torch.testing.assert_close(out[b:b + 1, :length], layer(x[b:b + 1, :length]), rtol=0, atol=1e-10)
+    assert_padding_invariant(make(params), randn(BATCH, 18, DIM, seed=7), junk_seed=8)
 
 
 def test_a_batch_element_without_real_keys_gives_zeros():

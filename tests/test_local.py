@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attnbench.harness.conformance.checks import lengths_mask
 from attnbench.variants import VARIANTS, build_attention
 from attnbench.variants.reference import explicit_softmax_attention
 from conftest import largest_saved_tensor
@@ -19,9 +20,6 @@ def qkv(n, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(B, H, n, D, generator=g, dtype=dtype) for _ in range(3)]
 
-
-def lengths_mask(lengths, n):
-    return torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
 
 
 def local(block, kernel="gather", dtype=torch.float64):

@@ -18,6 +18,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from attnbench.harness.conformance.checks import lengths_mask
 from attnbench.harness.core.registry import dataclass_schema
 from attnbench.variants import VARIANTS, build_attention
 from attnbench.variants.lsh import LSHAttention, LSHConfig, gather_rows, lsh_sort, unsort_rows
@@ -31,9 +32,6 @@ DIM, HEADS = 16, 2
 def randn(*shape, seed=1, dtype=torch.float64):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
-
-def lengths_mask(lengths, n):
-    return torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
 
 
 def make(seed=0, dim=DIM, heads=HEADS, dtype=torch.float64, **params) -> LSHAttention:

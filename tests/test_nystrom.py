@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from attnbench.harness.conformance.checks import lengths_mask
 from attnbench.harness.run import precision
 from attnbench.variants import VARIANTS, build_attention, nystrom
 from attnbench.variants.reference import explicit_softmax_attention
@@ -22,9 +23,6 @@ def layer(landmarks, iterations=6, conv=0, dtype=torch.float64):
     params = {"landmarks": landmarks, "pinv_iterations": iterations, "conv_kernel": conv}
     return build_attention("nystrom", H * D, H, params, max_len=MAX_LEN).to(dtype).eval()
 
-
-def lengths_mask(lengths, n):
-    return torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
 
 
 def gen(seed):

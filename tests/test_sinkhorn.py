@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from attnbench.harness.conformance.checks import lengths_mask
 from attnbench.variants import VARIANTS, build_attention
 from attnbench.variants.sinkhorn import SinkhornConfig
 
@@ -21,9 +22,6 @@ def qkv(n, seed=0, batch=B, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(batch, H, n, D, generator=g, dtype=dtype) for _ in range(3)]
 
-
-def lengths_mask(lengths, n):
-    return torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
 
 
 def sinkhorn(max_len=MAX_LEN, **params):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attnbench.harness.conformance.checks import lengths_mask
 from attnbench.variants import build_attention
 from attnbench.variants.reference import explicit_softmax_attention
 
@@ -18,9 +19,6 @@ def qkv(n, seed=0, dtype=torch.float64):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(B, H, n, D, generator=g, dtype=dtype) for _ in range(3)]
 
-
-def lengths_mask(lengths, n):
-    return torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
 
 
 def sparse(**params):

@@ -7,8 +7,10 @@ import math
 import pytest
 import torch
 
+from attnbench.harness.conformance.checks import lengths_mask, randn
 from attnbench.harness.run import precision
 from attnbench.variants import VARIANTS, build_attention
+from conftest import assert_padding_invariant
 
 DIM, HEADS, BATCH = 16, 2, 3
 DH = DIM // HEADS
@@ -23,14 +25,6 @@ KINDS = [
     {"kind": "dense", "dot_product": True},
 ]
 IDS = [",".join(f"{k}={v}" for k, v in p.items()) for p in KINDS]
-
-
-def randn(*shape, seed=1, dtype=torch.float64):
-    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
-
-
-def lengths_mask(lengths, n):
-    return torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
 
 
 def make(params, max_len=24, seed=0, spread=True):
@@ -102,19 +96,7 @@ def test_layer_equals_its_formula_with_padding(params):
 @pytest.mark.parametrize("params", KINDS, ids=IDS)
 def test_padding_invariance_and_ragged_batches(params):
     """What the registry-wide tests check with the default (dense), for every kind."""
-    layer = make(params, max_len=40)
-    n = 18
-    x = randn(BATCH, n, DIM, seed=5)
-    with torch.no_grad():
-        ref = layer(x)
-        for pad in (1, 9):
-            xp = torch.cat([x, randn(BATCH, pad, DIM, seed=6) * 100], dim=1)
-            out = layer(xp, lengths_mask([n] * BATCH, n + pad))
-            torch.testing.assert_close(out[:, :n], ref, rtol=0, atol=1e-10)
-        lengths = (n, 4, 11)
-        out = layer(x, lengths_mask(lengths, n))
-        for b, length in enumerate(lengths):
-            torch.testing.assert_close(out[b:b + 1, :length], layer(x[b:b + 1, :length]), rtol=0, atol=1e-10)
+    assert_padding_invariant(make(params, max_len=40), randn(BATCH, 18, DIM, seed=5), junk_seed=6)
 
 
 @pytest.mark.parametrize("params", KINDS, ids=IDS)

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from attnbench.harness.conformance.checks import FAST_CHECKS, run_checks
+from attnbench.harness.conformance.checks import FAST_CHECKS, lengths_mask, run_checks
 from attnbench.harness.core.registry import UnknownNameError
 from attnbench.variants import VARIANTS, Attention, build_attention
 from attnbench.variants.reference import explicit_softmax_attention
@@ -35,9 +35,6 @@ def make(entry, dtype=torch.float64, seed=0) -> Attention:
 def randn(*shape, seed=1, dtype=torch.float64):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
-
-def lengths_mask(lengths, n):
-    return torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
 
 
 def test_registry_is_not_empty_and_has_full():

@@ -4,6 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from attnbench.harness.conformance.checks import lengths_mask
 from attnbench.variants import build_attention
 from attnbench.variants.blocks import resolve_positions
 from attnbench.variants.reference import explicit_softmax_attention
@@ -19,9 +20,6 @@ def qkv(n, seed=0):
     g = torch.Generator().manual_seed(seed)
     return [torch.randn(B, H, n, D, generator=g, dtype=torch.float64) for _ in range(3)]
 
-
-def lengths_mask(lengths, n):
-    return torch.arange(n)[None, :] < torch.tensor(lengths)[:, None]
 
 
 def band_mask(n, w, globals_, lengths):
