@@ -1,0 +1,8 @@
+"""The base class of the errors a user can cause and fix: a bad config, missing or corrupt data, a
+busy lock, an unknown name. ``attnbench`` prints such an error as one line and exits 2; any other
+exception is a bug and keeps its traceback."""
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """An error whose message says what is wrong and how to fix it; no traceback is needed."""
