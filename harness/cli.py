@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from attnbench.harness.core import paths
+from attnbench.harness.core.errors import PATH_ERRORS, UsageError, UserError
 
 # Each command imports what it runs inside its function: torch, pandas and matplotlib take seconds
 # to import, and `attnbench --help` or a report should not pay for the training code.
@@ -84,14 +85,14 @@ def cmd_train(args) -> int:
     from attnbench.tasks.base import build_task, load_prepared, save_prepared
 
     if args.teacher_dir and args.method != "distill":
-        raise SystemExit("--teacher-dir: only a distilled run (--method distill) has a teacher")
+        raise UsageError("--teacher-dir: only a distilled run (--method distill) has a teacher")
     run = (json.loads(args.run_config) if args.run_config
            else resolve_run(_load(args), args.task, args.variant, args.seed, args.method))
     for key, want in (("task", args.task), ("variant", args.variant), ("method", args.method)):
         if run[key]["name"] != want:
-            raise SystemExit(f"--{key} {want} does not match the run config's {run[key]['name']}")
+            raise UsageError(f"--{key} {want} does not match the run config's {run[key]['name']}")
     if run["seed"] != args.seed:
-        raise SystemExit(f"--seed {args.seed} does not match the run config's seed {run['seed']}")
+        raise UsageError(f"--seed {args.seed} does not match the run config's seed {run['seed']}")
     if run["variant"].get("source"):  # a variant from outside the repository: the run says where it lives
         from attnbench.variants import VARIANTS
 
@@ -140,8 +141,7 @@ def cmd_new_variant(args) -> int:
     try:
         path, cls = write_template(args.name, Path(args.dir), force=args.force)
     except (ValueError, FileExistsError) as exc:
-        print(f"attnbench new-variant: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"new-variant: {exc}") from None
     print(f"wrote {path} (class {cls}: full softmax attention, to replace with your mechanism)\n"
           f"check it:  cd {path.parent} && attnbench check-variant {args.name}:{cls}\n"
           f"use it:    variants: {{{args.name}: {{from: \"{args.name}:{cls}\"}}}} in a config")
@@ -149,10 +149,14 @@ def cmd_new_variant(args) -> int:
 
 
 def cmd_aggregate(args) -> int:
-    from attnbench.harness.results.aggregate import aggregate
+    from attnbench.harness.results.aggregate import aggregate, set_aside_file
 
-    df = aggregate(args.records or Path(args.runs), Path(args.out))
-    print(f"aggregated {len(df)} run records into {args.out}")
+    df, aside = aggregate(args.records or Path(args.runs), Path(args.out))
+    for entry in aside:
+        print(f"set aside {entry['record']} -> {entry['moved_to']}: {entry['reason']}", file=sys.stderr)
+    print(f"aggregated {len(df)} run records into {args.out}"
+          + (f"; set aside {len(aside)} unreadable record(s), listed in {set_aside_file(Path(args.out))} (the "
+             "next snakemake run trains them again)" if aside else ""))
     return 0
 
 
@@ -163,7 +167,7 @@ def cmd_bench(args) -> int:
     plan = json.loads(args.sweep_json) if args.sweep_json else sweep_plan(_load(args), args.variant,
                                                                           out.parent / ".work")
     if plan.get("variant", args.variant) != args.variant:
-        raise SystemExit(f"--variant {args.variant} does not match the sweep's variant {plan['variant']}")
+        raise UsageError(f"--variant {args.variant} does not match the sweep's variant {plan['variant']}")
     plan.setdefault("variant", args.variant)
     # Lease one GPU before anything touches torch.cuda (it sets CUDA_VISIBLE_DEVICES; resolving
     # `device: auto` below asks torch). The case processes inherit it.
@@ -174,7 +178,7 @@ def cmd_bench(args) -> int:
     if args.lengths:
         sweep["cases"] = [c for c in sweep["cases"] if c["n"] in args.lengths]
     if not sweep["cases"]:
-        raise SystemExit(f"attnbench bench: no cases to run for {args.variant} on {sweep['device']}")
+        raise UsageError(f"bench: no cases to run for {args.variant} on {sweep['device']}")
     print(f"{args.variant}: {len(sweep['cases'])} cases on {sweep['device']}"
           + (f" (configured: {plan['device']})" if plan["device"] != sweep["device"] else "")
           + (f" (leased GPU {lease['cuda_visible_devices']})" if lease else "")
@@ -298,19 +302,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from attnbench.harness.config import ConfigError
-    from attnbench.harness.core.registry import ExternalComponentError, UnknownNameError
-    from attnbench.tasks.base import DataError
-
+    """Run one subcommand. An error the user can fix (a bad config, missing or corrupt data, a busy
+    lock, a missing file) is one line on stderr and exit status 2; anything else is a bug and keeps
+    its traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["compare"]:
-        from attnbench.harness.compare.command import main as compare_main
-
-        return compare_main(argv[1:])
-    args = build_parser().parse_args(argv)
     try:
+        if argv[:1] == ["compare"]:
+            from attnbench.harness.compare.command import main as compare_main
+
+            return compare_main(argv[1:])
+        args = build_parser().parse_args(argv)
         return args.func(args)
-    except (ConfigError, UnknownNameError, DataError, ExternalComponentError) as exc:
+    except (UserError, *PATH_ERRORS) as exc:
         print(f"attnbench: error: {exc}", file=sys.stderr)
         return 2
 

@@ -18,6 +18,7 @@ from attnbench.harness.config import (
     validate_config,
 )
 from attnbench.harness.core import paths
+from attnbench.harness.results.set_aside import readable
 from attnbench.tasks.base import build_task, data_key
 from snakemake.logging import logger
 
@@ -71,6 +72,19 @@ VARIANTS = list(config["variants"])
 # every run of the config: (task, variant, seed, method); rule train makes those trained from
 # labels, rules/distill.smk the others
 RUNS = planned_runs(config, TASKS)
+
+
+def set_aside_unreadable_records():
+    """A run whose record.json cannot be read (truncated, not UTF-8, not a record) would block the
+    aggregation and never be trained again: move it to results/set_aside/ (with the reason) before
+    the jobs are planned, so this run plans its training again. Dry runs too: nothing is deleted."""
+    _, aside = readable([run.record for run in RUNS if run.record.exists()])
+    for entry in aside:
+        logger.warning(f"attnbench: set aside the unreadable {entry['record']} (moved to {entry['moved_to']}): "
+                       f"{entry['reason']}; its run is planned again")
+
+
+set_aside_unreadable_records()
 
 
 def one_of(names):

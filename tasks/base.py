@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from attnbench.harness.core.errors import UserError
 from attnbench.harness.core.io import atomic_torch_save
 from attnbench.harness.core.registry import Registry
 
@@ -33,7 +34,7 @@ def lra_release_hint(folder: str, config_key: str, point_at: str = "") -> str:
             f"it unpacks {folder}; set {config_key} to {point_at or 'that folder'}")
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """Missing or corrupt data; the message names the file and how to obtain it."""
 
 

@@ -159,6 +159,27 @@ def test_rerun_does_nothing_and_deleting_a_record_reruns_only_that_job(pipeline)
 
 
 @pytest.mark.slow
+def test_unreadable_records_are_set_aside_and_their_runs_trained_again(pipeline):
+    work = pipeline
+    students = work / "results" / "runs" / "image" / "distilled-full"
+    truncated, binary = students / "seed0" / "record.json", students / "seed1" / "record.json"
+    truncated.write_text(truncated.read_text()[:100])
+    binary.write_bytes(b"\xff" + binary.read_bytes())
+    dry = snakemake(work, "-n")  # planning sets them aside: their runs are planned again
+    assert planned_jobs(dry) == {"distill": 2, "aggregate": 1, "report": 1, "all": 1}
+    err = dry.stdout + dry.stderr
+    assert f"set aside the unreadable {truncated.relative_to(work)}" in err and "not UTF-8" in err
+    aside = sorted((work / "results" / "set_aside" / "image" / "distilled-full").rglob("record.*.json"))
+    assert [p.parent.name for p in aside] == ["seed0", "seed1"]
+    result = snakemake(work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert read_record(truncated)["status"] == read_record(binary)["status"] == "ok"
+    summary = pd.read_csv(work / "results" / "summary.csv")
+    assert len(summary[(summary["task"] == "image") & (summary["method"] == "distill")]) == 2
+    assert planned_jobs(snakemake(work, "-n")) == {}
+
+
+@pytest.mark.slow
 def test_changing_one_tasks_settings_reruns_only_that_tasks_jobs(pipeline, tmp_path):
     work = pipeline
     cfg = json.loads(json.dumps(TINY))

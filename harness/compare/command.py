@@ -37,6 +37,7 @@ import torch
 
 from attnbench.harness.compare.peers import PEERS, Shape, _defaults, _version, missing_modules
 from attnbench.harness.compare.probe import run_worker
+from attnbench.harness.core.errors import UsageError
 from attnbench.harness.measure.gpu_lease import acquire
 from attnbench.harness.results.environment import capture
 from attnbench.variants import VARIANTS
@@ -123,7 +124,7 @@ def run_comparison(args: argparse.Namespace, quiet: bool = False) -> dict:
         importlib.import_module(mod)
     unknown = sorted(set(args.peers or ()) - set(PEERS))
     if unknown:
-        raise SystemExit(f"unknown peer(s) {', '.join(unknown)}; known: {', '.join(PEERS)}")
+        raise UsageError(f"unknown peer(s) {', '.join(unknown)}; known: {', '.join(PEERS)}")
     workdir = Path(tempfile.mkdtemp(prefix="attnbench-compare-"))  # the workers' result files
 
     def shape_of(n: int) -> Shape:
@@ -300,7 +301,7 @@ def markdown_table(report: dict) -> str:
 def _devices(choice: str) -> list[str]:
     cuda = torch.cuda.is_available()
     if choice == "cuda" and not cuda:
-        raise SystemExit("--device cuda: no CUDA device is available")
+        raise UsageError("--device cuda: no CUDA device is available")
     if choice == "auto":
         return ["cpu", "cuda"] if cuda else ["cpu"]
     return [choice]
@@ -373,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
         args.out = str(Path("results/compare") / f"compare-{stamp}.json")
     if args.repeats < 1:
-        raise SystemExit("--repeats must be at least 1")
+        raise UsageError("--repeats must be at least 1")
     args.gpu_lease = lease_gpu(args.device)
     report = run_comparison(args)
     print()

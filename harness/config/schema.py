@@ -18,6 +18,7 @@ import yaml
 
 from attnbench.harness.bench.settings import BenchConfig
 from attnbench.harness.core import resources
+from attnbench.harness.core.errors import UserError
 from attnbench.harness.core.registry import dataclass_schema
 from attnbench.harness.run.distill import DistillConfig
 from attnbench.harness.run.model import ModelConfig
@@ -33,11 +34,13 @@ _JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a 
                list: "a list", dict: "a mapping", type(None): "null"}
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """An invalid config; the message has one line per problem."""
 
     @classmethod
     def of(cls, problems: list[str]) -> ConfigError:
+        if len(problems) == 1:  # one problem, one line
+            return cls(f"invalid attnbench config: {problems[0]}")
         return cls("invalid attnbench config:\n  - " + "\n  - ".join(problems))
 
 

@@ -6,3 +6,13 @@ from __future__ import annotations
 
 class UserError(Exception):
     """An error whose message says what is wrong and how to fix it; no traceback is needed."""
+
+
+class UsageError(UserError):
+    """Command-line arguments that do not fit together (or with the config)."""
+
+
+#: OS errors about a path the user gave (a missing file, a folder where a file was expected, no
+#: permission): their message names the path, which is all the user needs
+PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
+

@@ -19,8 +19,10 @@ import typing
 from collections.abc import Callable
 from typing import Any, Literal
 
+from attnbench.harness.core.errors import UserError
 
-class UnknownNameError(KeyError):
+
+class UnknownNameError(UserError, KeyError):
     """A name that is not registered; the message lists the known names."""
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain
@@ -35,7 +37,7 @@ class Entry:
     description: str
 
 
-class ExternalComponentError(ValueError):
+class ExternalComponentError(UserError, ValueError):
     """A component named from outside the package (``module:Class``) that cannot be used."""
 
 

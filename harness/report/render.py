@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from attnbench.harness.core.errors import UserError
 from attnbench.harness.report.bench import bench_environment_table, bench_section
 from attnbench.harness.report.distillation import distillation_section
 from attnbench.harness.report.lra import lra_section
@@ -21,6 +22,11 @@ from attnbench.harness.report.runs import (
     runs_section,
 )
 from attnbench.harness.report.writer import Document, read_table
+from attnbench.harness.results.aggregate import set_aside_file
+
+
+class NothingToReport(UserError, ValueError):
+    """Neither the runs' table nor the sweep's holds a row."""
 
 
 def _stamp() -> str:
@@ -45,7 +51,7 @@ def render_report(summary_csv: Path | None, out_dir: Path, bench_csv: Path | Non
     if df.empty and bench.empty:
         why = [f"{summary_csv} holds no runs" if summary_csv is not None else "no summary_csv given",
                f"{bench_csv} holds no efficiency cases" if bench_csv is not None else "no bench_csv given"]
-        raise ValueError(f"{'; '.join(why)}: nothing to report")
+        raise NothingToReport(f"{'; '.join(why)}: nothing to report")
     doc = Document(out_dir)
     if df.empty:
         title = "attnbench efficiency report"
@@ -60,6 +66,8 @@ def render_report(summary_csv: Path | None, out_dir: Path, bench_csv: Path | Non
     not_ok = {k: v for k, v in df["status"].value_counts().to_dict().items() if k != "ok"}
     if not_ok:
         doc.note(f"Runs that did not finish ok: {json.dumps(not_ok)} (see Runs).", alert=True, html_only=True)
+    if summary_csv is not None:
+        _set_aside_note(doc, set_aside_file(summary_csv))
     accuracy_section(doc, df)
     lra_section(doc, df, lra_average)
     figures_section(doc, df)
@@ -70,6 +78,16 @@ def render_report(summary_csv: Path | None, out_dir: Path, bench_csv: Path | Non
     runs_section(doc, df)
     _environment(doc, environment_table(df), "code")
     return doc.write(title)
+
+
+def _set_aside_note(doc: Document, listing: Path) -> None:
+    """Records the aggregation could not read and set aside: said at the top, each with its reason."""
+    if not listing.exists():
+        return
+    entries = json.loads(listing.read_text(encoding="utf-8"))
+    doc.note(f"{len(entries)} run record(s) could not be read and were set aside (moved out of their run folders, "
+             "so the next `snakemake` trains those runs again); this report holds the others:", alert=True)
+    doc.table(pd.DataFrame(entries, columns=["record", "reason", "moved_to"]))
 
 
 def _environment(doc: Document, table: pd.DataFrame, what: str) -> None:

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from attnbench.harness.core.io import write_table
-from attnbench.harness.results.records import find_records, read_record
+from attnbench.harness.core.io import atomic_write_json, write_table
+from attnbench.harness.results.records import find_records
+from attnbench.harness.results.set_aside import readable
 from attnbench.variants import VARIANTS
 
 COLUMNS = [
@@ -80,16 +81,28 @@ def record_row(record: dict, path: Path) -> dict:
     }
 
 
-def collect(records: list[Path]) -> pd.DataFrame:
-    rows = [record_row(read_record(p), p) for p in records]
+def _table(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=COLUMNS)
     return df.sort_values(["task", "variant", "seed"], kind="stable").reset_index(drop=True)
 
 
-def aggregate(records: list[Path] | Path, out_csv: Path) -> pd.DataFrame:
-    """Aggregate the given record files, or every record under a folder."""
+def set_aside_file(out_csv: Path) -> Path:
+    """The list of the records an aggregation set aside, beside its table (``summary.set_aside.json``)."""
+    return Path(out_csv).with_suffix(".set_aside.json")
+
+
+def aggregate(records: list[Path] | Path, out_csv: Path) -> tuple[pd.DataFrame, list[dict]]:
+    """Aggregate the given record files, or every record under a folder. A record that cannot be
+    read is set aside (``results.set_aside``) and listed in ``summary.set_aside.json``, which the
+    report shows; the table holds the others. Returns the table and the set-aside entries."""
     if isinstance(records, (str, Path)):
         records = list(find_records(Path(records)))
-    df = collect([Path(p) for p in records])
+    good, aside = readable([Path(p) for p in records])
+    df = _table([record_row(record, path) for path, record in good])
     write_table(df, out_csv)
-    return df
+    listing = set_aside_file(out_csv)
+    if aside:
+        atomic_write_json(listing, aside)
+    else:
+        listing.unlink(missing_ok=True)  # a listing from an earlier aggregation no longer applies
+    return df, aside

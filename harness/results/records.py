@@ -16,6 +16,7 @@ from typing import NamedTuple
 from jsonschema import Draft202012Validator
 
 from attnbench.harness.core import paths, resources
+from attnbench.harness.core.errors import UserError
 from attnbench.harness.core.io import atomic_write_json
 
 SCHEMA_VERSION = 2
@@ -24,7 +25,7 @@ RECORD_NAME = "record.json"
 LABELS = {"labels": "{variant}", "distill": "distilled[{variant}]"}
 
 
-class RecordError(ValueError):
+class RecordError(UserError, ValueError):
     pass
 
 
@@ -88,11 +89,14 @@ def _upgrade(record: dict) -> dict:
 
 def read_record(path: Path) -> dict:
     try:
-        record = json.loads(Path(path).read_text())
+        record = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RecordError(f"cannot read record {path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     except (OSError, json.JSONDecodeError) as exc:
         raise RecordError(f"cannot read record {path}: {exc}") from exc
-    if isinstance(record, dict):
-        _upgrade(record)
+    if not isinstance(record, dict):
+        raise RecordError(f"cannot read record {path}: it holds a JSON {type(record).__name__}, not an object")
+    _upgrade(record)
     validate_record(record, str(path))
     return record
 

@@ -13,11 +13,13 @@ import shutil
 
 import torch
 
+from attnbench.harness.core.errors import UserError
+
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class PrecisionError(ValueError):
+class PrecisionError(UserError, ValueError):
     """The asked-for precision cannot run on this device."""
 
 
