@@ -18,13 +18,10 @@ from attnbench.harness.bench import sweep as bench_sweep
 from attnbench.harness.bench.case import (
     Stepper,
     analytic_flops,
-    cap_cuda_memory,
     counted_flops,
-    cuda_memory_cap,
     error_result,
     failure_status,
     flops_counted_method,
-    memory_fraction_args,
     unavailable,
     xformers_attention_flops,
 )
@@ -34,6 +31,7 @@ from attnbench.harness.bench.sweep import SweepEnv, probe_case, release_memory, 
 from attnbench.harness.config import validate_config
 from attnbench.harness.core.registry import build_dataclass
 from attnbench.harness.measure import gpu_lease
+from attnbench.harness.measure.memory import cap_cuda_memory, cuda_memory_cap, memory_fraction_args
 from conftest import tiny_config
 
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -32,7 +32,7 @@ from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, 
 
 from attnbench.harness.bench.settings import Case
 from attnbench.harness.measure.fresh_process import worker_main
-from attnbench.harness.measure.memory import PeakMemory
+from attnbench.harness.measure.memory import PeakMemory, cap_cuda_memory
 from attnbench.harness.measure.sdpa_kernels import SdpaKernels
 from attnbench.harness.measure.timing import synchronize
 from attnbench.harness.run.model import Block, ModelConfig
@@ -80,31 +80,6 @@ def failure_status(message: str, out_of_memory: bool) -> str:
     if out_of_memory:
         return "oom"
     return "unavailable" if NO_KERNEL.search(message) else "failed"
-
-
-def cuda_memory_cap(configured: int | None, total: int, free: int) -> int:
-    """The bytes a case's worker may allocate on its GPU: ``bench.memory_cap_mb`` if set, else 80% of the
-    GPU's memory, and never more than was free when the worker started (what another process holds,
-    the sweep's own timing process included, is not there to use: a cap above it would turn a real
-    out-of-memory into a crash at an unrecorded size)."""
-    return max(0, min(configured or int(0.8 * total), free))
-
-
-def memory_fraction_args(device: torch.device, current_index: int, cap: int, total: int) -> tuple[float, int]:
-    """The arguments of ``torch.cuda.set_per_process_memory_fraction`` that cap ``device`` at ``cap``
-    bytes: the fraction of its total memory, and its index (torch 2.13 refuses a ``torch.device`` without
-    one: "Expected a torch.device with a specified index"); an unindexed ``cuda`` is the current device."""
-    index = device.index if device.index is not None else current_index
-    return min(1.0, cap / total), index
-
-
-def cap_cuda_memory(device: torch.device, configured: int | None) -> int:
-    """Cap this process's CUDA allocations on ``device`` (see ``cuda_memory_cap``); the cap in bytes."""
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    free, total = torch.cuda.mem_get_info(index)
-    cap = cuda_memory_cap(configured, total, free)
-    torch.cuda.set_per_process_memory_fraction(*memory_fraction_args(device, index, cap, total))
-    return cap
 
 
 def routes_to_xformers(case: Case) -> bool:

@@ -11,9 +11,11 @@ sweep and ``attnbench compare`` alike.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import resource
 import threading
+from collections.abc import Iterator
 
 import psutil
 import torch
@@ -132,3 +134,71 @@ class PeakMemory:
             self.peak_bytes, self.method = max(maxrss - self.baseline_bytes, sampled), MAXRSS_METHOD
         else:
             self.peak_bytes, self.method = max(0, sampled), SAMPLED_METHOD
+
+
+def cuda_memory_cap(configured: int | None, total: int, free: int) -> int:
+    """The bytes a process (a sweep case's worker, a training job) may allocate on its GPU: the configured
+    cap (``bench.memory_cap_mb``, ``train.memory_cap_mb``) if set, else 80% of the GPU's memory, and
+    never more than was free when the process started (what another process holds,
+    the sweep's own timing process included, is not there to use: a cap above it would turn a real
+    out-of-memory into a crash at an unrecorded size)."""
+    return max(0, min(configured or int(0.8 * total), free))
+
+
+def memory_fraction_args(device: torch.device, current_index: int, cap: int, total: int) -> tuple[float, int]:
+    """The arguments of ``torch.cuda.set_per_process_memory_fraction`` that cap ``device`` at ``cap``
+    bytes: the fraction of its total memory, and its index (torch 2.13 refuses a ``torch.device`` without
+    one: "Expected a torch.device with a specified index"); an unindexed ``cuda`` is the current device."""
+    index = device.index if device.index is not None else current_index
+    return min(1.0, cap / total), index
+
+
+def cap_cuda_memory(device: torch.device, configured: int | None) -> int:
+    """Cap this process's CUDA allocations on ``device`` (see ``cuda_memory_cap``); the cap in bytes."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    free, total = torch.cuda.mem_get_info(index)
+    cap = cuda_memory_cap(configured, total, free)
+    torch.cuda.set_per_process_memory_fraction(*memory_fraction_args(device, index, cap, total))
+    return cap
+
+
+CPU_CAP_METHOD = ("address space the process may add (RLIMIT_AS set to its size at the start plus the cap "
+                  "minus its resident size): an allocation beyond it fails, and the run becomes an oom record")
+CUDA_CAP_METHOD = "torch.cuda.set_per_process_memory_fraction (device memory; host memory is not capped)"
+
+
+def cpu_address_limit(cap: int, vms: int, rss: int, current_soft: int) -> int:
+    """The soft RLIMIT_AS that lets a process of address space ``vms`` and resident size ``rss`` grow its
+    resident memory to at most ``cap`` bytes: every new resident byte is new address space first, so
+    ``vms + (cap - rss)`` (never below ``vms``: the process must be able to go on as it is). A lower
+    limit already in force (``ulimit -v``) stays."""
+    limit = vms + max(0, cap - rss)
+    return limit if current_soft == resource.RLIM_INFINITY else min(limit, current_soft)
+
+
+@contextlib.contextmanager
+def memory_cap(device: torch.device, cap_mb: int) -> Iterator[dict]:
+    """Cap what the work inside may allocate: ``cap_mb`` MiB, or with 0 80% of the machine's RAM (CPU) or
+    of the GPU's memory (CUDA, never more than is free). An allocation past the cap raises torch's (or
+    Python's) out-of-memory error, which ``is_out_of_memory`` recognises, instead of taking the machine
+    down. Yields ``{"bytes": cap, "method": how}``; the previous limit is restored on exit."""
+    configured = cap_mb * MIB if cap_mb else None
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        cap = cap_cuda_memory(device, configured)
+        try:
+            yield {"bytes": cap, "method": CUDA_CAP_METHOD}
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0, index)
+        return
+    cap = configured or int(0.8 * psutil.virtual_memory().total)
+    info = psutil.Process().memory_info()
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = cpu_address_limit(cap, info.vms, info.rss, soft)
+    if hard != resource.RLIM_INFINITY:
+        limit = min(limit, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+    try:
+        yield {"bytes": cap, "method": CPU_CAP_METHOD}
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))

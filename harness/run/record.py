@@ -16,9 +16,11 @@ from attnbench.tasks.base import PreparedData
 
 def build_record(*, run: dict, data: PreparedData, status: str, message: str | None, trainer, test_acc: float | None,
                  steps_done: int, mem: PeakMemory, device: torch.device, wall_s: float, baselines: dict,
-                 step_work: str = "forward, backward, clip, AdamW", extra: dict | None = None) -> dict:
+                 step_work: str = "forward, backward, clip, AdamW", extra: dict | None = None,
+                 memory_cap: dict | None = None) -> dict:
     """The record of a run that ended with ``status``; ``trainer`` is None when it never started.
-    ``extra``: entries a training method adds (a distilled run's ``teacher``)."""
+    ``extra``: entries a training method adds (a distilled run's ``teacher``); ``memory_cap``: the cap
+    the run trained under (``measure.memory.memory_cap``), None when it never started."""
     key = RunKey.of(run)
     step_median = trainer.step_timer.median(skip=run["train"]["timing_skip_steps"]) if trainer else None
     steps_per_s = 1.0 / step_median if step_median else None
@@ -70,6 +72,8 @@ def build_record(*, run: dict, data: PreparedData, status: str, message: str | N
             "optimizer": getattr(trainer, "optimizer_kind", None),
             "float32_matmul_precision": getattr(trainer, "matmul_precision", None),
             "sdpa_kernels": getattr(trainer, "sdpa_kernels", None),
+            "memory_cap_bytes": memory_cap["bytes"] if memory_cap else None,
+            "memory_cap_method": memory_cap["method"] if memory_cap else None,
         },
         "efficiency": {
             "train_steps_per_s": steps_per_s,

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from attnbench.harness.core.io import atomic_torch_save, atomic_write_text
 from attnbench.harness.core.registry import param
-from attnbench.harness.measure.memory import PeakMemory, is_out_of_memory
+from attnbench.harness.measure.memory import PeakMemory, is_out_of_memory, memory_cap
 from attnbench.harness.measure.sdpa_kernels import SdpaKernels
 from attnbench.harness.measure.timing import LazyStepTimer
 from attnbench.harness.results.records import RECORD_NAME, write_record
@@ -74,6 +74,11 @@ class TrainConfig:
     compile: bool = param(False, "compile the model with torch.compile (model.compile(): state-dict keys and "
                           "checkpoints are unchanged); the first steps then include compilation, so raise "
                           "timing_skip_steps")
+    memory_cap_mb: int = param(0, "memory the training job may take, in MiB (0: 80% of the machine's RAM on a CPU, of "
+                               "the GPU's memory on CUDA): an allocation past it ends the run as an 'oom' record "
+                               "instead of taking the machine down. CPU: the address space the job may add after it "
+                               "starts (RLIMIT_AS); CUDA: torch's per-process memory fraction (host memory uncapped)",
+                               minimum=0)
     checkpoint_every: int = param(0, "save a resume checkpoint (<run dir>/checkpoint/last.pt) every this many "
                                   "optimiser steps, so that a killed run continues from it when run again; removed "
                                   "when the run ends ok, diverged or timed out (0 = off)", minimum=0)
@@ -376,6 +381,14 @@ def resume(trainer: Trainer, run: dict, inputs: dict | None, out_dir: Path, log:
     return trainer
 
 
+def _failure(exc: BaseException, cap: dict | None, prefix: str = "") -> tuple[str, str]:
+    """The status and message of a run that raised ``exc``: ``oom`` (naming the memory cap in force) or ``failed``."""
+    message = f"{prefix}{type(exc).__name__}: {exc}"
+    if not is_out_of_memory(exc):
+        return "failed", message
+    return "oom", message + (f" (memory cap {cap['bytes'] / 2 ** 20:.0f} MiB: train.memory_cap_mb)" if cap else "")
+
+
 def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = None, *,
               trainer_cls: type[Trainer] = Trainer, trainer_kwargs: dict | None = None,
               extra: dict | None = None) -> dict:
@@ -397,32 +410,32 @@ def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = N
     wall0 = time.perf_counter()
     test_acc = None
     log = Log(run["train"]["steps"], f"{run['task']['name']}/{run['variant']['name']}/seed{run['seed']}", bar)
+    cap = None
     if status == "ok":
-        try:
-            with mem:
-                def make() -> Trainer:
-                    return trainer_cls(run, data, device, **(trainer_kwargs or {}))
-
-                trainer = resume(make(), run, extra, out_dir, log, make)
-                steps_done = trainer.fit(log)
-        except Diverged as exc:
-            status, message = "diverged", str(exc)
-        except TimeLimit as exc:
-            status, message = "timeout", str(exc)
-        except Exception as exc:  # every outcome becomes a record
-            status = "oom" if is_out_of_memory(exc) else "failed"
-            message = f"{type(exc).__name__}: {exc}"
-            log.line(traceback.format_exc())
-        finally:
-            log.close()
-        if trainer is not None and status in ("ok", "diverged", "timeout"):
-            # a diverged run did not complete the step it diverged in
-            steps_done = steps_done or (trainer.step - (status == "diverged"))
+        with memory_cap(device, run["train"]["memory_cap_mb"]) as cap:
             try:
-                test_acc = trainer.test_best()
-            except Exception as exc:  # the test pass's failure is a record too
-                status, message = (("oom" if is_out_of_memory(exc) else "failed"),
-                                   f"testing failed: {type(exc).__name__}: {exc}")
+                with mem:
+                    def make() -> Trainer:
+                        return trainer_cls(run, data, device, **(trainer_kwargs or {}))
+
+                    trainer = resume(make(), run, extra, out_dir, log, make)
+                    steps_done = trainer.fit(log)
+            except Diverged as exc:
+                status, message = "diverged", str(exc)
+            except TimeLimit as exc:
+                status, message = "timeout", str(exc)
+            except Exception as exc:  # every outcome becomes a record
+                status, message = _failure(exc, cap)
+                log.line(traceback.format_exc())
+            finally:
+                log.close()
+            if trainer is not None:  # a run that diverged or failed did not complete the step it stopped in
+                steps_done = steps_done or max(0, trainer.step - (status in ("diverged", "oom", "failed")))
+            if trainer is not None and status in ("ok", "diverged", "timeout"):
+                try:
+                    test_acc = trainer.test_best()
+                except Exception as exc:  # the test pass's failure is a record too
+                    status, message = _failure(exc, cap, "testing failed: ")
     if trainer is not None and trainer.best["state"] is not None:
         atomic_torch_save({"model": trainer.best["state"], "step": trainer.best["step"], "run": run},
                           out_dir / "best.pt")
@@ -431,7 +444,7 @@ def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = N
     record = build_record(run=run, data=data, status=status, message=message, trainer=trainer,
                           test_acc=test_acc, steps_done=steps_done, mem=mem, device=device,
                           wall_s=time.perf_counter() - wall0, baselines=baselines(data),
-                          step_work=trainer_cls.step_work, extra=extra)
+                          step_work=trainer_cls.step_work, extra=extra, memory_cap=cap)
     write_record(out_dir / RECORD_NAME, record)
     if status in ("ok", "diverged", "timeout"):  # a re-run would end the same: nothing left to resume
         checkpoint.remove(out_dir)
