@@ -27,12 +27,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from attnbench.harness.core import locks
+from attnbench.harness.core.errors import UserError
 from attnbench.harness.core.io import atomic_torch_save, atomic_write_text
 from attnbench.harness.core.registry import param
 from attnbench.harness.measure.memory import PeakMemory, is_out_of_memory, memory_cap
 from attnbench.harness.measure.sdpa_kernels import SdpaKernels
 from attnbench.harness.measure.timing import LazyStepTimer
-from attnbench.harness.results.records import RECORD_NAME, write_record
+from attnbench.harness.results.records import RECORD_NAME, RunKey, write_record
 from attnbench.harness.run import checkpoint, precision
 from attnbench.harness.run.batches import DeviceSplit
 from attnbench.harness.run.model import EncoderClassifier, ModelConfig
@@ -92,6 +94,10 @@ def effective_batch(batch_size: int, accumulate: int, n_train: int) -> tuple[int
     used = max(accumulate, n_train // accumulate * accumulate)
     return used, (f"batch_size {batch_size} is larger than the {n_train} training examples: each step used "
                   f"{used}" + (f" ({accumulate} micro-batches of {used // accumulate})" if accumulate > 1 else ""))
+
+
+#: the lock file that makes a run folder one process's at a time (``own_run_folder``)
+RUN_LOCK = ".lock"
 
 
 class Diverged(Exception):
@@ -396,9 +402,36 @@ def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = N
 
     ``trainer_cls(run, data, device, **trainer_kwargs)`` builds the trainer inside the measured,
     guarded section, so that its failures become records too; ``extra``: record entries that a
-    training method adds (what it took from other runs; none for a run trained from labels)."""
+    training method adds (what it took from other runs; none for a run trained from labels).
+    Raises ``RunFolderBusy`` (and writes nothing) while another process trains in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    lock = own_run_folder(out_dir, RunKey.of(run).run_id)
+    try:
+        return _train_run(run, data, out_dir, bar, trainer_cls, trainer_kwargs, extra)
+    finally:
+        locks.release(lock)
+
+
+class RunFolderBusy(UserError):
+    """Another process is training in the same run folder."""
+
+
+def own_run_folder(out_dir: Path, run_id: str) -> int:
+    """Lock ``out_dir/.lock`` for this process (released by closing the returned descriptor, or when the
+    process ends): two trainers in one run folder would overwrite each other's checkpoints and record,
+    as after ``snakemake --unlock`` while an orphaned job of a killed snakemake still runs."""
+    path = out_dir / RUN_LOCK
+    fd = locks.try_lock(path, info={"run_id": run_id})
+    if fd is None:
+        raise RunFolderBusy(f"run folder {out_dir} is in use: {run_id} is being trained by "
+                            f"{locks.describe_owner(locks.lock_owner(path))}; wait for it to end, or stop that "
+                            "process, then run again")
+    return fd
+
+
+def _train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None, trainer_cls: type[Trainer],
+               trainer_kwargs: dict | None, extra: dict | None) -> dict:
     status, message, trainer, steps_done = "ok", None, None, 0
     torch.set_num_threads(run["threads"])
     seed_everything(run["seed"], run["deterministic"])
