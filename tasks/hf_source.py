@@ -25,9 +25,14 @@ generate their data (and the pipeline's planning) never need it.
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
+import json
+import logging
 import os
+import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -101,6 +106,190 @@ def _builder(files: list[Path], where: str) -> tuple[str, dict[str, Any]]:
     return kinds.pop(), extra
 
 
+# ---------------------------------------------------------------- local files: checked first, errors said plainly
+
+#: bytes read at a time when a local file is checked: a file is streamed, never held whole
+CHECK_CHUNK = 1 << 20
+_BLANK = b" \t\r\n\f\v"
+
+
+def _not_utf8(path: Path, what: str, exc: UnicodeDecodeError, base: int, newlines: int, line_start: int) -> str:
+    """The message for the first byte of ``path`` that is not UTF-8: ``exc`` from decoding bytes that
+    start at file offset ``base``, after ``newlines`` newlines; ``line_start``: where the line began."""
+    data, at = exc.object, exc.start
+    before = data[:at]
+    nl = before.rfind(b"\n")
+    start = base + nl + 1 if nl >= 0 else line_start
+    line, offset = newlines + before.count(b"\n") + 1, base + at
+    end = data.find(b"\n", at)
+    near = data[max(nl + 1, at - 24): min(at + 24, end if end >= 0 else at + 24)]
+    utf16 = offset == 0 and data[:2] in (b"\xff\xfe", b"\xfe\xff")
+    return (f"{what}: {path} is not UTF-8 text: byte 0x{data[at]:02x} at byte offset {offset} (line {line}, byte "
+            f"{offset - start + 1} of the line) cannot be decoded as UTF-8 ({exc.reason}), near {near!r}"
+            + ("; it starts with a UTF-16 byte-order mark" if utf16 else "")
+            + f"; save the file as UTF-8, e.g. `iconv -f {'utf-16' if utf16 else 'latin1'} -t utf-8 old{path.suffix} "
+            f"> new{path.suffix}`" + ("" if utf16 else " for a Latin-1/Windows-1252 file"))
+
+
+def check_local_file(path: Path, what: str) -> None:
+    """A DataError naming ``path`` when it cannot hold rows, raised before ``datasets`` reads it (whose
+    own errors say only "An error occurred while generating the dataset"): an empty file (0 bytes or
+    blank lines only), a CSV/TSV with a header line and no rows, a CSV/TSV/JSON file that is not UTF-8
+    (the offset and line of the first bad byte), a Parquet file without rows or not Parquet at all.
+    Reads a text file once, CHECK_CHUNK bytes at a time; of a Parquet file only its footer."""
+    path = Path(path)
+    kind = BUILDERS.get(path.suffix.lower())
+    nothing = "no header and no rows" if kind == "csv" else "no rows"
+    if path.stat().st_size == 0:
+        raise DataError(f"{what}: {path} is empty (0 bytes): {nothing}")
+    if kind == "parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            rows = pq.ParquetFile(path).metadata.num_rows
+        except Exception as exc:  # pyarrow's errors vary (ArrowInvalid, OSError): each says what is wrong
+            raise DataError(f"{what}: {path} cannot be read as Parquet ({type(exc).__name__}: {exc})") from exc
+        if not rows:
+            raise DataError(f"{what}: {path} has no rows (a Parquet file of 0 rows)")
+    if kind not in ("csv", "json"):
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    offset = newlines = line_start = 0  # bytes and newlines before this chunk; where the current line starts
+    filled, current, header = 0, False, b""  # non-blank lines seen (2 are enough), the current one, the first
+    with open(path, "rb") as f:
+        while True:
+            chunk = f.read(CHECK_CHUNK)
+            pending = decoder.getstate()[0]  # the start of a character cut by the previous chunk
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as exc:
+                raise DataError(_not_utf8(path, what, exc, offset - len(pending), newlines, line_start)) from None
+            if not chunk:
+                break
+            # \r ends lines too: a file with old Mac line ends is not a header alone
+            for i, part in enumerate(chunk.replace(b"\r", b"\n").split(b"\n") if filled < 2 else ()):
+                if i:  # the line before this part has ended
+                    filled, current = filled + current, False
+                    if filled == 2:
+                        break
+                if not current and part.strip(_BLANK):
+                    current, header = True, header or part[:80]
+            newlines += chunk.count(b"\n")
+            end = chunk.rfind(b"\n")
+            line_start = offset + end + 1 if end >= 0 else line_start
+            offset += len(chunk)
+    filled += current
+    if not filled:
+        raise DataError(f"{what}: {path} is empty: only blank lines, {nothing}")
+    if kind == "csv" and filled < 2:
+        raise DataError(f"{what}: {path} has no rows: only a header line "
+                        f"({header.decode('utf-8', 'replace').strip()!r})")
+
+
+def _folder_files(folder: Path) -> dict[str, list[Path]]:
+    """The data files that ``datasets`` reads from ``folder``, per split, by its own file-name rules
+    (those of the most common kind); empty when it finds none (``load_dataset`` then says so)."""
+    try:
+        from datasets.data_files import DataFilesDict, get_data_patterns
+
+        found = DataFilesDict.from_patterns(get_data_patterns(str(folder)), base_path=str(folder))
+    except Exception:  # no data files at all, or a layout it cannot resolve: load_dataset's error says which
+        return {}
+    kinds = Counter(BUILDERS.get(Path(f).suffix.lower()) for fs in found.values() for f in fs)
+    kinds.pop(None, None)
+    if not kinds:
+        return {}
+    kind = kinds.most_common(1)[0][0]
+    return {str(s): [Path(f) for f in fs if BUILDERS.get(Path(f).suffix.lower()) == kind] for s, fs in found.items()}
+
+
+class _HeldErrors(logging.Filter):
+    """Holds back the errors that ``datasets``' file readers log ("Failed to read file '...'"): the
+    DataError raised instead names the file and the cause in one line."""
+
+    LOGGERS = tuple(f"datasets.packaged_modules.{m}.{m}" for m in ("csv", "json", "parquet"))
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR:
+            return True
+        self.messages.append(record.getMessage())
+        return False
+
+    def __enter__(self) -> _HeldErrors:
+        for name in self.LOGGERS:
+            logging.getLogger(name).addFilter(self)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for name in self.LOGGERS:
+            logging.getLogger(name).removeFilter(self)
+
+
+def _bad_json_line(path: Path) -> str:
+    """Where a JSON lines file first fails to parse ("line 7 ..."), read line by line; empty when every line
+    parses, or when the file is one JSON document (a .json whose first line is not a value of its own)."""
+    with open(path, encoding="utf-8", errors="replace") as f:
+        first = True
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                json.loads(line.rstrip("\r\n"))
+            except json.JSONDecodeError as exc:
+                return ("" if first and path.suffix.lower() == ".json"
+                        else f"line {n}, column {exc.pos + 1}: {exc.msg}")
+            first = False
+    return ""
+
+
+def _local_error(exc: BaseException, what: str, origin: str, files: dict[str, list[Path]], held: list[str],
+                 expected: str) -> DataError:
+    """``datasets``' failure to read local files as a DataError that names the file and the cause found in
+    the exception's chain (a CSV parse error with its line, invalid JSON, no rows, not UTF-8); never a
+    download: the data is there, it is the file that needs fixing."""
+    import pandas as pd
+
+    chain: list[BaseException] = []
+    e: BaseException | None = exc
+    while e is not None and all(e is not c for c in chain):
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    every = [f for fs in files.values() for f in fs]
+    # the file: the one that a held-back reader error names, else the only one
+    named = {Path(m).resolve() for msg in held for m in re.findall(r"'([^']+)'", msg)}
+    culprit = next((f for f in every if f.resolve() in named), every[0] if len(every) == 1 else None)
+    where = str(culprit) if culprit else origin
+    for e in chain:
+        text = " ".join(str(e).split())  # one line
+        if isinstance(e, UnicodeDecodeError):
+            return DataError(f"{what}: {where} is not UTF-8 text ({text}); save the file as UTF-8")
+        if isinstance(e, pd.errors.EmptyDataError):
+            return DataError(f"{what}: {where} is empty: no header and no rows ({text})")
+        if isinstance(e, pd.errors.ParserError):
+            detail = text.removeprefix("Error tokenizing data. C error: ").strip()
+            form = "TSV" if culprit and culprit.suffix.lower() == ".tsv" else "CSV"
+            why = ("a ragged row: every row needs as many fields as the header line; quote fields that contain the "
+                   "delimiter" if re.search(r"Expected \d+ fields", detail) else
+                   "a quote opened and never closed" if "EOF inside string" in detail else "")
+            return DataError(f"{what}: {where} cannot be parsed as {form}: {detail}" + (f" ({why})" if why else ""))
+        empty_split = re.search(r'Instruction "([^"]+)" corresponds to no data', text)
+        if empty_split:
+            split = empty_split.group(1)
+            names = ", ".join(map(str, files.get(split, []))) or f"the {split!r} split of {origin}"
+            return DataError(f"{what}: {names} has no rows")
+        if "JSON parse error" in text or isinstance(e, json.JSONDecodeError):
+            line = _bad_json_line(culprit) if culprit else ""
+            form = "JSON lines" if line or (culprit and culprit.suffix.lower() == ".jsonl") else "JSON"
+            return DataError(f"{what}: {where} is not valid {form}: {line or text}")
+    cause = next((c for c in reversed(chain) if str(c).strip()), exc)
+    return DataError(f"could not load {what} from {origin} ({type(cause).__name__}: {' '.join(str(cause).split())}); "
+                     f"expected {expected}")
+
+
 def load_source(path: str, *, what: str, config_key: str, expected: str, default_hub_id: str = "",
                 subset: str = "", data_files: dict | None = None, local_form: str = ""):
     """(a ``datasets.DatasetDict``, a description of where it came from) for a hub id, a local
@@ -109,12 +298,14 @@ def load_source(path: str, *, what: str, config_key: str, expected: str, default
     ``what`` names the data in messages, ``config_key`` is the config entry to point at local
     files, ``expected`` describes the columns the files must have, ``local_form`` the local
     files that would do (default: a folder of split files or one file, with ``expected``).
-    Every failure is a ``DataError`` that says what is missing and how to get it."""
+    Every failure is a ``DataError`` that says what is missing and how to get it; local files are
+    checked first (``check_local_file``) and their read errors name the file and the cause."""
     import datasets
 
     local_form = local_form or ("a local folder with train/test files or one .csv/.tsv/.jsonl/.parquet file, "
                                 f"with {expected}")
     local_hint = f"or set {config_key} to {local_form}"
+    local: dict[str, list[Path]] | None = None  # split -> the local files read, None for a hub id
     if data_files:
         files = {split: [Path(f).expanduser() for f in ([v] if isinstance(v, str) else v)]
                  for split, v in data_files.items()}
@@ -125,6 +316,7 @@ def load_source(path: str, *, what: str, config_key: str, expected: str, default
         args: tuple = (kind,)
         kwargs: dict[str, Any] = {"data_files": {s: [str(f) for f in fs] for s, fs in files.items()}, **extra}
         origin = "local files " + ", ".join(f"{s}: {', '.join(map(str, fs))}" for s, fs in files.items())
+        local = files
     elif is_local(path):
         p = Path(path).expanduser()
         if not p.exists():
@@ -136,28 +328,30 @@ def load_source(path: str, *, what: str, config_key: str, expected: str, default
             kind, extra = _builder([p], what)
             args, kwargs = (kind,), {"data_files": {"train": str(p)}, **extra}
             origin = f"local file {p}"
+            local = {"train": [p]}
         else:
             args, kwargs = (str(p),), {}
             origin = f"local folder {p}"
+            local = _folder_files(p)
     else:
         args, kwargs = (str(path),), ({"name": subset} if subset else {})
         origin = f"Hugging Face dataset {path}" + (f" ({subset})" if subset else "")
+    for f in [f for fs in (local or {}).values() for f in fs]:
+        check_local_file(f, what)
+    held = _HeldErrors()
     try:
-        with _offline_honoured():
+        with _offline_honoured(), held if local is not None else contextlib.nullcontext():
             ds = datasets.load_dataset(*args, **kwargs)
     except Exception as exc:  # every loading failure becomes a DataError with the way out
-        if origin.startswith("Hugging Face"):
-            hub_id = str(path)
-            how = (f"download it once with `{download_command(hub_id, subset)}` on a machine with network "
-                   "access (it lands in the Hugging Face cache, HF_HOME), ")
-        else:
-            hub_id = default_hub_id
-            how = (f"download the Hugging Face copy with `{download_command(hub_id)}` on a machine with network "
-                   f"access and set {config_key} to '{hub_id}', " if hub_id else "")
+        if local is not None:  # the files are there: say what is wrong with them, suggest no download
+            raise _local_error(exc, what, origin, local, held.messages, expected) from exc
+        hub_id = str(path)
+        how = (f"download it once with `{download_command(hub_id, subset)}` on a machine with network "
+               "access (it lands in the Hugging Face cache, HF_HOME), ")
         raise DataError(
             f"could not load {what} from {origin} ({type(exc).__name__}: {exc}). "
             + ("Offline mode is on (HF_HUB_OFFLINE/HF_DATASETS_OFFLINE), so only the local Hugging Face "
-               "cache is read: " if offline_mode() and origin.startswith("Hugging Face") else "")
+               "cache is read: " if offline_mode() else "")
             + how + local_hint) from exc
     if not isinstance(ds, datasets.DatasetDict):  # pragma: no cover -- load_dataset without split gives a dict
         ds = datasets.DatasetDict({"train": ds})
@@ -222,23 +416,52 @@ class TextSourceConfig:
     path: str = param("stanfordnlp/imdb", PATH_HELP)
     subset: str = param("", "hub sources: the dataset's configuration name (e.g. 'sst2' for 'nyu-mll/glue')")
     data_files: dict = param({}, "local files per split, e.g. {train: a.csv, test: b.csv} (a file or a list); "
-                             "when set, `path` is ignored")
-    text_columns: tuple[str, ...] = param(("text",), "column(s) holding the text; several are joined with "
-                                          "text_separator (AG News CSV: [title, description])")
+                             "when set, `path` is ignored; one split must be train unless split_column assigns the "
+                             "rows")
+    text_columns: tuple[str, ...] = param(("text",), "column(s) holding the text, at least one; several are joined "
+                                          "with text_separator (AG News CSV: [title, description])")
     text_separator: str = param(" ", "string put between the text columns")
     label_column: str = param("label", "column holding the label (integers, booleans or strings)")
-    label_names: tuple[str, ...] = param((), "class names in id order; string labels map to their position here "
-                                         "(empty: string labels in sorted order, integer labels keep their values)")
+    label_names: tuple[str, ...] = param((), "class names in id order, each once; string labels map to their "
+                                         "position here (empty: string labels in sorted order, integer labels keep "
+                                         "their values)")
     label_offset: int = param(0, "subtracted from integer labels, e.g. 1 for AG News CSV labels 1..4")
     split_column: str = param("", "a column assigning each row to a split (values train/validation/valid/val/dev/test, "
                               "or booleans as fastai's is_valid: True = validation); empty: the source's own splits")
     val_fraction: float = param(0.1, "share of the training rows held out for validation when the source has no "
-                                "validation split", exclusiveMinimum=0.0, maximum=0.5)
+                                "validation split; with test_fraction below 1 in all (the rest is for training)",
+                                exclusiveMinimum=0.0, maximum=0.5)
     test_fraction: float = param(0.1, "share of the training rows held out for testing, only when the source has no "
-                                 "(labelled) test split", exclusiveMinimum=0.0, maximum=0.5)
+                                 "(labelled) test split; with val_fraction below 1 in all (the rest is for training)",
+                                 exclusiveMinimum=0.0, maximum=0.5)
     max_train: int = param(0, "use at most this many training rows, a seeded random subset (0 = all)", minimum=0)
     data_seed: int = param(0, "seed of the carved splits and of the max_train subset")
     seq_len: int = param(4096, "tokens per example: longer texts are cut, shorter ones padded", minimum=1)
+
+    def problems(self, key=repr) -> list[str]:
+        """Settings that cannot give labelled train, val and test splits, one line each; ``key`` (a
+        function of a field name) names a field in the message: the config check passes one giving
+        its full key, e.g. 'tasks.text.data.val_fraction'."""
+        problems = []
+        if self.val_fraction + self.test_fraction >= 1:
+            problems.append(f"{key('val_fraction')} is {self.val_fraction:g} and {key('test_fraction')} is "
+                            f"{self.test_fraction:g}; carved from the training rows together they leave none for "
+                            "training, so they must sum below 1")
+        if not self.text_columns:
+            problems.append(f"{key('text_columns')} is []; name at least one column holding the text")
+        repeated = sorted({name for name in self.label_names if self.label_names.count(name) > 1})
+        if repeated:
+            problems.append(f"{key('label_names')} is {list(self.label_names)}: {', '.join(map(repr, repeated))} "
+                            "more than once; each class name once (its position is the label id)")
+        for split, files in self.data_files.items():
+            listed = [files] if isinstance(files, str) else files
+            if not isinstance(listed, (list, tuple)) or not listed or not all(
+                    isinstance(f, str) and f for f in listed):
+                problems.append(f"{key(f'data_files.{split}')} is {files!r}; give a file path or a list of them")
+        if self.data_files and not self.split_column and "train" not in map(SPLIT_NAMES.get, self.data_files):
+            problems.append(f"{key('data_files')} has the splits {', '.join(map(str, self.data_files))} but no train; "
+                            "name the training file(s) `train:` (or set split_column to assign each row a split)")
+        return problems
 
 
 @dataclass

@@ -12,6 +12,7 @@ No 2-D structure is given to the model: a H x W grayscale image becomes H*W toke
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -23,6 +24,8 @@ from attnbench.harness.core.registry import param
 from attnbench.tasks.base import TASKS, DataError, PreparedData, Task
 from attnbench.tasks.hf_source import load_source, missing_source
 
+#: images in scikit-learn's digits (``load_digits``), split by ``test_fraction`` and ``val_fraction``
+DIGITS_IMAGES = 1797
 # tf.image.rgb_to_grayscale weights, as LRA's input pipeline uses
 LUMA = np.array([0.2989, 0.5870, 0.1140])
 
@@ -34,12 +37,26 @@ class ImageConfig:
     source: Literal["digits", "cifar10"] = param("digits", "digits: scikit-learn's 8x8 digits (offline); cifar10: "
                                                  "CIFAR-10 via `datasets`")
     path: str = param("uoft-cs/cifar10", "cifar10 only: a Hugging Face dataset id, or a local folder with its files")
-    val_fraction: float = param(0.1, "share of the training split held out for validation (LRA: 0.1)",
-                                exclusiveMinimum=0.0, maximum=0.5)
-    test_fraction: float = param(0.2, "digits only (it has no test split): share held out for testing",
-                                 exclusiveMinimum=0.0, maximum=0.5)
+    val_fraction: float = param(0.1, "share of the training split held out for validation (LRA: 0.1); digits: "
+                                "at least one of its 1,797 images (above 0.5 / 1797)", exclusiveMinimum=0.0,
+                                maximum=0.5)
+    test_fraction: float = param(0.2, "digits only (it has no test split): share held out for testing, at least one "
+                                 "of its 1,797 images (above 0.5 / 1797)", exclusiveMinimum=0.0, maximum=0.5)
     max_train: int = param(0, "use at most this many training images (0 = all)", minimum=0)
     data_seed: int = param(0, "seed of the digits split")
+
+    def problems(self, key: Callable[[str], str] = repr) -> list[str]:
+        """Fractions that leave a split of the digits empty (training evaluates on val and test),
+        one line each; ``key`` names a field in the message (the config check passes one giving
+        its full key). CIFAR-10's size is known only when it is read."""
+        if self.source != "digits":
+            return []
+        return [f"{key(name)} is {fraction:g}; of the digits' {DIGITS_IMAGES:,} images that is "
+                f"round({DIGITS_IMAGES} * {fraction:g}) = 0 for {split}, and training evaluates on that split, so it "
+                f"must be above 0.5 / {DIGITS_IMAGES} ({0.5 / DIGITS_IMAGES:.6f})"
+                for name, split, fraction in (("val_fraction", "validation", self.val_fraction),
+                                              ("test_fraction", "testing", self.test_fraction))
+                if round(DIGITS_IMAGES * fraction) < 1]
 
 
 def to_grayscale(rgb: np.ndarray) -> np.ndarray:

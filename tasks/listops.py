@@ -14,11 +14,12 @@ from __future__ import annotations
 import csv
 import random
 import statistics
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 
 from attnbench.harness.core.registry import param
@@ -33,6 +34,17 @@ TOKEN_ID = {t: i for i, t in enumerate(VOCAB)}
 Tree = int | str | tuple
 
 
+#: the most generated examples per split: a generated set is held in memory and written by one
+#: prepare job (LRA's ListOps has 96,000 training examples); more is a typo, not a data set
+MAX_EXAMPLES = 10_000_000
+_COUNT_HELP = (f" (at most {MAX_EXAMPLES:,}: generated in memory by one job); generate: the three splits are "
+               "distinct trees, so n_train + n_val + n_test cannot exceed the distinct trees the length and shape "
+               "settings allow")
+#: ``ListOpsConfig.problems`` counts the distinct trees exactly when every tree it keeps is shorter than
+#: this (a count over longer trees costs more than a config check should; those are checked by their bounds)
+COUNT_BELOW = 64
+
+
 @dataclass(frozen=True)
 class ListOpsConfig:
     """ListOps data: generated (LRA's specification) or read from LRA release TSVs."""
@@ -41,16 +53,63 @@ class ListOpsConfig:
                                                  "TSVs from `path`")
     path: str = param("", "folder with {prefix}_{train,val,test}.tsv (source: files), e.g. lra_release/listops-1000")
     prefix: str = param("basic", "file name prefix of the TSVs")
-    n_train: int = param(96_000, "generated training examples", minimum=1)
-    n_val: int = param(2_000, "generated validation examples", minimum=1)
-    n_test: int = param(2_000, "generated test examples", minimum=1)
-    min_length: int = param(500, "keep trees with more tokens than this (strict, as LRA)", minimum=0)
+    n_train: int = param(96_000, "generated training examples" + _COUNT_HELP, minimum=1, maximum=MAX_EXAMPLES)
+    n_val: int = param(2_000, "generated validation examples" + _COUNT_HELP, minimum=1, maximum=MAX_EXAMPLES)
+    n_test: int = param(2_000, "generated test examples" + _COUNT_HELP, minimum=1, maximum=MAX_EXAMPLES)
+    min_length: int = param(500, "keep trees with more tokens than this (strict, as LRA); generate: at most "
+                            "max_length - 2, and below the longest tree max_depth and max_args allow", minimum=0)
     max_length: int = param(2_000, "keep trees with fewer tokens than this (strict, as LRA); also the padded length",
                             minimum=2)
-    max_depth: int = param(10, "maximum nesting depth of the tree (the root is depth 1)", minimum=1)
-    max_args: int = param(10, "maximum number of arguments of an operator (at least 2)", minimum=2)
-    value_p: float = param(0.25, "probability that a node below max_depth is an operator", minimum=0.0, maximum=1.0)
+    max_depth: int = param(10, "maximum nesting depth of the tree (the root is depth 1; a node at max_depth is a "
+                           "digit, so 1 allows only the 10 single digits)", minimum=1)
+    max_args: int = param(10, "maximum number of arguments of an operator (at least 2); with max_depth, it bounds "
+                          "the longest tree (an operator is 2 tokens plus its arguments), which must exceed "
+                          "min_length", minimum=2)
+    value_p: float = param(0.25, "probability that a node below max_depth is an operator, below 1 (0: single digits "
+                           "only; a node, even at max_depth, is a digit only when its draw exceeds value_p, so 1 "
+                           "never ends a tree)", minimum=0.0, maximum=1.0)
     data_seed: int = param(0, "seed of the generator (the training seed does not change the data)")
+
+    def problems(self, key: Callable[[str], str] = repr) -> list[str]:
+        """Settings the generator cannot satisfy, one line each; ``key`` names a field in the
+        message (the config check passes one giving its full key, e.g. 'tasks.listops.data.n_train').
+        Each bound follows ``generate_tree`` and ``generate`` (see ``longest_tree`` and
+        ``tree_counts``); only what no seed could draw is refused."""
+        if self.source != "generate":
+            return []
+        if self.value_p >= 1:  # generate_tree makes a digit when r > value_p, with r = 1.0 from max_depth on
+            return [f"{key('value_p')} is {self.value_p:g}; a node is a digit only when its draw (one in [0, 1), or "
+                    "1 at max_depth) exceeds value_p, so with 1 every node is an operator and no tree ever ends; it "
+                    "must be below 1"]
+        lo, hi = self.min_length, self.max_length
+        if lo > hi - 2:
+            return [f"{key('min_length')} is {lo} but {key('max_length')} is {hi}; trees are kept when "
+                    "min_length < length < max_length, so min_length must be at most max_length - 2"]
+        shape = f"max_depth {self.max_depth}, max_args {self.max_args}, value_p {self.value_p:g}"
+        longest = longest_tree(self, stop_above=lo)
+        if longest <= lo:
+            why = (f"{key('value_p')} is 0, so every tree is a single digit" if self.value_p <= 0 else
+                   f"{key('max_depth')} is 1, so every tree is a single digit" if self.max_depth == 1 else
+                   f"the longest tree {key('max_depth')} {self.max_depth} and {key('max_args')} {self.max_args} "
+                   "allow (a node at max_depth is a digit; an operator node is 2 tokens plus its arguments) has "
+                   f"{longest} tokens")
+            return [f"{key('min_length')} is {lo} but {why}; trees are kept when length > min_length, so "
+                    f"min_length must be below {longest} (or raise max_depth, max_args)"]
+        wanted = self.n_train + self.n_val + self.n_test
+        below = min(hi, COUNT_BELOW)
+        if hi <= COUNT_BELOW or longest_tree(self, stop_above=COUNT_BELOW) < COUNT_BELOW:  # every kept tree counted
+            distinct = sum(tree_counts(self, below, cap=wanted)[lo + 1:below])
+            if not distinct:
+                return [f"{key('min_length')} is {lo} and {key('max_length')} is {hi} but no tree drawn with {shape} "
+                        f"has {lo} < length < {hi} (a digit is 1 token, an operator node 2 tokens plus 2 to max_args "
+                        "arguments, so some lengths cannot occur); widen min_length / max_length"]
+            if distinct < wanted:
+                digits = " (single digits)" if longest_tree(self) == 1 else ""
+                return [f"{key('n_train')} + {key('n_val')} + {key('n_test')} is {wanted} ({self.n_train} + "
+                        f"{self.n_val} + {self.n_test}) but only {distinct} distinct trees{digits} have {lo} < length "
+                        f"< {hi} with {shape}; the splits are distinct trees, so ask for at most {distinct} in all, "
+                        "or widen min_length / max_length or raise max_depth, max_args"]
+        return []
 
 
 class _TooLong(Exception):
@@ -81,6 +140,49 @@ def generate_tree(rng: random.Random, cfg: ListOpsConfig, depth: int = 1,
     for a in args[1:]:
         tree = (tree, a)
     return (tree, END), length
+
+
+# The bounds below follow ``generate_tree``, with value_p below 1 (with 1 no node is ever a digit):
+# a node at depth max_depth is a digit (1 token); one above it is an operator with probability
+# value_p (``r > value_p`` makes a digit; with value_p 0, ``random()`` would have to return
+# exactly 0.0), of 2 tokens (operator, closing bracket) plus 2 to max_args arguments one level
+# deeper.
+
+def longest_tree(cfg: ListOpsConfig, stop_above: int | None = None) -> int:
+    """Tokens of the longest tree ``generate_tree`` can draw with ``cfg``'s shape settings; once
+    the length passes ``stop_above`` it stops growing it (max_depth may be large)."""
+    length = 1
+    if cfg.value_p > 0:
+        for _ in range(cfg.max_depth - 1):
+            length = 2 + cfg.max_args * length
+            if stop_above is not None and length > stop_above:
+                break
+    return length
+
+
+def tree_counts(cfg: ListOpsConfig, below: int, cap: int) -> list[int]:
+    """How many distinct trees ``generate_tree`` can draw with ``cfg``'s shape settings, per token
+    count 0 .. ``below - 1``, each count capped at ``cap`` (at most 2**26, so int64 sums stay
+    exact). Distinct trees print distinctly, and with 0 < value_p < 1 each one has a positive
+    chance (value_p 0: digits only). Trees of more than ``below`` levels have ``below`` tokens
+    or more, so at most ``below`` levels are counted."""
+    cap = min(cap, 2 ** 26)
+    leaf = np.zeros(below, dtype=np.int64)
+    leaf[1:2] = min(10, cap)  # the 10 digits
+    if cfg.value_p <= 0 or cfg.max_depth == 1:
+        return leaf.tolist()
+    counts = leaf  # the trees of a node at the deepest level counted
+    for _ in range(min(cfg.max_depth, below) - 1):  # one level up: a digit, or an operator of 2..max_args
+        power, args = counts, np.zeros(below, dtype=np.int64)
+        for _n_args in range(2, cfg.max_args + 1):
+            power = np.minimum(np.convolve(power, counts)[:below], cap)
+            if not power.any():  # n_args arguments are at least n_args tokens
+                break
+            args = np.minimum(args + power, cap)
+        up = np.zeros(below, dtype=np.int64)
+        up[2:] = np.minimum(len(OPERATORS) * args[:-2], cap)
+        counts = np.minimum(up + leaf, cap)
+    return counts.tolist()
 
 
 def to_string(tree: Tree) -> str:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
@@ -39,7 +40,15 @@ import torch
 
 from attnbench.harness.core.registry import param
 from attnbench.tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, build_task, lra_release_hint
-from attnbench.tasks.pathfinder_draw import DIFFICULTY_LENGTH, DrawSettings, draw_settings, write_release
+from attnbench.tasks.pathfinder_draw import (
+    DIFFICULTY_LENGTH,
+    DrawSettings,
+    cannot_fit,
+    draw_settings,
+    out_of_range,
+    resolved_settings,
+    write_release,
+)
 
 Difficulty = Literal["curv_baseline", "curv_contour_length_9", "curv_contour_length_14"]
 VOCAB_SIZE = 257  # pixel intensity 0-255, + 1; 0 is padding
@@ -48,6 +57,12 @@ assert set(get_args(Difficulty)) == set(DIFFICULTY_LENGTH)  # one list of diffic
 def download_hint(task: str, resolution: int) -> str:
     return lra_release_hint(f"lra_release/lra_release/pathfinder{resolution}/", f"tasks.{task}.data.path",
                             point_at="the folder holding it (lra_release/lra_release)") + ", or use source: generate"
+
+
+#: the most generated images per split: they are drawn and held in memory by one prepare job
+#: (LRA's release has 160,000 training images); more is a typo, not a data set
+MAX_EXAMPLES = 10_000_000
+_COUNT_HELP = f" (at most {MAX_EXAMPLES:,}: drawn in memory by one job)"
 
 
 @dataclass(frozen=True)
@@ -63,18 +78,22 @@ class PathfinderConfig:
     difficulty: Difficulty = param("curv_contour_length_14", "release folder (easy, intermediate, hard = LRA's "
                                    "choice); generate: sets the path length (6, 9 or 14 dashes) unless path_length "
                                    "is given")
-    max_examples: int = param(0, "read at most this many metadata rows, in sorted order, before splitting (0 = all)",
-                              minimum=0)
-    val_fraction: float = param(0.1, "files only: share of the images for validation (LRA: 0.1)",
-                                minimum=0.0, maximum=0.5)
-    test_fraction: float = param(0.1, "files only: share of the images for testing (LRA: 0.1)",
-                                 minimum=0.0, maximum=0.5)
+    max_examples: int = param(0, "read at most this many metadata rows, in sorted order, before splitting (0 = all); "
+                              "generate: the first max_examples of the n_train + n_val + n_test images, split in "
+                              "the same proportions, each split keeping at least one", minimum=0)
+    val_fraction: float = param(0.1, "files only: share of the images for validation (LRA: 0.1); with test_fraction "
+                                "below 1 in all, the rest is for training", exclusiveMinimum=0.0, maximum=0.5)
+    test_fraction: float = param(0.1, "files only: share of the images for testing (LRA: 0.1); with val_fraction "
+                                 "below 1 in all, the rest is for training", exclusiveMinimum=0.0, maximum=0.5)
     data_seed: int = param(0, "seed of the split permutation and of the generator (the training seed does not "
                            "change the data)")
-    n_train: int = param(2_000, "generate only: training images (LRA's files: 160,000)", minimum=1)
-    n_val: int = param(250, "generate only: validation images", minimum=0)
-    n_test: int = param(500, "generate only: test images", minimum=0)
-    path_length: int = param(0, "generate only: dashes per target path (0 = from difficulty: 6, 9, 14)", minimum=0)
+    n_train: int = param(2_000, "generate only: training images (LRA's files: 160,000)" + _COUNT_HELP, minimum=1,
+                         maximum=MAX_EXAMPLES)
+    n_val: int = param(250, "generate only: validation images (at least 1: training evaluates on them)" + _COUNT_HELP,
+                       minimum=1, maximum=MAX_EXAMPLES)
+    n_test: int = param(500, "generate only: test images" + _COUNT_HELP, minimum=1, maximum=MAX_EXAMPLES)
+    path_length: int = param(0, "generate only: dashes per target path (0 = from difficulty: 6, 9, 14); two target "
+                             "paths and their four markers must fit inside the image's 1-pixel border", minimum=0)
     dash_length: int = param(0, "generate only: pixels per dash along its axis (0 = max(2, round(resolution/16)))",
                              minimum=0)
     gap: int = param(0, "generate only: background pixels between consecutive dashes; distinct paths stay farther "
@@ -84,9 +103,53 @@ class PathfinderConfig:
     distractor_length: int = param(0, "generate only: dashes per distractor path (0 = max(2, path_length // 3))",
                                    minimum=0)
     marker_size: int = param(0, "generate only: side of the square markers, odd, at least 3 "
-                             "(0 = 2*max(1, round(0.75*resolution/32))+1: 3 at 32, 7 at 128)", minimum=0)
-    max_turn: float = param(45.0, "generate only: largest change of direction between two dashes, degrees",
+                             "(0 = 2*max(1, round(0.75*resolution/32))+1: 3 at 32, 7 at 128); marker_size + gap + "
+                             "dash_length must be at most resolution - 2 (a marker, a gap and a dash in a row)",
+                             minimum=0)
+    max_turn: float = param(45.0, "generate only: largest change of direction between two dashes, degrees, in whole "
+                            "steps of 5 (below 2.5: straight paths, which must fit across the image)",
                             minimum=0.0, maximum=90.0)
+
+    def problems(self, key: Callable[[str], str] = repr) -> list[str]:
+        """Settings that cannot give three non-empty splits, or (generate) images the drawing cannot
+        make, one line each; ``key`` names a field in the message (the config check passes one giving
+        its full key). The drawing's own range check (``out_of_range``) and its fit bounds
+        (``cannot_fit``) are said here, before anything is drawn."""
+        if self.source == "files":
+            total = self.val_fraction + self.test_fraction
+            if total >= 1:
+                return [f"{key('val_fraction')} is {self.val_fraction:g} and {key('test_fraction')} is "
+                        f"{self.test_fraction:g}; together they take a share of {total:g} of the images, which "
+                        "leaves none for training, so they must sum below 1"]
+            return []
+        values = resolved_settings(self.resolution, self.difficulty, path_length=self.path_length,
+                                   dash_length=self.dash_length, gap=self.gap, n_distractors=self.n_distractors,
+                                   distractor_length=self.distractor_length, marker_size=self.marker_size,
+                                   max_turn=self.max_turn)
+
+        def given(name: str) -> str:
+            value, resolved = getattr(self, name, values[name]), values[name]
+            return f"{key(name)} is {value}" + (f" (automatic: {resolved})" if value != resolved else "")
+
+        problems = [f"{given(name)}; {allowed}" for name, allowed in out_of_range(values)]
+        problems = problems or [f"{given(name)}: {why}" for name, why in cannot_fit(DrawSettings(**values))]
+        n = self.n_train + self.n_val + self.n_test
+        used = min(n, self.max_examples) if self.max_examples else n
+        sizes = split_sizes(used, self.n_val / n, self.n_test / n)
+        empty = [{"train": "training", "val": "validation"}.get(s, s) for s in SPLITS if sizes[s] < 1]
+        if empty and used < n:
+            problems.append(f"{key('max_examples')} is {self.max_examples}: of the {n} images (n_train + n_val + "
+                            f"n_test) only the first {used} are drawn, split {sizes['train']} / {sizes['val']} / "
+                            f"{sizes['test']} in the same proportions, which leaves the {' and '.join(empty)} "
+                            f"split{'s' * (len(empty) > 1)} empty; raise max_examples or set it to 0 (all)")
+        return problems
+
+
+def split_sizes(n: int, val_fraction: float, test_fraction: float) -> dict[str, int]:
+    """How many of ``n`` images ``split_indices`` puts in each split: test ``round(n * test_fraction)``,
+    val ``round(n * val_fraction)``, train the rest (negative: they do not fit)."""
+    n_test, n_val = round(n * test_fraction), round(n * val_fraction)
+    return {"train": n - n_test - n_val, "val": n_val, "test": n_test}
 
 
 @dataclass
@@ -187,7 +250,8 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
     test (``round(n * test_fraction)``), val (``round(n * val_fraction)``) and the rest;
     each split's indices ascending."""
     order = np.random.default_rng(seed).permutation(n)
-    n_test, n_val = round(n * test_fraction), round(n * val_fraction)
+    sizes = split_sizes(n, val_fraction, test_fraction)
+    n_test, n_val = sizes["test"], sizes["val"]
     if n_test + n_val > n:
         raise DataError(f"Pathfinder: {n} images cannot give {n_val} validation and {n_test} test images")
     parts = {"train": order[n_test + n_val:], "val": order[n_test:n_test + n_val], "test": order[:n_test]}

@@ -36,6 +36,7 @@ Speed, one core: about 500 images/s at 32 px, 200 images/s at 128 px.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import random
@@ -75,28 +76,76 @@ class DrawSettings:
     margin: int = 1
 
     def __post_init__(self):
-        problems = []
-        if self.resolution < 8:
-            problems.append(f"resolution={self.resolution} (at least 8)")
-        for name in ("path_length", "dash_length", "gap", "distractor_length"):
-            if getattr(self, name) < 1:
-                problems.append(f"{name}={getattr(self, name)} (at least 1)")
-        if self.n_distractors < 0:
-            problems.append(f"n_distractors={self.n_distractors} (at least 0)")
-        if self.marker_size < 3 or self.marker_size % 2 == 0:
-            problems.append(f"marker_size={self.marker_size} (an odd number, at least 3)")
-        if not 0 <= self.max_turn <= 90:
-            problems.append(f"max_turn={self.max_turn} (degrees, 0 to 90)")
-        if self.margin < 0:
-            problems.append(f"margin={self.margin} (at least 0)")
+        problems = out_of_range(dataclasses.asdict(self))
         if problems:
-            raise ValueError("pathfinder drawing settings out of range: " + ", ".join(problems))
+            raise ValueError("pathfinder drawing settings out of range: "
+                             + ", ".join(f"{name}={getattr(self, name)} ({allowed})" for name, allowed in problems))
 
 
-def draw_settings(resolution: int, difficulty: str = "curv_contour_length_14", *, path_length: int = 0,
-                  dash_length: int = 0, gap: int = 0, n_distractors: int = -1, distractor_length: int = 0,
-                  marker_size: int = 0, max_turn: float = 45.0, margin: int = 1) -> DrawSettings:
-    """Settings with the automatic values filled in (0, or -1 for ``n_distractors``, = automatic).
+def out_of_range(values: dict) -> list[tuple[str, str]]:
+    """(setting, what is allowed) for each of ``DrawSettings``' fields (given as a mapping) out of
+    range: what ``DrawSettings`` refuses, and what a config check says before anything is drawn."""
+    problems = []
+    if values["resolution"] < 8:
+        problems.append(("resolution", "at least 8"))
+    for name in ("path_length", "dash_length", "gap", "distractor_length"):
+        if values[name] < 1:
+            problems.append((name, "at least 1"))
+    if values["n_distractors"] < 0:
+        problems.append(("n_distractors", "at least 0"))
+    if values["marker_size"] < 3 or values["marker_size"] % 2 == 0:
+        problems.append(("marker_size", "an odd number, at least 3"))
+    if not 0 <= values["max_turn"] <= 90:
+        problems.append(("max_turn", "degrees, 0 to 90"))
+    if values["margin"] < 0:
+        problems.append(("margin", "at least 0"))
+    return problems
+
+
+def cannot_fit(s: DrawSettings) -> list[tuple[str, str]]:
+    """(setting, why) when two target paths cannot fit into the image whatever is drawn: bounds
+    that follow ``_Geometry`` and ``_Canvas.grow``. Inside the ``margin``-pixel border, a path's
+    elements (dashes and caps, the caps' space kept even when not drawn as markers) are disjoint;
+    a dash advances one pixel per step along its heading's major axis, a jump of ``gap + 1``
+    steps separates consecutive elements, and a cap sits ``gap + 1 + marker_size // 2`` steps from
+    its dash. So a cap, a gap and a dash in a row span ``marker_size + gap + dash_length`` pixels
+    of one axis; with turns that round to 0 steps (max_turn < 2.5) a whole path is straight; and
+    the pixels of two target paths with their four caps cannot outnumber those inside the border."""
+    inside = s.resolution - 2 * s.margin
+    border = f"inside the {s.margin}-pixel border of the {s.resolution}x{s.resolution} image"
+    first = s.marker_size + s.gap + s.dash_length
+    if first > inside:
+        return [("resolution", f"a marker, a gap and a dash in a row (marker_size {s.marker_size} + gap {s.gap} + "
+                               f"dash_length {s.dash_length} = {first} pixels) span more than the {inside} pixels "
+                               f"across {border}; raise resolution or lower marker_size, gap or dash_length")]
+    if _rnd(s.max_turn * N_HEADINGS / 360) == 0:
+        straight = 2 * s.marker_size + s.path_length * s.dash_length + (s.path_length + 1) * s.gap
+        if straight > inside:
+            return [("max_turn", f"turns are whole steps of {360 // N_HEADINGS} degrees, so max_turn "
+                                 f"{s.max_turn:g} allows none and every path is straight; a target path "
+                                 f"({s.path_length} dashes of {s.dash_length} pixels, {s.path_length + 1} gaps of "
+                                 f"{s.gap}, two {s.marker_size}-pixel markers) spans {straight} pixels, more than the "
+                                 f"{inside} across {border}; raise max_turn or resolution, or shorten the path")]
+    ink = 2 * (s.path_length * s.dash_length + 2 * s.marker_size ** 2)
+    if ink > inside ** 2:
+        return [("path_length", f"two target paths of {s.path_length} dashes of {s.dash_length} pixels with their "
+                                f"four {s.marker_size}x{s.marker_size} markers cover {ink} pixels, more than the "
+                                f"{inside ** 2} {border}; lower path_length, dash_length or marker_size, or raise "
+                                "resolution")]
+    return []
+
+
+def draw_settings(resolution: int, difficulty: str = "curv_contour_length_14", **given) -> DrawSettings:
+    """Settings with the automatic values filled in (``resolved_settings``); out-of-range values
+    are a ValueError naming them."""
+    return DrawSettings(**resolved_settings(resolution, difficulty, **given))
+
+
+def resolved_settings(resolution: int, difficulty: str = "curv_contour_length_14", *, path_length: int = 0,
+                      dash_length: int = 0, gap: int = 0, n_distractors: int = -1, distractor_length: int = 0,
+                      marker_size: int = 0, max_turn: float = 45.0, margin: int = 1) -> dict:
+    """``DrawSettings``' fields with the automatic values filled in (0, or -1 for ``n_distractors``,
+    = automatic), not yet checked (``out_of_range``).
 
     With ``f = resolution / 32``: path_length from the difficulty (6 / 9 / 14 dashes, the
     release's contour lengths), dash_length ``max(2, round(2f))``, gap ``max(1, round(f/2))``,
@@ -113,7 +162,7 @@ def draw_settings(resolution: int, difficulty: str = "curv_contour_length_14", *
         return int(math.floor(x + 0.5))
 
     path_length = path_length or DIFFICULTY_LENGTH[difficulty]
-    return DrawSettings(
+    return dict(
         resolution=resolution,
         path_length=path_length,
         dash_length=dash_length or max(2, rnd(2 * f)),

@@ -115,11 +115,28 @@ def task_resources(config: dict, task: str, group: str) -> dict:
 
 
 def check_runs(config: dict) -> list[str]:
-    """Problems of the run grid that the schema cannot express: each run's micro-batches, each
-    attention's parameters as its constructor checks them, and the ``distill:`` section against
-    the variants and tasks."""
-    problems = check_micro_batches(config) + check_distill(config)
+    """Problems of the run grid that the schema cannot express: each task's data settings
+    together, each run's micro-batches, each attention's parameters as its constructor checks
+    them, and the ``distill:`` section against the variants and tasks."""
+    problems = check_task_data(config) + check_micro_batches(config) + check_distill(config)
     return problems or check_attention_params(config)
+
+
+def check_task_data(config: dict) -> list[str]:
+    """Each configured task's data settings as its config class checks them together (what one
+    field's bounds cannot say: min_length below max_length, fractions that leave a training
+    split, a generator asked for more distinct examples than its settings can draw), so that no
+    prepare job starts with settings it cannot satisfy. A task config class says its problems
+    with a method ``problems(key)``, ``key`` a function from a field name to how the message
+    names it; here the field's full key, e.g. 'tasks.listops.data.min_length'. A class without
+    one has none."""
+    problems = []
+    for task in config["tasks"]:
+        data = TASKS.make_config(task, task_data_params(config, task))
+        check = getattr(data, "problems", None)
+        if callable(check):
+            problems.extend(check(key=lambda name, task=task: f"'tasks.{task}.data.{name}'"))
+    return problems
 
 
 #: the length the parameter check builds each attention layer for (small: the check is of the
@@ -147,16 +164,17 @@ def check_attention_params(config: dict) -> list[str]:
 
 def check_micro_batches(config: dict) -> list[str]:
     """``train.accumulate`` must divide ``train.batch_size`` in every (task, variant) run: the
-    micro-batches are equal, so their mean loss is the batch's."""
-    problems = []
+    micro-batches are equal, so their mean loss is the batch's. One line per pair of values that does
+    not fit, naming the runs that have it."""
+    bad: dict[tuple[int, int], list[str]] = {}
     for task in config["tasks"]:
         for variant in config["variants"]:
             train = resolve_run(config, task, variant, int(config["seeds"][0]))["train"]
             if train["batch_size"] % train["accumulate"]:
-                problems.append(f"task {task!r}, variant {variant!r}: 'train.accumulate' ({train['accumulate']}) "
-                                f"does not divide 'train.batch_size' ({train['batch_size']}); the optimiser "
-                                "step's batch is split into equal micro-batches")
-    return problems
+                bad.setdefault((train["accumulate"], train["batch_size"]), []).append(f"{task}/{variant}")
+    return [f"'train.accumulate' ({accumulate}) does not divide 'train.batch_size' ({batch_size}) in the runs "
+            f"{', '.join(runs)}; the optimiser step's batch is split into equal micro-batches"
+            for (accumulate, batch_size), runs in bad.items()]
 
 
 def check_distill(config: dict) -> list[str]:
@@ -170,11 +188,14 @@ def check_distill(config: dict) -> list[str]:
                         f"`{teacher}: {{}}` there (each student is trained from the {teacher} run of the same task "
                         f"and seed) or name a configured one: {', '.join(config['variants'])}")
     elif distill["student_layers"]:
-        for task in config["tasks"]:
-            layers = resolve_run(config, task, teacher, int(config["seeds"][0]))["model"]["layers"]
-            if distill["student_layers"] > layers:
-                problems.append(f"'distill.student_layers' is {distill['student_layers']}; task {task!r} has "
-                                f"{layers}-layer teachers, so it must be <= {layers} (0 = half the teacher's)")
+        layers = {task: resolve_run(config, task, teacher, int(config["seeds"][0]))["model"]["layers"]
+                  for task in config["tasks"]}
+        shallow = {task: n for task, n in layers.items() if distill["student_layers"] > n}
+        if shallow:
+            fewest = min(shallow.values())
+            problems.append(f"'distill.student_layers' is {distill['student_layers']}; the teachers of task(s) "
+                            f"{', '.join(shallow)} have {'/'.join(map(str, sorted(set(shallow.values()))))} layers, "
+                            f"so it must be <= {fewest} (0 = half the teacher's)")
     return problems
 
 
