@@ -163,6 +163,13 @@ def format_error(err, prefix: str = "") -> str:
         return f"{where} is missing a required key: {err.message.split(' ')[0]}"
     if kind == "minProperties":
         return f"{where} is empty; name at least one entry"
+    if kind in ("minItems", "maxItems"):
+        low, high = sub.get("minItems", 0), sub.get("maxItems")
+        count = (f"exactly {low}" if low == high else f"at least {low}" if high is None
+                 else f"at most {high}" if not low else f"{low} to {high}")
+        return f"{where} is {err.instance!r}; give {count} value{'s' if (high or low) != 1 else ''}"
+    if kind == "uniqueItems":
+        return f"{where} is {err.instance!r}; each value may appear only once"
     return f"{where}: {err.message}"
 
 

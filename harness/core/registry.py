@@ -220,7 +220,8 @@ def _type_schema(tp: Any) -> dict[str, Any]:
 
 def dataclass_schema(cls: type) -> dict[str, Any]:
     """JSON schema of a config dataclass: types, defaults, descriptions (``metadata['help']``),
-    bounds (``metadata['minimum']``/``['maximum']``), and no unknown keys."""
+    bounds (``metadata['minimum']``/``['maximum']``/...: a sequence's apply to each item, and
+    ``minItems``/``maxItems`` to its length), and no unknown keys."""
     hints = typing.get_type_hints(cls, include_extras=False)
     props: dict[str, Any] = {}
     for f in dataclasses.fields(cls):
@@ -232,9 +233,12 @@ def dataclass_schema(cls: type) -> dict[str, Any]:
         else:
             raise TypeError(f"{cls.__name__}.{f.name} needs a default to be a config field")
         prop["default"] = list(default) if isinstance(default, tuple) else default
-        for key in ("minimum", "maximum", "exclusiveMinimum", "x-registry"):
+        for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems",
+                    "x-registry"):
             if key in f.metadata:
-                prop[key] = f.metadata[key]
+                # a sequence's numeric bounds are its items' (minItems/maxItems: its length)
+                in_items = prop.get("type") == "array" and key not in ("minItems", "maxItems", "x-registry")
+                (prop["items"] if in_items else prop)[key] = f.metadata[key]
         prop["description"] = f.metadata.get("help", "")
         props[f.name] = prop
     return {
@@ -248,7 +252,8 @@ def dataclass_schema(cls: type) -> dict[str, Any]:
 
 def param(default: Any, help: str, **bounds: Any) -> Any:
     """A config dataclass field with a description and optional JSON-schema bounds
-    (``minimum``, ``maximum``, ``exclusiveMinimum``; ``**{"x-registry": "variant"}`` makes a mapping
+    (``minimum``, ``maximum``, ``exclusiveMinimum``, ``exclusiveMaximum``: of each item for a sequence,
+    whose length ``minItems`` and ``maxItems`` bound; ``**{"x-registry": "variant"}`` makes a mapping
     field one entry per registered variant, each with that variant's parameters).
 
     A mapping default (a ``dict[str, Any]`` field: an object in the schema) is copied for

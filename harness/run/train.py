@@ -51,7 +51,8 @@ class TrainConfig:
     eval_batch_size: int = param(128, "batch size for validation and test", minimum=1)
     lr: float = param(1.0e-3, "peak learning rate (AdamW)", exclusiveMinimum=0.0)
     weight_decay: float = param(0.01, "AdamW weight decay", minimum=0.0)
-    betas: tuple[float, ...] = param((0.9, 0.98), "AdamW betas")
+    betas: tuple[float, ...] = param((0.9, 0.98), "AdamW betas: [beta1, beta2], each in [0, 1)", minItems=2,
+                                     maxItems=2, minimum=0.0, exclusiveMaximum=1.0)
     eps: float = param(1.0e-8, "AdamW epsilon (LRA: 1e-9)", exclusiveMinimum=0.0)
     warmup_steps: int = param(100, "linear warm-up steps from 0 to lr", minimum=0)
     schedule: Literal["cosine", "linear", "constant", "rsqrt"] = param("cosine", "decay after warm-up: cosine or "
