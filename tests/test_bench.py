@@ -185,19 +185,22 @@ def test_rounds_combine_into_one_row_per_case_and_a_failed_round_wins():
     assert (b["case_id"], b["status"], b["message"], b["sweep_rounds"]) == ("b", "oom", "boom", 2)
 
 
-def test_a_sweep_whose_every_case_fails_is_still_a_result(tmp_path):
-    """Every case unavailable (xformers on a CPU): pytest-benchmark saves nothing, yet the sweep's
-    JSON is written with those rows, the table holds them and the report renders them."""
+@pytest.mark.parametrize(("settings", "impl", "status"), [
+    ({"backends": {"full": ["xformers"]}}, "full [xformers]", "unavailable"),  # no xformers kernel on a CPU
+    ({"memory_cap_mb": 100, "backends": {"full": ["default"]}}, "full", "oom"),  # a worker alone is > 100 MiB
+])
+def test_a_sweep_whose_every_case_fails_is_still_a_result(tmp_path, settings, impl, status):
+    """Every case unavailable or oom: pytest-benchmark saves nothing, yet the sweep's JSON is written
+    with those rows, the table holds them and the report renders them."""
     from attnbench.harness.report.render import render_report
 
     cfg = validate_config(tiny_config(bench={"lengths": [32, 64], "modes": ["forward"], "scopes": ["layer"],
-                                             "warmup": 0, "repeats": 1, "backends": {"full": ["xformers"]}}))
+                                             "warmup": 0, "repeats": 1, **settings}))
     out = tmp_path / "bench" / "full.json"
     assert run_sweep(sweep_file(cfg, "full", 1, tmp_path / "work"), out) == 0
     data = json.loads(out.read_text())
     assert data["benchmarks"] == [] and data["machine_info"]["attnbench"]["torch"] == torch.__version__
     df = aggregate_bench([out], tmp_path / "bench.csv")
-    assert list(zip(df["impl"], df["n"], df["status"], strict=True)) == [("full [xformers]", 32, "unavailable"),
-                                                                         ("full [xformers]", 64, "unavailable")]
+    assert list(zip(df["impl"], df["n"], df["status"], strict=True)) == [(impl, 32, status), (impl, 64, status)]
     index = render_report(None, tmp_path / "report", tmp_path / "bench.csv")
-    assert "unavailable" in (tmp_path / "report" / "summary.md").read_text().lower() and index.exists()
+    assert status in (tmp_path / "report" / "summary.md").read_text().lower() and index.exists()
