@@ -56,19 +56,24 @@ def test_tiny_full_vs_torch_mha_in_subprocesses(tmp_path, capsys):
         assert side["ok"], side
         assert len(side["times_s"]) == 2 and all(t > 0 for t in side["times_s"])
         assert side["min_s"] <= side["median_s"] <= side["max_s"]
-        assert side["peak_bytes"] > 0 and side["threads"] == 1
+        assert 0 < side["peak_bytes"] <= side["peak_all_bytes"] and side["threads"] == 1
         assert side["process_wall_s"] > 0
     assert case["ours"]["label"] == "attnbench full"
     assert "MultiheadAttention" in case["peer_result"]["label"]
     assert case["time_ratio"] == pytest.approx(case["ours"]["median_s"] / case["peer_result"]["median_s"])
     assert case["memory_ratio"] == pytest.approx(case["ours"]["peak_bytes"] / case["peer_result"]["peak_bytes"])
+    assert case["memory_all_ratio"] == pytest.approx(case["ours"]["peak_all_bytes"]
+                                                     / case["peer_result"]["peak_all_bytes"])
     # the printed Markdown table has the row, with positive times and memory
     cells = _row(stdout, "| full |", "MultiheadAttention")
     assert cells[3] == "64" and cells[4] == "cpu"
     for col in (5, 6):  # "median (min-max)"
         assert float(cells[col].split()[0]) > 0
-    for col in (7, 8, 9, 10):
-        assert float(cells[col]) > 0
+    assert float(cells[7]) > 0
+    for col in (8, 9, 10):  # "first step / all steps"
+        first, every = (float(v) for v in cells[col].split(" / "))
+        assert first > 0 and every > 0
+    assert float(cells[8].split(" / ")[0]) == pytest.approx(case["ours"]["peak_bytes"] / 2 ** 20, abs=0.05)
     assert report["table"] in stdout
 
 
@@ -136,19 +141,28 @@ def test_worker_timeout_is_recorded(tmp_path):
 
 
 def test_ratios_and_goal():
-    case = {"ours": {"ok": True, "median_s": 1.0, "peak_bytes": 100},
-            "peer_result": {"ok": True, "median_s": 2.0, "peak_bytes": 50}, "peer": "x"}
+    case = {"ours": {"ok": True, "median_s": 1.0, "peak_bytes": 100, "peak_all_bytes": 100},
+            "peer_result": {"ok": True, "median_s": 2.0, "peak_bytes": 50, "peak_all_bytes": 200}, "peer": "x"}
     compare.finish_case(case)
-    assert case["time_ratio"] == 0.5 and case["memory_ratio"] == 2.0 and case["goal_met"] is False
+    assert case["time_ratio"] == 0.5 and case["memory_ratio"] == 2.0 and case["memory_all_ratio"] == 0.5
+    assert case["goal_met"] is False
+    case = {"ours": {"ok": True, "median_s": 1.0, "peak_bytes": 40, "peak_all_bytes": 300},
+            "peer_result": {"ok": True, "median_s": 2.0, "peak_bytes": 50, "peak_all_bytes": 200}, "peer": "x"}
+    compare.finish_case(case)
+    assert case["goal_met"] is False  # leaner in one step but not across the loop: not met
 
 
 def test_rounds_pool_the_timed_steps_and_take_the_median_peak():
-    runs = [{"ok": True, "times_s": [1.0, 3.0], "median_s": 2.0, "peak_bytes": 10, "process_wall_s": 1.0},
-            {"ok": True, "times_s": [2.0, 4.0], "median_s": 3.0, "peak_bytes": 30, "process_wall_s": 1.0},
-            {"ok": True, "times_s": [5.0], "median_s": 5.0, "peak_bytes": 20, "process_wall_s": 1.0}]
+    runs = [{"ok": True, "times_s": [1.0, 3.0], "median_s": 2.0, "peak_bytes": 10, "peak_all_bytes": 15,
+             "process_wall_s": 1.0},
+            {"ok": True, "times_s": [2.0, 4.0], "median_s": 3.0, "peak_bytes": 30, "peak_all_bytes": 40,
+             "process_wall_s": 1.0},
+            {"ok": True, "times_s": [5.0], "median_s": 5.0, "peak_bytes": 20, "peak_all_bytes": 90,
+             "process_wall_s": 1.0}]
     out = compare.pool_rounds(runs)
     assert out["times_s"] == [1.0, 3.0, 2.0, 4.0, 5.0] and out["median_s"] == 3.0
-    assert (out["min_s"], out["max_s"], out["peak_bytes"]) == (1.0, 5.0, 20) and len(out["rounds"]) == 3
+    assert (out["min_s"], out["max_s"], out["peak_bytes"], out["peak_all_bytes"]) == (1.0, 5.0, 20, 40)
+    assert len(out["rounds"]) == 3
     failed = {"ok": False, "error": "boom"}
     assert compare.pool_rounds([runs[0], failed]) is failed
 
@@ -174,7 +188,7 @@ def fake_cuda(monkeypatch, tmp_path):
     def worker(spec, timeout_s, workdir):
         seen["devices"].append(spec["device"])
         return {"ok": True, "label": "stub", "times_s": [0.1], "median_s": 0.1, "min_s": 0.1, "max_s": 0.1,
-                "peak_bytes": 1, "process_wall_s": 0.1}
+                "peak_bytes": 1, "peak_all_bytes": 1, "process_wall_s": 0.1}
 
     monkeypatch.setattr(torch.cuda, "is_available", is_available)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: seen["current"])
@@ -252,6 +266,15 @@ def test_full_equals_torch_mha_with_copied_weights():
         peer.mha.in_proj_bias.copy_(ours.qkv.bias)
     _copy(peer.mha.out_proj, ours.out.weight, ours.out.bias)
     _same(ours, peer, *_x(40, real=27), atol=1e-12)
+
+
+@pytest.mark.parametrize("real", [None, 27])
+def test_full_equals_the_plain_sdpa_layer_with_copied_weights(real):
+    ours = _ours("full", {})
+    peer = peers.PlainSDPA(DIM, HEADS).double().eval()
+    _copy(peer.qkv, ours.qkv.weight, ours.qkv.bias)
+    _copy(peer.out, ours.out.weight, ours.out.bias)
+    _same(ours, peer, *_x(40, real=real), atol=1e-12)
 
 
 @pytest.mark.parametrize("window,global_tokens", [(4, (0,)), (8, (0, -1)), (6, ())])

@@ -168,6 +168,40 @@ register_peer(Peer(
     note="full softmax attention both sides; MHA also dispatches to SDPA"))
 
 
+# --- full: a plain SDPA layer (the floor full attention is measured against) ----------------------
+
+class PlainSDPA(nn.Module):
+    """The least a full-attention layer can be: a fused q/k/v ``nn.Linear``, torch's
+    ``scaled_dot_product_attention`` restricted to its flash kernel when no mask is needed (the kernel
+    torch picks on a CPU for float32 without a mask), and an output ``nn.Linear``."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x, key_padding_mask=None):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        if _all_real(key_padding_mask):
+            with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+                o = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        else:
+            o = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=key_padding_mask[:, None, None, :])
+        return self.out(o.transpose(1, 2).reshape(b, n, d))
+
+
+register_peer(Peer(
+    name="torch-sdpa", variant="full", title="plain SDPA layer (fused qkv Linear, flash kernel)",
+    requires=("torch",), distributions=("torch",),
+    match=lambda s, d: ({}, {"kernel": "flash (no mask)", "projections": "fused qkv Linear + out Linear"}),
+    build=lambda s, p: PlainSDPA(s.dim, s.heads),
+    note="full softmax attention both sides: the floor a full-attention layer can reach"))
+
+
 # --- window: HF Longformer ---------------------------------------------------------------------
 
 class HFLongformer(nn.Module):

@@ -7,8 +7,8 @@ result; ``measure_in_process(spec)`` is what that process runs:
 - training mode (dropout 0): random hashes/blocks/features are drawn as in training;
 - every token real: ours and the peers get ``key_padding_mask=None``, as the pipeline's model
   passes for a batch without padding (a peer builds its library's all-real mask where it needs one);
-- peak memory: the peak of the first forward+backward step above the memory just before it
-  (``attnbench.harness.measure.memory.PeakMemory``);
+- peak memory: the peak of the first forward+backward step above the memory just before it, and
+  the peak over all steps above the same start (``attnbench.harness.measure.memory.PeakMemory``);
 - time: after warm-up, ``repeats`` timed steps (perf_counter, the device synchronised).
 A failure (error, out of memory, timeout) comes back as ``{"ok": False, "error": ...}``.
 """
@@ -51,11 +51,12 @@ def build_impl(spec: dict) -> tuple[nn.Module, str]:
 def measure_in_process(spec: dict) -> dict:
     """Build one implementation and measure it in this (fresh) process.
 
-    1. memory: the peak of the first forward+backward step above the memory just before it, after the
-       layer and its inputs were built (``peak_bytes``). Later steps are not used for memory: on CPU the
-       allocator keeps freed memory, so their RSS creeps up with the number of steps and depends on
-       fragmentation; the first step's peak is what the step needs (plus any lazy set-up inside torch
-       that every implementation pays alike) and is reproducible to ~0.1 MiB run to run;
+    1. memory, two figures: the peak of the first forward+backward step above the memory just before it,
+       after the layer and its inputs were built (``peak_bytes``): what one step needs (plus any lazy
+       set-up inside torch that every implementation pays alike), reproducible to ~0.1 MiB run to run;
+       and the peak over every step, warm-up and timed, above that same start (``peak_all_bytes``): on
+       a CPU the allocator keeps freed memory, so a training loop's repeated steps can hold more than
+       one step needs (fragmentation, buffers kept between steps), which this figure shows;
     2. time: the first step and ``warmup - 1`` more are warm-up; then ``repeats`` timed steps.
 
     Options: ``sdpa_backend`` ("math", "flash", ...) restricts torch's SDPA to that backend for
@@ -114,18 +115,22 @@ def _measure(spec: dict) -> dict:
     cold_peak, cold_method, cold_base = peak_of_step()
     watch.durations.append(time.perf_counter() - t0)  # the first warm-up step (not timed for the result)
     warmup = max(1, int(spec["warmup"]))
-    for _ in range(warmup - 1):
-        with watch.time():
-            step()
-    for _ in range(int(spec["repeats"])):
-        with watch.time():
-            step()
+    with PeakMemory(device) as later:  # the steps after the first: what a training loop's repeats add
+        for _ in range(warmup - 1):
+            with watch.time():
+                step()
+        for _ in range(int(spec["repeats"])):
+            with watch.time():
+                step()
     times = watch.durations[warmup:]
+    # the peak over every step, above the memory before the first one
+    all_peak = max(cold_peak, later.peak_bytes + later.baseline_bytes - cold_base)
     result = {
         "ok": True, "label": label, "params": n_params, "threads": torch.get_num_threads(),
         "times_s": times, "warmup_times_s": watch.durations[:warmup],
         "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
         "peak_bytes": cold_peak, "peak_method": "first step in a fresh process: " + cold_method,
+        "peak_all_bytes": all_peak,
         "memory_before_bytes": cold_base,
     }
     if spec.get("profile_dir"):
