@@ -81,6 +81,43 @@ class _EluPlusOne(torch.autograd.Function):
         return grad * phi.clamp(max=1)
 
 
+class _NormalisedContraction(torch.autograd.Function):
+    """out = phi(Q) (phi(K)^T V) / (phi(Q) sum_j phi(k_j) + eps), per (batch, head), as matmuls.
+
+    Its backward is written out so that nothing of size N x Dh is kept beyond the inputs: autograd
+    through the four contractions and the division keeps the numerator phi(Q) KV for the division's
+    backward (an extra N x Dh per head). With s = g / den and t = s KV^T:
+    d phi(Q) = t - (phi(Q) . t) / den z^T, d KV = phi(Q)^T s, d z = phi(Q)^T d den, d phi(K) = V d KV^T
+    + d z^T, d V = phi(K) d KV."""
+
+    @staticmethod
+    def forward(ctx, phi_q, phi_k, v, eps: float):
+        kv = phi_k.transpose(-2, -1) @ v                          # (B, H, F, E): sum_j phi(k_j) v_j^T
+        z = phi_k.sum(dim=-2).unsqueeze(-1)                       # (B, H, F, 1): sum_j phi(k_j)
+        den = (phi_q @ z).add_(eps)                               # (B, H, N, 1)
+        ctx.save_for_backward(phi_q, phi_k, v, kv, z, den)
+        return (phi_q @ kv).div_(den)
+
+    @staticmethod
+    def backward(ctx, grad):
+        phi_q, phi_k, v, kv, z, den = ctx.saved_tensors
+        s = grad / den                                            # d out / d numerator
+        t = s @ kv.transpose(-2, -1)                              # (B, H, N, F)
+        d_den = (phi_q.unsqueeze(-2) @ t.unsqueeze(-1)).squeeze(-1).div_(den).neg_()  # (B, H, N, 1)
+        d_kv = phi_q.transpose(-2, -1) @ s
+        del s
+        d_z = phi_q.transpose(-2, -1) @ d_den                     # (B, H, F, 1)
+        d_phi_q = t.addcmul_(d_den, z.transpose(-2, -1))          # t + d_den z^T, in place
+        d_phi_k = (v @ d_kv.transpose(-2, -1)).add_(d_z.transpose(-2, -1))
+        d_v = phi_k @ d_kv
+        return d_phi_q, d_phi_k, d_v, None
+
+
+def normalised_contraction(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
+    """phi(Q) (phi(K)^T V) / (phi(Q) sum_j phi(k_j) + eps) of (B, H, N, F) features and (B, H, N, E) values."""
+    return _NormalisedContraction.apply(phi_q, phi_k, v, eps)
+
+
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
     """elu(x) + 1, strictly positive where exp(x) is."""
     return _EluPlusOne.apply(x)
@@ -192,11 +229,7 @@ class LinearAttention(Attention):
             if key_padding_mask is not None:
                 v = v.masked_fill(~key_padding_mask[:, None, :, None], 0.0)
             phi_q, phi_k = self.feature_maps(q, k, key_padding_mask)
-            kv = torch.einsum("bhnf,bhne->bhfe", phi_k, v)       # sum_j phi(k_j) v_j^T
-            z = phi_k.sum(dim=-2)                                 # sum_j phi(k_j)
-            num = torch.einsum("bhnf,bhfe->bhne", phi_q, kv)
-            den = torch.einsum("bhnf,bhf->bhn", phi_q, z).unsqueeze(-1)
-            out = num / (den + self.cfg.eps)
+            out = normalised_contraction(phi_q, phi_k, v, self.cfg.eps)
         return out.to(in_dtype)
 
     def flops(self, batch: int, seq_len: int) -> int:
