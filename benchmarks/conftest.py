@@ -4,7 +4,9 @@ The cases come from a sweep file (``--attnbench-sweep``) that ``attnbench bench`
 the pipeline config (a plan without cases is expanded here, for this machine's device); without
 one, the default config's cases for every variant are used (a long run: pass ``-k`` to pick some).
 Every case's result row, failures included, is added to pytest-benchmark's JSON under
-``"attnbench"``; machine facts go into its ``machine_info``.
+``"attnbench"``; machine facts go into its ``machine_info``, with the machine's matmul rate per dtype
+(``matmul_peak``: measured once per sweep in a fresh process, before the first case) that each row's
+``peak_share`` reads against.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from attnbench.harness.bench.sweep import SweepEnv
 
 ROWS = pytest.StashKey[list]()
 SWEEP = pytest.StashKey[dict]()
+MATMUL_PEAKS = pytest.StashKey[dict]()
 
 
 def pytest_addoption(parser):
@@ -80,6 +83,16 @@ def sweep_env(pytestconfig) -> SweepEnv:
                     int(sweep["threads"]), Path(sweep["workdir"]))
 
 
+@pytest.fixture(scope="session")
+def matmul_peaks(pytestconfig, sweep_env) -> dict:
+    """The machine's matmul rate per dtype of the sweep's cases (``probe_matmul``), measured once."""
+    from attnbench.harness.bench.sweep import probe_matmul
+
+    peaks = probe_matmul(sweep_env, {c["dtype"] for c in pytestconfig.stash[SWEEP]["cases"]})
+    pytestconfig.stash[MATMUL_PEAKS] = peaks
+    return peaks
+
+
 @pytest.fixture
 def rows(pytestconfig) -> list:
     return pytestconfig.stash[ROWS]
@@ -89,6 +102,7 @@ def pytest_benchmark_update_machine_info(config, machine_info):
     from attnbench.harness.results.environment import bench_machine
 
     machine_info["attnbench"] = bench_machine(config.stash[SWEEP]["device"], int(config.stash[SWEEP]["threads"]))
+    machine_info["attnbench"]["matmul_peak"] = config.stash.get(MATMUL_PEAKS, {})
 
 
 def _attnbench_section(config) -> dict:
@@ -108,6 +122,8 @@ def pytest_sessionfinish(session, exitstatus):
     from attnbench.harness.results.environment import bench_machine
 
     sweep = session.config.stash[SWEEP]
-    data = {"machine_info": {"attnbench": bench_machine(sweep["device"], int(sweep["threads"]))}, "benchmarks": [],
+    machine = {**bench_machine(sweep["device"], int(sweep["threads"])),
+               "matmul_peak": session.config.stash.get(MATMUL_PEAKS, {})}
+    data = {"machine_info": {"attnbench": machine}, "benchmarks": [],
             "attnbench": _attnbench_section(session.config)}
     Path(path).write_text(json.dumps(data, default=str))

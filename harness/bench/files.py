@@ -1,5 +1,9 @@
 """The efficiency sweep's files: running one variant's sweep through pytest-benchmark
 (``results/bench/VARIANT.json``) and collecting them into one tidy table (``results/bench.csv``).
+
+Each row's ``peak_share`` is its achieved GFLOP/s as a fraction of ``matmul_peak_gflops``, the
+machine's matmul rate at the case's dtype and the sweep's threads, measured once per sweep
+(``sweep.probe_matmul``; ``matmul_peak_method`` says how).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ from attnbench.harness.bench.settings import (
 from attnbench.harness.core import resources
 from attnbench.harness.core.io import atomic_write_text, write_table
 from attnbench.harness.core.registry import build_dataclass
+from attnbench.harness.measure.matmul_peak import share_of_peak
 from attnbench.variants import VARIANTS
 
 MIB = 2 ** 20
@@ -32,7 +37,8 @@ COLUMNS = [
     "impl", "variant", "backend", "scope", "mode", "dtype", "batch", "n", "status", "message",
     "median_s", "min_s", "max_s", "iqr_s", "rounds", "sweep_rounds", "round_medians_s", "tokens_per_s", "peak_mb",
     "reserved_mb", "peak_method",
-    "flops_analytic", "flops_counted", "flops_counted_method", "gflops_per_s", "sdpa_kernels", "cold_step_s",
+    "flops_analytic", "flops_counted", "flops_counted_method", "gflops_per_s", "matmul_peak_gflops", "peak_share",
+    "matmul_peak_method", "sdpa_kernels", "cold_step_s",
     "params_count", "memory_cap_mb", "device", "device_name", "threads", "torch", "timing_method", "params", "source",
 ]
 
@@ -117,6 +123,7 @@ def merge_rounds_per_case(rows: list[dict]) -> list[dict]:
                        times_s=[t for r in group for t in r.get("times_s", [])])
             row["tokens_per_s"] = row["batch"] * row["n"] / row["median_s"]
             row["gflops_per_s"] = row["flops_analytic"] / row["median_s"] / 1e9
+            row["peak_share"] = share_of_peak(row["gflops_per_s"], row.get("matmul_peak_gflops"))
             if len(group) > 1:
                 row["iqr_s"] = None  # per-round statistic; not pooled
         out.append(row)

@@ -19,10 +19,14 @@ import torch
 from attnbench.harness.bench.case import Stepper, backend_context, failure_status, unavailable
 from attnbench.harness.bench.settings import BenchConfig, Case
 from attnbench.harness.measure.fresh_process import run_fresh
+from attnbench.harness.measure.matmul_peak import share_of_peak
 from attnbench.harness.measure.memory import is_out_of_memory
 
 # seconds a case's worker may spend beyond its measured steps (starting Python, importing torch)
 STARTUP_S = 60.0
+# the matmul probe's square size per device type: a 1024 matmul is too small to fill a GPU
+MATMUL_PROBE_SIZE = {"cpu": 1024, "cuda": 4096}
+MATMUL_PROBE_S = 0.3  # timed seconds of the probe per dtype
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,23 @@ def probe_case(case: Case, env: SweepEnv) -> dict:
     return result
 
 
+def probe_matmul(env: SweepEnv, dtypes) -> dict[str, dict]:
+    """The machine's matmul rate (``measure.matmul_peak``) per dtype, measured once per sweep in one
+    fresh process with the sweep's threads on its device. A probe that failed is ``{"gflops": None,
+    "error": ...}``: the rows then have no peak share."""
+    dtypes = sorted(set(dtypes))
+    if not dtypes:
+        return {}
+    spec = {"device": env.device, "threads": env.threads, "dtypes": dtypes,
+            "size": MATMUL_PROBE_SIZE.get(torch.device(env.device).type, 1024), "min_seconds": MATMUL_PROBE_S}
+    result = run_fresh("attnbench.harness.measure.matmul_peak", spec, STARTUP_S + 30.0 * len(dtypes), env.workdir,
+                       threads=env.threads)
+    probes = result.get("probes") or {}
+    error = result.get("error") or result.get("message") or "no result"
+    return {d: probes.get(d) or {"gflops": None, "dtype": d, "threads": env.threads, "device": env.device,
+                                 "error": f"matmul probe failed: {error}"[:2000]} for d in dtypes}
+
+
 def release_memory(device: torch.device) -> None:
     """Give back what a timed case left: its garbage (reference cycles) and, on CUDA, the caching
     allocator's free blocks, so that the next case's worker finds the GPU memory free."""
@@ -120,10 +141,15 @@ def timing_failure(exc: Exception) -> dict:
     return {"status": status, "message": f"while timing: {exc if status == 'oom' else message}"[:2000]}
 
 
-def run_case(case: Case, env: SweepEnv, benchmark, round_index: int = 0, probes: dict | None = None) -> dict:
+def run_case(case: Case, env: SweepEnv, benchmark, round_index: int = 0, probes: dict | None = None,
+             matmul_peaks: dict | None = None) -> dict:
     """One case (one round of it) end to end; the row goes into the benchmark's ``extra_info`` as well.
-    The fresh-process probe runs in the case's first round; later rounds reuse it from ``probes``."""
+    The fresh-process probe runs in the case's first round; later rounds reuse it from ``probes``.
+    ``matmul_peaks`` (dtype -> ``probe_matmul``'s probe) gives the row its ``matmul_peak_gflops`` and
+    an ok row its ``peak_share``, the achieved GFLOP/s as a fraction of that rate."""
     row = {**base_row(case, env), "round": round_index}
+    matmul = (matmul_peaks or {}).get(case.dtype) or {}
+    row["matmul_peak_gflops"], row["matmul_peak_method"] = matmul.get("gflops"), matmul.get("method")
     probes = {} if probes is None else probes
     if case.id not in probes:
         probes[case.id] = probe_case(case, env)
@@ -142,6 +168,7 @@ def run_case(case: Case, env: SweepEnv, benchmark, round_index: int = 0, probes:
     if row["status"] == "ok":
         row["tokens_per_s"] = case.batch * case.n / row["median_s"]
         row["gflops_per_s"] = row["flops_analytic"] / row["median_s"] / 1e9
+        row["peak_share"] = share_of_peak(row["gflops_per_s"], row["matmul_peak_gflops"])
     benchmark.extra_info.update({k: v for k, v in row.items() if k != "times_s"})
     return row
 
@@ -152,6 +179,8 @@ def describe(row: dict) -> str:
     if row["status"] != "ok":
         return f"{head}  {row['status'].upper()}: {row['message']}"
     spread = (max(row["times_s"]) - min(row["times_s"])) / row["median_s"] if row["times_s"] else 0.0
+    share = f" ({100 * row['peak_share']:.1f}% of matmul peak)" if row.get("peak_share") is not None else ""
     return (f"{head}  {row['median_s'] * 1e3:9.2f} ms (spread {100 * spread:.0f}%)  "
-            f"{row['peak_bytes'] / 2**20:8.1f} MiB  {row['tokens_per_s']:10.0f} tok/s")
+            f"{row['peak_bytes'] / 2**20:8.1f} MiB  {row['tokens_per_s']:10.0f} tok/s  "
+            f"{row['gflops_per_s']:.3g} GFLOP/s{share}")
 

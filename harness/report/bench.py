@@ -383,15 +383,44 @@ def method_line(df: pd.DataFrame) -> str:
             "cross-checked against torch's FLOP counter in the FLOPs table.")
 
 
-FLOPS_NOTE = ("Analytic FLOPs of one step at the largest n, the achieved rate there, and what torch.utils."
+FLOPS_NOTE = ("Analytic FLOPs of one step at the largest n, the achieved rate there (also as a % of the machine's "
+              "matmul peak at the same dtype and threads), and what torch.utils."
               "flop_counter saw as a share of the analytic count over all lengths. The counter sees matmuls and "
               "the CUDA SDPA kernels, but not torch's CPU flash kernel nor elementwise work: where a case ran "
               "the CPU flash kernel its attention is missing from the count; elsewhere the two should agree.")
 
 
+def _fmt_share(share) -> str:
+    """A fraction of the matmul peak as a percentage ('12.3%'); '–' where there is none."""
+    return "–" if share is None or pd.isna(share) else f"{100 * float(share):.3g}%"
+
+
+def matmul_peak_line(df: pd.DataFrame) -> str:
+    """The matmul probe that '% of matmul peak' reads against, once: its method and its rate per device,
+    threads and dtype (the median over the sweeps, each of which measured its own, and their range)."""
+    if "matmul_peak_gflops" not in df or df["matmul_peak_gflops"].isna().all():
+        return "Matmul peak: not measured (no matmul probe in this table)."
+    probed = df[df["matmul_peak_gflops"].notna()]
+    keys = [c for c in ("device", "threads", "dtype") if c in probed]
+    per_sweep = probed.drop_duplicates([*keys, "source"] if "source" in probed else keys)
+    rates = []
+    for key, g in per_sweep.groupby(keys, sort=True):
+        what = dict(zip(keys, key, strict=True))
+        values = g["matmul_peak_gflops"].astype(float)
+        text = (f"{what.get('dtype', '?')} on {what.get('device', '?')}, {what.get('threads', '?')} threads: "
+                f"{values.median():.3g} GFLOP/s")
+        if len(values) > 1:
+            text += f" (median of {len(values)} sweeps' probes, {values.min():.3g}–{values.max():.3g})"
+        rates.append(text)
+    methods = (sorted(set(probed["matmul_peak_method"].dropna().astype(str)))
+               if "matmul_peak_method" in probed else [])
+    how = f" Probe: {'; '.join(methods)}." if methods else ""
+    return "Matmul peak, measured once per sweep in a fresh process: " + "; ".join(rates) + "." + how
+
+
 def flops_table(df: pd.DataFrame, scope: str, mode: str, dtype: str, batch: int) -> pd.DataFrame:
-    """Per impl: the SDPA kernels it ran, analytic GFLOP and GFLOP/s at its largest ok n, and the
-    counted / analytic range over its ok cases."""
+    """Per impl: the SDPA kernels it ran, analytic GFLOP and GFLOP/s at its largest ok n (and that rate
+    as a % of the machine's matmul peak, ``peak_share``), and the counted / analytic range over its ok cases."""
     ok = _ok(df[(df["scope"] == scope) & (df["mode"] == mode) & (df["dtype"] == dtype) & (df["batch"] == batch)])
     rows = []
     for impl in impl_order(ok["impl"].unique()):
@@ -402,11 +431,36 @@ def flops_table(df: pd.DataFrame, scope: str, mode: str, dtype: str, batch: int)
             "impl": impl, "SDPA kernels": ", ".join(sorted(set(g["sdpa_kernels"].dropna().astype(str)))) or "–",
             "n": int(last["n"]), "GFLOP per step": f"{last['flops_analytic'] / 1e9:.3g}",
             "GFLOP/s": f"{last['gflops_per_s']:.3g}",
+            "% of matmul peak": _fmt_share(last.get("peak_share")),
             "counted / analytic": (f"{share.min():.2f}–{share.max():.2f}" if len(share) else "–"),
         })
     return pd.DataFrame(rows)
 
 
+def peak_share_table(df: pd.DataFrame, scope: str, mode: str, dtype: str, batch: int) -> pd.DataFrame:
+    """Every case's achieved rate of one combination, rows = impl (full first), columns = 'n=<n>': 'GFLOP/s
+    (% of matmul peak)', '–' for the share where no probe was measured, the status ('OOM') where not ok."""
+    cases = _cases(df, scope, mode, dtype, batch)
+    ns = sorted(cases.index.get_level_values("n").unique())
+    rows = []
+    for impl in impl_order(cases.index.get_level_values("impl")):
+        cells = {}
+        for n in ns:
+            if (impl, n) not in cases.index:
+                cells[f"n={n}"] = ""
+                continue
+            case = cases.loc[(impl, n)]
+            if case["status"] != "ok":
+                cells[f"n={n}"] = str(case["status"]).upper()
+            elif pd.isna(case.get("gflops_per_s")):
+                cells[f"n={n}"] = "–"
+            else:
+                cells[f"n={n}"] = f"{case['gflops_per_s']:.3g} ({_fmt_share(case.get('peak_share'))})"
+        rows.append({"impl": impl, **cells})
+    return pd.DataFrame(rows, columns=["impl", *(f"n={n}" for n in ns)])
+
+
+PEAK_SHARE_CAPTION = "Achieved GFLOP/s per case (analytic FLOPs / median time) and, in brackets, its % of matmul peak"
 SPEED_CAPTION = "Speed: full's median time per step; others full time / their time (× above 1: faster)"
 MEMORY_CAPTION = "Peak memory: full's peak; others their peak / full's (below 1: smaller)"
 
@@ -448,8 +502,9 @@ def bench_section(sec: Document, df: pd.DataFrame, bench_csv: Path | str = "resu
     sec.table(crossover_table(df, scope, mode, dtype, batch))
 
     sec.heading(sub, f"FLOPs ({scope}, {mode}, {dtype}, batch {batch})")
-    sec.note(FLOPS_NOTE)
+    sec.note(f"{FLOPS_NOTE} {matmul_peak_line(df)}")
     sec.table(flops_table(df, scope, mode, dtype, batch))
+    sec.table(peak_share_table(df, scope, mode, dtype, batch), PEAK_SHARE_CAPTION)
 
     sec.heading(sub, "Scaling figures")
     suffix = len(combos) > 1
