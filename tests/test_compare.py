@@ -74,6 +74,15 @@ def test_tiny_full_vs_torch_mha_in_subprocesses(tmp_path, capsys):
         first, every = (float(v) for v in cells[col].split(" / "))
         assert first > 0 and every > 0
     assert float(cells[8].split(" / ")[0]) == pytest.approx(case["ours"]["peak_bytes"] / 2 ** 20, abs=0.05)
+    # the machine's matmul rate, and each side's share of it from our layer's FLOPs
+    peak = report["matmul_peak"]["cpu"]
+    assert peak["gflops"] > 0 and peak["threads"] == 1 and peak["dtype"] == "float32"
+    flops = case["ours"]["flops_fwd"]
+    assert flops == build_attention("full", 256, 4, {}, max_len=64).flops(1, 64)
+    for side in (case["ours"], case["peer_result"]):
+        assert side["gflops"] == pytest.approx(3 * flops / side["median_s"] / 1e9)
+        assert side["peak_share"] == pytest.approx(side["gflops"] / peak["gflops"])
+    assert cells[11] == f"{100 * case['ours']['peak_share']:.0f}% / {100 * case['peer_result']['peak_share']:.0f}%"
     assert report["table"] in stdout
 
 
@@ -195,6 +204,8 @@ def fake_cuda(monkeypatch, tmp_path):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda index=None: f"fake GPU {index}")
     monkeypatch.setattr(compare, "capture", lambda device: {"device": str(device)})
     monkeypatch.setattr(compare, "run_worker", worker)
+    monkeypatch.setattr(compare, "probe_in_fresh_process", lambda device, threads, dtypes, workdir: {
+        d: {"gflops": 1000.0, "device": device} for d in dtypes})
     yield seen
     gpu_lease.release()
 

@@ -93,7 +93,9 @@ def test_the_command_line_prints_the_probe_as_json():
 
 
 def test_a_failed_probe_leaves_the_rows_without_a_share(monkeypatch, tmp_path):
-    monkeypatch.setattr(bench_sweep, "run_fresh", lambda *a, **k: {"failure": "crash", "error": "worker exit 1"})
+    from attnbench.harness.measure import fresh_process
+
+    monkeypatch.setattr(fresh_process, "run_fresh", lambda *a, **k: {"failure": "crash", "error": "worker exit 1"})
     env = bench_sweep.SweepEnv(bench_sweep.BenchConfig(), "cpu", 1, tmp_path)
     peaks = bench_sweep.probe_matmul(env, ["float32", "float32"])
     assert list(peaks) == ["float32"] and peaks["float32"]["gflops"] is None

@@ -19,14 +19,11 @@ import torch
 from attnbench.harness.bench.case import Stepper, backend_context, failure_status, unavailable
 from attnbench.harness.bench.settings import BenchConfig, Case
 from attnbench.harness.measure.fresh_process import run_fresh
-from attnbench.harness.measure.matmul_peak import share_of_peak
+from attnbench.harness.measure.matmul_peak import probe_in_fresh_process, share_of_peak
 from attnbench.harness.measure.memory import is_out_of_memory
 
 # seconds a case's worker may spend beyond its measured steps (starting Python, importing torch)
 STARTUP_S = 60.0
-# the matmul probe's square size per device type: a 1024 matmul is too small to fill a GPU
-MATMUL_PROBE_SIZE = {"cpu": 1024, "cuda": 4096}
-MATMUL_PROBE_S = 0.3  # timed seconds of the probe per dtype
 
 
 @dataclass(frozen=True)
@@ -90,17 +87,7 @@ def probe_matmul(env: SweepEnv, dtypes) -> dict[str, dict]:
     """The machine's matmul rate (``measure.matmul_peak``) per dtype, measured once per sweep in one
     fresh process with the sweep's threads on its device. A probe that failed is ``{"gflops": None,
     "error": ...}``: the rows then have no peak share."""
-    dtypes = sorted(set(dtypes))
-    if not dtypes:
-        return {}
-    spec = {"device": env.device, "threads": env.threads, "dtypes": dtypes,
-            "size": MATMUL_PROBE_SIZE.get(torch.device(env.device).type, 1024), "min_seconds": MATMUL_PROBE_S}
-    result = run_fresh("attnbench.harness.measure.matmul_peak", spec, STARTUP_S + 30.0 * len(dtypes), env.workdir,
-                       threads=env.threads)
-    probes = result.get("probes") or {}
-    error = result.get("error") or result.get("message") or "no result"
-    return {d: probes.get(d) or {"gflops": None, "dtype": d, "threads": env.threads, "device": env.device,
-                                 "error": f"matmul probe failed: {error}"[:2000]} for d in dtypes}
+    return probe_in_fresh_process(env.device, env.threads, dtypes, env.workdir, STARTUP_S)
 
 
 def release_memory(device: torch.device) -> None:

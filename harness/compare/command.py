@@ -39,6 +39,7 @@ from attnbench.harness.compare.peers import PEERS, Shape, _defaults, _version, m
 from attnbench.harness.compare.probe import run_worker
 from attnbench.harness.core.errors import UsageError
 from attnbench.harness.measure.gpu_lease import acquire
+from attnbench.harness.measure.matmul_peak import probe_in_fresh_process, share_of_peak
 from attnbench.harness.results.environment import capture
 from attnbench.variants import VARIANTS
 
@@ -159,6 +160,9 @@ def run_comparison(args: argparse.Namespace, quiet: bool = False) -> dict:
         "cases": [],
     }
     log = (lambda msg, end="\n": None) if quiet else _progress
+    log("matmul probe (the machine's rate every case reads against) ...")
+    report["matmul_peak"] = {dev: probe_in_fresh_process(target, threads, ["float32"], workdir)["float32"]
+                             for dev, target in targets.items()}
     for s in skipped:
         log(f"skip {s['variant']}" + (f" vs {s['peer']}" if s.get("peer") else "") + f": {s['reason']}")
     measured: dict[tuple, dict] = {}  # ours with the same settings is measured once and shared
@@ -204,7 +208,7 @@ def _run_cases(report, cases, targets, args, threads, workdir, measured, log) ->
                 case["ours"] = measured[key] = pool_rounds(ours_runs)
             if case["peer"]:
                 case["peer_result"] = pool_rounds(peer_runs)
-            finish_case(case)
+            finish_case(case, report["matmul_peak"][dev].get("gflops"))
             log(f"{what}: {case['status']}")
             report["cases"].append(case)
             _write(report, args.out)  # a partial file survives an interrupted run
@@ -226,12 +230,30 @@ def pool_rounds(runs: list[dict]) -> dict:
     return out
 
 
-def finish_case(case: dict) -> None:
+#: a forward+backward step's FLOPs, estimated from the forward's: backward costs about twice the forward
+#: (a gradient for each input and each weight of every matmul)
+STEP_FLOPS_PER_FORWARD = 3
+
+
+def achieved(case: dict, side: dict | None, matmul_gflops: float | None) -> None:
+    """An implementation's achieved GFLOP/s and its share of the machine's matmul rate, into ``side``:
+    FLOPs of a fwd+bwd step = 3x our layer's analytic forward FLOPs (the same mechanism and settings for
+    the peer: both are credited with the work the mechanism needs, whatever they spend)."""
+    flops = (case["ours"] or {}).get("flops_fwd")
+    if not side or not side.get("ok") or not flops or not side.get("median_s"):
+        return
+    side["gflops"] = STEP_FLOPS_PER_FORWARD * flops / side["median_s"] / 1e9
+    side["peak_share"] = share_of_peak(side["gflops"], matmul_gflops)
+
+
+def finish_case(case: dict, matmul_gflops: float | None = None) -> None:
     ours, peer = case["ours"], case.get("peer_result")
     case["time_ratio"] = case["memory_ratio"] = case["memory_all_ratio"] = None
     if not ours.get("ok"):
         case["status"] = "failed (ours): " + ours.get("error", "?")
         return
+    achieved(case, ours, matmul_gflops)
+    achieved(case, peer, matmul_gflops)
     if peer is None:
         case["status"] = "ok"
         return
@@ -270,6 +292,11 @@ def _fmt_mem(r: dict | None) -> str:
     return f"{r['peak_bytes'] / MIB:.1f} / " + ("-" if every is None else f"{every / MIB:.1f}")
 
 
+def _fmt_share(r: dict | None) -> str:
+    share = (r or {}).get("peak_share")
+    return "-" if share is None else f"{100 * share:.0f}%"
+
+
 def _fmt_ratio(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
@@ -280,10 +307,15 @@ def markdown_table(report: dict) -> str:
              f"{s['threads']} threads, median of {s['repeats']} timed steps after {s['warmup']} warm-up (min-max)"
              + (f", pooled over {s['rounds']} rounds of fresh processes" if s.get("rounds", 1) > 1 else "") + "; "
              "memory = peak above the memory before the first step, fresh process (MiB): of the first fwd+bwd "
-             "step / over all steps (warm-up and timed; the allocator's growth across a loop's steps counts)", "",
+             "step / over all steps (warm-up and timed; the allocator's growth across a loop's steps counts); "
+             "% of matmul peak = the step's FLOPs (3x our layer's analytic forward FLOPs, both sides) per second "
+             "over the machine's measured float32 matmul rate"
+             + "".join(f" ({dev}: {p['gflops']:.1f} GFLOP/s)" for dev, p in report.get("matmul_peak", {}).items()
+                       if p.get("gflops")), "",
              "| variant | ours (settings) | peer | N | device | ours s | peer s | time ours/peer "
-             "| ours MiB 1st / all | peer MiB 1st / all | mem ours/peer 1st / all | result |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| ours MiB 1st / all | peer MiB 1st / all | mem ours/peer 1st / all | % of matmul peak ours / peer "
+             "| result |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for c in report["cases"]:
         peer = c.get("peer_result")
         if c["peer"]:
@@ -299,9 +331,10 @@ def markdown_table(report: dict) -> str:
         settings = ", ".join(f"{k}={json.dumps(v)}" for k, v in c["ours_params"].items()) or "defaults"
         lines.append(f"| {c['variant']} | {settings} | {label} | {c['n']} | {c['device']} | {_fmt_time(c['ours'])} "
                      f"| {_fmt_time(peer)} | {_fmt_ratio(c['time_ratio'])} | {_fmt_mem(c['ours'])} | {_fmt_mem(peer)} "
-                     f"| {_fmt_ratio(c['memory_ratio'])} / {_fmt_ratio(c.get('memory_all_ratio'))} | {result} |")
+                     f"| {_fmt_ratio(c['memory_ratio'])} / {_fmt_ratio(c.get('memory_all_ratio'))} "
+                     f"| {_fmt_share(c['ours'])} / {_fmt_share(peer)} | {result} |")
     for sk in report["skipped"]:
-        lines.append(f"| {sk['variant']} | - | {sk.get('title') or '-'} | - | - | - | - | - | - | - | - "
+        lines.append(f"| {sk['variant']} | - | {sk.get('title') or '-'} | - | - | - | - | - | - | - | - | - "
                      f"| skipped: {sk['reason'].replace('|', '/')[:200]} |")
     return "\n".join(lines)
 

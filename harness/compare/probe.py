@@ -86,6 +86,12 @@ def _measure(spec: dict) -> dict:
     grad_out = torch.randn(b, n, dim, generator=gen).to(device)
     mask = None  # every token real
     n_params = sum(p.numel() for p in module.parameters())
+    flops_fwd = None
+    if spec["impl"] == "ours":
+        try:
+            flops_fwd = int(module.flops(b, n))  # analytic, of the layer as built
+        except NotImplementedError:
+            pass
 
     def clear():
         module.zero_grad(set_to_none=True)
@@ -130,7 +136,7 @@ def _measure(spec: dict) -> dict:
         "times_s": times, "warmup_times_s": watch.durations[:warmup],
         "median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
         "peak_bytes": cold_peak, "peak_method": "first step in a fresh process: " + cold_method,
-        "peak_all_bytes": all_peak,
+        "peak_all_bytes": all_peak, "flops_fwd": flops_fwd,
         "memory_before_bytes": cold_base,
     }
     if spec.get("profile_dir"):

@@ -21,6 +21,7 @@ import math
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import torch
 
@@ -103,6 +104,31 @@ def measure_probes(spec: dict) -> dict:
     probes = {d: matmul_rate(device, getattr(torch, d), int(spec["threads"]), int(spec.get("size", 1024)),
                              float(spec.get("min_seconds", 0.3))) for d in spec["dtypes"]}
     return {"status": "ok", "probes": probes}
+
+
+#: the probe's square size per device type: a 1024 matmul is too small to fill a GPU
+PROBE_SIZE = {"cpu": 1024, "cuda": 4096}
+#: timed seconds of the probe per dtype
+PROBE_SECONDS = 0.3
+
+
+def probe_in_fresh_process(device: str, threads: int, dtypes, workdir: Path, timeout_s: float = 120.0) -> dict:
+    """The matmul rate per dtype of ``dtypes`` on ``device`` with ``threads``, measured in one fresh process
+    (as the work it is compared with is): ``{dtype: matmul_rate(...)}``. A probe that failed is
+    ``{"gflops": None, "error": ...}``, so that what reads it has no share rather than a wrong one."""
+    from attnbench.harness.measure.fresh_process import run_fresh
+
+    dtypes = sorted(set(dtypes))
+    if not dtypes:
+        return {}
+    spec = {"device": device, "threads": threads, "dtypes": dtypes,
+            "size": PROBE_SIZE.get(torch.device(device).type, 1024), "min_seconds": PROBE_SECONDS}
+    result = run_fresh("attnbench.harness.measure.matmul_peak", spec, timeout_s + 30.0 * len(dtypes), Path(workdir),
+                       threads=threads)
+    probes = result.get("probes") or {}
+    error = result.get("error") or result.get("message") or "no result"
+    return {d: probes.get(d) or {"gflops": None, "dtype": d, "threads": threads, "device": device,
+                                 "error": f"matmul probe failed: {error}"[:2000]} for d in dtypes}
 
 
 def probe_error(message: str, out_of_memory: bool) -> dict:
