@@ -115,3 +115,13 @@ def tiny_listops_data(tmp_path_factory):
 
     run = tiny_run()
     return build_task("listops", run["task"]["data"]).prepare(tmp_path_factory.mktemp("tiny_listops"))
+
+
+def stop_process(proc, timeout: float = 30) -> None:
+    """Kill a helper subprocess started with piped stdout and stderr (if it still runs), wait for it and
+    close its pipes."""
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait(timeout=timeout)
+    proc.stdout.close()
+    proc.stderr.close()

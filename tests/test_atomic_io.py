@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from attnbench.harness.core import io as aio
+from conftest import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -53,13 +54,6 @@ def _slow_writer(target: Path) -> tuple[subprocess.Popen, Path]:
     assert line, proc.stderr.read()
     return proc, Path(line)
 
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(timeout=30)
-    proc.stdout.close()
-    proc.stderr.close()
 
 
 def test_the_temp_name_embeds_host_and_pid_and_is_gone_after_the_write(tmp_path):
@@ -132,7 +126,7 @@ def test_a_write_killed_mid_way_leaves_an_orphan_that_the_next_write_removes(tmp
         proc.wait(timeout=30)
         assert tmp.exists() and target.read_text() == "meanwhile"  # the orphan, and the target untouched
     finally:
-        _stop(proc)
+        stop_process(proc)
     aio.atomic_write_text(target, "new")
     assert not tmp.exists()
     assert target.read_text() == "new" and sorted(os.listdir(tmp_path)) == ["dataset.pt"]

@@ -16,6 +16,7 @@ import pytest
 from attnbench.harness.core import locks
 from attnbench.harness.core.errors import UserError
 from attnbench.harness.core.locks import LockFileError
+from conftest import stop_process
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,13 +38,6 @@ def _child(path: Path, **popen) -> tuple[subprocess.Popen, dict]:
     assert line, proc.stderr.read()
     return proc, json.loads(line)
 
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.kill()
-    proc.wait(timeout=10)
-    proc.stdout.close()
-    proc.stderr.close()
 
 
 # --- private_dir ------------------------------------------------------------------------------------
@@ -182,7 +176,7 @@ def test_try_lock_across_processes_and_a_killed_holder_frees_the_lock(tmp_path):
         assert owner["pid"] == proc.pid and owner["job"] == "child"
         assert f"pid {proc.pid} on host " in locks.describe_owner(owner)
         proc2, out2 = _child(path)  # a second process is refused too
-        _stop(proc2)
+        stop_process(proc2)
         assert out2 == {"locked": False}
         proc.kill()
         proc.wait(timeout=10)
@@ -191,7 +185,7 @@ def test_try_lock_across_processes_and_a_killed_holder_frees_the_lock(tmp_path):
         assert locks.lock_owner(path)["pid"] == os.getpid()
         locks.release(fd)
     finally:
-        _stop(proc)
+        stop_process(proc)
 
 
 def test_lock_owner_reads_what_is_there_without_following_links(tmp_path):
@@ -237,7 +231,7 @@ def test_a_lock_file_this_user_may_not_write_is_still_locked_read_only(tmp_path,
         assert path.read_text() == "123\n"
         assert locks.try_lock(path) is None  # the read-only descriptor's lock excludes others
         proc, out = _child(path)  # (the child process is not patched)
-        _stop(proc)
+        stop_process(proc)
         assert out == {"locked": False}
     finally:
         locks.release(fd)
