@@ -159,7 +159,9 @@ def test_a_tiny_sweep_writes_pytest_benchmark_json_and_the_tidy_table(tmp_path):
     ok = df[df["status"] == "ok"]
     assert sorted(ok["impl"].unique()) == ["full", "window"] and len(ok) == 3
     assert (ok["flops_counted"] > 0).all() and (ok["sdpa_kernels"] == "flash").all()
-    assert (ok["median_s"] > 0).all() and (ok["peak_mb"] > 0).all() and ok["tokens_per_s"].notna().all()
+    # a case this small may need no memory beyond what its priming step left free: a peak of 0 is a measurement
+    assert (ok["median_s"] > 0).all() and ok["peak_mb"].notna().all() and (ok["peak_mb"] >= 0).all()
+    assert ok["tokens_per_s"].notna().all()
     assert (ok["tokens_per_s"] == ok["batch"] * ok["n"] / ok["median_s"]).all()
     assert (ok["sweep_rounds"] == 2).all() and (ok["rounds"] == 4).all()  # 2 timed steps in each of 2 rounds
     for _, r in ok.iterrows():  # two rounds: the median of their medians is their mean
