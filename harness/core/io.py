@@ -8,6 +8,7 @@ system: its pids mean nothing here), is never touched. Files of the older ``.{na
 form, which carry no pid, are removed once more than an hour old."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -27,21 +28,17 @@ os.umask(_UMASK)
 STALE_UNTAGGED_TMP_S = 3600.0
 _RANDOM = re.compile(r"[a-z0-9_]{8}")  # the random part tempfile.mkstemp puts in a name
 _PID = re.compile(r"[0-9]{1,10}")
-_host_tag_cache: list[str] = []
-
-
+@functools.cache
 def _host_tag() -> str:
     """This host in a temporary file's name: the host name (letters, digits and dashes) and, where
     /proc tells it, the pid namespace, so that two containers sharing a host name and a folder never
     judge each other's pids."""
-    if not _host_tag_cache:
-        tag = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
-        try:
-            tag += f"-ns{os.stat('/proc/self/ns/pid').st_ino}"
-        except OSError:
-            pass
-        _host_tag_cache.append(tag)
-    return _host_tag_cache[0]
+    tag = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+    try:
+        tag += f"-ns{os.stat('/proc/self/ns/pid').st_ino}"
+    except OSError:
+        pass
+    return tag
 
 
 def _pid_alive(pid: int) -> bool:

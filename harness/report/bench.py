@@ -146,18 +146,22 @@ def _baseline_cell(case, metric: str) -> str:
     return "–" if pd.isna(value) else METRIC_FORMATS[metric](value)
 
 
-def _relative_table(cases: pd.DataFrame, metric: str) -> pd.DataFrame:
+def _case_table(cases: pd.DataFrame, cell, header=str) -> pd.DataFrame:
+    """Rows = impl (full first), columns = ``header(n)``; each cell ``cell(impl, case, full's case)``, the
+    cases None where not measured."""
     ns = sorted(cases.index.get_level_values("n").unique())
 
     def row(impl, n):
         return cases.loc[(impl, n)] if (impl, n) in cases.index else None
 
-    rows = []
-    for impl in impl_order(cases.index.get_level_values("impl")):
-        cells = {str(n): (_baseline_cell(row(impl, n), metric) if impl == BASELINE
-                          else _relative_cell(row(impl, n), row(BASELINE, n), metric)) for n in ns}
-        rows.append({"impl": impl, **cells})
-    return pd.DataFrame(rows, columns=["impl", *map(str, ns)])
+    rows = [{"impl": impl, **{header(n): cell(impl, row(impl, n), row(BASELINE, n)) for n in ns}}
+            for impl in impl_order(cases.index.get_level_values("impl"))]
+    return pd.DataFrame(rows, columns=["impl", *map(header, ns)])
+
+
+def _relative_table(cases: pd.DataFrame, metric: str) -> pd.DataFrame:
+    return _case_table(cases, lambda impl, case, base: (_baseline_cell(case, metric) if impl == BASELINE
+                                                        else _relative_cell(case, base, metric)))
 
 
 def relative_tables(df: pd.DataFrame, scope: str, mode: str, dtype: str,
@@ -437,27 +441,22 @@ def flops_table(df: pd.DataFrame, scope: str, mode: str, dtype: str, batch: int)
     return pd.DataFrame(rows)
 
 
+def _share_cell(case) -> str:
+    """A case's 'GFLOP/s (% of matmul peak)'; its status ('OOM') where not ok, '' where not measured."""
+    if case is None:
+        return ""
+    if case["status"] != "ok":
+        return str(case["status"]).upper()
+    if pd.isna(case.get("gflops_per_s")):
+        return "–"
+    return f"{case['gflops_per_s']:.3g} ({_fmt_share(case.get('peak_share'))})"
+
+
 def peak_share_table(df: pd.DataFrame, scope: str, mode: str, dtype: str, batch: int) -> pd.DataFrame:
     """Every case's achieved rate of one combination, rows = impl (full first), columns = 'n=<n>': 'GFLOP/s
     (% of matmul peak)', '–' for the share where no probe was measured, the status ('OOM') where not ok."""
-    cases = _cases(df, scope, mode, dtype, batch)
-    ns = sorted(cases.index.get_level_values("n").unique())
-    rows = []
-    for impl in impl_order(cases.index.get_level_values("impl")):
-        cells = {}
-        for n in ns:
-            if (impl, n) not in cases.index:
-                cells[f"n={n}"] = ""
-                continue
-            case = cases.loc[(impl, n)]
-            if case["status"] != "ok":
-                cells[f"n={n}"] = str(case["status"]).upper()
-            elif pd.isna(case.get("gflops_per_s")):
-                cells[f"n={n}"] = "–"
-            else:
-                cells[f"n={n}"] = f"{case['gflops_per_s']:.3g} ({_fmt_share(case.get('peak_share'))})"
-        rows.append({"impl": impl, **cells})
-    return pd.DataFrame(rows, columns=["impl", *(f"n={n}" for n in ns)])
+    return _case_table(_cases(df, scope, mode, dtype, batch), lambda impl, case, base: _share_cell(case),
+                       header=lambda n: f"n={n}")
 
 
 PEAK_SHARE_CAPTION = "Achieved GFLOP/s per case (analytic FLOPs / median time) and, in brackets, its % of matmul peak"

@@ -24,14 +24,10 @@ def destination(record: Path, stamp: str) -> Path:
     """Where ``record`` goes: under ``set_aside/`` beside the ``runs`` folder that holds it, at the same
     relative place; a record outside any ``runs`` folder goes to ``set_aside/`` in its own folder."""
     record = Path(record)
-    parents = list(record.parents)
-    for i, parent in enumerate(parents):
-        if parent.name == "runs":
-            relative = record.parent.relative_to(parent)
-            return parent.parent / FOLDER / relative / f"record.{stamp}.json"
-        if i > 8:  # a run folder is three levels below runs/
-            break
-    return record.parent / FOLDER / f"record.{stamp}.json"
+    runs = next((p for p in record.parents if p.name == "runs"), None)
+    if runs is None:
+        return record.parent / FOLDER / f"record.{stamp}.json"
+    return runs.parent / FOLDER / record.parent.relative_to(runs) / f"record.{stamp}.json"
 
 
 def set_aside(record: Path, reason: str) -> Path:
