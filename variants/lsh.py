@@ -22,6 +22,11 @@ c = ``chunk_size``, W = 1 + ``chunks_before`` + ``chunks_after``):
 7. rounds combined as out = sum_r softmax_r(lse_r) * out_r (a key found in several rounds
    counts once per round, as in the HF and trax defaults).
 
+Steps 3-7 run through the CPU flash kernel where it applies (variants/lsh_chunks.py: CPU, no
+attention dropout): the same function with no score tensor built or kept for the backward pass,
+and the rounds combined from the kernel's log-sum-exp. Elsewhere (CUDA, attention dropout) the
+explicit path below computes them; tests/test_lsh_flash_path.py holds the two equal.
+
 Time and memory O(R * N * c * W) for scores; nothing of size N x N is built. The real
 tokens' buckets, order and chunks do not depend on how much padding follows them (fixed
 ``n_buckets``, rotations independent of N, pads sorted last, no wraparound), so padding
@@ -37,13 +42,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.harness.core.registry import param
+from attnbench.variants import lsh_chunks
 from attnbench.variants.base import VARIANTS, Attention, padding_mask_or_none
-
-#: score offset of a query's own position (Reformer's self-mask; finite, so a token with no
-#: other valid key attends to itself)
-SELF_OFFSET = -1e5
-#: score of a padded key or an empty slot: far below any self-masked score
-MASK_VALUE = -1e9
+from attnbench.variants.lsh_chunks import MASK_VALUE, SELF_OFFSET
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,29 @@ def unsort_rows(t: torch.Tensor, undo: torch.Tensor, sort_idx: torch.Tensor | No
     if sort_idx is None:
         return _permute_rounds(t, undo)
     return _Unsort.apply(t, undo, sort_idx)
+
+
+#: elements of rotated vectors per block of tokens when hashing on the CPU (1 MiB of float32):
+#: small enough for the max and min passes to read it from cache
+HASH_BLOCK = 1 << 18
+
+
+def angular_buckets(x: torch.Tensor, rot: torch.Tensor) -> torch.Tensor:
+    """(B, H, N, d) vectors, (H, d, R, K) rotations -> (B, H, R, N) buckets: argmax over
+    [xR, -xR] per round, without building the concatenation. The bucket is the larger of max(xR)
+    and -min(xR), the first index on ties (max and min return the first, as argmax over the
+    concatenation would). On the CPU in blocks of tokens whose rotated vectors stay in cache."""
+    b, h, n, d = x.shape
+    r, k = rot.shape[2], rot.shape[3]
+    flat = rot.reshape(h, d, r * k)
+    step = n if x.device.type != "cpu" else max(1, HASH_BLOCK // (b * h * r * k))
+    buckets = torch.empty(b, h, r, n, dtype=torch.long, device=x.device)
+    for start in range(0, n, step):
+        rotated = torch.matmul(x[:, :, start:start + step], flat).view(b, h, -1, r, k)
+        top, top_idx = rotated.max(dim=-1)
+        bottom, bottom_idx = rotated.min(dim=-1)
+        buckets[:, :, :, start:start + step] = torch.where(top >= -bottom, top_idx, bottom_idx + k).transpose(2, 3)
+    return buckets
 
 
 def lsh_sort(buckets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -185,8 +209,7 @@ class LSHAttention(Attention):
             rot = torch.randn(self._rotation_shape(), device=x.device, dtype=x.dtype)
         else:
             rot = self.eval_rotations.to(device=x.device, dtype=x.dtype)
-        rotated = torch.einsum("bhnd,hdrk->bhrnk", x, rot)
-        buckets = torch.cat([rotated, -rotated], dim=-1).argmax(dim=-1)
+        buckets = angular_buckets(x, rot)
         if key_padding_mask is not None:
             buckets = buckets.masked_fill(~key_padding_mask[:, None, None, :], self.cfg.n_buckets)
         return buckets
@@ -202,10 +225,23 @@ class LSHAttention(Attention):
         work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
             xw = x.to(work)
-            qk = F.linear(xw, self.qk.weight.to(work)).view(b, n, h, d).transpose(1, 2)  # (B, H, N, d)
-            v = F.linear(xw, self.v.weight.to(work)).view(b, n, h, d).transpose(1, 2)
-            o = self.shared_qk_attention(qk, v, key_padding_mask)
-        return self.out(o.to(x.dtype).transpose(1, 2).reshape(b, n, dim))
+            qk = F.linear(xw, self.qk.weight.to(work)).view(b, n, h, d)  # (B, N, H, d)
+            v = F.linear(xw, self.v.weight.to(work)).view(b, n, h, d)
+            if lsh_chunks.usable(qk, self.dropout if self.training else 0.0):
+                o = self.flash_attention(qk, v, key_padding_mask)
+            else:
+                o = self.shared_qk_attention(qk.transpose(1, 2), v.transpose(1, 2), key_padding_mask).transpose(1, 2)
+        return self.out(o.to(x.dtype).reshape(b, n, dim))
+
+    def flash_attention(self, qk: torch.Tensor, v: torch.Tensor,
+                        key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """The same as ``shared_qk_attention`` through the CPU flash kernel (variants/lsh_chunks.py),
+        in (B, N, H, d) layout: no score tensor built or kept."""
+        cfg = self.cfg
+        sort_idx, undo_idx = lsh_sort(self.hash(qk.transpose(1, 2), key_padding_mask))
+        n_valid = None if key_padding_mask is None else key_padding_mask.sum(dim=1)
+        return lsh_chunks.chunked_attention(qk, F.normalize(qk, dim=-1), v, sort_idx, undo_idx, cfg.chunk_size,
+                                            cfg.chunks_before, cfg.chunks_after, n_valid)
 
     def shared_qk_attention(self, qk: torch.Tensor, v: torch.Tensor,
                             key_padding_mask: torch.Tensor | None) -> torch.Tensor:

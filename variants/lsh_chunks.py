@@ -1,0 +1,231 @@
+"""LSH attention's chunk step through the CPU flash-attention kernel (steps 3-7 of variants/lsh.py).
+
+The same mathematics as the explicit path in ``LSHAttention.shared_qk_attention``, computed
+without a score tensor:
+
+- rows are moved with ``index_select`` on (B*N*H, d) row tables (a row copy, several times
+  faster on the CPU than an elementwise ``gather``), and each sort's backward pass is an
+  ``index_select`` with the inverse permutation (no scatter);
+- each chunk's keys and values are an *overlapping strided view* of the sorted rows, with
+  ``chunks_before`` filler chunks in front and ``chunks_after`` behind, so the windows are never
+  copied; the flash kernel reads them in place;
+- the self offset, the filler chunks, the sorted length's empty slots and padded keys are one
+  additive (1, C, c, W*c) mask, the same for every batch element, head and round (padded keys
+  are sorted last, so a batch element's mask depends only on its number of real tokens);
+- the kernel returns each round's log-sum-exp, and the rounds are combined from it;
+- backward: the flash kernel's backward pass recomputes the probabilities. The rounds'
+  combination needs no separate gradient through the log-sum-exp: with
+  ``out = sum_r w_r out_r`` and ``w = softmax_r(lse_r)``, the score gradient of round r is
+  ``p * (G_r . v - G_r . out)`` with ``G_r = w_r dOut`` -- the kernel's own backward pass
+  given ``G_r`` as the output gradient and the *combined* output in place of the round's.
+
+Nothing of size (chunks x c x W*c) is kept for the backward pass: only the sorted q, k, v rows,
+the combined output, the rounds' weights and log-sum-exps. CPU only, no attention dropout (the
+kernel's CPU backward pass has none); ``LSHAttention`` uses the explicit path otherwise.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+#: score offset of a query's own position (Reformer's self-mask; finite, so a token with no
+#: other valid key attends to itself)
+SELF_OFFSET = -1e5
+#: score of a padded key, a filler or an empty slot: far below any self-masked score
+MASK_VALUE = -1e9
+
+_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
+_FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
+
+
+def usable(t: torch.Tensor, dropout: float) -> bool:
+    """Whether this path applies: CPU, a float dtype the kernel takes, no attention dropout."""
+    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and dropout == 0.0
+
+
+@functools.lru_cache(maxsize=32)
+def chunk_mask(n_valid: int, n_chunks: int, c: int, before: int, after: int, dtype: torch.dtype) -> torch.Tensor:
+    """(1, C, c, W*c) additive mask: query i of chunk j against window column w, which holds
+    sorted slot (j - before) * c + w. The query's own slot gets SELF_OFFSET; slots outside
+    [0, n_valid) (filler chunks, the sorted length's empty slots, padded keys sorted last) get
+    MASK_VALUE."""
+    with torch.inference_mode(False):  # cached: a plain tensor even when first built under inference mode
+        return _build_chunk_mask(n_valid, n_chunks, c, before, after, dtype)
+
+
+def _build_chunk_mask(n_valid, n_chunks, c, before, after, dtype) -> torch.Tensor:
+    width = (before + 1 + after) * c
+    j = torch.arange(n_chunks)[:, None, None]
+    col = torch.arange(width)[None, None, :]
+    slot = (j - before) * c + col
+    mask = torch.zeros(n_chunks, c, width, dtype=dtype)
+    mask.masked_fill_(col == before * c + torch.arange(c)[None, :, None], SELF_OFFSET)
+    mask.masked_fill_((slot < 0) | (slot >= n_valid), MASK_VALUE)
+    return mask[None]
+
+
+class Layout:
+    """Row indices between the original tables (B, N, H[, R]) and the sorted, chunked rows
+    (B, H, R, front + N + back), for one batch of sort orders.
+
+    ``sort_idx``/``undo_idx`` (B, H, R, N) as from ``variants.lsh.lsh_sort``. Queries are laid out
+    with ``front = 0`` and the sorted length's empty slots behind (``q_len = C * c``); keys and
+    values with ``before * c`` filler slots in front and ``after * c`` more behind (``kv_len``).
+    """
+
+    def __init__(self, sort_idx: torch.Tensor, undo_idx: torch.Tensor, c: int, before: int, after: int):
+        b, h, r, n = sort_idx.shape
+        self.b, self.h, self.r, self.n, self.c = b, h, r, n, c
+        self.before, self.after = before, after
+        self.n_chunks = -(-n // c)
+        self.q_len = self.n_chunks * c
+        self.kv_len = (self.n_chunks + before + after) * c
+        dev = sort_idx.device
+        head = torch.arange(h, device=dev).view(1, h, 1, 1)
+        batch = torch.arange(b, device=dev).view(b, 1, 1, 1)
+        rnd = torch.arange(r, device=dev).view(1, 1, r, 1)
+        token_row = (batch * n + sort_idx) * h + head  # (B, H, R, N): row in a (B*N*H, d) table
+        extra, front = self.q_len - n, before * c
+        # empty and filler slots read row 0 of their batch element: they are masked as keys, and
+        # as queries their outputs are dropped and their output gradients set to zero
+        filler = (batch * n * h + head).expand(b, h, r, 1)
+        self.q_rows = torch.cat([token_row, filler.expand(b, h, r, extra)], dim=3).reshape(-1)
+        self.kv_rows = torch.cat([filler.expand(b, h, r, front), token_row,
+                                  filler.expand(b, h, r, extra + after * c)], dim=3).reshape(-1)
+        # (B, H, R, N) -> (B, N, H, R) order: each original token's sorted slot, round by round
+        sorted_base = (batch * h + head) * r + rnd
+        undo = undo_idx.permute(0, 3, 1, 2)
+        self.q_undo = (sorted_base.permute(0, 3, 1, 2) * self.q_len + undo).reshape(-1)
+        self.kv_undo = (sorted_base.permute(0, 3, 1, 2) * self.kv_len + front + undo).reshape(-1)
+        # sorted slot -> row of a (B*N*H*R, d) table (the rounds' output gradients)
+        round_row = token_row * r + rnd
+        self.q_rounds = torch.cat([round_row, round_row[..., :1].expand(b, h, r, extra)], dim=3).reshape(-1)
+
+    @property
+    def m(self) -> int:
+        """Kernel batch size: one entry per (batch element, head, round)."""
+        return self.b * self.h * self.r
+
+    def windows(self, rows: torch.Tensor) -> torch.Tensor:
+        """(M, kv_len, d) sorted key or value rows -> (M, C, W*c, d), chunk j seeing chunks
+        j - before .. j + after, as an overlapping view (nothing copied)."""
+        m, _, d = rows.shape
+        w = self.before + 1 + self.after
+        return rows.as_strided((m, self.n_chunks, w * self.c, d), (rows.stride(0), self.c * d, d, 1),
+                               rows.storage_offset())
+
+    def fold(self, grad: torch.Tensor) -> torch.Tensor:
+        """(M, C, W*c, d) gradients of the windows -> (M, kv_len, d) gradients of the rows."""
+        m, nc, _, d = grad.shape
+        w, c = self.before + 1 + self.after, self.c
+        out = grad.new_empty(m, nc + w - 1, c, d)
+        out[:, :nc] = grad[:, :, :c]  # written, not zeroed and added to
+        out[:, nc:] = 0
+        for i in range(1, w):
+            out[:, i:i + nc] += grad[:, :, i * c:(i + 1) * c]
+        return out.view(m, self.kv_len, d)
+
+
+class _SortRows(torch.autograd.Function):
+    """(B, N, H, d) -> (M, length, d) sorted rows; backward: the inverse permutation, summed over rounds."""
+
+    @staticmethod
+    def forward(ctx, t, rows, undo, layout):
+        ctx.save_for_backward(undo)
+        ctx.layout = layout
+        d = t.shape[-1]
+        return t.reshape(-1, d).index_select(0, rows).view(layout.m, -1, d)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (undo,) = ctx.saved_tensors
+        lay = ctx.layout
+        d = grad.shape[-1]
+        per_round = grad.reshape(-1, d).index_select(0, undo).view(lay.b, lay.n, lay.h, lay.r, d)
+        return per_round.sum(dim=3), None, None, None
+
+
+@functools.lru_cache(maxsize=32)
+def _chunk_slots(n_chunks: int, c: int, before: int, after: int) -> torch.Tensor:
+    """(1, C, 1, W*c): the sorted slot held by each window column of each chunk."""
+    with torch.inference_mode(False):
+        col = torch.arange((before + 1 + after) * c)
+        return ((torch.arange(n_chunks)[:, None] - before) * c + col)[None, :, None, :]
+
+
+def _masks(lay: Layout, n_valid: torch.Tensor | None, dtype) -> list[tuple[slice, torch.Tensor]]:
+    """(kernel-batch slice, mask) pairs: one for the whole batch, or one per batch element (its
+    real tokens are its first ``n_valid`` sorted slots). No host read: the counts stay tensors."""
+    shape = (lay.n_chunks, lay.c, lay.before, lay.after)
+    base = chunk_mask(lay.n, *shape, dtype)
+    if n_valid is None:
+        return [(slice(None), base)]
+    masks = base.masked_fill(_chunk_slots(*shape) >= n_valid.view(-1, 1, 1, 1), MASK_VALUE)  # (B, C, c, W*c)
+    per = lay.h * lay.r
+    return [(slice(i * per, (i + 1) * per), masks[i:i + 1]) for i in range(lay.b)]
+
+
+class _ChunkAttention(torch.autograd.Function):
+    """Sorted rows -> every round's chunked attention -> rounds combined, in (B, N, H, d)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, lay: Layout, n_valid):
+        d = q.shape[-1]
+        qc = q.view(lay.m, lay.n_chunks, lay.c, d)
+        kw, vw = lay.windows(k), lay.windows(v)
+        outs, lses = [], []
+        masks = _masks(lay, n_valid, q.dtype)
+        for sl, mask in masks:
+            o, lse = _FLASH(qc[sl], kw[sl], vw[sl], attn_mask=mask)
+            outs.append(o)
+            lses.append(lse)
+        o = torch.cat(outs) if len(outs) > 1 else outs[0]
+        lse = torch.cat(lses) if len(lses) > 1 else lses[0]  # (M, C, c)
+        # back to the original order, (B, N, H, R): the rounds adjacent, combined by their lse
+        o_r = o.reshape(-1, d).index_select(0, lay.q_undo).view(lay.b, lay.n, lay.h, lay.r, d)
+        lse_r = lse.reshape(-1).index_select(0, lay.q_undo).view(lay.b, lay.n, lay.h, lay.r)
+        weights = torch.softmax(lse_r, dim=-1)
+        out = (weights.unsqueeze(-1) * o_r).sum(dim=3)  # (B, N, H, d)
+        ctx.save_for_backward(qc, k, v, lse, weights, out)
+        ctx.lay, ctx.masks = lay, masks
+        return out
+
+    @staticmethod
+    def backward(ctx, dout):
+        qc, k, v, lse, weights, out = ctx.saved_tensors
+        lay: Layout = ctx.lay
+        d = qc.shape[-1]
+        # each round's output gradient w_r dOut, and the combined output, in sorted order
+        g = (weights.unsqueeze(-1) * dout.unsqueeze(3)).reshape(-1, d)  # (B*N*H*R, d)
+        g_s = g.index_select(0, lay.q_rounds).view(lay.m, lay.q_len, d)
+        g_s[:, lay.n:] = 0  # empty slots: their outputs were dropped
+        o_s = out.reshape(-1, d).index_select(0, lay.q_rows).view(qc.shape)
+        kw, vw = lay.windows(k), lay.windows(v)
+        dq, dk, dv = [], [], []
+        for sl, mask in ctx.masks:
+            gq, gk, gv = _FLASH_BACKWARD(g_s.view(qc.shape)[sl], qc[sl], kw[sl], vw[sl], o_s[sl], lse[sl],
+                                         0.0, False, attn_mask=mask)
+            dq.append(gq)
+            dk.append(gk)
+            dv.append(gv)
+        dq = torch.cat(dq) if len(dq) > 1 else dq[0]
+        dk = lay.fold(torch.cat(dk) if len(dk) > 1 else dk[0])
+        dv = lay.fold(torch.cat(dv) if len(dv) > 1 else dv[0])
+        return dq.reshape(lay.m, lay.q_len, d), dk, dv, None, None
+
+
+def chunked_attention(qk: torch.Tensor, keys: torch.Tensor, v: torch.Tensor, sort_idx: torch.Tensor,
+                      undo_idx: torch.Tensor, c: int, before: int, after: int,
+                      n_valid: torch.Tensor | None = None) -> torch.Tensor:
+    """Shared-QK attention within sorted chunks, rounds combined.
+
+    qk, keys (``qk`` at unit length), v: (B, N, H, d); sort_idx/undo_idx: (B, H, R, N).
+    ``n_valid``: (B,) per batch element its number of real tokens (padding sorted last), or
+    None when every token is real. Returns (B, N, H, d).
+    """
+    lay = Layout(sort_idx, undo_idx, c, before, after)
+    q_s = _SortRows.apply(qk, lay.q_rows, lay.q_undo, lay)
+    k_s = _SortRows.apply(keys, lay.kv_rows, lay.kv_undo, lay)
+    v_s = _SortRows.apply(v, lay.kv_rows, lay.kv_undo, lay)
+    return _ChunkAttention.apply(q_s, k_s, v_s, lay, n_valid)
