@@ -142,6 +142,19 @@ def test_no_peers_measures_each_distinct_configuration_once():
     assert {(c["variant"], c["n"]) for c in cases} >= {("window", 64), ("full", 128)}
 
 
+def test_set_replaces_our_default_on_both_sides():
+    settings = compare.parse_settings(["window.window=256", "window.global_tokens=[0]", "lsh.n_hashes=1"])
+    assert settings == {"window": {"window": 256, "global_tokens": [0]}, "lsh": {"n_hashes": 1}}
+    cases, _ = compare.plan(["window"], None, lambda n: Shape(n), [64], settings=settings)
+    assert cases and all(c["ours_params"]["window"] == 256 for c in cases)
+    longformer = next(c for c in cases if c["peer"] == "hf-longformer")
+    assert longformer["peer_settings"]["attention_window"] == 512  # HF's total width: 2 x 256
+    for bad, why in (("window=256", "VARIANT.PARAM=VALUE"), ("nope.window=1", "unknown variant"),
+                     ("window.width=1", "has no parameter 'width'")):
+        with pytest.raises(compare.UsageError, match=why):
+            compare.parse_settings([bad])
+
+
 def test_worker_timeout_is_recorded(tmp_path):
     spec = {"impl": "ours", "variant": "full", "peer": None, "params": {}, "n": 16, "batch": 1, "heads": 2,
             "head_dim": 8, "threads": 1, "device": "cpu", "warmup": 1, "repeats": 1, "seed": 0}

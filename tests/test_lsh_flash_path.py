@@ -1,7 +1,7 @@
 """LSH attention's flash-kernel path (variants/lsh_chunks.py) against its explicit path.
 
 ``LSHAttention`` computes the chunk step through the CPU flash kernel when it can
-(``lsh_chunks.usable``) and with explicit score tensors otherwise (CUDA, attention dropout).
+(``flash_cpu.usable``) and with explicit score tensors otherwise (CUDA, attention dropout).
 Both compute the same function: given the same buckets they must agree to rounding, forward
 and backward, whatever the chunk geometry, padding (holes and tails, a fully padded element) or
 a sorted length that is not a multiple of the chunk size. The explicit path is the one the
@@ -12,7 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnbench.variants import build_attention, lsh_chunks
+from attnbench.variants import build_attention, flash_cpu, lsh_chunks
 from attnbench.variants.lsh import LSHAttention
 
 GEOMETRIES = [  # (n, chunk_size, n_buckets, n_hashes, chunks_before, chunks_after)
@@ -36,7 +36,7 @@ def _both_paths(layer, x, mask, monkeypatch, train_seed=0):
     results = []
     for flash in (True, False):
         if not flash:
-            monkeypatch.setattr(lsh_chunks, "usable", lambda *a: False)
+            monkeypatch.setattr(flash_cpu, "usable", lambda *a: False)
         torch.manual_seed(train_seed)
         xg = x.clone().requires_grad_(True)
         y = layer(xg, mask)
@@ -79,7 +79,7 @@ def test_training_mode_float32_agrees_and_is_used_on_cpu(monkeypatch):
     """Training mode draws fresh rotations: with the same seed both paths hash alike, and in
     float32 they agree to float32 rounding. Without dropout the flash path is the one taken."""
     layer = _layer(96, 16, 12, 2, 1, 0, dtype=torch.float32).train()
-    assert lsh_chunks.usable(torch.zeros(1), layer.dropout)
+    assert flash_cpu.usable(torch.zeros(1), layer.dropout)
     x = torch.randn(2, 96, 24, generator=torch.Generator().manual_seed(2))
     (y_f, g_f), (y_e, g_e) = _both_paths(layer, x, None, monkeypatch, train_seed=7)
     torch.testing.assert_close(y_f, y_e, rtol=1e-5, atol=1e-6)
@@ -100,7 +100,7 @@ def test_flash_path_taken_only_where_the_kernel_applies(monkeypatch):
     with_dropout.train()(x)
     with_dropout.eval()(x)  # dropout is off in eval mode
     assert calls == ["flash", "flash", "explicit", "flash"]
-    assert not lsh_chunks.usable(torch.zeros(1, dtype=torch.float16), 0.0)
+    assert not flash_cpu.usable(torch.zeros(1, dtype=torch.float16), 0.0)
 
 
 def test_windows_are_views_and_fold_sums_every_window_a_row_is_in():
@@ -112,6 +112,6 @@ def test_windows_are_views_and_fold_sums_every_window_a_row_is_in():
     win = lay.windows(rows)
     assert win.shape == (1, 5, 6, 1) and win.untyped_storage().data_ptr() == rows.untyped_storage().data_ptr()
     assert win[0, 0, :, 0].tolist() == [0, 1, 2, 3, 4, 5] and win[0, 4, :, 0].tolist() == [8, 9, 10, 11, 12, 13]
-    folded = lay.fold(torch.ones_like(win).contiguous())
+    folded = flash_cpu.fold_windows(torch.ones_like(win).contiguous(), 2)
     # a row is in as many windows as chunks see it: three in the middle, fewer at the ends
     assert folded[0, :, 0].tolist() == [1, 1, 2, 2] + [3] * 6 + [2, 2, 1, 1]

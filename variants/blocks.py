@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.functional import scaled_dot_product_attention
 
+from attnbench.variants import band_flash, flash_cpu
+
 
 def pad_to_multiple(x: torch.Tensor, dim: int, multiple: int, value=0) -> torch.Tensor:
     extra = (-x.shape[dim]) % multiple
@@ -101,9 +103,18 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     Each query block with its gathered keys (and the global keys) is one batch entry of a
     fused ``scaled_dot_product_attention`` call: (B*N/b, H, b, D) queries against
     (B*N/b, H, K*b + G, D) keys, so scores are never materialised for the backward pass.
+    With ``reach`` on the CPU the neighbour blocks are not even copied (variants/band_flash.py).
     """
     bsz, heads, n, d = q.shape
     nb = n // block
+    has_global = global_idx is not None and global_idx.shape[1] > 0
+    is_global = global_token_mask(global_idx, global_valid, bsz, n, q.device)
+    if reach is not None and flash_cpu.usable(q, dropout if training else 0.0):
+        out = band_flash.band_attention(
+            q, k, v, block=block, reach=reach, local_keys=key_mask & ~is_global, token_allowed=token_allowed,
+            global_idx=global_idx if has_global else None,
+            global_ok=(global_valid & key_mask.gather(1, global_idx)) if has_global else None)
+        return global_rows(q, k, v, out, global_idx, global_valid, key_mask) if has_global else out
     if key_blocks is not None:
         key_blocks = key_blocks.expand(bsz, -1, -1)
         nq, kk = key_blocks.shape[1:]
@@ -111,8 +122,6 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     else:
         nq, kk = nb, 2 * reach + 1
         select = functools.partial(_neighbour_blocks, reach=reach)
-    has_global = global_idx is not None and global_idx.shape[1] > 0
-    is_global = global_token_mask(global_idx, global_valid, bsz, n, q.device)
 
     # key-side mask of the gathered blocks: real, a valid table entry, and not global
     local_keys = (key_mask & ~is_global).view(bsz, 1, nb, block, 1)

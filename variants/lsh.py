@@ -42,9 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.harness.core.registry import param
-from attnbench.variants import lsh_chunks
+from attnbench.variants import flash_cpu, lsh_chunks
 from attnbench.variants.base import VARIANTS, Attention, padding_mask_or_none
-from attnbench.variants.lsh_chunks import MASK_VALUE, SELF_OFFSET
+from attnbench.variants.flash_cpu import MASK_VALUE
+from attnbench.variants.lsh_chunks import SELF_OFFSET
 
 
 @dataclass(frozen=True)
@@ -227,7 +228,7 @@ class LSHAttention(Attention):
             xw = x.to(work)
             qk = F.linear(xw, self.qk.weight.to(work)).view(b, n, h, d)  # (B, N, H, d)
             v = F.linear(xw, self.v.weight.to(work)).view(b, n, h, d)
-            if lsh_chunks.usable(qk, self.dropout if self.training else 0.0):
+            if flash_cpu.usable(qk, self.dropout if self.training else 0.0):
                 o = self.flash_attention(qk, v, key_padding_mask)
             else:
                 o = self.shared_qk_attention(qk.transpose(1, 2), v.transpose(1, 2), key_padding_mask).transpose(1, 2)

@@ -6,22 +6,19 @@ without a score tensor:
 - rows are moved with ``index_select`` on (B*N*H, d) row tables (a row copy, several times
   faster on the CPU than an elementwise ``gather``), and each sort's backward pass is an
   ``index_select`` with the inverse permutation (no scatter);
-- each chunk's keys and values are an *overlapping strided view* of the sorted rows, with
-  ``chunks_before`` filler chunks in front and ``chunks_after`` behind, so the windows are never
-  copied; the flash kernel reads them in place;
+- each chunk's keys and values are an overlapping view of the sorted rows
+  (``flash_cpu.windows``), with ``chunks_before`` filler chunks in front and ``chunks_after``
+  behind, so the windows are never copied;
 - the self offset, the filler chunks, the sorted length's empty slots and padded keys are one
   additive (1, C, c, W*c) mask, the same for every batch element, head and round (padded keys
   are sorted last, so a batch element's mask depends only on its number of real tokens);
-- the kernel returns each round's log-sum-exp, and the rounds are combined from it;
-- backward: the flash kernel's backward pass recomputes the probabilities. The rounds'
-  combination needs no separate gradient through the log-sum-exp: with
-  ``out = sum_r w_r out_r`` and ``w = softmax_r(lse_r)``, the score gradient of round r is
-  ``p * (G_r . v - G_r . out)`` with ``G_r = w_r dOut`` -- the kernel's own backward pass
-  given ``G_r`` as the output gradient and the *combined* output in place of the round's.
+- the kernel returns each round's log-sum-exp, and the rounds are combined from it; the
+  backward pass is the kernel's, given each round's share of the output gradient and the
+  combined output (``flash_cpu``'s module doc says why that is exact).
 
 Nothing of size (chunks x c x W*c) is kept for the backward pass: only the sorted q, k, v rows,
-the combined output, the rounds' weights and log-sum-exps. CPU only, no attention dropout (the
-kernel's CPU backward pass has none); ``LSHAttention`` uses the explicit path otherwise.
+the combined output, the rounds' weights and log-sum-exps. Where the kernel does not
+apply (``flash_cpu.usable``: CUDA, attention dropout) ``LSHAttention`` uses the explicit path.
 """
 from __future__ import annotations
 
@@ -29,19 +26,11 @@ import functools
 
 import torch
 
+from attnbench.variants.flash_cpu import FLASH, FLASH_BACKWARD, MASK_VALUE, fold_windows, windows
+
 #: score offset of a query's own position (Reformer's self-mask; finite, so a token with no
-#: other valid key attends to itself)
+#: other valid key attends to itself); padded keys, fillers and empty slots get MASK_VALUE
 SELF_OFFSET = -1e5
-#: score of a padded key, a filler or an empty slot: far below any self-masked score
-MASK_VALUE = -1e9
-
-_FLASH = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-_FLASH_BACKWARD = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward
-
-
-def usable(t: torch.Tensor, dropout: float) -> bool:
-    """Whether this path applies: CPU, a float dtype the kernel takes, no attention dropout."""
-    return t.device.type == "cpu" and t.dtype in (torch.float32, torch.float64) and dropout == 0.0
 
 
 @functools.lru_cache(maxsize=32)
@@ -110,21 +99,7 @@ class Layout:
     def windows(self, rows: torch.Tensor) -> torch.Tensor:
         """(M, kv_len, d) sorted key or value rows -> (M, C, W*c, d), chunk j seeing chunks
         j - before .. j + after, as an overlapping view (nothing copied)."""
-        m, _, d = rows.shape
-        w = self.before + 1 + self.after
-        return rows.as_strided((m, self.n_chunks, w * self.c, d), (rows.stride(0), self.c * d, d, 1),
-                               rows.storage_offset())
-
-    def fold(self, grad: torch.Tensor) -> torch.Tensor:
-        """(M, C, W*c, d) gradients of the windows -> (M, kv_len, d) gradients of the rows."""
-        m, nc, _, d = grad.shape
-        w, c = self.before + 1 + self.after, self.c
-        out = grad.new_empty(m, nc + w - 1, c, d)
-        out[:, :nc] = grad[:, :, :c]  # written, not zeroed and added to
-        out[:, nc:] = 0
-        for i in range(1, w):
-            out[:, i:i + nc] += grad[:, :, i * c:(i + 1) * c]
-        return out.view(m, self.kv_len, d)
+        return windows(rows, 1, self.c, (self.before + 1 + self.after) * self.c)
 
 
 class _SortRows(torch.autograd.Function):
@@ -177,7 +152,7 @@ class _ChunkAttention(torch.autograd.Function):
         outs, lses = [], []
         masks = _masks(lay, n_valid, q.dtype)
         for sl, mask in masks:
-            o, lse = _FLASH(qc[sl], kw[sl], vw[sl], attn_mask=mask)
+            o, lse = FLASH(qc[sl], kw[sl], vw[sl], attn_mask=mask)
             outs.append(o)
             lses.append(lse)
         o = torch.cat(outs) if len(outs) > 1 else outs[0]
@@ -204,14 +179,14 @@ class _ChunkAttention(torch.autograd.Function):
         kw, vw = lay.windows(k), lay.windows(v)
         dq, dk, dv = [], [], []
         for sl, mask in ctx.masks:
-            gq, gk, gv = _FLASH_BACKWARD(g_s.view(qc.shape)[sl], qc[sl], kw[sl], vw[sl], o_s[sl], lse[sl],
+            gq, gk, gv = FLASH_BACKWARD(g_s.view(qc.shape)[sl], qc[sl], kw[sl], vw[sl], o_s[sl], lse[sl],
                                          0.0, False, attn_mask=mask)
             dq.append(gq)
             dk.append(gk)
             dv.append(gv)
         dq = torch.cat(dq) if len(dq) > 1 else dq[0]
-        dk = lay.fold(torch.cat(dk) if len(dk) > 1 else dk[0])
-        dv = lay.fold(torch.cat(dv) if len(dv) > 1 else dv[0])
+        dk = fold_windows(torch.cat(dk) if len(dk) > 1 else dk[0], lay.c)
+        dv = fold_windows(torch.cat(dv) if len(dv) > 1 else dv[0], lay.c)
         return dq.reshape(lay.m, lay.q_len, d), dk, dv, None, None
 
 

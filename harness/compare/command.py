@@ -34,6 +34,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import yaml
 
 from attnbench.harness.compare.peers import PEERS, Shape, _defaults, _version, missing_modules
 from attnbench.harness.compare.probe import run_worker
@@ -53,9 +54,28 @@ VARIANT_ORDER = ("window", "sparse", "lsh", "linear", "local", "linformer", "sin
 MIB = 2 ** 20
 
 
+def parse_settings(items: list[str] | None) -> dict[str, dict]:
+    """``--set VARIANT.PARAM=VALUE`` items -> {variant: {param: value}}; VALUE is read as YAML
+    (``256``, ``0.5``, ``[0]``, ``favor``). Unknown variants and parameters are refused."""
+    out: dict[str, dict] = {}
+    for item in items or ():
+        key, sep, raw = item.partition("=")
+        variant, dot, name = key.partition(".")
+        if not sep or not dot or not variant or not name:
+            raise UsageError(f"--set {item!r}: expected VARIANT.PARAM=VALUE, e.g. window.window=256")
+        if variant not in VARIANTS.names():
+            raise UsageError(f"--set {item!r}: unknown variant {variant!r}")
+        if name not in _defaults(variant):
+            raise UsageError(f"--set {item!r}: {variant} has no parameter {name!r}; "
+                             f"it has {', '.join(_defaults(variant))}")
+        out.setdefault(variant, {})[name] = yaml.safe_load(raw)
+    return out
+
+
 def plan(variants: list[str], peers: list[str] | None, shape_of: Callable[[int], Shape], ns: list[int],
-         no_peers: bool = False) -> tuple[list[dict], list[dict]]:
-    """(cases, skipped): one case per (variant, peer, N); skipped variants and peers with reasons."""
+         no_peers: bool = False, settings: dict[str, dict] | None = None) -> tuple[list[dict], list[dict]]:
+    """(cases, skipped): one case per (variant, peer, N); skipped variants and peers with reasons.
+    ``settings``: per variant, parameters that replace its defaults before each peer matches them."""
     known = set(VARIANTS.names())
     cases, skipped = [], []
     for variant in variants:
@@ -75,7 +95,7 @@ def plan(variants: list[str], peers: list[str] | None, shape_of: Callable[[int],
             else:
                 skipped.append({"variant": variant, "peer": None, "reason": why})
             continue
-        defaults = _defaults(variant)
+        defaults = {**_defaults(variant), **(settings or {}).get(variant, {})}
         for peer in vpeers:
             if not no_peers:
                 missing = missing_modules(peer)
@@ -131,7 +151,7 @@ def run_comparison(args: argparse.Namespace, quiet: bool = False) -> dict:
     def shape_of(n: int) -> Shape:
         return Shape(n, args.batch, args.heads, args.head_dim)
 
-    cases, skipped = plan(variants, args.peers, shape_of, ns, args.no_peers)
+    cases, skipped = plan(variants, args.peers, shape_of, ns, args.no_peers, parse_settings(args.set))
     targets = {dev: _torch_device(dev) for dev in devices}  # "cuda" -> this process's (leased) GPU
     machine = {dev: capture(torch.device(target)) for dev, target in targets.items()}
     for info in machine.values():
@@ -397,6 +417,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=("cpu", "cuda", "auto"), default="auto",
                    help="auto: CPU, and also CUDA where a GPU is present")
     p.add_argument("--out", default=None, help="JSON path (default results/compare/compare-<time>.json)")
+    p.add_argument("--set", action="append", metavar="VARIANT.PARAM=VALUE",
+                   help="a mechanism setting for both sides instead of our default, e.g. window.window=256 "
+                        "(LRA's Longformer); repeatable")
     p.add_argument("--no-peers", action="store_true", help="time our variants only (no peer packages needed)")
     p.add_argument("--timeout", type=float, default=1800.0, help="seconds per implementation process")
     p.add_argument("--seed", type=int, default=0)

@@ -1,0 +1,73 @@
+"""The sliding band's CPU flash path (variants/band_flash.py) against the gather path.
+
+``blocks.block_sparse_attention`` with ``reach`` (window and local attention) runs through the
+CPU flash kernel with overlapping key windows where it can (``flash_cpu.usable``) and gathers
+the neighbour blocks into SDPA otherwise (CUDA, attention dropout). Whole layers (fused
+projections, so the kernel reads strided views) must agree between the two, forward and
+backward, with global tokens, padding holes and tails, a fully padded element, and sequences that
+are not a multiple of the block. tests/test_window.py and tests/test_local.py hold both against
+dense references.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attnbench.variants import build_attention, flash_cpu
+from attnbench.variants.blocks import block_sparse_attention
+
+CASES = [  # (variant, params, n)
+    ("window", {"window": 3, "block_size": 4, "global_tokens": (0, -1)}, 21),
+    ("window", {"window": 5, "block_size": 4, "global_tokens": ()}, 24),  # reach 2
+    ("window", {"window": 8, "block_size": 0, "global_tokens": (0,)}, 40),  # block = max(w, 16)
+    ("window", {"window": 64, "global_tokens": (2,)}, 10),  # the window covers everything
+    ("local", {"block_size": 5}, 23),  # reach 0, no band
+]
+
+
+def _masks(n):
+    m = torch.ones(3, n, dtype=torch.bool)
+    m[0, n - n // 3:] = False  # padded tail
+    m[1, 2:5] = False  # a hole (a global position may fall in it)
+    m[2] = False  # nothing real
+    return [None, m]
+
+
+def _run(layer, x, mask):
+    xg = x.clone().requires_grad_(True)
+    y = layer(xg, mask)
+    upstream = torch.randn(y.shape, generator=torch.Generator().manual_seed(3), dtype=y.dtype)
+    if mask is not None:  # padded tokens' outputs reach no loss
+        upstream = upstream * mask[..., None]
+    return y, torch.autograd.grad((y * upstream).sum(), [xg, *layer.parameters()])
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[2]}-" + "-".join(f"{k}{v}" for k, v in c[1].items()))
+def test_flash_path_equals_gather_path(case, padded, monkeypatch):
+    variant, params, n = case
+    torch.manual_seed(0)
+    layer = build_attention(variant, 24, 3, params, max_len=64).double().train()  # no dropout: flash path
+    x = torch.randn(3, n, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    mask = _masks(n)[padded]
+    y_f, g_f = _run(layer, x, mask)
+    monkeypatch.setattr(flash_cpu, "usable", lambda *a: False)
+    y_g, g_g = _run(layer, x, mask)
+    # every row agrees, padded queries' too (they see real keys); a row with no key at all is zero on both
+    torch.testing.assert_close(y_f, y_g, rtol=1e-10, atol=1e-12)
+    for a, b in zip(g_f, g_g, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
+
+
+def test_flash_path_is_taken_on_cpu_without_dropout(monkeypatch):
+    from attnbench.variants import band_flash
+
+    calls = []
+    original = band_flash.band_attention
+    monkeypatch.setattr(band_flash, "band_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
+    q = k = v = torch.randn(1, 2, 16, 4)
+    mask = torch.ones(1, 16, dtype=torch.bool)
+    block_sparse_attention(q, k, v, block=4, key_mask=mask, reach=1)
+    block_sparse_attention(q, k, v, block=4, key_mask=mask, reach=1, dropout=0.1, training=False)
+    block_sparse_attention(q, k, v, block=4, key_mask=mask, reach=1, dropout=0.1, training=True)
+    assert len(calls) == 2  # dropout in training mode takes the gather path
