@@ -61,6 +61,7 @@ def test_tiny_full_vs_torch_mha_in_subprocesses(tmp_path, capsys):
     assert case["ours"]["label"] == "attnbench full"
     assert "MultiheadAttention" in case["peer_result"]["label"]
     assert case["time_ratio"] == pytest.approx(case["ours"]["median_s"] / case["peer_result"]["median_s"])
+    assert case["speedup"] == pytest.approx(1 / case["time_ratio"])
     assert case["memory_ratio"] == pytest.approx(case["ours"]["peak_bytes"] / case["peer_result"]["peak_bytes"])
     assert case["memory_all_ratio"] == pytest.approx(case["ours"]["peak_all_bytes"]
                                                      / case["peer_result"]["peak_all_bytes"])
@@ -166,7 +167,7 @@ def test_ratios_and_goal():
     case = {"ours": {"ok": True, "median_s": 1.0, "peak_bytes": 100, "peak_all_bytes": 100},
             "peer_result": {"ok": True, "median_s": 2.0, "peak_bytes": 50, "peak_all_bytes": 200}, "peer": "x"}
     compare.finish_case(case)
-    assert case["time_ratio"] == 0.5 and case["memory_ratio"] == 2.0 and case["memory_all_ratio"] == 0.5
+    assert case["time_ratio"] == 0.5 and case["speedup"] == 2.0 and case["memory_ratio"] == 2.0 and case["memory_all_ratio"] == 0.5
     assert case["goal_met"] is False
     case = {"ours": {"ok": True, "median_s": 1.0, "peak_bytes": 40, "peak_all_bytes": 300},
             "peer_result": {"ok": True, "median_s": 2.0, "peak_bytes": 50, "peak_all_bytes": 200}, "peer": "x"}

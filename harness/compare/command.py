@@ -268,7 +268,7 @@ def achieved(case: dict, side: dict | None, matmul_gflops: float | None) -> None
 
 def finish_case(case: dict, matmul_gflops: float | None = None) -> None:
     ours, peer = case["ours"], case.get("peer_result")
-    case["time_ratio"] = case["memory_ratio"] = case["memory_all_ratio"] = None
+    case["time_ratio"] = case["speedup"] = case["memory_ratio"] = case["memory_all_ratio"] = None
     if not ours.get("ok"):
         case["status"] = "failed (ours): " + ours.get("error", "?")
         return
@@ -281,6 +281,7 @@ def finish_case(case: dict, matmul_gflops: float | None = None) -> None:
         case["status"] = "failed (peer): " + peer.get("error", "?")
         return
     case["time_ratio"] = _ratio(ours["median_s"], peer["median_s"])
+    case["speedup"] = _ratio(peer["median_s"], ours["median_s"])  # above 1: ours is faster
     case["memory_ratio"] = _ratio(ours["peak_bytes"], peer["peak_bytes"]) if peer["peak_bytes"] > 0 else None
     case["memory_all_ratio"] = (_ratio(ours.get("peak_all_bytes"), peer.get("peak_all_bytes"))
                                 if (peer.get("peak_all_bytes") or 0) > 0 else None)
@@ -332,7 +333,7 @@ def markdown_table(report: dict) -> str:
              "over the machine's measured float32 matmul rate"
              + "".join(f" ({dev}: {p['gflops']:.1f} GFLOP/s)" for dev, p in report.get("matmul_peak", {}).items()
                        if p.get("gflops")), "",
-             "| variant | ours (settings) | peer | N | device | ours s | peer s | time ours/peer "
+             "| variant | ours (settings) | peer | N | device | ours s | peer s | speed-up peer/ours "
              "| ours MiB 1st / all | peer MiB 1st / all | mem ours/peer 1st / all | % of matmul peak ours / peer "
              "| result |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -350,7 +351,7 @@ def markdown_table(report: dict) -> str:
             result = "goal met" if c.get("goal_met") else "slower or more memory"
         settings = ", ".join(f"{k}={json.dumps(v)}" for k, v in c["ours_params"].items()) or "defaults"
         lines.append(f"| {c['variant']} | {settings} | {label} | {c['n']} | {c['device']} | {_fmt_time(c['ours'])} "
-                     f"| {_fmt_time(peer)} | {_fmt_ratio(c['time_ratio'])} | {_fmt_mem(c['ours'])} | {_fmt_mem(peer)} "
+                     f"| {_fmt_time(peer)} | {_fmt_ratio(c.get('speedup'))} | {_fmt_mem(c['ours'])} | {_fmt_mem(peer)} "
                      f"| {_fmt_ratio(c['memory_ratio'])} / {_fmt_ratio(c.get('memory_all_ratio'))} "
                      f"| {_fmt_share(c['ours'])} / {_fmt_share(peer)} | {result} |")
     for sk in report["skipped"]:
