@@ -22,10 +22,12 @@ from dataclasses import dataclass
 import torch
 
 from attnbench.harness.core.registry import param
+from attnbench.variants import flash_cpu
 from attnbench.variants.base import VARIANTS, Attention
 from attnbench.variants.blocks import (
     block_sparse_attention,
     dense_mask_from_blocks,
+    flash_blocks,
     pad_to_multiple,
     position_onehot,
     real_lengths,
@@ -170,12 +172,32 @@ class SparseAttention(BlockKernelChoice, Attention):
         if kernel == "flex":
             out = flex_block_sparse_attention(q, k, v, block=block, key_mask=mask, block_pairs=chosen,
                                               global_idx=g_idx, global_valid=g_ok)
+        elif flash_cpu.usable(q, self.dropout if self.training else 0.0):
+            out = self.flash_attend(q, k, v, mask, block, chosen, g_idx, g_ok)
         else:
             key_blocks, valid = self.block_table(chosen)
             out = block_sparse_attention(q, k, v, block=block, key_blocks=key_blocks, block_valid=valid,
                                          key_mask=mask, global_idx=g_idx, global_valid=g_ok,
                                          dropout=self.dropout, training=self.training)
         return out[:, :, :n]
+
+    def flash_attend(self, q, k, v, mask, block, chosen, g_idx, g_ok):
+        """The CPU flash path (``blocks.flash_blocks``): the window blocks as a sliding band of
+        ``window_blocks`` (the chosen ones exactly: blocks past the real tokens hold only padded
+        keys, global blocks only global ones, both masked there), the strided and random blocks as
+        a table of their own, whose width is a static bound (strided + random)."""
+        nb = chosen.shape[-1]
+        reach = min(self.cfg.window_blocks, nb - 1)
+        idx = torch.arange(nb, device=chosen.device)
+        extra = chosen & ((idx[:, None] - idx[None, :]).abs() > reach)
+        strided = nb // self.cfg.strided_every if self.cfg.strided_every else 0
+        width = min(nb, strided + self.cfg.random_blocks)
+        table = valid = None
+        if width:
+            table = torch.argsort((~extra).to(torch.int8), dim=-1, stable=True)[..., :width]
+            valid = torch.arange(width, device=chosen.device) < extra.sum(-1, keepdim=True)
+        return flash_blocks(q, k, v, block=block, key_mask=mask, reach=reach, extra_blocks=table, extra_valid=valid,
+                            global_idx=g_idx, global_valid=g_ok)
 
     def dense_mask(self, n: int, key_padding_mask: torch.Tensor) -> torch.Tensor:
         """(B, N, N) token-level mask of the current layout (eval mode: the fixed one)."""

@@ -14,6 +14,7 @@ Peers (``PEERS``; more can be registered from a module given with ``--peer-modul
 | window | ``LongformerSelfAttention`` | transformers |
 | window | ``LocalAttention`` (exact window) | local-attention |
 | sparse | ``BigBirdBlockSparseAttention`` | transformers |
+| sparse | the same, mechanism alone (no dense N x N probabilities) | transformers |
 | lsh | ``LSHSelfAttention`` (HF) | transformers |
 | lsh | ``LSHSelfAttention`` (lucidrains) | reformer-pytorch |
 | linear | ``SelfAttention`` (FAVOR+) | performer-pytorch |
@@ -330,6 +331,51 @@ register_peer(Peer(
     match=_match_bigbird,
     build=lambda s, p: HFBigBird(s.dim, s.heads, p["block_size"], p["num_random_blocks"], s.n),
     note="random blocks drawn on the host with NumPy each forward (training mode); + an output nn.Linear"))
+
+
+class _SkipDenseProbs(torch.overrides.TorchFunctionMode):
+    """Drops HF BigBird's reassembly of the dense (B, H, N, N) attention-probability matrix, which
+    transformers 5 builds on every forward (and the layer's caller discards): the ``torch.zeros``
+    of that shape returns an empty stand-in, and the writes into it (slice assignments, views,
+    scatters) are skipped. Everything that computes the output runs unchanged."""
+
+    WRITES = {"__setitem__", "__getitem__", "view", "scatter_"}
+
+    def __init__(self, dense_shape: tuple[int, ...]):
+        super().__init__()
+        self.dense_shape, self.stand_in, self.skipped = dense_shape, None, 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", "")
+        if func is torch.zeros and tuple(args) == self.dense_shape:
+            self.stand_in = torch.empty(0, dtype=kwargs.get("dtype"), device=kwargs.get("device"))
+            self.skipped += 1
+            return self.stand_in
+        if self.stand_in is not None and name in self.WRITES and args and args[0] is self.stand_in:
+            return self.stand_in
+        return func(*args, **kwargs)
+
+
+class HFBigBirdCore(HFBigBird):
+    """HF BigBird's block-sparse mechanism alone: as ``HFBigBird``, without the dense N x N
+    attention-probability matrix that transformers 5 reassembles on every forward."""
+
+    def forward(self, x, key_padding_mask=None):
+        n = x.shape[1] + (-x.shape[1]) % self.block
+        mode = _SkipDenseProbs((x.shape[0], self.attn.num_attention_heads, n, n))
+        with mode:
+            out = super().forward(x, key_padding_mask)
+        self.skipped_dense = mode.skipped
+        return out
+
+
+register_peer(Peer(
+    name="hf-bigbird-core", variant="sparse", title="HF transformers BigBirdBlockSparseAttention, mechanism alone",
+    requires=("transformers.models.big_bird.modeling_big_bird",), distributions=("transformers",),
+    match=_match_bigbird,
+    build=lambda s, p: HFBigBirdCore(s.dim, s.heads, p["block_size"], p["num_random_blocks"], s.n),
+    note="as hf-bigbird, with its dense N x N attention-probability reassembly skipped (returned, never used)"))
 
 
 # --- lsh: HF Reformer ----------------------------------------------------------------------------

@@ -1,12 +1,13 @@
-"""The sliding band's CPU flash path (variants/band_flash.py) against the gather path.
+"""Block attention's CPU flash path (variants/block_flash.py) against the gather path.
 
-``blocks.block_sparse_attention`` with ``reach`` (window and local attention) runs through the
-CPU flash kernel with overlapping key windows where it can (``flash_cpu.usable``) and gathers
-the neighbour blocks into SDPA otherwise (CUDA, attention dropout). Whole layers (fused
-projections, so the kernel reads strided views) must agree between the two, forward and
-backward, with global tokens, padding holes and tails, a fully padded element, and sequences that
-are not a multiple of the block. tests/test_window.py and tests/test_local.py hold both against
-dense references.
+Window, local and sparse attention run through the CPU flash kernel where they can
+(``flash_cpu.usable``): the band of neighbour blocks as overlapping key windows, sparse's
+strided and random blocks as a table of their own, the global keys beside. Otherwise (CUDA,
+attention dropout) the key blocks are gathered into SDPA. Whole layers (fused projections, so
+the kernel reads strided views) must agree between the two, forward and backward, with global
+tokens, padding holes and tails, a fully padded element, and sequences that are not a multiple
+of the block. tests/test_window.py, tests/test_local.py and tests/test_sparse.py hold both
+against dense references.
 """
 from __future__ import annotations
 
@@ -22,6 +23,11 @@ CASES = [  # (variant, params, n)
     ("window", {"window": 8, "block_size": 0, "global_tokens": (0,)}, 40),  # block = max(w, 16)
     ("window", {"window": 64, "global_tokens": (2,)}, 10),  # the window covers everything
     ("local", {"block_size": 5}, 23),  # reach 0, no band
+    ("sparse", {"block_size": 4, "window_blocks": 1, "global_blocks": (0, -1), "random_blocks": 2}, 38),
+    ("sparse", {"block_size": 4, "window_blocks": 0, "global_blocks": (), "random_blocks": 1, "strided_every": 3},
+     33),
+    ("sparse", {"block_size": 3, "window_blocks": 2, "global_blocks": (1,), "random_blocks": 0}, 20),  # band only
+    ("sparse", {"block_size": 4, "window_blocks": 1, "global_blocks": (0,), "random_blocks": 9}, 16),  # all blocks
 ]
 
 
@@ -47,7 +53,8 @@ def _run(layer, x, mask):
 def test_flash_path_equals_gather_path(case, padded, monkeypatch):
     variant, params, n = case
     torch.manual_seed(0)
-    layer = build_attention(variant, 24, 3, params, max_len=64).double().train()  # no dropout: flash path
+    # eval mode: sparse's random blocks fixed, the same on both paths (no dropout either way)
+    layer = build_attention(variant, 24, 3, params, max_len=64).double().eval()
     x = torch.randn(3, n, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     mask = _masks(n)[padded]
     y_f, g_f = _run(layer, x, mask)
@@ -60,11 +67,11 @@ def test_flash_path_equals_gather_path(case, padded, monkeypatch):
 
 
 def test_flash_path_is_taken_on_cpu_without_dropout(monkeypatch):
-    from attnbench.variants import band_flash
+    from attnbench.variants import block_flash
 
     calls = []
-    original = band_flash.band_attention
-    monkeypatch.setattr(band_flash, "band_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
+    original = block_flash.block_attention
+    monkeypatch.setattr(block_flash, "block_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
     q = k = v = torch.randn(1, 2, 16, 4)
     mask = torch.ones(1, 16, dtype=torch.bool)
     block_sparse_attention(q, k, v, block=4, key_mask=mask, reach=1)
