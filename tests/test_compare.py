@@ -156,6 +156,29 @@ def test_set_replaces_our_default_on_both_sides():
             compare.parse_settings([bad])
 
 
+def test_live_memory_runs_repeat_where_the_default_allocator_need_not(tmp_path):
+    """A live-memory run has glibc's mmap threshold fixed: its worker says so, and two fresh
+    processes give the same peak (the default's peaks may differ by 10-20 %)."""
+    spec = {"impl": "ours", "variant": "linear", "peer": None, "params": {}, "n": 2048, "batch": 1, "heads": 4,
+            "head_dim": 64, "threads": 1, "device": "cpu", "warmup": 2, "repeats": 1, "seed": 0}
+    live = [probe.run_worker({**spec, "live_memory": True}, 300, tmp_path) for _ in range(2)]
+    assert all(r["ok"] and r["malloc_mmap_threshold"] == "131072" for r in live)
+    a, b = (r["peak_bytes"] for r in live)
+    assert abs(a - b) <= 0.01 * max(a, b) + 2**20, (a, b)
+    assert probe.run_worker(spec, 300, tmp_path)["malloc_mmap_threshold"] is None
+
+
+def test_live_memory_replaces_the_memory_figures_and_keeps_the_default_beside():
+    side = {"ok": True, "peak_bytes": 100, "peak_all_bytes": 150}
+    compare.with_live_memory(side, {"ok": True, "peak_bytes": 80, "peak_all_bytes": 85})
+    assert (side["peak_bytes"], side["peak_all_bytes"]) == (80, 85)
+    assert (side["peak_bytes_default_malloc"], side["peak_all_bytes_default_malloc"]) == (100, 150)
+    assert "mmap threshold fixed" in side["memory_method"]
+    side = {"ok": True, "peak_bytes": 100, "peak_all_bytes": 150}
+    compare.with_live_memory(side, {"ok": False, "error": "timed out"})
+    assert side["peak_bytes"] == 100 and "live-memory run failed: timed out" in side["memory_method"]
+
+
 def test_worker_timeout_is_recorded(tmp_path):
     spec = {"impl": "ours", "variant": "full", "peer": None, "params": {}, "n": 16, "batch": 1, "heads": 2,
             "head_dim": 8, "threads": 1, "device": "cpu", "warmup": 1, "repeats": 1, "seed": 0}

@@ -1,8 +1,8 @@
 """Scaling shape, as a ratio: peak memory of one forward+backward at 2N over N.
 
-Each case runs in a fresh process (attnbench.harness.compare.probe): the peak resident memory of the first
-fwd+bwd step above the memory before it, after one small priming step has paid torch's
-one-time set-up. Variants that declare ``linear_memory`` must stay near 2; full attention
+Each case runs in a fresh process (attnbench.harness.compare.probe) with glibc's mmap threshold fixed
+(a live-memory run, repeatable): the peak resident memory of the first fwd+bwd step above the
+memory before it, after one small priming step has paid torch's one-time set-up. Variants that declare ``linear_memory`` must stay near 2; full attention
 forced onto SDPA's math kernel (which materialises the N x N scores) is the contrast near 4.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from attnbench.variants import VARIANTS
 LINEAR = [e.name for e in VARIANTS if e.cls.linear_memory]
 N, CONTRAST_N = 4096, 2048
 BASE = {"impl": "ours", "peer": None, "batch": 1, "heads": 4, "head_dim": 64, "threads": 1,
-        "device": "cpu", "warmup": 1, "repeats": 1, "seed": 0, "prime_n": 256}
+        "device": "cpu", "warmup": 1, "repeats": 1, "seed": 0, "prime_n": 256, "live_memory": True}
 CASES = {(v, n): {"variant": v, "params": {}, "n": n} for v in LINEAR for n in (N, 2 * N)}
 CASES |= {("full-math", n): {"variant": "full", "params": {}, "n": n, "sdpa_backend": "math"}
           for n in (CONTRAST_N, 2 * CONTRAST_N)}

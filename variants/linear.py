@@ -228,6 +228,9 @@ class LinearAttention(Attention):
             q, k, v = q.to(compute), k.to(compute), v.to(compute)
             if key_padding_mask is not None:
                 v = v.masked_fill(~key_padding_mask[:, None, :, None], 0.0)
+            # a copy of its own: the contraction keeps v for the backward pass, and a view of the
+            # fused q/k/v projection would keep all three alive (2 x N x D more at the peak)
+            v = v.contiguous()
             phi_q, phi_k = self.feature_maps(q, k, key_padding_mask)
             out = normalised_contraction(phi_q, phi_k, v, self.cfg.eps)
         return out.to(in_dtype)

@@ -37,7 +37,7 @@ import torch
 import yaml
 
 from attnbench.harness.compare.peers import PEERS, Shape, _defaults, _version, missing_modules
-from attnbench.harness.compare.probe import run_worker
+from attnbench.harness.compare.probe import LIVE_MEMORY_METHOD, run_worker
 from attnbench.harness.core.errors import UsageError
 from attnbench.harness.measure.gpu_lease import acquire
 from attnbench.harness.measure.matmul_peak import probe_in_fresh_process, share_of_peak
@@ -173,8 +173,10 @@ def run_comparison(args: argparse.Namespace, quiet: bool = False) -> dict:
                              "'no padding' by none",
                      "time": "median of the repeats after warm-up, perf_counter (device synchronised)",
                      "memory": "peak in a fresh process per implementation above the process's memory before "
-                               "the first step: of the first step (peak_bytes) and over the warm-up and timed "
-                               "steps (peak_all_bytes)"},
+                               "the first step: of the first step (peak_bytes) and over the warm-up and later "
+                               "steps (peak_all_bytes); on a CPU from a separate run with glibc's mmap threshold "
+                               "fixed (live memory, repeatable; each side's memory_method says), the timing runs' "
+                               "figures under the default allocator kept as *_default_malloc"},
         "machine": machine,
         "skipped": skipped,
         "cases": [],
@@ -222,16 +224,45 @@ def _run_cases(report, cases, targets, args, threads, workdir, measured, log) ->
                                                  "params": case["peer_settings"], "profile_dir": last or None},
                                                 args.timeout, workdir))
                 log("")
+            live = dev == "cpu"  # on CUDA the allocator's own statistics are exact already
             if shared:
                 case["ours"] = {**measured[key], "shared": True}
             else:
                 case["ours"] = measured[key] = pool_rounds(ours_runs)
+                if live:
+                    log(f"{what}: live memory, ours ...")
+                    with_live_memory(case["ours"], run_worker({**base, **LIVE_RUN, "impl": "ours", "peer": case["peer"],
+                                                               "params": case["ours_params"]}, args.timeout, workdir))
             if case["peer"]:
                 case["peer_result"] = pool_rounds(peer_runs)
+                if live:
+                    log(f"{what}: live memory, peer ...")
+                    with_live_memory(case["peer_result"], run_worker(
+                        {**base, **LIVE_RUN, "impl": "peer", "peer": case["peer"], "params": case["peer_settings"]},
+                        args.timeout, workdir))
             finish_case(case, report["matmul_peak"][dev].get("gflops"))
             log(f"{what}: {case['status']}")
             report["cases"].append(case)
             _write(report, args.out)  # a partial file survives an interrupted run
+
+
+#: the memory run of a CPU case (``probe.LIVE_MEMORY_ENV``): two warm-up steps, one more, untimed
+LIVE_RUN = {"live_memory": True, "warmup": 2, "repeats": 1}
+
+
+def with_live_memory(side: dict, live: dict) -> None:
+    """Replace a side's memory figures by its live-memory run's (repeatable); the timing runs'
+    figures, under glibc's default allocator, stay beside them as ``*_default_malloc``."""
+    if not side.get("ok"):
+        return
+    side["peak_bytes_default_malloc"] = side["peak_bytes"]
+    side["peak_all_bytes_default_malloc"] = side["peak_all_bytes"]
+    if not live.get("ok"):
+        side["memory_method"] = "timing runs, glibc's default allocator (the live-memory run failed: " \
+                                f"{live.get('error', '?')})"
+        return
+    side["peak_bytes"], side["peak_all_bytes"] = live["peak_bytes"], live["peak_all_bytes"]
+    side["memory_method"] = LIVE_MEMORY_METHOD
 
 
 def pool_rounds(runs: list[dict]) -> dict:
@@ -328,7 +359,9 @@ def markdown_table(report: dict) -> str:
              f"{s['threads']} threads, median of {s['repeats']} timed steps after {s['warmup']} warm-up (min-max)"
              + (f", pooled over {s['rounds']} rounds of fresh processes" if s.get("rounds", 1) > 1 else "") + "; "
              "memory = peak above the memory before the first step, fresh process (MiB): of the first fwd+bwd "
-             "step / over all steps (warm-up and timed; the allocator's growth across a loop's steps counts); "
+             "step / over three steps; on a CPU measured in a run of its own with glibc's mmap threshold fixed, "
+             "so freed memory is returned and the peak is that of live memory (repeatable to ~0.1 MiB; under the "
+             "default allocator the same peaks vary 10-20% between processes: in the JSON); "
              "% of matmul peak = the step's FLOPs (3x our layer's analytic forward FLOPs, both sides) per second "
              "over the machine's measured float32 matmul rate"
              + "".join(f" ({dev}: {p['gflops']:.1f} GFLOP/s)" for dev, p in report.get("matmul_peak", {}).items()

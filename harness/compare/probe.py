@@ -10,6 +10,13 @@ result; ``measure_in_process(spec)`` is what that process runs:
 - peak memory: the peak of the first forward+backward step above the memory just before it, and
   the peak over all steps above the same start (``attnbench.harness.measure.memory.PeakMemory``);
 - time: after warm-up, ``repeats`` timed steps (perf_counter, the device synchronised).
+With ``"live_memory": true`` in the spec the process runs with glibc's mmap threshold fixed at
+128 KiB (``LIVE_MEMORY_ENV``): every large block is mapped on allocation and returned to the
+system when freed, so the resident size follows the live tensors and the peaks repeat to about
+0.1 MiB run to run. Under glibc's default (a threshold that grows as large blocks are freed) freed
+memory stays in the heap in an order-dependent way: the same step's peak varies by 10-20 % between
+fresh processes. The fixed threshold costs page faults on every step, so such a run is for
+memory only; its times are not comparable.
 A failure (error, out of memory, timeout) comes back as ``{"ok": False, "error": ...}``.
 """
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import os
 import statistics
 import sys
 import time
@@ -33,6 +41,11 @@ from attnbench.harness.measure.fresh_process import run_fresh, worker_main
 from attnbench.harness.measure.memory import PeakMemory
 from attnbench.harness.measure.timing import Stopwatch
 from attnbench.variants import build_attention
+
+#: the environment of a live-memory run (glibc's M_MMAP_THRESHOLD; ignored by other allocators)
+LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
+LIVE_MEMORY_METHOD = ("fresh process, glibc mmap threshold fixed at 128 KiB: freed blocks go back to the system, "
+                      "so the peak is that of live memory, repeatable to ~0.1 MiB")
 
 
 def build_impl(spec: dict) -> tuple[nn.Module, str]:
@@ -138,6 +151,7 @@ def _measure(spec: dict) -> dict:
         "peak_bytes": cold_peak, "peak_method": "first step in a fresh process: " + cold_method,
         "peak_all_bytes": all_peak, "flops_fwd": flops_fwd,
         "memory_before_bytes": cold_base,
+        "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_"),
     }
     if spec.get("profile_dir"):
         result["profile"] = _profile(step, spec, label)  # after the timed steps: does not affect them
@@ -164,7 +178,8 @@ def _worker(argv: list[str]) -> int:
 
 def run_worker(spec: dict, timeout_s: float, workdir: Path) -> dict:
     """``measure_in_process(spec)`` in a fresh Python process; failures become ``{"ok": False, ...}``."""
-    result = run_fresh("attnbench.harness.compare.probe", spec, timeout_s, workdir, threads=int(spec["threads"]))
+    result = run_fresh("attnbench.harness.compare.probe", spec, timeout_s, workdir, threads=int(spec["threads"]),
+                       extra_env=LIVE_MEMORY_ENV if spec.get("live_memory") else None)
     failure = result.pop("failure", None)
     if failure:
         result.update(ok=False, oom=failure == "oom")

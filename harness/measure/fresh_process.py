@@ -40,7 +40,7 @@ def _rss(proc: psutil.Process) -> int:
 
 
 def run_fresh(module: str, spec: dict, timeout_s: float, workdir: Path, threads: int = 1,
-              memory_cap_bytes: int | None = None) -> dict:
+              memory_cap_bytes: int | None = None, extra_env: dict | None = None) -> dict:
     workdir.mkdir(parents=True, exist_ok=True)
     out = workdir / f"case-{os.getpid()}-{time.monotonic_ns()}.json"
     cmd = [sys.executable, "-m", module, json.dumps(spec), str(out)]
@@ -48,7 +48,7 @@ def run_fresh(module: str, spec: dict, timeout_s: float, workdir: Path, threads:
     failure, error, peak_rss = None, "", 0
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(cmd, env=worker_env(threads), stdout=log, stderr=subprocess.STDOUT, text=True)
+        proc = subprocess.Popen(cmd, env={**worker_env(threads), **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, text=True)
         ps = psutil.Process(proc.pid)
         while proc.poll() is None:
             elapsed = time.perf_counter() - t0
