@@ -48,7 +48,8 @@ def run_fresh(module: str, spec: dict, timeout_s: float, workdir: Path, threads:
     failure, error, peak_rss = None, "", 0
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as log:
-        proc = subprocess.Popen(cmd, env={**worker_env(threads), **(extra_env or {})}, stdout=log, stderr=subprocess.STDOUT, text=True)
+        env = {**worker_env(threads), **(extra_env or {})}
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
         ps = psutil.Process(proc.pid)
         while proc.poll() is None:
             elapsed = time.perf_counter() - t0
