@@ -2,8 +2,9 @@
 
 Each case runs in a fresh process (attnbench.harness.compare.probe) with glibc's mmap threshold
 fixed (a live-memory run, repeatable): the peak resident memory of the first fwd+bwd step above the
-memory before it, after one small priming step has paid torch's one-time set-up. Variants that declare ``linear_memory`` must stay near 2; full attention
-forced onto SDPA's math kernel (which materialises the N x N scores) is the contrast near 4.
+memory before it, after one small priming step has paid torch's one-time set-up. Variants that
+declare ``linear_memory`` must stay near 2; full attention forced onto SDPA's math kernel (which
+materialises the N x N scores) is the contrast near 4.
 """
 from __future__ import annotations
 
