@@ -285,3 +285,38 @@ def test_elu_feature_map_gradient_matches_finite_differences():
     (g1,) = torch.autograd.grad(elu_feature_map(x).sum(), x)
     (g2,) = torch.autograd.grad(y.sum(), x)
     torch.testing.assert_close(g1, g2, rtol=0, atol=1e-15)
+
+
+@pytest.mark.parametrize("is_query,padded", [(True, False), (False, False), (False, True)])
+def test_favor_features_gradient_equals_autograd_of_the_formula(is_query, padded):
+    """The FAVOR+ features' hand-written backward pass (queries; keys, with padded keys zeroed and left
+    out of the stabiliser) against autograd through the formula written out, stabiliser detached as
+    in the layer (finite differences would see the stabiliser move), in float64."""
+    from attnbench.variants.linear import favor_features
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 2, 7, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    proj = orthogonal_gaussian_projection(6, 4, g)
+    mask = torch.ones(2, 7, dtype=torch.bool)
+    if padded:
+        mask[0, 5:] = False
+        mask[1, 1] = False
+    upstream = torch.randn(2, 2, 7, 6, generator=g, dtype=torch.float64)
+    ours = favor_features(x, proj, is_query, mask if padded else None)
+    (d_ours,) = torch.autograd.grad((ours * upstream).sum(), x)
+
+    xs = x * 4 ** -0.25
+    logits = xs @ proj.T - 0.5 * (xs * xs).sum(-1, keepdim=True)
+    keep = mask[:, None, :, None]
+    if is_query:
+        stab = logits.amax(-1, keepdim=True)
+    else:
+        stab = logits.masked_fill(~keep, float("-inf")).amax(dim=(-2, -1), keepdim=True)
+    want = (torch.exp(logits - stab.detach()) + FAVOR_EPS) / math.sqrt(6)
+    if not is_query:
+        want = want.masked_fill(~keep, 0.0)
+    (d_want,) = torch.autograd.grad((want * upstream).sum(), x)
+    torch.testing.assert_close(ours, want, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(d_ours, d_want, rtol=1e-10, atol=1e-12)
+    if padded:
+        assert torch.count_nonzero(d_ours[0, :, 5:]) == 0  # padded keys get no gradient

@@ -142,27 +142,50 @@ def orthogonal_gaussian_projection(n_features: int, dim: int,
     return w * norms[:, None]
 
 
+class _FavorFeatures(torch.autograd.Function):
+    """phi = (exp(x W^T - |x|^2/2 - s) + eps) m^-1/2, computed in one (B, H, N, m) buffer in place.
+
+    The backward pass needs only x and the output, which the contraction after it keeps anyway:
+    with e = exp(...), d phi / d logits = e m^-1/2 = phi - eps m^-1/2, so d logits = g (phi - eps
+    m^-1/2) and dx = d logits W - x sum_m d logits (s is a detached stabiliser). Autograd through
+    the same expression keeps e as well, and its temporaries raise the peak by a few N x m more."""
+
+    @staticmethod
+    def forward(ctx, x, projection, is_query: bool, keep, eps: float):
+        m = projection.shape[0]
+        logits = (x @ projection.transpose(0, 1)).sub_(0.5 * (x * x).sum(-1, keepdim=True))
+        if is_query:  # a stabiliser per row
+            stab = logits.amax(dim=-1, keepdim=True)
+        else:  # keys: one per (batch element, head), over the real keys only
+            if keep is not None:  # exp gives exact zeros at padded keys; they cannot set the max
+                logits.masked_fill_(~keep, float("-inf"))
+            stab = logits.amax(dim=(-2, -1), keepdim=True)
+            stab = torch.where(torch.isfinite(stab), stab, torch.zeros_like(stab))  # no real key at all
+        feats = logits.sub_(stab).exp_().add_(eps).mul_(m ** -0.5)
+        if keep is not None:
+            feats.masked_fill_(~keep, 0.0)
+        ctx.save_for_backward(x, projection, feats, keep)
+        ctx.shift = eps * m ** -0.5
+        return feats
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, projection, feats, keep = ctx.saved_tensors
+        d_logits = grad * (feats - ctx.shift)
+        if keep is not None:
+            d_logits.masked_fill_(~keep, 0.0)  # padded keys' features are constant zeros
+        dx = (d_logits @ projection).sub_(x * d_logits.sum(-1, keepdim=True))
+        return dx, None, None, None, None
+
+
 def favor_features(x: torch.Tensor, projection: torch.Tensor, is_query: bool,
                    key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
     """FAVOR+ positive random features of (B, H, N, d) queries or keys -> (B, H, N, m).
 
     Keys at padded positions get zero features; the key stabiliser is the max over real keys.
     """
-    d, m = x.shape[-1], projection.shape[0]
-    x = x * d ** -0.25
-    logits = torch.einsum("bhnd,md->bhnm", x, projection) - 0.5 * (x * x).sum(-1, keepdim=True)
-    if is_query:
-        stab = logits.amax(dim=-1, keepdim=True)
-    else:
-        if key_padding_mask is not None:
-            # -inf at padded keys: exp gives exact zeros there and they cannot set the max
-            logits = logits.masked_fill(~key_padding_mask[:, None, :, None], float("-inf"))
-        stab = logits.amax(dim=(-2, -1), keepdim=True)
-        stab = torch.where(torch.isfinite(stab), stab, torch.zeros_like(stab))  # no real key at all
-    feats = (torch.exp(logits - stab.detach()) + FAVOR_EPS) * m ** -0.5
-    if not is_query and key_padding_mask is not None:
-        feats = feats.masked_fill(~key_padding_mask[:, None, :, None], 0.0)
-    return feats
+    keep = None if is_query or key_padding_mask is None else key_padding_mask[:, None, :, None]
+    return _FavorFeatures.apply(x * x.shape[-1] ** -0.25, projection, is_query, keep, FAVOR_EPS)
 
 
 @VARIANTS.register("linear", LinearConfig)

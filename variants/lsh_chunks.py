@@ -159,6 +159,7 @@ class _ChunkAttention(torch.autograd.Function):
         lse = torch.cat(lses) if len(lses) > 1 else lses[0]  # (M, C, c)
         # back to the original order, (B, N, H, R): the rounds adjacent, combined by their lse
         o_r = o.reshape(-1, d).index_select(0, lay.q_undo).view(lay.b, lay.n, lay.h, lay.r, d)
+        del o, outs  # temporaries are freed as soon as they are used: each is M x N x d
         lse_r = lse.reshape(-1).index_select(0, lay.q_undo).view(lay.b, lay.n, lay.h, lay.r)
         weights = torch.softmax(lse_r, dim=-1)
         out = (weights.unsqueeze(-1) * o_r).sum(dim=3)  # (B, N, H, d)
@@ -173,20 +174,18 @@ class _ChunkAttention(torch.autograd.Function):
         d = qc.shape[-1]
         # each round's output gradient w_r dOut, and the combined output, in sorted order
         g = (weights.unsqueeze(-1) * dout.unsqueeze(3)).reshape(-1, d)  # (B*N*H*R, d)
-        g_s = g.index_select(0, lay.q_rounds).view(lay.m, lay.q_len, d)
-        g_s[:, lay.n:] = 0  # empty slots: their outputs were dropped
+        g_s = g.index_select(0, lay.q_rounds).view(qc.shape)
+        del g
+        g_s.view(lay.m, lay.q_len, d)[:, lay.n:] = 0  # empty slots: their outputs were dropped
         o_s = out.reshape(-1, d).index_select(0, lay.q_rows).view(qc.shape)
         kw, vw = lay.windows(k), lay.windows(v)
-        dq, dk, dv = [], [], []
-        for sl, mask in ctx.masks:
-            gq, gk, gv = FLASH_BACKWARD(g_s.view(qc.shape)[sl], qc[sl], kw[sl], vw[sl], o_s[sl], lse[sl],
-                                         0.0, False, attn_mask=mask)
-            dq.append(gq)
-            dk.append(gk)
-            dv.append(gv)
-        dq = torch.cat(dq) if len(dq) > 1 else dq[0]
-        dk = fold_windows(torch.cat(dk) if len(dk) > 1 else dk[0], lay.c)
-        dv = fold_windows(torch.cat(dv) if len(dv) > 1 else dv[0], lay.c)
+        grads = [FLASH_BACKWARD(g_s[sl], qc[sl], kw[sl], vw[sl], o_s[sl], lse[sl], 0.0, False, attn_mask=mask)
+                 for sl, mask in ctx.masks]
+        del g_s, o_s
+        dq, dk, dv = (torch.cat(g) if len(g) > 1 else g[0] for g in zip(*grads, strict=True))
+        del grads
+        dk = fold_windows(dk, lay.c)  # each window's gradient freed before the next is folded
+        dv = fold_windows(dv, lay.c)
         return dq.reshape(lay.m, lay.q_len, d), dk, dv, None, None
 
 
