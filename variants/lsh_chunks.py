@@ -22,8 +22,6 @@ apply (``flash_cpu.usable``: CUDA, attention dropout) ``LSHAttention`` uses the 
 """
 from __future__ import annotations
 
-import functools
-
 import torch
 
 from attnbench.variants.flash_cpu import FLASH, FLASH_BACKWARD, MASK_VALUE, fold_windows, windows
@@ -33,17 +31,11 @@ from attnbench.variants.flash_cpu import FLASH, FLASH_BACKWARD, MASK_VALUE, fold
 SELF_OFFSET = -1e5
 
 
-@functools.lru_cache(maxsize=32)
 def chunk_mask(n_valid: int, n_chunks: int, c: int, before: int, after: int, dtype: torch.dtype) -> torch.Tensor:
     """(1, C, c, W*c) additive mask: query i of chunk j against window column w, which holds
     sorted slot (j - before) * c + w. The query's own slot gets SELF_OFFSET; slots outside
     [0, n_valid) (filler chunks, the sorted length's empty slots, padded keys sorted last) get
-    MASK_VALUE."""
-    with torch.inference_mode(False):  # cached: a plain tensor even when first built under inference mode
-        return _build_chunk_mask(n_valid, n_chunks, c, before, after, dtype)
-
-
-def _build_chunk_mask(n_valid, n_chunks, c, before, after, dtype) -> torch.Tensor:
+    MASK_VALUE. Built per call (a few ms at 16K tokens, against hundreds for the attention)."""
     width = (before + 1 + after) * c
     j = torch.arange(n_chunks)[:, None, None]
     col = torch.arange(width)[None, None, :]
@@ -121,12 +113,10 @@ class _SortRows(torch.autograd.Function):
         return per_round.sum(dim=3), None, None, None
 
 
-@functools.lru_cache(maxsize=32)
 def _chunk_slots(n_chunks: int, c: int, before: int, after: int) -> torch.Tensor:
     """(1, C, 1, W*c): the sorted slot held by each window column of each chunk."""
-    with torch.inference_mode(False):
-        col = torch.arange((before + 1 + after) * c)
-        return ((torch.arange(n_chunks)[:, None] - before) * c + col)[None, :, None, :]
+    col = torch.arange((before + 1 + after) * c)
+    return ((torch.arange(n_chunks)[:, None] - before) * c + col)[None, :, None, :]
 
 
 def _masks(lay: Layout, n_valid: torch.Tensor | None, dtype) -> list[tuple[slice, torch.Tensor]]:
