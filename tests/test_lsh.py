@@ -5,9 +5,9 @@ to self), so the oracle is *full shared-QK attention* with the same key normalis
 self-mask rule and padding mask, computed densely here. With one chunk per round the layer must
 equal it; with several chunks the error against it must fall as hash rounds are added.
 
-Memory (for ``linear_memory = True``): peak RSS delta of one forward+backward in a fresh process,
-B=1, H=4, head dim 64, default config (chunk 64, 2 hashes, 32 buckets), fp32 on the 2-core CPU
-box: 105-117 MB at N=2048, 221-244 MB at N=4096 (ratio 2.1-2.3), 345-400 MB at N=8192.
+Memory (for ``linear_memory = True``): peak resident memory of one forward+backward in a fresh
+live-memory process (tests/test_memory_scaling.py), B=1, H=4, head dim 64, default config (chunk 64,
+2 hashes, 32 buckets), fp32, CPU flash path: 88 MiB at N=2048, 142 MiB at N=4096, 249 MiB at N=8192.
 """
 from __future__ import annotations
 
