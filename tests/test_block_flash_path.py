@@ -1,21 +1,26 @@
 """Block attention's CPU flash path (variants/block_flash.py) against the gather path.
 
-Window, local and sparse attention run through the CPU flash kernel where they can
-(``flash_cpu.usable``): the band of neighbour blocks as overlapping key windows, sparse's
-strided and random blocks as a table of their own, the global keys beside. Otherwise (CUDA,
-attention dropout) the key blocks are gathered into SDPA. Whole layers (fused projections, so
-the kernel reads strided views) must agree between the two, forward and backward, with global
-tokens, padding holes and tails, a fully padded element, and sequences that are not a multiple
-of the block. tests/test_window.py, tests/test_local.py and tests/test_sparse.py hold both
-against dense references.
+Window, local and sparse attention run through the CPU flash kernel where it applies and pays
+(``block_flash.worthwhile``: the kernel applies, N >= ``MIN_TOKENS``; lowered to 0 here): the band
+of neighbour blocks as overlapping key windows, sparse's strided and random blocks as a table of
+their own, the global keys beside. Otherwise (CUDA, attention dropout) the key blocks are gathered
+into SDPA. Whole layers (fused projections, so the kernel reads strided views) must agree between
+the two, forward and backward, with global tokens, padding holes and tails, a fully padded element,
+and sequences that are not a multiple of the block. tests/test_window.py, tests/test_local.py and
+tests/test_sparse.py hold both against dense references.
 """
 from __future__ import annotations
 
 import pytest
 import torch
 
-from attnbench.variants import build_attention, flash_cpu
+from attnbench.variants import block_flash, build_attention, flash_cpu
 from attnbench.variants.blocks import block_sparse_attention
+
+
+@pytest.fixture(autouse=True)
+def short_sequences_take_the_flash_path(monkeypatch):
+    monkeypatch.setattr(block_flash, "MIN_TOKENS", 0)
 
 CASES = [  # (variant, params, n)
     ("window", {"window": 3, "block_size": 4, "global_tokens": (0, -1)}, 21),
@@ -66,9 +71,7 @@ def test_flash_path_equals_gather_path(case, padded, monkeypatch):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-11)
 
 
-def test_flash_path_is_taken_on_cpu_without_dropout(monkeypatch):
-    from attnbench.variants import block_flash
-
+def test_flash_path_is_taken_on_cpu_without_dropout_from_min_tokens(monkeypatch):
     calls = []
     original = block_flash.block_attention
     monkeypatch.setattr(block_flash, "block_attention", lambda *a, **k: calls.append(1) or original(*a, **k))
@@ -78,3 +81,6 @@ def test_flash_path_is_taken_on_cpu_without_dropout(monkeypatch):
     block_sparse_attention(q, k, v, block=4, key_mask=mask, reach=1, dropout=0.1, training=False)
     block_sparse_attention(q, k, v, block=4, key_mask=mask, reach=1, dropout=0.1, training=True)
     assert len(calls) == 2  # dropout in training mode takes the gather path
+    monkeypatch.setattr(block_flash, "MIN_TOKENS", 17)
+    block_sparse_attention(q, k, v, block=4, key_mask=mask, reach=1)
+    assert len(calls) == 2  # shorter than MIN_TOKENS: the gather path

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.functional import scaled_dot_product_attention
 
-from attnbench.variants import block_flash, flash_cpu
+from attnbench.variants import block_flash
 
 
 def pad_to_multiple(x: torch.Tensor, dim: int, multiple: int, value=0) -> torch.Tensor:
@@ -113,9 +113,10 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     Each query block with its gathered keys (and the global keys) is one batch entry of a
     fused ``scaled_dot_product_attention`` call: (B*N/b, H, b, D) queries against
     (B*N/b, H, K*b + G, D) keys, so scores are never materialised for the backward pass.
-    With ``reach`` on the CPU the neighbour blocks are not even copied (``flash_blocks``).
+    With ``reach`` on the CPU and long sequences the neighbour blocks are not even copied
+    (``flash_blocks``, ``block_flash.worthwhile``).
     """
-    if reach is not None and flash_cpu.usable(q, dropout if training else 0.0):
+    if reach is not None and block_flash.worthwhile(q, dropout if training else 0.0):
         return flash_blocks(q, k, v, block=block, key_mask=key_mask, reach=reach, token_allowed=token_allowed,
                             global_idx=global_idx, global_valid=global_valid)
     bsz, heads, n, d = q.shape
@@ -169,7 +170,7 @@ def flash_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block: in
                  extra_valid: torch.Tensor | None = None, global_idx: torch.Tensor | None = None,
                  global_valid: torch.Tensor | None = None) -> torch.Tensor:
     """``block_sparse_attention`` through the CPU flash kernel (variants/block_flash.py; check
-    ``flash_cpu.usable`` first): the band of ``reach`` neighbour blocks (narrowed by
+    ``block_flash.worthwhile`` first): the band of ``reach`` neighbour blocks (narrowed by
     ``token_allowed``), other key blocks per query block (``extra_blocks``/``extra_valid``,
     (B, N/b, K), none within ``reach``), the global keys, and the global queries' dense rows."""
     bsz, _, n, _ = q.shape

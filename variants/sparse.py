@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import torch
 
 from attnbench.harness.core.registry import param
-from attnbench.variants import flash_cpu
+from attnbench.variants import block_flash
 from attnbench.variants.base import VARIANTS, Attention
 from attnbench.variants.blocks import (
     block_sparse_attention,
@@ -172,7 +172,7 @@ class SparseAttention(BlockKernelChoice, Attention):
         if kernel == "flex":
             out = flex_block_sparse_attention(q, k, v, block=block, key_mask=mask, block_pairs=chosen,
                                               global_idx=g_idx, global_valid=g_ok)
-        elif flash_cpu.usable(q, self.dropout if self.training else 0.0):
+        elif block_flash.worthwhile(q, self.dropout if self.training else 0.0):
             out = self.flash_attend(q, k, v, mask, block, chosen, g_idx, g_ok)
         else:
             key_blocks, valid = self.block_table(chosen)
