@@ -9,6 +9,10 @@ from snakemake.utils import min_version
 
 min_version("9.0")
 
+# `snakemake --report report.zip` (after a run): Snakemake's interactive report, with the outputs the rules
+# mark with report(...) (attnbench's report and figures, the tables, every run record) and their provenance
+report: "rules/captions/workflow.rst"
+
 
 if not workflow.overwrite_configfiles:
     configfile: str(Path(workflow.basedir) / "config" / "config.yaml")

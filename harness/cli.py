@@ -202,9 +202,19 @@ def cmd_aggregate_bench(args) -> int:
 def cmd_report(args) -> int:
     from attnbench.harness.report.render import render_report
 
-    summary = None if args.bench_only else Path(args.summary)
-    index = render_report(summary, Path(args.out), Path(args.bench) if args.bench else None,
-                          lra_average=args.lra_average)
+    summaries = [] if args.bench_only else [Path(p) for p in args.summary or []]
+    benches = [Path(p) for p in args.bench or []]
+    for folder in map(Path, args.results or []):
+        if not folder.is_dir():
+            raise FileNotFoundError(f"--results {folder}: no such folder")
+        found = [folder / name for name in ("summary.csv", "bench.csv") if (folder / name).exists()]
+        if not found:
+            raise FileNotFoundError(f"--results {folder}: holds neither summary.csv nor bench.csv")
+        summaries += [p for p in found if p.name == "summary.csv" and not args.bench_only]
+        benches += [p for p in found if p.name == "bench.csv"]
+    if not summaries and not benches and not args.bench_only:
+        summaries = [paths.SUMMARY_CSV]
+    index = render_report(summaries or None, Path(args.out), benches or None, lra_average=args.lra_average)
     print(f"report: {index.resolve()}")
     return 0
 
@@ -290,9 +300,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=str(paths.BENCH_CSV), help="CSV to write (a .parquet is written beside it)")
     sp.set_defaults(func=cmd_aggregate_bench)
 
-    sp = sub.add_parser("report", help="render reports/index.html and reports/summary.md")
-    sp.add_argument("--summary", default=str(paths.SUMMARY_CSV))
-    sp.add_argument("--bench", help="the efficiency sweep's table (results/bench.csv) to add")
+    sp = sub.add_parser("report", help="render reports/index.html and reports/summary.md",
+                        description="Render one report from one or several results (several machines: the "
+                                    "machine becomes a dimension; throughput and memory are never pooled across "
+                                    "machines, accuracy only across identical configs).")
+    sp.add_argument("--summary", nargs="+", help=f"runs' tables (default: {paths.SUMMARY_CSV} when neither "
+                    "--results nor --bench is given)")
+    sp.add_argument("--bench", nargs="+", help="efficiency sweeps' tables (results/bench.csv) to add")
+    sp.add_argument("--results", nargs="+", metavar="DIR",
+                    help="results folders, each giving its summary.csv and bench.csv where present")
     sp.add_argument("--bench-only", action="store_true", help="a report of the efficiency sweep alone")
     sp.add_argument("--lra-average", type=int, choices=(5, 6), default=5,
                     help="LRA average over 5 tasks (LRA's own) or 6 with a Path-X FAIL as 50 (S4 and later)")

@@ -29,7 +29,8 @@ rule bench_aggregate:
     input:
         get_bench_files,
     output:
-        csv="results/bench.csv",
+        csv=report("results/bench.csv", caption="captions/bench_table.rst", category="Tables",
+                   labels={"table": "efficiency sweep (results/bench.csv)"}),
         parquet="results/bench.parquet",
     resources:
         **rule_resources("report"),

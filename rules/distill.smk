@@ -13,7 +13,9 @@ rule distill:
         data=get_dataset,
         teacher=lambda wc: str(RunKey(wc.task, TEACHER, int(wc.seed)).record),
     output:
-        "results/runs/{task}/distilled-{variant}/seed{seed}/record.json",
+        report("results/runs/{task}/distilled-{variant}/seed{seed}/record.json", caption="captions/record.rst",
+               category="Runs: {task}", subcategory="distilled[{variant}]",
+               labels={"task": "{task}", "variant": "distilled[{variant}]", "seed": "{seed}"}),
     params:
         run=run_json("distill"),
         outdir=output_dir,

@@ -5,7 +5,8 @@ rule aggregate:
     input:
         get_records,
     output:
-        csv="results/summary.csv",
+        csv=report("results/summary.csv", caption="captions/summary_table.rst", category="Tables",
+                   labels={"table": "runs (results/summary.csv)"}),
         parquet="results/summary.parquet",
     resources:
         **rule_resources("report"),
@@ -22,8 +23,11 @@ rule report:
         unpack(get_report_bench),
         summary="results/summary.csv",
     output:
-        html="reports/index.html",
+        html=report("reports/index.html", caption="captions/report.rst", category="Report",
+                    labels={"report": "attnbench report (reports/index.html)"}),
         md="reports/summary.md",
+        figures=report(directory("reports/figures"), patterns=["{figure}.png"], caption="captions/figure.rst",
+                       category="Figures"),
     params:
         bench=bench_option,
         lra_average=config["report"]["lra_average"],

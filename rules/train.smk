@@ -7,7 +7,9 @@ rule train:
     input:
         data=get_dataset,
     output:
-        "results/runs/{task}/{variant}/seed{seed}/record.json",
+        report("results/runs/{task}/{variant}/seed{seed}/record.json", caption="captions/record.rst",
+               category="Runs: {task}", subcategory="{variant}",
+               labels={"task": "{task}", "variant": "{variant}", "seed": "{seed}"}),
     params:
         run=run_json("labels"),
         outdir=output_dir,

@@ -276,8 +276,11 @@ def test_render_report_runs_and_bench(tmp_path, bench, tiny_listops_data):
     assert md.startswith("# attnbench report") and "<title>attnbench report</title>" in page
     headings = [line for line in md.splitlines() if line.startswith("## ")]
     cost = headings.index("## Training cost (median over seeds)")
-    assert headings[cost + 1] == "## Efficiency sweep" and headings[cost + 2] == "## Runs"
-    assert page.index("<h2>Training cost") < page.index("<h2>Efficiency sweep") < page.index("<h2>Runs")
+    # then the sweep; the published LRA numbers (this ListOps is not LRA's) only after it, apart from the runs' rows
+    assert headings[cost + 1:] == ["## Efficiency sweep", "## Published reference: LRA Table 1", "## Runs",
+                                   "## About this run"]
+    assert headings[:2] == ["## Summary", "## Test accuracy (%)"]
+    assert page.index("<h2 id='training-cost") < page.index("<h2 id='efficiency-sweep'") < page.index("<h2 id='runs'")
     assert {p.name for p in (out / "figures").iterdir()} >= {
         "accuracy_vs_throughput.png", "bench_time.png", "bench_memory.png"}
 

@@ -17,7 +17,7 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from attnbench.harness.core.registry import dataclass_schema
-from attnbench.variants import blocks, build_attention, flash_cpu
+from attnbench.variants import block_dense, blocks, build_attention, flash_cpu
 from attnbench.variants.flex_blocks import choose_kernel, flex_importable
 from attnbench.variants.sparse import SparseConfig
 from attnbench.variants.window import WindowConfig
@@ -158,6 +158,7 @@ def test_gather_zeroes_rows_without_keys_even_when_sdpa_gives_nan(name, params, 
     # the gather path into SDPA (on the CPU the band otherwise takes the flash path, which
     # tests/test_band_flash_path.py holds equal to this one, empty rows included)
     monkeypatch.setattr(flash_cpu, "usable", lambda *a: False)
+    monkeypatch.setattr(block_dense, "MAX_TOKENS", 0)  # nor, at this length, the dense path
     attention = layer(name, params, "gather")
     q, k, v = qkv(n)
     clean = attention.attend(q, k, v, mask)

@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pandas as pd
@@ -118,6 +119,7 @@ def test_pipeline_writes_records_summary_and_report(pipeline):
             assert f"{mean:.1f} ± " in row, (variant, row)
         assert row.count("(n=2)") == 2
     assert (work / "reports" / "figures" / "accuracy_vs_throughput.png").stat().st_size > 1000
+
     assert "## Environment" in md and "2.13.0" in md
     assert "Efficiency sweep" in md and "Efficiency sweep" in html
     # the distillation section: accuracy kept and speed gained per task, versus the teacher
@@ -270,3 +272,23 @@ def test_optional_task_without_its_data_is_left_out(tmp_path):
     (tmp_path / "absent.csv").write_text(_rows)
     result = snakemake(tmp_path, "-n", timeout=120)
     assert "textcls" in {w["task"] for w in planned_wildcards(result, "train")}
+
+
+@pytest.mark.slow
+def test_snakemakes_own_report_holds_our_outputs_with_their_provenance(pipeline):
+    """`snakemake --report report.zip` after a run: Snakemake's interactive report, whose results are
+    the outputs the rules mark with report(...), grouped in categories, each with its caption."""
+    result = snakemake(pipeline, "--report", "report.zip", timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    with zipfile.ZipFile(pipeline / "report.zip") as archive:
+        names = archive.namelist()
+        entry = next(n for n in names if n.endswith("/report.html"))
+        page = archive.read(entry).decode("utf-8", "replace")
+    for marked in ("index.html", "frontier.png", "accuracy_vs_throughput.png", "summary.csv", "bench.csv"):
+        assert any(n.endswith("/" + marked) for n in names), (marked, names[:40])
+    assert sum(n.endswith("/record.json") for n in names) == 8  # every run record
+    for category in ("Report", "Figures", "Tables", "Runs: listops", "Runs: image"):
+        assert category in page, category
+    # captions (rst, rendered) and provenance: the rule that made each result
+    assert "Pareto frontier" in page and "attnbench&#39;s own report" in page.replace("'", "&#39;")
+    assert "aggregate" in page and "bench_aggregate" in page

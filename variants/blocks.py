@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.functional import scaled_dot_product_attention
 
-from attnbench.variants import block_flash
+from attnbench.variants import block_dense, block_flash
 
 
 def pad_to_multiple(x: torch.Tensor, dim: int, multiple: int, value=0) -> torch.Tensor:
@@ -117,7 +117,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     fused ``scaled_dot_product_attention`` call: (B*N/b, H, b, D) queries against
     (B*N/b, H, K*b + G, D) keys, so scores are never materialised for the backward pass.
     With ``reach`` on the CPU and long sequences the neighbour blocks are not even copied
-    (``flash_blocks``, ``block_flash.worthwhile``).
+    (``flash_blocks``, ``block_flash.worthwhile``); on short ones the layout is one dense mask
+    (``block_dense``).
     """
     if reach is not None and block_flash.worthwhile(q, dropout if training else 0.0):
         return flash_blocks(q, k, v, block=block, key_mask=key_mask, reach=reach, token_allowed=token_allowed,
@@ -126,6 +127,10 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     nb = n // block
     has_global = global_idx is not None and global_idx.shape[1] > 0
     is_global = global_token_mask(global_idx, global_valid, bsz, n, q.device)
+    if block_dense.worthwhile(q):  # short sequences: the layout as one dense mask (variants/block_dense.py)
+        allowed = block_dense.layout_mask(n, block, key_mask, key_blocks, block_valid, reach, token_allowed,
+                                          is_global)
+        return block_dense.dense_attention(q, k, v, allowed, dropout, training)
     if key_blocks is not None:
         key_blocks = key_blocks.expand(bsz, -1, -1)
         nq, kk = key_blocks.shape[1:]

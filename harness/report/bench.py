@@ -369,6 +369,41 @@ def _scope_modes(df: pd.DataFrame) -> list[tuple[str, str]]:
             if (s, m) in present]
 
 
+def primary_setting(df: pd.DataFrame) -> tuple[str, str, str, int]:
+    """(scope, mode, dtype, batch) the report leads with: a layer's training step (forward+backward)
+    where measured, at the primary dtype and batch."""
+    dtype, batch = _combos(df)[0]
+    pairs = _scope_modes(df[(df["dtype"] == dtype) & (df["batch"] == batch)])
+    scope, mode = ("layer", "forward_backward") if ("layer", "forward_backward") in pairs else pairs[0]
+    return scope, mode, dtype, batch
+
+
+def headline(df: pd.DataFrame) -> tuple[tuple[str, str, str, int], list[dict]]:
+    """The primary setting and, per variant other than full, its speed-up (full time / its time) and
+    memory ratio (its peak / full's) at the longest n where both ran ok, and its measured (else
+    extrapolated) time and memory crossovers with full as text."""
+    setting = primary_setting(df)
+    cases = _cases(df, *setting)
+    impls = impl_order(cases.index.get_level_values("impl"))
+    if BASELINE not in impls:
+        return setting, []
+    rows = []
+    for impl in impls[1:]:
+        both = [n for n in sorted(cases.loc[impl].index) if (BASELINE, n) in cases.index
+                and cases.loc[(impl, n), "status"] == "ok" and cases.loc[(BASELINE, n), "status"] == "ok"]
+        row = {"impl": impl, "n": None, "speedup": None, "memory": None}
+        if both:
+            n = both[-1]
+            case, base = cases.loc[(impl, n)], cases.loc[(BASELINE, n)]
+            row.update(n=int(n), speedup=base["median_s"] / case["median_s"], memory=case["peak_mb"] / base["peak_mb"])
+        for metric, key in (("median_s", "time_crossover"), ("peak_mb", "memory_crossover")):
+            n_cross, text = _measured_crossover(cases, impl, metric)
+            extrapolated = _extrapolated_crossover(cases, impl, metric) if n_cross is None else "–"
+            row[key] = text if n_cross is not None or extrapolated == "–" else extrapolated
+        rows.append(row)
+    return setting, rows
+
+
 def machine_line(df: pd.DataFrame) -> str:
     """'NVIDIA H100 (cuda), 16 threads, torch 2.5.1' per distinct machine of the sweep."""
     machines = df[BENCH_ENV_COLUMNS].drop_duplicates()
@@ -492,8 +527,7 @@ def bench_section(sec: Document, df: pd.DataFrame, bench_csv: Path | str = "resu
              f"cases (blank below {MIN_FIT_POINTS} points): 1 is linear, 2 quadratic.")
     sec.table(rounded_exponents(df))
 
-    pairs = _scope_modes(df[(df["dtype"] == dtype) & (df["batch"] == batch)])
-    scope, mode = ("layer", "forward_backward") if ("layer", "forward_backward") in pairs else pairs[0]
+    scope, mode, dtype, batch = primary_setting(df)
     sec.heading(sub, f"Crossover with full ({scope}, {mode}, {dtype}, batch {batch})")
     sec.note("The smallest measured n from which a variant beats full at that and every larger measured n "
              "(a full OOM counts as beaten); where that is not reached, the crossover of the two fitted "

@@ -11,9 +11,11 @@ from pathlib import Path
 import pandas as pd
 
 from attnbench.harness.core.errors import UserError
-from attnbench.harness.report.bench import bench_environment_table, bench_section
+from attnbench.harness.report.bench import BENCH_ENV_COLUMNS, bench_environment_table, bench_section
+from attnbench.harness.report.differences import differences_section
 from attnbench.harness.report.distillation import distillation_section
-from attnbench.harness.report.lra import lra_section
+from attnbench.harness.report.lra import lra_section, published_reference_section
+from attnbench.harness.report.machines import for_accuracy, for_cost, machines, machines_table, with_machines
 from attnbench.harness.report.runs import (
     accuracy_section,
     cost_section,
@@ -21,6 +23,7 @@ from attnbench.harness.report.runs import (
     figures_section,
     runs_section,
 )
+from attnbench.harness.report.summary import summary_section
 from attnbench.harness.report.writer import Document, read_table
 from attnbench.harness.results.aggregate import set_aside_file
 
@@ -38,46 +41,109 @@ def _status_line(df: pd.DataFrame, what: str) -> str:
     return f"{len(df)} {what}: " + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
 
 
-def render_report(summary_csv: Path | None, out_dir: Path, bench_csv: Path | None = None,
+def _paths(value) -> list[Path]:
+    if value is None:
+        return []
+    return [Path(p) for p in ([value] if isinstance(value, (str, Path)) else value)]
+
+
+def _read_all(paths: list[Path]) -> pd.DataFrame:
+    frames = [t for t in (read_table(p) for p in paths) if not t.empty]
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def render_report(summary_csv: Path | list[Path] | None, out_dir: Path, bench_csv: Path | list[Path] | None = None,
                   lra_average: int = 5) -> Path:
     """Render ``out_dir/index.html`` and ``out_dir/summary.md`` (figures in ``out_dir/figures``)
-    from the training runs' ``summary_csv`` and/or the efficiency sweep's ``bench_csv``.
+    from the training runs' ``summary_csv`` and/or the efficiency sweep's ``bench_csv``, each one
+    path or several (results from several machines: the machine becomes a dimension, see
+    ``attnbench.harness.report.machines``).
 
-    With both, the sweep's section follows the training cost; with only the sweep, the report
-    holds the sweep alone. ``lra_average`` is the LRA Table 1 comparison's averaging convention
-    (5 or 6 tasks, ``attnbench.harness.report.lra_published``). Raises ValueError when neither
-    holds any rows."""
-    df, bench = read_table(summary_csv), read_table(bench_csv)
+    The report opens with a Summary computed from the data and a table of contents, then goes
+    from the accuracies and their confidence intervals to the costs, the sweep and the single runs,
+    and ends with the machines and code the numbers come from. With only the sweep, the report
+    holds the sweep alone. ``lra_average`` is the LRA average's convention (5 or 6 tasks,
+    ``attnbench.harness.report.lra_published``). Raises NothingToReport when nothing holds a row."""
+    summaries, benches = _paths(summary_csv), _paths(bench_csv)
+    df, bench = _read_all(summaries), _read_all(benches)
+    sources = ", ".join(f"`{p}`" for p in [*summaries, *benches])
     if df.empty and bench.empty:
-        why = [f"{summary_csv} holds no runs" if summary_csv is not None else "no summary_csv given",
-               f"{bench_csv} holds no efficiency cases" if bench_csv is not None else "no bench_csv given"]
+        why = [f"{', '.join(map(str, summaries))} hold(s) no runs" if summaries else "no summary_csv given",
+               f"{', '.join(map(str, benches))} hold(s) no efficiency cases" if benches else "no bench_csv given"]
         raise NothingToReport(f"{'; '.join(why)}: nothing to report")
     doc = Document(out_dir)
     if df.empty:
         title = "attnbench efficiency report"
         doc.heading(1, title)
-        doc.note(f"Generated {_stamp()} from `{bench_csv}`. {_status_line(bench, 'cases')}.")
-        bench_section(doc, bench, bench_csv)
+        doc.note(f"Generated {_stamp()} from {sources}. {_status_line(bench, 'cases')}.")
+        summary_section(doc, df, df, bench)
+        doc.toc()
+        _bench_sections(doc, bench, benches)
         _environment(doc, bench_environment_table(bench), "library")
         return doc.write(title)
+    df = with_machines(df)
+    acc, cost = for_accuracy(df), for_cost(df)
     title = "attnbench report"
     doc.heading(1, title)
-    doc.note(f"Generated {_stamp()} from `{summary_csv}`. {_status_line(df, 'runs')}.")
+    doc.note(f"Generated {_stamp()} from {sources}. {_status_line(df, 'runs')}"
+             + (f" on {len(machines(df))} machines." if len(machines(df)) > 1 else "."))
     not_ok = {k: v for k, v in df["status"].value_counts().to_dict().items() if k != "ok"}
     if not_ok:
         doc.note(f"Runs that did not finish ok: {json.dumps(not_ok)} (see Runs).", alert=True, html_only=True)
-    if summary_csv is not None:
-        _set_aside_note(doc, set_aside_file(summary_csv))
-    accuracy_section(doc, df)
-    lra_section(doc, df, lra_average)
-    figures_section(doc, df)
-    cost_section(doc, df)
+    for path in summaries:
+        _set_aside_note(doc, set_aside_file(path))
+    summary_section(doc, acc, cost, _single_machine_bench(bench))
+    doc.toc()
+    accuracy_section(doc, acc)
+    differences_section(doc, acc)
+    lra_section(doc, acc, lra_average)
+    figures_section(doc, cost)
+    cost_section(doc, cost)
     if not bench.empty:
-        bench_section(doc, bench, bench_csv)
-    distillation_section(doc, df)
+        _bench_sections(doc, bench, benches)
+    distillation_section(doc, cost)
+    published_reference_section(doc, acc, lra_average)
     runs_section(doc, df)
-    _environment(doc, environment_table(df), "code")
+    _about(doc, df)
     return doc.write(title)
+
+
+def _bench_machines(bench: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
+    """The sweep's cases per machine (one entry, unnamed, when all come from one)."""
+    cols = [c for c in BENCH_ENV_COLUMNS if c in bench]
+    keys = bench[cols].astype(str).agg(" · ".join, axis=1)
+    if keys.nunique() <= 1:
+        return [("", bench)]
+    return [(key, bench[keys == key]) for key in sorted(keys.unique())]
+
+
+def _single_machine_bench(bench: pd.DataFrame) -> pd.DataFrame:
+    """The sweep for the summary: all of it from one machine, else none (never pooled)."""
+    return bench if bench.empty or len(_bench_machines(bench)) == 1 else pd.DataFrame()
+
+
+def _bench_sections(doc: Document, bench: pd.DataFrame, benches: list[Path]) -> None:
+    source = ", ".join(map(str, benches)) or "results/bench.csv"
+    for machine, cases in _bench_machines(bench):
+        if machine:
+            doc.heading(2, f"Efficiency sweep on {machine}")
+        bench_section(doc, cases, source, level=3 if machine else 2)
+
+
+def _about(doc: Document, df: pd.DataFrame) -> None:
+    """The run's metadata in one place: machines, code, configs."""
+    doc.heading(2, "About this run")
+    doc.note("The machines, code and configs these numbers come from. A machine is a device name, device type, "
+             "torch version and commit; with several, throughput and memory are shown per machine and accuracy "
+             "is pooled only across runs whose configs are identical but for the seed (same setup hash).")
+    doc.table(machines_table(df))
+    doc.table(environment_table(df))
+    if "setup_hash" in df:
+        setups = df.groupby(["task", "variant"], sort=True).agg(
+            setup_hash=("setup_hash", lambda h: ", ".join(sorted(set(map(str, h))))),
+            config_hashes=("config_hash", "nunique"), machines=("machine", "nunique")).reset_index()
+        doc.details(f"Setup hashes of {len(setups)} (task, variant) pairs (config without the seed)", setups,
+                    "Setup hashes (config without the seed): `setup_hash` in the runs' table.")
 
 
 def _set_aside_note(doc: Document, listing: Path) -> None:

@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import re
+from contextlib import contextmanager
 from pathlib import Path
 
 import matplotlib
@@ -17,11 +18,24 @@ import pandas as pd
 
 from attnbench.harness.core.io import atomic_write_bytes, atomic_write_text
 
-CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+CSS = """body{font-family:system-ui,sans-serif;max-width:1280px;margin:1em auto;padding:0 1em;color:#222}
+h1{margin:.3em 0} h2{margin-top:1.6em;border-bottom:1px solid #ddd}
 table.t{border-collapse:collapse;margin:.5em 0 1.5em;font-size:.9em}
 table.t th,table.t td{border:1px solid #ccc;padding:.3em .6em;text-align:left}
-table.t th{background:#f3f3f3} img{max-width:100%} figcaption{font-size:.85em;color:#555}
+table.t th{background:#f3f3f3} figure{margin:.5em 0} figcaption{font-size:.85em;color:#555}
+img{max-width:100%;cursor:zoom-in} img.zoom{position:fixed;inset:0;margin:auto;max-width:98vw;max-height:98vh;
+z-index:9;background:#fff;box-shadow:0 0 0 100vmax rgba(0,0,0,.6);cursor:zoom-out}
+nav.toc{background:#f7f7f7;border:1px solid #ddd;padding:.4em 1em;margin:1em 0}
+nav.toc ul{margin:.2em 0;padding-left:1.2em;columns:2} ul.findings li{margin:.25em 0}
+.summary{display:grid;grid-template-columns:minmax(340px,2fr) 3fr;gap:1.2em;align-items:start}
+.summary ul.findings{margin:0;padding-left:1.1em;font-size:.92em}
+@media (max-width:900px){.summary{grid-template-columns:1fr}}
 .note{color:#555;font-size:.9em} .bad{color:#a00}"""
+# click a figure to see it at the window's size, click again (or Escape) to put it back
+SCRIPT = """document.addEventListener('click',e=>{const t=e.target;if(t.tagName==='IMG'){t.classList.toggle('zoom');}});
+document.addEventListener('keydown',e=>{if(e.key==='Escape'){document.querySelectorAll('img.zoom')
+.forEach(i=>i.classList.remove('zoom'));}});"""
+TOC_MARK = "\x00toc\x00"
 
 
 def md_table(df: pd.DataFrame) -> str:
@@ -41,8 +55,14 @@ def html_table(df: pd.DataFrame) -> str:
 
 
 def _inline_html(text: str) -> str:
-    """Escaped text, with Markdown's `code` spans as <code>."""
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+    """Escaped text, with Markdown's `code` spans as <code> and **bold** as <strong>."""
+    out = re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(text))
+    return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
+
+
+def anchor(text: str) -> str:
+    """A heading's id: lower case, runs of other characters as one hyphen."""
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
 
 
 def save_figure(fig, path: Path) -> Path:
@@ -69,12 +89,49 @@ class Document:
 
     def __init__(self, out_dir: Path):
         self.out_dir = Path(out_dir)
+        (self.out_dir / "figures").mkdir(parents=True, exist_ok=True)  # a declared output, even when empty
         self.md: list[str] = []
         self.html: list[str] = []
+        self.sections: list[tuple[int, str, str]] = []  # (level, text, id) of every h2 / h3
 
     def heading(self, level: int, text: str) -> None:
+        ids = {i for _, _, i in self.sections}
+        key, k = anchor(text), 2
+        while key in ids:
+            key, k = f"{anchor(text)}-{k}", k + 1
+        if level in (2, 3):
+            self.sections.append((level, text, key))
         self.md += [f"{'#' * level} {text}", ""]
-        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        self.html.append(f"<h{level} id='{key}'>{html.escape(text)}</h{level}>")
+
+    def toc(self) -> None:
+        """Here, a table of contents of the sections that follow (filled in when written)."""
+        self.md.append(TOC_MARK)
+        self.html.append(TOC_MARK)
+        self._toc_from = len(self.sections)
+
+    def _toc(self, markdown: bool) -> str:
+        entries = self.sections[getattr(self, "_toc_from", 0):]
+        if markdown:
+            return "\n".join(f"{'  ' * (lvl - 2)}- [{text}](#{key})" for lvl, text, key in entries if lvl == 2) + "\n"
+        items = "".join(f"<li><a href='#{key}'>{html.escape(text)}</a></li>" for lvl, text, key in entries if lvl == 2)
+        return f"<nav class='toc' aria-label='Contents'><strong>Contents</strong><ul>{items}</ul></nav>"
+
+    @contextmanager
+    def block(self, css_class: str):
+        """HTML only: what is written inside sits in one ``<div class=css_class>`` (a layout)."""
+        self.html.append(f"<div class='{css_class}'>")
+        try:
+            yield self
+        finally:
+            self.html.append("</div>")
+
+    def bullets(self, lines: list[str]) -> None:
+        """A list of findings (`code` and **bold** allowed)."""
+        if not lines:
+            return
+        self.md += [f"- {line}" for line in lines] + [""]
+        self.html.append("<ul class='findings'>" + "".join(f"<li>{_inline_html(x)}</li>" for x in lines) + "</ul>")
 
     def note(self, text: str, *, alert: bool = False, html_only: bool = False) -> None:
         """A paragraph (`code` spans allowed); ``alert``: shown as a warning; ``html_only``: the
@@ -109,9 +166,13 @@ class Document:
 
     def write(self, title: str) -> Path:
         """Write ``summary.md`` and the self-contained ``index.html``; returns the latter."""
-        atomic_write_text(self.out_dir / "summary.md", "\n".join(self.md))
-        page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                f"<style>{CSS}</style></head><body>{''.join(self.html)}</body></html>\n")
+        md = "\n".join(self.md).replace(TOC_MARK, self._toc(markdown=True))
+        atomic_write_text(self.out_dir / "summary.md", md)
+        body = "".join(self.html).replace(TOC_MARK, self._toc(markdown=False))
+        page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
+                f"<meta name='viewport' content='width=device-width,initial-scale=1'>"
+                f"<title>{html.escape(title)}</title>"
+                f"<style>{CSS}</style></head><body>{body}<script>{SCRIPT}</script></body></html>\n")
         index = self.out_dir / "index.html"
         atomic_write_text(index, page)
         return index

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.core.io import atomic_write_json, write_table
 from attnbench.harness.results.records import find_records
 from attnbench.harness.results.set_aside import readable
+from attnbench.tasks.lra_settings import ran_lra_settings
 from attnbench.variants import VARIANTS
 
 COLUMNS = [
@@ -24,7 +26,7 @@ COLUMNS = [
     # distilled students (empty otherwise): the teacher's numbers and the settings
     "teacher_run_id", "teacher_status", "teacher_test_acc", "teacher_train_tokens_per_s",
     "teacher_eval_tokens_per_s", "teacher_params", "teacher_layers", "distill_temperature", "distill_alpha",
-    "config_hash", "record",
+    "config_hash", "setup_hash", "lra_settings", "record",
 ]
 TEACHER_FIELDS = ["run_id", "status", "test_acc", "train_tokens_per_s", "eval_tokens_per_s", "params", "layers"]
 
@@ -48,6 +50,12 @@ def published_as(record: dict) -> str | None:
         return VARIANTS.get(variant["name"]).cls.published_as(variant["params"])
     except KeyError:  # a record of a variant this checkout no longer registers
         return None
+
+
+def setup_hash(record: dict) -> str:
+    """The hash of the run's config without its seed: runs that share it differ only by seed (and
+    machine), so their accuracies may be pooled."""
+    return config_hash({k: v for k, v in record["config"].items() if k != "seed"})
 
 
 def record_row(record: dict, path: Path) -> dict:
@@ -77,7 +85,10 @@ def record_row(record: dict, path: Path) -> dict:
         "torch": env["torch"], "cuda": env["cuda"], "python": env["python"], "host": env["host"],
         "git_commit": env["git"]["commit"], "git_dirty": env["git"]["dirty"],
         **teacher_columns(record),
-        "config_hash": record["config_hash"], "record": str(path),
+        "config_hash": record["config_hash"], "setup_hash": setup_hash(record),
+        "lra_settings": ran_lra_settings(record["task"], record["config"]["task"].get("data", {}),
+                                         record["data"]["seq_len"]),
+        "record": str(path),
     }
 
 

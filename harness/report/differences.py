@@ -1,0 +1,95 @@
+"""How sure the accuracies are: per task and variant the mean test accuracy with its t-interval
+over seeds, and each variant against full attention paired by seed (the same seed gives both
+sides the same data order), saying when a difference is within noise and how many seeds would
+tell it apart. Pure functions of the runs' table (``results/summary.csv``)."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from attnbench.harness.report.stats import LEVEL, fmt_seeds, paired_difference, seeds_for, t_interval, verdict
+from attnbench.harness.report.writer import Document
+
+REFERENCE = "full"
+TARGET_HALF_WIDTH = 1.0  # accuracy points: the interval the seed suggestion aims at
+
+
+def seed_accuracies(df: pd.DataFrame, task: str, variant: str) -> pd.Series:
+    """Test accuracy (%) of the ok runs of (task, variant), indexed by seed; a seed recorded more
+    than once (the same config on several machines) counts once, as its mean."""
+    sel = df[(df["task"] == task) & (df["variant"] == variant) & (df["status"] == "ok") & df["test_acc"].notna()]
+    return (100 * sel.groupby("seed")["test_acc"].mean()).sort_index()
+
+
+def _pts(x: float) -> str:
+    return "–" if not math.isfinite(x) else f"{x:.1f}"
+
+
+def _signed(x: float) -> str:
+    return "–" if not math.isfinite(x) else f"{x:+.1f}"
+
+
+def interval_table(df: pd.DataFrame, half_width: float = TARGET_HALF_WIDTH) -> pd.DataFrame:
+    """One row per (task, variant) with ok runs: mean, t-interval, n, std and the seeds a ±half_width
+    interval would need at this spread."""
+    rows = []
+    for (task, variant), _ in df.groupby(["task", "variant"], sort=True):
+        iv = t_interval(seed_accuracies(df, task, variant))
+        if iv.n == 0:
+            continue
+        rows.append({"task": task, "variant": variant, "mean (%)": _pts(iv.mean),
+                     f"{int(LEVEL * 100)}% CI": f"{_pts(iv.low)} – {_pts(iv.high)}" if iv.defined else "– (1 seed)",
+                     "seeds": iv.n, "std": _pts(iv.std),
+                     f"seeds for ±{half_width:g} pt": fmt_seeds(seeds_for(iv.std, half_width))})
+    return pd.DataFrame(rows)
+
+
+def paired_rows(df: pd.DataFrame, reference: str = REFERENCE) -> list[dict]:
+    """Each variant against ``reference`` per task (variant - reference, points): the paired
+    interval, the verdict, and the seeds that would resolve a difference this large at this spread."""
+    rows = []
+    for task in sorted(df["task"].unique()):
+        ref = seed_accuracies(df, task, reference)
+        if ref.empty:
+            continue
+        for variant in sorted(set(df[df["task"] == task]["variant"]) - {reference}):
+            diff = paired_difference(seed_accuracies(df, task, variant), ref)
+            if diff.n == 0:
+                continue
+            resolve = (seeds_for(diff.std, abs(diff.mean)) if diff.defined and diff.contains(0.0) and diff.mean
+                       else None)
+            rows.append({"task": task, "variant": variant, "diff": diff, "verdict": verdict(diff),
+                         "seeds_to_resolve": resolve})
+    return rows
+
+
+def paired_table(df: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
+    rows = []
+    for r in paired_rows(df, reference):
+        d = r["diff"]
+        rows.append({"task": r["task"], "variant": r["variant"], f"minus {reference} (points)": _signed(d.mean),
+                     f"{int(LEVEL * 100)}% CI": f"{_signed(d.low)} – {_signed(d.high)}" if d.defined else "–",
+                     "pairs": d.n, "verdict": r["verdict"],
+                     "seeds to resolve": fmt_seeds(r["seeds_to_resolve"]) if r["seeds_to_resolve"] else ""})
+    return pd.DataFrame(rows)
+
+
+def differences_section(doc: Document, df: pd.DataFrame) -> None:
+    """Intervals, then the paired comparison against full attention (when full ran)."""
+    level = int(LEVEL * 100)
+    doc.heading(2, "Accuracy with confidence intervals")
+    doc.note(f"Mean test accuracy over seeds with its two-sided {level}% Student-t interval (exact for few seeds "
+             "if per-seed accuracies are roughly normal; with 2 seeds the t quantile is 12.7, so intervals are "
+             f"wide: that is the honest width). `seeds for ±{TARGET_HALF_WIDTH:g} pt`: the seeds a "
+             f"±{TARGET_HALF_WIDTH:g}-point interval would need at the spread seen here.")
+    doc.table(interval_table(df))
+    paired = paired_table(df)
+    if paired.empty:
+        return
+    doc.heading(2, f"Each variant against {REFERENCE} attention (paired by seed)")
+    doc.note(f"Difference in test accuracy (variant minus {REFERENCE}, points) over the seeds both ran, with the "
+             f"{level}% t-interval of the per-seed differences. `within noise`: the interval holds 0, so this run "
+             "cannot tell the two apart; `higher`/`lower`: it excludes 0. `seeds to resolve`: the seeds that would "
+             "exclude 0 if the difference and its spread stayed as measured.")
+    doc.table(paired)

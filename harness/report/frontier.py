@@ -1,0 +1,100 @@
+"""The accuracy/cost Pareto frontier of a run: per task, each variant as one point (mean test
+accuracy over seeds against median training throughput, and against median peak training
+memory), the points no other variant beats on both axes, and the figure that marks them."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import pandas as pd
+import seaborn as sns
+
+from attnbench.harness.report.writer import save_figure
+
+#: cost axis -> (summary.csv column, label, higher is better)
+AXES = {"throughput": ("train_tokens_per_s", "training throughput (tokens/s)", True),
+        "memory": ("peak_memory_mb", "peak training memory (MiB)", False)}
+
+
+def points(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (task, variant) with ok runs: accuracy (%, mean over seeds), throughput and
+    memory (medians over seeds), seeds."""
+    ok = df[(df["status"] == "ok") & df["test_acc"].notna()]
+    if ok.empty:
+        return pd.DataFrame(columns=["task", "variant", "accuracy", "throughput", "memory", "seeds"])
+    g = ok.groupby(["task", "variant"], sort=True)
+    out = g.agg(accuracy=("test_acc", "mean"), throughput=("train_tokens_per_s", "median"),
+                memory=("peak_memory_mb", "median"), seeds=("seed", "nunique")).reset_index()
+    out["accuracy"] *= 100
+    return out
+
+
+def on_frontier(pts: pd.DataFrame, axis: str) -> pd.Series:
+    """Per row of one task's points: True where no other point is at least as accurate and at
+    least as cheap on ``axis`` while strictly better on one of the two (rows without a cost: False)."""
+    col = axis
+    better = AXES[axis][2]
+    flags = []
+    for i, p in pts.iterrows():
+        if pd.isna(p[col]):
+            flags.append(False)
+            continue
+        others = pts.drop(index=i).dropna(subset=[col])
+        cheap_eq = others[col] >= p[col] if better else others[col] <= p[col]
+        cheap_lt = others[col] > p[col] if better else others[col] < p[col]
+        dominated = ((others["accuracy"] >= p["accuracy"]) & cheap_eq
+                     & ((others["accuracy"] > p["accuracy"]) | cheap_lt)).any()
+        flags.append(not dominated)
+    return pd.Series(flags, index=pts.index, dtype=bool)
+
+
+def frontiers(df: pd.DataFrame) -> dict[str, dict[str, list[str]]]:
+    """task -> axis -> the variants on its frontier, ordered from cheapest to most accurate."""
+    pts = points(df)
+    out: dict[str, dict[str, list[str]]] = {}
+    for task, t in pts.groupby("task", sort=True):
+        out[task] = {}
+        for axis, (_, _, better) in AXES.items():
+            front = t[on_frontier(t, axis)]
+            out[task][axis] = list(front.sort_values(axis, ascending=not better)["variant"])
+    return out
+
+
+def figure_frontier(df: pd.DataFrame, path: Path) -> Path | None:
+    """Rows = cost axes, columns = tasks; frontier points filled with a dark edge and joined by a
+    dashed line, the others hollow; every point labelled with its variant."""
+    pts = points(df)
+    if pts.empty:
+        return None
+    tasks = sorted(pts["task"].unique())
+    variants = sorted(df["variant"].unique())
+    palette = dict(zip(variants, sns.color_palette("colorblind", len(variants)), strict=True))
+    fig, axes = plt.subplots(len(AXES), len(tasks), figsize=(max(4.4 * len(tasks), 6.5), 5.8), squeeze=False)
+    for col, task in enumerate(tasks):
+        t = pts[pts["task"] == task].reset_index(drop=True)
+        for row, (axis, (_, label, better)) in enumerate(AXES.items()):
+            ax = axes[row][col]
+            front = on_frontier(t, axis)
+            line = t[front].sort_values(axis)
+            ax.plot(line[axis], line["accuracy"], ls="--", color="black", lw=1, zorder=1)
+            for i, p in t.iterrows():
+                if pd.isna(p[axis]):
+                    continue
+                ax.scatter(p[axis], p["accuracy"], s=70 if front[i] else 45, zorder=2,
+                           color=palette[p["variant"]] if front[i] else "white",
+                           edgecolors="black" if front[i] else palette[p["variant"]], linewidths=1.5)
+                ax.annotate(p["variant"], (p[axis], p["accuracy"]), textcoords="offset points", xytext=(5, 4),
+                            fontsize=7.5)
+            spread = t[axis].max() / t[axis].min() if t[axis].min() > 0 else 1
+            if spread > 5:
+                ax.set_xscale("log")
+            ax.margins(x=0.2, y=0.15)
+            ax.set_xlabel(label + (" →" if better else " ← better"), fontsize=8.5)
+            ax.set_ylabel("test accuracy (%)", fontsize=8.5)
+            ax.tick_params(labelsize=7.5)
+            if row == 0:
+                ax.set_title(f"{task} (N={int(df[df['task'] == task]['seq_len'].iloc[0])})", fontsize=10)
+    fig.suptitle("Accuracy/cost frontier per task (filled, dashed: on the frontier; hollow: beaten on both axes "
+                 "by another variant)", fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)

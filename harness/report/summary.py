@@ -1,0 +1,122 @@
+"""The report's opening "Summary": what the run found, written from the data: per task the best
+variant and those statistically indistinguishable from it (paired by seed), the accuracy/cost
+frontiers with their figure, and per efficient variant its speed and memory against full
+attention at the longest length the sweep measured, with the crossover lengths."""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+from attnbench.harness.report.bench import headline
+from attnbench.harness.report.differences import seed_accuracies
+from attnbench.harness.report.frontier import figure_frontier, frontiers
+from attnbench.harness.report.stats import LEVEL, paired_difference, t_interval
+from attnbench.harness.report.writer import Document
+
+MAJORITY_MARGIN = 5.0  # points above the majority class below which a task is said to teach nothing
+
+
+def _ci(low: float, high: float) -> str:
+    return f"{low:.1f}–{high:.1f}" if math.isfinite(low) else "no interval (1 seed)"
+
+
+def task_line(df: pd.DataFrame, task: str) -> str | None:
+    """'listops (N=49, 2 seeds): best sparse 51.5% (95% CI 47.2–55.8); indistinguishable from it: ...'."""
+    tdf = df[df["task"] == task]
+    accs = {v: seed_accuracies(df, task, v) for v in sorted(tdf["variant"].unique())}
+    accs = {v: a for v, a in accs.items() if not a.empty}
+    if not accs:
+        return None
+    best = max(accs, key=lambda v: (accs[v].mean(), v))
+    iv = t_interval(accs[best])
+    seeds = max(len(a) for a in accs.values())
+    level = int(LEVEL * 100)
+    text = (f"**{task}** (N={int(tdf['seq_len'].iloc[0])}, {seeds} seed{'s' * (seeds > 1)}): best **{best}** "
+            f"{iv.mean:.1f}% ({level}% CI {_ci(iv.low, iv.high)})")
+    tied, below, untested = [], [], []
+    for v in accs:
+        if v == best:
+            continue
+        d = paired_difference(accs[v], accs[best])
+        if not d.defined:
+            untested.append(v)
+        elif d.contains(0.0):
+            tied.append(v)
+        else:
+            below.append(f"{v} ({d.mean:+.1f} points, CI {d.low:+.1f} to {d.high:+.1f})")
+    if tied:
+        text += f"; indistinguishable from it (paired by seed, {level}%): {', '.join(tied)}"
+    if below:
+        text += f"; below it: {', '.join(below)}"
+    if untested:
+        text += f"; not testable (fewer than 2 common seeds): {', '.join(untested)}"
+    majority = 100 * tdf["majority_test_acc"].iloc[0]
+    if pd.notna(majority) and iv.mean < majority + MAJORITY_MARGIN:
+        text += (f". No variant beats the majority class ({majority:.1f}%) by {MAJORITY_MARGIN:g} points: "
+                 "this task taught nothing in this run")
+    return text + "."
+
+
+def frontier_lines(df: pd.DataFrame) -> list[str]:
+    fr = frontiers(df)
+    lines = []
+    for axis, what in (("throughput", "training throughput"), ("memory", "peak training memory")):
+        parts = [f"{task}: {' → '.join(fr[task][axis])}" for task in fr if fr[task][axis]]
+        if parts:
+            lines.append(f"Frontier of accuracy against {what} (cheapest to most accurate): " + "; ".join(parts) + ".")
+    return lines
+
+
+def _ratio(x: float) -> str:
+    return f"{x:.3g}"
+
+
+def _from(crossover: str, what: str) -> str:
+    """A crossover cell of the sweep ('1024', 'none up to 4096', '≈ 12K (extrapolated)') as words."""
+    if crossover.isdigit():
+        return f"{what} from N={int(crossover):,}"
+    if crossover.startswith("none up to "):
+        return f"not {what} up to N={int(crossover.rsplit(' ', 1)[1]):,}"
+    if crossover[:1] in "≈>":
+        return f"{what} from N {crossover}"
+    return f"{what}: {crossover}"
+
+
+def bench_line(bench: pd.DataFrame) -> str | None:
+    """Speed and memory of every efficient variant against full at the longest length measured."""
+    if bench.empty:
+        return None
+    (scope, mode, dtype, batch), rows = headline(bench)
+    if not rows:
+        return None
+    parts = []
+    for r in rows:
+        if r["n"] is None:
+            parts.append(f"{r['impl']}: not comparable (no length where both ran ok)")
+            continue
+        parts.append(f"{r['impl']} {_ratio(r['speedup'])}× the speed, {_ratio(r['memory'])}× the memory at "
+                     f"N={r['n']:,} ({_from(r['time_crossover'], 'faster')}, "
+                     f"{_from(r['memory_crossover'], 'smaller')})")
+    return (f"Against full attention in the efficiency sweep ({scope}, {mode.replace('_', '+')}, {dtype}, "
+            f"batch {batch}): " + "; ".join(parts) + ".")
+
+
+def summary_section(doc: Document, acc: pd.DataFrame, cost: pd.DataFrame, bench: pd.DataFrame) -> None:
+    """The opening section; every sentence is computed from the tables: ``acc`` the runs as the
+    accuracy tables group them, ``cost`` as the cost tables do (per machine when several), ``bench``
+    the sweep of one machine (empty: none, or several machines, whose sweeps are never pooled)."""
+    doc.heading(2, "Summary")
+    lines = []
+    if not acc.empty:
+        lines += [line for line in (task_line(acc, t) for t in sorted(acc["task"].unique())) if line]
+        lines += frontier_lines(cost)
+    line = bench_line(bench)
+    if line:
+        lines.append(line)
+    with doc.block("summary"):  # findings beside the figure: both on the first screen
+        doc.bullets(lines)
+        if not cost.empty:
+            doc.figure(figure_frontier(cost, doc.out_dir / "figures" / "frontier.png"),
+                       "Test accuracy against training throughput (top) and peak training memory (bottom) per "
+                       "task; frontier points filled (click to enlarge)", md_alt="accuracy/cost frontier")
