@@ -14,7 +14,7 @@ rule distill:
         teacher=lambda wc: str(RunKey(wc.task, TEACHER, int(wc.seed)).record),
     output:
         report("results/runs/{task}/distilled-{variant}/seed{seed}/record.json", caption="captions/record.rst",
-               category="Runs: {task}", subcategory="distilled[{variant}]",
+               category="Runs of {task}", subcategory="distilled[{variant}]",
                labels={"task": "{task}", "variant": "distilled[{variant}]", "seed": "{seed}"}),
     params:
         run=run_json("distill"),

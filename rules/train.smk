@@ -8,7 +8,7 @@ rule train:
         data=get_dataset,
     output:
         report("results/runs/{task}/{variant}/seed{seed}/record.json", caption="captions/record.rst",
-               category="Runs: {task}", subcategory="{variant}",
+               category="Runs of {task}", subcategory="{variant}",
                labels={"task": "{task}", "variant": "{variant}", "seed": "{seed}"}),
     params:
         run=run_json("labels"),

@@ -56,9 +56,12 @@ def test_variants_name_the_published_model_they_implement(variant, params, model
     assert model is None or published_row(model)[0]
 
 
-def _runs(rows):
+def _runs(rows, lra_settings=True):
+    """Runs' rows; ``lra_settings``: whether they ran LRA's data and lengths (the comparison needs it)."""
     cols = ["task", "variant", "published_as", "seed", "status", "test_acc", "seq_len"]
-    return pd.DataFrame(rows, columns=cols)
+    df = pd.DataFrame(rows, columns=cols)
+    df["lra_settings"] = lra_settings
+    return df
 
 
 def test_report_table_interleaves_our_rows_with_the_published_ones():
@@ -101,7 +104,7 @@ def test_report_table_six_task_convention_and_missing_tasks():
     lra_section(doc, _runs(rows), 6)
     md, html = "\n".join(doc.md), "".join(doc.html)
     assert md.startswith("## LRA Table 1 comparison") and "a Path-X FAIL counted as 50" in md
-    assert "<h2>LRA Table 1 comparison</h2>" in html and "published" in html
+    assert "<h2 id='lra-table-1-comparison'>LRA Table 1 comparison</h2>" in html and "published" in html
     empty = Document(Path("."))
     lra_section(empty, _runs([("other", "full", None, 0, "ok", 0.5, 8)]), 5)
     assert empty.md == empty.html == []

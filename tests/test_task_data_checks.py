@@ -20,10 +20,11 @@ CONFIG_DIR = Path(DEFAULT_CONFIG).parent
 
 
 def config_with(task: str, **data) -> dict:
-    """The shipped default config with only ``task``, its data settings (if the default config has
-    the task) updated with ``data``."""
+    """The shipped default config with only ``task``, its data settings (the default config's, else
+    config/pathfinder.yaml's for Pathfinder, which has its own config) updated with ``data``."""
     config = yaml.safe_load(Path(DEFAULT_CONFIG).read_text(encoding="utf-8"))
-    settings = config["tasks"].get(task, {})
+    own = yaml.safe_load((CONFIG_DIR / "pathfinder.yaml").read_text(encoding="utf-8"))["tasks"]
+    settings = config["tasks"].get(task, own.get(task, {}))
     config["tasks"] = {task: {**settings, "data": {**settings.get("data", {}), **data}}}
     return config
 

@@ -22,6 +22,11 @@ def seed_accuracies(df: pd.DataFrame, task: str, variant: str) -> pd.Series:
     return (100 * sel.groupby("seed")["test_acc"].mean()).sort_index()
 
 
+def accuracy_bounds(low: float, high: float) -> tuple[float, float]:
+    """An accuracy interval's bounds within 0-100 %: the t-interval itself does not know them."""
+    return max(low, 0.0), min(high, 100.0)
+
+
 def _pts(x: float) -> str:
     return "–" if not math.isfinite(x) else f"{x:.1f}"
 
@@ -38,8 +43,9 @@ def interval_table(df: pd.DataFrame, half_width: float = TARGET_HALF_WIDTH) -> p
         iv = t_interval(seed_accuracies(df, task, variant))
         if iv.n == 0:
             continue
+        low, high = accuracy_bounds(iv.low, iv.high)
         rows.append({"task": task, "variant": variant, "mean (%)": _pts(iv.mean),
-                     f"{int(LEVEL * 100)}% CI": f"{_pts(iv.low)} – {_pts(iv.high)}" if iv.defined else "– (1 seed)",
+                     f"{int(LEVEL * 100)}% CI": f"{_pts(low)} – {_pts(high)}" if iv.defined else "– (1 seed)",
                      "seeds": iv.n, "std": _pts(iv.std),
                      f"seeds for ±{half_width:g} pt": fmt_seeds(seeds_for(iv.std, half_width))})
     return pd.DataFrame(rows)
@@ -81,8 +87,9 @@ def differences_section(doc: Document, df: pd.DataFrame) -> None:
     doc.heading(2, "Accuracy with confidence intervals")
     doc.note(f"Mean test accuracy over seeds with its two-sided {level}% Student-t interval (exact for few seeds "
              "if per-seed accuracies are roughly normal; with 2 seeds the t quantile is 12.7, so intervals are "
-             f"wide: that is the honest width). `seeds for ±{TARGET_HALF_WIDTH:g} pt`: the seeds a "
-             f"±{TARGET_HALF_WIDTH:g}-point interval would need at the spread seen here.")
+             "wide: that is the honest width; bounds are cut at 0 and 100). "
+             f"`seeds for ±{TARGET_HALF_WIDTH:g} pt`: the seeds a ±{TARGET_HALF_WIDTH:g}-point interval would need "
+             "at the spread seen here.")
     doc.table(interval_table(df))
     paired = paired_table(df)
     if paired.empty:

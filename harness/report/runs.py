@@ -63,6 +63,8 @@ def efficiency_table(df: pd.DataFrame) -> pd.DataFrame:
 def runs_table(df: pd.DataFrame) -> pd.DataFrame:
     cols = ["task", "variant", "seed", "status", "test_acc", "best_val_acc", "best_step", "steps_done", "wall_s",
             "message"]
+    if "machine" in df and df["machine"].nunique() > 1:  # several machines: each run names its own
+        cols.insert(3, "machine")
     out = df[cols].copy()
     for c in ("test_acc", "best_val_acc"):
         out[c] = out[c].map(lambda x: "" if pd.isna(x) else pct(x))

@@ -9,7 +9,7 @@ import math
 import pandas as pd
 
 from attnbench.harness.report.bench import headline
-from attnbench.harness.report.differences import seed_accuracies
+from attnbench.harness.report.differences import accuracy_bounds, seed_accuracies
 from attnbench.harness.report.frontier import figure_frontier, frontiers
 from attnbench.harness.report.stats import LEVEL, paired_difference, t_interval
 from attnbench.harness.report.writer import Document
@@ -18,7 +18,10 @@ MAJORITY_MARGIN = 5.0  # points above the majority class below which a task is s
 
 
 def _ci(low: float, high: float) -> str:
-    return f"{low:.1f}–{high:.1f}" if math.isfinite(low) else "no interval (1 seed)"
+    if not math.isfinite(low):
+        return "no interval (1 seed)"
+    low, high = accuracy_bounds(low, high)
+    return f"{low:.1f}–{high:.1f}"
 
 
 def task_line(df: pd.DataFrame, task: str) -> str | None:
