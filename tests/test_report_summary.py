@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
+from attnbench.harness.cli import main
 from attnbench.harness.report.differences import interval_table, paired_rows
 from attnbench.harness.report.frontier import frontiers, on_frontier, points
 from attnbench.harness.report.lra import comparable_tasks
@@ -189,16 +190,17 @@ def test_accuracy_pools_only_identical_setups_and_cost_never_pools_machines():
     assert cost["variant"].nunique() == 4 and all(" @ " in v for v in cost["variant"])
 
 
-def test_one_report_from_two_results_folders(tmp_path):
+def test_one_report_from_two_results_folders(tmp_path, capsys):
     df = two_machines()
     folders = []
     for name, machine in (("cpu", MACHINE_A), ("gpu", MACHINE_B)):
-        folder = tmp_path / name
-        folder.mkdir()
+        folder = tmp_path / name / "results"
+        folder.mkdir(parents=True)
         df[df["device_name"] == machine["device_name"]].to_csv(folder / "summary.csv", index=False)
-        folders.append(folder / "summary.csv")
+        folders.append(folder)
     out = tmp_path / "out"
-    md = (render_report(folders, out).parent / "summary.md").read_text()
+    assert main(["report", "--results", *map(str, folders), "--out", str(out)]) == 0
+    md = (out / "summary.md").read_text()
     assert "8 runs: 8 ok on 2 machines." in md
     acc = md[md.index("## Test accuracy (%)"):md.index("## Accuracy with confidence intervals")]
     # full pooled over both machines' four seeds, the windows kept apart
@@ -211,3 +213,7 @@ def test_one_report_from_two_results_folders(tmp_path):
     assert "| listops | full |" not in cost  # never a throughput pooled across machines
     about = md[md.index("## About this run"):]
     assert "Test CPU A (cpu, torch 2.13.0, aaaaaaa)" in about and "Test GPU B (cuda, torch 2.13.0, bbbbbbb)" in about
+    # a folder without results is one line and exit status 2, not a traceback
+    (tmp_path / "nothing").mkdir()
+    assert main(["report", "--results", str(tmp_path / "nothing"), "--out", str(out)]) == 2
+    assert "holds neither summary.csv nor bench.csv" in capsys.readouterr().err
