@@ -65,13 +65,14 @@ def chromium() -> str:
     if os.geteuid() != 0:
         pytest.skip("headless Chromium is not installed, and installing Debian's chromium needs root")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    # a mirror that does not answer fails fast: the suite must not wait minutes for it
+    quick = ["-o", "Acquire::Retries=1", "-o", "Acquire::http::Timeout=20", "-o", "Acquire::https::Timeout=20"]
+    install = ["apt-get", *quick, "install", "-y", "-q", "--no-install-recommends", "chromium"]
     try:
-        proc = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"],
-                              capture_output=True, text=True, timeout=600, env=env)
+        proc = subprocess.run(install, capture_output=True, text=True, timeout=240, env=env)
         if proc.returncode != 0:  # stale package lists: refresh once
-            subprocess.run(["apt-get", "update", "-q"], capture_output=True, timeout=300, env=env)
-            proc = subprocess.run(["apt-get", "install", "-y", "-q", "--no-install-recommends", "chromium"],
-                                  capture_output=True, text=True, timeout=600, env=env)
+            subprocess.run(["apt-get", *quick, "update", "-q"], capture_output=True, timeout=120, env=env)
+            proc = subprocess.run(install, capture_output=True, text=True, timeout=240, env=env)
     except subprocess.TimeoutExpired:
         pytest.skip("installing Debian's chromium timed out (no package mirror reachable?)")
     found = _find_chromium()
