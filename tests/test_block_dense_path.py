@@ -15,7 +15,7 @@ import torch
 
 from attnbench.variants import block_dense, build_attention
 from attnbench.variants.blocks import block_sparse_attention
-from test_block_flash_path import CASES, _masks, _run
+from test_block_flash_path import CASES, _masks, _run, case_id, layer_and_input
 
 
 def _both_paths(layer, x, mask, monkeypatch, seed=0):
@@ -36,13 +36,9 @@ def _assert_same(dense, gathered):
 
 
 @pytest.mark.parametrize("padded", [False, True])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[2]}-" + "-".join(f"{k}{v}" for k, v in c[1].items()))
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_dense_path_equals_gather_path(case, padded, monkeypatch):
-    variant, params, n = case
-    torch.manual_seed(0)
-    layer = build_attention(variant, 24, 3, params, max_len=64).double().eval()
-    x = torch.randn(3, n, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    _assert_same(*_both_paths(layer, x, _masks(n)[padded], monkeypatch))
+    _assert_same(*_both_paths(*layer_and_input(case, padded), monkeypatch))
 
 
 def test_training_mode_random_blocks_agree_per_element(monkeypatch):

@@ -54,15 +54,24 @@ def _run(layer, x, mask):
     return y, torch.autograd.grad((y * upstream).sum(), [xg, *layer.parameters()])
 
 
-@pytest.mark.parametrize("padded", [False, True])
-@pytest.mark.parametrize("case", CASES, ids=lambda c: f"{c[0]}-{c[2]}-" + "-".join(f"{k}{v}" for k, v in c[1].items()))
-def test_flash_path_equals_gather_path(case, padded, monkeypatch):
+def case_id(case) -> str:
+    return f"{case[0]}-{case[2]}-" + "-".join(f"{k}{v}" for k, v in case[1].items())
+
+
+def layer_and_input(case, padded: bool):
+    """A float64 layer of the case in eval mode (sparse's random blocks fixed, the same on every path; no
+    dropout), its input (3, n, 24) and its key padding mask (None unless ``padded``)."""
     variant, params, n = case
     torch.manual_seed(0)
-    # eval mode: sparse's random blocks fixed, the same on both paths (no dropout either way)
     layer = build_attention(variant, 24, 3, params, max_len=64).double().eval()
     x = torch.randn(3, n, 24, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    mask = _masks(n)[padded]
+    return layer, x, _masks(n)[padded]
+
+
+@pytest.mark.parametrize("padded", [False, True])
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_flash_path_equals_gather_path(case, padded, monkeypatch):
+    layer, x, mask = layer_and_input(case, padded)
     y_f, g_f = _run(layer, x, mask)
     monkeypatch.setattr(flash_cpu, "usable", lambda *a: False)
     y_g, g_g = _run(layer, x, mask)
