@@ -61,6 +61,10 @@ class PreparedData:
 class Task:
     """A registered task. Subclasses set the config dataclass and implement ``prepare``."""
 
+    #: raised when the task's preparation changes what the same settings produce, so that cached
+    #: data sets (named by ``data_key``) are prepared again; version 1 adds nothing to the key
+    data_version = 1
+
     def __init__(self, cfg):
         self.cfg = cfg
 
@@ -118,7 +122,11 @@ def build_task(name: str, params: dict | None = None) -> Task:
 def data_key(task: str, params: dict) -> str:
     """Short hash naming the cached tensor file of a task's data settings."""
     cfg = dataclasses.asdict(TASKS.make_config(task, params))
-    blob = json.dumps({"task": task, "params": cfg, "format": FORMAT_VERSION}, sort_keys=True)
+    named = {"task": task, "params": cfg, "format": FORMAT_VERSION}
+    version = TASKS.get(task).cls.data_version
+    if version != 1:
+        named["version"] = version
+    blob = json.dumps(named, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:10]
 
 

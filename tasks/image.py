@@ -7,7 +7,8 @@ No 2-D structure is given to the model: a H x W grayscale image becomes H*W toke
   0-16), shipped inside the installed package, so it works offline. 64 tokens.
 - ``cifar10``: CIFAR-10 through Hugging Face ``datasets`` (a hub id such as
   ``uoft-cs/cifar10`` or a local folder of its parquet/image files), converted to
-  grayscale as LRA does (ITU-R 601 luma, rounded to 0-255): 32 x 32 = 1,024 tokens,
+  grayscale as LRA does (``tf.image.rgb_to_grayscale``: ITU-R 601 luma of the pixels scaled to
+  [0, 1], back to 0-255 by ``x * 255.5`` truncated, in float32): 32 x 32 = 1,024 tokens,
   train[:90%] / train[90%:] / test, as LRA's 45k / 5k / 10k.
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from attnbench.tasks.hf_source import load_source, missing_source
 #: images in scikit-learn's digits (``load_digits``), split by ``test_fraction`` and ``val_fraction``
 DIGITS_IMAGES = 1797
 # tf.image.rgb_to_grayscale weights, as LRA's input pipeline uses
-LUMA = np.array([0.2989, 0.5870, 0.1140])
+LUMA = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -60,10 +61,14 @@ class ImageConfig:
 
 
 def to_grayscale(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) uint8 RGB -> (...) uint8 luma, rounded as TF's float->uint8 conversion does."""
+    """(..., 3) uint8 RGB -> (...) uint8 luma exactly as ``tf.image.rgb_to_grayscale`` on uint8 images:
+    ``convert_image_dtype`` to float32 (x * (1/255)), the luma weights in float32, and back to uint8
+    by ``convert_image_dtype``: x * 255.5 cast to an integer, which truncates (it does not round)."""
     if rgb.ndim == 2:
         return rgb.astype(np.uint8)
-    return np.clip(np.rint(rgb[..., :3].astype(np.float64) @ LUMA), 0, 255).astype(np.uint8)
+    scaled = rgb[..., :3].astype(np.float32) * np.float32(1.0 / 255.0)
+    gray = scaled @ LUMA
+    return np.clip(np.trunc(gray * np.float32(255.5)), 0, 255).astype(np.uint8)
 
 
 def _digits() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
@@ -97,6 +102,8 @@ def _cifar10(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], i
 @TASKS.register("image", ImageConfig)
 class Image(Task):
     """Image: pixel-intensity sequences, 10 classes (LRA uses grayscale CIFAR-10)."""
+
+    data_version = 2  # 2: CIFAR-10's grayscale truncated as TF's, no longer rounded
 
     @classmethod
     def tiny_params(cls, folder: Path) -> dict:

@@ -1,13 +1,17 @@
 """Image task: the offline digits source, and the CIFAR-10 path through `datasets` on a tiny local copy."""
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from attnbench.tasks.base import SPLITS, DataError, build_task
+from attnbench.tasks.base import FORMAT_VERSION, SPLITS, TASKS, DataError, build_task, data_key
+from attnbench.tasks.image import Image, to_grayscale
 
 # ---------------------------------------------------------------- digits
 
@@ -66,16 +70,21 @@ def test_digits_max_train():
 
 # ---------------------------------------------------------------- cifar10 through `datasets`, offline
 
-# colours whose luma is not within 0.01 of a .5 boundary, so rounding is unambiguous; (0, 45, 255)
-# (luma 55.485) is close enough that a weight off by 1e-4 (0.1141 for blue) rounds it the other way
+# colours whose TF grayscale (luma of x / 255, times 255.5) is not within 0.005 of an integer, so its
+# truncation is unambiguous in float32; (0, 255, 0) gives 149.98: TF's 149, where rounding gave 150
 COLOURS = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0), (10, 200, 30),
            (123, 45, 67), (90, 180, 250), (250, 128, 3), (33, 66, 99), (200, 10, 150), (1, 2, 3), (0, 45, 255)]
 H, W = 2, 3
 
 
-def _luma_token(rgb) -> int:
+def _tf_gray(rgb) -> float:
+    """tf.image.rgb_to_grayscale's value before its cast: the luma of x / 255, times 255.5."""
     r, g, b = rgb
-    return round(0.2989 * r + 0.5870 * g + 0.1140 * b) + 1
+    return (0.2989 * r / 255 + 0.5870 * g / 255 + 0.1140 * b / 255) * 255.5
+
+
+def _luma_token(rgb) -> int:
+    return int(_tf_gray(rgb)) + 1  # the cast to uint8 truncates
 
 
 def _image_pixels(i: int) -> np.ndarray:
@@ -102,9 +111,32 @@ def _expected_tokens(i: int) -> list[int]:
 
 
 def test_luma_boundaries_are_unambiguous():
-    for r, g, b in COLOURS:
-        frac = (0.2989 * r + 0.5870 * g + 0.1140 * b) % 1.0
-        assert abs(frac - 0.5) > 0.01
+    for rgb in COLOURS:
+        frac = _tf_gray(rgb) % 1.0
+        assert rgb == (0, 0, 0) or 0.005 < frac < 0.995
+
+
+def test_grayscale_truncates_as_tensorflow_does():
+    """TF: convert_image_dtype to float (x / 255), luma, convert back: x * 255.5 truncated."""
+    rgb = np.array([[(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255)],
+                    [(123, 45, 67), (200, 10, 150), (1, 2, 3), (0, 0, 0)]], dtype=np.uint8)
+    assert to_grayscale(rgb).tolist() == [[76, 149, 29, 255], [70, 82, 1, 0]]
+    rounded = np.rint(rgb.astype(np.float64) @ np.array([0.2989, 0.5870, 0.1140]))
+    assert rounded.tolist() == [[76, 150, 29, 255], [71, 83, 2, 0]]  # what rounding (before) gave
+    assert to_grayscale(np.full((2, 2), 7, dtype=np.uint8)).tolist() == [[7, 7], [7, 7]]  # already gray
+
+
+def test_the_changed_conversion_gives_image_data_a_new_key():
+    """Cached CIFAR data sets prepared with the old rounding are not reused: image's data_version is
+    in its key; a task at version 1 keeps the key it had."""
+    assert Image.data_version == 2
+    key = data_key("image", {"source": "cifar10"})
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(Image, "data_version", 1)
+        assert data_key("image", {"source": "cifar10"}) != key
+    listops = dataclasses.asdict(TASKS.make_config("listops", {}))
+    before = json.dumps({"task": "listops", "params": listops, "format": FORMAT_VERSION}, sort_keys=True)
+    assert data_key("listops", {}) == hashlib.sha256(before.encode()).hexdigest()[:10]
 
 
 @pytest.mark.parametrize("column", ["img", "image"])
