@@ -8,6 +8,9 @@ from torch import nn
 
 from attnbench.harness.core.registry import Registry
 
+#: names of the query/key/value projections among a layer's children (``Attention.input_projections``)
+INPUT_PROJECTIONS = ("qkv", "qk", "q", "k", "v")
+
 
 def padding_mask_or_none(key_padding_mask: torch.Tensor | None) -> torch.Tensor | None:
     """The mask, or None when it masks nothing and that is known without a device sync.
@@ -81,6 +84,11 @@ class Attention(nn.Module):
         self.cfg = cfg
         self.dropout = dropout
         self.build_projections()
+
+    def input_projections(self) -> list[nn.Module]:
+        """The query/key/value projections: the ``nn.Linear`` children named qkv, qk, q, k or v (the
+        model drops their biases where ``model.qkv_bias`` is false, as LRA's layers have none)."""
+        return [m for name, m in self.named_children() if name in INPUT_PROJECTIONS and isinstance(m, nn.Linear)]
 
     def build_projections(self) -> None:
         """The layer's projections: fused query/key/value and output. A variant that projects

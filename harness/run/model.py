@@ -1,5 +1,6 @@
 """The encoder classifier: embeddings, positions, pre-LayerNorm blocks with a registered
-attention variant, pooling (CLS or mean) and an MLP head."""
+attention variant, pooling (CLS, mean or the first position) and an MLP head; the options LRA's model
+sets (embedding std, q/k/v biases, MLP dropout, Xavier init, tanh GELU) are keys of ModelConfig."""
 from __future__ import annotations
 
 import math
@@ -24,13 +25,23 @@ class ModelConfig:
     dropout: float = param(0.1, "dropout after attention and MLP, and on embeddings", minimum=0.0, maximum=1.0)
     attn_dropout: float = param(0.0, "dropout on attention probabilities; > 0 makes CPU SDPA fall back to its O(N^2) "
                                 "math kernel", minimum=0.0, maximum=1.0)
-    pooling: Literal["cls", "mean"] = param("cls", "cls: a learned [CLS] token is prepended and read out; mean: "
-                                            "average over real tokens")
+    pooling: Literal["cls", "mean", "first"] = param(
+        "cls", "cls: a learned [CLS] token is prepended and read out; mean: average over real tokens; first: "
+        "position 0 of the input itself, no token added (LRA's 'CLS' pooling of its dual encoder)")
     positions: Literal["learned", "sinusoidal"] = param("learned", "position embeddings: learned (N(0, 0.02) init) or "
                                                         "fixed sinusoids")
     interaction: Literal["concat", "nli"] = param("concat", "paired tasks (Retrieval) only: the dual head reads [u, v] "
                                                   "(LRA's released code) or [u, v, u*v, u-v] (LRA's paper, the "
                                                   "xformers and Nystromformer reproductions)")
+    embedding_init_std: float = param(0.02, "std of the token embeddings' normal initialisation (LRA: 1.0)",
+                                      minimum=0.0)
+    qkv_bias: bool = param(True, "biases on the attention's query/key/value projections (LRA: none)")
+    mlp_dropout_after_activation: bool = param(False, "dropout also between the MLP's activation and its second "
+                                               "layer, as LRA's MLP block (dropout after its output either way)")
+    init: Literal["default", "xavier"] = param("default", "weights of every linear layer: torch's default, or Xavier "
+                                               "uniform with zero biases (LRA's Dense layers)")
+    gelu: Literal["exact", "tanh"] = param("exact", "the MLP's GELU: exact (erf) or tanh-approximated (LRA, Flax's "
+                                           "default)")
 
 
 def sinusoidal_positions(n: int, dim: int) -> torch.Tensor:
@@ -50,8 +61,14 @@ class Block(nn.Module):
         self.ln1 = nn.LayerNorm(cfg.dim)
         self.attn = build_attention(variant, cfg.dim, cfg.heads, variant_params, max_len=max_len,
                                     dropout=cfg.attn_dropout)
+        if not cfg.qkv_bias:
+            for projection in self.attn.input_projections():
+                projection.register_parameter("bias", None)
         self.ln2 = nn.LayerNorm(cfg.dim)
-        self.mlp = nn.Sequential(nn.Linear(cfg.dim, cfg.mlp_dim), nn.GELU(), nn.Linear(cfg.mlp_dim, cfg.dim))
+        inner = [nn.Dropout(cfg.dropout)] if cfg.mlp_dropout_after_activation else []
+        self.mlp = nn.Sequential(nn.Linear(cfg.dim, cfg.mlp_dim), nn.GELU(approximate="tanh" if cfg.gelu == "tanh"
+                                                                          else "none"),
+                                 *inner, nn.Linear(cfg.mlp_dim, cfg.dim))
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
@@ -72,7 +89,7 @@ class EncoderClassifier(nn.Module):
         self.cfg, self.pad_id, self.paired = cfg, pad_id, paired
         n = seq_len + (cfg.pooling == "cls")
         self.embed = nn.Embedding(vocab_size, cfg.dim)
-        nn.init.normal_(self.embed.weight, std=0.02)
+        nn.init.normal_(self.embed.weight, std=cfg.embedding_init_std)
         if cfg.positions == "learned":
             self.pos = nn.Parameter(torch.randn(1, n, cfg.dim) * 0.02)
         else:
@@ -88,6 +105,12 @@ class EncoderClassifier(nn.Module):
                                       nn.ReLU(), nn.Linear(half, num_classes))
         else:
             self.head = nn.Sequential(nn.Linear(cfg.dim, cfg.mlp_dim), nn.ReLU(), nn.Linear(cfg.mlp_dim, num_classes))
+        if cfg.init == "xavier":  # LRA's Dense layers: Xavier-uniform kernels, zero biases
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.xavier_uniform_(module.weight)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
 
     @classmethod
     def for_data(cls, cfg: ModelConfig, variant: str, variant_params: dict | None, data) -> EncoderClassifier:
@@ -121,7 +144,7 @@ class EncoderClassifier(nn.Module):
         for block in self.blocks:
             x = block(x, mask)
         x = self.ln(x)
-        if self.cls is not None:
+        if self.cls is not None or self.cfg.pooling == "first":
             return x[:, 0]
         if mask is None:
             return x.mean(1)

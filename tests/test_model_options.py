@@ -1,0 +1,88 @@
+"""The model's options that LRA's code sets differently (issue 18), checked on built modules: each key's
+default keeps the model as it was, and each LRA value builds what the key says."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from attnbench.harness.run.model import EncoderClassifier, ModelConfig
+
+
+def build(variant: str = "full", params: dict | None = None, **options) -> EncoderClassifier:
+    torch.manual_seed(0)
+    cfg = ModelConfig(layers=2, dim=32, heads=4, mlp_dim=64, **options)
+    return EncoderClassifier(cfg, variant, params, vocab_size=400, seq_len=16, num_classes=3)
+
+
+def test_the_defaults_build_todays_model():
+    model = build()
+    block = model.blocks[0]
+    assert block.attn.qkv.bias is not None and block.attn.out.bias is not None
+    assert [type(m) for m in block.mlp] == [nn.Linear, nn.GELU, nn.Linear] and block.mlp[1].approximate == "none"
+    assert model.embed.weight.std().item() == pytest.approx(0.02, rel=0.05)
+    assert model.cls is not None and model.pos.shape[1] == 17  # the CLS token added
+    # torch's default init of a Linear: uniform in +-1/sqrt(fan_in), biases too (not zero)
+    assert block.mlp[0].bias.abs().max() > 0
+
+
+def test_embedding_init_std():
+    assert build(embedding_init_std=1.0).embed.weight.std().item() == pytest.approx(1.0, rel=0.05)
+
+
+@pytest.mark.parametrize("variant, params, dropped, kept", [
+    ("full", None, ["qkv"], ["out"]),
+    ("lsh", {"chunk_size": 4, "n_buckets": 4}, ["qk", "v"], ["out"]),
+    ("synthesizer", {"kind": "dense", "dot_product": True}, ["v", "qk"], ["out", "w1", "w2"]),
+])
+def test_qkv_bias_false_drops_the_query_key_value_biases_only(variant, params, dropped, kept):
+    attn = build(variant, params, qkv_bias=False).blocks[0].attn
+    for name in dropped:
+        assert getattr(attn, name).bias is None, name
+    for name in kept:
+        assert getattr(attn, name).bias is not None, name
+    with_bias = build(variant, params).blocks[0].attn
+    assert sum(p.numel() for p in with_bias.parameters()) - sum(p.numel() for p in attn.parameters()) == sum(
+        getattr(with_bias, n).bias.numel() for n in dropped if getattr(with_bias, n).bias is not None)
+
+
+def test_mlp_dropout_after_the_activation():
+    mlp = build(mlp_dropout_after_activation=True, dropout=0.25).blocks[0].mlp
+    assert [type(m) for m in mlp] == [nn.Linear, nn.GELU, nn.Dropout, nn.Linear] and mlp[2].p == 0.25
+    mlp.train()
+    hidden = {}
+    mlp[3].register_forward_hook(lambda m, i, o: hidden.setdefault("x", i[0]))
+    mlp(torch.randn(4, 8, 32))
+    zeros = (hidden["x"] == 0).float().mean().item()
+    assert 0.15 < zeros < 0.35  # a quarter of the activations dropped before the second layer
+
+
+def test_gelu_tanh_is_the_tanh_approximation():
+    gelu = build(gelu="tanh").blocks[0].mlp[1]
+    x = torch.linspace(-4, 4, 101)
+    tanh = 0.5 * x * (1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x ** 3)))
+    torch.testing.assert_close(gelu(x), tanh)
+    assert (gelu(x) - nn.functional.gelu(x)).abs().max() > 1e-5  # not the exact one
+
+
+def test_xavier_init_of_every_linear_with_zero_biases():
+    model = build(init="xavier")
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    assert len(linears) >= 2 * 4 + 2  # per block qkv, out, two MLP layers; the head's two
+    for lin in linears:
+        fan_out, fan_in = lin.weight.shape
+        bound = math.sqrt(6 / (fan_in + fan_out))
+        assert lin.weight.abs().max() <= bound and lin.weight.abs().max() > 0.8 * bound
+        assert lin.bias is None or torch.count_nonzero(lin.bias) == 0
+
+
+def test_pooling_first_reads_position_zero_and_adds_no_token():
+    model = build(pooling="first").eval()
+    assert model.cls is None and model.pos.shape[1] == 16
+    seen = {}
+    model.ln.register_forward_hook(lambda m, i, o: seen.setdefault("x", o))
+    tokens = torch.randint(1, 400, (3, 16))
+    pooled = model.encode(tokens)
+    torch.testing.assert_close(pooled, seen["x"][:, 0])
