@@ -64,6 +64,9 @@ class Task:
     #: raised when the task's preparation changes what the same settings produce, so that cached
     #: data sets (named by ``data_key``) are prepared again; version 1 adds nothing to the key
     data_version = 1
+    #: the token of a raw value 0 (pixel tasks: intensity 0 is token 1), which LRA masks out like padding
+    #: (``model.mask_zero_tokens``); None where the task has no such value
+    zero_token: int | None = None
 
     def __init__(self, cfg):
         self.cfg = cfg

@@ -104,6 +104,7 @@ class Image(Task):
     """Image: pixel-intensity sequences, 10 classes (LRA uses grayscale CIFAR-10)."""
 
     data_version = 2  # 2: CIFAR-10's grayscale truncated as TF's, no longer rounded
+    zero_token = 1  # a black pixel (intensity 0 + 1)
 
     @classmethod
     def tiny_params(cls, folder: Path) -> dict:

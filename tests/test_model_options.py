@@ -86,3 +86,58 @@ def test_pooling_first_reads_position_zero_and_adds_no_token():
     tokens = torch.randint(1, 400, (3, 16))
     pooled = model.encode(tokens)
     torch.testing.assert_close(pooled, seen["x"][:, 0])
+
+
+# ---------------------------------------------------------------- LRA's masking of black pixels
+
+def pixel_model(variant: str = "full", params: dict | None = None, **options) -> EncoderClassifier:
+    torch.manual_seed(0)
+    cfg = ModelConfig(layers=2, dim=32, heads=4, mlp_dim=64, dropout=0.0, **options)
+    return EncoderClassifier(cfg, variant, params, vocab_size=257, seq_len=24, num_classes=10,
+                             zero_token=1).eval()
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean", "first"])
+@pytest.mark.parametrize("variant, params", [("full", None), ("window", {"window": 3, "block_size": 4}),
+                                             ("linear", None)])
+def test_black_pixels_are_masked_like_padding(variant, params, pooling):
+    """With mask_zero_tokens a black pixel (token 1) is padding: the logits equal those of the same
+    model on the image whose black pixels are replaced by the padding token, which the model masks."""
+    gen = torch.Generator().manual_seed(4)
+    tokens = torch.randint(2, 257, (3, 24), generator=gen)
+    tokens[0, 1::3] = 1
+    tokens[1, 5:] = 1
+    if pooling != "first":
+        tokens[2, 0] = 1  # "first" reads position 0, whose own query is its embedding: not masked there
+    masked = pixel_model(variant, params, pooling=pooling, mask_zero_tokens=True)
+    reference = pixel_model(variant, params, pooling=pooling)
+    reference.load_state_dict(masked.state_dict())
+    with torch.no_grad():
+        got = masked(tokens)
+        want = reference(torch.where(tokens == 1, 0, tokens))
+        # and whatever the black pixels' embeddings were, nothing changes
+        masked.embed.weight[1] += 5.0
+        again = masked(tokens)
+    torch.testing.assert_close(got, want)
+    torch.testing.assert_close(again, got)
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean", "first"])
+def test_an_all_black_image_gives_finite_logits(pooling):
+    model = pixel_model(pooling=pooling, mask_zero_tokens=True)
+    assert torch.isfinite(model(torch.ones(2, 24, dtype=torch.long))).all()
+
+
+def test_mask_zero_tokens_needs_a_task_with_a_zero_token():
+    with pytest.raises(ValueError, match="no raw zero value"):
+        EncoderClassifier(ModelConfig(mask_zero_tokens=True), "full", None, vocab_size=20, seq_len=8, num_classes=2)
+
+
+def test_the_config_refuses_mask_zero_tokens_on_a_task_without_pixels():
+    from attnbench.harness.config import ConfigError, validate_config
+    from conftest import tiny_config
+
+    config = tiny_config()
+    config["tasks"]["listops"]["model"] = {"mask_zero_tokens": True}
+    with pytest.raises(ConfigError, match=r"'tasks.listops.model.mask_zero_tokens' is true, but task 'listops'"):
+        validate_config(config)

@@ -24,6 +24,7 @@ from attnbench.harness.config.schema import (
 )
 from attnbench.harness.core import resources
 from attnbench.harness.core.registry import ExternalComponentError
+from attnbench.tasks.base import TASKS
 from attnbench.variants import VARIANTS
 
 DEFAULT_CONFIG = resources.default_config()
@@ -107,6 +108,10 @@ def validate_config(config: dict) -> dict:
             if model["dim"] % model["heads"]:
                 raise ConfigError.of([f"'{where}': model dim {model['dim']} is not divisible by heads "
                                       f"{model['heads']}"])
+            if model.get("mask_zero_tokens") and TASKS.get(section).cls.zero_token is None:
+                pixel = ", ".join(t for t in TASKS.names() if TASKS.get(t).cls.zero_token is not None)
+                raise ConfigError.of([f"'{where}.model.mask_zero_tokens' is true, but task {section!r} has no "
+                                      f"raw zero value to mask (pixel tasks have one: {pixel})"])
     problems = check_per_variant(normalised) + check_runs(normalised) + check_bench(normalised)
     if problems:
         raise ConfigError.of(problems)

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 
 from attnbench.harness.core.registry import param
 from attnbench.harness.results.records import RECORD_NAME, RecordError, RunKey, read_record
-from attnbench.harness.run.model import EncoderClassifier, ModelConfig
+from attnbench.harness.run.model import EncoderClassifier, model_for_run
 from attnbench.harness.run.train import Trainer, train_run
 from attnbench.tasks.base import DataError, PreparedData
 
@@ -161,8 +161,7 @@ def load_teacher(checkpoint: Path, run: dict, data: PreparedData,
     # (LSH's eval rotations are not in the state dict) is then the teacher that was evaluated.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(teacher_run["seed"])
-        teacher = EncoderClassifier.for_data(ModelConfig(**teacher_run["model"]), teacher_run["variant"]["name"],
-                                             teacher_run["variant"]["params"], data)
+        teacher = model_for_run(teacher_run, data)
     teacher.load_state_dict(ckpt["model"])
     teacher.to(device).eval().requires_grad_(False)
     return teacher, teacher_run

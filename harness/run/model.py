@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from attnbench.harness.core.registry import param
+from attnbench.tasks.base import TASKS
 from attnbench.variants import build_attention
 
 
@@ -33,6 +34,8 @@ class ModelConfig:
     interaction: Literal["concat", "nli"] = param("concat", "paired tasks (Retrieval) only: the dual head reads [u, v] "
                                                   "(LRA's released code) or [u, v, u*v, u-v] (LRA's paper, the "
                                                   "xformers and Nystromformer reproductions)")
+    mask_zero_tokens: bool = param(False, "pixel tasks: a raw value 0 (a black pixel) is masked like padding, as "
+                                   "LRA's models do: attended by no query, left out of mean pooling")
     embedding_init_std: float = param(0.02, "std of the token embeddings' normal initialisation (LRA: 1.0)",
                                       minimum=0.0)
     qkv_bias: bool = param(True, "biases on the attention's query/key/value projections (LRA: none)")
@@ -84,9 +87,13 @@ class EncoderClassifier(nn.Module):
     ``cfg.interaction`` says, through LRA's dual head (Dense, ReLU, Dense/2, ReLU, Dense)."""
 
     def __init__(self, cfg: ModelConfig, variant: str, variant_params: dict | None,
-                 vocab_size: int, seq_len: int, num_classes: int, pad_id: int = 0, paired: bool = False):
+                 vocab_size: int, seq_len: int, num_classes: int, pad_id: int = 0, paired: bool = False,
+                 zero_token: int | None = None):
         super().__init__()
+        if cfg.mask_zero_tokens and zero_token is None:
+            raise ValueError("model.mask_zero_tokens: this task has no raw zero value to mask (pixel tasks have)")
         self.cfg, self.pad_id, self.paired = cfg, pad_id, paired
+        self.zero_token = zero_token if cfg.mask_zero_tokens else None
         n = seq_len + (cfg.pooling == "cls")
         self.embed = nn.Embedding(vocab_size, cfg.dim)
         nn.init.normal_(self.embed.weight, std=cfg.embedding_init_std)
@@ -113,10 +120,12 @@ class EncoderClassifier(nn.Module):
                         nn.init.zeros_(module.bias)
 
     @classmethod
-    def for_data(cls, cfg: ModelConfig, variant: str, variant_params: dict | None, data) -> EncoderClassifier:
-        """The model for a task's prepared data (its vocabulary, length, classes, pairing)."""
+    def for_data(cls, cfg: ModelConfig, variant: str, variant_params: dict | None, data,
+                 zero_token: int | None = None) -> EncoderClassifier:
+        """The model for a task's prepared data (its vocabulary, length, classes, pairing);
+        ``zero_token``: the task's token of a raw 0 (``Task.zero_token``), for ``mask_zero_tokens``."""
         return cls(cfg, variant, variant_params, vocab_size=data.vocab_size, seq_len=data.seq_len,
-                   num_classes=data.num_classes, pad_id=data.pad_id, paired=data.paired)
+                   num_classes=data.num_classes, pad_id=data.pad_id, paired=data.paired, zero_token=zero_token)
 
     def forward(self, tokens: torch.Tensor, padded: bool = True) -> torch.Tensor:
         """``padded=False`` promises that no token is ``pad_id``: no mask is built, so variants skip
@@ -135,6 +144,9 @@ class EncoderClassifier(nn.Module):
     def encode(self, tokens: torch.Tensor, padded: bool = True) -> torch.Tensor:
         """tokens (B, N) -> pooled (B, dim)."""
         mask = tokens != self.pad_id if padded else None
+        if self.zero_token is not None:  # LRA: a black pixel is padding, whatever the batch's padding
+            real = tokens != self.zero_token
+            mask = real if mask is None else mask & real
         x = self.embed(tokens)
         if self.cls is not None:
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
@@ -153,6 +165,14 @@ class EncoderClassifier(nn.Module):
 
     def attention_layers(self):
         return [b.attn for b in self.blocks]
+
+
+def model_for_run(run: dict, data) -> EncoderClassifier:
+    """The model a resolved run config describes, for its task's prepared data (freshly initialised:
+    the caller seeds)."""
+    zero_token = TASKS.get(run["task"]["name"]).cls.zero_token
+    return EncoderClassifier.for_data(ModelConfig(**run["model"]), run["variant"]["name"], run["variant"]["params"],
+                                      data, zero_token=zero_token)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -37,7 +37,7 @@ from attnbench.harness.measure.timing import LazyStepTimer
 from attnbench.harness.results.records import RECORD_NAME, RunKey, write_record
 from attnbench.harness.run import checkpoint, precision
 from attnbench.harness.run.batches import DeviceSplit
-from attnbench.harness.run.model import EncoderClassifier, ModelConfig
+from attnbench.harness.run.model import EncoderClassifier, model_for_run
 from attnbench.harness.run.record import build_record
 from attnbench.tasks.base import PreparedData
 
@@ -218,9 +218,7 @@ class Trainer:
 
     def build_model(self) -> EncoderClassifier:
         """The model the run config describes, freshly initialised (seeded by the caller)."""
-        run, data = self.run, self.data
-        return EncoderClassifier.for_data(ModelConfig(**run["model"]), run["variant"]["name"],
-                                          run["variant"]["params"], data)
+        return model_for_run(self.run, self.data)
 
     def loss(self, x: torch.Tensor, y: torch.Tensor, padded: bool = True) -> torch.Tensor:
         """The training loss of one (micro-)batch, a mean over its examples (the model is in
