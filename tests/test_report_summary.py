@@ -211,6 +211,10 @@ def test_one_report_from_two_results_folders(tmp_path, capsys):
     for machine in ("Test CPU A (cpu", "Test GPU B (cuda"):
         assert f"full @ {machine}" in cost and f"window @ {machine}" in cost
     assert "| listops | full |" not in cost  # never a throughput pooled across machines
+    # one frontier per machine, each with its own figure
+    for machine in ("Test CPU A (cpu, torch 2.13.0, aaaaaaa)", "Test GPU B (cuda, torch 2.13.0, bbbbbbb)"):
+        assert f"- On {machine}: Frontier of accuracy against training throughput" in md
+    assert {"frontier.png", "frontier_2.png"} <= {p.name for p in (out / "figures").iterdir()}
     about = md[md.index("## About this run"):]
     assert "Test CPU A (cpu, torch 2.13.0, aaaaaaa)" in about and "Test GPU B (cuda, torch 2.13.0, bbbbbbb)" in about
     # a folder without results is one line and exit status 2, not a traceback

@@ -111,15 +111,32 @@ def summary_section(doc: Document, acc: pd.DataFrame, cost: pd.DataFrame, bench:
     the sweep of one machine (empty: none, or several machines, whose sweeps are never pooled)."""
     doc.heading(2, "Summary")
     lines = []
+    per_machine = list(_per_machine(cost))
     if not acc.empty:
         lines += [line for line in (task_line(acc, t) for t in sorted(acc["task"].unique())) if line]
-        lines += frontier_lines(cost)
+        for machine, runs in per_machine:  # a frontier is of one machine's costs: never across machines
+            lines += [f"On {machine}: {line}" if machine else line for line in frontier_lines(runs)]
     line = bench_line(bench)
     if line:
         lines.append(line)
     with doc.block("summary"):  # findings beside the figure: both on the first screen
         doc.bullets(lines)
-        if not cost.empty:
-            doc.figure(figure_frontier(cost, doc.out_dir / "figures" / "frontier.png"),
-                       "Test accuracy against training throughput (top) and peak training memory (bottom) per "
-                       "task; frontier points filled (click to enlarge)", md_alt="accuracy/cost frontier")
+        for i, (machine, runs) in enumerate(per_machine):
+            name = "frontier.png" if i == 0 else f"frontier_{i + 1}.png"
+            doc.figure(figure_frontier(runs, doc.out_dir / "figures" / name),
+                       (f"{machine}: " if machine else "") + "Test accuracy against training throughput (top) and "
+                       "peak training memory (bottom) per task; frontier points filled (click to enlarge)",
+                       md_alt="accuracy/cost frontier" + (f" on {machine}" if machine else ""))
+
+
+def _per_machine(cost: pd.DataFrame):
+    """(machine or '', its runs with plain variant names): one entry when the runs come from one machine."""
+    if cost.empty:
+        return
+    if "machine" not in cost or cost["machine"].nunique() <= 1:
+        yield "", cost
+        return
+    for machine in sorted(cost["machine"].unique()):
+        runs = cost[cost["machine"] == machine].copy()
+        runs["variant"] = runs["variant"].str.removesuffix(f" @ {machine}")
+        yield machine, runs
