@@ -309,3 +309,38 @@ def test_records_never_hold_non_finite_numbers(tmp_path):
     atomic_write_json(tmp_path / "r.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}})
     assert json.loads((tmp_path / "r.json").read_text()) == {"a": None, "b": [1.0, None], "c": {"d": None}}
     assert "NaN" not in (tmp_path / "r.json").read_text()
+
+
+def test_the_tested_checkpoint_is_the_best_or_the_final_weights_as_configured(tmp_path, tiny_listops_data,
+                                                                              monkeypatch):
+    """train.test_checkpoint: best (default) tests the best-validation weights, final (LRA's choice) the weights
+    training ended with; the record says which."""
+    tested = []
+    original = Trainer.evaluate
+
+    def spy(self, split, *args, **kwargs):
+        if split == "test":  # which weights: the head's last bias, against the best and the final state
+            tested.append(self.model.head[-1].bias.detach().clone())
+        return original(self, split, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "evaluate", spy)
+    finals = {}
+    original_test = Trainer.test
+
+    def keep_final(self, status):  # the final and the best weights, before the test loads either
+        finals[self.cfg.test_checkpoint] = (self.model.head[-1].bias.detach().clone(),
+                                            self.best["state"]["head.2.bias"].clone())
+        return original_test(self, status)
+
+    monkeypatch.setattr(Trainer, "test", keep_final)
+    for which in ("best", "final"):
+        record = train_run(_run(test_checkpoint=which, steps=40), tiny_listops_data, tmp_path / which, bar=False)
+        assert record["status"] == "ok" and record["accuracy"]["checkpoint"] == which
+        final, best = finals[which]
+        assert not torch.equal(final, best)  # the last step is not the best one here, so the two differ
+        torch.testing.assert_close(tested[-1], final if which == "final" else best, rtol=0, atol=0)
+    summary = tmp_path / "summary.csv"
+    from attnbench.harness.results.aggregate import aggregate
+
+    df, _ = aggregate([tmp_path / w / "record.json" for w in ("best", "final")], summary)
+    assert sorted(df["tested_checkpoint"]) == ["best", "final"]

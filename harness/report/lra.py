@@ -16,6 +16,7 @@ from attnbench.harness.report.lra_published import (
     lra_average,
     published_row,
 )
+from attnbench.harness.report.runs import tested_checkpoints
 from attnbench.harness.report.writer import Document
 
 
@@ -92,7 +93,8 @@ def lra_section(doc: Document, df: pd.DataFrame, convention: int = 5) -> None:
     if not same:
         return
     doc.heading(2, "LRA Table 1 comparison")
-    doc.note(lra_note(convention) + " Only tasks that ran LRA's data and length are shown here.")
+    doc.note(lra_note(convention) + " Only tasks that ran LRA's data and length are shown here. LRA tests its final "
+             f"weights; this run tested each run's {tested_checkpoints(df)} (`train.test_checkpoint`).")
     doc.table(lra_table(df, convention, same))
 
 

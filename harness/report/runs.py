@@ -12,8 +12,17 @@ import seaborn as sns
 from attnbench.harness.report.writer import Document, save_figure
 
 ENV_COLUMNS = ["host", "device", "device_name", "torch_threads", "python", "torch", "cuda", "git_commit", "git_dirty"]
-ACCURACY_NOTE = ("Test accuracy of each run's best-validation checkpoint, evaluated once; mean ± sample std over "
+ACCURACY_NOTE = ("Test accuracy of each run's {tested}, evaluated once; mean ± sample std over "
                  "seeds (n = seeds that finished ok). Chance and majority-class baselines are on the test split.")
+TESTED = {"best": "best-validation checkpoint", "final": "final weights"}
+
+
+def tested_checkpoints(df: pd.DataFrame) -> str:
+    """Which weights the runs' test accuracies are of, in words (train.test_checkpoint)."""
+    tested = sorted(set(df["tested_checkpoint"].dropna())) if "tested_checkpoint" in df else []
+    if not tested:
+        return TESTED["best"]
+    return " or ".join(TESTED[t] for t in tested) + (" (the runs' tested_checkpoint)" if len(tested) > 1 else "")
 
 
 def pct(x: float) -> str:
@@ -141,7 +150,7 @@ def figure_curves(curves: pd.DataFrame, path: Path) -> Path | None:
 
 def accuracy_section(doc: Document, df: pd.DataFrame) -> None:
     doc.heading(2, "Test accuracy (%)")
-    doc.note(ACCURACY_NOTE)
+    doc.note(ACCURACY_NOTE.format(tested=tested_checkpoints(df)))
     doc.table(accuracy_table(df))
 
 

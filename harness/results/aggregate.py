@@ -18,7 +18,7 @@ from attnbench.variants import VARIANTS
 
 COLUMNS = [
     "task", "variant", "attention", "method", "published_as", "seed", "status", "message", "best_val_acc", "test_acc",
-    "best_step", "chance_acc", "majority_test_acc", "steps_done", "steps_planned", "wall_s",
+    "best_step", "tested_checkpoint", "chance_acc", "majority_test_acc", "steps_done", "steps_planned", "wall_s",
     "train_steps_per_s", "train_tokens_per_s", "eval_tokens_per_s", "peak_memory_mb",
     "peak_memory_reserved_mb", "peak_memory_method", "timing_method", "params", "layers", "attention_flops_fwd",
     "seq_len", "batch_size", "device", "device_name", "torch_threads", "torch", "cuda", "python", "host", "git_commit",
@@ -71,6 +71,8 @@ def record_row(record: dict, path: Path) -> dict:
         "status": record["status"], "message": record["message"],
         "best_val_acc": record["accuracy"]["best_val"], "test_acc": record["accuracy"]["test"],
         "best_step": record["accuracy"]["best_step"],
+        "tested_checkpoint": record["accuracy"].get("checkpoint", "best" if record["accuracy"]["test"] is not None
+                                                    else None),
         "chance_acc": record["baselines"]["chance"], "majority_test_acc": record["baselines"]["majority_test_acc"],
         "steps_done": record["training"]["steps_done"], "steps_planned": record["training"]["steps_planned"],
         "wall_s": record["training"]["wall_s"],

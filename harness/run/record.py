@@ -53,6 +53,7 @@ def build_record(*, run: dict, data: PreparedData, status: str, message: str | N
         "accuracy": {
             "best_val": trainer.best["val_acc"] if trainer and trainer.best["step"] is not None else None,
             "test": test_acc,
+            "checkpoint": getattr(trainer, "tested", None) if test_acc is not None else None,
             "best_step": trainer.best["step"] if trainer else None,
         },
         "baselines": baselines,

@@ -62,6 +62,10 @@ class TrainConfig:
                                                                        "lr * sqrt(warmup_steps))")
     grad_clip: float = param(1.0, "clip the global gradient norm to this (0 = off)", minimum=0.0)
     eval_every: int = param(100, "evaluate on the validation split every this many steps (and at the end)", minimum=1)
+    test_checkpoint: Literal["best", "final"] = param(
+        "best", "the weights the test split is evaluated on, once: the best-validation checkpoint, or the weights "
+        "training ended with (LRA's choice; a diverged run still tests its best checkpoint); recorded in the "
+        "record's accuracy.checkpoint")
     timing_skip_steps: int = param(5, "first steps left out of the steady-state throughput", minimum=0)
     time_limit_min: float = param(0.0, "stop with status 'timeout' after this many minutes of training (0 = none)",
                                   minimum=0.0)
@@ -208,6 +212,7 @@ class Trainer:
         self.sdpa_kernels: str | None = None  # the SDPA kernels a training step ran (recorded once)
         self.curve: list[dict] = []
         self.best = {"val_acc": -1.0, "step": None, "state": None}
+        self.tested: str | None = None  # the checkpoint the test split was evaluated on: best or final
         self.step = 0  # the step being run (or last finished)
         self.perm, self.pos = None, 0  # this epoch's permutation of the training split and the place in it
         self.losses: list[torch.Tensor] = []  # training losses since the last evaluation, on the device
@@ -345,9 +350,15 @@ class Trainer:
         log.line(f"step {step}/{self.cfg.steps}  train_loss {row['train_loss']:.4f}  "
                  f"val_loss {val_loss:.4f}  val_acc {val_acc:.4f}  best {self.best['val_acc']:.4f}@{self.best['step']}")
 
-    def test_best(self) -> float | None:
+    def test(self, status: str) -> float | None:
+        """Test accuracy of the weights ``train.test_checkpoint`` names (the final ones only after a run
+        that did not diverge), measured once; ``self.tested`` says which were tested."""
+        if self.cfg.test_checkpoint == "final" and status != "diverged" and self.step > 0:
+            self.tested = "final"
+            return self.evaluate("test")[0]
         if self.best["state"] is None:
             return None
+        self.tested = "best"
         self.model.load_state_dict(self.best["state"])
         return self.evaluate("test")[0]
 
@@ -465,7 +476,7 @@ def _train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None, t
                 steps_done = steps_done or max(0, trainer.step - (status in ("diverged", "oom", "failed")))
             if trainer is not None and status in ("ok", "diverged", "timeout"):
                 try:
-                    test_acc = trainer.test_best()
+                    test_acc = trainer.test(status)
                 except Exception as exc:  # the test pass's failure is a record too
                     status, message = _failure(exc, cap, "testing failed: ")
     if trainer is not None and trainer.best["state"] is not None:
