@@ -59,8 +59,27 @@ def cmd_check_config(args) -> int:
     from attnbench.harness.config import DEFAULT_CONFIG
 
     config = _load(args)
-    print(json.dumps(config, indent=2) if args.show else f"{args.config or DEFAULT_CONFIG}: valid")
+    if not args.show:
+        print(f"{args.config or DEFAULT_CONFIG}: valid")
+        return 0
+    print(json.dumps({**config, "resolved_models": resolved_models(config)}, indent=2))
     return 0
+
+
+def resolved_models(config: dict) -> dict[str, dict]:
+    """The model each task's runs get, every option resolved (profiles, per-task values, black-pixel
+    masking): per task that of its first variant, and ``task/variant`` for a variant with its own settings."""
+    from attnbench.harness.config import resolve_run
+
+    seed = config["seeds"][0]
+    first = next(iter(config["variants"]))
+    out = {}
+    for task, settings in config["tasks"].items():
+        out[task] = resolve_run(config, task, first, seed)["model"]
+        for variant in settings.get("per_variant", {}):
+            if variant in config["variants"]:
+                out[f"{task}/{variant}"] = resolve_run(config, task, variant, seed)["model"]
+    return out
 
 
 def cmd_prepare(args) -> int:

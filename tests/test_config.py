@@ -280,7 +280,20 @@ def test_lra_config_resolves_lra_settings_per_task_and_variant():
     assert run["image", "full"]["model"]["layers"] == 1 and run["image", "full"]["model"]["pooling"] == "cls"
     assert run["pathfinder", "linear"]["model"]["dim"] == 128
     assert run["pathfinder", "full"]["model"]["pooling"] == "mean"
-    assert {t: run[t, "lsh"]["variant"]["params"]["n_buckets"] for t in ("listops", "retrieval", "pathx", "image")} == {
-        "listops": 64, "retrieval": 128, "pathx": 512, "image": 32}
+    # LRA's Reformer (1 hash round, 10 buckets) and Longformer (256 each side, no global token) on every task
+    assert {(p["n_hashes"], p["n_buckets"]) for t in config["tasks"] for p in [run[t, "lsh"]["variant"]["params"]]} == {
+        (1, 10)}
+    assert {(p["window"], tuple(p["global_tokens"])) for t in config["tasks"]
+            for p in [run[t, "window"]["variant"]["params"]]} == {(256, ())}
+    # Performer and Sparse Trans. under their own names, with LRA's own sizes on Image and Pathfinder
+    assert run["image", "performer"]["variant"]["params"]["feature_map"] == "favor"
+    pathfinder = run["pathfinder", "performer"]["model"], run["pathfinder", "sparse_strided"]["model"]
+    assert (pathfinder[0]["layers"], pathfinder[1]["layers"]) == (4, 1)
+    # LRA's model: the profile everywhere, black pixels masked on the pixel tasks only, position 0 on Retrieval
+    assert {run[t, v]["model"]["profile"] for t, v in run} == {"lra"}
+    assert {t: run[t, "full"]["model"]["mask_zero_tokens"] for t in config["tasks"]} == {
+        "listops": False, "text": False, "retrieval": False, "image": True, "pathfinder": True, "pathx": True}
+    assert run["retrieval", "full"]["model"]["pooling"] == "first"
+    assert {run[t, v]["train"]["test_checkpoint"] for t, v in run} == {"final"}
     assert run["pathx", "full"]["train"]["grad_clip"] == 1.0 and run["image", "full"]["train"]["grad_clip"] == 0.0
     assert config["report"]["lra_average"] == 5

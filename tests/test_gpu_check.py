@@ -238,7 +238,8 @@ def test_paired_task_runs_two_towers(lra_cost):
     run = resolve_run(config, "retrieval", "full", 0)
     shape = lra_cost.task_shape("retrieval", run["task"]["data"])
     core, _ = lra_cost.forward_flops_per_example(run, shape)
-    assert shape.paired and core == 2 * 4 * 2 * 2 * 4001 * 4001 * 128
+    # two towers of 4000 bytes: LRA's dual encoder adds no CLS token (pooling: first)
+    assert shape.paired and core == 2 * 4 * 2 * 2 * 4000 * 4000 * 128
 
 
 def test_cost_table_has_a_row_per_task_of_lra_config(lra_cost, capsys):

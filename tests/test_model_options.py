@@ -141,3 +141,42 @@ def test_the_config_refuses_mask_zero_tokens_on_a_task_without_pixels():
     config["tasks"]["listops"]["model"] = {"mask_zero_tokens": True}
     with pytest.raises(ConfigError, match=r"'tasks.listops.model.mask_zero_tokens' is true, but task 'listops'"):
         validate_config(config)
+
+
+# ---------------------------------------------------------------- the lra profile
+
+def resolved_models(model: dict, tasks: dict | None = None) -> dict:
+    from attnbench.harness.config import resolve_run, validate_config
+    from conftest import tiny_config
+
+    config = tiny_config(variants={"full": {}, "window": {"window": 3, "block_size": 4}})
+    config["model"].update(model)
+    config["tasks"]["image"] = {"data": {"source": "digits", "max_train": 100}}
+    for task, settings in (tasks or {}).items():
+        config["tasks"][task].update(settings)
+    config = validate_config(config)
+    return {(t, v): resolve_run(config, t, v, 0)["model"] for t in ("listops", "image") for v in ("full", "window")}
+
+
+def test_the_lra_profile_sets_lras_values_where_nothing_more_specific_does():
+    models = resolved_models({"profile": "lra"}, tasks={
+        "listops": {"model": {"gelu": "exact"}},  # a task's own setting wins over the shared profile
+        "image": {"per_variant": {"window": {"model": {"profile": "attnbench"}}}}})  # a variant's profile too
+    lra = {"embedding_init_std": 1.0, "qkv_bias": False, "mlp_dropout_after_activation": True, "init": "xavier"}
+    for key in [("listops", "full"), ("listops", "window"), ("image", "full")]:
+        assert {k: models[key][k] for k in lra} == lra, key
+    assert models["listops", "full"]["gelu"] == "exact" and models["image", "full"]["gelu"] == "tanh"
+    # black pixels masked where there are pixels
+    assert models["image", "full"]["mask_zero_tokens"] is True
+    assert models["listops", "full"]["mask_zero_tokens"] is False
+    window = models["image", "window"]
+    assert (window["profile"], window["init"], window["qkv_bias"], window["mask_zero_tokens"]) == (
+        "attnbench", "default", True, False)
+
+
+def test_the_default_profile_keeps_todays_model():
+    models = resolved_models({})
+    for model in models.values():
+        assert (model["profile"], model["embedding_init_std"], model["qkv_bias"], model["init"], model["gelu"],
+                model["mlp_dropout_after_activation"], model["mask_zero_tokens"]) == (
+            "attnbench", 0.02, True, "default", "exact", False, False)

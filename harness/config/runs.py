@@ -18,7 +18,7 @@ from attnbench.harness.config.schema import ConfigError
 from attnbench.harness.core.registry import as_dict, build_dataclass
 from attnbench.harness.results.records import RunKey
 from attnbench.harness.run.distill import student_layer_count
-from attnbench.harness.run.model import ModelConfig
+from attnbench.harness.run.model import ModelConfig, resolve_zero_masking
 from attnbench.harness.run.train import TrainConfig
 from attnbench.tasks import TASKS
 from attnbench.tasks.base import data_key
@@ -61,6 +61,7 @@ def _labels_run(config: dict, task: str, variant: str, seed: int, params: dict) 
     per_variant = per_task.get("per_variant", {}).get(variant, {})  # the most specific settings win
     model = build_dataclass(ModelConfig, {**config["model"], **per_task.get("model", {}),
                                           **per_variant.get("model", {})}, "model")
+    model = resolve_zero_masking(model, task)
     train = build_dataclass(TrainConfig, {**config["train"], **per_task.get("train", {}),
                                           **per_variant.get("train", {})}, "train")
     data = task_data_params(config, task)

@@ -24,6 +24,7 @@ from attnbench.harness.config.schema import (
 )
 from attnbench.harness.core import resources
 from attnbench.harness.core.registry import ExternalComponentError
+from attnbench.harness.run.model import expand_profile
 from attnbench.tasks.base import TASKS
 from attnbench.variants import VARIANTS
 
@@ -100,6 +101,7 @@ def validate_config(config: dict) -> dict:
         for name in given:  # where the user wrote them: under the variant's `params`
             lines = {line.replace(f"'variants.{name}.", f"'variants.{name}.params.") for line in lines}
         raise ConfigError.of(sorted(lines))
+    _expand_model_profiles(normalised)
     apply_defaults(schema, normalised)
     for section, params in normalised["tasks"].items():  # model dim/heads compatibility
         for variant, over in {"": {}, **params.get("per_variant", {})}.items():
@@ -118,6 +120,16 @@ def validate_config(config: dict) -> dict:
     config.clear()
     config.update(normalised)
     return config
+
+
+def _expand_model_profiles(config: dict) -> None:
+    """Each `model:` mapping (the shared one, a task's, a variant's on a task) with a `profile` gets that
+    profile's values for the keys it does not set itself, before the defaults fill the rest."""
+    mappings = [config] + [t for t in config["tasks"].values()]
+    mappings += [v for t in config["tasks"].values() for v in t.get("per_variant", {}).values()]
+    for holder in mappings:
+        if isinstance(holder.get("model"), dict):
+            holder["model"] = expand_profile(holder["model"])
 
 
 def check_per_variant(config: dict) -> list[str]:

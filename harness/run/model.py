@@ -3,6 +3,7 @@ attention variant, pooling (CLS, mean or the first position) and an MLP head; th
 sets (embedding std, q/k/v biases, MLP dropout, Xavier init, tanh GELU) are keys of ModelConfig."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Literal
@@ -34,8 +35,15 @@ class ModelConfig:
     interaction: Literal["concat", "nli"] = param("concat", "paired tasks (Retrieval) only: the dual head reads [u, v] "
                                                   "(LRA's released code) or [u, v, u*v, u-v] (LRA's paper, the "
                                                   "xformers and Nystromformer reproductions)")
-    mask_zero_tokens: bool = param(False, "pixel tasks: a raw value 0 (a black pixel) is masked like padding, as "
-                                   "LRA's models do: attended by no query, left out of mean pooling")
+    profile: Literal["attnbench", "lra"] = param(
+        "attnbench", "the values of embedding_init_std, qkv_bias, mlp_dropout_after_activation, init, gelu and "
+        "mask_zero_tokens wherever the same `model:` mapping does not set them: attnbench's defaults, or what LRA's "
+        "code does (std 1.0, no q/k/v bias, dropout after the GELU, Xavier, tanh GELU, black pixels masked on the "
+        "pixel tasks); a more specific mapping (a task's, a variant's on a task) still overrides")
+    mask_zero_tokens: bool | None = param(None, "pixel tasks: a raw value 0 (a black pixel) is masked like padding, "
+                                          "as LRA's models do: attended by no query, left out of mean pooling. "
+                                          "Unset: as the profile says (attnbench: off; lra: on the tasks that "
+                                          "have pixels)")
     embedding_init_std: float = param(0.02, "std of the token embeddings' normal initialisation (LRA: 1.0)",
                                       minimum=0.0)
     qkv_bias: bool = param(True, "biases on the attention's query/key/value projections (LRA: none)")
@@ -45,6 +53,29 @@ class ModelConfig:
                                                "uniform with zero biases (LRA's Dense layers)")
     gelu: Literal["exact", "tanh"] = param("exact", "the MLP's GELU: exact (erf) or tanh-approximated (LRA, Flax's "
                                            "default)")
+
+
+#: the keys a `model.profile` sets where its mapping does not (mask_zero_tokens: at resolution, per task)
+PROFILES: dict[str, dict] = {
+    "attnbench": {"embedding_init_std": 0.02, "qkv_bias": True, "mlp_dropout_after_activation": False,
+                  "init": "default", "gelu": "exact"},
+    "lra": {"embedding_init_std": 1.0, "qkv_bias": False, "mlp_dropout_after_activation": True, "init": "xavier",
+            "gelu": "tanh"},
+}
+
+
+def expand_profile(model: dict) -> dict:
+    """A `model:` mapping as written, with its profile's values for the keys it does not set itself."""
+    profile = model.get("profile")
+    return model if profile is None else {**PROFILES[profile], **model}
+
+
+def resolve_zero_masking(cfg: ModelConfig, task: str) -> ModelConfig:
+    """``mask_zero_tokens`` left unset, decided: on where the profile is LRA's and the task has pixels."""
+    if cfg.mask_zero_tokens is not None:
+        return cfg
+    masked = cfg.profile == "lra" and TASKS.get(task).cls.zero_token is not None
+    return dataclasses.replace(cfg, mask_zero_tokens=masked)
 
 
 def sinusoidal_positions(n: int, dim: int) -> torch.Tensor:
