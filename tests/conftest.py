@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import os
 
 import pytest
 import torch
@@ -106,6 +107,24 @@ def torch_state_restored():
 def _restore_torch_state():
     with torch_state_restored():
         yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_variant_registry(monkeypatch):
+    """What a test registers from outside the package (its own `ownattn` module, a config's `from:`
+    entries) and what validation exports for child processes (ATTNBENCH_VARIANTS) end with the test:
+    a later test's validation would otherwise export a module only that test could import, and the
+    jobs it starts would fail to load it."""
+    from attnbench.variants import VARIANTS
+
+    VARIANTS.names()  # loaded: the snapshot holds every built-in variant
+    entries, sources = dict(VARIANTS._entries), dict(VARIANTS._sources)
+    monkeypatch.setenv("ATTNBENCH_VARIANTS", os.environ.get("ATTNBENCH_VARIANTS", ""))
+    yield
+    VARIANTS._entries.clear()
+    VARIANTS._entries.update(entries)
+    VARIANTS._sources.clear()
+    VARIANTS._sources.update(sources)
 
 
 @pytest.fixture(scope="session")

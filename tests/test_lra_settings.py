@@ -2,7 +2,6 @@
 does, the default config's none does, and a change of source or length makes a run not comparable."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,11 +11,6 @@ from attnbench.tasks.lra_settings import LRA_DATA, ran_lra_settings
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 
-
-@pytest.fixture(autouse=True)
-def exported_variants_undone(monkeypatch):
-    """Validating config/zoo.yaml exports its `from:` variants to the environment: undone after each test."""
-    monkeypatch.setenv("ATTNBENCH_VARIANTS", os.environ.get("ATTNBENCH_VARIANTS", ""))
 
 
 def prepared_length(task: str, data: dict) -> int:
