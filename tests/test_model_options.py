@@ -180,3 +180,19 @@ def test_the_default_profile_keeps_todays_model():
         assert (model["profile"], model["embedding_init_std"], model["qkv_bias"], model["init"], model["gelu"],
                 model["mlp_dropout_after_activation"], model["mask_zero_tokens"]) == (
             "attnbench", 0.02, True, "default", "exact", False, False)
+
+
+def test_check_config_show_prints_each_tasks_resolved_model(capsys):
+    import json
+    from pathlib import Path
+
+    from attnbench.harness.cli import main
+
+    lra = Path(__file__).resolve().parent.parent / "config" / "lra.yaml"
+    assert main(["check-config", "--config", str(lra), "--show"]) == 0
+    resolved = json.loads(capsys.readouterr().out)["resolved_models"]
+    assert {t: resolved[t]["mask_zero_tokens"] for t in ("listops", "text", "retrieval", "image", "pathfinder",
+                                                         "pathx")} == {
+        "listops": False, "text": False, "retrieval": False, "image": True, "pathfinder": True, "pathx": True}
+    assert resolved["retrieval"]["pooling"] == "first" and resolved["image"]["init"] == "xavier"
+    assert (resolved["pathfinder/performer"]["layers"], resolved["pathfinder/performer"]["dim"]) == (4, 32)
