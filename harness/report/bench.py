@@ -387,6 +387,7 @@ def headline(df: pd.DataFrame) -> tuple[tuple[str, str, str, int], list[dict]]:
     impls = impl_order(cases.index.get_level_values("impl"))
     if BASELINE not in impls:
         return setting, []
+    crossings = crossover_table(df, *setting).set_index("impl")
     rows = []
     for impl in impls[1:]:
         both = [n for n in sorted(cases.loc[impl].index) if (BASELINE, n) in cases.index
@@ -396,10 +397,9 @@ def headline(df: pd.DataFrame) -> tuple[tuple[str, str, str, int], list[dict]]:
             n = both[-1]
             case, base = cases.loc[(impl, n)], cases.loc[(BASELINE, n)]
             row.update(n=int(n), speedup=base["median_s"] / case["median_s"], memory=case["peak_mb"] / base["peak_mb"])
-        for metric, key in (("median_s", "time_crossover"), ("peak_mb", "memory_crossover")):
-            n_cross, text = _measured_crossover(cases, impl, metric)
-            extrapolated = _extrapolated_crossover(cases, impl, metric) if n_cross is None else "–"
-            row[key] = text if n_cross is not None or extrapolated == "–" else extrapolated
+        for key, measured, fit in (("time_crossover", "faster than full from n", "time crossover (fit)"),
+                                   ("memory_crossover", "less memory than full from n", "memory crossover (fit)")):
+            row[key] = crossings.loc[impl, measured] if crossings.loc[impl, fit] == "–" else crossings.loc[impl, fit]
         rows.append(row)
     return setting, rows
 

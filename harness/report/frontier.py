@@ -17,14 +17,14 @@ AXES = {"throughput": ("train_tokens_per_s", "training throughput (tokens/s)", T
 
 
 def points(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (task, variant) with ok runs: accuracy (%, mean over seeds), throughput and
-    memory (medians over seeds), seeds."""
+    """One row per (task, variant) with ok runs: accuracy (%, mean over seeds), and each cost axis
+    (medians over seeds)."""
     ok = df[(df["status"] == "ok") & df["test_acc"].notna()]
     if ok.empty:
-        return pd.DataFrame(columns=["task", "variant", "accuracy", "throughput", "memory", "seeds"])
+        return pd.DataFrame(columns=["task", "variant", "accuracy", *AXES])
     g = ok.groupby(["task", "variant"], sort=True)
-    out = g.agg(accuracy=("test_acc", "mean"), throughput=("train_tokens_per_s", "median"),
-                memory=("peak_memory_mb", "median"), seeds=("seed", "nunique")).reset_index()
+    out = g.agg(accuracy=("test_acc", "mean"),
+                **{axis: (column, "median") for axis, (column, _, _) in AXES.items()}).reset_index()
     out["accuracy"] *= 100
     return out
 
@@ -32,16 +32,15 @@ def points(df: pd.DataFrame) -> pd.DataFrame:
 def on_frontier(pts: pd.DataFrame, axis: str) -> pd.Series:
     """Per row of one task's points: True where no other point is at least as accurate and at
     least as cheap on ``axis`` while strictly better on one of the two (rows without a cost: False)."""
-    col = axis
     better = AXES[axis][2]
     flags = []
     for i, p in pts.iterrows():
-        if pd.isna(p[col]):
+        if pd.isna(p[axis]):
             flags.append(False)
             continue
-        others = pts.drop(index=i).dropna(subset=[col])
-        cheap_eq = others[col] >= p[col] if better else others[col] <= p[col]
-        cheap_lt = others[col] > p[col] if better else others[col] < p[col]
+        others = pts.drop(index=i).dropna(subset=[axis])
+        cheap_eq = others[axis] >= p[axis] if better else others[axis] <= p[axis]
+        cheap_lt = others[axis] > p[axis] if better else others[axis] < p[axis]
         dominated = ((others["accuracy"] >= p["accuracy"]) & cheap_eq
                      & ((others["accuracy"] > p["accuracy"]) | cheap_lt)).any()
         flags.append(not dominated)

@@ -73,8 +73,7 @@ def lra_table(df: pd.DataFrame, convention: int = 5, tasks: list[str] | None = N
 def published_reference_table(df: pd.DataFrame, convention: int = 5) -> pd.DataFrame:
     """LRA's published rows for the models this run's variants implement, all six tasks, no row of this run."""
     models = sorted(df["published_as"].dropna().unique()) if "published_as" in df else []
-    columns = {t: name for t, name in LRA_TASKS.items()}
-    out = pd.DataFrame(_published_rows(models, list(LRA_TASKS), columns, convention))
+    out = pd.DataFrame(_published_rows(models, list(LRA_TASKS), dict(LRA_TASKS), convention))
     return out.drop(columns="seeds") if not out.empty else out
 
 

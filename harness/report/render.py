@@ -92,7 +92,7 @@ def render_report(summary_csv: Path | list[Path] | None, out_dir: Path, bench_cs
         doc.note(f"Runs that did not finish ok: {json.dumps(not_ok)} (see Runs).", alert=True, html_only=True)
     for path in summaries:
         _set_aside_note(doc, set_aside_file(path))
-    summary_section(doc, acc, cost, _single_machine_bench(bench))
+    summary_section(doc, acc, df, _single_machine_bench(bench))
     doc.toc()
     accuracy_section(doc, acc)
     differences_section(doc, acc)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 from scipy import stats
 
@@ -39,9 +40,9 @@ class Interval:
         return self.defined and self.low <= value <= self.high
 
 
-def t_quantile(n: int, level: float = LEVEL) -> float:
-    """The two-sided ``level`` Student-t quantile with n - 1 degrees of freedom."""
-    return float(stats.t.ppf(0.5 + level / 2, n - 1))
+def t_quantile(n, level: float = LEVEL):
+    """The two-sided ``level`` Student-t quantile with n - 1 degrees of freedom (n: a count or an array)."""
+    return stats.t.ppf(0.5 + level / 2, np.asarray(n) - 1)
 
 
 def t_interval(values, level: float = LEVEL) -> Interval:
@@ -54,7 +55,7 @@ def t_interval(values, level: float = LEVEL) -> Interval:
     if n < 2:
         return Interval(mean, math.nan, math.nan, n, math.nan)
     std = float(x.std(ddof=1))
-    half = t_quantile(n, level) * std / math.sqrt(n)
+    half = float(t_quantile(n, level)) * std / math.sqrt(n)
     return Interval(mean, mean - half, mean + half, n, std)
 
 
@@ -82,10 +83,9 @@ def seeds_for(std: float, half_width: float, level: float = LEVEL) -> int | None
     values spread with sample std ``std``; None when std is unknown, MAX_SEEDS + 1 beyond reach."""
     if not math.isfinite(std) or half_width <= 0:
         return None
-    for n in range(2, MAX_SEEDS + 1):
-        if t_quantile(n, level) * std / math.sqrt(n) <= half_width:
-            return n
-    return MAX_SEEDS + 1
+    n = np.arange(2, MAX_SEEDS + 1)
+    reached = np.flatnonzero(t_quantile(n, level) * std / np.sqrt(n) <= half_width)
+    return int(n[reached[0]]) if reached.size else MAX_SEEDS + 1
 
 
 def fmt_seeds(n: int | None) -> str:

@@ -105,13 +105,14 @@ def bench_line(bench: pd.DataFrame) -> str | None:
             f"batch {batch}): " + "; ".join(parts) + ".")
 
 
-def summary_section(doc: Document, acc: pd.DataFrame, cost: pd.DataFrame, bench: pd.DataFrame) -> None:
+def summary_section(doc: Document, acc: pd.DataFrame, runs: pd.DataFrame, bench: pd.DataFrame) -> None:
     """The opening section; every sentence is computed from the tables: ``acc`` the runs as the
-    accuracy tables group them, ``cost`` as the cost tables do (per machine when several), ``bench``
-    the sweep of one machine (empty: none, or several machines, whose sweeps are never pooled)."""
+    accuracy tables group them, ``runs`` the runs themselves (with their ``machine`` when several: the
+    frontiers are per machine), ``bench`` the sweep of one machine (empty: none, or several machines,
+    whose sweeps are never pooled)."""
     doc.heading(2, "Summary")
     lines = []
-    per_machine = list(_per_machine(cost))
+    per_machine = list(_per_machine(runs))
     if not acc.empty:
         lines += [line for line in (task_line(acc, t) for t in sorted(acc["task"].unique())) if line]
         for machine, runs in per_machine:  # a frontier is of one machine's costs: never across machines
@@ -129,14 +130,12 @@ def summary_section(doc: Document, acc: pd.DataFrame, cost: pd.DataFrame, bench:
                        md_alt="accuracy/cost frontier" + (f" on {machine}" if machine else ""))
 
 
-def _per_machine(cost: pd.DataFrame):
-    """(machine or '', its runs with plain variant names): one entry when the runs come from one machine."""
-    if cost.empty:
+def _per_machine(runs: pd.DataFrame):
+    """(machine or '', its runs): one entry, unnamed, when the runs come from one machine."""
+    if runs.empty:
         return
-    if "machine" not in cost or cost["machine"].nunique() <= 1:
-        yield "", cost
+    if "machine" not in runs or runs["machine"].nunique() <= 1:
+        yield "", runs
         return
-    for machine in sorted(cost["machine"].unique()):
-        runs = cost[cost["machine"] == machine].copy()
-        runs["variant"] = runs["variant"].str.removesuffix(f" @ {machine}")
-        yield machine, runs
+    for machine in sorted(runs["machine"].unique()):
+        yield machine, runs[runs["machine"] == machine]

@@ -93,6 +93,7 @@ class Document:
         self.md: list[str] = []
         self.html: list[str] = []
         self.sections: list[tuple[int, str, str]] = []  # (level, text, id) of every h2 / h3
+        self._toc_from = 0  # the first section the table of contents lists
 
     def heading(self, level: int, text: str) -> None:
         ids = {i for _, _, i in self.sections}
@@ -111,10 +112,10 @@ class Document:
         self._toc_from = len(self.sections)
 
     def _toc(self, markdown: bool) -> str:
-        entries = self.sections[getattr(self, "_toc_from", 0):]
+        entries = [(text, key) for lvl, text, key in self.sections[self._toc_from:] if lvl == 2]
         if markdown:
-            return "\n".join(f"{'  ' * (lvl - 2)}- [{text}](#{key})" for lvl, text, key in entries if lvl == 2) + "\n"
-        items = "".join(f"<li><a href='#{key}'>{html.escape(text)}</a></li>" for lvl, text, key in entries if lvl == 2)
+            return "\n".join(f"- [{text}](#{key})" for text, key in entries) + "\n"
+        items = "".join(f"<li><a href='#{key}'>{html.escape(text)}</a></li>" for text, key in entries)
         return f"<nav class='toc' aria-label='Contents'><strong>Contents</strong><ul>{items}</ul></nav>"
 
     @contextmanager
