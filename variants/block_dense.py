@@ -12,7 +12,8 @@ the scatter of the mask is deterministic there.
 from __future__ import annotations
 
 import torch
-from torch.nn.functional import scaled_dot_product_attention
+
+from attnbench.variants.sdpa import masked_sdpa
 
 #: at most this many (block-padded) tokens take the dense path; tests set 0 to keep the block path
 MAX_TOKENS = 256
@@ -55,9 +56,5 @@ def layout_mask(n: int, block: int, key_mask: torch.Tensor, key_blocks: torch.Te
 def dense_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
                     dropout: float = 0.0, training: bool = False) -> torch.Tensor:
     """Softmax attention of (B, H, N, D) q, k, v under the (B, N, N) ``allowed`` mask; rows with no
-    allowed key are zeros. Such rows attend every key inside the kernel (a fully masked row would
-    give NaN there, and NaN gradients), and are then replaced by zeros, which no gradient crosses."""
-    row_ok = allowed.any(-1)  # (B, N)
-    mask = allowed | ~row_ok[:, :, None]
-    out = scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None], dropout_p=dropout if training else 0.0)
-    return torch.where(row_ok[:, None, :, None], out, 0.0)
+    allowed key are zeros (``sdpa.masked_sdpa``: no kernel sees such a row)."""
+    return masked_sdpa(q, k, v, allowed[:, None], dropout if training else 0.0)

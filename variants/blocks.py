@@ -20,9 +20,9 @@ import functools
 
 import torch
 import torch.nn.functional as F
-from torch.nn.functional import scaled_dot_product_attention
 
 from attnbench.variants import block_dense, block_flash
+from attnbench.variants.sdpa import masked_sdpa
 
 
 def pad_to_multiple(x: torch.Tensor, dim: int, multiple: int, value=0) -> torch.Tensor:
@@ -157,16 +157,13 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         g_ok = (global_valid & key_mask.gather(1, global_idx))[:, None, None, :]
         allowed = torch.cat([allowed, g_ok.expand(-1, nq, allowed.shape[2], -1)], dim=-1)
     width = kb.shape[3]
-    out = scaled_dot_product_attention(
+    # rows with no allowed key (padding, an all-padding block, a query whose band holds only padding) are
+    # zeros, and never reach the kernel as such (masked_sdpa)
+    out = masked_sdpa(
         q.view(bsz, heads, nb, block, d).transpose(1, 2).reshape(bsz * nq, heads, block, d),
         kb.transpose(1, 2).reshape(bsz * nq, heads, width, d),
         vb.transpose(1, 2).reshape(bsz * nq, heads, width, d),
-        attn_mask=allowed.reshape(bsz * nq, 1, allowed.shape[2], width),
-        dropout_p=dropout if training else 0.0)
-    # rows with no allowed key: zeros. A kernel may return NaN there, and NaN * 0 is NaN, so a
-    # select rather than a product; unconditional, so no host sync asks whether any row is empty
-    row_ok = allowed.any(-1)  # (B, nQ, b or 1)
-    out = torch.where(row_ok.reshape(bsz * nq, 1, -1, 1), out, 0.0)
+        allowed.reshape(bsz * nq, 1, allowed.shape[2], width), dropout if training else 0.0)
     out = out.view(bsz, nq, heads, block, d).transpose(1, 2).reshape(bsz, heads, n, d)
     if has_global:
         out = global_rows(q, k, v, out, global_idx, global_valid, key_mask, dropout, training)
@@ -196,9 +193,8 @@ def global_rows(q, k, v, out, global_idx, global_valid, key_mask, dropout=0.0, t
     bsz, heads, n, d = q.shape
     g = global_idx.shape[1]
     gi = global_idx[:, None, :, None].expand(bsz, heads, g, d)
-    rows = scaled_dot_product_attention(q.gather(2, gi), k, v, attn_mask=key_mask[:, None, None, :],
-                                        dropout_p=dropout if training else 0.0)
-    rows = torch.where(key_mask.any(-1)[:, None, None, None], rows, 0.0)  # no real key at all: zeros, never NaN
+    # an element with no real key at all: zero rows (masked_sdpa), never NaN
+    rows = masked_sdpa(q.gather(2, gi), k, v, key_mask[:, None, None, :], dropout if training else 0.0)
     # place each valid global row at its position (a one-hot product, not a scatter: the
     # table may repeat a position among its invalid entries, and this stays deterministic)
     onehot = position_onehot(global_idx, global_valid, n)  # (B, G, N)

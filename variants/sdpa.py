@@ -43,10 +43,29 @@ def use_xformers():
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
               dropout_p: float = 0.0) -> torch.Tensor:
-    """Softmax attention of (B, H, N, Dh) queries, keys and values; ``attn_mask`` True = attend."""
+    """Softmax attention of (B, H, N, Dh) queries, keys and values; ``attn_mask`` (bool, broadcastable to
+    (B, H, N, N)) True = attend. A query row that may attend no key is zero (``masked_sdpa``)."""
     if _XFORMERS.get():
         return _xformers_attention(q, k, v, attn_mask, dropout_p)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=dropout_p)
+    if attn_mask is None:
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+    return masked_sdpa(q, k, v, attn_mask, dropout_p)
+
+
+def masked_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
+                dropout_p: float = 0.0) -> torch.Tensor:
+    """torch's SDPA under a bool mask ``allowed`` (True = attend, broadcastable to the scores) whose rows may
+    allow no key at all (padding queries, an all-padding element or block, a black pixel): such rows are zero.
+
+    No kernel ever sees a row with no allowed key. Inside the kernel they attend every key, and a select
+    replaces their output by zeros afterwards, so no gradient flows through them. Fed as they are, a
+    kernel's forward gives zeros or NaN there (NaN * 0 stays NaN), and its backward computes
+    exp(S - lse) with S = lse = -inf: on CUDA that is the kernel's own business, and a NaN there would
+    reach every gradient of the layer. No host sync: the rows are found on the device, unconditionally.
+    """
+    row_ok = allowed.any(-1, keepdim=True)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed | ~row_ok, dropout_p=dropout_p)
+    return torch.where(row_ok, out, 0.0)
 
 
 def _xformers_attention(q, k, v, attn_mask, dropout_p):
