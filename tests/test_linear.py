@@ -320,3 +320,69 @@ def test_favor_features_gradient_equals_autograd_of_the_formula(is_query, padded
     torch.testing.assert_close(d_ours, d_want, rtol=1e-10, atol=1e-12)
     if padded:
         assert torch.count_nonzero(d_ours[0, :, 5:]) == 0  # padded keys get no gradient
+
+
+class _Made(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the device of every tensor an operator makes."""
+
+    def __init__(self):
+        super().__init__()
+        self.devices: list[tuple[str, str]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in (out if isinstance(out, (tuple, list)) else (out,)):
+            if isinstance(t, torch.Tensor):
+                self.devices.append((str(func), t.device.type))
+        return out
+
+
+def test_favor_redraw_draws_on_the_layers_device_reproducibly():
+    """FAVOR+ ``redraw: true`` draws each training forward's projection where the layer lives (the
+    default generator of its device, QR there too): no tensor of the draw is made in host memory and
+    copied over, which on a GPU is a blocking copy per layer per step. The layer is put on the meta device
+    here, which any host tensor would stand out from (autocast has no meta device, so the feature maps
+    stand for the forward). A seed fixes the draws."""
+    layer = make({"feature_map": "favor", "redraw": True}, dtype=torch.float32).train().to("meta")
+    spy = _Made()
+    with spy:
+        proj = layer.current_projection()
+        q, k = (torch.empty(2, HEADS, 24, DH, device="meta") for _ in range(2))
+        phi_q, phi_k = layer.feature_maps(q, k, None)  # what a training forward computes with it
+    assert proj.device.type == "meta" and proj.shape == (layer.n_features, DH) and proj.dtype == torch.float32
+    assert phi_q.device.type == phi_k.device.type == "meta" and phi_q.shape == (2, HEADS, 24, layer.n_features)
+    on_host = [name for name, device in spy.devices if device != "meta"]
+    assert spy.devices and not on_host, f"made in host memory: {on_host}"
+    # on the CPU (the layer's device there): the same seed gives the same draws, another seed others
+    layer = make({"feature_map": "favor", "redraw": True}, dtype=torch.float32).train()
+    draws = []
+    for seed in (5, 5, 6):
+        torch.manual_seed(seed)
+        draws.append((layer.current_projection(), layer.current_projection()))
+    assert torch.equal(draws[0][0], draws[1][0]) and torch.equal(draws[0][1], draws[1][1])
+    assert not torch.equal(draws[0][0], draws[0][1]) and not torch.equal(draws[0][0], draws[2][0])
+    assert not torch.equal(draws[0][0], layer.projection)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (run make gpu-check)")
+def test_cuda_favor_redraw_draws_on_the_gpu_without_a_copy():
+    layer = make({"feature_map": "favor", "redraw": True}, dtype=torch.float32).train().cuda()
+    torch.manual_seed(5)
+    layer.current_projection()  # cuSOLVER / cuBLAS set-up on first use may synchronise
+    torch.manual_seed(5)
+    spy = _Made()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # the draw (QR included) queues its work and goes on
+    try:
+        with spy:
+            a = layer.current_projection()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert a.is_cuda and all(device == "cuda" for _, device in spy.devices), spy.devices
+    torch.manual_seed(5)
+    assert torch.equal(layer.current_projection(), a)
+    w = a.double()
+    for start in range(0, w.shape[0], DH):  # block-orthogonal rows, as on the CPU
+        gram = w[start:start + DH] @ w[start:start + DH].T
+        off = gram - torch.diag(torch.diagonal(gram))
+        assert off.abs().max() < 1e-4 * gram.diagonal().max()

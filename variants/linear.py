@@ -28,7 +28,9 @@ Randomness: the FAVOR+ projection is a buffer drawn at construction from a gener
 ``eval_seed`` mixed with one number drawn from torch's global generator, so each layer has its
 own features and the model seed determines them. Eval mode always uses this buffer (deterministic);
 training uses it too unless ``redraw``, in which case every training forward draws fresh features
-from torch's global generator (the buffer is left unchanged).
+from torch's global generator of the layer's device (``torch.manual_seed`` seeds the CPU's and every
+GPU's), on that device, QR included: nothing is drawn in host memory and copied over, which on a GPU
+would be a blocking copy per layer per step (the buffer is left unchanged).
 """
 from __future__ import annotations
 
@@ -123,22 +125,24 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
     return _EluPlusOne.apply(x)
 
 
-def orthogonal_gaussian_projection(n_features: int, dim: int,
-                                   generator: torch.Generator | None = None) -> torch.Tensor:
+def orthogonal_gaussian_projection(n_features: int, dim: int, generator: torch.Generator | None = None,
+                                   device: torch.device | str | None = None) -> torch.Tensor:
     """(n_features, dim) float64 rows: block-orthogonal Gaussian directions, chi(dim) norms.
 
     Each block of ``dim`` rows is the transpose of the Q factor of a Gaussian dim x dim matrix
     (signs fixed by diag(R), so the block is Haar-distributed); the last block is cut to size.
     Every row is then scaled by the norm of an independent Gaussian vector, as the rows of an
-    unstructured Gaussian matrix would be. Drawn on the CPU from ``generator`` (None = torch's
-    global generator).
+    unstructured Gaussian matrix would be. Drawn and computed on ``device`` (None: the generator's, or
+    the CPU) from ``generator`` (None = torch's global generator of that device).
     """
-    g = torch.randn(math.ceil(n_features / dim), dim, dim, generator=generator, dtype=torch.float64)
+    if device is None:
+        device = generator.device if generator is not None else "cpu"
+    g = torch.randn(math.ceil(n_features / dim), dim, dim, generator=generator, dtype=torch.float64, device=device)
     qf, r = torch.linalg.qr(g)                                   # one batched QR for all blocks
     signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
     signs = torch.where(signs == 0, torch.ones_like(signs), signs)
     w = (qf * signs[:, None, :]).transpose(-2, -1).reshape(-1, dim)[:n_features]  # rows orthonormal per block
-    norms = torch.randn(n_features, dim, generator=generator, dtype=torch.float64).norm(dim=1)
+    norms = torch.randn(n_features, dim, generator=generator, dtype=torch.float64, device=device).norm(dim=1)
     return w * norms[:, None]
 
 
@@ -224,8 +228,9 @@ class LinearAttention(Attention):
 
     def current_projection(self) -> torch.Tensor:
         """The FAVOR+ projection this forward uses: fixed, or freshly drawn when training with redraw."""
-        if self.training and self.cfg.redraw:
-            return orthogonal_gaussian_projection(self.n_features, self.head_dim).to(self.projection)
+        if self.training and self.cfg.redraw:  # drawn where the layer lives: no copy from host memory
+            fresh = orthogonal_gaussian_projection(self.n_features, self.head_dim, device=self.projection.device)
+            return fresh.to(self.projection.dtype)
         return self.projection
 
     def feature_maps(self, q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor | None,

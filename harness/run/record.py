@@ -13,6 +13,10 @@ from attnbench.harness.results.records import SCHEMA_VERSION, RunKey
 from attnbench.harness.run.model import count_parameters
 from attnbench.tasks.base import PreparedData
 
+#: how a training run's peak memory treats its data (``harness.run.train.placed_splits``)
+PLACED_DATA_NOTE = ("; the data splits are placed before the measurement starts, so not counted "
+                    "(device_data_bytes: the bytes of them held on the device, in a narrow integer type)")
+
 
 def build_record(*, run: dict, data: PreparedData, status: str, message: str | None, trainer, test_acc: float | None,
                  steps_done: int, mem: PeakMemory, device: torch.device, wall_s: float, baselines: dict,
@@ -84,7 +88,8 @@ def build_record(*, run: dict, data: PreparedData, status: str, message: str | N
             "timing_method": timing,
             "peak_memory_bytes": mem.peak_bytes,
             "peak_memory_reserved_bytes": mem.reserved_bytes,
-            "peak_memory_method": mem.method,
+            "peak_memory_method": mem.method + PLACED_DATA_NOTE,
+            "device_data_bytes": getattr(trainer, "device_data_bytes", None) if trainer else None,
             "params": count_parameters(trainer.model) if trainer else None,
             "attention_flops_fwd": flops,
         },

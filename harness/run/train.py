@@ -10,6 +10,7 @@ when run again (``attnbench.harness.run.checkpoint``).
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import math
@@ -18,6 +19,8 @@ import random
 import sys
 import time
 import traceback
+from collections.abc import Iterator
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -36,7 +39,7 @@ from attnbench.harness.measure.sdpa_kernels import SdpaKernels
 from attnbench.harness.measure.timing import LazyStepTimer
 from attnbench.harness.results.records import RECORD_NAME, RunKey, write_record
 from attnbench.harness.run import checkpoint, precision
-from attnbench.harness.run.batches import DeviceSplit
+from attnbench.harness.run.batches import DeviceSplit, place_splits
 from attnbench.harness.run.model import EncoderClassifier, model_for_run
 from attnbench.harness.run.record import build_record
 from attnbench.tasks.base import PreparedData
@@ -204,7 +207,7 @@ class Trainer:
                                                         eps=cfg.eps, weight_decay=cfg.weight_decay, device=device)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.cfg))
         self.gen = torch.Generator().manual_seed(run["seed"])
-        self.splits = {name: DeviceSplit(split, data.pad_id, device) for name, split in data.splits.items()}
+        self.splits = data_splits(data, device)
         self.batch_size, self.batch_note = effective_batch(cfg.batch_size, cfg.accumulate, self.splits["train"].n)
         self.step_timer = LazyStepTimer(device)
         self.eval_timer = LazyStepTimer(device)
@@ -231,15 +234,20 @@ class Trainer:
         return F.cross_entropy(self.model(x, padded), y)
 
     def batches(self):
-        """Endless shuffled training batches (a new permutation every epoch), on the device."""
+        """Endless shuffled training batches (a new permutation every epoch), on the device. The
+        permutation is drawn on the host (the same on every device, and a checkpoint holds it) and
+        staged on the device once per epoch; each step indexes with a slice of both."""
         split = self.splits["train"]
         bs = self.batch_size
+        staged, staged_for = None, None
         while True:  # the position is kept in self.perm / self.pos, so that a checkpoint holds it
             if self.perm is None or self.pos + bs > split.n:  # drop the ragged last batch: fixed shapes
                 self.perm, self.pos = torch.randperm(split.n, generator=self.gen), 0
-            idx = self.perm[self.pos:self.pos + bs]
+            if staged_for is not self.perm:  # a new epoch, or a permutation restored from a checkpoint
+                staged, staged_for = split.stage(self.perm), self.perm
+            at = slice(self.pos, self.pos + bs)
             self.pos += bs
-            yield split.batch(idx)
+            yield split.batch(self.perm[at], staged[at])
 
     @torch.no_grad()
     def evaluate(self, split_name: str) -> tuple[float, float]:
@@ -362,6 +370,38 @@ class Trainer:
         self.model.load_state_dict(self.best["state"])
         return self.evaluate("test")[0]
 
+    @property
+    def device_data_bytes(self) -> int:
+        """Bytes of the data splits copied to the device (0 on a CPU, where they are used in place)."""
+        return sum(split.device_bytes for split in self.splits.values())
+
+
+#: the splits ``placed_splits`` placed (data, device, splits), which a trainer built meanwhile takes
+_PLACED: ContextVar[tuple[PreparedData, torch.device, dict[str, DeviceSplit]] | None] = ContextVar(
+    "attnbench_placed_splits", default=None)
+
+
+@contextlib.contextmanager
+def placed_splits(data: PreparedData, device: torch.device) -> Iterator[dict[str, DeviceSplit]]:
+    """Place the splits of ``data`` for ``device`` now; a trainer built inside (of any training method:
+    ``Trainer.__init__`` asks ``data_splits``) uses them. ``train_run`` places them so before its memory
+    measurement starts: on a GPU the splits held there are then not in a run's peak, as the data a CPU
+    run reads are not, and a trainer rebuilt on resuming does not place them a second time."""
+    splits = place_splits(data, device)
+    token = _PLACED.set((data, device, splits))
+    try:
+        yield splits
+    finally:
+        _PLACED.reset(token)
+
+
+def data_splits(data: PreparedData, device: torch.device) -> dict[str, DeviceSplit]:
+    """The splits of ``data`` for ``device``: those an open ``placed_splits`` holds, else placed now."""
+    held = _PLACED.get()
+    if held is not None and held[0] is data and held[1] == device:
+        return held[2]
+    return place_splits(data, device)
+
 
 def write_curve(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
@@ -411,7 +451,8 @@ def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = N
     """Train one (task, variant, seed) and return its record (also written to ``out_dir``).
 
     ``trainer_cls(run, data, device, **trainer_kwargs)`` builds the trainer inside the measured,
-    guarded section, so that its failures become records too; ``extra``: record entries that a
+    guarded section, so that its failures become records too (the data splits are placed just before
+    the measurement starts, inside the guarded section: see ``placed_splits``); ``extra``: record entries that a
     training method adds (what it took from other runs; none for a run trained from labels).
     Raises ``RunFolderBusy`` (and writes nothing) while another process trains in ``out_dir``."""
     out_dir = Path(out_dir)
@@ -457,7 +498,7 @@ def _train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None, t
     if status == "ok":
         with memory_cap(device, run["train"]["memory_cap_mb"]) as cap:
             try:
-                with mem:
+                with placed_splits(data, device), mem:  # the data first: their bytes are not the run's
                     def make() -> Trainer:
                         return trainer_cls(run, data, device, **(trainer_kwargs or {}))
 
