@@ -46,6 +46,8 @@ def test_the_record_says_how_the_run_computed(tmp_path, tiny_listops_data):
     assert t["compiled"] is False and t["optimizer"] == "AdamW (fused)"
     assert t["float32_matmul_precision"] == torch.get_float32_matmul_precision()
     assert t["sdpa_kernels"] in ("flash", "math", "flash, math")  # CPU SDPA: flash, or math with a mask
+    assert t["attention_kernel"] == t["eval_attention_kernel"] == "sdpa"
+    assert "scaled_dot_product_attention" in t["attention_kernel_why"]
     assert "perf_counter" in record["efficiency"]["timing_method"]
     assert record["environment"]["float32_matmul_precision"] == torch.get_float32_matmul_precision()
 
@@ -192,6 +194,57 @@ def test_a_non_finite_loss_is_found_at_the_next_evaluation_with_its_step(tmp_pat
     assert record["accuracy"]["best_step"] == 10  # the evaluation before it stands
 
 
+# ---------------------------------------------------------------- which kernel ran, and why
+
+@pytest.mark.parametrize("dense_tokens", [256, 0], ids=["dense-path", "gather-path"])
+def test_the_record_names_each_passs_attention_kernel_and_why(tmp_path, tiny_listops_data, monkeypatch, dense_tokens):
+    """window on a CPU, with LRA's attention dropout: short sequences run one dense masked SDPA call in training
+    and evaluation; without that CPU shortcut (as on CUDA) the SDPA gather, in training because of the dropout
+    (FlexAttention has none). The record says which ran in each pass, and why."""
+    from attnbench.harness.config import resolve_run, validate_config
+    from attnbench.variants import block_dense
+
+    monkeypatch.setattr(block_dense, "MAX_TOKENS", dense_tokens)
+
+    config = validate_config(tiny_config(variants={"window": {"window": 4}}, model={"attn_dropout": 0.1},
+                                         train={"steps": 4, "eval_every": 4}))
+    record = train_run(resolve_run(config, "listops", "window", 0), tiny_listops_data, tmp_path, bar=False)
+    t = record["training"]
+    assert record["status"] == "ok", record["message"]
+    if dense_tokens:
+        assert t["attention_kernel"] == t["eval_attention_kernel"] == "dense"
+        assert "at most 256 tokens" in t["attention_kernel_why"]
+    else:
+        assert t["attention_kernel"] == t["eval_attention_kernel"] == "gather"
+        assert "(attention dropout in training)" in t["attention_kernel_why"]
+        assert "attention dropout" not in t["eval_attention_kernel_why"]
+
+
+def test_no_torch_function_mode_is_on_the_stack_where_compiled_code_may_first_run(tiny_listops_data, monkeypatch):
+    """A compiled function first called under a torch-function mode (``SdpaKernels``) compiles again when
+    called without it (review finding 8: FlexAttention on CUDA compiled twice in the first two steps). The
+    first step runs with no mode; the SDPA kernels are recorded on the second, and only where nothing
+    compiled runs (here: full attention; then as if FlexAttention had run)."""
+    modes = []
+    real_step = Trainer.train_step
+
+    def spy(self, x, y, padded=True):
+        modes.append(torch._C._len_torch_function_stack())
+        return real_step(self, x, y, padded)
+
+    monkeypatch.setattr(Trainer, "train_step", spy)
+    trainer = Trainer(tiny_run(), tiny_listops_data, torch.device("cpu"))
+    batches = trainer.batches()
+    for _ in range(3):
+        trainer.next_step()(*next(batches))
+    assert modes == [0, 1, 0] and trainer.sdpa_kernels in ("flash", "math", "flash, math")
+    flex = Trainer(tiny_run(), tiny_listops_data, torch.device("cpu"))
+    flex.attention_kernel = {"attention_kernel": "flex", "attention_kernel_why": "as on CUDA"}
+    modes.clear()
+    flex.next_step()(*next(flex.batches()))
+    assert modes == [0] and flex.sdpa_kernels.startswith("not recorded (FlexAttention")
+
+
 # ---------------------------------------------------------------- compilation
 
 def test_compiled_model_trains_and_keeps_its_state_dict_keys(tmp_path, tiny_listops_data):
@@ -204,6 +257,8 @@ def test_compiled_model_trains_and_keeps_its_state_dict_keys(tmp_path, tiny_list
     assert record["status"] == "ok", record["message"]
     assert record["training"]["compiled"] is True
     assert record["training"]["sdpa_kernels"] == "not recorded (compiled model)"
+    # noted outside the graph, by one uncompiled forward of the same micro-batch
+    assert record["training"]["attention_kernel"] == record["training"]["eval_attention_kernel"] == "sdpa"
     saved = torch.load(tmp_path / "best.pt", weights_only=True)["model"]
     plain = Trainer(tiny_run(), tiny_listops_data, torch.device("cpu")).model.state_dict()
     assert sorted(saved) == sorted(plain)  # no "_orig_mod." prefixes: checkpoints load into a plain model

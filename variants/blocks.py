@@ -21,7 +21,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from attnbench.variants import block_dense, block_flash
+from attnbench.variants import block_dense, block_flash, kernels
 from attnbench.variants.sdpa import masked_sdpa
 
 
@@ -128,9 +128,15 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     has_global = global_idx is not None and global_idx.shape[1] > 0
     is_global = global_token_mask(global_idx, global_valid, bsz, n, q.device)
     if block_dense.worthwhile(q):  # short sequences: the layout as one dense mask (variants/block_dense.py)
+        kernels.note("dense", f"CPU, at most {block_dense.MAX_TOKENS} tokens: the layout as one dense token mask in "
+                     "one SDPA call (variants/block_dense.py)")
         allowed = block_dense.layout_mask(n, block, key_mask, key_blocks, block_valid, reach, token_allowed,
                                           is_global)
         return block_dense.dense_attention(q, k, v, allowed, dropout, training)
+    kernels.note("gather", "each query block's key blocks gathered into one fused SDPA call" + (
+        " (CUDA)" if q.device.type == "cuda" else " (attention dropout in training)" if training and dropout
+        else f" (CPU, {block_dense.MAX_TOKENS}-{block_flash.MIN_TOKENS} tokens, or a layout the CPU flash path "
+        "does not take)"))
     if key_blocks is not None:
         key_blocks = key_blocks.expand(bsz, -1, -1)
         nq, kk = key_blocks.shape[1:]
@@ -178,6 +184,8 @@ def flash_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block: in
     ``block_flash.worthwhile`` first): the band of ``reach`` neighbour blocks (narrowed by
     ``token_allowed``), other key blocks per query block (``extra_blocks``/``extra_valid``,
     (B, N/b, K), none within ``reach``), the global keys, and the global queries' dense rows."""
+    kernels.note("cpu-flash", f"CPU, float32/64, no attention dropout, at least {block_flash.MIN_TOKENS} tokens: "
+                 "torch's CPU flash kernel on the band's views and the other key blocks (variants/block_flash.py)")
     bsz, _, n, _ = q.shape
     has_global = global_idx is not None and global_idx.shape[1] > 0
     is_global = global_token_mask(global_idx, global_valid, bsz, n, q.device)

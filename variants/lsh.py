@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.harness.core.registry import param
-from attnbench.variants import flash_cpu, lsh_chunks
+from attnbench.variants import flash_cpu, kernels, lsh_chunks
 from attnbench.variants.base import VARIANTS, Attention, padding_mask_or_none
 from attnbench.variants.flash_cpu import MASK_VALUE
 from attnbench.variants.lsh_chunks import SELF_OFFSET
@@ -229,8 +229,12 @@ class LSHAttention(Attention):
             qk = F.linear(xw, self.qk.weight.to(work)).view(b, n, h, d)  # (B, N, H, d)
             v = F.linear(xw, self.v.weight.to(work)).view(b, n, h, d)
             if flash_cpu.usable(qk, self.dropout if self.training else 0.0):
+                kernels.note("cpu-flash", "CPU, float32/64, no attention dropout: each chunk and its neighbours "
+                             "through torch's CPU flash kernel (variants/lsh_chunks.py)")
                 o = self.flash_attention(qk, v, key_padding_mask)
             else:
+                kernels.note("explicit", "chunked score tensors (on CUDA, or with attention dropout): the CPU "
+                             "flash path runs on a CPU without dropout only")
                 o = self.shared_qk_attention(qk.transpose(1, 2), v.transpose(1, 2), key_padding_mask).transpose(1, 2)
         return self.out(o.to(x.dtype).reshape(b, n, dim))
 

@@ -14,18 +14,50 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
+from attnbench.variants import kernels
+
 _XFORMERS = contextvars.ContextVar("attnbench_use_xformers", default=False)
 
 
 def xformers_unavailable() -> str | None:
-    """None when xformers' kernels can run here, else the reason they cannot."""
+    """None when xformers' own kernels can run here, else the reason they cannot.
+
+    xformers without its compiled extension (built for another CUDA line or torch than this one: its
+    ``_C.so`` then fails to load, and xformers only logs it) still imports and still runs, through
+    operators that wrap torch's own CUDA kernels (``cutlassF-pt``, ``cutlassB-pt``: SDPA's memory-efficient
+    kernel). A sweep row timing those would time torch's kernel under xformers' name, so that is
+    unavailable too, with the reason the extension gave."""
     if not torch.cuda.is_available():
         return "xformers has no CPU kernels and no CUDA device is visible"
     try:
-        importlib.import_module("xformers.ops")  # only where a CUDA device is: it has no CPU kernels
+        xformers = importlib.import_module("xformers")  # only where a CUDA device is: it has no CPU kernels
+        importlib.import_module("xformers.ops")
     except ImportError as exc:
         return f"xformers is not installed ({exc}); `pip install xformers` matching this torch"
+    if not getattr(xformers, "_has_cpp_library", True):
+        error = getattr(getattr(xformers, "_cpp_lib", None), "_cpp_library_load_exception", None)
+        why = " ".join(str(error).split())[:300] if error else "no reason given"
+        return (f"xformers {getattr(xformers, '__version__', '?')}'s compiled extension did not load ({why}); "
+                "what is left wraps torch's own memory-efficient kernel (cutlassF-pt), which would time SDPA "
+                "under xformers' name. Install the xformers build of this torch's CUDA line (README, On a GPU)")
     return None
+
+
+def xformers_operator(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float, needs_grad: bool) -> str:
+    """The name of the operator xformers' dispatcher picks for these (B, N, H, Dh) inputs (forward, and the
+    backward's when ``needs_grad``), e.g. ``fa3F@...``, ``cutlassF-pt``; read from its dispatcher, whose
+    module is private: "unknown (...)" when it cannot be read."""
+    try:
+        from xformers.ops.fmha.common import Inputs
+        from xformers.ops.fmha.dispatch import _dispatch_bw, _dispatch_fw
+
+        inputs = Inputs(query=q, key=k, value=v, p=dropout_p)
+        name = _dispatch_fw(inputs, needs_grad).NAME
+        if needs_grad:
+            name += f" + {_dispatch_bw(inputs, None).NAME}"
+        return name
+    except Exception as exc:  # a private API: its absence must not stop the attention itself
+        return f"unknown ({type(exc).__name__}: {exc})"
 
 
 @contextmanager
@@ -47,6 +79,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torc
     (B, H, N, N)) True = attend. A query row that may attend no key is zero (``masked_sdpa``)."""
     if _XFORMERS.get():
         return _xformers_attention(q, k, v, attn_mask, dropout_p)
+    kernels.note("sdpa", "one scaled_dot_product_attention call over the whole sequence; torch picks its backend "
+                 "(recorded as sdpa_kernels)")
     if attn_mask is None:
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
     return masked_sdpa(q, k, v, attn_mask, dropout_p)
@@ -75,5 +109,9 @@ def _xformers_attention(q, k, v, attn_mask, dropout_p):
         raise NotImplementedError("the xformers backend is used without padding here (every token real); "
                                   "padded batches go through torch SDPA")
     # xformers takes (B, N, H, Dh); its default scale is 1/sqrt(Dh), as SDPA's
-    out = xops.memory_efficient_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), p=dropout_p)
-    return out.transpose(1, 2)
+    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    if kernels.active():
+        needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
+        kernels.note("xformers", f"xformers.ops.memory_efficient_attention, operator "
+                     f"{xformers_operator(q, k, v, dropout_p, needs_grad)}")
+    return xops.memory_efficient_attention(q, k, v, p=dropout_p).transpose(1, 2)

@@ -38,7 +38,7 @@ COLUMNS = [
     "median_s", "min_s", "max_s", "iqr_s", "rounds", "sweep_rounds", "round_medians_s", "tokens_per_s", "peak_mb",
     "reserved_mb", "peak_method",
     "flops_analytic", "flops_counted", "flops_counted_method", "gflops_per_s", "matmul_peak_gflops", "peak_share",
-    "matmul_peak_method", "sdpa_kernels", "cold_step_s",
+    "matmul_peak_method", "attention_kernel", "attention_kernel_why", "sdpa_kernels", "cold_step_s", "primed_at",
     "params_count", "memory_cap_mb", "device", "device_name", "threads", "torch", "timing_method", "params", "source",
 ]
 

@@ -143,7 +143,8 @@ def run_case(case: Case, env: SweepEnv, benchmark, round_index: int = 0, probes:
     probe = probes[case.id]
     row.update({k: probe.get(k) for k in ("status", "message", "peak_bytes", "reserved_bytes", "peak_method",
                                           "cold_step_s", "params_count", "flops_analytic", "flops_counted",
-                                          "flops_counted_method", "sdpa_kernels", "memory_cap_bytes",
+                                          "flops_counted_method", "sdpa_kernels", "attention_kernel",
+                                          "attention_kernel_why", "primed_at", "memory_cap_bytes",
                                           "process_wall_s", "loadavg")})
     if row["status"] == "ok":
         try:

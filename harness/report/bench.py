@@ -458,8 +458,9 @@ def matmul_peak_line(df: pd.DataFrame) -> str:
 
 
 def flops_table(df: pd.DataFrame, scope: str, mode: str, dtype: str, batch: int) -> pd.DataFrame:
-    """Per impl: the SDPA kernels it ran, analytic GFLOP and GFLOP/s at its largest ok n (and that rate
-    as a % of the machine's matmul peak, ``peak_share``), and the counted / analytic range over its ok cases."""
+    """Per impl: the attention kernel and SDPA kernels it ran (in order of length: dense, then gather, say),
+    analytic GFLOP and GFLOP/s at its largest ok n (and that rate as a % of the machine's matmul peak,
+    ``peak_share``), and the counted / analytic range over its ok cases."""
     ok = _ok(df[(df["scope"] == scope) & (df["mode"] == mode) & (df["dtype"] == dtype) & (df["batch"] == batch)])
     rows = []
     for impl in impl_order(ok["impl"].unique()):
@@ -467,13 +468,21 @@ def flops_table(df: pd.DataFrame, scope: str, mode: str, dtype: str, batch: int)
         last = g.iloc[-1]
         share = (g["flops_counted"] / g["flops_analytic"]).dropna()
         rows.append({
-            "impl": impl, "SDPA kernels": ", ".join(sorted(set(g["sdpa_kernels"].dropna().astype(str)))) or "–",
+            "impl": impl, "attention kernel": _distinct(g, "attention_kernel"),
+            "SDPA kernels": _distinct(g, "sdpa_kernels"),
             "n": int(last["n"]), "GFLOP per step": f"{last['flops_analytic'] / 1e9:.3g}",
             "GFLOP/s": f"{last['gflops_per_s']:.3g}",
             "% of matmul peak": _fmt_share(last.get("peak_share")),
             "counted / analytic": (f"{share.min():.2f}–{share.max():.2f}" if len(share) else "–"),
         })
     return pd.DataFrame(rows)
+
+
+def _distinct(g: pd.DataFrame, column: str) -> str:
+    """The distinct values of a column over an impl's cases ("–": none recorded, as in sweeps before it was)."""
+    if column not in g:
+        return "–"
+    return ", ".join(dict.fromkeys(g[column].dropna().astype(str))) or "–"
 
 
 def _share_cell(case) -> str:

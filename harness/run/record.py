@@ -18,6 +18,14 @@ PLACED_DATA_NOTE = ("; the data splits are placed before the measurement starts,
                     "(device_data_bytes: the bytes of them held on the device, in a narrow integer type)")
 
 
+def kernel_fields(kernel: dict | None, prefix: str) -> dict:
+    """A run's attention kernel and why (``variants.kernels.KernelLog.as_record``) as record fields, ``prefix``
+    naming the pass (training: none; evaluation: ``eval_``); null where no step or pass ran."""
+    kernel = kernel or {}
+    return {f"{prefix}attention_kernel": kernel.get("attention_kernel"),
+            f"{prefix}attention_kernel_why": kernel.get("attention_kernel_why")}
+
+
 def build_record(*, run: dict, data: PreparedData, status: str, message: str | None, trainer, test_acc: float | None,
                  steps_done: int, mem: PeakMemory, device: torch.device, wall_s: float, baselines: dict,
                  step_work: str = "forward, backward, clip, AdamW", extra: dict | None = None,
@@ -77,6 +85,8 @@ def build_record(*, run: dict, data: PreparedData, status: str, message: str | N
             "optimizer": getattr(trainer, "optimizer_kind", None),
             "float32_matmul_precision": getattr(trainer, "matmul_precision", None),
             "sdpa_kernels": getattr(trainer, "sdpa_kernels", None),
+            **kernel_fields(getattr(trainer, "attention_kernel", None), ""),
+            **kernel_fields(getattr(trainer, "eval_attention_kernel", None), "eval_"),
             "memory_cap_bytes": memory_cap["bytes"] if memory_cap else None,
             "memory_cap_method": memory_cap["method"] if memory_cap else None,
         },

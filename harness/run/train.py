@@ -43,6 +43,7 @@ from attnbench.harness.run.batches import DeviceSplit, place_splits
 from attnbench.harness.run.model import EncoderClassifier, model_for_run
 from attnbench.harness.run.record import build_record
 from attnbench.tasks.base import PreparedData
+from attnbench.variants.kernels import KernelLog
 
 
 @dataclass(frozen=True)
@@ -213,6 +214,9 @@ class Trainer:
         self.eval_timer = LazyStepTimer(device)
         self.eval_tokens = 0
         self.sdpa_kernels: str | None = None  # the SDPA kernels a training step ran (recorded once)
+        # the attention kernel a training step and an evaluation pass ran, and why (recorded once each)
+        self.attention_kernel: dict | None = None
+        self.eval_attention_kernel: dict | None = None
         self.curve: list[dict] = []
         self.best = {"val_acc": -1.0, "step": None, "state": None}
         self.tested: str | None = None  # the checkpoint the test split was evaluated on: best or final
@@ -258,8 +262,13 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for i in range(0, split.n, bs):
             x, y, padded = split.slice(i, i + bs)
-            with self.eval_timer.time(), precision.autocast(self.precision, self.device):
+            if self.eval_attention_kernel is None:
+                self.eval_attention_kernel = self.kernel_probe(x, padded) if self.compiled else {}
+            noting = KernelLog() if not self.eval_attention_kernel else contextlib.nullcontext()
+            with noting, self.eval_timer.time(), precision.autocast(self.precision, self.device):
                 logits = self.model(x, padded)
+            if isinstance(noting, KernelLog):
+                self.eval_attention_kernel = noting.as_record()
             self.eval_tokens += x.numel()
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(-1) == y).sum()
@@ -287,15 +296,55 @@ class Trainer:
         return total
 
     def first_step(self, x: torch.Tensor, y: torch.Tensor, padded: bool) -> torch.Tensor:
-        """A training step that also records which SDPA kernels it ran (a compiled model's calls
-        are not seen by the recorder: it says so)."""
+        """A training step that also records the attention kernel it ran and why (``variants.kernels``: a
+        context variable the layers note their choice in, no dispatch mode). A compiled model notes nothing
+        from inside its graph: its kernel comes from one uncompiled forward of the same micro-batch
+        (``kernel_probe``)."""
+        if self.compiled:
+            self.attention_kernel = self.kernel_probe(x.chunk(self.cfg.accumulate)[0], padded, training=True)
+            return self.train_step(x, y, padded)
+        with KernelLog() as kernels:
+            loss = self.train_step(x, y, padded)
+        self.attention_kernel = kernels.as_record()
+        return loss
+
+    def sdpa_step(self, x: torch.Tensor, y: torch.Tensor, padded: bool) -> torch.Tensor:
+        """The second training step, which also records the SDPA kernels it ran (``SdpaKernels``). Not on
+        the first: that mode sits on torch's dispatch stack, and compiled code first called under it
+        (FlexAttention on CUDA) compiles again when called without it. Where code is compiled (the model,
+        or FlexAttention) the step runs plain and the record says why its SDPA kernels are not recorded."""
         if self.compiled:
             self.sdpa_kernels = "not recorded (compiled model)"
-            return self.train_step(x, y, padded)
-        with SdpaKernels() as kernels:
-            loss = self.train_step(x, y, padded)
-        self.sdpa_kernels = kernels.names()
-        return loss
+        elif "flex" in (self.attention_kernel or {}).get("attention_kernel", "").split(", "):
+            self.sdpa_kernels = "not recorded (FlexAttention: compiled code, and SDPA runs only its global rows)"
+        else:
+            with SdpaKernels() as kernels:
+                loss = self.train_step(x, y, padded)
+            self.sdpa_kernels = kernels.names()
+            return loss
+        return self.train_step(x, y, padded)
+
+    def next_step(self):
+        """The step function of the next training step: the first records its attention kernel, the second its
+        SDPA kernels (each once per process), then plain steps."""
+        if self.attention_kernel is None:
+            return self.first_step
+        return self.sdpa_step if self.sdpa_kernels is None else self.train_step
+
+    def kernel_probe(self, x: torch.Tensor, padded: bool, training: bool = False) -> dict:
+        """The attention kernel of one uncompiled forward of ``x`` in training or evaluation mode, without
+        gradients, its random draws (dropout) taken from a fork of the generators so the run's are untouched:
+        what a compiled model's graph runs, noted outside it."""
+        devices = [self.device] if self.device.type == "cuda" else []
+        mode = self.model.training
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), KernelLog() as kernels:
+            self.model.train(training)
+            try:
+                with precision.autocast(self.precision, self.device):
+                    self.model.forward(x, padded)  # forward, not __call__: the module's compiled call is skipped
+            finally:
+                self.model.train(mode)
+        return kernels.as_record()
 
     def finite_losses(self, last_step: int) -> list[float]:
         """The training losses since the last evaluation (those of the steps up to ``last_step``),
@@ -323,8 +372,7 @@ class Trainer:
             for step in range(self.step + 1, cfg.steps + 1):
                 self.step = step
                 x, y, padded = next(batches)
-                run_step = self.first_step if self.sdpa_kernels is None else self.train_step
-                self.losses.append(run_step(x, y, padded))
+                self.losses.append(self.next_step()(x, y, padded))
                 finished = step
                 log.step()
                 if step % cfg.eval_every == 0 or step == cfg.steps:
