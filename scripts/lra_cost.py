@@ -1,7 +1,9 @@
-"""Expected GPU time of a config's training runs, from analytic FLOPs: a planning aid for SLURM time limits.
+"""Expected GPU time and attention memory of a config's training runs, from analytic FLOPs and bytes: a planning
+aid for SLURM time limits and for batch sizes that fit a GPU.
 
-    python scripts/lra_cost.py                           # config/lra.yaml, a Markdown table on stdout
+    python scripts/lra_cost.py                           # config/lra.yaml, Markdown tables on stdout
     python scripts/lra_cost.py --config my.yaml --peak-tflops 989 --bandwidth-tbs 3.35   # an H100 SXM
+    python scripts/lra_cost.py --gpu-memory-gb 40        # the memory table for a 40 GB GPU
 
 For every (task, variant) of the config (and each distilled student), from the resolved run settings:
 
@@ -23,6 +25,21 @@ For every (task, variant) of the config (and each distilled student), from the r
 The estimate is a lower bound in spirit: the gather-based kernels of window, sparse and lsh run well below the
 rate of dense matmuls, so their times are the likeliest to be short; ``make gpu-check`` measures real step times
 on your GPU (step time x steps is the better estimate once you have it).
+
+Memory (a second table): the bytes of the attention's quadratic tensors, from the variant's own analytic
+``stack_bytes`` (``materialized_bytes`` and ``saved_bytes``, variants/base.py: N x N logits, weights and dropout
+masks, at least; 0 for every mechanism that holds only O(N x d) or O(N x w) per layer, so only the runs of
+variants that form N x N tensors get a row), on a batch with padding, at the run's precision:
+
+- training: ``layers`` layers at the micro-batch ``batch_size / accumulate`` (two sequences per example on a
+  paired task): the last layer's forward peak while the layers before it keep their saved tensors;
+- evaluation: one layer's forward at ``eval_batch_size`` (no gradients: a layer keeps nothing once it has run);
+- against the cap a run allocates under on a GPU of ``--gpu-memory-gb`` (80% of it: harness/measure/memory.py's
+  ``cuda_memory_cap``): over the cap is a certain ``oom`` record; over FIT_SHARE of it leaves too little for the
+  rest (parameters and optimiser state, O(N x d) activations, the backward's own N x N gradients, the caching
+  allocator's rounding). Either gets a suggestion: the smallest ``train.accumulate`` (dividing the batch) and the
+  largest ``train.eval_batch_size`` whose attention tensors take at most FIT_SHARE of the cap. Neither changes a
+  result: micro-batches sum to the same update, and evaluation is per example.
 """
 from __future__ import annotations
 
@@ -32,7 +49,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from attnbench.harness.config import load_config, resolve_run
+from attnbench.harness.measure.memory import cuda_memory_cap
 from attnbench.variants import build_attention
 
 REPO = Path(__file__).resolve().parent.parent
@@ -59,6 +79,14 @@ CIFAR10_TRAIN_TEST = (50_000, 10_000)
 DIGITS = 1_797  # scikit-learn's 8x8 digits
 #: classes per task, for the head's matmuls (2 elsewhere)
 CLASSES = {"listops": 10, "image": 10, "textcls": 4}
+
+#: the GPU the memory table is for: an A100 or H100 of 80 GB (GB = 1e9 bytes here)
+GPU_MEMORY_GB = 80.0
+#: the share of the training cap that a suggestion gives the attention's quadratic tensors (the rest: parameters,
+#: optimiser state, O(N x d) activations, the backward's own N x N gradients, the allocator's rounding)
+FIT_SHARE = 0.75
+#: the dtype a run's forward computes in under ``train.precision`` on a GPU (auto: bf16 on Ampere and later)
+PRECISION_DTYPE = {"auto": torch.bfloat16, "bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass(frozen=True)
@@ -197,6 +225,110 @@ def config_costs(config: dict, rate: Rate = Rate()) -> list[RunCost]:
     return out
 
 
+@dataclass(frozen=True)
+class RunMemory:
+    """The attention's quadratic tensors of one run on a GPU (see the module doc), in bytes, against the cap of
+    the GPU's memory that a run allocates under, and the settings that would fit them into FIT_SHARE of it."""
+
+    task: str
+    label: str
+    seq_len: int
+    paired: bool
+    batch: int
+    accumulate: int
+    eval_batch: int
+    train_bytes: int
+    eval_bytes: int
+    cap: int
+    #: the smallest ``train.accumulate`` (a divisor of the batch) whose training fits; None: not even one example
+    fit_accumulate: int | None
+    #: the largest ``train.eval_batch_size`` (at most the configured one) that fits; None: not even one example
+    fit_eval_batch: int | None
+
+    @property
+    def budget(self) -> float:
+        return FIT_SHARE * self.cap
+
+    def advice(self) -> str:
+        """'fits', or 'tight' (over FIT_SHARE of the cap) / '**oom**' (over the cap) with the settings that fit."""
+        worst = max(self.train_bytes, self.eval_bytes)
+        if worst <= self.budget:
+            return "fits"
+        fixes = []
+        if self.train_bytes > self.budget:
+            fixes.append(f"accumulate {self.fit_accumulate}" if self.fit_accumulate else "no accumulate fits")
+        if self.eval_bytes > self.budget:
+            fixes.append(f"eval_batch_size {self.fit_eval_batch}" if self.fit_eval_batch
+                         else "no eval_batch_size fits")
+        return ("**oom**" if worst > self.cap else "tight") + ": " + ", ".join(fixes)
+
+
+def run_memory(config: dict, task: str, variant: str, method: str = "labels",
+               gpu_memory_gb: float = GPU_MEMORY_GB) -> RunMemory:
+    """The attention memory of one run of ``config`` on a GPU of ``gpu_memory_gb`` (GB, 1e9 bytes): training at
+    its micro-batch (a distilled student's teacher runs its evaluation forward there too) and evaluation at its
+    ``eval_batch_size``, both on batches with padding, at the dtype of its ``train.precision``."""
+    run = resolve_run(config, task, variant, 0, method)
+    shape = task_shape(task, run["task"]["data"])
+    train, towers = run["train"], 2 if shape.paired else 1
+    kw = {"padded": True, "dtype": PRECISION_DTYPE[train["precision"]], "device": "cuda"}
+
+    def stack(settings: dict):
+        model = settings["model"]
+        n = shape.seq_len + (model["pooling"] == "cls")
+        attn = build_attention(settings["variant"]["name"], model["dim"], model["heads"],
+                               settings["variant"]["params"], max_len=n, dropout=model["attn_dropout"])
+        return lambda examples, training: attn.stack_bytes(model["layers"], towers * examples, n, training=training,
+                                                           **kw)
+
+    student = stack(run)
+    teacher = stack(resolve_run(config, task, run["method"]["teacher"], 0)) if method == "distill" else None
+
+    def train_bytes(examples: int) -> int:
+        return max(student(examples, True), teacher(examples, False) if teacher else 0)
+
+    def eval_bytes(examples: int) -> int:
+        return student(examples, False)
+
+    cap = cuda_memory_cap(None, int(gpu_memory_gb * 1e9), int(gpu_memory_gb * 1e9))
+    batch, accumulate, eval_batch = train["batch_size"], train["accumulate"], train["eval_batch_size"]
+    fit_accumulate = next((k for k in range(1, batch + 1)
+                           if batch % k == 0 and train_bytes(batch // k) <= FIT_SHARE * cap), None)
+    fit_eval_batch = next((e for e in range(eval_batch, 0, -1) if eval_bytes(e) <= FIT_SHARE * cap), None)
+    label = variant if method == "labels" else f"distilled[{variant}]"
+    return RunMemory(task, label, shape.seq_len, shape.paired, batch, accumulate, eval_batch,
+                     train_bytes(batch // accumulate), eval_bytes(eval_batch), cap, fit_accumulate, fit_eval_batch)
+
+
+def config_memory(config: dict, gpu_memory_gb: float = GPU_MEMORY_GB) -> list[RunMemory]:
+    """Every run of the config (as ``config_costs`` orders them) whose attention forms quadratic tensors."""
+    out = []
+    for task in config["tasks"]:
+        runs = [(v, "labels") for v in config["variants"]] + [(v, "distill") for v in config["distill"]["students"]]
+        out += [m for v, method in runs if (m := run_memory(config, task, v, method, gpu_memory_gb)).train_bytes
+                or m.eval_bytes]
+    return out
+
+
+def fmt_gb(nbytes: float) -> str:
+    return f"{nbytes / 1e9:,.1f} GB"
+
+
+def memory_table(memory: list[RunMemory], gpu_memory_gb: float = GPU_MEMORY_GB) -> str:
+    """One row per run whose attention forms quadratic tensors: its micro-batch and the bytes of those tensors in
+    training, its evaluation batch and theirs in evaluation, and whether they fit a GPU of ``gpu_memory_gb``."""
+    cap = fmt_gb(cuda_memory_cap(None, int(gpu_memory_gb * 1e9), int(gpu_memory_gb * 1e9)))
+    head = ["task", "run", "N", "batch / accumulate", "training", "eval_batch_size", "evaluation",
+            f"{gpu_memory_gb:g} GB GPU (cap {cap})"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m in memory:
+        towers = " (x2 towers)" if m.paired else ""
+        lines.append("| " + " | ".join([m.task, m.label, f"{m.seq_len:,}", f"{m.batch} / {m.accumulate}{towers}",
+                                        fmt_gb(m.train_bytes), f"{m.eval_batch}{towers}", fmt_gb(m.eval_bytes),
+                                        m.advice()]) + " |")
+    return "\n".join(lines)
+
+
 def fmt_hours(h: float) -> str:
     if h < 1 / 60:
         return f"{h * 3600:.0f} s"
@@ -237,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
                    help=f"its memory bandwidth in TB/s (default {BANDWIDTH_TBS:g}: an A100; H100 SXM 3.35)")
     p.add_argument("--efficiency", type=float, default=EFFICIENCY,
                    help=f"share of the peak a compute-bound training step reaches (default {EFFICIENCY:g})")
+    p.add_argument("--gpu-memory-gb", type=float, default=GPU_MEMORY_GB,
+                   help=f"the GPU's memory in GB, for the memory table (default {GPU_MEMORY_GB:g}: an A100 or H100)")
     args = p.parse_args(argv)
     config = load_config(args.config)
     rate = Rate(args.peak_tflops, args.bandwidth_tbs, args.efficiency)
@@ -248,6 +382,19 @@ def main(argv: list[str] | None = None) -> int:
           f"{rate.efficiency:.0%} of {rate.peak_tflops:g} TFLOP/s bf16 ({rate.core / 1e12:.0f} TFLOP/s) for the "
           f"attention core and for the matmuls of models at least {rate.full_width} wide, less for narrower ones "
           f"(memory-bound at {rate.bandwidth_tbs:g} TB/s); FLOPs: analytic, 3 x forward per training example.")
+    memory = config_memory(config, args.gpu_memory_gb)
+    print()
+    if not memory:
+        print("Attention memory: no run of this config forms tensors beyond O(N x d) per layer.")
+        return 0
+    print(memory_table(memory, args.gpu_memory_gb))
+    print(f"\nAttention memory: the bytes of the N x N tensors (logits, weights, dropout masks) that these runs' "
+          f"layers hold at their high point, at least (variants' analytic `stack_bytes`, batches with padding); every "
+          f"other run holds O(N x d) or O(N x w) per layer. Training: all layers at the micro-batch; evaluation: one "
+          f"layer. A run "
+          f"allocates under 80% of the GPU's memory; over it is an `oom` record, over {FIT_SHARE:.0%} of it "
+          f"(tight) leaves too little for the rest; the suggested `train.accumulate` / `train.eval_batch_size` bring "
+          f"the tensors under {FIT_SHARE:.0%} of the cap and change no result.")
     return 0
 
 

@@ -18,9 +18,10 @@ def padding_mask_or_none(key_padding_mask: torch.Tensor | None) -> torch.Tensor 
     A variant skips its masking work (and full attention keeps SDPA's mask-free kernels) when
     given None. On the CPU an all-True mask is checked and dropped here; on a GPU checking it
     would stall the host until the device caught up, so the mask is kept (the result is the
-    same) and the model passes None itself for batches it knows have no padding.
+    same) and the model passes None itself for batches it knows have no padding. Under torch.compile
+    the mask is kept too: a branch on its values would break the graph (the result is the same).
     """
-    if key_padding_mask is None or key_padding_mask.device.type != "cpu":
+    if key_padding_mask is None or key_padding_mask.device.type != "cpu" or torch.compiler.is_compiling():
         return key_padding_mask
     return None if bool(key_padding_mask.all()) else key_padding_mask
 
@@ -126,6 +127,54 @@ class Attention(nn.Module):
     def flops(self, batch: int, seq_len: int) -> int:
         """Analytic forward FLOPs of the layer for one (batch, seq_len) shape."""
         raise NotImplementedError
+
+    def materialized_bytes(self, batch: int, seq_len: int, *, training: bool = False, padded: bool = True,
+                           dtype: torch.dtype = torch.float32, device: str = "cuda") -> int:
+        """Analytic peak memory of the layer's quadratic tensors: a planning estimate (at least this much).
+
+        The bytes of the tensors larger than O(N x d) (those that grow as N^2: N x N logits, weights,
+        dropout masks) that are alive at once at the high point of one forward of this layer on ``batch``
+        sequences of ``seq_len`` tokens, as the code allocates them: temporaries that a Python name or
+        autograd still holds count, parameters and buffers do not (a learned N x N matrix is a parameter;
+        a copy or product of it made in the forward does count).
+
+        - ``training`` False: evaluation, under ``torch.no_grad`` (nothing is saved for a backward);
+          True: a training forward, dropout on and autograd saving tensors as it goes, so the tensors the
+          layer keeps for its backward (``saved_bytes``) are part of this peak;
+        - ``padded``: the batch has padding (the model passes a key padding mask; on a GPU it passes one for
+          every batch that may hold padding, and LRA's tasks pad or mask black pixels), which may cost a
+          masked copy of the logits;
+        - ``dtype``: the dtype the layer runs in (its parameters', or the autocast dtype), which a variant
+          maps to the dtype it computes its quadratic tensors in (most keep them in float32 under
+          bf16/fp16 autocast);
+        - ``device``: ``"cuda"`` or ``"cpu"``, where they differ (a CUDA dropout keeps a 1-byte mask, a CPU
+          dropout a noise tensor of the input's dtype).
+
+        Left out: O(N x d) and O(N x w) tensors (projections, block or window scores, landmarks), the
+        workspace inside a fused kernel, the caching allocator's rounding, and the backward pass's own
+        gradients of the same N x N shapes (a backward holds a few at a time, about as many as the forward's
+        temporaries). 0 (the default) for every mechanism that never holds more than O(N x d) or O(N x w)
+        per layer, full attention on fused SDPA kernels included (the CPU's math fallback, taken with
+        attention dropout, is not counted: this is for planning GPU runs)."""
+        return 0
+
+    def saved_bytes(self, batch: int, seq_len: int, *, padded: bool = True, dtype: torch.dtype = torch.float32,
+                    device: str = "cuda") -> int:
+        """Of ``materialized_bytes(..., training=True)``, the quadratic tensors that autograd keeps from the end
+        of this layer's training forward until its backward (softmax weights, dropout masks...): what every
+        layer of a model adds to a training step's peak. Same arguments; 0 by default."""
+        return 0
+
+    def stack_bytes(self, layers: int, batch: int, seq_len: int, *, training: bool, padded: bool = True,
+                    dtype: torch.dtype = torch.float32, device: str = "cuda") -> int:
+        """The quadratic tensors of ``layers`` such layers, one after another, at their high point (at least):
+        in training the last layer's forward peak while the ``layers - 1`` before it keep their saved tensors;
+        in evaluation one layer's peak (a layer keeps nothing once it has run)."""
+        kw = {"padded": padded, "dtype": dtype, "device": device}
+        peak = self.materialized_bytes(batch, seq_len, training=training, **kw)
+        if not training or layers < 1:
+            return peak if layers >= 1 else 0
+        return (layers - 1) * self.saved_bytes(batch, seq_len, **kw) + peak
 
 
 #: every attention variant: the files of this package, installed packages' ``attnbench.variants``

@@ -210,3 +210,68 @@ class SynthesizerAttention(Attention):
             total += 2 * b * h * n * n * dh              # Q K^T
         total += 2 * b * h * n * n * dh                  # weights x values
         return total
+
+    def _quadratic_memory(self, batch: int, seq_len: int, training: bool, padded: bool, dtype: torch.dtype,
+                          device: str) -> tuple[int, int]:
+        """(peak, saved) bytes of the (B or 1, H, N, N) tensors of one forward, step by step as ``forward`` and
+        ``weighted_values`` allocate them (see ``materialized_bytes``). Python names hold their tensors until
+        the function returns: ``forward``'s logits and scores, ``weighted_values``' masked logits and weights."""
+        size = 8 if dtype == torch.float64 else 4                          # computed in float32 under autocast
+        per_head = self.heads * seq_len * seq_len
+        full, single = batch * per_head * size, per_head * size            # (B, H, N, N) and (1, H, N, N)
+        live = peak = 0
+
+        def alloc(nbytes: int) -> None:
+            nonlocal live, peak
+            live += nbytes
+            peak = max(peak, live)
+
+        # synthetic_logits: dense: matmul then + b2 (the matmul's output dies after the add); random: a view of
+        # the parameter (no bytes: parameters are float32, or float64 for float64 inputs); factorized: R1 R2
+        if self.cfg.kind == "dense":
+            alloc(full)
+            alloc(full)
+            live -= full
+            logits = full
+        else:
+            logits = single if self.cfg.factorized else 0
+            alloc(logits)
+        batched = self.cfg.kind == "dense" or batch == 1
+        if self.cfg.dot_product:  # Q K^T (dies after the scaling), scores, logits + scores (the old logits die)
+            alloc(full)
+            alloc(full)
+            live -= full
+            alloc(full)
+            live -= logits
+            batched = True
+        if padded:  # torch.where(masked, -inf, logits): broadcast over the batch
+            alloc(full)
+            batched = True
+        weights = full if batched else single
+        alloc(weights)                                                     # softmax: saved by autograd
+        saved = weights if training else 0
+        if training and self.dropout > 0:
+            mask = weights // size if device == "cuda" else weights        # native_dropout's bool mask; CPU noise
+            alloc(mask + weights)                                          # and the dropped weights
+            saved += mask + (weights if batched else 0)
+        if not batched and batch > 1:  # matmul with (B, H, N, Dh) values expands the weights: a batched copy
+            alloc(full)
+            saved += full if training else 0
+        return peak, saved
+
+    def materialized_bytes(self, batch: int, seq_len: int, *, training: bool = False, padded: bool = True,
+                           dtype: torch.dtype = torch.float32, device: str = "cuda") -> int:
+        """Peak bytes of the (B or 1, H, N, N) tensors of one forward (``Attention.materialized_bytes``), in
+        float32 whatever autocast says (float64 for float64 inputs). Dense kind, padded, in evaluation: the
+        logits, their masked copy and the softmax weights (3 tensors of B x H x N^2; the dot-product scores
+        and their sum with ``dot_product``: 4); a training forward adds the dropped weights and the dropout
+        mask. Random kind's logits are a view of its parameter, but padding or the dot product makes them
+        batched; unbatched weights are copied once per batch element by the matmul with the values."""
+        return self._quadratic_memory(batch, seq_len, training, padded, dtype, device)[0]
+
+    def saved_bytes(self, batch: int, seq_len: int, *, padded: bool = True, dtype: torch.dtype = torch.float32,
+                    device: str = "cuda") -> int:
+        """Bytes of the (B or 1, H, N, N) tensors autograd keeps for the backward (``Attention.saved_bytes``):
+        the softmax weights, the dropout mask and the dropped weights (the matmul's), or the matmul's batched
+        copy of unbatched weights."""
+        return self._quadratic_memory(batch, seq_len, True, padded, dtype, device)[1]
