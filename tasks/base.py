@@ -1,6 +1,7 @@
 """The task interface, the task registry, and the cached tensor file every task prepares."""
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -53,7 +54,9 @@ class PreparedData:
     paired: bool = False  # two documents per example (tokens (n, 2, L)): a two-tower model
 
     def meta(self) -> dict[str, Any]:
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "splits"}
+        """The data set's description without its tensors (``dataclasses.asdict`` would deep-copy every
+        split first: Path-X's whole data set, once more, in host memory)."""
+        out = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "splits"}
         out["sizes"] = {s: int(t["labels"].shape[0]) for s, t in self.splits.items()}
         return out
 

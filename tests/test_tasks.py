@@ -141,3 +141,15 @@ def test_tiny_data_prepared_deterministic_and_round_trips(entry, tmp_path, offli
     loaded = load_prepared(path, entry.name, params)
     check_prepared(loaded, entry.name)
     assert_same(data, loaded, f"{entry.name}: save_prepared / load_prepared")
+
+
+def test_a_data_sets_description_copies_none_of_its_tensors(tiny_listops_data, monkeypatch):
+    """``PreparedData.meta()`` goes into every record: it must not deep-copy the splits on the way (Path-X's
+    whole data set, once more, in host memory)."""
+    def refuse(self, memo):
+        raise AssertionError("a split's tensor was copied")
+
+    monkeypatch.setattr(torch.Tensor, "__deepcopy__", refuse)
+    meta = tiny_listops_data.meta()
+    assert "splits" not in meta and meta["sizes"]["train"] == tiny_listops_data.splits["train"]["labels"].shape[0]
+    assert meta["vocab_size"] == tiny_listops_data.vocab_size
