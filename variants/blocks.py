@@ -101,7 +101,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
                            key_blocks: torch.Tensor | None = None, block_valid: torch.Tensor | None = None,
                            reach: int | None = None, token_allowed: torch.Tensor | None = None,
                            global_idx: torch.Tensor | None = None, global_valid: torch.Tensor | None = None,
-                           dropout: float = 0.0, training: bool = False) -> torch.Tensor:
+                           dropout: float = 0.0, training: bool = False, choice: str = "") -> torch.Tensor:
     """Attention of q over the chosen key blocks plus global tokens.
 
     q, k, v: (B, H, N, D) with N a multiple of ``block``.
@@ -111,6 +111,8 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     key_mask: (B, N) bool, True = real key.
     token_allowed: optional bool, broadcastable to (N/b, b, K*b): query offset x gathered key.
     global_idx / global_valid: (B, G) global token positions and their validity.
+    choice: why the layer runs a block path rather than FlexAttention (``flex_blocks.kernel_choice``), for
+    the record of the kernel that ran (``variants.kernels``).
     Returns (B, H, N, D). Query rows with no allowed key are zero.
 
     Each query block with its gathered keys (and the global keys) is one batch entry of a
@@ -122,21 +124,21 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     """
     if reach is not None and block_flash.worthwhile(q, dropout if training else 0.0):
         return flash_blocks(q, k, v, block=block, key_mask=key_mask, reach=reach, token_allowed=token_allowed,
-                            global_idx=global_idx, global_valid=global_valid)
+                            global_idx=global_idx, global_valid=global_valid, choice=choice)
     bsz, heads, n, d = q.shape
     nb = n // block
     has_global = global_idx is not None and global_idx.shape[1] > 0
     is_global = global_token_mask(global_idx, global_valid, bsz, n, q.device)
     if block_dense.worthwhile(q):  # short sequences: the layout as one dense mask (variants/block_dense.py)
         kernels.note("dense", f"CPU, at most {block_dense.MAX_TOKENS} tokens: the layout as one dense token mask in "
-                     "one SDPA call (variants/block_dense.py)")
+                     "one SDPA call (variants/block_dense.py)" + _because(choice))
         allowed = block_dense.layout_mask(n, block, key_mask, key_blocks, block_valid, reach, token_allowed,
                                           is_global)
         return block_dense.dense_attention(q, k, v, allowed, dropout, training)
     kernels.note("gather", "each query block's key blocks gathered into one fused SDPA call" + (
         " (CUDA)" if q.device.type == "cuda" else " (attention dropout in training)" if training and dropout
         else f" (CPU, {block_dense.MAX_TOKENS}-{block_flash.MIN_TOKENS} tokens, or a layout the CPU flash path "
-        "does not take)"))
+        "does not take)") + _because(choice))
     if key_blocks is not None:
         key_blocks = key_blocks.expand(bsz, -1, -1)
         nq, kk = key_blocks.shape[1:]
@@ -179,13 +181,14 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
 def flash_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block: int, key_mask: torch.Tensor,
                  reach: int, token_allowed: torch.Tensor | None = None, extra_blocks: torch.Tensor | None = None,
                  extra_valid: torch.Tensor | None = None, global_idx: torch.Tensor | None = None,
-                 global_valid: torch.Tensor | None = None) -> torch.Tensor:
+                 global_valid: torch.Tensor | None = None, choice: str = "") -> torch.Tensor:
     """``block_sparse_attention`` through the CPU flash kernel (variants/block_flash.py; check
     ``block_flash.worthwhile`` first): the band of ``reach`` neighbour blocks (narrowed by
     ``token_allowed``), other key blocks per query block (``extra_blocks``/``extra_valid``,
     (B, N/b, K), none within ``reach``), the global keys, and the global queries' dense rows."""
     kernels.note("cpu-flash", f"CPU, float32/64, no attention dropout, at least {block_flash.MIN_TOKENS} tokens: "
-                 "torch's CPU flash kernel on the band's views and the other key blocks (variants/block_flash.py)")
+                 "torch's CPU flash kernel on the band's views and the other key blocks (variants/block_flash.py)"
+                 + _because(choice))
     bsz, _, n, _ = q.shape
     has_global = global_idx is not None and global_idx.shape[1] > 0
     is_global = global_token_mask(global_idx, global_valid, bsz, n, q.device)
@@ -194,6 +197,11 @@ def flash_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block: in
         extra_blocks=extra_blocks, extra_valid=extra_valid, global_idx=global_idx if has_global else None,
         global_ok=(global_valid & key_mask.gather(1, global_idx)) if has_global else None)
     return global_rows(q, k, v, out, global_idx, global_valid, key_mask) if has_global else out
+
+
+def _because(choice: str) -> str:
+    """The layer's reason for a block path rather than FlexAttention, appended to a kernel note."""
+    return f"; not flex: {choice}" if choice else ""
 
 
 def global_rows(q, k, v, out, global_idx, global_valid, key_mask, dropout=0.0, training=False):

@@ -76,7 +76,7 @@ class LocalAttention(BlockKernelChoice, Attention):
 
     def attend(self, q, k, v, key_padding_mask):
         n = q.shape[2]
-        kernel = self.kernel_for(q, k, v)
+        kernel, why = self.kernel_and_why_for(q, k, v)
         mask, block = self._prepare(n, key_padding_mask, q.shape[0], q.device)
         q, k, v = (pad_to_multiple(t, 2, block) for t in (q, k, v))
         if kernel == "flex":
@@ -85,7 +85,7 @@ class LocalAttention(BlockKernelChoice, Attention):
             out = flex_block_sparse_attention(q, k, v, block=block, key_mask=mask, block_pairs=own)
         else:
             out = block_sparse_attention(q, k, v, block=block, key_mask=mask, reach=0,
-                                         dropout=self.dropout, training=self.training)
+                                         dropout=self.dropout, training=self.training, choice=why)
         return out[:, :, :n]
 
     def flops(self, batch: int, seq_len: int) -> int:

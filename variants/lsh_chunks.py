@@ -169,8 +169,11 @@ class _ChunkAttention(torch.autograd.Function):
         g_s.view(lay.m, lay.q_len, d)[:, lay.n:] = 0  # empty slots: their outputs were dropped
         o_s = out.reshape(-1, d).index_select(0, lay.q_rows).view(qc.shape)
         kw, vw = lay.windows(k), lay.windows(v)
-        grads = [FLASH_BACKWARD(g_s[sl], qc[sl], kw[sl], vw[sl], o_s[sl], lse[sl], 0.0, False, attn_mask=mask)
-                 for sl, mask in ctx.masks]
+        # a loop, not a comprehension: a comprehension would close over g_s and o_s, and deleting a
+        # closed-over name (DELETE_DEREF) is a bytecode torch.compile cannot trace
+        grads = []
+        for sl, mask in ctx.masks:
+            grads.append(FLASH_BACKWARD(g_s[sl], qc[sl], kw[sl], vw[sl], o_s[sl], lse[sl], 0.0, False, attn_mask=mask))
         del g_s, o_s
         dq, dk, dv = (torch.cat(g) if len(g) > 1 else g[0] for g in zip(*grads, strict=True))
         del grads

@@ -7,7 +7,6 @@ it cannot run, ``xformers_unavailable()`` says why and ``use_xformers()`` raises
 """
 from __future__ import annotations
 
-import contextvars
 import importlib
 from contextlib import contextmanager
 
@@ -16,7 +15,9 @@ import torch.nn.functional as F
 
 from attnbench.variants import kernels
 
-_XFORMERS = contextvars.ContextVar("attnbench_use_xformers", default=False)
+#: whether ``attention`` routes to xformers (``use_xformers``): a plain module flag, not a context variable,
+#: because torch.compile traces a global read (and recompiles when it changes), not ``ContextVar.get``
+_USE_XFORMERS = False
 
 
 def xformers_unavailable() -> str | None:
@@ -66,18 +67,19 @@ def use_xformers():
     reason = xformers_unavailable()
     if reason:
         raise RuntimeError(reason)
-    token = _XFORMERS.set(True)
+    global _USE_XFORMERS
+    before, _USE_XFORMERS = _USE_XFORMERS, True
     try:
         yield
     finally:
-        _XFORMERS.reset(token)
+        _USE_XFORMERS = before
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None = None,
               dropout_p: float = 0.0) -> torch.Tensor:
     """Softmax attention of (B, H, N, Dh) queries, keys and values; ``attn_mask`` (bool, broadcastable to
     (B, H, N, N)) True = attend. A query row that may attend no key is zero (``masked_sdpa``)."""
-    if _XFORMERS.get():
+    if _USE_XFORMERS:
         return _xformers_attention(q, k, v, attn_mask, dropout_p)
     kernels.note("sdpa", "one scaled_dot_product_attention call over the whole sequence; torch picks its backend "
                  "(recorded as sdpa_kernels)")

@@ -51,7 +51,7 @@ class SparseConfig:
     kernel: Kernel = param("auto", KERNEL_HELP)
 
 
-def _hash_priority(seed: int, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
+def _hash_priority(seed: int | torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """A pseudo-random int64 per (row, col), independent of the tensor shapes (splitmix64 mix),
     so a row's random blocks do not change when padding adds blocks."""
     x = rows * 0x9E3779B1 + cols * 0x85EBCA77 + seed * 0x27D4EB2F + 0x165667B1
@@ -105,7 +105,7 @@ class SparseAttention(BlockKernelChoice, Attention):
         strided = nb // self.cfg.strided_every if self.cfg.strided_every else 0
         return min(nb, local + strided + self.cfg.random_blocks)
 
-    def block_pairs(self, n_padded: int, block: int, mask: torch.Tensor, seed: int):
+    def block_pairs(self, n_padded: int, block: int, mask: torch.Tensor, seed: int | torch.Tensor):
         """Which key blocks each query block attends, (B, nB, nB) bool, without the global blocks
         (scored beside, once), and the global blocks' indices and validity (B, G)."""
         cfg, dev = self.cfg, mask.device
@@ -146,14 +146,17 @@ class SparseAttention(BlockKernelChoice, Attention):
         g_ok = gb_ok[..., None].expand(-1, -1, block).flatten(1) & mask.gather(1, g_idx)
         return g_idx, g_ok
 
-    def layout(self, n_padded: int, block: int, mask: torch.Tensor, seed: int):
+    def layout(self, n_padded: int, block: int, mask: torch.Tensor, seed: int | torch.Tensor):
         """Key-block table (B, nB, K), its validity, and the global token positions and validity."""
         chosen, gb_idx, gb_ok = self.block_pairs(n_padded, block, mask, seed)
         return self.block_table(chosen) + self.global_tokens(gb_idx, gb_ok, block, mask)
 
-    def _seed(self) -> int:
+    def _seed(self, device=None) -> int | torch.Tensor:
+        """The seed of the random blocks: in training a fresh draw from torch's global generator, kept as a
+        0-dim tensor on ``device`` (read by no one on the host: no sync on CUDA, nothing that breaks a
+        torch.compile graph); in eval mode the layer's fixed seed, a Python int."""
         if self.training and self.cfg.random_blocks:
-            return int(torch.randint(0, 2**31 - 1, (1,)).item())
+            return torch.randint(0, 2**31 - 1, (), device=device)
         return self.fixed_seed(self.cfg.eval_seed, self._layer_seed)
 
     def _prepare(self, n, key_padding_mask, batch, device):
@@ -161,27 +164,27 @@ class SparseAttention(BlockKernelChoice, Attention):
             torch.ones(batch, n, dtype=torch.bool, device=device)
         block = self.block(n)
         mask = pad_to_multiple(mask, 1, block, value=False)
-        chosen, gb_idx, gb_ok = self.block_pairs(mask.shape[1], block, mask, self._seed())
+        chosen, gb_idx, gb_ok = self.block_pairs(mask.shape[1], block, mask, self._seed(mask.device))
         return (mask, block, chosen) + self.global_tokens(gb_idx, gb_ok, block, mask)
 
     def attend(self, q, k, v, key_padding_mask):
         n = q.shape[2]
-        kernel = self.kernel_for(q, k, v)
+        kernel, why = self.kernel_and_why_for(q, k, v)
         mask, block, chosen, g_idx, g_ok = self._prepare(n, key_padding_mask, q.shape[0], q.device)
         q, k, v = (pad_to_multiple(t, 2, block) for t in (q, k, v))
         if kernel == "flex":
             out = flex_block_sparse_attention(q, k, v, block=block, key_mask=mask, block_pairs=chosen,
                                               global_idx=g_idx, global_valid=g_ok)
         elif block_flash.worthwhile(q, self.dropout if self.training else 0.0):
-            out = self.flash_attend(q, k, v, mask, block, chosen, g_idx, g_ok)
+            out = self.flash_attend(q, k, v, mask, block, chosen, g_idx, g_ok, why)
         else:
             key_blocks, valid = self.block_table(chosen)
             out = block_sparse_attention(q, k, v, block=block, key_blocks=key_blocks, block_valid=valid,
                                          key_mask=mask, global_idx=g_idx, global_valid=g_ok,
-                                         dropout=self.dropout, training=self.training)
+                                         dropout=self.dropout, training=self.training, choice=why)
         return out[:, :, :n]
 
-    def flash_attend(self, q, k, v, mask, block, chosen, g_idx, g_ok):
+    def flash_attend(self, q, k, v, mask, block, chosen, g_idx, g_ok, choice: str = ""):
         """The CPU flash path (``blocks.flash_blocks``): the window blocks as a sliding band of
         ``window_blocks`` (the chosen ones exactly: blocks past the real tokens hold only padded
         keys, global blocks only global ones, both masked there), the strided and random blocks as
@@ -197,7 +200,7 @@ class SparseAttention(BlockKernelChoice, Attention):
             table = torch.argsort((~extra).to(torch.int8), dim=-1, stable=True)[..., :width]
             valid = torch.arange(width, device=chosen.device) < extra.sum(-1, keepdim=True)
         return flash_blocks(q, k, v, block=block, key_mask=mask, reach=reach, extra_blocks=table, extra_valid=valid,
-                            global_idx=g_idx, global_valid=g_ok)
+                            global_idx=g_idx, global_valid=g_ok, choice=choice)
 
     def dense_mask(self, n: int, key_padding_mask: torch.Tensor) -> torch.Tensor:
         """(B, N, N) token-level mask of the current layout (eval mode: the fixed one)."""

@@ -89,7 +89,7 @@ class WindowAttention(BlockKernelChoice, Attention):
 
     def attend(self, q, k, v, key_padding_mask):
         n = q.shape[2]
-        kernel = self.kernel_for(q, k, v)
+        kernel, why = self.kernel_and_why_for(q, k, v)
         mask, block, _, _, band, g_idx, g_ok = self._prepare(n, key_padding_mask, q.shape[0], q.device)
         q, k, v = (pad_to_multiple(t, 2, block) for t in (q, k, v))
         if kernel == "flex":
@@ -99,7 +99,7 @@ class WindowAttention(BlockKernelChoice, Attention):
             reach = self.reach(block, q.shape[2] // block)
             out = block_sparse_attention(q, k, v, block=block, key_mask=mask, reach=reach, token_allowed=band,
                                          global_idx=g_idx, global_valid=g_ok, dropout=self.dropout,
-                                         training=self.training)
+                                         training=self.training, choice=why)
         return out[:, :, :n]
 
     def dense_mask(self, n: int, key_padding_mask: torch.Tensor) -> torch.Tensor:

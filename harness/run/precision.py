@@ -9,10 +9,10 @@ from __future__ import annotations
 import contextlib
 import importlib
 import importlib.util
-import shutil
 
 import torch
 
+from attnbench.harness.core import toolchain
 from attnbench.harness.core.errors import UserError
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -76,13 +76,19 @@ def adamw(params, *, lr: float, betas: tuple[float, ...], eps: float, weight_dec
 
 def compile_unavailable(device: torch.device) -> str | None:
     """Why ``torch.compile`` cannot run on ``device`` here (None when it can): its inductor backend
-    needs a C++ compiler for CPU code and Triton for CUDA code."""
+    needs Triton for CUDA code, and at the first compiled call a compiler and Python's headers
+    (``harness.core.toolchain``): a C compiler for the launcher Triton builds on CUDA, a C++ compiler
+    for inductor's CPU code. A CUDA runtime container or a Python without its ``-dev`` package has
+    Triton but not those, and would fail only at the first step."""
     try:
         importlib.import_module("torch._inductor")
     except ImportError as exc:
         return f"torch's inductor backend cannot be imported ({exc})"
     if device.type == "cuda" and importlib.util.find_spec("triton") is None:
         return "Triton is not installed (torch.compile's CUDA backend needs it)"
-    if device.type == "cpu" and not any(shutil.which(cc) for cc in ("g++", "c++", "clang++")):
-        return "no C++ compiler on PATH (torch.compile's CPU backend needs one)"
+    if device.type in toolchain.DEVICE_TYPES:
+        missing = toolchain.missing(device.type)
+        if missing:
+            backend = "CUDA backend (Triton)" if device.type == "cuda" else "CPU backend (inductor's C++)"
+            return f"torch.compile's {backend} needs what this machine lacks: {missing}"
     return None
