@@ -8,12 +8,19 @@ gradient applied), synchronising the device at the end, so a timer around the ca
 ``measure_in_process(spec)`` is what ``python -m attnbench.harness.bench.case`` runs for one case in a
 fresh process (started by ``attnbench.harness.measure.fresh_process.run_fresh``):
 1. one untimed step at ``prime_length`` tokens: torch's one-time set-up (lazy initialisation,
-   code pages of the kernels) is paid before measuring;
+   code pages of the kernels) is paid before measuring. A case whose attention is compiled for its
+   shape (FlexAttention on CUDA) is primed at its own length instead: otherwise the measured step
+   would compile (seconds) for the new length;
 2. the measured step: peak memory above the memory just before it (CPU: the process's resident
    set, via a reset ``VmHWM``; CUDA: ``max_memory_allocated`` after a reset, reserved too) and its
-   time; a step slower than ``time_cap_s`` makes the case a ``timeout``;
+   time; a step slower than ``time_cap_s`` makes the case a ``timeout``. The attention kernel it ran
+   and why (``variants.kernels``) go into the row;
 3. one more step under ``torch.utils.flop_counter.FlopCounterMode``: the FLOPs it sees (xformers'
    kernel, which it does not see, added from the case's shapes by torch's own SDPA formulas).
+   FlexAttention cannot run under the counter (dynamo runs no compiled frame under a dispatch mode,
+   and the eager operator has no rule for it), and torch's formula for it would count the dense
+   N x N product: its layers are counted on the gather kernel of the same layout instead
+   (``counted_on_gather``), which the row's ``flops_counted_method`` says.
 
 On CUDA the worker caps its allocations first (``cap_cuda_memory``): the configured cap, else 80% of
 the GPU, never more than was free when it started; the result carries the cap it used. A backend
@@ -22,6 +29,7 @@ that cannot run the case (``unavailable``, or torch finding no SDPA kernel for i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import re
 import sys
 import time
@@ -37,6 +45,8 @@ from attnbench.harness.measure.sdpa_kernels import SdpaKernels
 from attnbench.harness.measure.timing import synchronize
 from attnbench.harness.run.model import Block, ModelConfig
 from attnbench.variants import build_attention
+from attnbench.variants.flex_blocks import BlockKernelChoice, flex_compiled
+from attnbench.variants.kernels import KernelLog
 from attnbench.variants.sdpa import use_xformers, xformers_unavailable
 
 
@@ -168,7 +178,7 @@ def counted_flops(stepper: Stepper) -> tuple[int, str]:
     kernels it knows; torch's CPU flash kernel and elementwise work count as 0), plus xformers'
     attention, which it cannot see (``xformers_attention_flops``; not added if it did count an
     attention kernel), and the kernels the step ran ("none": the variant calls no fused kernel)."""
-    with FlopCounterMode(display=False) as counter, SdpaKernels() as kernels:
+    with counted_on_gather(stepper), FlopCounterMode(display=False) as counter, SdpaKernels() as kernels:
         stepper()
     flops, names = int(counter.get_total_flops()), kernels.names()
     if routes_to_xformers(stepper.case) and not _counted_attention(counter):
@@ -177,9 +187,41 @@ def counted_flops(stepper: Stepper) -> tuple[int, str]:
     return flops, names
 
 
-def flops_counted_method(case: Case) -> str:
-    """How the case's ``flops_counted`` was obtained, for its row."""
-    return COUNTER_METHOD + (XFORMERS_FLOPS_NOTE if routes_to_xformers(case) else "")
+def flops_counted_method(case: Case, flex_on_gather: bool = False) -> str:
+    """How the case's ``flops_counted`` was obtained, for its row (``flex_on_gather``: FlexAttention layers
+    were counted on the gather kernel)."""
+    flex = FLEX_FLOPS_NOTE if flex_on_gather else ""
+    return COUNTER_METHOD + flex + (XFORMERS_FLOPS_NOTE if routes_to_xformers(case) else "")
+
+
+FLEX_FLOPS_NOTE = ("; FlexAttention's layers counted on the gather kernel of the same layout (the counter cannot "
+                   "run FlexAttention, and torch's formula for it counts the dense N x N product)")
+
+
+def flex_layers(stepper: Stepper) -> list[BlockKernelChoice]:
+    """The block-layout layers of the case's module that run FlexAttention in its mode on its device."""
+    dtype = next(stepper.module.parameters()).dtype
+    return [m for m in stepper.module.modules()
+            if isinstance(m, BlockKernelChoice) and m.kernel_used(stepper.device, dtype) == "flex"]
+
+
+def compiles_per_shape(stepper: Stepper) -> bool:
+    """Whether the case's attention is compiled for each new input shape: FlexAttention where it is compiled."""
+    return bool(flex_layers(stepper)) and flex_compiled(stepper.device)
+
+
+@contextlib.contextmanager
+def counted_on_gather(stepper: Stepper):
+    """Within the block, the case's FlexAttention layers run the gather kernel of the same layout."""
+    layers = flex_layers(stepper)
+    saved = [layer.cfg for layer in layers]
+    for layer in layers:
+        layer.cfg = dataclasses.replace(layer.cfg, kernel="gather")
+    try:
+        yield
+    finally:
+        for layer, cfg in zip(layers, saved, strict=True):
+            layer.cfg = cfg
 
 
 def _counted_attention(counter: FlopCounterMode) -> bool:
@@ -198,22 +240,25 @@ def measure_in_process(spec: dict) -> dict:
     if device.type == "cuda":
         _WORKER["memory_cap_bytes"] = cap_cuda_memory(device, spec.get("memory_cap_bytes"))
     with backend_context(case.backend):
-        stepper = Stepper(case, spec["heads"], spec["head_dim"], spec["mlp_dim"], device, spec["seed"],
-                          n=min(case.n, int(spec["prime_length"])))
-        stepper()  # priming step: torch's one-time set-up
+        stepper = Stepper(case, spec["heads"], spec["head_dim"], spec["mlp_dim"], device, spec["seed"])
+        primed_at = case.n if compiles_per_shape(stepper) else min(case.n, int(spec["prime_length"]))
+        stepper.resize(primed_at, spec["seed"])
+        stepper()  # priming step: torch's one-time set-up (and, for compiled attention, the compilation)
         stepper.resize(case.n, spec["seed"])
         t0 = time.perf_counter()
-        peak, reserved, method = _peak_of(stepper, device)
+        with KernelLog() as kernels:
+            peak, reserved, method = _peak_of(stepper, device)
         cold_s = time.perf_counter() - t0
         result = {"status": "ok", "message": "", "peak_bytes": peak, "reserved_bytes": reserved,
-                  "peak_method": method, "cold_step_s": cold_s, "params_count": stepper.params,
-                  "flops_analytic": analytic_flops(stepper), **_WORKER}
+                  "peak_method": method, "cold_step_s": cold_s, "primed_at": primed_at,
+                  "params_count": stepper.params, "flops_analytic": analytic_flops(stepper),
+                  **kernels.as_record(), **_WORKER}
         if cold_s > float(spec["time_cap_s"]) > 0:
             result.update(status="timeout", message=f"one step took {cold_s:.1f} s, over the cap of "
                           f"{float(spec['time_cap_s']):g} s (bench.time_cap_s)")
             return result
         result["flops_counted"], result["sdpa_kernels"] = counted_flops(stepper)
-        result["flops_counted_method"] = flops_counted_method(case)
+        result["flops_counted_method"] = flops_counted_method(case, bool(flex_layers(stepper)))
     return result
 
 
@@ -221,7 +266,7 @@ def _peak_of(stepper: Stepper, device: torch.device) -> tuple[int, int | None, s
     """(peak bytes above the start, peak reserved bytes or None, method) of one step."""
     with PeakMemory(device) as mem:
         stepper()
-    return mem.peak_bytes, mem.reserved_bytes, f"{mem.method} (first step after a short priming step, fresh process)"
+    return mem.peak_bytes, mem.reserved_bytes, f"{mem.method} (first step after a priming step, fresh process)"
 
 
 #: facts of this worker process that its result carries even when the case fails (the CUDA cap it used)
