@@ -42,26 +42,37 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG = Path("config/gpu_check.yaml")
 DEFAULT_OUT = Path("results/gpu_check")
 MIB = 2 ** 20
-#: the sweep's lengths and dtypes the table shows (the config sweeps more lengths; these are its columns)
+#: the sweep's lengths and dtypes the table shows at most (those the sweep has: its columns)
 TABLE_LENGTHS = (4096, 16384)
 TABLE_DTYPES = ("bfloat16", "float32")
 STAGE_KEYS = ("tests", "train", "bench", "table")
 
 #: the test files with CUDA tests: all of tests/test_cuda.py, and the CUDA cases of the others (``-k cuda``)
 CUDA_TEST_FILES = ("tests/test_cuda.py", "tests/test_flex_blocks.py", "tests/test_train_loop.py",
-                   "tests/test_bench_cuda.py")
+                   "tests/test_bench_cuda.py", "tests/test_device_splits.py", "tests/test_linear.py",
+                   "tests/test_memory_estimate.py")
 
 # Time budget on one A100/H100-class GPU, estimated (see the estimate_* functions): what each command costs
 # besides its compute. A Python process that imports torch and starts CUDA takes about 5 s.
-TESTS_S = 180.0       # ~70 CUDA tests of milliseconds each; the peak-memory cases (4K-16K tokens), pytest and
-#                      CUDA start-up dominate, and each FlexAttention compilation (a new shape or layout kind:
-#                      about 6 in all) adds ~20 s
-DATA_S = 20.0         # generating the ListOps data once (1.2 ms an example at 256-1023 tokens, measured on a CPU)
-RUN_START_S = 15.0    # a training run: start-up, model, loading the data, evaluation passes
-BENCH_START_S = 10.0  # one variant's sweep: attnbench and pytest start-up
+TESTS_S = 135.0       # ~80 CUDA tests of milliseconds each; the peak-memory cases (4K-16K tokens), the sweep
+#                      worker's fresh processes, pytest and CUDA start-up dominate, and each FlexAttention
+#                      compilation (a new shape or layout kind: about 3 in all) adds ~15 s
+DATA_S_PER_EXAMPLE = 1.2e-3  # generating the ListOps data once (1.2 ms an example at 256-1023 tokens, on a CPU)
+RUN_START_S = 10.0    # a training run: start-up, model, loading the data, evaluation passes
+BENCH_START_S = 8.0   # one variant's sweep: attnbench and pytest start-up, the matmul probe's fresh process
 CASE_S = 5.0          # one sweep case besides its steps: its fresh process (start-up, CUDA context, priming)
 FP32_FLOPS = 10e12    # float32 without tensor cores (the sweep's float32): half an A100's 19.5 TFLOP/s
 TABLE_S = 5.0
+#: compiling: FlexAttention's forward and backward for one shape (Triton, cold cache; window, sparse and local run
+#: it on CUDA: each sweep case, each training run's first steps and evaluation), and a whole model under
+#: ``train.compile: true`` (inductor, forward and backward). Estimates until a GPU run measures them
+FLEX_COMPILE_S = 15.0
+MODEL_COMPILE_S = 45.0
+#: ``make gpu-check``'s install before this script: a venv over the node's torch and the wheelhouse's wheels with
+#: no index (``make wheelhouse``); from a package index instead, a few minutes more (README, "On a GPU")
+INSTALL_S = 45.0
+#: what the whole check, the install included, should stay under: a 15-minute machine lease with time to rerun it
+TOTAL_BUDGET_S = 8 * 60.0
 #: hard limits per command (a hung command is killed; the stage then fails): generous multiples of the budget
 LIMITS_S = {"tests": 600, "train": 300, "bench": 600, "aggregate": 120}
 
@@ -126,7 +137,7 @@ def plan(config_path: Path, out: Path, cores: int) -> list[Stage]:
     sweep.commands.append(Command("bench", ab + ["aggregate-bench", "--inputs",
                                                  *[str(bench / f"{v}.json") for v in bench_variants],
                                                  "--out", str(out / "bench.csv")], LIMITS_S["aggregate"]))
-    table = Stage("table", "one table: variant, step time, peak memory, accuracy, sweep at 4K/16K",
+    table = Stage("table", "one table: variant, step time, peak memory, accuracy, the sweep's 4K/16K cells",
                   writes=f"{out}/summary.md", budget_s=TABLE_S)
     return [tests, train, sweep, table]
 
@@ -153,14 +164,15 @@ def estimate_budget(stages: list[Stage], config: dict) -> None:
     by = {s.key: s for s in stages}
     by["tests"].budget_s = TESTS_S
     runs = [c.what.split("/") for c in by["train"].commands if c.what]
-    by["train"].budget_s = DATA_S + sum(RUN_START_S + cost.run_cost(config, task, variant).hours * 3600
-                                        for task, variant, _ in runs)
+    by["train"].budget_s = data_s(config) + sum(RUN_START_S + cost.run_cost(config, task, variant).hours * 3600
+                                        + run_compile_s(config, task, variant) for task, variant, _ in runs)
     s, rate = bench_settings(config), cost.Rate()
     steps = s.warmup + s.repeats * s.rounds + 3  # timed, and the probe's priming, measured and counted steps
     seconds = 0.0
     for variant in (c.what for c in by["bench"].commands if c.what):
         seconds += BENCH_START_S
-        cases = len(s.backends.get(variant, ["default"])) * len(s.scopes)  # a block's MLP is not counted
+        backends = [b for b in s.backends.get(variant, ["default"]) if b != "xformers" or xformers_installed()]
+        cases = len(backends) * len(s.scopes)  # a block's MLP is not counted; xformers without it costs nothing
         for n in s.cuda_lengths:
             layer = build_attention(variant, s.heads * s.head_dim, s.heads, s.variant_params.get(variant, {}),
                                     max_len=n)
@@ -169,8 +181,39 @@ def estimate_budget(stages: list[Stage], config: dict) -> None:
                     flops = layer.flops(batch, n) * (3 if mode == "forward_backward" else 1)
                     for dtype in s.cuda_dtypes:
                         step_s = flops / (FP32_FLOPS if dtype == "float32" else rate.core)
-                        seconds += cases * (CASE_S + steps * step_s)
+                        seconds += cases * (CASE_S + steps * step_s + (FLEX_COMPILE_S if runs_flex(layer) else 0))
     by["bench"].budget_s = seconds
+
+
+def xformers_installed() -> bool:
+    """Whether xformers is installed here (not imported: without it the sweep's xformers cases are
+    ``unavailable`` before any process starts)."""
+    return importlib.util.find_spec("xformers") is not None
+
+
+def data_s(config: dict) -> float:
+    """Seconds to generate the tasks' data once (ListOps' generator, the only one the check uses)."""
+    return sum(DATA_S_PER_EXAMPLE * sum(task.get("data", {}).get(k, 0) for k in ("n_train", "n_val", "n_test"))
+               for task in config["tasks"].values())
+
+
+def runs_flex(layer) -> bool:
+    """Whether a layer runs FlexAttention on a CUDA device (compiled, so each new shape compiles)."""
+    from attnbench.variants.flex_blocks import BlockKernelChoice
+
+    return isinstance(layer, BlockKernelChoice) and layer.cfg.kernel in ("auto", "flex")
+
+
+def run_compile_s(config: dict, task: str, variant: str) -> float:
+    """Seconds a training run spends compiling: its model under ``train.compile``, its FlexAttention layers."""
+    from attnbench.harness.config import resolve_run
+    from attnbench.variants import build_attention
+
+    run = resolve_run(config, task, variant, 0)
+    layer = build_attention(variant, run["model"]["dim"], run["model"]["heads"], run["variant"]["params"], max_len=64)
+    if run["train"].get("compile"):  # the model's compilation includes its FlexAttention
+        return MODEL_COMPILE_S
+    return FLEX_COMPILE_S if runs_flex(layer) else 0.0
 
 
 def fmt_s(seconds: float) -> str:
@@ -189,9 +232,11 @@ def print_plan(stages: list[Stage], out: Path, budget_known: bool) -> None:
         print(f"  writes {stage.writes}")
     if budget_known:
         total = sum(s.budget_s for s in stages)
-        print(f"\nexpected time: about {fmt_s(total)} on one A100/H100-class GPU (estimated from start-up costs and "
-              "analytic FLOPs, not measured; a slower GPU takes longer); each command is stopped after "
-              + ", ".join(f"{k} {v} s" for k, v in LIMITS_S.items()))
+        print(f"\nexpected time: about {fmt_s(total)} on one A100/H100-class GPU, about {fmt_s(total + INSTALL_S)} "
+              f"with `make gpu-check`'s install from a wheelhouse (about {fmt_s(INSTALL_S)}); "
+              f"{'within' if total + INSTALL_S <= TOTAL_BUDGET_S else 'OVER'} the {fmt_s(TOTAL_BUDGET_S)} it is "
+              "meant to fit (estimated from start-up, compile and analytic FLOP costs, not measured; a slower GPU "
+              "takes longer); each command is stopped after " + ", ".join(f"{k} {v} s" for k, v in LIMITS_S.items()))
 
 
 # ---------------------------------------------------------------- the table
@@ -274,10 +319,18 @@ def markdown(table: list[dict], lengths=TABLE_LENGTHS, dtypes=TABLE_DTYPES) -> s
     return "\n".join(lines)
 
 
+def swept_columns(rows: list[dict]) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """The table's sweep columns: the lengths and dtypes of TABLE_LENGTHS x TABLE_DTYPES the sweep has."""
+    lengths = tuple(n for n in TABLE_LENGTHS if any(r.get("n") == n for r in rows))
+    dtypes = tuple(d for d in TABLE_DTYPES if any(r.get("dtype") == d for r in rows))
+    return lengths, dtypes
+
+
 def write_table(out: Path, config_path: Path) -> str:
     """Stage d: the table of what stages b and c left under ``out``; printed and written to summary.md."""
     records, rows = load_records(out / "runs"), load_sweep(out / "bench")
-    table = build_table(records, rows)
+    lengths, dtypes = swept_columns(rows)
+    table = build_table(records, rows, lengths, dtypes)
     env = records[0]["environment"] if records else {}
     device = env.get("device_name") or next((r.get("device_name") for r in rows if r.get("device_name")), "?")
     torch_version = env.get("torch") or next((r.get("torch") for r in rows if r.get("torch")), "?")
@@ -285,7 +338,7 @@ def write_table(out: Path, config_path: Path) -> str:
             f"{time.strftime('%Y-%m-%d %H:%M', time.localtime())}.\n\n"
             "Training: median step time after warm-up, peak memory of the run, test accuracy of the "
             "best-validation checkpoint. Sweep: one attention layer, forward+backward, median time / peak memory "
-            "of one step (`attnbench bench`).\n\n" + markdown(table) + "\n")
+            "of one step (`attnbench bench`).\n\n" + markdown(table, lengths, dtypes) + "\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(text)
     return text
