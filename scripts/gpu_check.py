@@ -278,12 +278,13 @@ def build_table(records: list[dict], sweep_rows: list[dict], lengths=TABLE_LENGT
     table = []
     for impl in impls:
         runs = by_label.get(impl, [])
-        row: dict = {"variant": impl, "status": "", "precision": "", "step_ms": None, "peak_mib": None,
+        row: dict = {"variant": impl, "status": "", "precision": "", "kernel": "", "step_ms": None, "peak_mib": None,
                      "test_acc": None}
         if runs:
             statuses = sorted({r["status"] for r in runs})
             row["status"] = "ok" if statuses == ["ok"] else ", ".join(s for s in statuses if s != "ok")
             row["precision"] = ", ".join(sorted({r["training"].get("precision") or "" for r in runs} - {""}))
+            row["kernel"] = ", ".join(sorted({r["training"].get("attention_kernel") or "" for r in runs} - {""}))
             steps = [r["efficiency"]["step_time_median_s"] for r in runs if r["efficiency"]["step_time_median_s"]]
             peaks = [r["efficiency"]["peak_memory_bytes"] for r in runs if r["efficiency"]["peak_memory_bytes"]]
             accs = [r["accuracy"]["test"] for r in runs if r["accuracy"]["test"] is not None]
@@ -306,11 +307,11 @@ def _kilo(n: int) -> str:
 
 
 def markdown(table: list[dict], lengths=TABLE_LENGTHS, dtypes=TABLE_DTYPES) -> str:
-    head = ["variant", "status", "precision", "step time", "peak memory", "test acc"]
+    head = ["variant", "status", "precision", "kernel", "step time", "peak memory", "test acc"]
     head += [f"sweep {_short(d)} {_kilo(n)}" for d in dtypes for n in lengths]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in table:
-        cells = [row["variant"], row["status"], row["precision"],
+        cells = [row["variant"], row["status"], row["precision"], row["kernel"],
                  "" if row["step_ms"] is None else f"{row['step_ms']:.1f} ms",
                  "" if row["peak_mib"] is None else f"{row['peak_mib']:.0f} MiB",
                  "" if row["test_acc"] is None else f"{row['test_acc']:.3f}"]
@@ -336,9 +337,10 @@ def write_table(out: Path, config_path: Path) -> str:
     torch_version = env.get("torch") or next((r.get("torch") for r in rows if r.get("torch")), "?")
     text = (f"# GPU check\n\n{device}, torch {torch_version}, config `{config_path}`, "
             f"{time.strftime('%Y-%m-%d %H:%M', time.localtime())}.\n\n"
-            "Training: median step time after warm-up, peak memory of the run, test accuracy of the "
-            "best-validation checkpoint. Sweep: one attention layer, forward+backward, median time / peak memory "
-            "of one step (`attnbench bench`).\n\n" + markdown(table, lengths, dtypes) + "\n")
+            "Training: the attention kernel its first step ran (the record says why), median step time after "
+            "warm-up, peak memory of the run, test accuracy of the best-validation checkpoint. Sweep: one attention "
+            "layer, forward+backward, median time / peak memory of one step (`attnbench bench`).\n\n"
+            + markdown(table, lengths, dtypes) + "\n")
     out.mkdir(parents=True, exist_ok=True)
     (out / "summary.md").write_text(text)
     return text

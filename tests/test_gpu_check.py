@@ -130,7 +130,8 @@ def fake_record(variant: str, seed: int, *, status="ok", test=0.5, step_s=0.02, 
         "accuracy": {"best_val": test, "test": test, "best_step": 300},
         "baselines": {"chance": 0.1, "majority_class": 0, "majority_test_acc": 0.17},
         "training": {"steps_planned": 300, "steps_done": 300, "wall_s": 20.0, "curve": "curve.csv",
-                     "checkpoint": "best.pt", "resumed_from_step": None, "precision": precision},
+                     "checkpoint": "best.pt", "resumed_from_step": None, "precision": precision,
+                     "attention_kernel": "sdpa" if variant == "full" else "explicit"},
         "efficiency": {"train_steps_per_s": step_s and 1 / step_s, "train_tokens_per_s": step_s and 32 * 1024 / step_s,
                        "eval_tokens_per_s": None, "step_time_median_s": step_s, "timing_method": "median",
                        "peak_memory_bytes": peak, "peak_memory_reserved_bytes": peak, "peak_memory_method": "cuda",
@@ -200,12 +201,12 @@ def test_markdown_table_and_summary_file(gpu_check, results):
     assert text == (results / "summary.md").read_text()
     assert "FakeGPU 80GB, torch 2.13.0+cu130" in text
     lines = [line for line in text.splitlines() if line.startswith("|")]
-    assert lines[0] == ("| variant | status | precision | step time | peak memory | test acc | sweep bf16 4K | "
-                        "sweep bf16 16K | sweep fp32 4K | sweep fp32 16K |")
+    assert lines[0] == ("| variant | status | precision | kernel | step time | peak memory | test acc | "
+                        "sweep bf16 4K | sweep bf16 16K | sweep fp32 4K | sweep fp32 16K |")
     assert len(lines) == 2 + 3
-    assert lines[2] == ("| full | ok | bf16 | 20.0 ms | 3072 MiB | 0.500 | 4.0 ms / 256 MiB | 16.0 ms / 1024 MiB | "
-                        "8.0 ms / 256 MiB | 32.0 ms / 1024 MiB |")
-    assert lines[3].startswith("| lsh | oom | bf16 |  |  |  |") and "| OOM |" in lines[3]
+    assert lines[2] == ("| full | ok | bf16 | sdpa | 20.0 ms | 3072 MiB | 0.500 | 4.0 ms / 256 MiB | "
+                        "16.0 ms / 1024 MiB | 8.0 ms / 256 MiB | 32.0 ms / 1024 MiB |")
+    assert lines[3].startswith("| lsh | oom | bf16 | explicit |  |  |  |") and "| OOM |" in lines[3]
 
 
 def test_table_of_nothing_is_empty(gpu_check, tmp_path):
