@@ -8,14 +8,25 @@ BIN := $(VENV)/bin
 CORES ?= $(shell nproc 2>/dev/null || echo 2)
 # nothing is fetched at run time: the default config uses generated and shipped data
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+# pyproject.toml admits a range of torch releases; `make install` takes this one, the CPU build CI tests
+# (`make install TORCH_SPEC=` keeps a torch the venv has, or lets pip choose within the range)
+TORCH_SPEC ?= torch==2.13.0
+# GPU nodes without network (README, "On a GPU"): `make wheelhouse` (with network) downloads the other dependencies
+# for the node's Python into WHEELHOUSE, leaving out what the node has (NODE_HAS); there, `make gpu-check` (or
+# `make install-offline`) builds the venv over the Python that has the node's torch (TORCH_PYTHON), from it alone
+WHEELHOUSE ?= wheelhouse
+WHEEL_PYTHON ?= 3.12
+NODE_HAS ?= scripts/gpu_node_packages.txt
+TORCH_PYTHON ?= python3
+HAVE_WHEELHOUSE := $(wildcard $(WHEELHOUSE)/wheelhouse.json)
 
-.PHONY: install run test lint gpu-check clean
+.PHONY: install run test lint gpu-check wheelhouse install-offline clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]' $(if $(TORCH_SPEC),'$(TORCH_SPEC)')
 	touch $@
 
 run: install
@@ -32,16 +43,32 @@ lint: install
 	$(BIN)/lint-imports --no-cache
 	$(BIN)/snakemake --lint
 
-# On a machine with a CUDA GPU, about 10 minutes (README, "On a GPU"): installs the gpu extra (xformers), then
-# scripts/gpu_check.py: the CUDA tests, ListOps with every variant in bf16, the sweep to 16K tokens, and one table
-# (results/gpu_check/summary.md). ARGS go to the script: `make gpu-check ARGS=--dry-run` prints the plan and its
-# time budget and checks its config, on any machine, without the gpu extra.
-gpu-check: install
-	$(if $(filter --dry-run,$(ARGS)),,$(MAKE) --no-print-directory $(VENV)/.installed-gpu)
+# On a machine with a CUDA GPU, under 8 minutes from a wheelhouse (README, "On a GPU"): the install, then
+# scripts/gpu_check.py: the CUDA tests, ListOps with every variant in bf16, the sweep at 16K tokens, and one table
+# (results/gpu_check/summary.md).
+# The install: with a wheelhouse (WHEELHOUSE/wheelhouse.json), offline over TORCH_PYTHON's torch (no gpu extra:
+# xformers' cases are then unavailable); without one, from the package index with the gpu extra (torch 2.10.0 and
+# xformers 0.0.35, CUDA 12.8). Either prints how long it took. ARGS go to the script: `make gpu-check ARGS=--dry-run`
+# prints the plan and its time budget and checks its config, on any machine (without the gpu extra).
+gpu-check: $(if $(HAVE_WHEELHOUSE),install-offline,$(if $(filter --dry-run,$(ARGS)),install,$(VENV)/.installed-gpu))
 	$(OFFLINE) $(BIN)/python scripts/gpu_check.py $(ARGS)
 
 $(VENV)/.installed-gpu: pyproject.toml
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,gpu]'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@start=$$(date +%s); \
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,gpu]' && \
+	echo "install: $$(( $$(date +%s) - start )) s (the gpu extra, from the package index)"
+	touch $@
+
+# with network: the wheelhouse for a GPU node (under 64 MiB; WHEEL_PYTHON: the node's Python)
+wheelhouse:
+	$(PYTHON) scripts/wheelhouse.py build --out $(WHEELHOUSE) --python-version $(WHEEL_PYTHON) --have $(NODE_HAS)
+
+# without network: the venv over TORCH_PYTHON's torch, from the wheelhouse alone
+install-offline: $(VENV)/.installed-offline
+
+$(VENV)/.installed-offline: pyproject.toml $(HAVE_WHEELHOUSE)
+	$(TORCH_PYTHON) scripts/wheelhouse.py install --wheelhouse $(WHEELHOUSE) --venv $(VENV) --base-python $(TORCH_PYTHON)
 	touch $@
 
 clean:

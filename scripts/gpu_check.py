@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import os
 import shlex
 import shutil
@@ -364,6 +365,16 @@ def run_command(c: Command, env: dict) -> tuple[int, float]:
     return rc, time.perf_counter() - t0
 
 
+def measured_install() -> dict | None:
+    """What `make install-offline` measured of this venv's install (``<venv>/.install.json``), if it made it."""
+    path = Path(sys.prefix) / ".install.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info.get("install_s"), int | float) else None
+
+
 def check_config(config_path: Path) -> tuple[int, str]:
     cmd = [*attnbench_cmd(), "check-config", "--config", str(config_path)]
     print(f"\nconfig check: does the config validate?\n  $ {shlex.join(cmd)}", flush=True)
@@ -439,8 +450,13 @@ def main(argv: list[str] | None = None) -> int:
             ok = not any(codes)
         results.append((stage, ok, time.perf_counter() - t0))
     print("\nGPU check:")
+    install = measured_install()
+    if install:
+        print(f"  install {fmt_s(install['install_s'])} ({install.get('mode', '?')}; budget {fmt_s(INSTALL_S)})")
     for stage, ok, seconds in results:
         print(f"  {stage.key:6} {'ok' if ok else 'FAILED'}  {fmt_s(seconds)} (budget {fmt_s(stage.budget_s)})")
+    total = sum(seconds for _, _, seconds in results) + (install["install_s"] if install else 0)
+    print(f"  total  {fmt_s(total)}{' with the install' if install else ''} (meant to fit {fmt_s(TOTAL_BUDGET_S)})")
     print(f"table: {args.out / 'summary.md'}")
     return 0 if all(ok for _, ok, _ in results) else 1
 

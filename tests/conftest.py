@@ -4,7 +4,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import importlib
+import importlib.util
 import os
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +15,19 @@ import torch
 # a test variant that needs max_len, added as one file (tests/length_projected.py): registered here,
 # so the registry-wide tests cover it in every test module
 importlib.import_module("length_projected")
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def load_script(name: str):
+    """A script of scripts/ as a module (it is no package)."""
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
 
 # Small enough that preparing the data and training take well under a second.
 TINY_CONFIG = {

@@ -3,7 +3,6 @@ CUDA, and its table from run records and sweep files in their real formats; scri
 against the hand formula, and its table of config/lra.yaml."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -19,22 +18,13 @@ from attnbench.harness.bench.settings import BenchConfig, Case
 from attnbench.harness.bench.sweep import SweepEnv, base_row
 from attnbench.harness.config import load_config, resolve_run
 from attnbench.harness.results.records import SCHEMA_VERSION, write_record
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "gpu_check.py"
 CONFIG = "config/gpu_check.yaml"
 #: the training keys of issue 13 that a config of this check uses; until they land, only they may fail validation
 ISSUE_13_KEYS = {"precision", "accumulate", "compile", "tf32"}
-
-
-def load_script(name: str):
-    """A script of scripts/ as a module (it is no package)."""
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
 
 
 @pytest.fixture(scope="module")
@@ -280,3 +270,12 @@ def test_a_command_past_its_limit_is_stopped_with_its_children(gpu_check):
     rc, _ = gpu_check.run_command(gpu_check.Command("x", [sys.executable, "-c", "raise SystemExit(3)"], 30),
                                   dict(os.environ))
     assert rc == 3
+
+
+def test_the_install_time_make_measured_is_read_from_the_venv(gpu_check, tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "prefix", str(tmp_path))
+    assert gpu_check.measured_install() is None  # a venv that `make install-offline` did not make
+    (tmp_path / ".install.json").write_text(json.dumps({"mode": "offline", "install_s": 24.7}))
+    assert gpu_check.measured_install() == {"mode": "offline", "install_s": 24.7}
+    (tmp_path / ".install.json").write_text("{not json")
+    assert gpu_check.measured_install() is None
