@@ -142,8 +142,8 @@ def test_a_runs_peak_memory_leaves_out_the_splits_it_placed_on_the_device(tmp_pa
         f"peak {eff['peak_memory_bytes'] / 2 ** 20:.1f} MiB with {placed / 2 ** 20:.1f} MiB of splits placed")
 
 
-def test_a_trainer_built_inside_placed_splits_takes_those_splits(tiny_listops_data, monkeypatch):
-    """Every trainer (a distilled one too: it builds its splits in Trainer.__init__) takes the splits that
+def test_a_trainer_given_placed_splits_takes_those_splits(tiny_listops_data, monkeypatch, tmp_path):
+    """Every trainer (a distilled one too: it passes them to Trainer.__init__) takes the splits that
     train_run placed before measuring, instead of placing them a second time inside the measurement."""
     run = tiny_run()
     calls = []
@@ -154,13 +154,14 @@ def test_a_trainer_built_inside_placed_splits_takes_those_splits(tiny_listops_da
         original(self, *args, **kwargs)
 
     monkeypatch.setattr(batches.DeviceSplit, "__init__", counting)
-    from attnbench.harness.run import train
-
-    with train.placed_splits(tiny_listops_data, CPU) as splits:
-        assert len(calls) == 3
-        trainer = Trainer(run, tiny_listops_data, CPU)
-        assert trainer.splits is splits and len(calls) == 3
-    assert Trainer(run, tiny_listops_data, CPU).splits is not splits and len(calls) == 6  # outside: its own
+    splits = batches.place_splits(tiny_listops_data, CPU)
+    assert len(calls) == 3
+    trainer = Trainer(run, tiny_listops_data, CPU, splits=splits)
+    assert trainer.splits is splits and len(calls) == 3
+    assert Trainer(run, tiny_listops_data, CPU).splits is not splits and len(calls) == 6  # none given: its own
+    calls.clear()
+    assert train_run(run, tiny_listops_data, tmp_path, bar=False)["status"] == "ok"
+    assert len(calls) == 3  # one placement per split for the whole run
 
 
 # ---------------------------------------------------------------- (d) each step's index is on the device already

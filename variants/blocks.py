@@ -130,15 +130,15 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     has_global = global_idx is not None and global_idx.shape[1] > 0
     is_global = global_token_mask(global_idx, global_valid, bsz, n, q.device)
     if block_dense.worthwhile(q):  # short sequences: the layout as one dense mask (variants/block_dense.py)
-        kernels.note("dense", f"CPU, at most {block_dense.MAX_TOKENS} tokens: the layout as one dense token mask in "
-                     "one SDPA call (variants/block_dense.py)" + _because(choice))
+        if kernels.active():
+            kernels.note("dense", f"CPU, at most {block_dense.MAX_TOKENS} tokens: the layout as one dense token "
+                         "mask in one SDPA call (variants/block_dense.py)" + _because(choice))
         allowed = block_dense.layout_mask(n, block, key_mask, key_blocks, block_valid, reach, token_allowed,
                                           is_global)
         return block_dense.dense_attention(q, k, v, allowed, dropout, training)
-    kernels.note("gather", "each query block's key blocks gathered into one fused SDPA call" + (
-        " (CUDA)" if q.device.type == "cuda" else " (attention dropout in training)" if training and dropout
-        else f" (CPU, {block_dense.MAX_TOKENS}-{block_flash.MIN_TOKENS} tokens, or a layout the CPU flash path "
-        "does not take)") + _because(choice))
+    if kernels.active():
+        kernels.note("gather", f"each query block's key blocks gathered into one fused SDPA call "
+                     f"({_gather_because(q, dropout if training else 0.0)})" + _because(choice))
     if key_blocks is not None:
         key_blocks = key_blocks.expand(bsz, -1, -1)
         nq, kk = key_blocks.shape[1:]
@@ -186,9 +186,10 @@ def flash_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block: in
     ``block_flash.worthwhile`` first): the band of ``reach`` neighbour blocks (narrowed by
     ``token_allowed``), other key blocks per query block (``extra_blocks``/``extra_valid``,
     (B, N/b, K), none within ``reach``), the global keys, and the global queries' dense rows."""
-    kernels.note("cpu-flash", f"CPU, float32/64, no attention dropout, at least {block_flash.MIN_TOKENS} tokens: "
-                 "torch's CPU flash kernel on the band's views and the other key blocks (variants/block_flash.py)"
-                 + _because(choice))
+    if kernels.active():
+        kernels.note("cpu-flash", f"CPU, float32/64, no attention dropout, at least {block_flash.MIN_TOKENS} "
+                     "tokens: torch's CPU flash kernel on the band's views and the other key blocks "
+                     "(variants/block_flash.py)" + _because(choice))
     bsz, _, n, _ = q.shape
     has_global = global_idx is not None and global_idx.shape[1] > 0
     is_global = global_token_mask(global_idx, global_valid, bsz, n, q.device)
@@ -197,6 +198,16 @@ def flash_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block: in
         extra_blocks=extra_blocks, extra_valid=extra_valid, global_idx=global_idx if has_global else None,
         global_ok=(global_valid & key_mask.gather(1, global_idx)) if has_global else None)
     return global_rows(q, k, v, out, global_idx, global_valid, key_mask) if has_global else out
+
+
+def _gather_because(q: torch.Tensor, dropout: float) -> str:
+    """Why the blocks went through the gather rather than a CPU-only path (block_dense, block_flash)."""
+    if q.device.type == "cuda":
+        return "CUDA"
+    if dropout:
+        return "attention dropout in training"
+    return (f"CPU, {block_dense.MAX_TOKENS}-{block_flash.MIN_TOKENS} tokens, or a layout the CPU flash path "
+            "does not take")
 
 
 def _because(choice: str) -> str:

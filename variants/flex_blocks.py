@@ -188,7 +188,7 @@ class BlockKernelChoice:
         needs_grad = torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad)
         kernel, why = kernel_choice(self.cfg.kernel, device=q.device, dtype=q.dtype, head_dim=q.shape[-1],
                                     training=self.training, dropout=self.dropout, needs_grad=needs_grad)
-        if kernel == "flex":
+        if kernel == "flex" and kernels.active():
             how = "compiled" if flex_compiled(q.device.type) else "eager, forward only"
             kernels.note("flex", f"torch.nn.attention.flex_attention ({how}) under a BlockMask built from the "
                          f"layout's blocks ({why})")
@@ -324,18 +324,18 @@ def flex_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     mask_mod = layout_mask_mod(key_mask, is_global, block, block_pairs, band)
     block_mask = BlockMask.from_kv_blocks(*tables, BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod, seq_lengths=(n, n))
     compiling = torch.compiler.is_compiling()  # traced into a compiled caller's graph: compiled with it
-    if q.device.type == "cpu" and (compiling or flex_compiled("cpu")):
+    compiled = compiling or flex_compiled(q.device)
+    fn = flex_attention if compiling else _flex_attention(compiled)
+    if compiled and q.device.type == "cpu":
         # inductor's CPU FlexAttention returns no log-sum-exp (torch 2.13); it gives rows with no allowed
         # key zeros itself (tests/test_flex_blocks.py checks it, an all-padding element included)
-        fn = flex_attention if compiling else _flex_attention(True)
         return fn(q, k, v, block_mask=block_mask)
     aux_request = AuxRequest(lse=True)
-    if compiling or q.device.type == "cuda":
-        out, aux = (flex_attention if compiling else _flex_attention(True))(q, k, v, block_mask=block_mask,
-                                                                          return_aux=aux_request)
+    if compiled:
+        out, aux = fn(q, k, v, block_mask=block_mask, return_aux=aux_request)
     else:
         with warnings.catch_warnings():
             # eager on CPU is the design here (forward only, for checks), not an oversight to warn about
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-            out, aux = _flex_attention(False)(q, k, v, block_mask=block_mask, return_aux=aux_request)
+            out, aux = fn(q, k, v, block_mask=block_mask, return_aux=aux_request)
     return torch.where(torch.isfinite(aux.lse)[..., None], out, 0.0)

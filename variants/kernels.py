@@ -22,18 +22,16 @@ import torch
 _ACTIVE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("attnbench_kernel_log", default=None)
 
 
+def active() -> bool:
+    """Whether a log is collecting notes: a caller whose reason takes work to put together (a formatted
+    string, a look-up) asks first, so that a forward outside a log does none of it."""
+    return not torch.compiler.is_compiling() and _ACTIVE.get() is not None
+
+
 def note(kernel: str, why: str) -> None:
     """Record that the current forward runs ``kernel`` because of ``why`` (no-op unless a log is active)."""
-    if torch.compiler.is_compiling():
-        return
-    seen = _ACTIVE.get()
-    if seen is not None:
-        seen.setdefault(kernel, why)
-
-
-def active() -> bool:
-    """Whether a log is collecting notes (for a note whose reason costs something to find out)."""
-    return _ACTIVE.get() is not None and not torch.compiler.is_compiling()
+    if active():
+        _ACTIVE.get().setdefault(kernel, why)
 
 
 class KernelLog:

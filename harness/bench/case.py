@@ -240,9 +240,11 @@ def measure_in_process(spec: dict) -> dict:
     if device.type == "cuda":
         _WORKER["memory_cap_bytes"] = cap_cuda_memory(device, spec.get("memory_cap_bytes"))
     with backend_context(case.backend):
-        stepper = Stepper(case, spec["heads"], spec["head_dim"], spec["mlp_dim"], device, spec["seed"])
-        primed_at = case.n if compiles_per_shape(stepper) else min(case.n, int(spec["prime_length"]))
-        stepper.resize(primed_at, spec["seed"])
+        primed_at = min(case.n, int(spec["prime_length"]))
+        stepper = Stepper(case, spec["heads"], spec["head_dim"], spec["mlp_dim"], device, spec["seed"], n=primed_at)
+        if compiles_per_shape(stepper):  # compiled for each shape: primed at its own length
+            primed_at = case.n
+            stepper.resize(primed_at, spec["seed"])
         stepper()  # priming step: torch's one-time set-up (and, for compiled attention, the compilation)
         stepper.resize(case.n, spec["seed"])
         t0 = time.perf_counter()

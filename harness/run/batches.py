@@ -21,7 +21,7 @@ for batches without padding and nothing reads a device tensor to find out.
 The placement is a parameter (``DeviceSplit(..., placement=...)``), so that the CUDA paths run on a
 CPU too (tests); pinning needs an accelerator and is skipped there (``pin``). ``device_bytes``
 says what a split copied to the device; the trainer places its splits before the run's memory
-measurement starts (``harness.run.train.placed_splits``), so they are not in its peak.
+measurement starts (``harness.run.train.train_run``), so they are not in its peak.
 """
 from __future__ import annotations
 
@@ -128,20 +128,16 @@ class DeviceSplit:
             self.labels.numel() * self.labels.element_size()
             + (self.tokens.numel() * self.tokens.element_size() if placement == "device" else 0))
 
-    def _upload(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Host tokens on the device: pinned (where the device allows) and copied while the device works."""
+    def _upload(self, t: torch.Tensor) -> torch.Tensor:
+        """A host tensor on the device: pinned (where the device allows) and copied while the device works."""
         if self.pin:
-            tokens = tokens.pin_memory()
-        return tokens.to(self.device, non_blocking=True)
+            t = t.pin_memory()
+        return t.to(self.device, non_blocking=True)
 
     def stage(self, index: torch.Tensor) -> torch.Tensor:
         """A CPU index tensor (an epoch's permutation) where ``batch`` indexes with it: on the device,
         copied once from pinned memory (where the device allows); as it is on the host path."""
-        if self.placement == "host":
-            return index
-        if self.pin:
-            index = index.pin_memory()
-        return index.to(self.device, non_blocking=True)
+        return index if self.placement == "host" else self._upload(index)
 
     def batch(self, idx: torch.Tensor, staged: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """(tokens as long, labels, padded) of the examples ``idx`` (a CPU index tensor) on the device;

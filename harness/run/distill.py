@@ -174,13 +174,13 @@ class DistillTrainer(Trainer):
     step_work = "teacher forward in eval mode without gradients, student forward, backward, clip, AdamW"
 
     def __init__(self, run: dict, data: PreparedData, device: torch.device, checkpoint: Path | None,
-                 teacher_id: str = "the teacher"):
+                 teacher_id: str = "the teacher", splits: dict | None = None):
         if checkpoint is None:
             raise TeacherError(f"{teacher_id} has no checkpoint to distill from")
         method = run["method"]
         self.temperature, self.alpha = float(method["temperature"]), float(method["alpha"])
         self.teacher, self.teacher_run = load_teacher(Path(checkpoint), run, data, device)
-        super().__init__(run, data, device)
+        super().__init__(run, data, device, splits)
 
     def build_model(self) -> EncoderClassifier:
         student = super().build_model()

@@ -13,7 +13,7 @@ from attnbench.harness.results.records import SCHEMA_VERSION, RunKey
 from attnbench.harness.run.model import count_parameters
 from attnbench.tasks.base import PreparedData
 
-#: how a training run's peak memory treats its data (``harness.run.train.placed_splits``)
+#: how a training run's peak memory treats its data (``harness.run.train.train_run``)
 PLACED_DATA_NOTE = ("; the data splits are placed before the measurement starts, so not counted "
                     "(device_data_bytes: the bytes of them held on the device, in a narrow integer type)")
 

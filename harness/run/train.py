@@ -19,8 +19,6 @@ import random
 import sys
 import time
 import traceback
-from collections.abc import Iterator
-from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -190,7 +188,9 @@ class Trainer:
     #: what one timed training step does, for the record's timing method
     step_work = "forward, backward, clip, AdamW"
 
-    def __init__(self, run: dict, data: PreparedData, device: torch.device):
+    def __init__(self, run: dict, data: PreparedData, device: torch.device,
+                 splits: dict[str, DeviceSplit] | None = None):
+        """``splits``: the data's splits already placed for ``device`` (``place_splits``; None: placed here)."""
         self.run, self.data, self.device = run, data, device
         self.cfg = cfg = TrainConfig(**{**run["train"], "betas": tuple(run["train"]["betas"])})
         self.precision = precision.resolve_precision(cfg.precision, device)
@@ -208,7 +208,7 @@ class Trainer:
                                                         eps=cfg.eps, weight_decay=cfg.weight_decay, device=device)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.cfg))
         self.gen = torch.Generator().manual_seed(run["seed"])
-        self.splits = data_splits(data, device)
+        self.splits = splits if splits is not None else place_splits(data, device)
         self.batch_size, self.batch_note = effective_batch(cfg.batch_size, cfg.accumulate, self.splits["train"].n)
         self.step_timer = LazyStepTimer(device)
         self.eval_timer = LazyStepTimer(device)
@@ -262,12 +262,12 @@ class Trainer:
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for i in range(0, split.n, bs):
             x, y, padded = split.slice(i, i + bs)
-            if self.eval_attention_kernel is None:
-                self.eval_attention_kernel = self.kernel_probe(x, padded) if self.compiled else {}
-            noting = KernelLog() if not self.eval_attention_kernel else contextlib.nullcontext()
+            if self.eval_attention_kernel is None and self.compiled:
+                self.eval_attention_kernel = self.kernel_probe(x, padded)
+            noting = KernelLog() if self.eval_attention_kernel is None else contextlib.nullcontext()
             with noting, self.eval_timer.time(), precision.autocast(self.precision, self.device):
                 logits = self.model(x, padded)
-            if isinstance(noting, KernelLog):
+            if self.eval_attention_kernel is None:
                 self.eval_attention_kernel = noting.as_record()
             self.eval_tokens += x.numel()
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
@@ -424,33 +424,6 @@ class Trainer:
         return sum(split.device_bytes for split in self.splits.values())
 
 
-#: the splits ``placed_splits`` placed (data, device, splits), which a trainer built meanwhile takes
-_PLACED: ContextVar[tuple[PreparedData, torch.device, dict[str, DeviceSplit]] | None] = ContextVar(
-    "attnbench_placed_splits", default=None)
-
-
-@contextlib.contextmanager
-def placed_splits(data: PreparedData, device: torch.device) -> Iterator[dict[str, DeviceSplit]]:
-    """Place the splits of ``data`` for ``device`` now; a trainer built inside (of any training method:
-    ``Trainer.__init__`` asks ``data_splits``) uses them. ``train_run`` places them so before its memory
-    measurement starts: on a GPU the splits held there are then not in a run's peak, as the data a CPU
-    run reads are not, and a trainer rebuilt on resuming does not place them a second time."""
-    splits = place_splits(data, device)
-    token = _PLACED.set((data, device, splits))
-    try:
-        yield splits
-    finally:
-        _PLACED.reset(token)
-
-
-def data_splits(data: PreparedData, device: torch.device) -> dict[str, DeviceSplit]:
-    """The splits of ``data`` for ``device``: those an open ``placed_splits`` holds, else placed now."""
-    held = _PLACED.get()
-    if held is not None and held[0] is data and held[1] == device:
-        return held[2]
-    return place_splits(data, device)
-
-
 def write_curve(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
     fields = ["step", "lr", "train_loss", "val_loss", "val_acc", "elapsed_s"]
@@ -498,9 +471,11 @@ def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = N
               extra: dict | None = None) -> dict:
     """Train one (task, variant, seed) and return its record (also written to ``out_dir``).
 
-    ``trainer_cls(run, data, device, **trainer_kwargs)`` builds the trainer inside the measured,
-    guarded section, so that its failures become records too (the data splits are placed just before
-    the measurement starts, inside the guarded section: see ``placed_splits``); ``extra``: record entries that a
+    ``trainer_cls(run, data, device, splits=..., **trainer_kwargs)`` builds the trainer inside the measured,
+    guarded section, so that its failures become records too. The data splits are placed for it just before
+    the measurement starts, inside the guarded section: on a GPU the splits held there are then not in the
+    run's peak, as the data a CPU run reads are not, and a trainer rebuilt on resuming does not place them
+    again. ``extra``: record entries that a
     training method adds (what it took from other runs; none for a run trained from labels).
     Raises ``RunFolderBusy`` (and writes nothing) while another process trains in ``out_dir``."""
     out_dir = Path(out_dir)
@@ -546,9 +521,10 @@ def _train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None, t
     if status == "ok":
         with memory_cap(device, run["train"]["memory_cap_mb"]) as cap:
             try:
-                with placed_splits(data, device), mem:  # the data first: their bytes are not the run's
+                splits = place_splits(data, device)  # the data first: their bytes are not the run's
+                with mem:
                     def make() -> Trainer:
-                        return trainer_cls(run, data, device, **(trainer_kwargs or {}))
+                        return trainer_cls(run, data, device, splits=splits, **(trainer_kwargs or {}))
 
                     trainer = resume(make(), run, extra, out_dir, log, make)
                     steps_done = trainer.fit(log)
