@@ -200,6 +200,18 @@ def test_time_limit_gives_timeout_record(tmp_path, tiny_listops_data):
     assert stored["accuracy"]["test"] is not None  # the checkpoint from before the limit is still tested
 
 
+def test_a_run_that_finished_all_its_steps_is_ok_however_late_its_last_evaluation(tmp_path, tiny_listops_data):
+    """The time limit stops a run with steps left to do; the last step is evaluated once (issue 26, 1)."""
+    run = tiny_run(train={"steps": 2, "warmup_steps": 0, "eval_every": 1, "time_limit_min": 1.0e-9})
+    record = train_run(run, tiny_listops_data, tmp_path, bar=False)
+    assert record["status"] == "timeout" and record["training"]["steps_done"] == 1  # step 1 of 2: stopped
+    run = tiny_run(train={"steps": 1, "warmup_steps": 0, "eval_every": 1, "time_limit_min": 1.0e-9})
+    record = train_run(run, tiny_listops_data, tmp_path / "one", bar=False)
+    assert (record["status"], record["message"], record["training"]["steps_done"]) == ("ok", None, 1)
+    steps = [line.split(",")[0] for line in (tmp_path / "one" / "curve.csv").read_text().splitlines()[1:]]
+    assert steps == ["1"]
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_unavailable_device_gives_failed_record(tmp_path, tiny_listops_data):
     run = tiny_run()

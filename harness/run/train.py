@@ -381,10 +381,12 @@ class Trainer:
                         and self.checkpoint_path is not None):
                     checkpoint.save(self.checkpoint_path, self, key=self.checkpoint_key,
                                     losses=self.finite_losses(step), elapsed_s=time.perf_counter() - t0)
-                if cfg.time_limit_min and time.perf_counter() - t0 > cfg.time_limit_min * 60:
-                    if self.losses:
+                # the limit stops a run with steps left to do: one that finished them all is ok, however long
+                # its last evaluation took
+                if step < cfg.steps and cfg.time_limit_min and time.perf_counter() - t0 > cfg.time_limit_min * 60:
+                    if self.losses:  # the steps since the last evaluation (a step is evaluated once)
                         self.record_eval(step, time.perf_counter() - t0, log)
-                    raise TimeLimit(f"time limit of {cfg.time_limit_min} min reached at step {step}")
+                    raise TimeLimit(f"time limit of {cfg.time_limit_min} min reached at step {step} of {cfg.steps}")
         except (Diverged, TimeLimit):
             raise
         except Exception:  # a step that failed on a model that had already diverged: say diverged
