@@ -168,14 +168,31 @@ def cmd_new_variant(args) -> int:
 
 
 def cmd_aggregate(args) -> int:
-    from attnbench.harness.results.aggregate import aggregate, set_aside_file
+    from attnbench.harness.results.aggregate import aggregate, left_out_file, set_aside_file
 
-    df, aside = aggregate(args.records or Path(args.runs), Path(args.out))
+    if args.plan:  # the pipeline's: run_id -> config hash of each planned run
+        try:
+            plan, plan_name = json.loads(args.plan), "the pipeline's plan"
+        except ValueError as exc:
+            raise UsageError(f"--plan is not JSON ({exc}): give an object of run_id -> config hash") from None
+        if not isinstance(plan, dict) or not all(isinstance(v, str) for v in plan.values()):
+            raise UsageError("--plan: give a JSON object of run_id -> config hash")
+    else:  # every run of the config, as `snakemake` with that config plans it
+        from attnbench.harness.config import DEFAULT_CONFIG, plan_hashes
+
+        config, plan_name = _load(args), str(args.config or DEFAULT_CONFIG)
+        plan = plan_hashes(config)
+    out = Path(args.out)
+    df, aside, left_out = aggregate(args.records or Path(args.runs), out, plan, plan_name)
     for entry in aside:
         print(f"set aside {entry['record']} -> {entry['moved_to']}: {entry['reason']}", file=sys.stderr)
-    print(f"aggregated {len(df)} run records into {args.out}"
-          + (f"; set aside {len(aside)} unreadable record(s), listed in {set_aside_file(Path(args.out))} (the "
-             "next snakemake run trains them again)" if aside else ""))
+    for entry in left_out:
+        print(f"left out: {entry['reason']}", file=sys.stderr)
+    print(f"aggregated {len(df)} run records into {out}"
+          + (f"; set aside {len(aside)} unreadable or false record(s), listed in {set_aside_file(out)} (the "
+             "next snakemake run trains them again)" if aside else "")
+          + (f"; left out {len(left_out)} record(s) that are not runs of {plan_name} or repeat one, listed in "
+             f"{left_out_file(out)} (left in place)" if left_out else ""))
     return 0
 
 
@@ -293,9 +310,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="overwrite an existing NAME.py")
     sp.set_defaults(func=cmd_new_variant)
 
-    sp = sub.add_parser("aggregate", help="collect run records into a summary table")
+    sp = with_config(sub.add_parser("aggregate", help="collect the run records of a config into a summary table "
+                                    "(records of other runs or configs are left out and named)"))
     sp.add_argument("--runs", default=str(paths.RUNS), help="folder searched for record.json files")
     sp.add_argument("--records", nargs="+", help="exactly these record files (what the pipeline passes)")
+    sp.add_argument("--plan", help="the planned runs as a JSON object of run_id -> config hash (what the pipeline "
+                    "passes); default: the runs of --config")
     sp.add_argument("--out", default=str(paths.SUMMARY_CSV), help="CSV to write (a .parquet is written beside it)")
     sp.set_defaults(func=cmd_aggregate)
 

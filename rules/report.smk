@@ -8,6 +8,10 @@ rule aggregate:
         csv=report("results/summary.csv", caption="captions/summary_table.rst", category="Tables",
                    labels={"table": "runs (results/summary.csv)"}),
         parquet="results/summary.parquet",
+    params:
+        # the planned runs, run_id -> config hash: a record is counted only as the run of this config it says it
+        # is; a record of another config, or a second one of a run, is left out and named
+        plan=lambda wildcards: json.dumps(plan_hashes(config, RUNS), sort_keys=True),
     resources:
         **rule_resources("report"),
     log:
@@ -15,7 +19,7 @@ rule aggregate:
     conda:
         "../environment.yml"
     shell:
-        "attnbench aggregate --records {input} --out {output.csv} > {log} 2>&1"
+        "attnbench aggregate --records {input} --plan {params.plan:q} --out {output.csv} > {log} 2>&1"
 
 
 rule report:

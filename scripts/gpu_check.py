@@ -128,8 +128,8 @@ def plan(config_path: Path, out: Path, cores: int) -> list[Stage]:
                     "train", ab + ["train", *cfg, "--task", task, "--variant", variant, "--seed", str(seed), "--out",
                                    str(runs / task / variant / f"seed{seed}"), "--strict", "--no-progress"],
                     LIMITS_S["train"], f"{task}/{variant}/seed{seed}"))
-    train.commands.append(Command("train", ab + ["aggregate", "--runs", str(runs), "--out", str(out / "summary.csv")],
-                                  LIMITS_S["aggregate"]))
+    train.commands.append(Command("train", ab + ["aggregate", *cfg, "--runs", str(runs),
+                                                 "--out", str(out / "summary.csv")], LIMITS_S["aggregate"]))
     sweep = Stage("bench", "the efficiency sweep of every variant", writes=f"{bench}/, {out}/bench.csv")
     for variant in bench_variants:
         sweep.commands.append(Command("bench", ab + ["bench", *cfg, "--variant", variant, "--cores", str(cores),

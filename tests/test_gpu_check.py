@@ -17,6 +17,7 @@ import yaml
 from attnbench.harness.bench.settings import BenchConfig, Case
 from attnbench.harness.bench.sweep import SweepEnv, base_row
 from attnbench.harness.config import load_config, resolve_run
+from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.results.records import SCHEMA_VERSION, write_record
 from conftest import load_script
 
@@ -57,7 +58,8 @@ def test_dry_run_lists_the_four_stages_and_their_commands(dry_run):
         assert (f"attnbench train --config {CONFIG} --task listops --variant {variant} --seed 0 "
                 f"--out results/gpu_check/runs/listops/{variant}/seed0") in out
         assert (f"attnbench bench --config {CONFIG} --variant {variant} --cores ") in out
-    assert "attnbench aggregate --runs results/gpu_check/runs --out results/gpu_check/summary.csv" in out
+    assert (f"attnbench aggregate --config {CONFIG} --runs results/gpu_check/runs "
+            "--out results/gpu_check/summary.csv") in out
     assert "attnbench aggregate-bench --inputs results/gpu_check/bench/full.json" in out
     assert "writes results/gpu_check/summary.md" in out
     assert f"attnbench check-config --config {CONFIG}" in out
@@ -113,9 +115,10 @@ def fake_record(variant: str, seed: int, *, status="ok", test=0.5, step_s=0.02, 
                 precision="bf16") -> dict:
     """A run record as the training loop writes it (the schema checks it when written)."""
     label = variant
+    config = {"task": {"name": "listops"}, "variant": {"name": variant}, "method": {"name": "labels"}, "seed": seed}
     return {
         "schema_version": SCHEMA_VERSION, "run_id": f"listops/{label}/seed{seed}", "task": "listops",
-        "variant": variant, "method": "labels", "label": label, "seed": seed, "config_hash": "0123456789abcdef",
+        "variant": variant, "method": "labels", "label": label, "seed": seed, "config_hash": config_hash(config),
         "status": status, "message": None if status == "ok" else "CUDA out of memory",
         "accuracy": {"best_val": test, "test": test, "best_step": 300},
         "baselines": {"chance": 0.1, "majority_class": 0, "majority_test_acc": 0.17},
@@ -128,7 +131,7 @@ def fake_record(variant: str, seed: int, *, status="ok", test=0.5, step_s=0.02, 
                        "params": 10, "attention_flops_fwd": 10},
         "data": {"key": "k", "source": "generated", "seq_len": 1023, "vocab_size": 17, "num_classes": 10,
                  "sizes": {"train": 10000, "val": 500, "test": 1000}},
-        "config": {}, "teacher": None,
+        "config": config, "teacher": None,
         "environment": {"python": "3.11", "torch": "2.13.0+cu130", "device": "cuda", "device_name": "FakeGPU 80GB",
                         "cpu_model": "x", "torch_threads": 4, "host": "h", "git": {"commit": "c", "dirty": False},
                         "packages": {}},

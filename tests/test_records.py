@@ -93,30 +93,49 @@ def test_record_baselines(ok_run, tiny_listops_data):
     assert record["baselines"]["chance"] == pytest.approx(0.1)
 
 
-@pytest.mark.parametrize("damage", ["missing-status", "bad-status", "extra-key", "bad-hash", "accuracy>1"])
+def _set(section: str | None, key: str, value):
+    def damage(record):
+        (record[section] if section else record)[key] = value
+    return damage
+
+
+#: damages a record can have, each with what the refusal names
+DAMAGES = {
+    "missing-status": (lambda r: r.pop("status"), "status"),
+    "bad-status": (_set(None, "status", "finished"), "status"),
+    "extra-key": (_set(None, "colour", "blue"), "colour"),
+    "bad-hash": (_set(None, "config_hash", "xyz"), "config_hash"),
+    "accuracy>1": (_set("accuracy", "test", 1.5), "accuracy.test"),
+    # issue 26: numbers that cannot be true, and records that are not the run they say
+    "nan-accuracy": (_set("accuracy", "test", float("nan")), "accuracy.test is nan"),
+    "ok-without-test-accuracy": (_set("accuracy", "test", None), "accuracy.test"),
+    "negative-tokens-per-s": (_set("efficiency", "train_tokens_per_s", -1.0), "efficiency.train_tokens_per_s"),
+    "infinite-tokens-per-s": (_set("efficiency", "eval_tokens_per_s", float("inf")), "eval_tokens_per_s is inf"),
+    "negative-memory": (_set("efficiency", "peak_memory_bytes", -1), "efficiency.peak_memory_bytes"),
+    "negative-params": (_set("efficiency", "params", -5), "efficiency.params"),
+    "baseline>1": (_set("baselines", "majority_test_acc", 1.5), "baselines.majority_test_acc"),
+    "negative-chance": (_set("baselines", "chance", -0.1), "baselines.chance"),
+    "wrong-run_id": (_set(None, "run_id", "listops/window/seed0"), "run_id 'listops/window/seed0' is not"),
+    "wrong-config_hash": (_set(None, "config_hash", "0" * 16), "config_hash 0000000000000000 is not the hash"),
+    "wrong-seed": (_set(None, "seed", 3), "seed 3 but its config's seed 0"),
+    "wrong-variant": (_set(None, "variant", "window"), "variant 'window' but its config's variant 'full'"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
 def test_invalid_records_rejected(ok_run, tmp_path, damage):
     _, record, _ = ok_run
     bad = copy.deepcopy(record)
-    if damage == "missing-status":
-        del bad["status"]
-    elif damage == "bad-status":
-        bad["status"] = "finished"
-    elif damage == "extra-key":
-        bad["colour"] = "blue"
-    elif damage == "bad-hash":
-        bad["config_hash"] = "xyz"
-    else:
-        bad["accuracy"]["test"] = 1.5
+    apply, named = DAMAGES[damage]
+    apply(bad)
     path = tmp_path / "record.json"
-    path.write_text(json.dumps(bad))
+    path.write_text(json.dumps(bad))  # NaN and infinities as Python writes them: NaN, Infinity
     with pytest.raises(RecordError) as info:
         read_record(path)
-    assert str(path) in str(info.value)
+    assert str(path) in str(info.value) and named in str(info.value)
     with pytest.raises(RecordError):
         write_record(tmp_path / "other" / "record.json", bad)
     assert not (tmp_path / "other" / "record.json").exists()
-    if damage == "bad-status":
-        assert "status" in str(info.value)
 
 
 def test_unreadable_record(tmp_path):

@@ -1,18 +1,21 @@
 """Unreadable run records are set aside, named and listed, and the rest are aggregated and reported."""
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 
 import pytest
+import yaml
 
 from attnbench.harness import cli
+from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.report.render import render_report
 from attnbench.harness.results.aggregate import aggregate, set_aside_file
 from attnbench.harness.results.records import RecordError, read_record
 from attnbench.harness.results.set_aside import destination
 from attnbench.harness.run.train import train_run
-from conftest import tiny_run, torch_state_restored
+from conftest import tiny_config, tiny_run, torch_state_restored
 
 
 @pytest.fixture(scope="module")
@@ -24,16 +27,25 @@ def record_text(tmp_path_factory, tiny_listops_data):
     return (out / "record.json").read_text(), out
 
 
-def _runs(tmp_path, record_text, seeds=(0, 1, 2)):
+def reseeded(record: dict, seed: int) -> dict:
+    """The record as that of the same run with another seed: its seed, run_id, config and config hash agree."""
+    record = copy.deepcopy(record)
+    record["seed"] = record["config"]["seed"] = seed
+    record["run_id"] = f"{record['task']}/{record['label']}/seed{seed}"
+    record["config_hash"] = config_hash(record["config"])
+    return record
+
+
+def make_runs(tmp_path, record_text, seeds=(0, 1, 2)):
+    """The record of ``record_text`` as listops/full with each seed, in its run folder under
+    ``tmp_path/results/runs``; returns their paths."""
     text, source = record_text
     records = []
     for seed in seeds:
         folder = tmp_path / "results" / "runs" / "listops" / "full" / f"seed{seed}"
         folder.mkdir(parents=True)
         shutil.copy(source / "curve.csv", folder / "curve.csv")
-        record = json.loads(text)
-        record["seed"] = seed
-        (folder / "record.json").write_text(json.dumps(record))
+        (folder / "record.json").write_text(json.dumps(reseeded(json.loads(text), seed)))
         records.append(folder / "record.json")
     return records
 
@@ -55,11 +67,11 @@ def test_set_aside_goes_beside_the_runs_folder_at_the_same_place(tmp_path):
 
 
 def test_aggregate_sets_aside_a_truncated_and_a_non_utf8_record_and_keeps_the_rest(tmp_path, record_text):
-    good, truncated, binary = _runs(tmp_path, record_text)
+    good, truncated, binary = make_runs(tmp_path, record_text)
     truncated.write_text(truncated.read_text()[:200])
     binary.write_bytes(b"\xff\xfe" + binary.read_bytes())
     out = tmp_path / "results" / "summary.csv"
-    df, aside = aggregate(tmp_path / "results" / "runs", out)
+    df, aside, _ = aggregate(tmp_path / "results" / "runs", out)
     assert df["seed"].tolist() == [0] and df["record"].tolist() == [str(good)]
     assert [a["record"] for a in aside] == [str(truncated), str(binary)]
     assert "Expecting" in aside[0]["reason"] or "Unterminated" in aside[0]["reason"]
@@ -71,25 +83,29 @@ def test_aggregate_sets_aside_a_truncated_and_a_non_utf8_record_and_keeps_the_re
     assert not truncated.exists() and not binary.exists() and good.exists()
     assert json.loads(set_aside_file(out).read_text()) == aside
     # the next aggregation has nothing to set aside: the listing goes with it
-    df, aside = aggregate(tmp_path / "results" / "runs", out)
+    df, aside, _ = aggregate(tmp_path / "results" / "runs", out)
     assert len(df) == 1 and aside == [] and not set_aside_file(out).exists()
 
 
 def test_the_cli_says_what_it_set_aside_and_the_report_shows_it(tmp_path, record_text, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _, bad, _ = _runs(tmp_path, record_text)
+    _, bad, _ = make_runs(tmp_path, record_text)
     bad.write_text("")
-    assert cli.main(["aggregate", "--runs", "results/runs", "--out", "results/summary.csv"]) == 0
+    config = tmp_path / "config.yaml"  # plans seeds 0 to 2 of the tiny run
+    config.write_text(yaml.safe_dump(tiny_config(seeds=[0, 1, 2])))
+    assert cli.main(["aggregate", "--config", str(config), "--runs", "results/runs", "--out",
+                     "results/summary.csv"]) == 0
     captured = capsys.readouterr()
-    assert "set aside 1 unreadable record(s)" in captured.out and "aggregated 2 run records" in captured.out
+    assert "set aside 1 unreadable or false record(s)" in captured.out and "aggregated 2 run records" in captured.out
     assert f"set aside {bad.relative_to(tmp_path)} -> results/set_aside/listops/full/seed1/record." in captured.err
     index = render_report(tmp_path / "results" / "summary.csv", tmp_path / "reports")
     page = index.read_text()
-    assert "could not be read and were set aside" in page and "seed1/record.json" in page
+    assert "could not be read, or contradicted themselves or their folder, and were set aside" in page
+    assert "seed1/record.json" in page
 
 
 def test_a_report_of_nothing_is_one_line_and_exit_2(tmp_path, record_text, capsys):
-    (record,) = _runs(tmp_path, record_text, seeds=(0,))
+    (record,) = make_runs(tmp_path, record_text, seeds=(0,))
     record.write_text("{")
     out = tmp_path / "summary.csv"
     assert cli.main(["aggregate", "--records", str(record), "--out", str(out)]) == 0

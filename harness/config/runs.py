@@ -15,6 +15,7 @@ from __future__ import annotations
 import sys
 
 from attnbench.harness.config.schema import ConfigError
+from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.core.registry import as_dict, build_dataclass
 from attnbench.harness.results.records import RunKey
 from attnbench.harness.run.distill import student_layer_count
@@ -106,6 +107,17 @@ def resolve_run(config: dict, task: str, variant: str, seed: int, method: str = 
     run["method"] = {"name": "distill", "teacher": distill["teacher"], "student_layers": layers,
                      "temperature": distill["temperature"], "alpha": distill["alpha"]}
     return run
+
+
+def run_hash(config: dict, key: RunKey) -> str:
+    """The config hash a record of the run ``key`` (task, variant, seed, method) has when it was trained with
+    this config: what planning and aggregation compare a record's ``config_hash`` with."""
+    return config_hash(resolve_run(config, *key))
+
+
+def plan_hashes(config: dict, runs: list[RunKey] | None = None) -> dict[str, str]:
+    """``{run_id: run_hash}`` of ``runs`` (by default every run of the config): an aggregation's plan."""
+    return {key.run_id: run_hash(config, key) for key in (planned_runs(config) if runs is None else runs)}
 
 
 def task_resources(config: dict, task: str, group: str) -> dict:

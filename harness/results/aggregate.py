@@ -2,16 +2,24 @@
 
 One row per run. ``variant`` is the run's label, the name the report shows (a distilled student
 is ``distilled[<attention>]``); ``attention`` is the model's attention variant and ``method``
-how it was trained."""
+how it was trained.
+
+A record is counted only as the run it is. One that cannot be read, or lies about itself (its
+numbers, its identity, or the run folder it lies in: ``records.read_record``) is set aside
+(``results.set_aside``). Given the plan (run_id -> config hash of every run the config asks for),
+a record of a run the plan lacks, or with another config hash, is left out; so is a second record
+of one run (the one in its own run folder is counted). Left-out records stay where they are and
+are listed in ``summary.left_out.json``."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import NamedTuple
 
 import pandas as pd
 
 from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.core.io import atomic_write_json, write_table
-from attnbench.harness.results.records import find_records
+from attnbench.harness.results.records import find_records, run_folder
 from attnbench.harness.results.set_aside import readable
 from attnbench.tasks.lra_settings import ran_lra_settings
 from attnbench.variants import VARIANTS
@@ -104,18 +112,61 @@ def set_aside_file(out_csv: Path) -> Path:
     return Path(out_csv).with_suffix(".set_aside.json")
 
 
-def aggregate(records: list[Path] | Path, out_csv: Path) -> tuple[pd.DataFrame, list[dict]]:
-    """Aggregate the given record files, or every record under a folder. A record that cannot be
-    read is set aside (``results.set_aside``) and listed in ``summary.set_aside.json``, which the
-    report shows; the table holds the others. Returns the table and the set-aside entries."""
+def left_out_file(out_csv: Path) -> Path:
+    """The list of the records an aggregation left out, beside its table (``summary.left_out.json``)."""
+    return Path(out_csv).with_suffix(".left_out.json")
+
+
+class Aggregation(NamedTuple):
+    """An aggregation's table, the records it set aside (``{"record", "moved_to", "reason"}``) and
+    those it left out where they are (``{"record", "reason"}``)."""
+
+    table: pd.DataFrame
+    set_aside: list[dict]
+    left_out: list[dict]
+
+
+def counted(good: list[tuple[Path, dict]], plan: dict[str, str] | None,
+            plan_name: str = "the plan") -> tuple[list[tuple[Path, dict]], list[dict]]:
+    """The records to count, one per run of ``plan`` (run_id -> config hash; None: any run) with the
+    plan's config hash, and the others, each with why it is left out. Of two records of one run, the
+    one in its own run folder is counted (else the first)."""
+    keep: dict[str, tuple[Path, dict]] = {}
+    out = []
+    for path, record in sorted(good, key=lambda pr: run_folder(pr[0]) is None):  # (stable) own folders first
+        run_id, have = record["run_id"], record["config_hash"]
+        if plan is not None and run_id not in plan:
+            out.append({"record": str(path), "reason": f"{path}: {run_id} is not a run of {plan_name}"})
+        elif plan is not None and have != plan[run_id]:
+            out.append({"record": str(path), "reason": f"{path}: {run_id} has config hash {have}, {plan_name} "
+                        f"plans it with {plan[run_id]} (a record of another config)"})
+        elif run_id in keep:
+            out.append({"record": str(path), "reason": f"{path}: a second record of {run_id}; "
+                        f"{keep[run_id][0]} is counted"})
+        else:
+            keep[run_id] = (path, record)
+    return list(keep.values()), out
+
+
+def _listing(path: Path, entries: list[dict]) -> None:
+    if entries:
+        atomic_write_json(path, entries)
+    else:
+        path.unlink(missing_ok=True)  # a listing from an earlier aggregation no longer applies
+
+
+def aggregate(records: list[Path] | Path, out_csv: Path, plan: dict[str, str] | None = None,
+              plan_name: str = "the plan") -> Aggregation:
+    """Aggregate the given record files, or every record under a folder (see the module docstring for
+    which are counted; ``plan``: run_id -> config hash, None to count any run, once). The records set
+    aside are listed in ``summary.set_aside.json`` (the report names them) and those left out in
+    ``summary.left_out.json``, beside the table."""
     if isinstance(records, (str, Path)):
         records = list(find_records(Path(records)))
     good, aside = readable([Path(p) for p in records])
+    good, left_out = counted(good, plan, plan_name)
     df = _table([record_row(record, path) for path, record in good])
     write_table(df, out_csv)
-    listing = set_aside_file(out_csv)
-    if aside:
-        atomic_write_json(listing, aside)
-    else:
-        listing.unlink(missing_ok=True)  # a listing from an earlier aggregation no longer applies
-    return df, aside
+    _listing(set_aside_file(out_csv), aside)
+    _listing(left_out_file(out_csv), left_out)
+    return Aggregation(df, aside, left_out)
