@@ -398,9 +398,12 @@ def test_distillation_table_means_per_seed_ratios():
     assert row["train speed (×)"] == "1.75" and row["eval speed (×)"] == "2.00" and row["params (×)"] == "0.60"
 
 
-def test_distillation_table_skips_failed_pairs_and_is_empty_without_distilled_runs():
+def test_distillation_table_skips_untested_pairs_marks_incomplete_ones_and_is_empty_without_distilled_runs():
     rows = _summary_rows()
-    rows[3]["status"] = "diverged"
+    rows[3]["status"] = "diverged"  # a diverged student still tested its best checkpoint: counted, marked
+    row = distillation_table(pd.DataFrame(rows)).iloc[0]
+    assert row["pairs"] == "2/2†" and row["accuracy kept (%)"] == "95.0"
+    rows[3]["status"], rows[3]["test_acc"] = "failed", None  # no test accuracy: not a pair
     row = distillation_table(pd.DataFrame(rows)).iloc[0]
     assert row["pairs"] == "1/2" and row["accuracy kept (%)"] == "90.0"
     assert distillation_table(pd.DataFrame([r for r in rows if r["variant"] == "full"])).empty

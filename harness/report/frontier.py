@@ -1,6 +1,8 @@
 """The accuracy/cost Pareto frontier of a run: per task, each variant as one point (mean test
 accuracy over seeds against median training throughput, and against median peak training
-memory), the points no other variant beats on both axes, and the figure that marks them."""
+memory), the points no other variant beats on both axes, and the figure that marks them. Every run
+with a test accuracy counts, whatever its status; a variant with runs that did not finish ok is named
+with ``marks.MARK`` and drawn as a diamond."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,7 +11,9 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
-from attnbench.harness.report.writer import save_figure
+from attnbench.harness.report.marks import MARK, incomplete, tested
+from attnbench.harness.report.measurements import whole
+from attnbench.harness.report.writer import save_figure, suptitle
 
 #: cost axis -> (summary.csv column, label, higher is better)
 AXES = {"throughput": ("train_tokens_per_s", "training throughput (tokens/s)", True),
@@ -17,16 +21,21 @@ AXES = {"throughput": ("train_tokens_per_s", "training throughput (tokens/s)", T
 
 
 def points(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (task, variant) with ok runs: accuracy (%, mean over seeds), and each cost axis
-    (medians over seeds)."""
-    ok = df[(df["status"] == "ok") & df["test_acc"].notna()]
-    if ok.empty:
-        return pd.DataFrame(columns=["task", "variant", "accuracy", *AXES])
-    g = ok.groupby(["task", "variant"], sort=True)
-    out = g.agg(accuracy=("test_acc", "mean"),
-                **{axis: (column, "median") for axis, (column, _, _) in AXES.items()}).reset_index()
+    """One row per (task, variant) with tested runs: accuracy (%, mean over seeds), each cost axis
+    (medians over seeds), and ``marked`` (True when some of its runs did not finish ok)."""
+    runs = tested(df).assign(marked=lambda d: incomplete(d))
+    if runs.empty:
+        return pd.DataFrame(columns=["task", "variant", "accuracy", *AXES, "marked"])
+    g = runs.groupby(["task", "variant"], sort=True)
+    out = g.agg(accuracy=("test_acc", "mean"), **{axis: (column, "median") for axis, (column, _, _) in AXES.items()},
+                marked=("marked", "any")).reset_index()
     out["accuracy"] *= 100
     return out
+
+
+def name(point) -> str:
+    """A point's variant, marked when some of its runs did not finish ok."""
+    return point["variant"] + (MARK if point["marked"] else "")
 
 
 def on_frontier(pts: pd.DataFrame, axis: str) -> pd.Series:
@@ -48,14 +57,15 @@ def on_frontier(pts: pd.DataFrame, axis: str) -> pd.Series:
 
 
 def frontiers(df: pd.DataFrame) -> dict[str, dict[str, list[str]]]:
-    """task -> axis -> the variants on its frontier, ordered from cheapest to most accurate."""
+    """task -> axis -> the variants on its frontier, ordered from cheapest to most accurate (``name``:
+    marked when some of their runs did not finish ok)."""
     pts = points(df)
     out: dict[str, dict[str, list[str]]] = {}
     for task, t in pts.groupby("task", sort=True):
         out[task] = {}
         for axis, (_, _, better) in AXES.items():
             front = t[on_frontier(t, axis)]
-            out[task][axis] = list(front.sort_values(axis, ascending=not better)["variant"])
+            out[task][axis] = [name(p) for _, p in front.sort_values(axis, ascending=not better).iterrows()]
     return out
 
 
@@ -80,11 +90,11 @@ def figure_frontier(df: pd.DataFrame, path: Path) -> Path | None:
                 if pd.isna(p[axis]):
                     continue
                 ax.scatter(p[axis], p["accuracy"], s=70 if front[i] else 45, zorder=2,
-                           color=palette[p["variant"]] if front[i] else "white",
+                           color=palette[p["variant"]] if front[i] else "white", marker="D" if p["marked"] else "o",
                            edgecolors="black" if front[i] else palette[p["variant"]], linewidths=1.5)
-                ax.annotate(p["variant"], (p[axis], p["accuracy"]), textcoords="offset points", xytext=(5, 4),
+                ax.annotate(name(p), (p[axis], p["accuracy"]), textcoords="offset points", xytext=(5, 4),
                             fontsize=7.5)
-            spread = t[axis].max() / t[axis].min() if t[axis].min() > 0 else 1
+            spread = t[axis].max() / t[axis].min() if t[axis].min() > 0 else 1  # NaN (no costs): 1
             if spread > 5:
                 ax.set_xscale("log")
             ax.margins(x=0.2, y=0.15)
@@ -92,8 +102,9 @@ def figure_frontier(df: pd.DataFrame, path: Path) -> Path | None:
             ax.set_ylabel("test accuracy (%)", fontsize=8.5)
             ax.tick_params(labelsize=7.5)
             if row == 0:
-                ax.set_title(f"{task} (N={int(df[df['task'] == task]['seq_len'].iloc[0])})", fontsize=10)
-    fig.suptitle("Accuracy/cost frontier per task (filled, dashed: on the frontier; hollow: beaten on both axes "
-                 "by another variant)", fontsize=10)
+                ax.set_title(f"{task} (N={whole(df[df['task'] == task]['seq_len'].iloc[0])})", fontsize=10)
+    suptitle(fig, "Accuracy/cost frontier per task (filled, dashed: on the frontier; hollow: beaten on both axes "
+             "by another variant" + (f"; diamond, {MARK}: with runs that did not finish ok" if pts["marked"].any()
+                                     else "") + ")", fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)

@@ -16,6 +16,8 @@ from attnbench.harness.report.lra_published import (
     lra_average,
     published_row,
 )
+from attnbench.harness.report.marks import MARK, footnote, mark, tested
+from attnbench.harness.report.measurements import whole
 from attnbench.harness.report.runs import tested_checkpoints
 from attnbench.harness.report.writer import Document
 
@@ -48,20 +50,23 @@ def _published_rows(models, tasks: list[str], columns: dict[str, str], conventio
 
 
 def lra_table(df: pd.DataFrame, convention: int = 5, tasks: list[str] | None = None) -> pd.DataFrame:
-    """One row per variant (mean test accuracy over ok seeds, %) and after it LRA's published
-    row for the same model, over ``tasks`` (default: every LRA task that ran); empty when none."""
+    """One row per variant (mean test accuracy over the seeds with one, %, marked where some did not
+    finish ok) and after it LRA's published row for the same model, over ``tasks`` (default: every LRA
+    task that ran); empty when none."""
     tasks = [t for t in LRA_TASKS if t in set(df["task"])] if tasks is None else tasks
     if not tasks:
         return pd.DataFrame()
     lengths = df.groupby("task")["seq_len"].first()
-    columns = {t: f"{LRA_TASKS[t]} (N={int(lengths[t])})" for t in tasks}
+    columns = {t: f"{LRA_TASKS[t]} (N={whole(lengths[t])})" for t in tasks}
     rows = []
     for variant, vdf in df.groupby("variant", sort=True):
-        ok = vdf[(vdf["status"] == "ok") & vdf["test_acc"].notna()]
-        means = {t: 100 * ok[ok["task"] == t]["test_acc"].mean() for t in tasks}
-        row = {"model": f"{variant} (this run)", **{columns[t]: _fmt(means[t]) for t in tasks},
-               "average": _fmt_average(lra_average(means, convention)),
-               "seeds": ok.groupby("task")["seed"].count().max()}
+        runs = tested(vdf[vdf["task"].isin(tasks)])
+        means = {t: 100 * runs[runs["task"] == t]["test_acc"].mean() for t in tasks}
+        marks = {t: mark(runs[runs["task"] == t]) for t in tasks}
+        average = lra_average(means, convention)
+        row = {"model": f"{variant} (this run)", **{columns[t]: _fmt(means[t]) + marks[t] for t in tasks},
+               "average": _fmt_average(average) + (mark(runs) if average is not None else ""),
+               "seeds": runs.groupby("task")["seed"].count().max()}
         rows.append(row)
         published = vdf["published_as"].dropna().unique() if "published_as" in vdf else []
         rows += _published_rows(published, tasks, columns, convention)
@@ -93,8 +98,12 @@ def lra_section(doc: Document, df: pd.DataFrame, convention: int = 5) -> None:
         return
     doc.heading(2, "LRA Table 1 comparison")
     doc.note(lra_note(convention) + " Only tasks that ran LRA's data and length are shown here. LRA tests its final "
-             f"weights; this run tested each run's {tested_checkpoints(df)} (`train.test_checkpoint`).")
+             f"weights; this run tested each run's {tested_checkpoints(df)} (`train.test_checkpoint`). Every run "
+             f"with a test accuracy counts; {MARK}: some of them did not finish ok (below).")
     doc.table(lra_table(df, convention, same))
+    marked = footnote(tested(df[df["task"].isin(same)]))
+    if marked:
+        doc.note(marked)
 
 
 def published_reference_section(doc: Document, df: pd.DataFrame, convention: int = 5) -> None:
@@ -104,7 +113,7 @@ def published_reference_section(doc: Document, df: pd.DataFrame, convention: int
     if not other or table.empty:
         return
     lengths = df.groupby("task")["seq_len"].first()
-    ran = ", ".join(f"{LRA_TASKS[t]} at N={int(lengths[t])}" for t in other)
+    ran = ", ".join(f"{LRA_TASKS[t]} at N={whole(lengths[t])}" for t in other)
     doc.heading(2, "Published reference: LRA Table 1")
     doc.note(f"This run's {ran} did not use LRA's data and length (`config/lra.yaml` does), so its accuracies are "
              f"not comparable with LRA's and are not shown here. For reference only: {SOURCE}, for the models "

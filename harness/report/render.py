@@ -1,11 +1,14 @@
 """Render the comparison report from ``results/summary.csv`` and the runs' curves, and/or the
 efficiency sweep's ``results/bench.csv``: ``reports/index.html`` (self-contained, figures
 embedded), ``reports/summary.md`` and ``reports/figures/*.png``. Every number comes from a run
-record or a sweep case; nothing is re-measured."""
+record or a sweep case; nothing is re-measured. What cannot be used as it is (a measurement that is
+not a number in its range, a damaged curve) is left out and said: a warning at the top of the report,
+where it applies, and on stderr."""
 from __future__ import annotations
 
 import datetime as dt
 import json
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -16,6 +19,8 @@ from attnbench.harness.report.differences import differences_section
 from attnbench.harness.report.distillation import distillation_section
 from attnbench.harness.report.lra import lra_section, published_reference_section
 from attnbench.harness.report.machines import for_accuracy, for_cost, machines, machines_table, with_machines
+from attnbench.harness.report.marks import MARK
+from attnbench.harness.report.measurements import BENCH_COLUMNS, RUN_COLUMNS, case_name, clean, run_name
 from attnbench.harness.report.runs import (
     accuracy_section,
     cost_section,
@@ -25,7 +30,7 @@ from attnbench.harness.report.runs import (
 )
 from attnbench.harness.report.summary import summary_section
 from attnbench.harness.report.writer import Document, read_table
-from attnbench.harness.results.aggregate import set_aside_file
+from attnbench.harness.results.aggregate import left_out_file, set_aside_file
 
 
 class NothingToReport(UserError, ValueError):
@@ -47,9 +52,25 @@ def _paths(value) -> list[Path]:
     return [Path(p) for p in ([value] if isinstance(value, (str, Path)) else value)]
 
 
-def _read_all(paths: list[Path]) -> pd.DataFrame:
-    frames = [t for t in (read_table(p) for p in paths) if not t.empty]
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+def _read_all(paths: list[Path], columns: dict, name) -> tuple[pd.DataFrame, list[str]]:
+    """The tables at ``paths`` in one, each measurement out of its range made missing
+    (``measurements.clean``), and the warnings that says."""
+    frames, warnings = [], []
+    for path in paths:
+        table = read_table(path)
+        if table.empty:
+            continue
+        table, said = clean(table, path, columns, name)
+        frames.append(table)
+        warnings += said
+    return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), warnings
+
+
+def _write(doc: Document, title: str) -> Path:
+    """Write the report; its warnings (a damaged file, a number that is none) also go to stderr."""
+    for warning in doc.warnings:
+        print(f"attnbench report: warning: {warning}", file=sys.stderr)
+    return doc.write(title)
 
 
 def render_report(summary_csv: Path | list[Path] | None, out_dir: Path, bench_csv: Path | list[Path] | None = None,
@@ -65,7 +86,8 @@ def render_report(summary_csv: Path | list[Path] | None, out_dir: Path, bench_cs
     holds the sweep alone. ``lra_average`` is the LRA average's convention (5 or 6 tasks,
     ``attnbench.harness.report.lra_published``). Raises NothingToReport when nothing holds a row."""
     summaries, benches = _paths(summary_csv), _paths(bench_csv)
-    df, bench = _read_all(summaries), _read_all(benches)
+    (df, run_warnings), (bench, bench_warnings) = (_read_all(summaries, RUN_COLUMNS, run_name),
+                                                   _read_all(benches, BENCH_COLUMNS, case_name))
     sources = ", ".join(f"`{p}`" for p in [*summaries, *benches])
     if df.empty and bench.empty:
         why = [f"{', '.join(map(str, summaries))} hold(s) no runs" if summaries else "no summary_csv given",
@@ -76,22 +98,32 @@ def render_report(summary_csv: Path | list[Path] | None, out_dir: Path, bench_cs
         title = "attnbench efficiency report"
         doc.heading(1, title)
         doc.note(f"Generated {_stamp()} from {sources}. {_status_line(bench, 'cases')}.")
+        doc.warnings_here()
+        for warning in bench_warnings:
+            doc.warn(warning, here=False)
         summary_section(doc, df, df, bench)
         doc.toc()
         _bench_sections(doc, bench, benches)
         _environment(doc, bench_environment_table(bench), "library")
-        return doc.write(title)
+        return _write(doc, title)
     df = with_machines(df)
     acc, cost = for_accuracy(df), for_cost(df)
     title = "attnbench report"
     doc.heading(1, title)
     doc.note(f"Generated {_stamp()} from {sources}. {_status_line(df, 'runs')}"
              + (f" on {len(machines(df))} machines." if len(machines(df)) > 1 else "."))
+    doc.warnings_here()
+    for warning in run_warnings + bench_warnings:
+        doc.warn(warning, here=False)
     not_ok = {k: v for k, v in df["status"].value_counts().to_dict().items() if k != "ok"}
     if not_ok:
-        doc.note(f"Runs that did not finish ok: {json.dumps(not_ok)} (see Runs).", alert=True, html_only=True)
+        doc.note(f"Runs that did not finish ok: {json.dumps(not_ok)} (see Runs). Those with a test accuracy (a "
+                 f"time limit or a diverging loss stops a run, and it still tests a checkpoint) count in every "
+                 f"accuracy view, marked {MARK} with where they stopped; those without one are counted there by "
+                 "status.", alert=True, html_only=True)
     for path in summaries:
         _set_aside_note(doc, set_aside_file(path))
+        _left_out_note(doc, left_out_file(path))
     summary_section(doc, acc, df, _single_machine_bench(bench))
     doc.toc()
     accuracy_section(doc, acc)
@@ -105,7 +137,7 @@ def render_report(summary_csv: Path | list[Path] | None, out_dir: Path, bench_cs
     published_reference_section(doc, acc, lra_average)
     runs_section(doc, df)
     _about(doc, df)
-    return doc.write(title)
+    return _write(doc, title)
 
 
 def _bench_machines(bench: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
@@ -151,9 +183,21 @@ def _set_aside_note(doc: Document, listing: Path) -> None:
     if not listing.exists():
         return
     entries = json.loads(listing.read_text(encoding="utf-8"))
-    doc.note(f"{len(entries)} run record(s) could not be read and were set aside (moved out of their run folders, "
-             "so the next `snakemake` trains those runs again); this report holds the others:", alert=True)
+    doc.note(f"{len(entries)} run record(s) could not be read, or contradicted themselves or their folder, and were "
+             "set aside (moved out of their run folders, so the next `snakemake` trains those runs again); this "
+             "report holds the others:", alert=True)
     doc.table(pd.DataFrame(entries, columns=["record", "reason", "moved_to"]))
+
+
+def _left_out_note(doc: Document, listing: Path) -> None:
+    """Records the aggregation left out where they are (not in its plan, another config, a second record of one
+    run): said at the top, each with its reason, so that none is averaged unseen."""
+    if not listing.exists():
+        return
+    entries = json.loads(listing.read_text(encoding="utf-8"))
+    doc.note(f"{len(entries)} run record(s) were left out (not runs of the config aggregated, or a second record of "
+             "one run); they stay where they are and count nowhere in this report:", alert=True)
+    doc.table(pd.DataFrame(entries, columns=["record", "reason"]))
 
 
 def _environment(doc: Document, table: pd.DataFrame, what: str) -> None:

@@ -1,7 +1,10 @@
 """The report's opening "Summary": what the run found, written from the data: per task the best
 variant and those statistically indistinguishable from it (paired by seed), the accuracy/cost
 frontiers with their figure, and per efficient variant its speed and memory against full
-attention at the longest length the sweep measured, with the crossover lengths."""
+attention at the longest length the sweep measured, with the crossover lengths.
+
+Every run with a test accuracy counts, whatever its status (``marks``): a variant whose runs stopped
+early is marked, with where they stopped, so no better run is ever left out of "best"."""
 from __future__ import annotations
 
 import math
@@ -9,8 +12,10 @@ import math
 import pandas as pd
 
 from attnbench.harness.report.bench import headline
-from attnbench.harness.report.differences import accuracy_bounds, seed_accuracies
+from attnbench.harness.report.differences import accuracy_bounds, runs_of, seed_accuracies
 from attnbench.harness.report.frontier import figure_frontier, frontiers
+from attnbench.harness.report.marks import MARK, footnote, mark
+from attnbench.harness.report.measurements import whole
 from attnbench.harness.report.stats import LEVEL, paired_difference, t_interval
 from attnbench.harness.report.writer import Document
 
@@ -25,40 +30,55 @@ def _ci(low: float, high: float) -> str:
 
 
 def task_line(df: pd.DataFrame, task: str) -> str | None:
-    """'listops (N=49, 2 seeds): best sparse 51.5% (95% CI 47.2–55.8); indistinguishable from it: ...'."""
+    """'listops (N=49, 2 seeds): best sparse 51.5% (95% CI 47.2–55.8); indistinguishable from it: ...'.
+    Every run with a test accuracy counts: a variant with runs that did not finish ok is marked, and
+    when the best is one, the best of the variants whose runs all finished is named beside it."""
     tdf = df[df["task"] == task]
     accs = {v: seed_accuracies(df, task, v) for v in sorted(tdf["variant"].unique())}
     accs = {v: a for v, a in accs.items() if not a.empty}
     if not accs:
         return None
+    marked = {v: mark(runs_of(df, task, v)) for v in accs}
     best = max(accs, key=lambda v: (accs[v].mean(), v))
     iv = t_interval(accs[best])
     seeds = max(len(a) for a in accs.values())
     level = int(LEVEL * 100)
-    text = (f"**{task}** (N={int(tdf['seq_len'].iloc[0])}, {seeds} seed{'s' * (seeds > 1)}): best **{best}** "
-            f"{iv.mean:.1f}% ({level}% CI {_ci(iv.low, iv.high)})")
+    text = (f"**{task}** (N={whole(tdf['seq_len'].iloc[0])}, {seeds} seed{'s' * (seeds > 1)}): best "
+            f"**{best}**{marked[best]} {iv.mean:.1f}% ({level}% CI {_ci(iv.low, iv.high)})")
     tied, below, untested = [], [], []
     for v in accs:
         if v == best:
             continue
         d = paired_difference(accs[v], accs[best])
         if not d.defined:
-            untested.append(v)
+            untested.append(v + marked[v])
         elif d.contains(0.0):
-            tied.append(v)
+            tied.append(v + marked[v])
         else:
-            below.append(f"{v} ({d.mean:+.1f} points, CI {d.low:+.1f} to {d.high:+.1f})")
+            below.append(f"{v}{marked[v]} ({d.mean:+.1f} points, CI {d.low:+.1f} to {d.high:+.1f})")
     if tied:
         text += f"; indistinguishable from it (paired by seed, {level}%): {', '.join(tied)}"
     if below:
         text += f"; below it: {', '.join(below)}"
     if untested:
         text += f"; not testable (fewer than 2 common seeds): {', '.join(untested)}"
+    if marked[best]:
+        text += _best_finished(accs, marked)
     majority = 100 * tdf["majority_test_acc"].iloc[0]
     if pd.notna(majority) and iv.mean < majority + MAJORITY_MARGIN:
         text += (f". No variant beats the majority class ({majority:.1f}%) by {MAJORITY_MARGIN:g} points: "
                  "this task taught nothing in this run")
-    return text + "."
+    note = footnote(pd.concat([runs_of(df, task, v) for v in accs]))
+    return text + "." + (f" {note}" if note else "")
+
+
+def _best_finished(accs: dict[str, pd.Series], marked: dict[str, str]) -> str:
+    """When the best variant holds runs that did not finish ok: the best of those whose runs all did."""
+    finished = [v for v in accs if not marked[v]]
+    if not finished:
+        return "; no variant's runs all finished ok"
+    best = max(finished, key=lambda v: (accs[v].mean(), v))
+    return f"; best of the variants whose runs all finished ok: **{best}** {accs[best].mean():.1f}%"
 
 
 def frontier_lines(df: pd.DataFrame) -> list[str]:
@@ -67,12 +87,15 @@ def frontier_lines(df: pd.DataFrame) -> list[str]:
     for axis, what in (("throughput", "training throughput"), ("memory", "peak training memory")):
         parts = [f"{task}: {' → '.join(fr[task][axis])}" for task in fr if fr[task][axis]]
         if parts:
-            lines.append(f"Frontier of accuracy against {what} (cheapest to most accurate): " + "; ".join(parts) + ".")
+            marked = any(MARK in v for task in fr for v in fr[task][axis])
+            lines.append(f"Frontier of accuracy against {what} (cheapest to most accurate): " + "; ".join(parts)
+                         + (f" ({MARK}: with runs that did not finish ok, as above)" if marked else "") + ".")
     return lines
 
 
-def _ratio(x: float) -> str:
-    return f"{x:.3g}"
+def _times(x: float, what: str) -> str:
+    """'1.41× the speed'; 'the speed not measured' where a side's measurement is missing (``measurements``)."""
+    return f"{x:.3g}× the {what}" if math.isfinite(x) else f"the {what} not measured"
 
 
 def _from(crossover: str, what: str) -> str:
@@ -98,7 +121,7 @@ def bench_line(bench: pd.DataFrame) -> str | None:
         if r["n"] is None:
             parts.append(f"{r['impl']}: not comparable (no length where both ran ok)")
             continue
-        parts.append(f"{r['impl']} {_ratio(r['speedup'])}× the speed, {_ratio(r['memory'])}× the memory at "
+        parts.append(f"{r['impl']} {_times(r['speedup'], 'speed')}, {_times(r['memory'], 'memory')} at "
                      f"N={r['n']:,} ({_from(r['time_crossover'], 'faster')}, "
                      f"{_from(r['memory_crossover'], 'smaller')})")
     return (f"Against full attention in the efficiency sweep ({scope}, {mode.replace('_', '+')}, {dtype}, "

@@ -7,6 +7,7 @@ import base64
 import html
 import io
 import re
+import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -36,6 +37,7 @@ SCRIPT = """document.addEventListener('click',e=>{const t=e.target;if(t.tagName=
 document.addEventListener('keydown',e=>{if(e.key==='Escape'){document.querySelectorAll('img.zoom')
 .forEach(i=>i.classList.remove('zoom'));}});"""
 TOC_MARK = "\x00toc\x00"
+WARNINGS_MARK = "\x00warnings\x00"
 
 
 def md_table(df: pd.DataFrame) -> str:
@@ -63,6 +65,12 @@ def _inline_html(text: str) -> str:
 def anchor(text: str) -> str:
     """A heading's id: lower case, runs of other characters as one hyphen."""
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "section"
+
+
+def suptitle(fig, text: str, fontsize: float = 12) -> None:
+    """A figure's title, wrapped to the figure's width (a long one is never cut at the edges)."""
+    chars = max(20, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))
+    fig.suptitle("\n".join(textwrap.wrap(text, chars)), fontsize=fontsize)
 
 
 def save_figure(fig, path: Path) -> Path:
@@ -94,6 +102,7 @@ class Document:
         self.html: list[str] = []
         self.sections: list[tuple[int, str, str]] = []  # (level, text, id) of every h2 / h3
         self._toc_from = 0  # the first section the table of contents lists
+        self.warnings: list[str] = []  # what the report could not show as it is (``warn``)
 
     def heading(self, level: int, text: str) -> None:
         ids = {i for _, _, i in self.sections}
@@ -117,6 +126,27 @@ class Document:
             return "\n".join(f"- [{text}](#{key})" for text, key in entries) + "\n"
         items = "".join(f"<li><a href='#{key}'>{html.escape(text)}</a></li>" for text, key in entries)
         return f"<nav class='toc' aria-label='Contents'><strong>Contents</strong><ul>{items}</ul></nav>"
+
+    def warnings_here(self) -> None:
+        """Here, every warning of the report (``warn``), said once more (filled in when written)."""
+        self.md.append(WARNINGS_MARK)
+        self.html.append(WARNINGS_MARK)
+
+    def warn(self, text: str, here: bool = True) -> None:
+        """Something the report could not show as it is (a damaged file, a number that is none): said
+        where ``warnings_here`` was called, and (``here``) also here, where it applies."""
+        self.warnings.append(text)
+        if here:
+            self.note(f"Warning: {text}", alert=True)
+
+    def _warnings(self, markdown: bool) -> str:
+        if not self.warnings:
+            return ""
+        head = f"{len(self.warnings)} warning(s): parts of the results could not be used as they are"
+        if markdown:
+            return f"**{head}:**\n\n" + "\n".join(f"- {w}" for w in self.warnings) + "\n"
+        items = "".join(f"<li>{_inline_html(w)}</li>" for w in self.warnings)
+        return f"<div class='bad' role='alert'><strong>{head}:</strong><ul>{items}</ul></div>"
 
     @contextmanager
     def block(self, css_class: str):
@@ -167,9 +197,11 @@ class Document:
 
     def write(self, title: str) -> Path:
         """Write ``summary.md`` and the self-contained ``index.html``; returns the latter."""
-        md = "\n".join(self.md).replace(TOC_MARK, self._toc(markdown=True))
+        md = ("\n".join(self.md).replace(TOC_MARK, self._toc(markdown=True))
+              .replace(WARNINGS_MARK, self._warnings(markdown=True)))
         atomic_write_text(self.out_dir / "summary.md", md)
-        body = "".join(self.html).replace(TOC_MARK, self._toc(markdown=False))
+        body = ("".join(self.html).replace(TOC_MARK, self._toc(markdown=False))
+                .replace(WARNINGS_MARK, self._warnings(markdown=False)))
         page = (f"<!doctype html><html lang='en'><head><meta charset='utf-8'>"
                 f"<meta name='viewport' content='width=device-width,initial-scale=1'>"
                 f"<title>{html.escape(title)}</title>"
