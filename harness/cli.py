@@ -84,6 +84,7 @@ def resolved_models(config: dict) -> dict[str, dict]:
 
 def cmd_prepare(args) -> int:
     from attnbench.harness.config import task_data_params
+    from attnbench.harness.results.set_aside import note_prepared
     from attnbench.tasks.base import build_task, save_prepared
 
     params = json.loads(args.data_json) if args.data_json else task_data_params(_load(args), args.task)
@@ -91,9 +92,14 @@ def cmd_prepare(args) -> int:
     t0 = time.perf_counter()
     data = build_task(args.task, params).prepare(out.parent / "source")
     save_prepared(out, args.task, params, data)
+    noted = {"same": "; the same content as when it was first prepared: it keeps that time, the runs built on "
+                     "it stay up to date",
+             "changed": "; its content differs from when it was first prepared: the runs built on it are out of "
+                        "date"}.get(note_prepared(out), "")
     sizes = ", ".join(f"{s} {t['labels'].shape[0]}" for s, t in data.splits.items())
     print(f"{args.task}: {sizes}; seq_len {data.seq_len}, vocab {data.vocab_size}, "
-          f"{data.num_classes} classes; {data.source}; wrote {out} in {time.perf_counter() - t0:.1f} s")
+          f"{data.num_classes} classes; {data.source}; wrote {out} in {time.perf_counter() - t0:.1f} s"
+          + noted)
     return 0
 
 

@@ -3,7 +3,8 @@
 # every core, so nothing runs beside it while it measures (torch uses one fewer, see bench.threads).
 # Its plan (the `bench:` settings, `device` as configured) is a param, so changing `bench:` re-runs
 # the sweeps; the job resolves `device: auto` and expands the cases on the node it runs on.
-# `snakemake bench` runs the sweep alone and renders reports/bench/index.html.
+# `snakemake bench` runs the sweep alone and renders reports/bench/index.html. A damaged sweep
+# JSON is set aside when planning (rules/common.smk), so its variant is swept again.
 
 
 rule bench_variant:

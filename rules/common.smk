@@ -1,4 +1,6 @@
-# Config validation (before any job starts) and the helpers the rules use.
+# Config validation (before any job starts), planning (before the jobs are planned: damaged records,
+# datasets, teacher checkpoints and sweep JSONs are set aside and made again, a finished run of a killed
+# snakemake keeps its record) and the helpers the rules use.
 import json
 import os
 import re
@@ -6,20 +8,32 @@ import shlex
 import sys
 
 from snakemake.exceptions import WorkflowError
+from snakemake.persistence.file import FilePersistence
+from snakemake.settings.enums import PersistenceBackend
 
-from attnbench.harness.bench.files import sweep_param
+from attnbench.harness.bench.files import SweepFileError, read_sweep, sweep_param
 from attnbench.harness.bench.settings import bench_settings, bench_variants
 from attnbench.harness.config import (
     ConfigError,
+    plan_hashes,
     planned_runs,
     resolve_run,
+    run_hash,
     task_data_params,
     task_resources,
     validate_config,
 )
-from attnbench.harness.core import paths
-from attnbench.harness.results.set_aside import readable
-from attnbench.tasks.base import build_task, data_key
+from attnbench.harness.core import locks, paths
+from attnbench.harness.results.records import RunKey
+from attnbench.harness.results.set_aside import (
+    keep_prepared_time,
+    move_aside_under,
+    readable,
+    set_aside,
+    torch_file_problem,
+)
+from attnbench.harness.run.train import RUN_LOCK
+from attnbench.tasks.base import FORMAT_VERSION, build_task, data_key
 from snakemake.logging import logger
 
 try:
@@ -77,14 +91,104 @@ RUNS = planned_runs(config, TASKS)
 def set_aside_unreadable_records():
     """A run whose record.json cannot be read (truncated, not UTF-8, not a record) would block the
     aggregation and never be trained again: move it to results/set_aside/ (with the reason) before
-    the jobs are planned, so this run plans its training again. Dry runs too: nothing is deleted."""
-    _, aside = readable([run.record for run in RUNS if run.record.exists()])
+    the jobs are planned, so this run plans its training again. Dry runs too: nothing is deleted.
+    Returns the records that read, by path."""
+    good, aside = readable([run.record for run in RUNS if run.record.exists()])
     for entry in aside:
         logger.warning(f"attnbench: set aside the unreadable {entry['record']} (moved to {entry['moved_to']}): "
                        f"{entry['reason']}; its run is planned again")
+    return dict(good)
 
 
-set_aside_unreadable_records()
+#: the planned runs' records that read and validate, by path
+RECORDS = set_aside_unreadable_records()
+
+
+def set_aside_teachers_without_checkpoint():
+    """A planned student's teacher whose record names a best checkpoint that is missing or cannot be read
+    (truncated) would fail every student: its record is set aside (with the reason) so that this run
+    trains the teacher again, and then, by the DAG edge (rules/distill.smk), its students."""
+    teachers = {RunKey(run.task, config["distill"]["teacher"], run.seed) for run in RUNS if run.method == "distill"}
+    for teacher in sorted(teachers):
+        record = RECORDS.get(teacher.record)
+        best = record and record["training"]["checkpoint"]
+        problem = torch_file_problem(teacher.dir / best) if best else None
+        if problem is None:
+            continue
+        del RECORDS[teacher.record]
+        moved = set_aside(teacher.record, f"its best checkpoint {problem}")
+        logger.warning(f"attnbench: set aside {teacher.record} (moved to {moved}): its best checkpoint {problem}; "
+                       "the teacher is trained again, and then its students")
+
+
+set_aside_teachers_without_checkpoint()
+
+
+def snakemake_markers():
+    """Snakemake's own note of the outputs whose job started and never finished (`.snakemake/incomplete/`,
+    which `--rerun-incomplete` re-runs), through its file persistence: the planning below clears a note a
+    finished run does not deserve and adds one to a damaged prepared dataset. None where planning leaves it
+    alone: in the snakemake process of a single job (a cluster job) or with another persistence backend."""
+    if not workflow.is_main_process or workflow.workflow_settings.persistence_backend != PersistenceBackend.FILE:
+        return None
+    return FilePersistence(nolock=True)
+
+
+MARKERS = snakemake_markers()
+
+
+def keep_finished_orphans():
+    """A snakemake killed on its own (kill -9) leaves its training jobs running, and their outputs noted
+    as incomplete: after `snakemake --unlock`, `--rerun-incomplete` would delete each record they went on
+    to write and train the run again from step 0. A planned run whose record reads, is of the run's
+    current config (its config hash) and whose run folder's lock is free (the trainer writes the record
+    as its last act, then exits) finished: its note is cleared and its record kept. A trainer still
+    holding the lock is left as it was: its run is planned again and that job refuses, naming the pid.
+    Dry runs (and `--unlock`) too: the note is false either way."""
+    if MARKERS is None:
+        return
+    for key in sorted(MARKERS._filter_incomplete_keys([str(path) for path in RECORDS])):
+        run = next(run for run in RUNS if str(run.record) == key)
+        current = run_hash(config, run)
+        if RECORDS[run.record]["config_hash"] != current:
+            continue  # trained with other settings: out of date, trained again
+        try:
+            lock = locks.try_lock(run.dir / RUN_LOCK, info={"run_id": run.run_id, "checked_by": "snakemake planning"})
+        except locks.LockFileError:
+            continue  # an unusable lock file: its job says so
+        if lock is None:
+            continue
+        locks.release(lock)
+        MARKERS._unmark_incomplete(key)
+        logger.warning(f"attnbench: kept {key}: its job, started by a snakemake that was stopped, finished "
+                       "after it (its record is complete and no process holds its run folder)")
+
+
+keep_finished_orphans()
+
+
+def set_aside_stale_unnoted_records():
+    """Snakemake re-runs a job whose params changed only if it holds a note (metadata) of the job that
+    made its output; a record without one (kept above from a job whose snakemake was killed, or copied in)
+    would stay, out of date, after a change to its run's settings. Such a record, of a config other than
+    its run's current one (config hash), is set aside (with the reason), so that this run trains it again."""
+    if MARKERS is None:
+        return
+    for run in RUNS:
+        record = RECORDS.get(run.record)
+        if record is None or MARKERS._read_record(str(run.record)) is not None:
+            continue
+        current = run_hash(config, run)
+        if record["config_hash"] == current:
+            continue
+        del RECORDS[run.record]
+        reason = (f"made with other settings (config hash {record['config_hash']}, the run's is now {current}) "
+                  "and Snakemake holds no note of the job that made it, so it would not train it again")
+        moved = set_aside(run.record, reason)
+        logger.warning(f"attnbench: set aside {run.record} (moved to {moved}): {reason}; its run is planned again")
+
+
+set_aside_stale_unnoted_records()
 
 
 def one_of(names):
@@ -102,8 +206,50 @@ def dataset_key(task):
     return data_key(task, task_data_params(config, task))
 
 
+def repair_damaged_datasets():
+    """A planned task's prepared data that cannot be read (truncated, not a torch file, other settings) would
+    fail every run of the task, and re-running them would delete their records first. It is set aside under
+    data/set_aside/ (with the reason) and prepared again. Where its content digest was recorded when it was
+    prepared (`attnbench prepare` writes dataset.digest.json), it is kept in place, linked there, and noted
+    as incomplete for Snakemake, whose --rerun-incomplete (profiles/default) then prepares it again; the runs
+    built on it see it as ancient (get_dataset), so none of them is re-run, and `attnbench prepare` gives the
+    data back its recorded time when the content is the same (and planning gives it back again after
+    Snakemake's touch: keep_prepared_time), so they stay up to date. Otherwise (no digest, another
+    persistence backend) it is moved: prepared again, and its runs trained again.
+    Returns the tasks whose data this run prepares again and whose runs keep their records."""
+    remade = set()
+    if not workflow.is_main_process:  # a job's own snakemake (cluster): its planner did this
+        return remade
+    for task in TASKS:
+        key = dataset_key(task)
+        path = paths.dataset_file(task, key)
+        problem = torch_file_problem(path, key=key, format=FORMAT_VERSION) if path.exists() else None
+        if problem is None:
+            keep_prepared_time(path)
+            continue
+        keep = MARKERS is not None and paths.dataset_digest_file(path).exists()
+        aside = move_aside_under(path, problem, paths.DATA, paths.DATA_SET_ASIDE, keep=keep)
+        if keep:
+            MARKERS._mark_incomplete(str(path), None)
+            remade.add(task)
+            logger.warning(f"attnbench: the prepared data {problem}: set aside (linked to {aside}); it is prepared "
+                           "again (Snakemake's --rerun-incomplete, which profiles/default sets), and the runs built "
+                           "on it keep their records (if its content comes out other than recorded when it was "
+                           "first prepared, the next snakemake trains them again)")
+        else:
+            logger.warning(f"attnbench: the prepared data {problem}: set aside (moved to {aside}); it is prepared "
+                           "again and the runs built on it are trained again (no content digest of it was recorded)")
+    return remade
+
+
+REMADE = repair_damaged_datasets()
+
+
 def get_dataset(wildcards):
-    return str(paths.dataset_file(wildcards.task, dataset_key(wildcards.task)))
+    """A run's prepared data; ancient (its time does not count) where a damaged one is prepared again
+    by this run (REMADE, rules/data.smk): that re-runs none of the runs built on it."""
+    path = str(paths.dataset_file(wildcards.task, dataset_key(wildcards.task)))
+    return ancient(path) if wildcards.task in REMADE else path
 
 
 def get_data_json(wildcards):
@@ -131,6 +277,23 @@ def get_records(wildcards=None):
 
 # The efficiency sweep (rules/bench.smk): the variants it measures, none when `bench.enabled` is false.
 BENCH_VARIANTS = bench_variants(config) if bench_settings(config).enabled else []
+
+
+def set_aside_damaged_sweeps():
+    """A planned variant's sweep JSON that cannot be read (truncated, not an attnbench sweep) would fail
+    the aggregation until deleted by hand: it is moved to results/set_aside/bench/ (with the reason), so
+    that this run sweeps that variant again."""
+    for variant in BENCH_VARIANTS:
+        path = paths.bench_file(variant)
+        try:
+            if path.exists():
+                read_sweep(path)
+        except SweepFileError as exc:
+            moved = move_aside_under(path, str(exc), paths.BENCH.parent, paths.SET_ASIDE)
+            logger.warning(f"attnbench: set aside {path} (moved to {moved}): {exc}; its sweep runs again")
+
+
+set_aside_damaged_sweeps()
 
 
 def get_bench_files(wildcards=None):

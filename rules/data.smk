@@ -1,5 +1,6 @@
 # Data preparation: one cached, versioned tensor file per task and data settings.
-# The folder name is a hash of the settings, so changed settings prepare a new file.
+# The folder name is a hash of the settings, so changed settings prepare a new file. A damaged
+# one is prepared again without re-running the runs built on it (planning, rules/common.smk).
 
 
 rule prepare_data:

@@ -1,7 +1,9 @@
 # Distillation: one job per (task, seed) of each student in `distill.students`, trained from
 # the `distill.teacher` run of the same task and seed. The teacher's record.json is an input
 # (written after its best.pt, it marks the checkpoint complete), so a re-run teacher re-runs
-# its students. A student's run is named distilled[<variant>] (folder distilled-<variant>).
+# its students (and planning, rules/common.smk, sets aside a teacher's record whose best.pt is
+# missing or damaged, so the teacher and its students are trained again). A student's run is named
+# distilled[<variant>] (folder distilled-<variant>).
 from attnbench.harness.results.records import RunKey
 
 STUDENTS = list(config["distill"]["students"])

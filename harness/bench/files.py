@@ -26,6 +26,7 @@ from attnbench.harness.bench.settings import (
     variant_params,
 )
 from attnbench.harness.core import resources
+from attnbench.harness.core.errors import UserError
 from attnbench.harness.core.io import atomic_write_text, write_table
 from attnbench.harness.core.registry import build_dataclass
 from attnbench.harness.measure.matmul_peak import share_of_peak
@@ -130,11 +131,30 @@ def merge_rounds_per_case(rows: list[dict]) -> list[dict]:
     return out
 
 
+class SweepFileError(UserError, ValueError):
+    """A sweep JSON that cannot be read or is no attnbench sweep; the message names the file."""
+
+
+def read_sweep(path: Path) -> dict:
+    """One sweep JSON (``results/bench/VARIANT.json``), checked to be an attnbench sweep with its rows;
+    else a one-line ``SweepFileError`` naming the file (planning sets such a file aside)."""
+    redo = "delete it and run `attnbench bench` again (snakemake sets it aside and does)"
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SweepFileError(f"sweep {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); {redo}") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SweepFileError(f"sweep {path} cannot be read ({exc}); {redo}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("attnbench"), dict):
+        raise SweepFileError(f"{path} is not an attnbench sweep (no 'attnbench' section); {redo}")
+    if not isinstance(data["attnbench"].get("rows"), list):
+        raise SweepFileError(f"sweep {path} has no list of rows in its 'attnbench' section; {redo}")
+    return data
+
+
 def load_rows(path: Path) -> list[dict]:
     """The result rows of one sweep JSON, machine facts attached."""
-    data = json.loads(Path(path).read_text())
-    if "attnbench" not in data:
-        raise ValueError(f"{path} is not an attnbench sweep (no 'attnbench' section); write it with `attnbench bench`")
+    data = read_sweep(path)
     machine = data.get("machine_info", {}).get("attnbench", {})
     rows = []
     for r in merge_rounds_per_case(data["attnbench"]["rows"]):

@@ -13,10 +13,20 @@ REPORTS = Path("reports")
 BENCH = Path("results/bench")
 BENCH_CSV = Path("results/bench.csv")
 BENCH_REPORT = Path("reports/bench")
+#: where damaged files go (``attnbench.harness.results.set_aside``): records and sweep JSONs, and prepared data
+SET_ASIDE = Path("results/set_aside")
+DATA_SET_ASIDE = DATA / "set_aside"
 
 
 def dataset_file(task: str, key: str) -> Path:
     return DATA / task / key / "dataset.pt"
+
+
+def dataset_digest_file(dataset: Path) -> Path:
+    """Beside a prepared dataset (``dataset.pt`` -> ``dataset.digest.json``): its content digest and its
+    modification time when it was prepared (``attnbench prepare`` writes it), so that one prepared again
+    with the same content can keep that time."""
+    return Path(dataset).with_suffix(".digest.json")
 
 
 def label_dir(label: str) -> str:

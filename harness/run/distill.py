@@ -144,8 +144,14 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
 def load_teacher(checkpoint: Path, run: dict, data: PreparedData,
                  device: torch.device) -> tuple[EncoderClassifier, dict]:
     """The teacher model of ``checkpoint`` (eval mode, frozen) and the run config stored in it,
-    after checking that it was trained on the same data with the student's model settings."""
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    after checking that it was trained on the same data with the student's model settings. A checkpoint
+    that is missing or cannot be read (truncated) is a ``TeacherError`` naming it."""
+    try:
+        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    except Exception as exc:  # missing, truncated, not a torch file
+        raise TeacherError(f"teacher checkpoint {checkpoint} cannot be read ({type(exc).__name__}: {exc}); train "
+                           "the teacher again (snakemake does when it plans: it sets the teacher's record aside)"
+                           ) from None
     teacher_run = ckpt["run"]
     if teacher_run["task"]["data_key"] != run["task"]["data_key"]:
         raise TeacherError(f"teacher checkpoint {checkpoint} was trained on other data "
