@@ -3,9 +3,14 @@
 # aggregate the run records and the sweep, render the report (`snakemake bench`: the sweep alone). `snakemake` runs the
 # default config (config/config.yaml); `snakemake --configfile other.yaml` runs another
 # one *instead of* the default.
+import logging
 from pathlib import Path
 
 from snakemake.utils import min_version
+
+# a log handler that cannot write (a full disk: Snakemake's own log file) stays silent instead of printing a
+# "--- Logging error ---" traceback for every message; the console still says what happened
+logging.raiseExceptions = False
 
 min_version("9.0")
 

@@ -146,7 +146,81 @@ def pad_batch(seqs: list[list[int]], seq_len: int, pad_id: int = PAD_ID) -> torc
     return out
 
 
+def _examples(indices: torch.Tensor) -> str:
+    """"3 examples, the first at index 17" for the positions ``indices`` (1-D, ascending, counted from 0)."""
+    n = int(indices.numel())
+    return f"{n:,} example{'s' if n != 1 else ''}, the first at index {int(indices[0])}"
+
+
+def _values(values: list[int]) -> str:
+    return ", ".join(map(str, values[:10])) + (f" and {len(values) - 10} more" if len(values) > 10 else "")
+
+
+def data_problem(data: PreparedData, task: str, token_ids: bool = True) -> str:
+    """What makes ``data`` unusable for training, in one line naming the data, the split, the value and
+    what is expected; empty when it is fine. Every task's data passes here when it is saved and loaded
+    (``save_prepared``, ``load_prepared``): every split there and non-empty; tokens (n, seq_len) (paired:
+    (n, 2, seq_len)) and, with ``token_ids``, within the vocabulary (a pass over every token: skipped on
+    loading data that was checked when saved); labels 0..num_classes - 1 in every split; no class of val
+    or test missing from train (a model cannot learn it); at least two classes in train (one alone is
+    learnt trivially, to 100%)."""
+    where = f"{task} data ({data.source or 'no source named'})"
+    missing = [s for s in SPLITS if s not in data.splits]
+    if missing:
+        return f"{where} has no {', '.join(missing)} split (found {', '.join(data.splits) or 'none'})"
+    if data.num_classes < 2:
+        return f"{where} has num_classes {data.num_classes}; a classification task needs at least 2"
+    for split in SPLITS:
+        tokens, labels = data.splits[split]["tokens"], data.splits[split]["labels"]
+        n = int(labels.shape[0]) if labels.dim() else 0
+        if labels.dim() != 1 or labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            return f"{where}: {split} labels are {labels.dtype} of shape {tuple(labels.shape)}, not (n,) integers"
+        if n == 0:
+            return f"{where}: the {split} split is empty; training evaluates on every split"
+        want = (n, 2, data.seq_len) if data.paired else (n, data.seq_len)
+        if tuple(tokens.shape) != want:
+            return (f"{where}: {split} tokens have shape {tuple(tokens.shape)}, expected {want} "
+                    f"({n:,} examples of seq_len {data.seq_len:,}{', paired' if data.paired else ''}); "
+                    "every split's examples must be of one length")
+        low, high = (int(v) for v in torch.aminmax(tokens)) if token_ids and tokens.numel() else (0, 0)
+        if low < 0 or high >= data.vocab_size:
+            return (f"{where}: {split} token ids span {low}..{high}, outside the vocabulary 0.."
+                    f"{data.vocab_size - 1} (vocab_size {data.vocab_size})")
+        bad = ((labels < 0) | (labels >= data.num_classes)).nonzero().flatten()
+        if bad.numel():
+            values = sorted({int(v) for v in labels[bad].tolist()})
+            which = f"label {values[0]} ({_examples(bad)}) is" if len(values) == 1 else \
+                f"labels {_values(values)} ({_examples(bad)}) are"
+            return (f"{where}: {split} {which} outside 0..{data.num_classes - 1} for the task's {data.num_classes} "
+                    "classes; fix the labels of the source")
+    train = data.splits["train"]["labels"]
+    counts = torch.bincount(train, minlength=data.num_classes)
+    in_train = set(counts.nonzero().flatten().tolist())
+    if len(in_train) < 2:
+        return (f"{where}: the train split has a single class (label {_values(sorted(in_train))}) in its "
+                f"{int(train.numel()):,} examples; a model would learn to always say it (100% accuracy on it): "
+                "a classification data set needs at least two classes in train")
+    for split in ("val", "test"):
+        labels = data.splits[split]["labels"]
+        unseen = sorted(set(labels.unique().tolist()) - in_train)
+        if unseen:
+            where_first = torch.isin(labels, torch.tensor(unseen)).nonzero().flatten()
+            return (f"{where}: {split} has class(es) {_values(unseen)} ({_examples(where_first)}) that train "
+                    f"has none of ({int(train.numel()):,} train examples); a model cannot learn a class it never "
+                    "sees: use more training data or a split with every class in train")
+    return ""
+
+
+def check_prepared(data: PreparedData, task: str) -> None:
+    """Raise a DataError (one line, exit 2 from ``attnbench``) when ``data_problem`` finds a problem."""
+    problem = data_problem(data, task)
+    if problem:
+        raise DataError(problem)
+
+
 def save_prepared(path: Path, task: str, params: dict, data: PreparedData) -> None:
+    """Check ``data`` (``check_prepared``: nothing is written for data that cannot be right) and write it."""
+    check_prepared(data, task)
     small = torch.int16 if data.vocab_size < 2**15 else torch.int32
     payload = {
         "format": FORMAT_VERSION,
@@ -177,4 +251,8 @@ def load_prepared(path: Path, task: str, params: dict) -> PreparedData:
     meta = dict(payload["meta"])
     meta.pop("sizes", None)
     splits = {s: {"tokens": t["tokens"].long(), "labels": t["labels"]} for s, t in payload["splits"].items()}
-    return PreparedData(splits=splits, **meta)
+    data = PreparedData(splits=splits, **meta)
+    problem = data_problem(data, task, token_ids=False)  # a file prepared before these checks
+    if problem:
+        raise DataError(f"prepared data {path}: {problem}; delete it and prepare again once the source is fixed")
+    return data

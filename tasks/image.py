@@ -9,10 +9,12 @@ No 2-D structure is given to the model: a H x W grayscale image becomes H*W toke
   ``uoft-cs/cifar10`` or a local folder of its parquet/image files), converted to
   grayscale as LRA does (``tf.image.rgb_to_grayscale``: ITU-R 601 luma of the pixels scaled to
   [0, 1], back to 0-255 by ``x * 255.5`` truncated, in float32): 32 x 32 = 1,024 tokens,
-  train[:90%] / train[90%:] / test, as LRA's 45k / 5k / 10k.
+  train[:90%] / train[90%:] / test, as LRA's 45k / 5k / 10k. Every image must be the size of
+  most training images (an image is H * W tokens): another size is refused, naming its file.
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +25,7 @@ import torch
 
 from attnbench.harness.core.registry import param
 from attnbench.tasks.base import TASKS, DataError, PreparedData, Task
-from attnbench.tasks.hf_source import load_source, missing_source
+from attnbench.tasks.hf_source import _folder_files, load_source, missing_source
 
 #: images in scikit-learn's digits (``load_digits``), split by ``test_fraction`` and ``val_fraction``
 DIGITS_IMAGES = 1797
@@ -84,7 +86,7 @@ def _cifar10(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], i
                         expected="an 'img' (or 'image') and a 'label' column", default_hub_id="uoft-cs/cifar10",
                         local_form="a local folder holding its train/test parquet files, with an 'img' "
                                    "(or 'image') and a 'label' column")
-    images, labels = {}, {}
+    pixels, sizes, columns = {}, {}, {}
     for split in ("train", "test"):
         if split not in ds:
             raise DataError(f"CIFAR-10 at {path!r} has no {split!r} split (found {list(ds)})")
@@ -93,10 +95,57 @@ def _cifar10(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], i
         if col is None or "label" not in part.column_names:
             raise DataError(f"CIFAR-10 at {path!r}: expected an 'img' (or 'image') and a 'label' column, "
                             f"found {part.column_names}")
-        pixels = [to_grayscale(np.asarray(im.convert("RGB"))).reshape(-1) for im in part[col]]
-        images[split] = np.stack(pixels).astype(np.int64)
-        labels[split] = np.asarray(part["label"], dtype=np.int64)
+        pixels[split], sizes[split], columns[split] = [], [], col
+        for im in part[col]:  # decoded one by one, once
+            sizes[split].append(im.size)
+            pixels[split].append(to_grayscale(np.asarray(im.convert("RGB"))).reshape(-1))
+    _check_sizes(sizes, ds, columns, path)
+    images = {s: np.stack(p).astype(np.int64) for s, p in pixels.items()}
+    labels = {s: np.asarray(ds[s]["label"], dtype=np.int64) for s in pixels}
     return images, labels, 255
+
+
+def _image_file(ds, split: str, column: str, row: int, path: str) -> str:
+    """Where row ``row`` of ``split`` comes from: the image's file name as ``datasets`` holds it (for a folder
+    of images, the file read; a parquet file may keep its images' names), else its file and row among the
+    split's parquet files in a local folder, else its row in the split."""
+    import datasets
+
+    stored = ds[split].cast_column(column, datasets.Image(decode=False))[row][column].get("path")
+    if stored:
+        return f"file {stored}"
+    folder = Path(path).expanduser()
+    if folder.is_dir():
+        import pyarrow.parquet as pq
+
+        start = 0
+        for f in _folder_files(folder).get(split, []):
+            try:
+                rows = pq.ParquetFile(f).metadata.num_rows
+            except Exception:  # not parquet: its rows cannot be counted without reading it
+                break
+            if row < start + rows:
+                return f"file {f}, row {row - start}"
+            start += rows
+    return f"row {row} of the {split} split"
+
+
+def _check_sizes(sizes: dict[str, list[tuple[int, int]]], ds, columns: dict[str, str], path: str) -> None:
+    """Every image (``sizes``: split -> (width, height) per image) the size of most training images (an image
+    is H * W tokens, so one size for all splits); a DataError names the first other one's file and both sizes."""
+    common = Counter(sizes["train"]).most_common(1)
+    if not common:
+        raise DataError(f"CIFAR-10 at {path!r}: the train split has no images")
+    want = common[0][0]
+    for split, these in sizes.items():
+        odd = [i for i, size in enumerate(these) if size != want]
+        if odd:
+            (w, h), (ww, wh) = these[odd[0]], want
+            raise DataError(
+                f"CIFAR-10 at {path!r}: {split} image {odd[0]} ({_image_file(ds, split, columns[split], odd[0], path)})"
+                f" is {w} x {h} pixels ({w * h:,} tokens), but the training images are {ww} x {wh} ({ww * wh:,} "
+                f"tokens); every image must be one size ({len(odd):,} of {split}'s {len(these):,} images are not): "
+                "resize or remove them")
 
 
 @TASKS.register("image", ImageConfig)

@@ -16,3 +16,11 @@ class UsageError(UserError):
 #: permission): their message names the path, which is all the user needs
 PATH_ERRORS = (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError)
 
+
+class WriteError(UserError, OSError):
+    """A file that could not be written for a reason outside the program: a full disk or quota, a read-only
+    file system, an I/O error. One line naming the file and the cause (and, for want of space, the space
+    free on its file system); ``errno`` is the cause's (``errno.ENOSPC`` for a full disk)."""
+
+    def __str__(self) -> str:  # the message alone, without OSError's "[Errno 28]"
+        return str(self.strerror)
