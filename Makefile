@@ -8,6 +8,13 @@ BIN := $(VENV)/bin
 CORES ?= $(shell nproc 2>/dev/null || echo 2)
 # nothing is fetched at run time: the default config uses generated and shipped data
 OFFLINE := HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
+# more arguments for snakemake in `make run`, e.g. SNAKEMAKE_ARGS="--configfile my.yaml" (the tests: a tiny config)
+SNAKEMAKE_ARGS ?=
+# The long commands (the pipeline, the tests, the GPU check) run under this: the recipe's shell is replaced by
+# (exec) a runner that starts the command in a process group of its own, so that a SIGTERM to make, or Ctrl-C,
+# stops the command and everything it started; snakemake is sent what Ctrl-C sends (SIGINT), on which it
+# cancels its jobs, and what is left 10 s later is killed (attnbench.harness.core.signals)
+IN_GROUP = exec $(BIN)/python -m attnbench.harness.core.signals
 # pyproject.toml admits a range of torch releases; `make install` takes this one, the CPU build CI tests
 # (`make install TORCH_SPEC=` keeps a torch the venv has, or lets pip choose within the range)
 TORCH_SPEC ?= torch==2.13.0
@@ -30,11 +37,11 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: install
-	$(OFFLINE) $(BIN)/snakemake --cores $(CORES)
+	$(OFFLINE) $(IN_GROUP) $(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 	@echo "Report: $(CURDIR)/reports/index.html (Markdown: reports/summary.md)"
 
 test: install
-	$(OFFLINE) $(BIN)/pytest
+	$(OFFLINE) $(IN_GROUP) $(BIN)/pytest
 
 # ruff (pyproject.toml [tool.ruff]), the import layers (pyproject.toml [tool.importlinter]) and the
 # workflow; the test suite runs the first two as well (tests/test_layers.py)
@@ -51,7 +58,7 @@ lint: install
 # xformers 0.0.35, CUDA 12.8). Either prints how long it took. ARGS go to the script: `make gpu-check ARGS=--dry-run`
 # prints the plan and its time budget and checks its config, on any machine (without the gpu extra).
 gpu-check: $(if $(HAVE_WHEELHOUSE),install-offline,$(if $(filter --dry-run,$(ARGS)),install,$(VENV)/.installed-gpu))
-	$(OFFLINE) $(BIN)/python scripts/gpu_check.py $(ARGS)
+	$(OFFLINE) $(IN_GROUP) $(BIN)/python scripts/gpu_check.py $(ARGS)
 
 $(VENV)/.installed-gpu: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

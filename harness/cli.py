@@ -144,16 +144,17 @@ def cmd_train(args) -> int:
 
 
 def cmd_check_variant(args) -> int:
-    from attnbench.harness.conformance.checks import FAST_CHECKS, run_checks
+    from attnbench.harness.conformance.checks import CHECK_TIMEOUT_S, CHECKS, FAST_CHECKS, run_checks
     from attnbench.variants import VARIANTS
 
     name = args.name or args.source.partition(":")[0].rsplit(".", 1)[-1]
     VARIANTS.register_source(name, args.source, export=True)  # exported: the memory check's processes load it
-    results = run_checks(name, FAST_CHECKS if args.no_memory else None)
-    width = max(len(r.check) for r in results)
-    print(f"{args.source} as variant {name!r}:")
-    for r in results:
-        print(f"  {r.status.upper():4}  {r.check:{width}}  {r.detail}")
+    checks = FAST_CHECKS if args.no_memory else list(CHECKS)
+    width = max(map(len, checks))
+    print(f"{args.source} as variant {name!r}:", flush=True)
+    timeout_s = CHECK_TIMEOUT_S if args.check_timeout is None else args.check_timeout
+    results = run_checks(name, checks, timeout_s,  # each line as its check ends
+                         report=lambda r: print(f"  {r.status.upper():4}  {r.check:{width}}  {r.detail}", flush=True))
     failed = [r.check for r in results if r.status == "fail"]
     print(f"{len(results) - len(failed)} of {len(results)} checks passed or do not apply"
           + (f"; failed: {', '.join(failed)}" if failed else ""))
@@ -307,6 +308,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--name", help="the name to register it under (default: the module's last part)")
     sp.add_argument("--no-memory", action="store_true",
                     help="skip the linear-memory check (it measures two fresh processes, a few seconds)")
+    sp.add_argument("--check-timeout", type=float, metavar="SECONDS",
+                    help="a check still running after this long fails, and the next one runs (default 60; 0: none)")
     sp.set_defaults(func=cmd_check_variant)
 
     sp = sub.add_parser("new-variant", help="write NAME.py: a new attention variant to start from (passes "
@@ -365,18 +368,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand. An error the user can fix (a bad config, missing or corrupt data, a busy
     lock, a missing file) is one line on stderr and exit status 2; anything else is a bug and keeps
-    its traceback."""
+    its traceback. Ctrl-C, SIGTERM or SIGHUP stops the command and every process it started
+    (``core.signals``): one line, and exit status 128 + the signal's number (130 for Ctrl-C)."""
+    from attnbench.harness.core import signals
+
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
-        if argv[:1] == ["compare"]:
-            from attnbench.harness.compare.command import main as compare_main
+        with signals.stop_on_signals():
+            if argv[:1] == ["compare"]:
+                from attnbench.harness.compare.command import main as compare_main
 
-            return compare_main(argv[1:])
-        args = build_parser().parse_args(argv)
-        return args.func(args)
+                return compare_main(argv[1:])
+            args = build_parser().parse_args(argv)
+            return args.func(args)
     except (UserError, *PATH_ERRORS) as exc:
         print(f"attnbench: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        print(f"attnbench: {signals.describe(exc)}", file=sys.stderr)
+        return signals.exit_status(exc)
 
 
 if __name__ == "__main__":

@@ -56,7 +56,9 @@ class BenchConfig:
     threads: int = param(0, "torch threads (0: one fewer than the cores the bench job holds, at least 1; the "
                          "job holds every core so that nothing runs beside it, and the spare core takes the OS "
                          "and Snakemake, which keeps the timings steady)", minimum=0)
-    time_cap_s: float = param(60.0, "a case whose single step takes longer is recorded as timeout", minimum=0.0)
+    time_cap_s: float = param(60.0, "a case whose single step takes longer is recorded as timeout, as is one whose "
+                              "timing (its warm-up and timed steps) takes over (warmup + repeats + 1) times this "
+                              "(0: no cap)", minimum=0.0)
     memory_cap_mb: int = param(0, "a case whose process exceeds this resident memory (CPU) or allocates more "
                                "(CUDA) is recorded as oom; 0: 80% of the machine's RAM / the GPU's memory",
                                minimum=0)

@@ -18,6 +18,7 @@ import torch
 
 from attnbench.harness.bench.case import Stepper, backend_context, failure_status, unavailable
 from attnbench.harness.bench.settings import BenchConfig, Case
+from attnbench.harness.core import watchdog
 from attnbench.harness.measure.fresh_process import run_fresh
 from attnbench.harness.measure.matmul_peak import probe_in_fresh_process, share_of_peak
 from attnbench.harness.measure.memory import is_out_of_memory
@@ -98,20 +99,32 @@ def release_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
+def timing_limit_s(settings: BenchConfig) -> float:
+    """Seconds the timing of one case may take (0: no limit): ``bench.time_cap_s`` for each of its steps and for
+    building it (its fresh-process probe found one step within the cap)."""
+    return (settings.warmup + settings.repeats + 1) * settings.time_cap_s
+
+
 def time_case(case: Case, env: SweepEnv, benchmark) -> dict:
     """Time the case in this process: ``warmup`` untimed then ``repeats`` timed steps (pytest-benchmark).
-    The stepper (module, inputs, gradients) is dropped and its memory released however timing ends."""
+    The stepper (module, inputs, gradients) is dropped and its memory released however timing ends. Timing
+    that runs past ``timing_limit_s`` is interrupted (``core.watchdog``): a ``timeout`` result, and
+    pytest-benchmark keeps none of its steps."""
     s = env.settings
     device = torch.device(env.device)
     torch.set_num_threads(env.threads)
     stepper = None
     try:
-        with backend_context(case.backend):
+        with watchdog.Deadline(timing_limit_s(s), f"timing {case.id}") as limit, backend_context(case.backend):
             stepper = Stepper(case, s.heads, s.head_dim, s.mlp_dim, device, s.seed)
             benchmark.pedantic(stepper, rounds=s.repeats, warmup_rounds=s.warmup, iterations=1)
     finally:
         del stepper
         release_memory(device)
+    if limit.expired:
+        benchmark.has_error = True  # its steps so far are left out of pytest-benchmark's file, as after an error
+        return {"status": "timeout", "message": f"while timing: {s.warmup} warm-up and {s.repeats} timed steps took "
+                f"over {timing_limit_s(s):g} s ({s.warmup + s.repeats + 1} x bench.time_cap_s); interrupted"}
     st = benchmark.stats.stats
     data = list(st.data)
     return {"median_s": st.median, "min_s": st.min, "max_s": st.max, "iqr_s": st.iqr,

@@ -6,6 +6,12 @@ what it saw, or ``CheckSkipped`` when the check does not apply (a variant withou
 support, or one that does not claim linear memory). ``run_checks`` runs them all and returns one
 ``Result`` per check; ``tests/test_variants.py`` runs the same functions on every registered
 variant, so a user's class passes exactly what the built-in ones pass.
+
+Each check runs under a time limit (``CHECK_TIMEOUT_S``, ``attnbench check-variant --check-timeout``;
+``core.watchdog``): a forward that never returns fails its check, naming the limit, the processes the
+check started are stopped, and the next checks run. A check stuck in one native call that cannot be
+interrupted is reported as failed ``CHECK_GRACE_S`` later, and the process then ends (exit status 1):
+the checks after it do not run.
 """
 from __future__ import annotations
 
@@ -18,6 +24,7 @@ from pathlib import Path
 import torch
 
 from attnbench.harness.compare.probe import run_worker
+from attnbench.harness.core import signals, watchdog
 from attnbench.harness.core.registry import dataclass_schema
 from attnbench.variants import VARIANTS, Attention, build_attention
 
@@ -28,6 +35,10 @@ MAX_LEN = 4096
 #: allocator rounding and fixed costs move it a little), as tests/test_memory_scaling.py
 LINEAR_MEMORY_RATIO = 2.6
 MEMORY_N = 2048
+#: seconds one check may take (the linear-memory check, two fresh processes, takes a few)
+CHECK_TIMEOUT_S = 60.0
+#: seconds past its limit after which a check that could not be interrupted ends the process
+CHECK_GRACE_S = 10.0
 
 
 class CheckFailed(AssertionError):
@@ -224,19 +235,40 @@ CHECKS: dict[str, Callable[[str], str]] = {
 FAST_CHECKS = [c for c in CHECKS if c != "linear memory"]
 
 
-def run_checks(name: str, checks: list[str] | None = None) -> list[Result]:
-    """Every check (or ``checks``) on the registered variant ``name``; an exception in a check is a
-    failure with its last traceback line, never a crash of the run."""
+def run_checks(name: str, checks: list[str] | None = None, timeout_s: float = CHECK_TIMEOUT_S,
+               report: Callable[[Result], None] | None = None) -> list[Result]:
+    """Every check (or ``checks``) on the registered variant ``name``, each within ``timeout_s`` seconds
+    (0: no limit); ``report(result)`` is called as each ends. An exception in a check is a failure with
+    its last traceback line, never a crash of the run."""
     results = []
     for check in checks or list(CHECKS):
+        results.append(run_check(name, check, timeout_s, report))
+        if report is not None:
+            report(results[-1])
+    return results
+
+
+def run_check(name: str, check: str, timeout_s: float = CHECK_TIMEOUT_S,
+              report: Callable[[Result], None] | None = None) -> Result:
+    """One check within ``timeout_s`` seconds (``run_checks``); ``report`` tells of a check that ends the process."""
+    limit_text = f"the time limit of {timeout_s:g} s (--check-timeout)"
+
+    def stuck() -> None:  # the watchdog's last word, before it ends the process
+        if report is not None:
+            report(Result(check, "fail", f"did not return within {limit_text} nor {CHECK_GRACE_S:g} s after it "
+                                         "(stuck in one call); check-variant ends here"))
+
+    started = signals.descendants()
+    with watchdog.Deadline(timeout_s, f"check {check!r} of check-variant", grace_s=CHECK_GRACE_S, on_stuck=stuck,
+                           exit_code=1):
         try:
-            results.append(Result(check, "pass", CHECKS[check](name)))
+            return Result(check, "pass", CHECKS[check](name))
         except CheckSkipped as exc:
-            results.append(Result(check, "skip", str(exc)))
+            return Result(check, "skip", str(exc))
         except CheckFailed as exc:
-            results.append(Result(check, "fail", str(exc)))
+            return Result(check, "fail", str(exc))
         except Exception as exc:  # the user's code raised: a failure of the check, reported, not raised
             where = traceback.extract_tb(exc.__traceback__)[-1]
-            results.append(Result(check, "fail", f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:"
-                                                  f"{where.lineno})"))
-    return results
+            return Result(check, "fail", f"{type(exc).__name__}: {exc} ({Path(where.filename).name}:{where.lineno})")
+    signals.stop_descendants(keep=started)  # the processes the interrupted check started
+    return Result(check, "fail", f"did not finish within {limit_text}: interrupted")

@@ -50,22 +50,25 @@ def run_fresh(module: str, spec: dict, timeout_s: float, workdir: Path, threads:
     with tempfile.TemporaryFile("w+") as log:
         env = {**worker_env(threads), **(extra_env or {})}
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, text=True)
-        ps = psutil.Process(proc.pid)
-        while proc.poll() is None:
-            elapsed = time.perf_counter() - t0
-            rss = _rss(ps) if memory_cap_bytes else 0
-            peak_rss = max(peak_rss, rss)
-            if elapsed > timeout_s:
-                failure, error = "timeout", f"timed out after {timeout_s:g} s"
-            elif memory_cap_bytes and rss > memory_cap_bytes:
-                failure = "oom"
-                error = (f"resident memory {rss / 2**20:.0f} MiB went over the cap of "
-                         f"{memory_cap_bytes / 2**20:.0f} MiB; killed")
-            if failure:
+        try:
+            ps = psutil.Process(proc.pid)
+            while proc.poll() is None:
+                elapsed = time.perf_counter() - t0
+                rss = _rss(ps) if memory_cap_bytes else 0
+                peak_rss = max(peak_rss, rss)
+                if elapsed > timeout_s:
+                    failure, error = "timeout", f"timed out after {timeout_s:g} s"
+                elif memory_cap_bytes and rss > memory_cap_bytes:
+                    failure = "oom"
+                    error = (f"resident memory {rss / 2**20:.0f} MiB went over the cap of "
+                             f"{memory_cap_bytes / 2**20:.0f} MiB; killed")
+                if failure:
+                    break
+                time.sleep(POLL_S)
+        finally:  # a timeout, a cap, or this process interrupted (Ctrl-C, SIGTERM, a watchdog): the worker goes too
+            if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-                break
-            time.sleep(POLL_S)
         wall = time.perf_counter() - t0
         log.seek(0)
         tail = log.read().strip().splitlines()[-8:]
@@ -87,14 +90,15 @@ def run_fresh(module: str, spec: dict, timeout_s: float, workdir: Path, threads:
 
 def worker_main(argv: list[str], measure: Callable[[dict], dict], on_error: Callable[[str, bool], dict]) -> int:
     """The child's side: ``measure(spec)`` written as JSON to the out path. An exception is recorded,
-    never raised, so the parent goes on with the next case: ``on_error(message, out_of_memory)``
+    never raised, so the parent goes on with the next case (an interruption is not a result: it ends the
+    worker): ``on_error(message, out_of_memory)``
     gives the result, to which the traceback is added."""
     from attnbench.harness.measure.memory import is_out_of_memory  # torch: only in the worker process
 
     spec_json, out_path = argv
     try:
         result = measure(json.loads(spec_json))
-    except BaseException as exc:
+    except Exception as exc:  # not an interruption (Ctrl-C, a stop signal): the worker then ends without a result
         oom = is_out_of_memory(exc)
         result = {**on_error(f"{type(exc).__name__}: {exc}".strip()[:2000], oom),
                   "traceback": traceback.format_exc(limit=12)}

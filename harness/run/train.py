@@ -28,8 +28,8 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from attnbench.harness.core import locks
-from attnbench.harness.core.errors import UserError
+from attnbench.harness.core import locks, watchdog
+from attnbench.harness.core.errors import UserError, WriteError
 from attnbench.harness.core.io import atomic_torch_save, atomic_write_text
 from attnbench.harness.core.registry import param
 from attnbench.harness.measure.memory import PeakMemory, is_out_of_memory, memory_cap
@@ -105,6 +105,9 @@ def effective_batch(batch_size: int, accumulate: int, n_train: int) -> tuple[int
 
 #: the lock file that makes a run folder one process's at a time (``own_run_folder``)
 RUN_LOCK = ".lock"
+#: seconds past ``train.time_limit_min`` after which a step still running is interrupted (``Trainer.fit``): one
+#: of usual length ends sooner, is counted, and the limit stops the run after it
+LIMIT_SLACK_S = 2.0
 
 
 class Diverged(Exception):
@@ -280,13 +283,14 @@ class Trainer:
         batch's mean loss as a device tensor (not read here)."""
         k = self.cfg.accumulate
         with self.step_timer.time():
-            self.opt.zero_grad(set_to_none=True)
-            total = None
-            for xm, ym in zip(x.chunk(k), y.chunk(k), strict=True):
-                with precision.autocast(self.precision, self.device):
-                    loss = self.loss(xm, ym, padded) / k
-                self.scaler.scale(loss).backward()
-                total = loss.detach() if total is None else total + loss.detach()
+            with watchdog.interruptible():  # the time limit may stop a step here, before its update
+                self.opt.zero_grad(set_to_none=True)
+                total = None
+                for xm, ym in zip(x.chunk(k), y.chunk(k), strict=True):
+                    with precision.autocast(self.precision, self.device):
+                        loss = self.loss(xm, ym, padded) / k
+                    self.scaler.scale(loss).backward()
+                    total = loss.detach() if total is None else total + loss.detach()
             if self.cfg.grad_clip > 0:
                 self.scaler.unscale_(self.opt)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -337,7 +341,7 @@ class Trainer:
         what a compiled model's graph runs, noted outside it."""
         devices = [self.device] if self.device.type == "cuda" else []
         mode = self.model.training
-        with torch.random.fork_rng(devices=devices), torch.no_grad(), KernelLog() as kernels:
+        with torch.random.fork_rng(devices=devices), torch.no_grad(), KernelLog() as kernels, watchdog.interruptible():
             self.model.train(training)
             try:
                 with precision.autocast(self.precision, self.device):
@@ -361,43 +365,58 @@ class Trainer:
 
     def fit(self, log: Log) -> int:
         """Train (from ``self.step``, later than 0 when resumed); returns the number of steps
-        done. Raises Diverged / TimeLimit."""
+        done. Raises Diverged / TimeLimit.
+
+        ``train.time_limit_min`` stops a run with steps left to do: one that finished them all is ok, however
+        long its last evaluation took. It is checked after each step, and a watchdog (``core.watchdog``) interrupts
+        a forward or backward pass, or an evaluation, still running ``LIMIT_SLACK_S`` after it (a step that never
+        returns): that step or evaluation is not counted. A step's update of the weights is never interrupted, so
+        they stay those of the last step done. The steps since the last evaluation are evaluated after the limit,
+        and the test pass is outside it (it runs the forward passes that the evaluations within the limit ran)."""
         cfg, t0 = self.cfg, time.perf_counter() - self.elapsed_s
+        limit_s = cfg.time_limit_min * 60
         self.model.train()
         batches = self.batches()
         if self.step:
             log.step(self.step)  # resumed
         finished = self.step  # the last step whose loss is in self.losses (or was evaluated)
-        try:
-            for step in range(self.step + 1, cfg.steps + 1):
-                self.step = step
-                x, y, padded = next(batches)
-                self.losses.append(self.next_step()(x, y, padded))
-                finished = step
-                log.step()
-                if step % cfg.eval_every == 0 or step == cfg.steps:
-                    self.record_eval(step, time.perf_counter() - t0, log)
-                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps
-                        and self.checkpoint_path is not None):
-                    checkpoint.save(self.checkpoint_path, self, key=self.checkpoint_key,
-                                    losses=self.finite_losses(step), elapsed_s=time.perf_counter() - t0)
-                # the limit stops a run with steps left to do: one that finished them all is ok, however long
-                # its last evaluation took
-                if step < cfg.steps and cfg.time_limit_min and time.perf_counter() - t0 > cfg.time_limit_min * 60:
-                    if self.losses:  # the steps since the last evaluation (a step is evaluated once)
+        with watchdog.Deadline(max(0.0, limit_s - self.elapsed_s) + LIMIT_SLACK_S if limit_s else None,
+                               f"training {RunKey.of(self.run).run_id} (train.time_limit_min {cfg.time_limit_min:g}, "
+                               f"plus {LIMIT_SLACK_S:g} s)") as limit:
+            try:
+                for step in range(self.step + 1, cfg.steps + 1):
+                    self.step = step
+                    x, y, padded = next(batches)
+                    with watchdog.uninterrupted():  # the step is done whole, or not at all (``train_step``)
+                        self.losses.append(self.next_step()(x, y, padded))
+                        finished = step
+                    log.step()
+                    if step % cfg.eval_every == 0 or step == cfg.steps:
                         self.record_eval(step, time.perf_counter() - t0, log)
-                    raise TimeLimit(f"time limit of {cfg.time_limit_min} min reached at step {step} of {cfg.steps}")
-        except (Diverged, TimeLimit):
-            raise
-        except Exception:  # a step that failed on a model that had already diverged: say diverged
-            self.finite_losses(finished)
-            raise
+                    if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps
+                            and self.checkpoint_path is not None):
+                        checkpoint.save(self.checkpoint_path, self, key=self.checkpoint_key,
+                                        losses=self.finite_losses(step), elapsed_s=time.perf_counter() - t0)
+                    if step < cfg.steps and limit_s and (limit.fired or time.perf_counter() - t0 > limit_s):
+                        break
+            except Diverged:
+                raise
+            except Exception:  # a step that failed on a model that had already diverged: say diverged
+                self.finite_losses(finished)
+                raise
+        self.step = finished
+        if self.losses:  # the steps since the last evaluation (a step is evaluated once)
+            self.record_eval(finished, time.perf_counter() - t0, log)
+        if finished < cfg.steps:
+            raise TimeLimit(f"time limit of {cfg.time_limit_min} min reached at step {finished} of {cfg.steps}"
+                            + (" (the step or evaluation under way was interrupted and is not counted)"
+                               if limit.expired else ""))
         return cfg.steps
 
     def record_eval(self, step: int, elapsed: float, log: Log) -> None:
         losses = self.finite_losses(step)
-        self.losses = []
         val_acc, val_loss = self.evaluate("val")
+        self.losses = []  # after the evaluation: one the time limit interrupts is done again after it
         row = {"step": step, "lr": self.sched.get_last_lr()[0], "train_loss": float(np.mean(losses)),
                "val_loss": val_loss, "val_acc": val_acc, "elapsed_s": round(elapsed, 3)}
         self.curve.append(row)
@@ -534,6 +553,8 @@ def _train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None, t
                 status, message = "diverged", str(exc)
             except TimeLimit as exc:
                 status, message = "timeout", str(exc)
+            except WriteError:  # a full disk is not the run's outcome: one line, no record, trained again later
+                raise
             except Exception as exc:  # every outcome becomes a record
                 status, message = _failure(exc, cap)
                 log.line(traceback.format_exc())
