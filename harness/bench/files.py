@@ -28,6 +28,7 @@ from attnbench.harness.bench.settings import (
 from attnbench.harness.core import resources
 from attnbench.harness.core.errors import UserError
 from attnbench.harness.core.io import atomic_write_text, write_table
+from attnbench.harness.core.json_values import UnreadableJSON, read_json
 from attnbench.harness.core.registry import build_dataclass
 from attnbench.harness.measure.matmul_peak import share_of_peak
 from attnbench.variants import VARIANTS
@@ -140,10 +141,8 @@ def read_sweep(path: Path) -> dict:
     else a one-line ``SweepFileError`` naming the file (planning sets such a file aside)."""
     redo = "delete it and run `attnbench bench` again (snakemake sets it aside and does)"
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise SweepFileError(f"sweep {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); {redo}") from None
-    except (OSError, json.JSONDecodeError) as exc:
+        data = read_json(path)
+    except UnreadableJSON as exc:
         raise SweepFileError(f"sweep {path} cannot be read ({exc}); {redo}") from None
     if not isinstance(data, dict) or not isinstance(data.get("attnbench"), dict):
         raise SweepFileError(f"{path} is not an attnbench sweep (no 'attnbench' section); {redo}")

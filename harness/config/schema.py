@@ -11,7 +11,6 @@ so that each default and description lives in one place:
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any
 
 import yaml
@@ -19,6 +18,7 @@ import yaml
 from attnbench.harness.bench.settings import BenchConfig
 from attnbench.harness.core import resources
 from attnbench.harness.core.errors import UserError
+from attnbench.harness.core.json_values import non_finite
 from attnbench.harness.core.registry import dataclass_schema
 from attnbench.harness.run.distill import DistillConfig
 from attnbench.harness.run.model import ModelConfig
@@ -199,16 +199,10 @@ def coerce_numbers(schema: dict, instance: Any) -> Any:
     return instance
 
 
-def non_finite_numbers(instance: Any, path: str = "") -> list[str]:
+def non_finite_numbers(instance: Any) -> list[str]:
     """One line per NaN or infinite number anywhere in the config (YAML's ``.nan``, ``.inf``, or
     text such as ``nan`` read as a number): none of them is a meaningful setting."""
-    if isinstance(instance, float) and not math.isfinite(instance):
-        return [f"'{path}' is {instance}; give a finite number"]
-    if isinstance(instance, dict):
-        return [line for k, v in instance.items() for line in non_finite_numbers(v, f"{path}.{k}" if path else str(k))]
-    if isinstance(instance, list):
-        return [line for i, v in enumerate(instance) for line in non_finite_numbers(v, f"{path}[{i}]")]
-    return []
+    return [f"'{path}' is {value}; give a finite number" for path, value in non_finite(instance)]
 
 
 def apply_defaults(schema: dict, instance: Any) -> Any:

@@ -10,7 +10,6 @@ writing.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -22,6 +21,7 @@ from attnbench.harness.core import paths, resources
 from attnbench.harness.core.errors import UserError
 from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.core.io import atomic_write_json
+from attnbench.harness.core.json_values import UnreadableJSON, non_finite, read_json
 
 SCHEMA_VERSION = 2
 RECORD_NAME = "record.json"
@@ -70,17 +70,6 @@ def _validator() -> Draft202012Validator:
     return Draft202012Validator(schema)
 
 
-def non_finite(value, where: str = "") -> list[str]:
-    """Where ``value`` holds NaN or an infinity (Python's json reads and writes them; JSON has none)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return [f"{where or '(top)'} is {value}"]
-    if isinstance(value, dict):
-        return [p for k, v in value.items() for p in non_finite(v, f"{where}.{k}" if where else str(k))]
-    if isinstance(value, list):
-        return [p for i, v in enumerate(value) for p in non_finite(v, f"{where}[{i}]")]
-    return []
-
-
 def _name(config: dict, section: str):
     entry = config.get(section)
     return entry.get("name") if isinstance(entry, dict) else None
@@ -113,7 +102,7 @@ def validate_record(record: dict, where: str = "record") -> None:
     if errors:
         lines = [f"{'.'.join(map(str, e.absolute_path)) or '(top)'}: {e.message}" for e in errors[:10]]
         raise RecordError(f"{where} does not match the record schema:\n  " + "\n  ".join(lines))
-    problems = non_finite(record)
+    problems = [f"{path or '(top)'} is {value}" for path, value in non_finite(record)]
     if problems:
         raise RecordError(f"{where}: {'; '.join(problems)}: a record holds finite numbers only")
     problems = identity_problems(record)
@@ -156,11 +145,9 @@ def _upgrade(record: dict) -> dict:
 
 def read_record(path: Path) -> dict:
     try:
-        record = json.loads(Path(path).read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise RecordError(f"cannot read record {path}: not UTF-8 text (byte {exc.start}: {exc.reason})") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RecordError(f"cannot read record {path}: {exc}") from exc
+        record = read_json(path)
+    except UnreadableJSON as exc:
+        raise RecordError(f"cannot read record {path}: {exc}") from None
     if not isinstance(record, dict):
         raise RecordError(f"cannot read record {path}: it holds a JSON {type(record).__name__}, not an object")
     _upgrade(record)
