@@ -21,6 +21,7 @@ from attnbench.harness.config import (
 )
 from attnbench.harness.core import resources
 from attnbench.harness.core.hashing import config_hash
+from attnbench.harness.core.registry import as_dict
 from attnbench.harness.run.model import ModelConfig
 from attnbench.harness.run.train import TrainConfig
 from attnbench.tasks import TASKS
@@ -61,8 +62,7 @@ def test_minimal_config_is_valid_and_defaults_are_filled():
     schema_top = yaml.safe_load(resources.config_schema().read_text())["properties"]
     for key in ("seeds", "device", "threads", "deterministic"):
         assert config[key] == schema_top[key]["default"], key
-    assert config["train"] == {f.name: (list(f.default) if isinstance(f.default, tuple) else f.default)
-                               for f in dataclasses.fields(TrainConfig)}
+    assert config["train"] == as_dict(TrainConfig())  # every default (a mapping's from its default_factory)
     assert config["model"] == {f.name: f.default for f in dataclasses.fields(ModelConfig)}
     data_defaults = {f.name: f.default for f in dataclasses.fields(TASKS.get("listops").config)}
     assert config["tasks"]["listops"]["data"] == {**data_defaults, "n_train": 10}

@@ -177,7 +177,8 @@ def test_nan_loss_gives_diverged_record(tmp_path, tiny_listops_data, monkeypatch
     def poisoned(self, tokens, padded=True):
         calls["n"] += 1
         out = original(self, tokens, padded)
-        return out * float("nan") if self.training and calls["n"] >= 3 else out
+        # the first training forward is the FLOP count's (Trainer.count_step_flops), before step 1
+        return out * float("nan") if self.training and calls["n"] >= 4 else out
 
     monkeypatch.setattr(EncoderClassifier, "forward", poisoned)
     record = train_run(tiny_run(), tiny_listops_data, tmp_path, bar=False)

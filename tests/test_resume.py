@@ -36,7 +36,7 @@ def _run(**override) -> dict:
 
 def _curve(run_dir: Path) -> list[dict]:
     with open(run_dir / "curve.csv", newline="") as f:
-        return [{k: v for k, v in row.items() if k != "elapsed_s"} for row in csv.DictReader(f)]
+        return [{k: v for k, v in row.items() if k not in ("elapsed_s", "train_s")} for row in csv.DictReader(f)]
 
 
 def _assert_same_result(a: Path, b: Path) -> None:

@@ -20,7 +20,7 @@ fresh process (started by ``attnbench.harness.measure.fresh_process.run_fresh``)
    FlexAttention cannot run under the counter (dynamo runs no compiled frame under a dispatch mode,
    and the eager operator has no rule for it), and torch's formula for it would count the dense
    N x N product: its layers are counted on the gather kernel of the same layout instead
-   (``counted_on_gather``), which the row's ``flops_counted_method`` says.
+   (``harness.measure.flops.counted_on_gather``), which the row's ``flops_counted_method`` says.
 
 On CUDA the worker caps its allocations first (``cap_cuda_memory``): the configured cap, else 80% of
 the GPU, never more than was free when it started; the result carries the cap it used. A backend
@@ -29,7 +29,6 @@ that cannot run the case (``unavailable``, or torch finding no SDPA kernel for i
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import re
 import sys
 import time
@@ -39,13 +38,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from attnbench.harness.bench.settings import Case
+from attnbench.harness.measure.flops import FLEX_FLOPS_NOTE, counted_on_gather, flex_layers
 from attnbench.harness.measure.fresh_process import worker_main
 from attnbench.harness.measure.memory import PeakMemory, cap_cuda_memory
 from attnbench.harness.measure.sdpa_kernels import SdpaKernels
 from attnbench.harness.measure.timing import synchronize
 from attnbench.harness.run.model import Block, ModelConfig
 from attnbench.variants import build_attention
-from attnbench.variants.flex_blocks import BlockKernelChoice, flex_compiled
+from attnbench.variants.flex_blocks import flex_compiled
 from attnbench.variants.kernels import KernelLog
 from attnbench.variants.sdpa import use_xformers, xformers_unavailable
 
@@ -178,7 +178,8 @@ def counted_flops(stepper: Stepper) -> tuple[int, str]:
     kernels it knows; torch's CPU flash kernel and elementwise work count as 0), plus xformers'
     attention, which it cannot see (``xformers_attention_flops``; not added if it did count an
     attention kernel), and the kernels the step ran ("none": the variant calls no fused kernel)."""
-    with counted_on_gather(stepper), FlopCounterMode(display=False) as counter, SdpaKernels() as kernels:
+    with (counted_on_gather(stepper.module, stepper.device), FlopCounterMode(display=False) as counter,
+          SdpaKernels() as kernels):
         stepper()
     flops, names = int(counter.get_total_flops()), kernels.names()
     if routes_to_xformers(stepper.case) and not _counted_attention(counter):
@@ -194,34 +195,9 @@ def flops_counted_method(case: Case, flex_on_gather: bool = False) -> str:
     return COUNTER_METHOD + flex + (XFORMERS_FLOPS_NOTE if routes_to_xformers(case) else "")
 
 
-FLEX_FLOPS_NOTE = ("; FlexAttention's layers counted on the gather kernel of the same layout (the counter cannot "
-                   "run FlexAttention, and torch's formula for it counts the dense N x N product)")
-
-
-def flex_layers(stepper: Stepper) -> list[BlockKernelChoice]:
-    """The block-layout layers of the case's module that run FlexAttention in its mode on its device."""
-    dtype = next(stepper.module.parameters()).dtype
-    return [m for m in stepper.module.modules()
-            if isinstance(m, BlockKernelChoice) and m.kernel_used(stepper.device, dtype) == "flex"]
-
-
 def compiles_per_shape(stepper: Stepper) -> bool:
     """Whether the case's attention is compiled for each new input shape: FlexAttention where it is compiled."""
-    return bool(flex_layers(stepper)) and flex_compiled(stepper.device)
-
-
-@contextlib.contextmanager
-def counted_on_gather(stepper: Stepper):
-    """Within the block, the case's FlexAttention layers run the gather kernel of the same layout."""
-    layers = flex_layers(stepper)
-    saved = [layer.cfg for layer in layers]
-    for layer in layers:
-        layer.cfg = dataclasses.replace(layer.cfg, kernel="gather")
-    try:
-        yield
-    finally:
-        for layer, cfg in zip(layers, saved, strict=True):
-            layer.cfg = cfg
+    return bool(flex_layers(stepper.module, stepper.device)) and flex_compiled(stepper.device)
 
 
 def _counted_attention(counter: FlopCounterMode) -> bool:
@@ -260,7 +236,7 @@ def measure_in_process(spec: dict) -> dict:
                           f"{float(spec['time_cap_s']):g} s (bench.time_cap_s)")
             return result
         result["flops_counted"], result["sdpa_kernels"] = counted_flops(stepper)
-        result["flops_counted_method"] = flops_counted_method(case, bool(flex_layers(stepper)))
+        result["flops_counted_method"] = flops_counted_method(case, bool(flex_layers(stepper.module, stepper.device)))
     return result
 
 

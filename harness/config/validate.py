@@ -7,6 +7,7 @@ naming the key, the bad value and what is allowed.
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from pathlib import Path
 
 import yaml
@@ -24,6 +25,8 @@ from attnbench.harness.config.schema import (
 )
 from attnbench.harness.core import resources
 from attnbench.harness.core.registry import ExternalComponentError
+from attnbench.harness.run.budget import KINDS as BUDGET_KINDS
+from attnbench.harness.run.budget import budget_problems
 from attnbench.harness.run.model import expand_profile
 from attnbench.tasks.base import TASKS
 from attnbench.variants import VARIANTS
@@ -47,7 +50,37 @@ def _normalise(config: dict) -> dict:
                     for variant, over in value.get("per_variant", {}).items():
                         if over is None:
                             value["per_variant"][variant] = {}
+    for _, train in train_sections(config):
+        if "budget" in train:  # its numbers as the others': 1e15 (text to YAML) is a number
+            train["budget"] = coerce_numbers(BUDGET_TYPES, {} if train["budget"] is None else train["budget"])
     return config
+
+
+#: ``train.budget``'s entries by type, for ``coerce_numbers`` (the schema types them only as numbers)
+BUDGET_TYPES = {"properties": {kind: {"type": kind_type} for kind, kind_type in BUDGET_KINDS.items()}}
+
+
+def train_sections(config: dict) -> Iterator[tuple[str, dict]]:
+    """Every ``train`` mapping of the config, with its key: the shared one, each task's, each task's per variant."""
+    if isinstance(config.get("train"), dict):
+        yield "train", config["train"]
+    tasks = config.get("tasks")
+    for task, settings in tasks.items() if isinstance(tasks, dict) else ():
+        if not isinstance(settings, dict):
+            continue
+        if isinstance(settings.get("train"), dict):
+            yield f"tasks.{task}.train", settings["train"]
+        per_variant = settings.get("per_variant")
+        for variant, over in per_variant.items() if isinstance(per_variant, dict) else ():
+            if isinstance(over, dict) and isinstance(over.get("train"), dict):
+                yield f"tasks.{task}.per_variant.{variant}.train", over["train"]
+
+
+def check_budgets(config: dict) -> list[str]:
+    """Each ``train.budget`` the config sets holds exactly one of steps, seconds and flops, a positive
+    number (what the schema, which types its values only, cannot say)."""
+    return [problem for where, train in train_sections(config) if "budget" in train
+            for problem in budget_problems(train["budget"], f"{where}.budget")]
 
 
 def register_external_variants(config: dict) -> list[str]:
@@ -114,7 +147,8 @@ def validate_config(config: dict) -> dict:
                 pixel = ", ".join(t for t in TASKS.names() if TASKS.get(t).cls.zero_token is not None)
                 raise ConfigError.of([f"'{where}.model.mask_zero_tokens' is true, but task {section!r} has no "
                                       f"raw zero value to mask (pixel tasks have one: {pixel})"])
-    problems = check_per_variant(normalised) + check_runs(normalised) + check_bench(normalised)
+    problems = check_budgets(normalised) + check_per_variant(normalised) + check_runs(normalised)
+    problems += check_bench(normalised)
     if problems:
         raise ConfigError.of(problems)
     config.clear()

@@ -2,7 +2,10 @@
 
 One row per run. ``variant`` is the run's label, the name the report shows (a distilled student
 is ``distilled[<attention>]``); ``attention`` is the model's attention variant and ``method``
-how it was trained.
+how it was trained. ``budget_kind``, ``budget_limit`` and ``budget_reached`` say what the run trained
+for (``train.budget``; a record from before budgets trained for its planned steps) and what it reached;
+``train_s`` is its training-step time (evaluation excluded), ``train_flops`` its training FLOPs
+(``flops_per_step`` x steps done; empty where not counted).
 
 A record is counted only as the run it is. One that cannot be read, or lies about itself (its
 numbers, its identity, or the run folder it lies in: ``records.read_record``) is set aside
@@ -27,6 +30,7 @@ from attnbench.variants import VARIANTS
 COLUMNS = [
     "task", "variant", "attention", "method", "published_as", "seed", "status", "message", "best_val_acc", "test_acc",
     "best_step", "tested_checkpoint", "chance_acc", "majority_test_acc", "steps_done", "steps_planned", "wall_s",
+    "budget_kind", "budget_limit", "budget_reached", "train_s", "train_flops", "flops_per_step",
     "train_steps_per_s", "train_tokens_per_s", "eval_tokens_per_s", "peak_memory_mb",
     "peak_memory_reserved_mb", "peak_memory_method", "timing_method", "params", "layers", "attention_flops_fwd",
     "seq_len", "batch_size", "device", "device_name", "torch_threads", "torch", "cuda", "python", "host", "git_commit",
@@ -46,6 +50,15 @@ def teacher_columns(record: dict) -> dict:
     method = record["config"].get("method", {})
     return {**{f"teacher_{k}": teacher[k] for k in TEACHER_FIELDS},
             "distill_temperature": method.get("temperature"), "distill_alpha": method.get("alpha")}
+
+
+def budget_columns(training: dict) -> dict:
+    """The run's budget (``training.budget``) and what it used; a record without one (older, or whose budget
+    was invalid) trained for its planned steps."""
+    budget = training.get("budget") or {"kind": "steps", "limit": training["steps_planned"],
+                                        "reached": training["steps_done"]}
+    return {"budget_kind": budget["kind"], "budget_limit": budget["limit"], "budget_reached": budget["reached"],
+            **{k: training.get(k) for k in ("train_s", "train_flops", "flops_per_step")}}
 
 
 def published_as(record: dict) -> str | None:
@@ -83,7 +96,7 @@ def record_row(record: dict, path: Path) -> dict:
                                                     else None),
         "chance_acc": record["baselines"]["chance"], "majority_test_acc": record["baselines"]["majority_test_acc"],
         "steps_done": record["training"]["steps_done"], "steps_planned": record["training"]["steps_planned"],
-        "wall_s": record["training"]["wall_s"],
+        "wall_s": record["training"]["wall_s"], **budget_columns(record["training"]),
         "train_steps_per_s": eff["train_steps_per_s"], "train_tokens_per_s": eff["train_tokens_per_s"],
         "eval_tokens_per_s": eff["eval_tokens_per_s"],
         "peak_memory_mb": mb(eff["peak_memory_bytes"]),

@@ -6,10 +6,13 @@ With ``train.checkpoint_every: K`` the trainer writes ``<run dir>/checkpoint/las
 step, once that step's evaluation, if due, is done. It holds everything the rest of the run
 depends on: model, AdamW and LR-schedule state, the step, the best-validation state so far,
 the curve rows and the training losses since the last evaluation, the training time so far
-(the curve's ``elapsed_s`` and the time limit continue from it), the data position (this
+(the curve's ``elapsed_s`` and the time limit continue from it), the training-step time so far
+(``train_s``: a seconds budget and its LR decay continue from it, with the time warm-up ended),
+the FLOPs of a step and how they were counted (not counted again), the data position (this
 epoch's permutation and the place in it) and every random number generator: torch's CPU
 and CUDA ones, Python's ``random``, NumPy's, and each ``torch.Generator`` the trainer or its
-model holds as an attribute.
+model holds as an attribute. The steps done after the checkpoint by the killed process are
+lost with their time: a resumed run's train_s counts the steps that its weights went through.
 
 A checkpoint is used only by the same run: the hash of its resolved run config, less
 ``train.checkpoint_every`` (which changes when the run is saved, not what it computes), and
@@ -21,6 +24,7 @@ re-runs a job whose record is missing.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import random
 import shutil
@@ -107,6 +111,17 @@ def restore_rng(trainer: Trainer, state: dict) -> str | None:
     return note
 
 
+@contextlib.contextmanager
+def rng_kept(trainer: Trainer):
+    """Within the block, draw from every generator (``capture_rng``) as you like: they are put back
+    where they were at its start, so that what the run draws afterwards is unchanged."""
+    state = capture_rng(trainer)
+    try:
+        yield
+    finally:
+        restore_rng(trainer, state)
+
+
 # ---------------------------------------------------------------- save, load, restore
 
 def save(path: Path, trainer: Trainer, *, key: str, losses: list[float], elapsed_s: float) -> None:
@@ -124,6 +139,9 @@ def save(path: Path, trainer: Trainer, *, key: str, losses: list[float], elapsed
         "curve": trainer.curve,
         "losses": list(losses),
         "elapsed_s": elapsed_s,
+        "train_s": trainer.clock.exact(),
+        "warmup_end_s": trainer.warmup_end_s,
+        "flops": {"per_step": trainer.flops_per_step, "method": trainer.flops_method},
         "data": {"perm": trainer.perm, "pos": trainer.pos},
         "rng": capture_rng(trainer),
     }, path)
@@ -159,6 +177,8 @@ def restore(trainer: Trainer, state: dict) -> None:
     trainer.step = trainer.resumed_from_step = int(state["step"])
     trainer.best, trainer.curve = state["best"], state["curve"]
     trainer.losses, trainer.elapsed_s = list(state["losses"]), float(state["elapsed_s"])
+    trainer.clock.before, trainer.warmup_end_s = float(state["train_s"]), state["warmup_end_s"]
+    trainer.flops_per_step, trainer.flops_method = state["flops"]["per_step"], state["flops"]["method"]
     trainer.perm, trainer.pos = state["data"]["perm"], int(state["data"]["pos"])
     note = restore_rng(trainer, state["rng"])
     if note:

@@ -21,7 +21,9 @@ resolves each student's run config (method ``distill``).
 - The training loop is ``attnbench.harness.run.train``'s: ``DistillTrainer`` overrides the model
   factory and the loss, so every outcome (ok, oom, diverged, timeout, failed) is recorded the
   same way. Its timed step includes the teacher's forward pass: that is what a distillation
-  step costs. Evaluation runs the student alone. The record gains a ``teacher`` entry.
+  step costs, in time and in the FLOPs counted of a step (``Trainer.count_step_flops``, which runs
+  ``loss``), so a budget of seconds or FLOPs counts it too. Evaluation runs the student alone. The
+  record gains a ``teacher`` entry.
 """
 from __future__ import annotations
 

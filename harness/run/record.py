@@ -10,6 +10,7 @@ from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.measure.memory import PeakMemory
 from attnbench.harness.results.environment import capture
 from attnbench.harness.results.records import SCHEMA_VERSION, RunKey
+from attnbench.harness.run.budget import Budget
 from attnbench.harness.run.model import count_parameters
 from attnbench.tasks.base import PreparedData
 
@@ -24,6 +25,26 @@ def kernel_fields(kernel: dict | None, prefix: str) -> dict:
     kernel = kernel or {}
     return {f"{prefix}attention_kernel": kernel.get("attention_kernel"),
             f"{prefix}attention_kernel_why": kernel.get("attention_kernel_why")}
+
+
+def budget_fields(run: dict, trainer, steps_done: int) -> dict:
+    """The record's budget entries: ``budget`` (kind, limit and what the run reached: its steps, train_s or
+    train_flops), ``train_s`` (training-step time, evaluation excluded, earlier processes' included),
+    ``train_flops`` (steps done x ``flops_per_step``), ``flops_per_step`` and ``flops_method``. A run that never
+    started has no train_s nor FLOPs (null, and so is what it reached of such a budget); one whose budget is
+    invalid (refused by the config's validation) has none."""
+    clock, per_step = getattr(trainer, "clock", None), getattr(trainer, "flops_per_step", None)
+    train_s = clock.exact() if clock else None
+    train_flops = steps_done * per_step if per_step is not None else None
+    budget = getattr(trainer, "budget", None)
+    if budget is None:
+        try:
+            budget = Budget.of(run["train"])
+        except ValueError:  # the failure the run ended with says why
+            budget = None
+    return {"budget": budget.as_record(steps_done, train_s, train_flops) if budget else None,
+            "train_s": train_s, "train_flops": train_flops, "flops_per_step": per_step,
+            "flops_method": getattr(trainer, "flops_method", None)}
 
 
 def build_record(*, run: dict, data: PreparedData, status: str, message: str | None, trainer, test_acc: float | None,
@@ -70,7 +91,7 @@ def build_record(*, run: dict, data: PreparedData, status: str, message: str | N
         },
         "baselines": baselines,
         "training": {
-            "steps_planned": run["train"]["steps"],
+            "steps_planned": trainer.cfg.steps if trainer else run["train"]["steps"],
             "steps_done": int(steps_done),
             "wall_s": round(wall_s, 3),
             "curve": "curve.csv" if trainer else None,
@@ -89,6 +110,7 @@ def build_record(*, run: dict, data: PreparedData, status: str, message: str | N
             **kernel_fields(getattr(trainer, "eval_attention_kernel", None), "eval_"),
             "memory_cap_bytes": memory_cap["bytes"] if memory_cap else None,
             "memory_cap_method": memory_cap["method"] if memory_cap else None,
+            **budget_fields(run, trainer, int(steps_done)),
         },
         "efficiency": {
             "train_steps_per_s": steps_per_s,

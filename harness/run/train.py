@@ -1,5 +1,10 @@
 """The training loop: AdamW, warm-up then decay, gradient clipping, evaluation every K
-steps, the best-validation checkpoint kept and tested once at the end.
+steps, the best-validation checkpoint kept and tested once at the end, for the run's budget
+(``train.budget``: steps, seconds of training, or training FLOPs; ``attnbench.harness.run.budget``).
+
+Every run counts the FLOPs of one training step once, before its first step and outside its timing
+(``Trainer.count_step_flops``), so that its curve (``curve.csv``) carries, beside each evaluation's step
+and wall time, the training-step time and the FLOPs of training so far.
 
 ``train_run`` never raises for an outcome of the run itself: running out of memory, a
 non-finite loss, the time limit, or an unexpected error each end in a record with the
@@ -12,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import io
 import math
 import os
@@ -32,12 +38,14 @@ from attnbench.harness.core import locks, watchdog
 from attnbench.harness.core.errors import UserError, WriteError
 from attnbench.harness.core.io import atomic_torch_save, atomic_write_text
 from attnbench.harness.core.registry import param
+from attnbench.harness.measure.flops import count_flops
 from attnbench.harness.measure.memory import PeakMemory, is_out_of_memory, memory_cap
 from attnbench.harness.measure.sdpa_kernels import SdpaKernels
 from attnbench.harness.measure.timing import LazyStepTimer
 from attnbench.harness.results.records import RECORD_NAME, RunKey, write_record
 from attnbench.harness.run import checkpoint, precision
 from attnbench.harness.run.batches import DeviceSplit, place_splits
+from attnbench.harness.run.budget import Budget, TrainClock
 from attnbench.harness.run.model import EncoderClassifier, model_for_run
 from attnbench.harness.run.record import build_record
 from attnbench.tasks.base import PreparedData
@@ -48,7 +56,22 @@ from attnbench.variants.kernels import KernelLog
 class TrainConfig:
     """Optimisation and evaluation schedule."""
 
-    steps: int = param(1000, "optimiser steps", minimum=1)
+    steps: int = param(1000, "optimiser steps (with a budget: replaced by a steps or flops budget, the upper bound "
+                       "of a seconds budget)", minimum=1)
+    budget: dict[str, float] = param(
+        {}, "what the run trains for, exactly one of: {steps: K}, K optimiser steps (as steps: K); {seconds: S}, "
+        "until its training-step time (evaluation excluded: the curve's and record's train_s) reaches S, checked "
+        "after every step, so it stops at the first step past S (on CUDA within the few steps the host runs ahead "
+        "of the device: the step timer's events are read at each evaluation and, in between, the host's clock "
+        "around each step is added to them; they are read, a synchronisation, only when that says S is reached), "
+        "steps staying an upper bound, and the LR decay "
+        "following the fraction of S used since warm-up "
+        "ended (a budget-based schedule, as Cramming, Geiping & Goldstein 2022; warm-up stays in steps); or "
+        "{flops: F}, max(1, floor(F / flops_per_step)) steps, which is also the LR schedule's horizon (steps is "
+        "then unused). flops_per_step: the FLOPs of one training step, forward and backward of its batch, all "
+        "micro-batches, counted once per run with torch.utils.flop_counter (the record's training.flops_method "
+        "says how, or why not). {} (default): steps optimiser steps. The record's training.budget says which "
+        "and what the run reached; time_limit_min stays a separate safety limit (status timeout)")
     batch_size: int = param(32, "training batch size", minimum=1)
     eval_batch_size: int = param(128, "batch size for validation and test", minimum=1)
     lr: float = param(1.0e-3, "peak learning rate (AdamW)", exclusiveMinimum=0.0)
@@ -137,16 +160,18 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
-def lr_factor(step: int, cfg: TrainConfig) -> float:
-    """Multiplier of the peak lr at optimiser step ``step`` (0-based)."""
+def lr_factor(step: int, cfg: TrainConfig, progress: float | None = None) -> float:
+    """Multiplier of the peak lr at optimiser step ``step`` (0-based). ``progress``: how far the decay
+    has gone, in [0, 1], where it follows something other than the steps (a seconds budget's time); by
+    default (step - warmup_steps) / (steps - warmup_steps)."""
     if step < cfg.warmup_steps:
         return (step + 1) / cfg.warmup_steps
     if cfg.schedule == "constant":
         return 1.0
     if cfg.schedule == "rsqrt":
         return math.sqrt(max(1, cfg.warmup_steps) / (step + 1))
-    span = max(1, cfg.steps - cfg.warmup_steps)
-    progress = min(1.0, (step - cfg.warmup_steps) / span)
+    if progress is None:
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
     if cfg.schedule == "linear":
         return 1.0 - progress
     return 0.5 * (1.0 + math.cos(math.pi * progress))
@@ -165,6 +190,12 @@ class Log:
             self.bar.update(n)
             if postfix:
                 self.bar.set_postfix(postfix, refresh=False)
+
+    def total(self, steps: int) -> None:
+        """The steps the run plans, known once its budget is (a FLOPs budget's after the count)."""
+        if self.bar is not None:
+            self.bar.total = steps
+            self.bar.refresh()
 
     def line(self, text: str) -> None:
         if self.bar is not None:
@@ -196,6 +227,12 @@ class Trainer:
         """``splits``: the data's splits already placed for ``device`` (``place_splits``; None: placed here)."""
         self.run, self.data, self.device = run, data, device
         self.cfg = cfg = TrainConfig(**{**run["train"], "betas": tuple(run["train"]["betas"])})
+        self.budget = Budget.of(run["train"])
+        self.step_timer = LazyStepTimer(device)
+        self.clock = TrainClock(self.step_timer)  # train_s (a resumed run's starts where its checkpoint was)
+        self.warmup_end_s: float | None = None  # train_s when warm-up ended (a seconds budget's decay starts)
+        self.flops_per_step: int | None = None  # one training step's FLOPs (count_step_flops), None: not counted
+        self.flops_method: str | None = None  # how they were counted, or why not; None: not yet tried
         self.precision = precision.resolve_precision(cfg.precision, device)
         self.matmul_precision = precision.configure_float32_matmul(cfg.tf32, device)
         self.scaler = precision.grad_scaler(self.precision, device)
@@ -209,11 +246,10 @@ class Trainer:
             self.compiled = True
         self.opt, self.optimizer_kind = precision.adamw(self.model.parameters(), lr=cfg.lr, betas=cfg.betas,
                                                         eps=cfg.eps, weight_decay=cfg.weight_decay, device=device)
-        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: lr_factor(s, self.cfg))
+        self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, lambda s: self.lr_at(s))
         self.gen = torch.Generator().manual_seed(run["seed"])
         self.splits = splits if splits is not None else place_splits(data, device)
         self.batch_size, self.batch_note = effective_batch(cfg.batch_size, cfg.accumulate, self.splits["train"].n)
-        self.step_timer = LazyStepTimer(device)
         self.eval_timer = LazyStepTimer(device)
         self.eval_tokens = 0
         self.sdpa_kernels: str | None = None  # the SDPA kernels a training step ran (recorded once)
@@ -230,6 +266,17 @@ class Trainer:
         self.resumed_from_step: int | None = None
         self.checkpoint_path: Path | None = None  # where fit saves resume checkpoints (checkpoint_every)
         self.checkpoint_key = ""  # and their checkpoint.resume_hash
+
+    def lr_at(self, step: int) -> float:
+        """``lr_factor`` at optimiser step ``step``. Under a seconds budget the decay follows the fraction of the
+        budget used since warm-up ended (``warmup_end_s``, taken the first time the decay is asked for)."""
+        if self.budget.kind != "seconds" or step < self.cfg.warmup_steps:
+            return lr_factor(step, self.cfg)
+        used = self.clock.estimate()
+        if self.warmup_end_s is None:
+            self.warmup_end_s = used
+        span = self.budget.limit - self.warmup_end_s
+        return lr_factor(step, self.cfg, min(1.0, max(0.0, (used - self.warmup_end_s) / span)) if span > 0 else 1.0)
 
     def build_model(self) -> EncoderClassifier:
         """The model the run config describes, freshly initialised (seeded by the caller)."""
@@ -278,19 +325,26 @@ class Trainer:
         self.model.train()
         return correct.item() / split.n, loss_sum.item() / split.n
 
+    def forward_backward(self, x: torch.Tensor, y: torch.Tensor, padded: bool, scale=None) -> torch.Tensor:
+        """The forward and backward passes of a step: (x, y) in ``train.accumulate`` equal micro-batches,
+        each loss divided by their number and (``scale``, the gradient scaler's) scaled before its backward,
+        gradients summed; returns the batch's mean loss as a device tensor (not read here)."""
+        k = self.cfg.accumulate
+        total = None
+        for xm, ym in zip(x.chunk(k), y.chunk(k), strict=True):
+            with precision.autocast(self.precision, self.device):
+                loss = self.loss(xm, ym, padded) / k
+            (scale(loss) if scale else loss).backward()
+            total = loss.detach() if total is None else total + loss.detach()
+        return total
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor, padded: bool = True) -> torch.Tensor:
         """One optimiser step over ``train.accumulate`` equal micro-batches of (x, y); returns the
         batch's mean loss as a device tensor (not read here)."""
-        k = self.cfg.accumulate
         with self.step_timer.time():
             with watchdog.interruptible():  # the time limit may stop a step here, before its update
                 self.opt.zero_grad(set_to_none=True)
-                total = None
-                for xm, ym in zip(x.chunk(k), y.chunk(k), strict=True):
-                    with precision.autocast(self.precision, self.device):
-                        loss = self.loss(xm, ym, padded) / k
-                    self.scaler.scale(loss).backward()
-                    total = loss.detach() if total is None else total + loss.detach()
+                total = self.forward_backward(x, y, padded, self.scaler.scale)
             if self.cfg.grad_clip > 0:
                 self.scaler.unscale_(self.opt)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
@@ -350,6 +404,35 @@ class Trainer:
                 self.model.train(mode)
         return kernels.as_record()
 
+    def count_step_flops(self) -> None:
+        """Count one training step's FLOPs (``flops_per_step``, and how: ``flops_method``): the forward and
+        backward passes of a step's batch, every micro-batch, under ``torch.utils.flop_counter.FlopCounterMode``
+        (``measure.flops.count_flops``), on the first examples of the training split (every batch has the same
+        shape), with the weights as they are. Outside the step timer; every random generator is put back where
+        it was and the gradients are dropped, so the run computes what it would without the count. The
+        optimiser's update is not counted (elementwise, as are the norms of clipping). A compiled model is
+        counted running eagerly. Never raises: when the count fails, ``flops_per_step`` stays None and
+        ``flops_method`` says why."""
+        x, y, padded = self.splits["train"].slice(0, self.batch_size)
+        eager = torch.compiler.set_stance("force_eager") if self.compiled else contextlib.nullcontext()
+        try:
+            with checkpoint.rng_kept(self), eager:
+                flops, note = count_flops(lambda: self.forward_backward(x, y, padded), self.model, self.device)
+            self.flops_per_step = flops
+            self.flops_method = (f"{STEP_FLOPS_METHOD}, {self.batch_size} examples in {self.cfg.accumulate} "
+                                 f"micro-batch(es){note}")
+        except Exception as exc:  # a kernel the counter cannot run: the run goes on, its record says why
+            self.flops_per_step = None
+            self.flops_method = f"not counted: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+        finally:
+            self.opt.zero_grad(set_to_none=True)
+
+    def budget_spent(self) -> bool:
+        """Whether a seconds budget is spent: the clock's estimate says so, and its exact time (on CUDA read only
+        then: the budget's only synchronisations, near its end) agrees."""
+        limit = self.budget.limit
+        return self.budget.kind == "seconds" and self.clock.estimate() >= limit and self.clock.exact() >= limit
+
     def finite_losses(self, last_step: int) -> list[float]:
         """The training losses since the last evaluation (those of the steps up to ``last_step``),
         read from the device at once; raises Diverged at the first non-finite one, naming its step."""
@@ -367,14 +450,23 @@ class Trainer:
         """Train (from ``self.step``, later than 0 when resumed); returns the number of steps
         done. Raises Diverged / TimeLimit.
 
+        First the FLOPs of a step are counted (``count_step_flops``; a resumed run has them from its checkpoint)
+        and the steps planned follow from the budget (``Budget.steps``). A seconds budget is checked after each
+        step (``budget_spent``): the step that spends it is the last, evaluated, and the run ends ok.
+
         ``train.time_limit_min`` stops a run with steps left to do: one that finished them all is ok, however
         long its last evaluation took. It is checked after each step, and a watchdog (``core.watchdog``) interrupts
         a forward or backward pass, or an evaluation, still running ``LIMIT_SLACK_S`` after it (a step that never
         returns): that step or evaluation is not counted. A step's update of the weights is never interrupted, so
         they stay those of the last step done. The steps since the last evaluation are evaluated after the limit,
         and the test pass is outside it (it runs the forward passes that the evaluations within the limit ran)."""
-        cfg, t0 = self.cfg, time.perf_counter() - self.elapsed_s
+        if self.flops_method is None:
+            self.count_step_flops()
+        self.cfg = cfg = dataclasses.replace(self.cfg, steps=self.budget.steps(self.cfg.steps, self.flops_per_step))
+        log.total(cfg.steps)
+        t0 = time.perf_counter() - self.elapsed_s
         limit_s = cfg.time_limit_min * 60
+        spent = False
         self.model.train()
         batches = self.batches()
         if self.step:
@@ -388,11 +480,16 @@ class Trainer:
                     self.step = step
                     x, y, padded = next(batches)
                     with watchdog.uninterrupted():  # the step is done whole, or not at all (``train_step``)
+                        started = time.perf_counter()
                         self.losses.append(self.next_step()(x, y, padded))
+                        self.clock.add_host(time.perf_counter() - started)
                         finished = step
                     log.step()
                     if step % cfg.eval_every == 0 or step == cfg.steps:
                         self.record_eval(step, time.perf_counter() - t0, log)
+                    spent = self.budget_spent()
+                    if spent:  # evaluated below, if not above
+                        break
                     if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < cfg.steps
                             and self.checkpoint_path is not None):
                         checkpoint.save(self.checkpoint_path, self, key=self.checkpoint_key,
@@ -407,18 +504,20 @@ class Trainer:
         self.step = finished
         if self.losses:  # the steps since the last evaluation (a step is evaluated once)
             self.record_eval(finished, time.perf_counter() - t0, log)
-        if finished < cfg.steps:
+        if finished < cfg.steps and not spent:
             raise TimeLimit(f"time limit of {cfg.time_limit_min} min reached at step {finished} of {cfg.steps}"
                             + (" (the step or evaluation under way was interrupted and is not counted)"
                                if limit.expired else ""))
-        return cfg.steps
+        return finished
 
     def record_eval(self, step: int, elapsed: float, log: Log) -> None:
         losses = self.finite_losses(step)
         val_acc, val_loss = self.evaluate("val")
         self.losses = []  # after the evaluation: one the time limit interrupts is done again after it
         row = {"step": step, "lr": self.sched.get_last_lr()[0], "train_loss": float(np.mean(losses)),
-               "val_loss": val_loss, "val_acc": val_acc, "elapsed_s": round(elapsed, 3)}
+               "val_loss": val_loss, "val_acc": val_acc, "elapsed_s": round(elapsed, 3),
+               "train_s": round(self.clock.exact(), 6),
+               "train_flops": step * self.flops_per_step if self.flops_per_step is not None else None}
         self.curve.append(row)
         if val_acc > self.best["val_acc"]:
             self.best = {"val_acc": val_acc, "step": step,
@@ -445,10 +544,19 @@ class Trainer:
         return sum(split.device_bytes for split in self.splits.values())
 
 
+#: how a run's ``flops_per_step`` is counted (``Trainer.count_step_flops``), for its record
+STEP_FLOPS_METHOD = ("torch.utils.flop_counter.FlopCounterMode over one training step's forward and backward passes "
+                     "before the first step, outside timing (torch's CPU flash attention counted with its SDPA "
+                     "formulas; the optimiser's elementwise update not counted)")
+#: the columns of ``curve.csv``, one row per evaluation: elapsed_s is the wall time since training started,
+#: evaluation included; train_s the training-step time so far, evaluation excluded; train_flops the FLOPs of
+#: the steps so far (steps x flops_per_step; empty when they were not counted)
+CURVE_FIELDS = ["step", "lr", "train_loss", "val_loss", "val_acc", "elapsed_s", "train_s", "train_flops"]
+
+
 def write_curve(path: Path, rows: list[dict]) -> None:
     buf = io.StringIO()
-    fields = ["step", "lr", "train_loss", "val_loss", "val_acc", "elapsed_s"]
-    writer = csv.DictWriter(buf, fieldnames=fields)
+    writer = csv.DictWriter(buf, fieldnames=CURVE_FIELDS)  # a row from before train_s / train_flops: empty there
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(path, buf.getvalue())
