@@ -4,8 +4,11 @@
 A curve is written whole (header, one row per evaluation, each ending in a newline), so anything else
 is damage, and the report says so instead of drawing it silently or stopping: a file that is not
 UTF-8 text or not a table, or lacks ``step``/``val_acc``, is left out; a last row cut off mid-line,
-and rows whose step or accuracy is not a number (an accuracy also in 0-1), are left out of the curve.
-Each damaged file gets one warning naming it and what is wrong."""
+and rows whose step or accuracy is not a number (an accuracy also in 0-1), are left out of the curve;
+a time or FLOPs count (``elapsed_s``, ``train_s``, ``train_flops``) that is not a finite number >= 0 is
+made missing (an empty ``train_flops``: not counted, nothing wrong). Curves written before ``train_s``
+and ``train_flops`` existed lack those columns and are read as they are. Each damaged file gets one
+warning naming it and what is wrong."""
 from __future__ import annotations
 
 import csv
@@ -13,6 +16,7 @@ import io
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import seaborn as sns
 
@@ -20,6 +24,7 @@ from attnbench.harness.report.writer import save_figure, suptitle
 
 NAME = "curve.csv"
 NEEDED = ("step", "val_acc")
+COUNTS = ("elapsed_s", "train_s", "train_flops")  # cumulative time (s) and FLOPs at each evaluation, when written
 
 
 def read_curve(path: Path) -> tuple[pd.DataFrame | None, str | None]:
@@ -56,11 +61,19 @@ def read_curve(path: Path) -> tuple[pd.DataFrame | None, str | None]:
         problems.append(f"{int((~good).sum())} of {len(curve)} row(s) without a step and an accuracy in 0-1: "
                         "left out")
     curve = curve[good].assign(step=step[good], val_acc=acc[good])
+    for column in (c for c in COUNTS if c in curve):
+        raw = curve[column]
+        values = pd.to_numeric(raw, errors="coerce").astype(float)
+        bad = raw.notna() & ~(np.isfinite(values) & (values >= 0))
+        if bad.any():
+            problems.append(f"{int(bad.sum())} `{column}` value(s) not a finite number ≥ 0: treated as missing")
+        curve[column] = values.where(~bad)
     return curve, (f"`{path}` " + "; ".join(problems)) if problems else None
 
 
 def load_curves(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
-    """Every run's readable curve in one table (with task, variant, seed), and a warning per damaged file."""
+    """Every run's readable curve in one table (with its run's task, variant, seed, status and record), and a
+    warning per damaged file."""
     frames, warnings = [], []
     for _, r in df.iterrows():
         if not isinstance(r["record"], str):  # no record path: nothing to look beside
@@ -69,7 +82,8 @@ def load_curves(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
         if problem:
             warnings.append(f"Validation curve {problem}.")
         if curve is not None and len(curve):
-            frames.append(curve.assign(task=r["task"], variant=r["variant"], seed=r["seed"]))
+            frames.append(curve.assign(task=r["task"], variant=r["variant"], seed=r["seed"], status=r["status"],
+                                       record=r["record"]))
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), warnings
 
 

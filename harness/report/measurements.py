@@ -20,7 +20,8 @@ RUN_COLUMNS = {
                      "train_tokens_per_s", "eval_tokens_per_s", "peak_memory_mb", "peak_memory_reserved_mb",
                      "params", "layers", "attention_flops_fwd", "seq_len", "batch_size", "torch_threads",
                      "teacher_train_tokens_per_s", "teacher_eval_tokens_per_s", "teacher_params", "teacher_layers",
-                     "distill_temperature", "distill_alpha"], NON_NEGATIVE),
+                     "distill_temperature", "distill_alpha", "budget_limit", "budget_reached", "train_s",
+                     "train_flops", "flops_per_step"], NON_NEGATIVE),
 }
 #: bench.csv column -> its range (``attnbench.harness.bench.files``)
 BENCH_COLUMNS = dict.fromkeys(["n", "batch", "median_s", "min_s", "max_s", "iqr_s", "rounds", "tokens_per_s",

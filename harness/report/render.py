@@ -15,6 +15,7 @@ import pandas as pd
 
 from attnbench.harness.core.errors import UserError
 from attnbench.harness.report.bench import BENCH_ENV_COLUMNS, bench_environment_table, bench_section
+from attnbench.harness.report.compute import equal_compute_section
 from attnbench.harness.report.differences import differences_section
 from attnbench.harness.report.distillation import distillation_section
 from attnbench.harness.report.lra import lra_section, published_reference_section
@@ -81,10 +82,10 @@ def render_report(summary_csv: Path | list[Path] | None, out_dir: Path, bench_cs
     ``attnbench.harness.report.machines``).
 
     The report opens with a Summary computed from the data and a table of contents, then goes
-    from the accuracies and their confidence intervals to the costs, the sweep and the single runs,
-    and ends with the machines and code the numbers come from. With only the sweep, the report
-    holds the sweep alone. ``lra_average`` is the LRA average's convention (5 or 6 tasks,
-    ``attnbench.harness.report.lra_published``). Raises NothingToReport when nothing holds a row."""
+    from the accuracies and their confidence intervals to accuracy at equal compute, the costs, the
+    sweep and the single runs, and ends with the machines and code the numbers come from. With only
+    the sweep, the report holds the sweep alone. ``lra_average`` is the LRA average's convention (5 or
+    6 tasks, ``attnbench.harness.report.lra_published``). Raises NothingToReport when nothing holds a row."""
     summaries, benches = _paths(summary_csv), _paths(bench_csv)
     (df, run_warnings), (bench, bench_warnings) = (_read_all(summaries, RUN_COLUMNS, run_name),
                                                    _read_all(benches, BENCH_COLUMNS, case_name))
@@ -130,6 +131,7 @@ def render_report(summary_csv: Path | list[Path] | None, out_dir: Path, bench_cs
     differences_section(doc, acc)
     lra_section(doc, acc, lra_average)
     figures_section(doc, cost)
+    equal_compute_section(doc, acc, cost)
     cost_section(doc, cost)
     if not bench.empty:
         _bench_sections(doc, bench, benches)

@@ -1,7 +1,8 @@
 """The report's opening "Summary": what the run found, written from the data: per task the best
 variant and those statistically indistinguishable from it (paired by seed), the accuracy/cost
-frontiers with their figure, and per efficient variant its speed and memory against full
-attention at the longest length the sweep measured, with the crossover lengths.
+frontiers with their figure, per task the best variant at equal training time (``compute``), and per
+efficient variant its speed and memory against full attention at the longest length the sweep
+measured, with the crossover lengths.
 
 Every run with a test accuracy counts, whatever its status (``marks``): a variant whose runs stopped
 early is marked, with where they stopped, so no better run is ever left out of "best"."""
@@ -12,6 +13,7 @@ import math
 import pandas as pd
 
 from attnbench.harness.report.bench import headline
+from attnbench.harness.report.compute import equal_time_best
 from attnbench.harness.report.differences import accuracy_bounds, runs_of, seed_accuracies
 from attnbench.harness.report.frontier import figure_frontier, frontiers
 from attnbench.harness.report.marks import MARK, footnote, mark
@@ -93,6 +95,15 @@ def frontier_lines(df: pd.DataFrame) -> list[str]:
     return lines
 
 
+def equal_time_lines(runs: pd.DataFrame) -> list[str]:
+    """Per task, 'At equal training time on **listops** (12.3 s of training; best validation accuracy so far):
+    best **window** (61.0%).' (``compute.equal_time_best``: test accuracy where every variant had one seconds
+    budget)."""
+    return [f"At equal training time on **{task}** ({b.at}; {b.what}): best **{b.variant}**{b.marked} "
+            f"({b.value:.1f}%)" + (f" ({MARK}: with runs that did not finish ok, as above)" if b.marked else "") + "."
+            for task, b in equal_time_best(runs).items()]
+
+
 def _times(x: float, what: str) -> str:
     """'1.41× the speed'; 'the speed not measured' where a side's measurement is missing (``measurements``)."""
     return f"{x:.3g}× the {what}" if math.isfinite(x) else f"the {what} not measured"
@@ -138,8 +149,9 @@ def summary_section(doc: Document, acc: pd.DataFrame, runs: pd.DataFrame, bench:
     per_machine = list(_per_machine(runs))
     if not acc.empty:
         lines += [line for line in (task_line(acc, t) for t in sorted(acc["task"].unique())) if line]
-        for machine, runs in per_machine:  # a frontier is of one machine's costs: never across machines
-            lines += [f"On {machine}: {line}" if machine else line for line in frontier_lines(runs)]
+        for machine, runs in per_machine:  # frontiers and equal time are of one machine's costs: never across
+            lines += [f"On {machine}: {line}" if machine else line
+                      for line in frontier_lines(runs) + equal_time_lines(runs)]
     line = bench_line(bench)
     if line:
         lines.append(line)
