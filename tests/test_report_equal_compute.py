@@ -175,3 +175,17 @@ def test_older_results_render_with_elapsed_time_and_without_the_flops_view(repor
     assert "No curve holds training FLOPs (`train_flops`, written by newer runs): the FLOPs view is left out." in view
     assert "At equal training time on **listops** (3 s elapsed, evaluation included;" in section(md, "Summary")
     assert not (tmp / "old" / "figures" / "accuracy_vs_flops.png").exists()
+
+
+def test_the_mean_curve_ends_at_the_mean_of_runs_stopped_at_their_own_steps():
+    """Runs stopped by a seconds budget end at different steps: the mean line goes through the steps all of them
+    evaluated and ends at the mean of their last evaluations, not at the last step they share."""
+    from attnbench.harness.report.compute import mean_curve
+
+    curves = pd.DataFrame({"record": ["a", "a", "a", "b", "b", "b"], "step": [50, 100, 195, 50, 100, 186],
+                           "train_s": [1.0, 2.0, 6.0, 1.2, 2.2, 6.2], "val_acc": [0.2, 0.3, 0.5, 0.2, 0.4, 0.6]})
+    mean = mean_curve(curves, "train_s")
+    assert list(mean.index) == [50, 100, 190.5]
+    assert mean.loc[190.5].tolist() == pytest.approx([6.1, 0.55])
+    same_end = curves.assign(step=[50, 100, 150, 50, 100, 150])
+    assert list(mean_curve(same_end, "train_s").index) == [50, 100, 150]

@@ -202,10 +202,18 @@ def tick(x: float, minor: bool = False) -> str:
 
 
 def mean_curve(curves: pd.DataFrame, column: str) -> pd.DataFrame:
-    """One variant's runs' mean ``column`` and ``val_acc`` per step, at the steps every run evaluated."""
+    """One variant's runs' mean ``column`` and ``val_acc`` per step, at the steps every run evaluated, ending
+    with the mean of the runs' last evaluations where those are at different steps (runs stopped by a budget
+    of time each stop at their own step)."""
     runs = curves.groupby("step")["record"].nunique()
     common = runs.index[runs == curves["record"].nunique()]
-    return curves[curves["step"].isin(common)].groupby("step")[[column, "val_acc"]].mean()
+    mean = curves[curves["step"].isin(common)].groupby("step")[[column, "val_acc"]].mean()
+    last = curves.sort_values("step").groupby("record").tail(1)
+    if last["step"].nunique() > 1:
+        mean = mean[mean.index < last["step"].min()]  # the last evaluations' own point stands for the end
+        end = last[["step", column, "val_acc"]].mean()
+        mean.loc[end["step"]] = end[[column, "val_acc"]]
+    return mean
 
 
 def figure_equal(found: dict[str, tuple[str, pd.DataFrame]], equals: dict[str, Equal], path: Path,
