@@ -7,7 +7,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,9 +20,9 @@ from attnbench.harness.results.records import read_record
 from attnbench.harness.run.distill import TeacherError, load_teacher
 from attnbench.tasks.base import load_prepared
 from conftest import TINY_CONFIG, tiny_config
+from test_pipeline_e2e import SNAKEMAKE, planned_jobs
 
 REPO = Path(__file__).resolve().parent.parent
-SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 RUNS = Path("results/runs/listops")
 TEACHER, STUDENT = RUNS / "full" / "seed0", RUNS / "distilled-full" / "seed0"
 RECORDS = [str(TEACHER / "record.json"), str(STUDENT / "record.json")]
@@ -42,13 +41,9 @@ def snakemake(work: Path, *args: str, config: str = "config.yaml") -> subprocess
 
 
 def planned(result: subprocess.CompletedProcess) -> dict[str, int]:
-    """Job counts of a dry run (empty: nothing to do)."""
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out[-3000:]
-    if "Nothing to be done" in out:
-        return {}
-    table = out.split("Job stats:", 1)[1]
-    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+    """Job counts of a dry run that succeeded (empty: nothing to do)."""
+    assert result.returncode == 0, (result.stdout + result.stderr)[-3000:]
+    return planned_jobs(result)
 
 
 def state(work: Path) -> dict[str, tuple[int, bytes]]:
