@@ -242,3 +242,22 @@ def test_the_summary_has_the_budget_and_an_older_record_trained_for_its_steps(tm
     row = record_row(old, tmp_path / "record.json")
     assert (row["budget_kind"], row["budget_limit"], row["budget_reached"]) == ("steps", 4, 4)
     assert row["train_s"] is None and row["train_flops"] is None and row["flops_per_step"] is None
+
+
+def test_the_clock_on_cuda_estimates_from_the_host_and_reads_the_events_only_when_asked():
+    """CPU twin of TrainClock's CUDA branch: between reads of the step timer (whose CUDA events wait for the
+    device) the clock adds the host's time around each step; ``exact()`` reads the timer and drops that estimate."""
+    from types import SimpleNamespace
+
+    from attnbench.harness.run.budget import TrainClock
+
+    timer = SimpleNamespace(device=torch.device("cuda"), durations=[0.5, 0.5])
+    clock = TrainClock(timer, before=10.0)
+    assert clock.exact() == 11.0
+    timer.durations.append(0.75)  # a step the device ran, not read yet
+    clock.add_host(0.25)
+    assert clock.estimate() == 11.25  # the host's clock stands in: the timer is not read
+    assert clock.exact() == 11.75 and clock.estimate() == 11.75
+    cpu = TrainClock(SimpleNamespace(device=torch.device("cpu"), durations=[0.5]))
+    cpu.add_host(9.0)
+    assert cpu.estimate() == 0.5  # on a CPU the timer itself, read at once
