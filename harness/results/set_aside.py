@@ -12,10 +12,9 @@ checkpoint or sweep JSON would fail every job that reads it. Setting a file asid
 The file is then missing, so the next ``snakemake`` makes it again; nothing is deleted. (A file kept
 in place for Snakemake to replace is linked there instead, see ``move_aside``.)
 
-A prepared dataset made again has new bytes and a new time even when its content is the same (torch
-names the archive inside after the temporary file it wrote), which would make every run built on it
-out of date. So ``note_prepared`` records a digest of its content (``content_digest``) and its time
-beside it, and gives a dataset prepared again with the recorded content its recorded time back;
+A prepared dataset made again has a new time even when its bytes are the same, which would make every
+run built on it out of date. So ``note_prepared`` records a digest of its content (``content_digest``) and
+its time beside it, and gives a dataset prepared again with the recorded content its recorded time back;
 ``keep_prepared_time`` gives it back again after Snakemake touched the file (planning calls it).
 """
 from __future__ import annotations
@@ -25,7 +24,6 @@ import hashlib
 import json
 import os
 import shutil
-import zipfile
 from pathlib import Path
 
 from attnbench.harness.core import paths
@@ -133,16 +131,12 @@ def torch_file_problem(path: Path, **want) -> str | None:
 
 
 def content_digest(path: Path) -> str:
-    """sha256 of a torch file's content: each record's name below the archive's top folder, its size and
-    its bytes. Two saves of the same objects agree although torch names the archive after the file it
-    writes (``atomic_torch_save``: a temporary name), which makes their bytes differ."""
+    """sha256 of a torch file's bytes: two saves of the same objects through ``atomic_torch_save`` (torch
+    writing to an open file, so its archive is always named ``archive``) are byte-identical."""
     digest = hashlib.sha256()
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            digest.update(f"{info.filename.split('/', 1)[-1]}\0{info.file_size}\0".encode())
-            with archive.open(info) as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
     return digest.hexdigest()
 
 
