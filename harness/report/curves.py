@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import io
+from functools import lru_cache
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -71,6 +72,22 @@ def read_curve(path: Path) -> tuple[pd.DataFrame | None, str | None]:
     return curve, (f"`{path}` " + "; ".join(problems)) if problems else None
 
 
+@lru_cache(maxsize=4096)
+def _read_curve_as_of(path: str, mtime_ns: int, size: int) -> tuple[pd.DataFrame | None, str | None]:
+    return read_curve(Path(path))
+
+
+def read_curve_once(path: Path) -> tuple[pd.DataFrame | None, str | None]:
+    """``read_curve``, reading each version of a file (its time and size) once: a report's views (the
+    validation curves, equal compute, the Summary) each load the same runs' curves."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return read_curve(path)
+    curve, problem = _read_curve_as_of(str(path), stat.st_mtime_ns, stat.st_size)
+    return (None if curve is None else curve.copy()), problem
+
+
 def load_curves(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     """Every run's readable curve in one table (with its run's task, variant, seed, status and record), and a
     warning per damaged file."""
@@ -78,7 +95,7 @@ def load_curves(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     for _, r in df.iterrows():
         if not isinstance(r["record"], str):  # no record path: nothing to look beside
             continue
-        curve, problem = read_curve(Path(r["record"]).parent / NAME)
+        curve, problem = read_curve_once(Path(r["record"]).parent / NAME)
         if problem:
             warnings.append(f"Validation curve {problem}.")
         if curve is not None and len(curve):
