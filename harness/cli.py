@@ -13,7 +13,7 @@ from attnbench.harness.core.errors import PATH_ERRORS, UsageError, UserError
 
 # Each command imports what it runs inside its function: torch, pandas and matplotlib take seconds
 # to import, and `attnbench --help` or a report should not pay for the training code.
-from attnbench.harness.results.records import RunKey
+from attnbench.harness.results.records import RunKey, task_id
 
 
 def _load(args) -> dict:
@@ -70,11 +70,13 @@ def resolved_models(config: dict) -> dict[str, dict]:
     """The model each task's runs get, every option resolved (profiles, per-task values, black-pixel
     masking): per task that of its first variant, and ``task/variant`` for a variant with its own settings."""
     from attnbench.harness.config import resolve_run
+    from attnbench.harness.config.runs import task_instances, task_settings
 
     seed = config["seeds"][0]
     first = next(iter(config["variants"]))
     out = {}
-    for task, settings in config["tasks"].items():
+    for task in task_instances(config):
+        settings = task_settings(config, task)
         out[task] = resolve_run(config, task, first, seed)["model"]
         for variant in settings.get("per_variant", {}):
             if variant in config["variants"]:
@@ -113,9 +115,11 @@ def cmd_train(args) -> int:
         raise UsageError("--teacher-dir: only a distilled run (--method distill) has a teacher")
     run = (json.loads(args.run_config) if args.run_config
            else resolve_run(_load(args), args.task, args.variant, args.seed, args.method))
+    names = {"task": task_id(run["task"]), "variant": run["variant"]["name"], "method": run["method"]["name"]}
     for key, want in (("task", args.task), ("variant", args.variant), ("method", args.method)):
-        if run[key]["name"] != want:
-            raise UsageError(f"--{key} {want} does not match the run config's {run[key]['name']}")
+        have = names[key]
+        if have != want:
+            raise UsageError(f"--{key} {want} does not match the run config's {have}")
     if run["seed"] != args.seed:
         raise UsageError(f"--seed {args.seed} does not match the run config's seed {run['seed']}")
     if run["variant"].get("source"):  # a variant from outside the repository: the run says where it lives
@@ -129,12 +133,12 @@ def cmd_train(args) -> int:
     if lease:
         print(f"gpu lease: device {lease['index']} (CUDA_VISIBLE_DEVICES={lease['cuda_visible_devices']})",
               flush=True)
-    params = run["task"]["data"]
-    data_file = Path(args.data) if args.data else paths.dataset_file(args.task, run["task"]["data_key"])
+    params, task = run["task"]["data"], run["task"]["name"]  # the registered task (of a task@length too)
+    data_file = Path(args.data) if args.data else paths.dataset_file(task, run["task"]["data_key"])
     if not data_file.exists() and not args.data:
         print(f"preparing {data_file} (not found)", flush=True)
-        save_prepared(data_file, args.task, params, build_task(args.task, params).prepare(data_file.parent / "source"))
-    data = load_prepared(data_file, args.task, params)
+        save_prepared(data_file, task, params, build_task(task, params).prepare(data_file.parent / "source"))
+    data = load_prepared(data_file, task, params)
     out = Path(args.out) if args.out else RunKey.of(run).dir
     if args.method == "distill":
         record = distill_run(run, data, out, args.teacher_dir, bar=args.progress)
@@ -171,6 +175,16 @@ def cmd_new_variant(args) -> int:
     print(f"wrote {path} (class {cls}: full softmax attention, to replace with your mechanism)\n"
           f"check it:  cd {path.parent} && attnbench check-variant {args.name}:{cls}\n"
           f"use it:    variants: {{{args.name}: {{from: \"{args.name}:{cls}\"}}}} in a config")
+    return 0
+
+
+def cmd_select(args) -> int:
+    from attnbench.harness.config.selection import write_selection
+
+    chosen = write_selection([Path(p) for p in args.trials], Path(args.out))
+    print(f"{chosen['task']}/{chosen['label']}: selected trial {chosen['trial']} of {chosen['trials']} (validation "
+          f"accuracy {chosen['best_val_acc']:.4f}; {chosen['counted']} trial(s) had one): {chosen['point']}; "
+          f"wrote {args.out}")
     return 0
 
 
@@ -318,6 +332,13 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--dir", default=".", help="folder to write it in (default: the current one)")
     sp.add_argument("--force", action="store_true", help="overwrite an existing NAME.py")
     sp.set_defaults(func=cmd_new_variant)
+
+    sp = sub.add_parser("select", help="select a tuned (task, run label)'s trial from its trial records, by "
+                        "validation accuracy (what the pipeline runs after the trials)")
+    sp.add_argument("--trials", nargs="+", required=True, help="the trial records (results/tune/TASK/LABEL/trial*/"
+                    "record.json)")
+    sp.add_argument("--out", required=True, help="the selection's JSON (results/tune/TASK/LABEL/selected.json)")
+    sp.set_defaults(func=cmd_select)
 
     sp = with_config(sub.add_parser("aggregate", help="collect the run records of a config into a summary table "
                                     "(records of other runs or configs are left out and named)"))

@@ -23,6 +23,7 @@ from attnbench.harness.config import (
     task_resources,
     validate_config,
 )
+from attnbench.harness.config.runs import final_run, split_task, task_instances, task_settings, tuning_on
 from attnbench.harness.core import locks, paths
 from attnbench.harness.results.records import RunKey
 from attnbench.harness.results.set_aside import (
@@ -63,14 +64,15 @@ shell.prefix(f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH;
 
 
 def planned_tasks():
-    """The configured tasks minus the optional ones whose source data is missing. Said when the
-    workflow is planned (dry runs too): which source files each task needs and cannot find, with
-    how to get them; tasks whose data is already prepared are not checked."""
+    """The configured tasks as runs name them (each of a task's `lengths`: task@length) minus the optional ones
+    whose source data is missing. Said when the workflow is planned (dry runs too): which source files each
+    task needs and cannot find, with how to get them; tasks whose data is already prepared are not checked."""
     planned = []
-    for task, settings in config["tasks"].items():
+    for task in task_instances(config):
+        base, settings = split_task(task)[0], task_settings(config, task)
         params = task_data_params(config, task)
-        prepared = paths.dataset_file(task, data_key(task, params)).exists()
-        problems = [] if prepared else build_task(task, params).missing_sources()
+        prepared = paths.dataset_file(base, data_key(base, params)).exists()
+        problems = [] if prepared else build_task(base, params).missing_sources()
         if problems and settings.get("optional"):
             logger.warning(f"attnbench: task {task!r} is left out (optional, its data is missing): {'; '.join(problems)}")
             continue
@@ -82,10 +84,13 @@ def planned_tasks():
 
 
 TASKS = planned_tasks()
+#: the registered tasks of TASKS (the data each prepares: one data set per task and length)
+BASE_TASKS = list(dict.fromkeys(split_task(task)[0] for task in TASKS))
 VARIANTS = list(config["variants"])
-# every run of the config: (task, variant, seed, method); rule train makes those trained from
-# labels, rules/distill.smk the others
+# every run of the config: (task, variant, seed, method, trial); rule train makes the final runs trained from
+# labels, rules/distill.smk the distilled ones, rules/tune.smk the tuning trials
 RUNS = planned_runs(config, TASKS)
+FINAL_RUNS = [run for run in RUNS if run.trial is None]
 
 
 def set_aside_unreadable_records():
@@ -150,8 +155,8 @@ def keep_finished_orphans():
     for key in sorted(MARKERS._filter_incomplete_keys([str(path) for path in RECORDS])):
         run = next(run for run in RUNS if str(run.record) == key)
         current = run_hash(config, run)
-        if RECORDS[run.record]["config_hash"] != current:
-            continue  # trained with other settings: out of date, trained again
+        if current is None or RECORDS[run.record]["config_hash"] != current:
+            continue  # trained with other settings (or its tuning not selected yet): out of date, trained again
         try:
             lock = locks.try_lock(run.dir / RUN_LOCK, info={"run_id": run.run_id, "checked_by": "snakemake planning"})
         except locks.LockFileError:
@@ -179,8 +184,8 @@ def set_aside_stale_unnoted_records():
         if record is None or MARKERS._read_record(str(run.record)) is not None:
             continue
         current = run_hash(config, run)
-        if record["config_hash"] == current:
-            continue
+        if current is None or record["config_hash"] == current:
+            continue  # (None: a tuned run whose selection is made again in this run; Snakemake's note decides)
         del RECORDS[run.record]
         reason = (f"made with other settings (config hash {record['config_hash']}, the run's is now {current}) "
                   "and Snakemake holds no note of the job that made it, so it would not train it again")
@@ -203,7 +208,16 @@ wildcard_constraints:
 
 
 def dataset_key(task):
-    return data_key(task, task_data_params(config, task))
+    return data_key(split_task(task)[0], task_data_params(config, task))
+
+
+def dataset_path(task):
+    """The prepared data of a task as runs name it (task@length: its registered task's folder, its own key)."""
+    return paths.dataset_file(split_task(task)[0], dataset_key(task))
+
+
+#: the data settings of each prepared data set, by (registered task, data key): what prepare_data is given
+DATA_PARAMS = {(split_task(task)[0], dataset_key(task)): task_data_params(config, task) for task in TASKS}
 
 
 def repair_damaged_datasets():
@@ -221,8 +235,7 @@ def repair_damaged_datasets():
     if not workflow.is_main_process:  # a job's own snakemake (cluster): its planner did this
         return remade
     for task in TASKS:
-        key = dataset_key(task)
-        path = paths.dataset_file(task, key)
+        key, path = dataset_key(task), dataset_path(task)
         problem = torch_file_problem(path, key=key, format=FORMAT_VERSION) if path.exists() else None
         if problem is None:
             keep_prepared_time(path)
@@ -248,20 +261,24 @@ REMADE = repair_damaged_datasets()
 def get_dataset(wildcards):
     """A run's prepared data; ancient (its time does not count) where a damaged one is prepared again
     by this run (REMADE, rules/data.smk): that re-runs none of the runs built on it."""
-    path = str(paths.dataset_file(wildcards.task, dataset_key(wildcards.task)))
+    path = str(dataset_path(wildcards.task))
     return ancient(path) if wildcards.task in REMADE else path
 
 
 def get_data_json(wildcards):
-    return json.dumps(task_data_params(config, wildcards.task), sort_keys=True)
+    return json.dumps(DATA_PARAMS[(wildcards.task, wildcards.key)], sort_keys=True)
 
 
 def run_json(method):
-    """A rule's param: the resolved run config of its (task, variant, seed) trained by ``method``."""
+    """A rule's param: the resolved run config of its final run (task, variant, seed) trained by ``method``; a
+    tuned one's with the point its tuning selected (rules/tune.smk: its job is planned once the selection is
+    made, ``get_selection``)."""
 
     def get(wildcards):
-        run = resolve_run(config, wildcards.task, wildcards.variant, int(wildcards.seed), method)
-        return json.dumps(run, sort_keys=True)
+        key = RunKey(wildcards.task, wildcards.variant, int(wildcards.seed), method)
+        if tuning_on(config) and selection_pending(key):
+            return "<the trial selected by tuning>"  # planned again once it is
+        return json.dumps(final_run(config, key), sort_keys=True)
 
     return get
 
@@ -272,6 +289,7 @@ def output_dir(wildcards, output):
 
 
 def get_records(wildcards=None):
+    """Every planned run's record: the final runs' and the tuning trials'."""
     return [str(run.record) for run in RUNS]
 
 

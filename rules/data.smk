@@ -1,4 +1,4 @@
-# Data preparation: one cached, versioned tensor file per task and data settings.
+# Data preparation: one cached, versioned tensor file per task and data settings (a task's lengths: one each).
 # The folder name is a hash of the settings, so changed settings prepare a new file. A damaged
 # one is prepared again without re-running the runs built on it (planning, rules/common.smk).
 
@@ -6,6 +6,8 @@
 rule prepare_data:
     output:
         "data/{task}/{key}/dataset.pt",
+    wildcard_constraints:
+        task=one_of(BASE_TASKS),  # a registered task: its lengths are data sets of its own (their keys)
     params:
         data=get_data_json,
     resources:

@@ -14,6 +14,7 @@ rule distill:
     input:
         data=get_dataset,
         teacher=lambda wc: str(RunKey(wc.task, TEACHER, int(wc.seed)).record),
+        selection=get_selection("distill"),
     output:
         report("results/runs/{task}/distilled-{variant}/seed{seed}/record.json", caption="captions/record.rst",
                category="Runs of {task}", subcategory="distilled[{variant}]",

@@ -3,7 +3,8 @@
 
 rule aggregate:
     input:
-        get_records,
+        records=get_records,
+        selections=get_selections,  # with tune: the plan below holds the tuned runs' hashes once they are made
     output:
         csv=report("results/summary.csv", caption="captions/summary_table.rst", category="Tables",
                    labels={"table": "runs (results/summary.csv)"}),
@@ -11,7 +12,7 @@ rule aggregate:
     params:
         # the planned runs, run_id -> config hash: a record is counted only as the run of this config it says it
         # is; a record of another config, or a second one of a run, is left out and named
-        plan=lambda wildcards: json.dumps(plan_hashes(config, RUNS), sort_keys=True),
+        plan=lambda wildcards, input: json.dumps(plan_hashes(config, RUNS), sort_keys=True),
     resources:
         **rule_resources("report"),
     log:
@@ -19,7 +20,7 @@ rule aggregate:
     conda:
         "../environment.yml"
     shell:
-        "attnbench aggregate --records {input} --plan {params.plan:q} --out {output.csv} > {log} 2>&1"
+        "attnbench aggregate --records {input.records} --plan {params.plan:q} --out {output.csv} > {log} 2>&1"
 
 
 rule report:

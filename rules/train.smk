@@ -1,11 +1,13 @@
 # Training from labels: one job per (task, variant, seed) of `variants:`. The resolved run
-# config is a param, so a change to any setting that affects a run re-runs exactly that run.
+# config is a param, so a change to any setting that affects a run re-runs exactly that run. With `tune:`, a
+# run waits for its tuning's selection (rules/tune.smk) and trains with the selected point.
 # (Distilled students: rules/distill.smk.)
 
 
 rule train:
     input:
         data=get_dataset,
+        selection=get_selection("labels"),
     output:
         report("results/runs/{task}/{variant}/seed{seed}/record.json", caption="captions/record.rst",
                category="Runs of {task}", subcategory="{variant}",

@@ -70,6 +70,16 @@ class Task:
     #: the token of a raw value 0 (pixel tasks: intensity 0 is token 1), which LRA masks out like padding
     #: (``model.mask_zero_tokens``); None where the task has no such value
     zero_token: int | None = None
+    #: the data setting that sets the task's sequence length, which ``tasks.<task>.lengths`` in a pipeline
+    #: config varies (ListOps' max_length, a text task's seq_len, Pathfinder's resolution); None where the
+    #: length is fixed by the data
+    length_param: str | None = None
+
+    @classmethod
+    def length_settings(cls, length: int) -> dict[str, Any]:
+        """The data settings that put the task at ``length`` (``tasks.<task>.lengths``): its ``length_param``;
+        a task whose examples are shorter than their bound sets more (ListOps: a band below it)."""
+        return {cls.length_param: length}
 
     def __init__(self, cfg):
         self.cfg = cfg

@@ -281,6 +281,14 @@ def tokenize(source: str) -> list[int]:
 class ListOps(Task):
     """ListOps: hierarchical MIN/MAX/MED/SM expressions, 10 classes (LRA)."""
 
+    length_param = "max_length"
+
+    @classmethod
+    def length_settings(cls, length: int) -> dict:
+        """At ``length``, the trees between half of it and it (min_length length // 2, max_length length): the
+        sequences are about that long, not only bounded by it (LRA's ListOps: 500 < length < 2000)."""
+        return {"max_length": length, "min_length": length // 2}
+
     @classmethod
     def tiny_params(cls, folder: Path) -> dict:
         """32 / 8 / 8 short generated trees written as release TSVs

@@ -262,6 +262,8 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
 class Pathfinder(Task):
     """Pathfinder: are two markers joined by a dashed path? Pixel sequences, 2 classes (LRA)."""
 
+    length_param = "resolution"
+
     zero_token = 1  # a black pixel (intensity 0 + 1): most of a Pathfinder image
 
     @classmethod

@@ -72,6 +72,8 @@ def read_pairs(path: Path, max_examples: int = 0) -> tuple[list[str], list[str],
 class Retrieval(Task):
     """Retrieval: AAN citation matching of two byte-level documents, 2 classes (LRA)."""
 
+    length_param = "seq_len"
+
     @classmethod
     def tiny_params(cls, folder: Path) -> dict:
         """8 / 4 / 4 pairs in the release layout (``tsv_data/new_aan_pairs.{train,eval,test}.tsv``)."""

@@ -51,6 +51,8 @@ class TextClsConfig(TextSourceConfig):
 class TextCls(Task):
     """Text classification: labelled texts (AG News by default) as byte or subword tokens."""
 
+    length_param = "seq_len"
+
     #: the Hugging Face copy suggested when a local source is missing
     hub_id: ClassVar[str] = "fancyzhx/ag_news"
 

@@ -15,7 +15,10 @@ from __future__ import annotations
 import sys
 
 from attnbench.harness.config.schema import ConfigError
+from attnbench.harness.config.tuning import apply_point, own_point, trial_points
+from attnbench.harness.core import paths
 from attnbench.harness.core.hashing import config_hash
+from attnbench.harness.core.json_values import UnreadableJSON, read_json
 from attnbench.harness.core.registry import as_dict, build_dataclass
 from attnbench.harness.results.records import RunKey
 from attnbench.harness.run.distill import student_layer_count
@@ -28,15 +31,63 @@ from attnbench.variants import VARIANTS, build_attention
 METHODS = ("labels", "distill")
 
 
+#: between a task and one of its lengths in the name runs give it: ``listops@256``
+LENGTH_SEP = "@"
+
+
+def task_instances(config: dict) -> list[str]:
+    """The tasks as runs name them: each configured task, or ``task@length`` for each of its ``lengths``
+    (each one a task of its own in the grid and the tables)."""
+    return [f"{task}{LENGTH_SEP}{length}" if length is not None else task
+            for task, settings in config["tasks"].items() for length in (settings.get("lengths") or [None])]
+
+
+def split_task(task: str) -> tuple[str, int | None]:
+    """``listops@256`` -> ("listops", 256); ``listops`` -> ("listops", None)."""
+    base, sep, length = task.partition(LENGTH_SEP)
+    return base, int(length) if sep else None
+
+
+def task_settings(config: dict, task: str) -> dict:
+    """The config's section of a task as runs name it (one of its lengths: the task's section)."""
+    return config["tasks"][split_task(task)[0]]
+
+
+def length_param(task: str) -> str | None:
+    """The data setting that a registered task's ``lengths`` set (``Task.length_param``)."""
+    return TASKS.get(task).cls.length_param
+
+
+def length_settings(task: str, length: int) -> dict:
+    """The data settings a registered task has at one of its ``lengths`` (``Task.length_settings``)."""
+    return TASKS.get(task).cls.length_settings(length)
+
+
 def task_data_params(config: dict, task: str) -> dict:
-    """The task's data settings with every default spelled out."""
-    return as_dict(TASKS.make_config(task, config["tasks"][task].get("data", {})))
+    """The task's data settings with every default spelled out; for one of its lengths (``task@length``),
+    with the settings of that length (``length_settings``)."""
+    base, length = split_task(task)
+    data = dict(config["tasks"][base].get("data", {}))
+    if length is not None:
+        data.update(length_settings(base, length))
+    return as_dict(TASKS.make_config(base, data))
+
+
+def task_section(config: dict, task: str) -> dict:
+    """A run config's ``task``: the registered task, its data settings and data key; for one of its lengths
+    also the name runs give it (``instance``), the ``length`` and the setting it sets (``length_param``)."""
+    base, length = split_task(task)
+    data = task_data_params(config, task)
+    section = {"name": base, "data": data, "data_key": data_key(base, data)}
+    if length is not None:
+        section.update(instance=task, length=length, length_param=length_param(base))
+    return section
 
 
 def variant_params(config: dict, task: str, variant: str) -> dict:
     """A variant's parameters as set for one task: its `variants:` entry (if any), overridden by
     the task's `per_variant.<variant>.params`."""
-    per_variant = config["tasks"][task].get("per_variant", {}).get(variant, {})
+    per_variant = task_settings(config, task).get("per_variant", {}).get(variant, {})
     return {**config["variants"].get(variant, {}), **per_variant.get("params", {})}
 
 
@@ -50,24 +101,24 @@ def variant_entry(variant: str, params: dict) -> dict:
 
 def planned_runs(config: dict, tasks: list[str] | None = None) -> list[RunKey]:
     """Every run of the config (on ``tasks``, default all): each variant from labels, then each
-    distilled student, per task and seed."""
-    tasks = list(config["tasks"]) if tasks is None else tasks
+    distilled student, per task and seed; then, where the config tunes (``tune:``), every tuning trial."""
+    tasks = task_instances(config) if tasks is None else tasks
     seeds = [int(s) for s in config["seeds"]]
-    return ([RunKey(t, v, s, "labels") for t in tasks for v in config["variants"] for s in seeds]
-            + [RunKey(t, v, s, "distill") for t in tasks for v in config["distill"]["students"] for s in seeds])
+    final = ([RunKey(t, v, s, "labels") for t in tasks for v in config["variants"] for s in seeds]
+             + [RunKey(t, v, s, "distill") for t in tasks for v in config["distill"]["students"] for s in seeds])
+    return final + (trial_keys(config, final) if tuning_on(config) else [])
 
 
 def _labels_run(config: dict, task: str, variant: str, seed: int, params: dict) -> dict:
-    per_task = config["tasks"][task]
+    per_task = task_settings(config, task)
     per_variant = per_task.get("per_variant", {}).get(variant, {})  # the most specific settings win
     model = build_dataclass(ModelConfig, {**config["model"], **per_task.get("model", {}),
                                           **per_variant.get("model", {})}, "model")
-    model = resolve_zero_masking(model, task)
+    model = resolve_zero_masking(model, split_task(task)[0])
     train = build_dataclass(TrainConfig, {**config["train"], **per_task.get("train", {}),
                                           **per_variant.get("train", {})}, "train")
-    data = task_data_params(config, task)
     return {
-        "task": {"name": task, "data": data, "data_key": data_key(task, data)},
+        "task": task_section(config, task),
         "variant": variant_entry(variant, params),
         "model": as_dict(model),
         "train": as_dict(train),
@@ -79,17 +130,28 @@ def _labels_run(config: dict, task: str, variant: str, seed: int, params: dict) 
     }
 
 
-def resolve_run(config: dict, task: str, variant: str, seed: int, method: str = "labels") -> dict:
+def resolve_run(config: dict, task: str, variant: str, seed: int, method: str = "labels", trial: int | None = None,
+                selection: dict | None = None) -> dict:
     """Everything one training run depends on, defaults spelled out; stored in its record.
 
     A distilled student (``method="distill"``) has its teacher's model settings with
     ``distill.student_layers`` blocks, the training settings its variant has on the task, and
     its attention's parameters from ``variants:`` / ``per_variant`` overridden by
-    ``distill.students.<variant>``; ``method`` holds the teacher and the loss settings."""
-    if task not in config["tasks"]:
-        raise ConfigError(f"task {task!r} is not in the config; configured tasks: {', '.join(config['tasks'])}")
+    ``distill.students.<variant>``; ``method`` holds the teacher and the loss settings.
+
+    Tuning (``tune:``): a ``trial`` is a tuning trial, its run trained with ``tune.train`` and the trial's point
+    of the seeded design (point 0: the run's own settings); a final run given the ``selection`` (the trial
+    selected on validation accuracy: ``{"trial", "point"}``, ``selected.json``) trains with its point. Either
+    way ``tuning`` says so (``stage``, ``trial``, ``trials``, ``point``)."""
+    if task not in task_instances(config):
+        raise ConfigError(f"task {task!r} is not in the config; configured tasks: {', '.join(task_instances(config))}")
     if method not in METHODS:
         raise ConfigError(f"training method {method!r}; known methods: {', '.join(METHODS)}")
+    run = _untuned_run(config, task, variant, seed, method)
+    return run if trial is None and selection is None else _tuned(config, run, trial, selection)
+
+
+def _untuned_run(config: dict, task: str, variant: str, seed: int, method: str) -> dict:
     if method == "labels":
         if variant not in config["variants"]:
             raise ConfigError(f"variant {variant!r} is not in the config; configured variants: "
@@ -109,21 +171,84 @@ def resolve_run(config: dict, task: str, variant: str, seed: int, method: str = 
     return run
 
 
-def run_hash(config: dict, key: RunKey) -> str:
-    """The config hash a record of the run ``key`` (task, variant, seed, method) has when it was trained with
-    this config: what planning and aggregation compare a record's ``config_hash`` with."""
-    return config_hash(resolve_run(config, *key))
+def _tuned(config: dict, run: dict, trial: int | None, selection: dict | None) -> dict:
+    """``run`` as a tuning trial (``trial``) or as a final run with the selected point (``selection``)."""
+    tune = config["tune"]
+    if trial is not None:
+        if not 0 <= trial < tune["trials"]:
+            raise ConfigError(f"trial {trial} of {RunKey.of(run).run_id}: 'tune.trials' is {tune['trials']}")
+        point, stage = trial_points(tune, own_point(run, tune["space"]))[trial], "tune"
+        run = {**run, "train": {**run["train"], **tune["train"]}}
+    else:
+        point, trial, stage = selection["point"], selection["trial"], "final"
+    try:
+        run = apply_point(run, point)
+        run["train"] = as_dict(build_dataclass(TrainConfig, run["train"], "train"))
+        run["model"] = as_dict(build_dataclass(ModelConfig, run["model"], "model"))
+        run["variant"]["params"] = as_dict(VARIANTS.make_config(run["variant"]["name"], run["variant"]["params"]))
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"tuning point {point} of {RunKey.of(run).run_id}: {exc}") from None
+    run["tuning"] = {"stage": stage, "trial": trial, "trials": tune["trials"], "point": point}
+    return run
+
+
+def tuning_on(config: dict) -> bool:
+    """Whether the config tunes every (task, run label) before its final runs (``tune.trials`` > 0)."""
+    return config.get("tune", {}).get("trials", 0) > 0
+
+
+def trial_seed(config: dict) -> int:
+    """The seed every tuning trial trains with: the first of the final runs' seeds (a distilled student's trials
+    learn from the teacher's final run of that seed)."""
+    return int(config["seeds"][0])
+
+
+def trial_keys(config: dict, final: list[RunKey]) -> list[RunKey]:
+    """The tuning trials of the (task, variant, method) of the final runs ``final``: ``tune.trials`` each."""
+    pairs = dict.fromkeys((key.task, key.variant, key.method) for key in final)
+    return [RunKey(task, variant, trial_seed(config), method, trial)
+            for task, variant, method in pairs for trial in range(config["tune"]["trials"])]
+
+
+def read_selection(key: RunKey) -> dict | None:
+    """The trial selected for ``key``'s (task, label) (``selected.json``, written by ``attnbench select``), or None
+    while it is not there (the trials have not all run); a file that cannot be read counts as not there."""
+    try:
+        selection = read_json(paths.selection_file(key.task, key.label))
+    except (OSError, UnreadableJSON):
+        return None
+    return selection if isinstance(selection, dict) and {"trial", "point"} <= set(selection) else None
+
+
+def final_run(config: dict, key: RunKey) -> dict | None:
+    """The resolved config of the run ``key``: a trial's, an untuned final run's, or a tuned final run's with its
+    selection (None while none has been made)."""
+    if key.trial is not None or not tuning_on(config):
+        return resolve_run(config, *key)
+    selection = read_selection(key)
+    return None if selection is None else resolve_run(config, *key, selection=selection)
+
+
+def run_hash(config: dict, key: RunKey) -> str | None:
+    """The config hash a record of the run ``key`` (task, variant, seed, method, trial) has when it was trained
+    with this config: what planning and aggregation compare a record's ``config_hash`` with. None for a tuned
+    final run whose trial is not selected yet."""
+    run = final_run(config, key)
+    return None if run is None else config_hash(run)
 
 
 def plan_hashes(config: dict, runs: list[RunKey] | None = None) -> dict[str, str]:
-    """``{run_id: run_hash}`` of ``runs`` (by default every run of the config): an aggregation's plan."""
-    return {key.run_id: run_hash(config, key) for key in (planned_runs(config) if runs is None else runs)}
+    """``{run_id: run_hash}`` of ``runs`` (by default every run of the config, trials included): an
+    aggregation's plan. A tuned final run whose trial is not selected yet is left out."""
+    keys = planned_runs(config) if runs is None else runs
+    hashes = {key.run_id: run_hash(config, key) for key in keys}
+    return {run_id: value for run_id, value in hashes.items() if value is not None}
 
 
 def task_resources(config: dict, task: str, group: str) -> dict:
     """What one of ``task``'s jobs of rule ``group`` asks its scheduler for: ``resources.<group>``
     with ``tasks.<task>.resources.<group>`` over it."""
-    own = (config["tasks"][task].get("resources") or {}).get(group) or {}
+    own = (task_settings(config, task).get("resources") or {}).get(group) or {}
     return {**config["resources"][group], **own}
 
 
@@ -144,11 +269,13 @@ def check_task_data(config: dict) -> list[str]:
     names it; here the field's full key, e.g. 'tasks.listops.data.min_length'. A class without
     one has none."""
     problems = []
-    for task in config["tasks"]:
-        data = TASKS.make_config(task, task_data_params(config, task))
+    for task in task_instances(config):
+        base, length = split_task(task)
+        data = TASKS.make_config(base, task_data_params(config, task))
         check = getattr(data, "problems", None)
+        at = f" (at its length {length})" if length is not None else ""
         if callable(check):
-            problems.extend(check(key=lambda name, task=task: f"'tasks.{task}.data.{name}'"))
+            problems.extend(line + at for line in check(key=lambda name, base=base: f"'tasks.{base}.data.{name}'"))
     return problems
 
 
@@ -162,7 +289,7 @@ def check_attention_params(config: dict) -> list[str]:
     LSH bucket count, say) is said before any job starts, naming the run."""
     problems, seen = [], set()
     for run_key in planned_runs(config):
-        run = resolve_run(config, run_key.task, run_key.variant, run_key.seed, run_key.method)
+        run = resolve_run(config, *run_key)
         variant, model = run["variant"], run["model"]
         key = (variant["name"], repr(sorted(variant["params"].items())), model["dim"], model["heads"])
         if key in seen:
@@ -180,7 +307,7 @@ def check_micro_batches(config: dict) -> list[str]:
     micro-batches are equal, so their mean loss is the batch's. One line per pair of values that does
     not fit, naming the runs that have it."""
     bad: dict[tuple[int, int], list[str]] = {}
-    for task in config["tasks"]:
+    for task in task_instances(config):
         for variant in config["variants"]:
             train = resolve_run(config, task, variant, int(config["seeds"][0]))["train"]
             if train["batch_size"] % train["accumulate"]:
@@ -202,7 +329,7 @@ def check_distill(config: dict) -> list[str]:
                         f"and seed) or name a configured one: {', '.join(config['variants'])}")
     elif distill["student_layers"]:
         layers = {task: resolve_run(config, task, teacher, int(config["seeds"][0]))["model"]["layers"]
-                  for task in config["tasks"]}
+                  for task in task_instances(config)}
         shallow = {task: n for task, n in layers.items() if distill["student_layers"] > n}
         if shallow:
             fewest = min(shallow.values())

@@ -95,6 +95,11 @@ def _task_entry(entry, model: dict, train: dict, resources_schema: dict) -> dict
         "type": "object", "additionalProperties": False, "default": {}, "description": entry.description,
         "properties": {
             "data": {**dataclass_schema(entry.config), "description": f"{entry.name} data settings"},
+            "lengths": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2,
+                        "uniqueItems": True, "description": (
+                            "run the task at each of these lengths (its data setting "
+                            f"{entry.cls.length_param or '(none: its length is fixed)'}): each one a task of its "
+                            "own in the grid, named task@length, for accuracy against length")},
             "optional": {"type": "boolean", "default": False,
                          "description": ("true: when the source data is missing, leave the task out of the run "
                                          "(with a warning) instead of failing its prepare_data job")},

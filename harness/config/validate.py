@@ -14,6 +14,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from attnbench.harness.bench.settings import check_bench
+from attnbench.harness.config.protocol import check_lengths, check_tune
 from attnbench.harness.config.runs import check_runs, migrate
 from attnbench.harness.config.schema import (
     ConfigError,
@@ -135,6 +136,7 @@ def validate_config(config: dict) -> dict:
             lines = {line.replace(f"'variants.{name}.", f"'variants.{name}.params.") for line in lines}
         raise ConfigError.of(sorted(lines))
     _expand_model_profiles(normalised)
+    given_lengths = check_lengths(normalised)  # before the defaults fill every task's length setting in
     apply_defaults(schema, normalised)
     for section, params in normalised["tasks"].items():  # model dim/heads compatibility
         for variant, over in {"": {}, **params.get("per_variant", {})}.items():
@@ -147,7 +149,9 @@ def validate_config(config: dict) -> dict:
                 pixel = ", ".join(t for t in TASKS.names() if TASKS.get(t).cls.zero_token is not None)
                 raise ConfigError.of([f"'{where}.model.mask_zero_tokens' is true, but task {section!r} has no "
                                       f"raw zero value to mask (pixel tasks have one: {pixel})"])
-    problems = check_budgets(normalised) + check_per_variant(normalised) + check_runs(normalised)
+    problems = check_budgets(normalised) + check_per_variant(normalised) + given_lengths
+    problems += check_tune(normalised)
+    problems = problems or check_runs(normalised)
     problems += check_bench(normalised)
     if problems:
         raise ConfigError.of(problems)

@@ -7,6 +7,8 @@ from pathlib import Path
 
 DATA = Path("data")
 RUNS = Path("results/runs")
+#: tuning (``tune:``): each (task, label)'s trials and the trial selected for its final runs
+TUNE = Path("results/tune")
 SUMMARY_CSV = Path("results/summary.csv")
 SUMMARY_PARQUET = Path("results/summary.parquet")
 REPORTS = Path("reports")
@@ -37,6 +39,16 @@ def label_dir(label: str) -> str:
 
 def run_dir(task: str, label: str, seed: int) -> Path:
     return RUNS / task / label_dir(label) / f"seed{seed}"
+
+
+def trial_dir(task: str, label: str, trial: int) -> Path:
+    """A tuning trial's folder (``results/tune/TASK/LABEL/trialN``)."""
+    return TUNE / task / label_dir(label) / f"trial{trial}"
+
+
+def selection_file(task: str, label: str) -> Path:
+    """The trial selected for (task, label)'s final runs (``results/tune/TASK/LABEL/selected.json``)."""
+    return TUNE / task / label_dir(label) / "selected.json"
 
 
 def bench_file(variant: str) -> Path:

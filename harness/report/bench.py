@@ -45,7 +45,7 @@ def _power_fit(n: pd.Series, y: pd.Series) -> tuple[float, float]:
     return float(np.exp(log_a)), float(b)
 
 
-def _ok(df: pd.DataFrame) -> pd.DataFrame:
+def ok_cases(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["status"] == "ok"]
 
 
@@ -55,7 +55,7 @@ def fit_exponents(df: pd.DataFrame) -> pd.DataFrame:
     the number of ok points and their n range."""
     rows = []
     for key, g in df.groupby(GROUP, sort=True):
-        ok = _ok(g)
+        ok = ok_cases(g)
         rows.append({
             **dict(zip(GROUP, key, strict=True)), "points": len(ok),
             "n_min": ok["n"].min() if len(ok) else np.nan, "n_max": ok["n"].max() if len(ok) else np.nan,
@@ -213,7 +213,7 @@ def _extrapolated_crossover(cases: pd.DataFrame, impl: str, metric: str) -> str:
     measured n and the impl's exponent is lower by at least ``EXPONENT_MARGIN``; '–' otherwise."""
     fits = {}
     for who in (impl, BASELINE):
-        ok = _ok(cases.loc[who]).reset_index()
+        ok = ok_cases(cases.loc[who]).reset_index()
         fits[who] = _power_fit(ok["n"], ok[metric])
     (a_i, b_i), (a_f, b_f) = fits[impl], fits[BASELINE]
     if not np.isfinite([a_i, b_i, a_f, b_f]).all() or b_i > b_f - EXPONENT_MARGIN:
@@ -290,13 +290,13 @@ def _not_ok_label(statuses) -> str:
     return "/".join(s.upper() if s == "oom" else s for s in sorted(set(statuses)))
 
 
-def _plot_panel(ax, cases: pd.DataFrame, exps: pd.DataFrame, metric: str, palette: dict) -> None:
+def plot_scaling_panel(ax, cases: pd.DataFrame, exps: pd.DataFrame, metric: str, palette: dict) -> None:
     """One log-log panel: a line per impl over its ok cases; an 'x' on the top edge where not ok."""
     exp_col = EXPONENT_COLUMNS[metric]
     failed = set()
     for impl in impl_order(cases["impl"]):
         g = cases[cases["impl"] == impl].sort_values("n")
-        ok = _ok(g)
+        ok = ok_cases(g)
         ok = ok[ok[metric].notna() & (ok[metric] > 0)]
         b = exps.loc[exps["impl"] == impl, exp_col]
         label = f"{impl} (b={b.iloc[0]:.2f})" if len(b) and pd.notna(b.iloc[0]) else impl
@@ -329,7 +329,7 @@ def figure_scaling(df: pd.DataFrame, path: Path, metric: str, dtype: str, batch:
     if metric not in METRIC_LABELS:
         raise ValueError(f"metric must be one of {sorted(METRIC_LABELS)}, not {metric!r}")
     sub = df[(df["dtype"] == dtype) & (df["batch"] == batch)]
-    if not (_ok(sub)[metric] > 0).any():
+    if not (ok_cases(sub)[metric] > 0).any():
         return None
     palette = impl_palette(df["impl"])
     exps = fit_exponents(sub)
@@ -341,7 +341,7 @@ def figure_scaling(df: pd.DataFrame, path: Path, metric: str, dtype: str, batch:
             ax = axes[i][j]
             sel = (sub["scope"] == scope) & (sub["mode"] == mode)
             ex = (exps["scope"] == scope) & (exps["mode"] == mode)
-            _plot_panel(ax, sub[sel], exps[ex], metric, palette)
+            plot_scaling_panel(ax, sub[sel], exps[ex], metric, palette)
             ax.set_title(f"{scope}, {mode}", fontsize=10)
             ax.set_xlabel("sequence length n")
             ax.set_ylabel(METRIC_LABELS[metric])
@@ -413,7 +413,7 @@ def machine_line(df: pd.DataFrame) -> str:
 
 def method_line(df: pd.DataFrame) -> str:
     """How the numbers were measured, from the table itself."""
-    ok = _ok(df)
+    ok = ok_cases(df)
     rounds = sorted(ok["rounds"].dropna().astype(int).unique())
     rounds_text = (f"{rounds[0]}" if len(rounds) == 1 else f"{rounds[0]}–{rounds[-1]}") if rounds else "?"
     memory = "; ".join(sorted(ok["peak_method"].dropna().astype(str).unique())) or "not measured"
@@ -461,7 +461,7 @@ def flops_table(df: pd.DataFrame, scope: str, mode: str, dtype: str, batch: int)
     """Per impl: the attention kernel and SDPA kernels it ran (in order of length: dense, then gather, say),
     analytic GFLOP and GFLOP/s at its largest ok n (and that rate as a % of the machine's matmul peak,
     ``peak_share``), and the counted / analytic range over its ok cases."""
-    ok = _ok(df[(df["scope"] == scope) & (df["mode"] == mode) & (df["dtype"] == dtype) & (df["batch"] == batch)])
+    ok = ok_cases(df[(df["scope"] == scope) & (df["mode"] == mode) & (df["dtype"] == dtype) & (df["batch"] == batch)])
     rows = []
     for impl in impl_order(ok["impl"].unique()):
         g = ok[ok["impl"] == impl].sort_values("n")

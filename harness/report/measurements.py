@@ -21,7 +21,7 @@ RUN_COLUMNS = {
                      "params", "layers", "attention_flops_fwd", "seq_len", "batch_size", "torch_threads",
                      "teacher_train_tokens_per_s", "teacher_eval_tokens_per_s", "teacher_params", "teacher_layers",
                      "distill_temperature", "distill_alpha", "budget_limit", "budget_reached", "train_s",
-                     "train_flops", "flops_per_step"], NON_NEGATIVE),
+                     "train_flops", "flops_per_step", "trial", "length"], NON_NEGATIVE),
 }
 #: bench.csv column -> its range (``attnbench.harness.bench.files``)
 BENCH_COLUMNS = dict.fromkeys(["n", "batch", "median_s", "min_s", "max_s", "iqr_s", "rounds", "tokens_per_s",

@@ -18,6 +18,7 @@ from attnbench.harness.report.bench import BENCH_ENV_COLUMNS, bench_environment_
 from attnbench.harness.report.compute import equal_compute_section
 from attnbench.harness.report.differences import differences_section
 from attnbench.harness.report.distillation import distillation_section
+from attnbench.harness.report.length import length_section
 from attnbench.harness.report.lra import lra_section, published_reference_section
 from attnbench.harness.report.machines import for_accuracy, for_cost, machines, machines_table, with_machines
 from attnbench.harness.report.marks import MARK
@@ -30,6 +31,7 @@ from attnbench.harness.report.runs import (
     runs_section,
 )
 from attnbench.harness.report.summary import summary_section
+from attnbench.harness.report.tuning import final_runs, tuned_line, tuning_section
 from attnbench.harness.report.writer import Document, read_table
 from attnbench.harness.results.aggregate import left_out_file, set_aside_file
 
@@ -108,7 +110,8 @@ def render_report(summary_csv: Path | list[Path] | None, out_dir: Path, bench_cs
         _environment(doc, bench_environment_table(bench), "library")
         return _write(doc, title)
     df = with_machines(df)
-    acc, cost = for_accuracy(df), for_cost(df)
+    final = final_runs(df)  # every section but Tuning shows the final runs; the trials are Tuning's
+    acc, cost = for_accuracy(final), for_cost(final)
     title = "attnbench report"
     doc.heading(1, title)
     doc.note(f"Generated {_stamp()} from {sources}. {_status_line(df, 'runs')}"
@@ -125,19 +128,21 @@ def render_report(summary_csv: Path | list[Path] | None, out_dir: Path, bench_cs
     for path in summaries:
         _set_aside_note(doc, set_aside_file(path))
         _left_out_note(doc, left_out_file(path))
-    summary_section(doc, acc, df, _single_machine_bench(bench))
+    summary_section(doc, acc, final, _single_machine_bench(bench), tuned=tuned_line(df))
     doc.toc()
     accuracy_section(doc, acc)
     differences_section(doc, acc)
+    tuning_section(doc, df)
     lra_section(doc, acc, lra_average)
     figures_section(doc, cost)
     equal_compute_section(doc, acc, cost)
+    length_section(doc, acc, _single_machine_bench(bench))
     cost_section(doc, cost)
     if not bench.empty:
         _bench_sections(doc, bench, benches)
     distillation_section(doc, cost)
     published_reference_section(doc, acc, lra_average)
-    runs_section(doc, df)
+    runs_section(doc, final)
     _about(doc, df)
     return _write(doc, title)
 

@@ -16,6 +16,7 @@ from attnbench.harness.report.bench import headline
 from attnbench.harness.report.compute import equal_time_best
 from attnbench.harness.report.differences import accuracy_bounds, runs_of, seed_accuracies
 from attnbench.harness.report.frontier import figure_frontier, frontiers
+from attnbench.harness.report.length import length_lines
 from attnbench.harness.report.marks import MARK, footnote, mark
 from attnbench.harness.report.measurements import whole
 from attnbench.harness.report.stats import LEVEL, paired_difference, t_interval
@@ -139,16 +140,19 @@ def bench_line(bench: pd.DataFrame) -> str | None:
             f"batch {batch}): " + "; ".join(parts) + ".")
 
 
-def summary_section(doc: Document, acc: pd.DataFrame, runs: pd.DataFrame, bench: pd.DataFrame) -> None:
+def summary_section(doc: Document, acc: pd.DataFrame, runs: pd.DataFrame, bench: pd.DataFrame,
+                    tuned: str | None = None) -> None:
     """The opening section; every sentence is computed from the tables: ``acc`` the runs as the
     accuracy tables group them, ``runs`` the runs themselves (with their ``machine`` when several: the
     frontiers are per machine), ``bench`` the sweep of one machine (empty: none, or several machines,
-    whose sweeps are never pooled)."""
+    whose sweeps are never pooled); ``tuned`` the line that says the accuracies are of tuned settings
+    (``tuning.tuned_line``), first."""
     doc.heading(2, "Summary")
-    lines = []
+    lines = [tuned] if tuned else []
     per_machine = list(_per_machine(runs))
     if not acc.empty:
         lines += [line for line in (task_line(acc, t) for t in sorted(acc["task"].unique())) if line]
+        lines += length_lines(acc)
         for machine, runs in per_machine:  # frontiers and equal time are of one machine's costs: never across
             lines += [f"On {machine}: {line}" if machine else line
                       for line in frontier_lines(runs) + equal_time_lines(runs)]

@@ -5,7 +5,10 @@ is ``distilled[<attention>]``); ``attention`` is the model's attention variant a
 how it was trained. ``budget_kind``, ``budget_limit`` and ``budget_reached`` say what the run trained
 for (``train.budget``; a record from before budgets trained for its planned steps) and what it reached;
 ``train_s`` is its training-step time (evaluation excluded), ``train_flops`` its training FLOPs
-(``flops_per_step`` x steps done; empty where not counted).
+(``flops_per_step`` x steps done; empty where not counted). ``task`` is the task as runs name it
+(``listops@256`` at one of a task's lengths: ``base_task``, ``length``, ``length_param``); ``stage`` is
+``final`` or ``tune`` (a tuning trial, with no test accuracy), ``trial`` and ``point`` a trial's index and
+settings (a tuned final run's: the selected trial's).
 
 A record is counted only as the run it is. One that cannot be read, or lies about itself (its
 numbers, its identity, or the run folder it lies in: ``records.read_record``) is set aside
@@ -15,6 +18,7 @@ of one run (the one in its own run folder is counted). Left-out records stay whe
 are listed in ``summary.left_out.json``."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import NamedTuple
 
@@ -28,7 +32,8 @@ from attnbench.tasks.lra_settings import ran_lra_settings
 from attnbench.variants import VARIANTS
 
 COLUMNS = [
-    "task", "variant", "attention", "method", "published_as", "seed", "status", "message", "best_val_acc", "test_acc",
+    "task", "base_task", "length", "length_param", "variant", "attention", "method", "published_as", "seed",
+    "stage", "trial", "point", "status", "message", "best_val_acc", "test_acc",
     "best_step", "tested_checkpoint", "chance_acc", "majority_test_acc", "steps_done", "steps_planned", "wall_s",
     "budget_kind", "budget_limit", "budget_reached", "train_s", "train_flops", "flops_per_step",
     "train_steps_per_s", "train_tokens_per_s", "eval_tokens_per_s", "peak_memory_mb",
@@ -61,6 +66,21 @@ def budget_columns(training: dict) -> dict:
             **{k: training.get(k) for k in ("train_s", "train_flops", "flops_per_step")}}
 
 
+def task_columns(task: dict) -> dict:
+    """The registered task of a run's task, and the length it ran at where the task runs at several
+    (``tasks.<task>.lengths``: the task is ``task@length``)."""
+    return {"base_task": task["name"], "length": task.get("length"), "length_param": task.get("length_param")}
+
+
+def stage_columns(record: dict) -> dict:
+    """A tuning trial (stage tune) or a final run; the trial and its point (a tuned final run: the selected
+    trial and point), as sorted JSON. A record from before tuning is a final run."""
+    tuning = record["config"].get("tuning") or {}
+    point = tuning.get("point")
+    return {"stage": record.get("stage", "final"), "trial": tuning.get("trial"),
+            "point": json.dumps(point, sort_keys=True) if point is not None else None}
+
+
 def published_as(record: dict) -> str | None:
     """The model of LRA's published Table 1 that the run (its variant with its parameters, trained
     from labels as LRA's were) implements."""
@@ -86,9 +106,10 @@ def record_row(record: dict, path: Path) -> dict:
         return None if b is None else b / 2**20
 
     return {
-        "task": record["task"], "variant": record["label"], "attention": record["variant"],
+        "task": record["task"], **task_columns(record["config"]["task"]),
+        "variant": record["label"], "attention": record["variant"],
         "method": record["method"], "published_as": published_as(record),
-        "seed": record["seed"],
+        "seed": record["seed"], **stage_columns(record),
         "status": record["status"], "message": record["message"],
         "best_val_acc": record["accuracy"]["best_val"], "test_acc": record["accuracy"]["test"],
         "best_step": record["accuracy"]["best_step"],
@@ -109,7 +130,7 @@ def record_row(record: dict, path: Path) -> dict:
         "git_commit": env["git"]["commit"], "git_dirty": env["git"]["dirty"],
         **teacher_columns(record),
         "config_hash": record["config_hash"], "setup_hash": setup_hash(record),
-        "lra_settings": ran_lra_settings(record["task"], record["config"]["task"].get("data", {}),
+        "lra_settings": ran_lra_settings(record["config"]["task"]["name"], record["config"]["task"].get("data", {}),
                                          record["data"]["seq_len"]),
         "record": str(path),
     }
@@ -117,7 +138,7 @@ def record_row(record: dict, path: Path) -> dict:
 
 def _table(rows: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame(rows, columns=COLUMNS)
-    return df.sort_values(["task", "variant", "seed"], kind="stable").reset_index(drop=True)
+    return df.sort_values(["task", "variant", "stage", "trial", "seed"], kind="stable").reset_index(drop=True)
 
 
 def set_aside_file(out_csv: Path) -> Path:

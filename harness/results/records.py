@@ -34,12 +34,20 @@ class RecordError(UserError, ValueError):
 
 
 class RunKey(NamedTuple):
-    """What identifies a run: (task, variant, seed, method)."""
+    """What identifies a run: (task, variant, seed, method, trial). ``task`` is the task as runs name it:
+    the registered task, or ``task@length`` for one of the lengths a task runs at (``tasks.<task>.lengths``).
+    ``trial`` is set for a tuning trial (stage ``tune``: ``tune:``), None for a final run."""
 
     task: str
     variant: str
     seed: int
     method: str = "labels"
+    trial: int | None = None
+
+    @property
+    def stage(self) -> str:
+        """``final`` (a run the report compares) or ``tune`` (a tuning trial)."""
+        return "final" if self.trial is None else "tune"
 
     @property
     def label(self) -> str:
@@ -48,11 +56,14 @@ class RunKey(NamedTuple):
 
     @property
     def run_id(self) -> str:
-        return f"{self.task}/{self.label}/seed{self.seed}"
+        last = f"seed{self.seed}" if self.trial is None else f"trial{self.trial}"
+        return f"{self.task}/{self.label}/{last}"
 
     @property
     def dir(self) -> Path:
-        return paths.run_dir(self.task, self.label, self.seed)
+        if self.trial is None:
+            return paths.run_dir(self.task, self.label, self.seed)
+        return paths.trial_dir(self.task, self.label, self.trial)
 
     @property
     def record(self) -> Path:
@@ -61,7 +72,15 @@ class RunKey(NamedTuple):
     @classmethod
     def of(cls, run: dict) -> RunKey:
         """The key of a resolved run config."""
-        return cls(run["task"]["name"], run["variant"]["name"], int(run["seed"]), run["method"]["name"])
+        tuning = run.get("tuning") or {}
+        trial = tuning.get("trial") if tuning.get("stage") == "tune" else None
+        return cls(task_id(run["task"]), run["variant"]["name"], int(run["seed"]), run["method"]["name"], trial)
+
+
+def task_id(task: dict) -> str:
+    """The task as a run config's ``task`` section names it for runs: ``instance`` (``task@length``) where the
+    task runs at several lengths, else its registered ``name``."""
+    return task.get("instance") or task["name"]
 
 
 @lru_cache(maxsize=1)
@@ -72,7 +91,15 @@ def _validator() -> Draft202012Validator:
 
 def _name(config: dict, section: str):
     entry = config.get(section)
-    return entry.get("name") if isinstance(entry, dict) else None
+    if not isinstance(entry, dict):
+        return None
+    return task_id(entry) if section == "task" and "name" in entry else entry.get("name")
+
+
+def _stage(config: dict) -> tuple[str, int | None]:
+    """The stage and trial a run config says (``tuning``): a trial's, or ``final`` with no trial."""
+    tuning = config.get("tuning") if isinstance(config.get("tuning"), dict) else {}
+    return ("tune", tuning.get("trial")) if tuning.get("stage") == "tune" else ("final", None)
 
 
 def identity_problems(record: dict) -> list[str]:
@@ -88,8 +115,14 @@ def identity_problems(record: dict) -> list[str]:
     fields = ("task", "variant", "method") if record["schema_version"] >= 2 else ("task",)
     problems += [f"{field} {record[field]!r} but its config's {field} {_name(config, field)!r}"
                  for field in fields if _name(config, field) != record[field]]
+    stage, trial = _stage(config)
+    if record.get("stage", "final") != stage:
+        problems.append(f"stage {record.get('stage', 'final')!r} but its config's {stage!r}")
+    elif stage == "tune" and record.get("trial") != trial:
+        problems.append(f"trial {record.get('trial')!r} but its config's {trial!r}")
     if record["schema_version"] >= 2:
-        key = RunKey(record["task"], record["variant"], record["seed"], record["method"])
+        key = RunKey(record["task"], record["variant"], record["seed"], record["method"],
+                     record.get("trial") if stage == "tune" else None)
         problems += [f"{field} {record[field]!r} is not {want!r}"
                      for field, want in (("label", key.label), ("run_id", key.run_id)) if record[field] != want]
     return problems
@@ -111,22 +144,25 @@ def validate_record(record: dict, where: str = "record") -> None:
 
 
 def run_folder(path: Path) -> tuple[str, ...] | None:
-    """The run a record's place names, as its folders (task, label folder, seed folder), when it lies
-    in a run folder ``runs/TASK/LABEL/seedS/``; None elsewhere."""
+    """The run a record's place names, as its folders (runs or tune, task, label folder, seed or trial
+    folder), when it lies in a run folder ``runs/TASK/LABEL/seedS/`` or a trial's ``tune/TASK/LABEL/trialN/``;
+    None elsewhere."""
     parts = Path(path).absolute().parts
-    if len(parts) >= 5 and parts[-5] == paths.RUNS.name and parts[-1] == RECORD_NAME:
-        return parts[-4:-1]
+    if len(parts) >= 5 and parts[-5] in (paths.RUNS.name, paths.TUNE.name) and parts[-1] == RECORD_NAME:
+        return parts[-5:-1]
     return None
 
 
 def place_problem(path: Path, record: dict) -> str | None:
     """Why ``record`` is not the record of the run folder it lies in (None: it is, or lies in none)."""
     folder = run_folder(path)
-    own = paths.run_dir(record["task"], record["label"], record["seed"]).relative_to(paths.RUNS).parts
+    key = RunKey(record["task"], record["variant"], record["seed"], record["method"],
+                 record.get("trial") if record.get("stage") == "tune" else None)
+    own = key.dir.relative_to(key.dir.parents[3]).parts
     if folder is None or folder == own:
         return None
     return (f"{path} is the record of {record['run_id']} but lies in the run folder of "
-            f"{'/'.join(folder)} (its own: {'/'.join(own)}): it is not that run's record")
+            f"{'/'.join(folder[1:])} (its own: {'/'.join(own[1:])}): it is not that run's record")
 
 
 def write_record(path: Path, record: dict) -> None:

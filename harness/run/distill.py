@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.harness.core.registry import param
-from attnbench.harness.results.records import RECORD_NAME, RecordError, RunKey, read_record
+from attnbench.harness.results.records import RECORD_NAME, RecordError, RunKey, read_record, task_id
 from attnbench.harness.run.model import EncoderClassifier, model_for_run
 from attnbench.harness.run.train import Trainer, train_run
 from attnbench.tasks.base import DataError, PreparedData
@@ -206,7 +206,7 @@ class DistillTrainer(Trainer):
 
 def teacher_key(run: dict) -> RunKey:
     """The teacher's run: the teacher variant trained from labels, same task and seed."""
-    return RunKey(run["task"]["name"], run["method"]["teacher"], int(run["seed"]))
+    return RunKey(task_id(run["task"]), run["method"]["teacher"], int(run["seed"]))
 
 
 def teacher_entry(run: dict, teacher_dir: Path, out_dir: Path) -> tuple[dict, Path | None]:
@@ -214,7 +214,8 @@ def teacher_entry(run: dict, teacher_dir: Path, out_dir: Path) -> tuple[dict, Pa
     teacher_dir = Path(teacher_dir)
     record_path = teacher_dir / RECORD_NAME
     teacher = run["method"]["teacher"]
-    hint = (f"train the teacher first: attnbench train --task {run['task']['name']} --variant {teacher} "
+    task = task_id(run["task"])
+    hint = (f"train the teacher first: attnbench train --task {task} --variant {teacher} "
             f"--seed {run['seed']} --out {teacher_dir}")
     if not record_path.exists():
         raise TeacherError(f"teacher record {record_path} not found; {hint}")
@@ -222,9 +223,10 @@ def teacher_entry(run: dict, teacher_dir: Path, out_dir: Path) -> tuple[dict, Pa
         record = read_record(record_path)
     except RecordError as exc:
         raise TeacherError(f"{exc}\n{hint}") from exc
-    if (record["task"], record["variant"], record["method"]) != (run["task"]["name"], teacher, "labels"):
+    if ((record["task"], record["variant"], record["method"], record.get("stage", "final"))
+            != (task, teacher, "labels", "final")):
         raise TeacherError(f"{record_path} is the record of {record['run_id']}, not of a {teacher} teacher on "
-                           f"{run['task']['name']}; {hint}")
+                           f"{task} (a final run); {hint}")
     checkpoint = teacher_dir / record["training"]["checkpoint"] if record["training"]["checkpoint"] else None
 
     def rel(p: Path) -> str:

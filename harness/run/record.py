@@ -80,6 +80,8 @@ def build_record(*, run: dict, data: PreparedData, status: str, message: str | N
         "method": key.method,
         "label": key.label,
         "seed": key.seed,
+        "stage": key.stage,
+        "trial": (run.get("tuning") or {}).get("trial"),
         "config_hash": config_hash(run),
         "status": status,
         "message": message,

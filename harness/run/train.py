@@ -563,11 +563,24 @@ def write_curve(path: Path, rows: list[dict]) -> None:
 
 
 def baselines(data: PreparedData) -> dict:
+    """Chance, the training set's majority class, and that class's test accuracy (None where the data holds
+    no test split: a tuning trial's, ``withhold_test``)."""
     train_labels = data.splits["train"]["labels"]
     majority = int(torch.bincount(train_labels, minlength=data.num_classes).argmax())
-    test_labels = data.splits["test"]["labels"]
+    test = data.splits.get("test")
     return {"chance": 1.0 / data.num_classes, "majority_class": majority,
-            "majority_test_acc": float((test_labels == majority).float().mean())}
+            "majority_test_acc": float((test["labels"] == majority).float().mean()) if test else None}
+
+
+def is_trial(run: dict) -> bool:
+    """Whether ``run`` is a tuning trial (``tuning.stage`` tune): it trains and validates, never tests."""
+    return (run.get("tuning") or {}).get("stage") == "tune"
+
+
+def withhold_test(data: PreparedData) -> PreparedData:
+    """``data`` without its test split (the tensors are shared, not copied): what a tuning trial trains on, so
+    that nothing it does (training, validation, selection, its record) can read a test example."""
+    return dataclasses.replace(data, splits={k: v for k, v in data.splits.items() if k != "test"})
 
 
 def resume(trainer: Trainer, run: dict, inputs: dict | None, out_dir: Path, log: Log, rebuild) -> Trainer:
@@ -609,6 +622,8 @@ def train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None = N
     Raises ``RunFolderBusy`` (and writes nothing) while another process trains in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if is_trial(run):
+        data = withhold_test(data)
     lock = own_run_folder(out_dir, RunKey.of(run).run_id)
     try:
         return _train_run(run, data, out_dir, bar, trainer_cls, trainer_kwargs, extra)
@@ -670,7 +685,7 @@ def _train_run(run: dict, data: PreparedData, out_dir: Path, bar: bool | None, t
                 log.close()
             if trainer is not None:  # a run that diverged or failed did not complete the step it stopped in
                 steps_done = steps_done or max(0, trainer.step - (status in ("diverged", "oom", "failed")))
-            if trainer is not None and status in ("ok", "diverged", "timeout"):
+            if trainer is not None and status in ("ok", "diverged", "timeout") and not is_trial(run):
                 try:
                     test_acc = trainer.test(status)
                 except Exception as exc:  # the test pass's failure is a record too

@@ -1,0 +1,82 @@
+"""Tuning and lengths through snakemake: a tiny config that tunes two variants at two ListOps lengths. The trials
+run as jobs of their own, the checkpoint selects on validation accuracy, the final runs are planned once it has
+and train with its point, the report holds the Tuning and the accuracy-against-length sections; the same trials
+select the same point again, and nothing then re-runs."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pandas as pd
+import pytest
+import yaml
+
+from attnbench.harness.results.records import read_record
+from test_pipeline_e2e import planned_jobs, snakemake
+
+TUNED = {
+    "seeds": [0],
+    "variants": {"full": {}, "linear": {}},
+    "model": {"layers": 1, "dim": 16, "heads": 2, "mlp_dim": 32},
+    "train": {"steps": 16, "batch_size": 16, "eval_every": 8, "warmup_steps": 4},
+    "tune": {"trials": 3, "seed": 1, "space": {"train.lr": {"low": 1.0e-4, "high": 1.0e-2, "log": True}},
+             "train": {"steps": 8}},
+    "tasks": {"listops": {"lengths": [16, 32],
+                          "data": {"n_train": 160, "n_val": 40, "n_test": 40, "max_depth": 4, "max_args": 4}}},
+    "bench": {"enabled": False},
+}
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    work = tmp_path_factory.mktemp("tuned")
+    (work / "config.yaml").write_text(yaml.safe_dump(TUNED))
+    dry = snakemake(work, "-n")
+    assert dry.returncode == 0, dry.stderr[-3000:]
+    result = snakemake(work)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return work, planned_jobs(dry)
+
+
+@pytest.mark.slow
+def test_trials_are_jobs_and_the_final_runs_train_with_the_selected_point(tuned):
+    work, dry = tuned
+    # before any trial ran, the plan holds every trial and the final runs (waiting on the selection)
+    assert dry["trial"] == 2 * 2 * 3 and dry["select_trial"] == 2 * 2 and dry["train"] == 2 * 2
+    for task in ("listops@16", "listops@32"):
+        for label in ("full", "linear"):
+            selection = json.loads((work / f"results/tune/{task}/{label}/selected.json").read_text())
+            trials = [read_record(work / f"results/tune/{task}/{label}/trial{t}/record.json") for t in range(3)]
+            assert all(t["stage"] == "tune" and t["accuracy"]["test"] is None for t in trials)
+            best = max(range(3), key=lambda t: (trials[t]["accuracy"]["best_val"], -t))
+            assert selection["trial"] == best
+            final = read_record(work / f"results/runs/{task}/{label}/seed0/record.json")
+            assert final["config"]["tuning"] == {"stage": "final", "trial": best, "trials": 3,
+                                                 "point": selection["point"]}
+            assert final["config"]["train"]["lr"] == selection["point"]["train.lr"]
+            assert final["config"]["train"]["steps"] == 16 and final["accuracy"]["test"] is not None
+    df = pd.read_csv(work / "results/summary.csv")
+    assert sorted(df["stage"].value_counts().items()) == [("final", 4), ("tune", 12)]
+    assert set(df["length"]) == {16, 32} and set(df["base_task"]) == {"listops"}
+    report = (work / "reports/summary.md").read_text()
+    assert "## Tuning" in report and "## Accuracy against length" in report
+    assert "Accuracies are of tuned settings (3 trials per variant" in report
+    assert "**listops** at 2 lengths" in report
+    assert (work / "reports/figures/tuning.png").exists() and (work / "reports/figures/accuracy_vs_length.png").exists()
+
+
+@pytest.mark.slow
+def test_the_same_trials_select_the_same_point_and_nothing_reruns(tuned):
+    work, _ = tuned
+    assert planned_jobs(snakemake(work, "-n")) == {}
+    pair = work / "results/tune/listops@32/linear"
+    before = json.loads((pair / "selected.json").read_text())
+    shutil.rmtree(pair)  # its trials and selection, gone: trained and selected again
+    result = snakemake(work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = json.loads((pair / "selected.json").read_text())
+    assert (after["trial"], after["point"], after["best_val_acc"]) == (before["trial"], before["point"],
+                                                                       before["best_val_acc"])
+    out = result.stdout + result.stderr
+    assert "rule train:" not in out  # the same selection: the final runs keep their records
+    assert planned_jobs(snakemake(work, "-n")) == {}
