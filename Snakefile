@@ -26,9 +26,11 @@ if not workflow.overwrite_configfiles:
 include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/tune_plan.smk"
+include: "rules/seeds_plan.smk"
 include: "rules/tune.smk"
 include: "rules/train.smk"
 include: "rules/distill.smk"
+include: "rules/seeds.smk"
 include: "rules/bench.smk"
 include: "rules/report.smk"
 

@@ -70,9 +70,9 @@ def resolved_models(config: dict) -> dict[str, dict]:
     """The model each task's runs get, every option resolved (profiles, per-task values, black-pixel
     masking): per task that of its first variant, and ``task/variant`` for a variant with its own settings."""
     from attnbench.harness.config import resolve_run
-    from attnbench.harness.config.runs import task_instances, task_settings
+    from attnbench.harness.config.runs import seed_list, task_instances, task_settings
 
-    seed = config["seeds"][0]
+    seed = seed_list(config)[0]
     first = next(iter(config["variants"]))
     out = {}
     for task in task_instances(config):
@@ -188,6 +188,22 @@ def cmd_select(args) -> int:
     return 0
 
 
+def cmd_seed_round(args) -> int:
+    from attnbench.harness.config.seed_rounds import write_seed_round
+
+    try:
+        seeds, labels = json.loads(args.seeds), json.loads(args.labels)
+    except ValueError as exc:
+        raise UsageError(f"--seeds / --labels are not JSON ({exc})") from None
+    decision = write_seed_round([Path(p) for p in args.records or []], args.task, labels, seeds, args.round,
+                                Path(args.out))
+    grow = {label: n for label, n in decision["next"].items() if n != decision["counts"][label]}
+    print(f"{args.task} round {args.round}: seeds {decision['counts']}; "
+          + (f"more seeds for {grow}" if grow else "done: every comparison resolved or at the maximum")
+          + f"; wrote {args.out}")
+    return 0
+
+
 def cmd_aggregate(args) -> int:
     from attnbench.harness.results.aggregate import aggregate, left_out_file, set_aside_file
 
@@ -271,7 +287,12 @@ def cmd_report(args) -> int:
         benches += [p for p in found if p.name == "bench.csv"]
     if not summaries and not benches and not args.bench_only:
         summaries = [paths.SUMMARY_CSV]
-    index = render_report(summaries or None, Path(args.out), benches or None, lra_average=args.lra_average)
+    try:
+        seeds = json.loads(args.seeds) if args.seeds else None
+    except ValueError as exc:
+        raise UsageError(f"--seeds is not JSON ({exc}): give the config's adaptive seeds settings") from None
+    index = render_report(summaries or None, Path(args.out), benches or None, lra_average=args.lra_average,
+                          seeds=seeds)
     print(f"report: {index.resolve()}")
     return 0
 
@@ -340,6 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="the selection's JSON (results/tune/TASK/LABEL/selected.json)")
     sp.set_defaults(func=cmd_select)
 
+    sp = sub.add_parser("seed-round", help="adaptive seeds: decide from one task's final records which run labels "
+                        "get more seeds (what the pipeline runs after each round)")
+    sp.add_argument("--task", required=True)
+    sp.add_argument("--round", type=int, required=True)
+    sp.add_argument("--seeds", required=True, help="the config's adaptive seeds settings, JSON")
+    sp.add_argument("--labels", required=True, help="the task's run labels, a JSON list")
+    sp.add_argument("--records", nargs="*", help="the task's final records so far")
+    sp.add_argument("--out", required=True, help="the round's JSON (results/seeds/TASK/roundR.json)")
+    sp.set_defaults(func=cmd_seed_round)
+
     sp = with_config(sub.add_parser("aggregate", help="collect the run records of a config into a summary table "
                                     "(records of other runs or configs are left out and named)"))
     sp.add_argument("--runs", default=str(paths.RUNS), help="folder searched for record.json files")
@@ -379,6 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--results", nargs="+", metavar="DIR",
                     help="results folders, each giving its summary.csv and bench.csv where present")
     sp.add_argument("--bench-only", action="store_true", help="a report of the efficiency sweep alone")
+    sp.add_argument("--seeds", help="adaptive seeds settings ({min, max, step, target}, JSON): add the Seeds "
+                    "section (how each comparison ended against the target)")
     sp.add_argument("--lra-average", type=int, choices=(5, 6), default=5,
                     help="LRA average over 5 tasks (LRA's own) or 6 with a Path-X FAIL as 50 (S4 and later)")
     sp.add_argument("--out", default=str(paths.REPORTS))

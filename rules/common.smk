@@ -289,8 +289,9 @@ def output_dir(wildcards, output):
 
 
 def get_records(wildcards=None):
-    """Every planned run's record: the final runs' and the tuning trials'."""
-    return [str(run.record) for run in RUNS]
+    """Every planned run's record: the final runs' (with adaptive seeds, those its rounds decided on:
+    rules/seeds_plan.smk) and the tuning trials'."""
+    return final_records() + [str(run.record) for run in RUNS if run.trial is not None]
 
 
 # The efficiency sweep (rules/bench.smk): the variants it measures, none when `bench.enabled` is false.

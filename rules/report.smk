@@ -36,6 +36,8 @@ rule report:
     params:
         bench=bench_option,
         lra_average=config["report"]["lra_average"],
+        # adaptive seeds: the report's Seeds section says how each comparison ended against the target
+        seeds=lambda wildcards: f"--seeds {shlex.quote(json.dumps(ADAPTIVE))}" if ADAPTIVE else "",
     resources:
         **rule_resources("report"),
     log:
@@ -43,4 +45,4 @@ rule report:
     conda:
         "../environment.yml"
     shell:
-        "attnbench report --summary {input.summary} {params.bench} --lra-average {params.lra_average} --out reports > {log} 2>&1"
+        "attnbench report --summary {input.summary} {params.bench} --lra-average {params.lra_average} {params.seeds} --out reports > {log} 2>&1"

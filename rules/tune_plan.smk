@@ -2,7 +2,7 @@
 # final run (rules/train.smk, rules/distill.smk) and the aggregation wait for.
 from snakemake.exceptions import IncompleteCheckpointException
 
-from attnbench.harness.config.runs import trial_seed
+from attnbench.harness.config.runs import first_seed
 from attnbench.harness.core.paths import label_dir
 
 #: each run label's folder name -> (variant, method): the trials' {label} wildcard
@@ -11,7 +11,7 @@ TRIAL_LABELS = {label_dir(run.label): (run.variant, run.method) for run in RUNS 
 
 def trial_key(wildcards):
     variant, method = TRIAL_LABELS[wildcards.label]
-    return RunKey(wildcards.task, variant, trial_seed(config), method, int(wildcards.trial))
+    return RunKey(wildcards.task, variant, first_seed(config), method, int(wildcards.trial))
 
 
 def trial_teacher(wildcards):

@@ -1,6 +1,6 @@
 """Checks of the fair-comparison protocol's config sections that the schema cannot express: a task's
-``lengths`` (accuracy against length) and ``tune:`` (an equal tuning budget per variant). One line per
-problem, each naming its key; ``validate.validate_config`` raises them together."""
+``lengths`` (accuracy against length), ``tune:`` (an equal tuning budget per variant) and adaptive
+``seeds:``. One line per problem, each naming its key; ``validate.validate_config`` raises them together."""
 from __future__ import annotations
 
 from attnbench.harness.config.runs import length_param, length_settings
@@ -53,4 +53,24 @@ def check_tune(config: dict) -> list[str]:
         build_dataclass(TrainConfig, {**config["train"], **tune["train"]}, "'tune.train'")
     except (ValueError, TypeError) as exc:
         problems.append(str(exc))
+    return problems
+
+
+def run_labels(config: dict) -> list[str]:
+    """The run labels of the config: its variants (trained from labels) and its distilled students."""
+    return list(config["variants"]) + [f"distilled[{student}]" for student in config["distill"]["students"]]
+
+
+def check_seeds(config: dict) -> list[str]:
+    """Adaptive ``seeds:``: min at most max, and a reference that is one of the config's run labels."""
+    seeds = config["seeds"]
+    if not isinstance(seeds, dict):
+        return []
+    problems = []
+    if seeds["min"] > seeds["max"]:
+        problems.append(f"'seeds.min' ({seeds['min']}) is above 'seeds.max' ({seeds['max']})")
+    labels = run_labels(config)
+    if seeds["target"]["reference"] not in labels:
+        problems.append(f"'seeds.target.reference' is {seeds['target']['reference']!r}, not a run of the config; "
+                        f"name one of: {', '.join(labels)}")
     return problems

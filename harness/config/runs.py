@@ -101,9 +101,10 @@ def variant_entry(variant: str, params: dict) -> dict:
 
 def planned_runs(config: dict, tasks: list[str] | None = None) -> list[RunKey]:
     """Every run of the config (on ``tasks``, default all): each variant from labels, then each
-    distilled student, per task and seed; then, where the config tunes (``tune:``), every tuning trial."""
+    distilled student, per task and seed (adaptive seeds: every seed a run may get, ``seed_list``); then,
+    where the config tunes (``tune:``), every tuning trial."""
     tasks = task_instances(config) if tasks is None else tasks
-    seeds = [int(s) for s in config["seeds"]]
+    seeds = seed_list(config)
     final = ([RunKey(t, v, s, "labels") for t in tasks for v in config["variants"] for s in seeds]
              + [RunKey(t, v, s, "distill") for t in tasks for v in config["distill"]["students"] for s in seeds])
     return final + (trial_keys(config, final) if tuning_on(config) else [])
@@ -197,16 +198,28 @@ def tuning_on(config: dict) -> bool:
     return config.get("tune", {}).get("trials", 0) > 0
 
 
-def trial_seed(config: dict) -> int:
-    """The seed every tuning trial trains with: the first of the final runs' seeds (a distilled student's trials
+def adaptive_seeds(config: dict) -> dict | None:
+    """The adaptive ``seeds:`` settings ({min, max, step, target}), or None where the config lists its seeds."""
+    return config["seeds"] if isinstance(config["seeds"], dict) else None
+
+
+def seed_list(config: dict) -> list[int]:
+    """Every seed a final run may have: the listed seeds, or with adaptive seeds 0..max-1 (each (task, run label)
+    runs seeds 0..n-1, n decided by the rounds of ``harness/config/seed_rounds.py``)."""
+    adaptive = adaptive_seeds(config)
+    return list(range(adaptive["max"])) if adaptive else [int(s) for s in config["seeds"]]
+
+
+def first_seed(config: dict) -> int:
+    """The first of the final runs' seeds: the one every tuning trial trains with (a distilled student's trials
     learn from the teacher's final run of that seed)."""
-    return int(config["seeds"][0])
+    return seed_list(config)[0]
 
 
 def trial_keys(config: dict, final: list[RunKey]) -> list[RunKey]:
     """The tuning trials of the (task, variant, method) of the final runs ``final``: ``tune.trials`` each."""
     pairs = dict.fromkeys((key.task, key.variant, key.method) for key in final)
-    return [RunKey(task, variant, trial_seed(config), method, trial)
+    return [RunKey(task, variant, first_seed(config), method, trial)
             for task, variant, method in pairs for trial in range(config["tune"]["trials"])]
 
 
@@ -309,7 +322,7 @@ def check_micro_batches(config: dict) -> list[str]:
     bad: dict[tuple[int, int], list[str]] = {}
     for task in task_instances(config):
         for variant in config["variants"]:
-            train = resolve_run(config, task, variant, int(config["seeds"][0]))["train"]
+            train = resolve_run(config, task, variant, first_seed(config))["train"]
             if train["batch_size"] % train["accumulate"]:
                 bad.setdefault((train["accumulate"], train["batch_size"]), []).append(f"{task}/{variant}")
     return [f"'train.accumulate' ({accumulate}) does not divide 'train.batch_size' ({batch_size}) in the runs "
@@ -328,7 +341,7 @@ def check_distill(config: dict) -> list[str]:
                         f"`{teacher}: {{}}` there (each student is trained from the {teacher} run of the same task "
                         f"and seed) or name a configured one: {', '.join(config['variants'])}")
     elif distill["student_layers"]:
-        layers = {task: resolve_run(config, task, teacher, int(config["seeds"][0]))["model"]["layers"]
+        layers = {task: resolve_run(config, task, teacher, first_seed(config))["model"]["layers"]
                   for task in task_instances(config)}
         shallow = {task: n for task, n in layers.items() if distill["student_layers"] > n}
         if shallow:

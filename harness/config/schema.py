@@ -173,6 +173,8 @@ def format_error(err, prefix: str = "") -> str:
         count = (f"exactly {low}" if low == high else f"at least {low}" if high is None
                  else f"at most {high}" if not low else f"{low} to {high}")
         return f"{where} is {err.instance!r}; give {count} value{'s' if (high or low) != 1 else ''}"
+    if kind == "oneOf":
+        return f"{where} is {err.instance!r}; expected {sub.get('description', 'one of the forms its schema allows')}"
     if kind == "uniqueItems":
         return f"{where} is {err.instance!r}; each value may appear only once"
     return f"{where}: {err.message}"
@@ -191,6 +193,10 @@ def _to_number(value: str, kind: str) -> Any:
 def coerce_numbers(schema: dict, instance: Any) -> Any:
     """Numbers written as text become numbers where the schema wants one: YAML reads
     ``1e-3`` as a string, and ``snakemake --config seeds=[1,2]`` passes strings."""
+    if "oneOf" in schema:  # the branch of the instance's own kind (a list, a mapping), e.g. `seeds`
+        want = "array" if isinstance(instance, list) else "object" if isinstance(instance, dict) else None
+        branch = next((b for b in schema["oneOf"] if b.get("type") == want), None)
+        return coerce_numbers(branch, instance) if branch else instance
     kind = schema.get("type")
     if isinstance(instance, str) and kind in ("number", "integer"):
         return _to_number(instance.strip(), kind)
@@ -215,6 +221,8 @@ def apply_defaults(schema: dict, instance: Any) -> Any:
     section (variants, tasks) only the entries the config names are filled, never added."""
     if not isinstance(instance, dict):
         return instance
+    if "oneOf" in schema:  # a mapping where a list is the other form (adaptive `seeds`): the mapping's defaults
+        schema = next((b for b in schema["oneOf"] if b.get("type") == "object"), schema)
     is_registry = "x-registry" in schema
     for key, prop in schema.get("properties", {}).items():
         if key not in instance and "default" in prop and not is_registry:

@@ -14,7 +14,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from attnbench.harness.bench.settings import check_bench
-from attnbench.harness.config.protocol import check_lengths, check_tune
+from attnbench.harness.config.protocol import check_lengths, check_seeds, check_tune
 from attnbench.harness.config.runs import check_runs, migrate
 from attnbench.harness.config.schema import (
     ConfigError,
@@ -150,7 +150,7 @@ def validate_config(config: dict) -> dict:
                 raise ConfigError.of([f"'{where}.model.mask_zero_tokens' is true, but task {section!r} has no "
                                       f"raw zero value to mask (pixel tasks have one: {pixel})"])
     problems = check_budgets(normalised) + check_per_variant(normalised) + given_lengths
-    problems += check_tune(normalised)
+    problems += check_tune(normalised) + check_seeds(normalised)
     problems = problems or check_runs(normalised)
     problems += check_bench(normalised)
     if problems:

@@ -23,6 +23,7 @@ from attnbench.harness.report.lra import lra_section, published_reference_sectio
 from attnbench.harness.report.machines import for_accuracy, for_cost, machines, machines_table, with_machines
 from attnbench.harness.report.marks import MARK
 from attnbench.harness.report.measurements import BENCH_COLUMNS, RUN_COLUMNS, case_name, clean, run_name
+from attnbench.harness.report.resolution import resolution_section
 from attnbench.harness.report.runs import (
     accuracy_section,
     cost_section,
@@ -77,7 +78,7 @@ def _write(doc: Document, title: str) -> Path:
 
 
 def render_report(summary_csv: Path | list[Path] | None, out_dir: Path, bench_csv: Path | list[Path] | None = None,
-                  lra_average: int = 5) -> Path:
+                  lra_average: int = 5, seeds: dict | None = None) -> Path:
     """Render ``out_dir/index.html`` and ``out_dir/summary.md`` (figures in ``out_dir/figures``)
     from the training runs' ``summary_csv`` and/or the efficiency sweep's ``bench_csv``, each one
     path or several (results from several machines: the machine becomes a dimension, see
@@ -87,7 +88,8 @@ def render_report(summary_csv: Path | list[Path] | None, out_dir: Path, bench_cs
     from the accuracies and their confidence intervals to accuracy at equal compute, the costs, the
     sweep and the single runs, and ends with the machines and code the numbers come from. With only
     the sweep, the report holds the sweep alone. ``lra_average`` is the LRA average's convention (5 or
-    6 tasks, ``attnbench.harness.report.lra_published``). Raises NothingToReport when nothing holds a row."""
+    6 tasks, ``attnbench.harness.report.lra_published``); ``seeds`` the adaptive seeds settings, whose target the
+    Seeds section holds each comparison to. Raises NothingToReport when nothing holds a row."""
     summaries, benches = _paths(summary_csv), _paths(bench_csv)
     (df, run_warnings), (bench, bench_warnings) = (_read_all(summaries, RUN_COLUMNS, run_name),
                                                    _read_all(benches, BENCH_COLUMNS, case_name))
@@ -132,6 +134,7 @@ def render_report(summary_csv: Path | list[Path] | None, out_dir: Path, bench_cs
     doc.toc()
     accuracy_section(doc, acc)
     differences_section(doc, acc)
+    resolution_section(doc, final, seeds)
     tuning_section(doc, df)
     lra_section(doc, acc, lra_average)
     figures_section(doc, cost)
