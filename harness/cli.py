@@ -70,7 +70,8 @@ def resolved_models(config: dict) -> dict[str, dict]:
     """The model each task's runs get, every option resolved (profiles, per-task values, black-pixel
     masking): per task that of its first variant, and ``task/variant`` for a variant with its own settings."""
     from attnbench.harness.config import resolve_run
-    from attnbench.harness.config.runs import seed_list, task_instances, task_settings
+    from attnbench.harness.config.runs import task_instances, task_settings
+    from attnbench.harness.config.seeds import seed_list
 
     seed = seed_list(config)[0]
     first = next(iter(config["variants"]))

@@ -23,7 +23,8 @@ from attnbench.harness.config import (
     task_resources,
     validate_config,
 )
-from attnbench.harness.config.runs import final_run, split_task, task_instances, task_settings, tuning_on
+from attnbench.harness.config.runs import final_run, split_task, task_instances, task_settings
+from attnbench.harness.config.tuned_runs import tuning_on
 from attnbench.harness.core import locks, paths
 from attnbench.harness.results.records import RunKey
 from attnbench.harness.results.set_aside import (

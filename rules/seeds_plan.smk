@@ -1,6 +1,6 @@
 # Planning of adaptive seeds (`seeds: {min, max, step, target}`, rules/seeds.smk): which final runs each round of a
 # task holds, read from the round before (a checkpoint), and the records the aggregation takes once a task is done.
-from attnbench.harness.config.runs import adaptive_seeds
+from attnbench.harness.config.seeds import adaptive_seeds
 from attnbench.harness.core.json_values import read_json
 
 ADAPTIVE = adaptive_seeds(config)

@@ -2,7 +2,7 @@
 # final run (rules/train.smk, rules/distill.smk) and the aggregation wait for.
 from snakemake.exceptions import IncompleteCheckpointException
 
-from attnbench.harness.config.runs import first_seed
+from attnbench.harness.config.seeds import first_seed
 from attnbench.harness.core.paths import label_dir
 
 #: each run label's folder name -> (variant, method): the trials' {label} wildcard

@@ -10,8 +10,8 @@ import pytest
 import yaml
 
 from attnbench.harness.config import ConfigError, planned_runs, resolve_run, validate_config
-from attnbench.harness.config.runs import first_seed, seed_list
 from attnbench.harness.config.seed_rounds import SeedRoundError, write_seed_round
+from attnbench.harness.config.seeds import first_seed, seed_list
 from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.core.io import atomic_write_json
 from attnbench.harness.results.records import RunKey, read_record

@@ -15,10 +15,9 @@ from __future__ import annotations
 import sys
 
 from attnbench.harness.config.schema import ConfigError
-from attnbench.harness.config.tuning import apply_point, own_point, trial_points
-from attnbench.harness.core import paths
+from attnbench.harness.config.seeds import first_seed, seed_list
+from attnbench.harness.config.tuned_runs import read_selection, trial_keys, tuned_run, tuning_on
 from attnbench.harness.core.hashing import config_hash
-from attnbench.harness.core.json_values import UnreadableJSON, read_json
 from attnbench.harness.core.registry import as_dict, build_dataclass
 from attnbench.harness.results.records import RunKey
 from attnbench.harness.run.distill import student_layer_count
@@ -149,7 +148,7 @@ def resolve_run(config: dict, task: str, variant: str, seed: int, method: str = 
     if method not in METHODS:
         raise ConfigError(f"training method {method!r}; known methods: {', '.join(METHODS)}")
     run = _untuned_run(config, task, variant, seed, method)
-    return run if trial is None and selection is None else _tuned(config, run, trial, selection)
+    return run if trial is None and selection is None else tuned_run(config, run, trial, selection)
 
 
 def _untuned_run(config: dict, task: str, variant: str, seed: int, method: str) -> dict:
@@ -170,67 +169,6 @@ def _untuned_run(config: dict, task: str, variant: str, seed: int, method: str) 
     run["method"] = {"name": "distill", "teacher": distill["teacher"], "student_layers": layers,
                      "temperature": distill["temperature"], "alpha": distill["alpha"]}
     return run
-
-
-def _tuned(config: dict, run: dict, trial: int | None, selection: dict | None) -> dict:
-    """``run`` as a tuning trial (``trial``) or as a final run with the selected point (``selection``)."""
-    tune = config["tune"]
-    if trial is not None:
-        if not 0 <= trial < tune["trials"]:
-            raise ConfigError(f"trial {trial} of {RunKey.of(run).run_id}: 'tune.trials' is {tune['trials']}")
-        point, stage = trial_points(tune, own_point(run, tune["space"]))[trial], "tune"
-        run = {**run, "train": {**run["train"], **tune["train"]}}
-    else:
-        point, trial, stage = selection["point"], selection["trial"], "final"
-    try:
-        run = apply_point(run, point)
-        run["train"] = as_dict(build_dataclass(TrainConfig, run["train"], "train"))
-        run["model"] = as_dict(build_dataclass(ModelConfig, run["model"], "model"))
-        run["variant"]["params"] = as_dict(VARIANTS.make_config(run["variant"]["name"], run["variant"]["params"]))
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"tuning point {point} of {RunKey.of(run).run_id}: {exc}") from None
-    run["tuning"] = {"stage": stage, "trial": trial, "trials": tune["trials"], "point": point}
-    return run
-
-
-def tuning_on(config: dict) -> bool:
-    """Whether the config tunes every (task, run label) before its final runs (``tune.trials`` > 0)."""
-    return config.get("tune", {}).get("trials", 0) > 0
-
-
-def adaptive_seeds(config: dict) -> dict | None:
-    """The adaptive ``seeds:`` settings ({min, max, step, target}), or None where the config lists its seeds."""
-    return config["seeds"] if isinstance(config["seeds"], dict) else None
-
-
-def seed_list(config: dict) -> list[int]:
-    """Every seed a final run may have: the listed seeds, or with adaptive seeds 0..max-1 (each (task, run label)
-    runs seeds 0..n-1, n decided by the rounds of ``harness/config/seed_rounds.py``)."""
-    adaptive = adaptive_seeds(config)
-    return list(range(adaptive["max"])) if adaptive else [int(s) for s in config["seeds"]]
-
-
-def first_seed(config: dict) -> int:
-    """The first of the final runs' seeds: the one every tuning trial trains with (a distilled student's trials
-    learn from the teacher's final run of that seed)."""
-    return seed_list(config)[0]
-
-
-def trial_keys(config: dict, final: list[RunKey]) -> list[RunKey]:
-    """The tuning trials of the (task, variant, method) of the final runs ``final``: ``tune.trials`` each."""
-    pairs = dict.fromkeys((key.task, key.variant, key.method) for key in final)
-    return [RunKey(task, variant, first_seed(config), method, trial)
-            for task, variant, method in pairs for trial in range(config["tune"]["trials"])]
-
-
-def read_selection(key: RunKey) -> dict | None:
-    """The trial selected for ``key``'s (task, label) (``selected.json``, written by ``attnbench select``), or None
-    while it is not there (the trials have not all run); a file that cannot be read counts as not there."""
-    try:
-        selection = read_json(paths.selection_file(key.task, key.label))
-    except (OSError, UnreadableJSON):
-        return None
-    return selection if isinstance(selection, dict) and {"trial", "point"} <= set(selection) else None
 
 
 def final_run(config: dict, key: RunKey) -> dict | None:
