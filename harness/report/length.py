@@ -1,4 +1,4 @@
-"""Accuracy against length (issue 27): a task the config runs at several lengths (ListOps' maximum
+"""Accuracy against length: a task the config runs at several lengths (ListOps' maximum
 length, Pathfinder's resolution, a text task's truncation length: the runs' ``length``, named by
 ``length_param``) becomes one task per length (``task`` 'listops@256' of ``base_task`` 'listops'). Per
 base task this view shows each variant's test accuracy at every length beside the efficiency sweep's

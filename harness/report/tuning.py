@@ -1,4 +1,4 @@
-"""The report's Tuning section (issue 27, part 1): per task and variant, the trials a tuning ran before the
+"""The report's Tuning section: per task and variant, the trials a tuning ran before the
 final runs, each variant given the same number of trials: tuned against untuned validation accuracy, the
 settings selected, how much the accuracy varied across trials (how sensitive the variant is to its settings)
 and after how many trials the best was first found (whether the budget sufficed), with the best-so-far curve
