@@ -40,6 +40,7 @@ include: "rules/report.smk"
 rule all:
     default_target: True
     input:
+        seed_targets,
         get_records,
         get_bench_files,
         "reports/index.html",

@@ -24,3 +24,18 @@ checkpoint seed_round:
     shell:
         "attnbench seed-round --task {wildcards.task} --round {wildcards.round} --seeds {params.seeds:q} "
         "--labels {params.labels:q} --records {input} --out {output} > {log} 2>&1"
+
+
+# One target per task, so that every task's rounds are planned from the start (side by side, not one task after
+# the other): the final records its rounds decided on, one path a line, once its last round has decided.
+rule seeds_final:
+    input:
+        lambda wildcards: adaptive_records(wildcards.task),
+    output:
+        "results/seeds/{task}/final.txt",
+    log:
+        "logs/seeds/{task}/final.log",
+    conda:
+        "../environment.yml"
+    shell:
+        "printf '%s\\n' {input} > {output} 2> {log}"

@@ -43,3 +43,9 @@ def final_records():
     if ADAPTIVE is None:
         return [str(run.record) for run in FINAL_RUNS]
     return [path for task in TASKS for path in adaptive_records(task)]
+
+
+def seed_targets(wildcards=None):
+    """With adaptive seeds, each task's list of its decided final records (what the seeds_final rule writes), a target of its own
+    per task, so that Snakemake plans every task's rounds at once."""
+    return [f"results/seeds/{task}/final.txt" for task in TASKS] if ADAPTIVE else []

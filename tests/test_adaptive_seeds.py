@@ -1,13 +1,11 @@
-"""Adaptive seeds (``seeds: {min, max, step, target}``) as the pipeline runs them: the config, one round's decision
-from a task's final records on disk (``attnbench seed-round``), and the rounds through snakemake's checkpoints."""
+"""Adaptive seeds (``seeds: {min, max, step, target}``) as the pipeline runs them: the config, and one round's
+decision from a task's final records on disk (``attnbench seed-round``). The rounds through snakemake's checkpoints:
+tests/test_pipeline_tuning.py."""
 from __future__ import annotations
 
 import json
-import re
 
-import pandas as pd
 import pytest
-import yaml
 
 from attnbench.harness.config import ConfigError, planned_runs, resolve_run, validate_config
 from attnbench.harness.config.seed_rounds import SeedRoundError, write_seed_round
@@ -17,7 +15,6 @@ from attnbench.harness.core.io import atomic_write_json
 from attnbench.harness.results.records import RunKey, read_record
 from attnbench.harness.run.train import train_run
 from conftest import tiny_config
-from test_pipeline_e2e import planned_jobs, snakemake
 
 ADAPTIVE = {"min": 3, "max": 5, "step": 1}
 
@@ -110,37 +107,3 @@ def test_a_round_refuses_records_of_another_task_or_stage(template_record, tmp_p
     [path] = write_fake_records(config, template_record, tmp_path, {"full": 1})
     with pytest.raises(SeedRoundError, match="not a final run of task 'image'"):
         write_seed_round([path], "image", ["full"], config["seeds"], 0, tmp_path / "round0.json")
-
-
-SEEDED = {
-    "seeds": {"min": 2, "max": 3},
-    "variants": {"full": {}, "linear": {}},
-    "model": {"layers": 1, "dim": 16, "heads": 2, "mlp_dim": 32},
-    "train": {"steps": 6, "batch_size": 16, "eval_every": 3, "warmup_steps": 1},
-    "tasks": {"listops": {"data": {"n_train": 120, "n_val": 30, "n_test": 30, "min_length": 2, "max_length": 20,
-                                   "max_depth": 3, "max_args": 4}}},
-    "bench": {"enabled": False},
-}
-
-
-@pytest.mark.slow
-def test_the_pipeline_runs_rounds_of_seeds_until_a_round_adds_none(tmp_path):
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(SEEDED))
-    dry = snakemake(tmp_path, "-n")
-    assert planned_jobs(dry)["train"] == 2 * 2 and planned_jobs(dry)["seed_round"] == 1  # round 0: min seeds
-    result = snakemake(tmp_path)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    rounds = sorted((tmp_path / "results/seeds/listops").glob("round*.json"))
-    decisions = [json.loads(path.read_text()) for path in rounds]
-    assert decisions[0]["counts"] == {"full": 2, "linear": 2} and decisions[-1]["done"]
-    assert all(not d["done"] for d in decisions[:-1]) and len(decisions) <= 2  # min 2, max 3: one more round at most
-    final = decisions[-1]["counts"]
-    trained = {(label, int(seed)) for label, seed in
-               re.findall(r"results/runs/listops/(\w+)/seed(\d+)/record.json", " ".join(
-                   str(p.relative_to(tmp_path)) for p in tmp_path.glob("results/runs/**/record.json")))}
-    assert trained == {(label, seed) for label, n in final.items() for seed in range(n)}  # no seed beyond a round's
-    df = pd.read_csv(tmp_path / "results/summary.csv")
-    assert sorted(map(tuple, df[["variant", "seed"]].values.tolist())) == sorted(trained)
-    report = (tmp_path / "reports/summary.md").read_text()
-    assert "## Seeds" in report and "| listops | linear |" in report
-    assert planned_jobs(snakemake(tmp_path, "-n")) == {}

@@ -1,4 +1,4 @@
-"""Accuracy against length in the report (issue 27, part 3): a task run at several lengths (``base_task``
+"""Accuracy against length in the report: a task run at several lengths (``base_task``
 'listops' as 'listops@64' ... 'listops@512', its ``length`` and ``length_param``) gets a table of each
 variant's test accuracy per length, a figure beside the sweep's cost against length, and a Summary line
 saying from which length each variant falls more than 5 points below full and stays there. Runs' tables
@@ -16,6 +16,7 @@ from attnbench.harness.report.length import (
     length_lines,
     length_section,
     length_table,
+    taught_nothing,
 )
 from attnbench.harness.report.writer import Document
 from test_bench_report import make_bench_df
@@ -139,3 +140,19 @@ def test_nothing_is_rendered_for_tasks_run_at_one_length(runs, tmp_path):
     older = one.drop(columns=["base_task", "length", "length_param", "stage"])  # a summary.csv before lengths
     length_section(doc, older, pd.DataFrame())
     assert doc.md == [] and length_lines(older) == [] and length_table(older).empty
+
+
+def test_lengths_where_full_taught_nothing_are_left_out_of_the_comparison():
+    # at 256 and 512 full is at the majority class (10%) as every variant is: nothing can fall below it there
+    means = {"full": (80, 70, 11, 10), "lsh": (79, 60, 10, 10), "sparse": (79, 69, 10, 10)}
+    runs = length_runs(means).assign(majority_test_acc=0.10)
+    assert taught_nothing(runs[runs["length"].notna()], "listops") == [256, 512]
+    assert falls_below(runs, "listops", "lsh") == 128  # below full at 128, the longest length full taught anything
+    [line] = length_lines(runs)
+    assert "lsh falls more than 5 points below it from length 128 (-10.0 points at 128)" in line
+    assert "sparse never falls more than 5 points below it up to length 128" in line
+    assert line.endswith("(lengths 256 and 512 left out: full is within 5 points of the majority class there, so "
+                         "nothing can fall below it).")
+    nothing = length_runs({"full": (10, 10, 10, 10), "lsh": (10, 10, 10, 10)}).assign(majority_test_acc=0.10)
+    assert length_lines(nothing)[0].endswith("full is within 5 points of the majority class at every length: no "
+                                             "length taught anything to compare.")

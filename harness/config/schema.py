@@ -82,6 +82,11 @@ def _task_resources(resources_schema: dict) -> dict:
                             "runs asking for as much")}
 
 
+def _length_settings(entry) -> str:
+    """The data settings a task's ``lengths`` set (``Task.length_settings``), or why it has none."""
+    return ", ".join(entry.cls.length_settings(2)) if entry.cls.length_param else "none, its length is fixed"
+
+
 def _task_entry(entry, model: dict, train: dict, resources_schema: dict) -> dict:
     """The schema of one task's section: data settings, optional, model/train overrides, per_variant, resources."""
     per_variant = {
@@ -97,9 +102,8 @@ def _task_entry(entry, model: dict, train: dict, resources_schema: dict) -> dict
             "data": {**dataclass_schema(entry.config), "description": f"{entry.name} data settings"},
             "lengths": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2,
                         "uniqueItems": True, "description": (
-                            "run the task at each of these lengths (its data setting "
-                            f"{entry.cls.length_param or '(none: its length is fixed)'}): each one a task of its "
-                            "own in the grid, named task@length, for accuracy against length")},
+                            f"run the task at each of these lengths (what each sets: {_length_settings(entry)}): "
+                            "each one a task of its own in the grid, named task@length, for accuracy against length")},
             "optional": {"type": "boolean", "default": False,
                          "description": ("true: when the source data is missing, leave the task out of the run "
                                          "(with a warning) instead of failing its prepare_data job")},

@@ -70,9 +70,26 @@ def mean_accuracies(runs: pd.DataFrame, base_task: str, variant: str) -> pd.Seri
     return pd.Series({n: a.mean() for n, a in means.items() if len(a)}, dtype=float)
 
 
-def gaps(runs: pd.DataFrame, base_task: str, variant: str, reference: str = REFERENCE) -> pd.Series:
-    """length -> the variant's mean minus the reference's (points), at the lengths where both have one."""
+def taught_nothing(runs: pd.DataFrame, base_task: str, reference: str = REFERENCE,
+                   margin: float = MARGIN_PTS) -> list[int | float]:
+    """The lengths where the reference's mean test accuracy is within ``margin`` points of the majority class
+    (as the Summary calls a task that taught nothing): no variant can fall ``margin`` points below it there, so
+    those lengths say nothing about falling below it and are left out of the comparison."""
+    out = []
+    for n, task in lengths_of(runs, base_task).items():
+        ref = runs[(runs["task"] == task) & (runs["variant"] == reference)]
+        mean, majority = 100 * ref["test_acc"].mean(), 100 * ref["majority_test_acc"].mean()
+        if pd.notna(mean) and pd.notna(majority) and mean < majority + margin:
+            out.append(n)
+    return out
+
+
+def gaps(runs: pd.DataFrame, base_task: str, variant: str, reference: str = REFERENCE,
+         margin: float = MARGIN_PTS) -> pd.Series:
+    """length -> the variant's mean minus the reference's (points), at the lengths where both have one and the
+    reference taught something (``taught_nothing``)."""
     v, r = mean_accuracies(runs, base_task, variant), mean_accuracies(runs, base_task, reference)
+    r = r.drop(taught_nothing(runs, base_task, reference, margin), errors="ignore")
     common = v.index.intersection(r.index).sort_values()
     return v[common] - r[common]
 
@@ -92,7 +109,7 @@ def falls_below(acc: pd.DataFrame, base_task: str, variant: str, reference: str 
     """The shortest length from which ``variant``'s mean test accuracy is more than ``margin`` points below
     ``reference``'s at that and every longer length both ran; None when it does not (within the lengths run,
     or no length holds both)."""
-    return _fall(gaps(at_lengths(acc), base_task, variant, reference), margin)
+    return _fall(gaps(at_lengths(acc), base_task, variant, reference, margin), margin)
 
 
 # ---------------------------------------------------------------- the table and the Summary's lines
@@ -101,7 +118,7 @@ def _fall_cell(runs: pd.DataFrame, base_task: str, variant: str, reference: str,
     """'256', 'none up to 1024', 'not comparable' ('' for the reference itself)."""
     if variant == reference:
         return ""
-    gap = gaps(runs, base_task, variant, reference)
+    gap = gaps(runs, base_task, variant, reference, margin)
     if gap.empty:
         return "not comparable"
     start = _fall(gap, margin)
@@ -144,9 +161,16 @@ def _base_line(runs: pd.DataFrame, base: str, reference: str, margin: float) -> 
         return f"{head}: no {reference} attention run with a test accuracy, so no variant is compared with it."
     if ran == [reference]:
         return f"{head}: only {reference} attention has a test accuracy."
+    nothing = taught_nothing(runs, base, reference, margin)
+    left_out = (f" ({'length' if len(nothing) == 1 else 'lengths'} {_names([fmt_length(n) for n in nothing])} left "
+                f"out: {reference} is within {margin:g} points of the majority class there, so nothing can fall below "
+                "it)") if nothing else ""
+    if len(nothing) == len(lengths):
+        return (f"{head}: {reference} is within {margin:g} points of the majority class at every length: no "
+                "length taught anything to compare.")
     falls, dips, never, apart = [], [], {}, []
     for v in (v for v in ran if v != reference):
-        gap, name = gaps(runs, base, v, reference), v + marked[v]
+        gap, name = gaps(runs, base, v, reference, margin), v + marked[v]
         start = _fall(gap, margin) if len(gap) else None
         if gap.empty:
             apart.append(name)
@@ -166,7 +190,8 @@ def _base_line(runs: pd.DataFrame, base: str, reference: str, margin: float) -> 
               f"length {fmt_length(n)}" for n, names in sorted(never.items())]
     if apart:
         parts.append(f"{_names(apart)}: no length where both have a test accuracy")
-    text = f"{head}, mean test accuracy over seeds against **{reference}**{marked[reference]}: " + "; ".join(parts)
+    text = (f"{head}, mean test accuracy over seeds against **{reference}**{marked[reference]}: " + "; ".join(parts)
+            + left_out)
     return text + (f" ({MARK}: with runs that did not finish ok, see Runs)." if any(marked.values()) else ".")
 
 
