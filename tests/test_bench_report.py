@@ -296,3 +296,22 @@ def test_flops_table_gives_rate_at_the_largest_n_and_the_counter_share(bench):
     assert float(full["GFLOP/s"]) == pytest.approx(flops / median / 1e9, rel=1e-2)
     assert table.loc["window", "counted / analytic"] == "–"  # nothing counted
     assert table.loc["lsh", "n"] == 4096  # its 8192 case timed out
+
+
+def test_a_one_panel_scaling_figures_title_fits_inside_the_figure(bench, tmp_path, monkeypatch):
+    import attnbench.harness.report.bench as bench_report
+
+    drawn = []
+
+    def keep(fig, path):  # the figure as saved, before save_figure closes it
+        drawn.append(fig)
+        return path
+
+    monkeypatch.setattr(bench_report, "save_figure", keep)
+    one_panel = bench[(bench["scope"] == "layer") & (bench["mode"] == "forward_backward")]
+    figure_scaling(one_panel, tmp_path / "time.png", "median_s", "float32", 4)
+    [fig] = drawn
+    renderer = fig.canvas.get_renderer()
+    title = fig._suptitle.get_window_extent(renderer)
+    width = fig.get_figwidth() * fig.dpi
+    assert 0 <= title.x0 and title.x1 <= width, (title.x0, title.x1, width)  # was cut at both edges

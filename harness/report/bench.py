@@ -15,7 +15,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
-from attnbench.harness.report.writer import Document, save_figure
+from attnbench.harness.report.writer import Document, save_figure, suptitle
 
 BASELINE = "full"  # the impl label of variant "full" on the "default" backend
 GROUP = ["impl", "scope", "mode", "dtype", "batch"]
@@ -345,8 +345,8 @@ def figure_scaling(df: pd.DataFrame, path: Path, metric: str, dtype: str, batch:
             ax.set_title(f"{scope}, {mode}", fontsize=10)
             ax.set_xlabel("sequence length n")
             ax.set_ylabel(METRIC_LABELS[metric])
-    fig.suptitle(f"{METRIC_LABELS[metric]} vs n ({dtype}, batch {batch}); b = fitted log-log slope; "
-                 "dashed: non-default backend", fontsize=10)
+    suptitle(fig, f"{METRIC_LABELS[metric]} vs n ({dtype}, batch {batch}); b = fitted log-log slope; "
+                  "dashed: non-default backend", fontsize=10)  # wrapped: a one-panel figure is narrower than it
     fig.tight_layout()
     return save_figure(fig, path)
 
