@@ -35,8 +35,10 @@ def test_adaptive_seeds_are_read_with_their_defaults_and_plan_every_seed_a_run_m
 @pytest.mark.parametrize("seeds, message", [
     ({"min": 4, "max": 3}, r"'seeds.min' \(4\) is above 'seeds.max' \(3\)"),
     ({"min": 2, "max": 3, "target": {"reference": "lsh"}}, "'seeds.target.reference' is 'lsh', not a run"),
-    ({"min": 1, "max": 3}, "'seeds'"),  # a paired interval needs two seeds
-    ({"max": 3}, "'seeds'"),
+    ({"min": 1, "max": 3}, "'seeds.min' is 1; must be >= 2"),  # a paired interval needs two seeds
+    ({"max": 3}, "'seeds' is missing a required key: 'min'"),
+    ({"min": 2, "max": 3, "stepp": 1}, "unknown key 'seeds.stepp'"),
+    (2.5, r"'seeds' is 2.5 \(a number\); expected array or object"),
 ])
 def test_adaptive_seeds_that_cannot_be_run_are_refused(seeds, message):
     with pytest.raises(ConfigError, match=message):

@@ -177,8 +177,13 @@ def format_error(err, prefix: str = "") -> str:
         count = (f"exactly {low}" if low == high else f"at least {low}" if high is None
                  else f"at most {high}" if not low else f"{low} to {high}")
         return f"{where} is {err.instance!r}; give {count} value{'s' if (high or low) != 1 else ''}"
-    if kind == "oneOf":
-        return f"{where} is {err.instance!r}; expected {sub.get('description', 'one of the forms its schema allows')}"
+    if kind == "oneOf":  # e.g. `seeds`, a list or a mapping: the error of the form the value has, else both forms
+        forms = [branch.get("type") for branch in sub["oneOf"]]
+        own = {list: "array", dict: "object"}.get(type(err.instance))
+        inner = [e for e in err.context if own in forms and e.relative_schema_path[0] == forms.index(own)]
+        if inner:
+            return format_error(min(inner, key=lambda e: [str(p) for p in e.absolute_path]), prefix)
+        return f"{where} is {_describe(err.instance)}; expected {' or '.join(map(str, forms))}"
     if kind == "uniqueItems":
         return f"{where} is {err.instance!r}; each value may appear only once"
     return f"{where}: {err.message}"
