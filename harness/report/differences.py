@@ -33,11 +33,13 @@ def accuracy_bounds(low: float, high: float) -> tuple[float, float]:
     return max(low, 0.0), min(high, 100.0)
 
 
-def _pts(x: float) -> str:
+def pts(x: float) -> str:
+    """Accuracy points to one decimal ('–' where not a number)."""
     return "–" if not math.isfinite(x) else f"{x:.1f}"
 
 
-def _signed(x: float) -> str:
+def signed_pts(x: float) -> str:
+    """A difference in points, signed, to one decimal ('–' where not a number)."""
     return "–" if not math.isfinite(x) else f"{x:+.1f}"
 
 
@@ -50,9 +52,9 @@ def interval_table(df: pd.DataFrame, half_width: float = TARGET_HALF_WIDTH) -> p
         if iv.n == 0:
             continue
         low, high = accuracy_bounds(iv.low, iv.high)
-        rows.append({"task": task, "variant": variant, "mean (%)": _pts(iv.mean) + mark(runs_of(df, task, variant)),
-                     f"{int(LEVEL * 100)}% CI": f"{_pts(low)} – {_pts(high)}" if iv.defined else "– (1 seed)",
-                     "seeds": iv.n, "std": _pts(iv.std),
+        rows.append({"task": task, "variant": variant, "mean (%)": pts(iv.mean) + mark(runs_of(df, task, variant)),
+                     f"{int(LEVEL * 100)}% CI": f"{pts(low)} – {pts(high)}" if iv.defined else "– (1 seed)",
+                     "seeds": iv.n, "std": pts(iv.std),
                      f"seeds for ±{half_width:g} pt": fmt_seeds(seeds_for(iv.std, half_width))})
     return pd.DataFrame(rows)
 
@@ -83,8 +85,8 @@ def paired_table(df: pd.DataFrame, reference: str = REFERENCE) -> pd.DataFrame:
     for r in paired_rows(df, reference):
         d = r["diff"]
         rows.append({"task": r["task"], "variant": r["variant"],
-                     f"minus {reference} (points)": _signed(d.mean) + r["mark"],
-                     f"{int(LEVEL * 100)}% CI": f"{_signed(d.low)} – {_signed(d.high)}" if d.defined else "–",
+                     f"minus {reference} (points)": signed_pts(d.mean) + r["mark"],
+                     f"{int(LEVEL * 100)}% CI": f"{signed_pts(d.low)} – {signed_pts(d.high)}" if d.defined else "–",
                      "pairs": d.n, "verdict": r["verdict"],
                      "seeds to resolve": fmt_seeds(r["seeds_to_resolve"]) if r["seeds_to_resolve"] else ""})
     return pd.DataFrame(rows)

@@ -24,6 +24,7 @@ import matplotlib.ticker
 import pandas as pd
 import seaborn as sns
 
+from attnbench.harness.report.differences import pts, signed_pts
 from attnbench.harness.report.runs import accuracy_cell, counts
 from attnbench.harness.report.writer import Document, save_figure, suptitle
 
@@ -146,10 +147,6 @@ def tuned_pairs(df: pd.DataFrame) -> list[Tuned]:
     return out
 
 
-def _pts(x: float, signed: bool = False) -> str:
-    return "–" if not math.isfinite(x) else f"{x:+.1f}" if signed else f"{x:.1f}"
-
-
 def _spread(accs: pd.Series) -> str:
     """'48.1–61.3 (std 4.2)' over the trials with an accuracy."""
     scored = accs.dropna()
@@ -168,8 +165,8 @@ def tuning_table(df: pd.DataFrame) -> pd.DataFrame:
     for p in tuned_pairs(df):
         rows.append({"task": p.task, "variant": p.variant,
                      "trials": str(p.trials) + (f" ({counts(p.unscored, True)})" if len(p.unscored) else ""),
-                     "untuned val (%)": _pts(p.untuned), "tuned val (%)": _pts(p.tuned),
-                     "gain (points)": _pts(p.gain, signed=True), "chosen settings": p.point,
+                     "untuned val (%)": pts(p.untuned), "tuned val (%)": pts(p.tuned),
+                     "gain (points)": signed_pts(p.gain), "chosen settings": p.point,
                      "val across trials (%)": _spread(p.accs),
                      "best reached": "–" if p.best_at is None else f"after {p.best_at} of {p.trials} trials",
                      "final test (%)": accuracy_cell(p.finals) if len(p.finals) else "–"})

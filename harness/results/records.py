@@ -72,9 +72,8 @@ class RunKey(NamedTuple):
     @classmethod
     def of(cls, run: dict) -> RunKey:
         """The key of a resolved run config."""
-        tuning = run.get("tuning") or {}
-        trial = tuning.get("trial") if tuning.get("stage") == "tune" else None
-        return cls(task_id(run["task"]), run["variant"]["name"], int(run["seed"]), run["method"]["name"], trial)
+        return cls(task_id(run["task"]), run["variant"]["name"], int(run["seed"]), run["method"]["name"],
+                   run_stage(run)[1])
 
 
 def task_id(task: dict) -> str:
@@ -96,7 +95,7 @@ def _name(config: dict, section: str):
     return task_id(entry) if section == "task" and "name" in entry else entry.get("name")
 
 
-def _stage(config: dict) -> tuple[str, int | None]:
+def run_stage(config: dict) -> tuple[str, int | None]:
     """The stage and trial a run config says (``tuning``): a trial's, or ``final`` with no trial."""
     tuning = config.get("tuning") if isinstance(config.get("tuning"), dict) else {}
     return ("tune", tuning.get("trial")) if tuning.get("stage") == "tune" else ("final", None)
@@ -115,7 +114,7 @@ def identity_problems(record: dict) -> list[str]:
     fields = ("task", "variant", "method") if record["schema_version"] >= 2 else ("task",)
     problems += [f"{field} {record[field]!r} but its config's {field} {_name(config, field)!r}"
                  for field in fields if _name(config, field) != record[field]]
-    stage, trial = _stage(config)
+    stage, trial = run_stage(config)
     if record.get("stage", "final") != stage:
         problems.append(f"stage {record.get('stage', 'final')!r} but its config's {stage!r}")
     elif stage == "tune" and record.get("trial") != trial:

@@ -42,7 +42,7 @@ from attnbench.harness.measure.flops import count_flops
 from attnbench.harness.measure.memory import PeakMemory, is_out_of_memory, memory_cap
 from attnbench.harness.measure.sdpa_kernels import SdpaKernels
 from attnbench.harness.measure.timing import LazyStepTimer
-from attnbench.harness.results.records import RECORD_NAME, RunKey, write_record
+from attnbench.harness.results.records import RECORD_NAME, RunKey, run_stage, write_record
 from attnbench.harness.run import checkpoint, precision
 from attnbench.harness.run.batches import DeviceSplit, place_splits
 from attnbench.harness.run.budget import Budget, TrainClock
@@ -574,7 +574,7 @@ def baselines(data: PreparedData) -> dict:
 
 def is_trial(run: dict) -> bool:
     """Whether ``run`` is a tuning trial (``tuning.stage`` tune): it trains and validates, never tests."""
-    return (run.get("tuning") or {}).get("stage") == "tune"
+    return run_stage(run)[0] == "tune"
 
 
 def withhold_test(data: PreparedData) -> PreparedData:
