@@ -200,7 +200,7 @@ def data_s(config: dict) -> float:
 
 def runs_flex(layer) -> bool:
     """Whether a layer runs FlexAttention on a CUDA device (compiled, so each new shape compiles)."""
-    from attnbench.variants.flex_blocks import BlockKernelChoice
+    from attnbench.variants.lib.flex_blocks import BlockKernelChoice
 
     return isinstance(layer, BlockKernelChoice) and layer.cfg.kernel in ("auto", "flex")
 

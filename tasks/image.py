@@ -25,7 +25,7 @@ import torch
 
 from attnbench.harness.core.registry import param
 from attnbench.tasks.base import TASKS, DataError, PreparedData, Task
-from attnbench.tasks.hf_source import _folder_files, load_source, missing_source
+from attnbench.tasks.lib.hf_source import _folder_files, load_source, missing_source
 
 #: images in scikit-learn's digits (``load_digits``), split by ``test_fraction`` and ``val_fraction``
 DIGITS_IMAGES = 1797

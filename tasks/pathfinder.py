@@ -19,7 +19,7 @@ Sources, both read by the same reader of the LRA release layout:
   ``test_fraction``) by a permutation seeded with ``data_seed``, as LRA's
   160,000 / 20,000 / 20,000.
 - ``generate`` (default, offline): ``n_train + n_val + n_test`` images drawn by the seeded
-  generator (``tasks/pathfinder_draw.py``) are written into the work folder in the release
+  generator (``tasks/lib/pathfinder_draw.py``) are written into the work folder in the release
   layout and read back through the reader above, then split by the same function with
   fractions ``n_val / n`` and ``n_test / n`` (so the sizes are exactly ``n_val`` and
   ``n_test``). ``val_fraction`` and ``test_fraction`` apply to ``files`` only; the
@@ -40,7 +40,7 @@ import torch
 
 from attnbench.harness.core.registry import param
 from attnbench.tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, build_task, lra_release_hint
-from attnbench.tasks.pathfinder_draw import (
+from attnbench.tasks.lib.pathfinder_draw import (
     DIFFICULTY_LENGTH,
     DrawSettings,
     cannot_fit,

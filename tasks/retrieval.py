@@ -19,7 +19,7 @@ import torch
 
 from attnbench.harness.core.registry import param
 from attnbench.tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, lra_release_hint, tiny_texts
-from attnbench.tasks.byte_text import BYTE_VOCAB, encode_texts
+from attnbench.tasks.lib.byte_text import BYTE_VOCAB, encode_texts
 
 #: our split name -> the release's file suffix
 FILE_SPLITS = {"train": "train", "val": "eval", "test": "test"}

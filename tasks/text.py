@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from attnbench.tasks.base import TASKS, tiny_texts
-from attnbench.tasks.hf_source import TextSourceConfig, write_csv
+from attnbench.tasks.lib.hf_source import TextSourceConfig, write_csv
 from attnbench.tasks.textcls import TextCls
 
 

@@ -19,8 +19,8 @@ import torch
 
 from attnbench.harness.core.registry import param
 from attnbench.tasks.base import TASKS, PreparedData, Task, tiny_texts
-from attnbench.tasks.byte_text import BYTE_VOCAB, encode_texts
-from attnbench.tasks.hf_source import (
+from attnbench.tasks.lib.byte_text import BYTE_VOCAB, encode_texts
+from attnbench.tasks.lib.hf_source import (
     PATH_HELP,
     LabelledTexts,
     TextSourceConfig,
@@ -28,7 +28,7 @@ from attnbench.tasks.hf_source import (
     missing_source,
     write_csv,
 )
-from attnbench.tasks.subword import SubwordSettings, load_or_train
+from attnbench.tasks.lib.subword import SubwordSettings, load_or_train
 
 
 @dataclass(frozen=True)

@@ -81,7 +81,7 @@ def test_analytic_flops_match_torchs_counter_where_it_sees_every_matmul(variant,
     analytic count takes a backward pass as twice the forward. lsh's chunks run through the CPU
     flash kernel, which the counter cannot see into (as full attention's): its explicit path, the
     same function (tests/test_lsh_flash_path.py), is counted instead."""
-    from attnbench.variants import flash_cpu
+    from attnbench.variants.lib import flash_cpu
 
     monkeypatch.setattr(flash_cpu, "usable", lambda *a: False)
     s = stepper(variant, "layer", mode, params=SMALL.get(variant))

@@ -1,4 +1,4 @@
-"""Block attention's dense path for short sequences (variants/block_dense.py) against the gather path.
+"""Block attention's dense path for short sequences (variants/lib/block_dense.py) against the gather path.
 
 On the CPU, sequences of at most ``block_dense.MAX_TOKENS`` tokens run window, local and sparse
 attention as one SDPA under the layout's dense token mask; longer ones gather key blocks (or take
@@ -13,8 +13,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnbench.variants import block_dense, build_attention
-from attnbench.variants.blocks import block_sparse_attention
+from attnbench.variants import build_attention
+from attnbench.variants.lib import block_dense
+from attnbench.variants.lib.blocks import block_sparse_attention
 from test_block_flash_path import CASES, _masks, _run, case_id, layer_and_input
 
 

@@ -1,4 +1,4 @@
-"""Block attention's CPU flash path (variants/block_flash.py) against the gather path.
+"""Block attention's CPU flash path (variants/lib/block_flash.py) against the gather path.
 
 Window, local and sparse attention run through the CPU flash kernel where it applies and pays
 (``block_flash.worthwhile``: the kernel applies, N >= ``MIN_TOKENS``; lowered to 0 here): the band
@@ -14,8 +14,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnbench.variants import block_dense, block_flash, build_attention, flash_cpu
-from attnbench.variants.blocks import block_sparse_attention
+from attnbench.variants import build_attention
+from attnbench.variants.lib import block_dense, block_flash, flash_cpu
+from attnbench.variants.lib.blocks import block_sparse_attention
 
 
 @pytest.fixture(autouse=True)

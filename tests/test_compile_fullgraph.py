@@ -20,7 +20,8 @@ import pytest
 import torch
 from torch._dynamo.testing import CompileCounter
 
-from attnbench.variants import VARIANTS, block_flash, build_attention, flex_blocks, lsh_chunks
+from attnbench.variants import VARIANTS, build_attention
+from attnbench.variants.lib import block_flash, flex_blocks, lsh_chunks
 
 DIM, HEADS, BATCH, N = 16, 2, 3, 24
 #: real tokens per element, then padding (0: an all-padding element)

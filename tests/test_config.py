@@ -19,7 +19,7 @@ from attnbench.harness.config import (
     resolve_run,
     validate_config,
 )
-from attnbench.harness.core import resources
+from attnbench.harness.core import shipped_files
 from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.core.registry import as_dict
 from attnbench.harness.run.model import ModelConfig
@@ -59,7 +59,7 @@ def test_repository_config_is_valid():
 
 def test_minimal_config_is_valid_and_defaults_are_filled():
     config = validate_config(minimal())
-    schema_top = yaml.safe_load(resources.config_schema().read_text())["properties"]
+    schema_top = yaml.safe_load(shipped_files.config_schema().read_text())["properties"]
     for key in ("seeds", "device", "threads", "deterministic"):
         assert config[key] == schema_top[key]["default"], key
     assert config["train"] == as_dict(TrainConfig())  # every default (a mapping's from its default_factory)

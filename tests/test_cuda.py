@@ -26,7 +26,7 @@ import torch
 from attnbench.harness.conformance.checks import lengths_mask
 from attnbench.harness.measure.memory import PeakMemory
 from attnbench.variants import VARIANTS, build_attention
-from attnbench.variants.sdpa import use_xformers, xformers_unavailable
+from attnbench.variants.lib.sdpa import use_xformers, xformers_unavailable
 
 if not torch.cuda.is_available():
     pytest.skip(f"CUDA tests: torch {torch.__version__} sees no CUDA device (torch.cuda.is_available() is False); "
@@ -220,7 +220,7 @@ def test_cuda_rows_without_keys_give_zeros_and_finite_gradients_on_each_sdpa_bac
     is printed, not asserted: it is the reason the rows never reach it.)"""
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    from attnbench.variants.sdpa import masked_sdpa
+    from attnbench.variants.lib.sdpa import masked_sdpa
 
     g = torch.Generator().manual_seed(0)
     q, k, v = (torch.randn(2, 4, 64, 64, generator=g).to(CUDA, dtype).requires_grad_() for _ in range(3))

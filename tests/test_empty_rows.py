@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from attnbench.variants import VARIANTS, block_dense, build_attention
+from attnbench.variants import VARIANTS, build_attention
+from attnbench.variants.lib import block_dense
 
 DIM, HEADS, N = 16, 2, 48
 #: per element: real tokens, then padding (0: an all-padding element)

@@ -31,8 +31,9 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from attnbench.harness.core import toolchain
 from attnbench.harness.core.registry import dataclass_schema
-from attnbench.variants import block_dense, build_attention, flash_cpu, flex_blocks, kernels
-from attnbench.variants.flex_blocks import choose_kernel, flex_importable, kernel_choice
+from attnbench.variants import build_attention
+from attnbench.variants.lib import block_dense, flash_cpu, flex_blocks, kernels
+from attnbench.variants.lib.flex_blocks import choose_kernel, flex_importable, kernel_choice
 from attnbench.variants.local import LocalConfig
 from attnbench.variants.sparse import SparseConfig
 from attnbench.variants.window import WindowConfig

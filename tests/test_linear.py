@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from attnbench.variants import build_attention
+from attnbench.variants.lib.reference import explicit_softmax_attention
 from attnbench.variants.linear import FAVOR_EPS, LinearAttention, elu_feature_map, orthogonal_gaussian_projection
-from attnbench.variants.reference import explicit_softmax_attention
 
 #: the longest input these tests build layers for (the variants here do not use it)
 MAX_LEN = 4096

@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from attnbench.harness.conformance.checks import lengths_mask
-from attnbench.variants import VARIANTS, block_dense, build_attention
-from attnbench.variants.reference import explicit_softmax_attention
+from attnbench.variants import VARIANTS, build_attention
+from attnbench.variants.lib import block_dense
+from attnbench.variants.lib.reference import explicit_softmax_attention
 from conftest import largest_saved_tensor
 from test_flex_blocks import HostRoundTrips
 

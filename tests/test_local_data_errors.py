@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 
 from attnbench.harness.cli import main
-from attnbench.tasks import hf_source
 from attnbench.tasks.base import DataError, build_task
+from attnbench.tasks.lib import hf_source
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 AG_NEWS = SHARED / "ag_news" / "test.csv"

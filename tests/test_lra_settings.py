@@ -1,4 +1,4 @@
-"""Which runs used LRA's own data and length (tasks/lra_settings.py): config/lra.yaml's every task
+"""Which runs used LRA's own data and length (tasks/lib/lra_settings.py): config/lra.yaml's every task
 does, the default config's none does, and a change of source or length makes a run not comparable."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from attnbench.harness.config import load_config, resolve_run
-from attnbench.tasks.lra_settings import LRA_DATA, ran_lra_settings
+from attnbench.tasks.lib.lra_settings import LRA_DATA, ran_lra_settings
 
 CONFIG = Path(__file__).resolve().parent.parent / "config"
 

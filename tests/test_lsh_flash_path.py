@@ -1,4 +1,4 @@
-"""LSH attention's flash-kernel path (variants/lsh_chunks.py) against its explicit path.
+"""LSH attention's flash-kernel path (variants/lib/lsh_chunks.py) against its explicit path.
 
 ``LSHAttention`` computes the chunk step through the CPU flash kernel when it can
 (``flash_cpu.usable``) and with explicit score tensors otherwise (CUDA, attention dropout).
@@ -12,7 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from attnbench.variants import build_attention, flash_cpu, lsh_chunks
+from attnbench.variants import build_attention
+from attnbench.variants.lib import flash_cpu, lsh_chunks
 from attnbench.variants.lsh import LSHAttention
 
 GEOMETRIES = [  # (n, chunk_size, n_buckets, n_hashes, chunks_before, chunks_after)

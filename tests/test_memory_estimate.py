@@ -199,8 +199,8 @@ OTHERS = [e.name for e in VARIANTS if e.name != "synthesizer"]
 @pytest.mark.parametrize("name", OTHERS)
 def test_a_variant_without_an_estimate_forms_no_quadratic_tensor(name, dropout, monkeypatch):
     """The default 0 is a claim: no tensor with two dimensions of N in a forward, evaluation or training. At 320
-    tokens (above the CPU's dense path for block layouts, variants/block_dense.py, switched off here anyway)."""
-    import attnbench.variants.block_dense as block_dense
+    tokens (above the CPU's dense path for block layouts, variants/lib/block_dense.py, switched off here anyway)."""
+    import attnbench.variants.lib.block_dense as block_dense
 
     monkeypatch.setattr(block_dense, "MAX_TOKENS", 0)
     entry, n = VARIANTS.get(name), 320

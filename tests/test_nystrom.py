@@ -10,7 +10,7 @@ import torch
 from attnbench.harness.conformance.checks import lengths_mask
 from attnbench.harness.run import precision
 from attnbench.variants import VARIANTS, build_attention, nystrom
-from attnbench.variants.reference import explicit_softmax_attention
+from attnbench.variants.lib.reference import explicit_softmax_attention
 from test_flex_blocks import HostRoundTrips
 
 #: the longest input these tests build layers for (Nystromformer does not use it)

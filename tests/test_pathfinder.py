@@ -17,8 +17,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from attnbench.tasks.base import LRA_RELEASE_URL, SPLITS, DataError, build_task
+from attnbench.tasks.lib.pathfinder_draw import DrawSettings, draw_settings, generate_images, write_release
 from attnbench.tasks.pathfinder import read_release, split_indices
-from attnbench.tasks.pathfinder_draw import DrawSettings, draw_settings, generate_images, write_release
 
 REPO = Path(__file__).resolve().parent.parent
 HARD = "curv_contour_length_14"
@@ -379,7 +379,7 @@ def test_generated_release_is_seeded(tmp_path):
 
 _GEN_SCRIPT = """
 import hashlib, sys
-from attnbench.tasks.pathfinder_draw import draw_settings, generate_images
+from attnbench.tasks.lib.pathfinder_draw import draw_settings, generate_images
 images, labels = generate_images(6, draw_settings(32), seed=11)
 print(hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest())
 """

@@ -85,11 +85,11 @@ def test_auto_device_asks_for_a_gpu(tmp_path):
 
 def test_default_resources_are_filled_from_the_schema():
     from attnbench.harness.config import validate_config
-    from attnbench.harness.core import resources
+    from attnbench.harness.core import shipped_files
 
     config = validate_config({"variants": {"full": {}}, "tasks": {"listops": {}},
                               "resources": {"train": {"runtime_min": "600"}}})
-    schema = yaml.safe_load(resources.config_schema().read_text())["properties"]["resources"]["properties"]
+    schema = yaml.safe_load(shipped_files.config_schema().read_text())["properties"]["resources"]["properties"]
     assert set(config["resources"]) == set(schema) == {"prepare", "train", "distill", "bench", "report"}
     for group, prop in schema.items():
         expected = {key: p["default"] for key, p in prop["properties"].items()}

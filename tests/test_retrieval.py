@@ -10,7 +10,7 @@ import torch
 from attnbench.harness.run.model import EncoderClassifier, ModelConfig
 from attnbench.harness.run.train import train_run
 from attnbench.tasks.base import SPLITS, DataError, build_task, load_prepared, save_prepared
-from attnbench.tasks.byte_text import decode_bytes
+from attnbench.tasks.lib.byte_text import decode_bytes
 from conftest import tiny_run
 
 

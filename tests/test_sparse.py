@@ -7,7 +7,7 @@ import torch
 
 from attnbench.harness.conformance.checks import lengths_mask
 from attnbench.variants import build_attention
-from attnbench.variants.reference import explicit_softmax_attention
+from attnbench.variants.lib.reference import explicit_softmax_attention
 
 #: the longest input these tests build layers for (the variants here do not use it)
 MAX_LEN = 4096

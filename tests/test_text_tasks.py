@@ -12,9 +12,9 @@ import pytest
 import tokenizers
 import torch
 
-from attnbench.tasks import subword
 from attnbench.tasks.base import SPLITS, TASKS, DataError, build_task
-from attnbench.tasks.byte_text import BYTE_VOCAB, decode_bytes
+from attnbench.tasks.lib import subword
+from attnbench.tasks.lib.byte_text import BYTE_VOCAB, decode_bytes
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 AG_NEWS = SHARED / "ag_news" / "test.csv"

@@ -202,7 +202,7 @@ def test_the_record_names_each_passs_attention_kernel_and_why(tmp_path, tiny_lis
     and evaluation; without that CPU shortcut (as on CUDA) the SDPA gather, in training because of the dropout
     (FlexAttention has none). The record says which ran in each pass, and why."""
     from attnbench.harness.config import resolve_run, validate_config
-    from attnbench.variants import block_dense
+    from attnbench.variants.lib import block_dense
 
     monkeypatch.setattr(block_dense, "MAX_TOKENS", dense_tokens)
 

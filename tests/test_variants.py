@@ -13,7 +13,7 @@ from torch import nn
 from attnbench.harness.conformance.checks import FAST_CHECKS, lengths_mask, run_checks
 from attnbench.harness.core.registry import UnknownNameError
 from attnbench.variants import VARIANTS, Attention, build_attention
-from attnbench.variants.reference import explicit_softmax_attention
+from attnbench.variants.lib.reference import explicit_softmax_attention
 
 #: the longest input these tests build layers for (every input here is shorter)
 MAX_LEN = 4096

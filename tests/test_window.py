@@ -5,9 +5,10 @@ import pytest
 import torch
 
 from attnbench.harness.conformance.checks import lengths_mask
-from attnbench.variants import block_dense, build_attention
-from attnbench.variants.blocks import resolve_positions
-from attnbench.variants.reference import explicit_softmax_attention
+from attnbench.variants import build_attention
+from attnbench.variants.lib import block_dense
+from attnbench.variants.lib.blocks import resolve_positions
+from attnbench.variants.lib.reference import explicit_softmax_attention
 from conftest import largest_saved_tensor
 
 #: the longest input these tests build layers for (the variants here do not use it)

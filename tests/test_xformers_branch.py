@@ -15,7 +15,7 @@ import torch
 
 from attnbench.harness.bench.case import unavailable
 from attnbench.harness.bench.settings import Case
-from attnbench.variants import sdpa
+from attnbench.variants.lib import sdpa
 
 
 def fake_xformers(monkeypatch, loaded: bool, error: str = ""):

@@ -1,11 +1,11 @@
 """Full softmax attention through ``torch.nn.functional.scaled_dot_product_attention`` (or
-xformers' kernel when the efficiency sweep selects it, see ``variants/sdpa.py``)."""
+xformers' kernel when the efficiency sweep selects it, see ``variants/lib/sdpa.py``)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from attnbench.variants.base import VARIANTS, Attention, padding_mask_or_none
-from attnbench.variants.sdpa import attention
+from attnbench.variants.lib.sdpa import attention
 
 
 @dataclass(frozen=True)

@@ -36,8 +36,8 @@ import torch
 
 from attnbench.harness.core.registry import param
 from attnbench.variants.base import VARIANTS, Attention
-from attnbench.variants.blocks import block_sparse_attention, pad_to_multiple
-from attnbench.variants.flex_blocks import KERNEL_HELP, BlockKernelChoice, Kernel, flex_block_sparse_attention
+from attnbench.variants.lib.blocks import block_sparse_attention, pad_to_multiple
+from attnbench.variants.lib.flex_blocks import KERNEL_HELP, BlockKernelChoice, Kernel, flex_block_sparse_attention
 
 
 @dataclass(frozen=True)

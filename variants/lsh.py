@@ -22,7 +22,7 @@ c = ``chunk_size``, W = 1 + ``chunks_before`` + ``chunks_after``):
 7. rounds combined as out = sum_r softmax_r(lse_r) * out_r (a key found in several rounds
    counts once per round, as in the HF and trax defaults).
 
-Steps 3-7 run through the CPU flash kernel where it applies (variants/lsh_chunks.py: CPU, no
+Steps 3-7 run through the CPU flash kernel where it applies (variants/lib/lsh_chunks.py: CPU, no
 attention dropout): the same function with no score tensor built or kept for the backward pass,
 and the rounds combined from the kernel's log-sum-exp. Elsewhere (CUDA, attention dropout) the
 explicit path below computes them; tests/test_lsh_flash_path.py holds the two equal.
@@ -42,10 +42,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from attnbench.harness.core.registry import param
-from attnbench.variants import flash_cpu, kernels, lsh_chunks
 from attnbench.variants.base import VARIANTS, Attention, padding_mask_or_none
-from attnbench.variants.flash_cpu import MASK_VALUE
-from attnbench.variants.lsh_chunks import SELF_OFFSET
+from attnbench.variants.lib import flash_cpu, kernels, lsh_chunks
+from attnbench.variants.lib.flash_cpu import MASK_VALUE
+from attnbench.variants.lib.lsh_chunks import SELF_OFFSET
 
 
 @dataclass(frozen=True)
@@ -230,7 +230,7 @@ class LSHAttention(Attention):
             v = F.linear(xw, self.v.weight.to(work)).view(b, n, h, d)
             if flash_cpu.usable(qk, self.dropout if self.training else 0.0):
                 kernels.note("cpu-flash", "CPU, float32/64, no attention dropout: each chunk and its neighbours "
-                             "through torch's CPU flash kernel (variants/lsh_chunks.py)")
+                             "through torch's CPU flash kernel (variants/lib/lsh_chunks.py)")
                 o = self.flash_attention(qk, v, key_padding_mask)
             else:
                 kernels.note("explicit", "chunked score tensors (on CUDA, or with attention dropout): the CPU "
@@ -240,7 +240,7 @@ class LSHAttention(Attention):
 
     def flash_attention(self, qk: torch.Tensor, v: torch.Tensor,
                         key_padding_mask: torch.Tensor | None) -> torch.Tensor:
-        """The same as ``shared_qk_attention`` through the CPU flash kernel (variants/lsh_chunks.py),
+        """The same as ``shared_qk_attention`` through the CPU flash kernel (variants/lib/lsh_chunks.py),
         in (B, N, H, d) layout: no score tensor built or kept."""
         cfg = self.cfg
         sort_idx, undo_idx = lsh_sort(self.hash(qk.transpose(1, 2), key_padding_mask))

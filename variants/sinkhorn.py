@@ -62,7 +62,7 @@ from torch.nn.functional import scaled_dot_product_attention
 
 from attnbench.harness.core.registry import param
 from attnbench.variants.base import VARIANTS, Attention, padding_mask_or_none
-from attnbench.variants.blocks import pad_to_multiple, real_lengths
+from attnbench.variants.lib.blocks import pad_to_multiple, real_lengths
 
 
 @dataclass(frozen=True)

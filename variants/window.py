@@ -20,14 +20,14 @@ import torch
 
 from attnbench.harness.core.registry import param
 from attnbench.variants.base import VARIANTS, Attention
-from attnbench.variants.blocks import (
+from attnbench.variants.lib.blocks import (
     block_sparse_attention,
     dense_mask_from_blocks,
     pad_to_multiple,
     real_lengths,
     resolve_positions,
 )
-from attnbench.variants.flex_blocks import KERNEL_HELP, BlockKernelChoice, Kernel, flex_block_sparse_attention
+from attnbench.variants.lib.flex_blocks import KERNEL_HELP, BlockKernelChoice, Kernel, flex_block_sparse_attention
 
 
 @dataclass(frozen=True)

@@ -45,9 +45,9 @@ from attnbench.harness.measure.sdpa_kernels import SdpaKernels
 from attnbench.harness.measure.timing import synchronize
 from attnbench.harness.run.model import Block, ModelConfig
 from attnbench.variants import build_attention
-from attnbench.variants.flex_blocks import flex_compiled
-from attnbench.variants.kernels import KernelLog
-from attnbench.variants.sdpa import use_xformers, xformers_unavailable
+from attnbench.variants.lib.flex_blocks import flex_compiled
+from attnbench.variants.lib.kernels import KernelLog
+from attnbench.variants.lib.sdpa import use_xformers, xformers_unavailable
 
 
 def backend_context(backend: str):

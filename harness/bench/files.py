@@ -25,7 +25,7 @@ from attnbench.harness.bench.settings import (
     sweep_threads,
     variant_params,
 )
-from attnbench.harness.core import resources
+from attnbench.harness.core import shipped_files
 from attnbench.harness.core.errors import UserError
 from attnbench.harness.core.io import atomic_write_text, write_table
 from attnbench.harness.core.json_values import UnreadableJSON, read_json
@@ -92,7 +92,7 @@ def run_sweep(sweep: dict, out_json: Path, extra_args: list[str] = ()) -> int:
     with tempfile.TemporaryDirectory(dir=out_json.parent, prefix=".bench-") as tmp:
         sweep_path, raw, rows = Path(tmp) / "sweep.json", Path(tmp) / "benchmark.json", Path(tmp) / "rows.json"
         sweep_path.write_text(json.dumps(sweep))
-        benchmarks = resources.benchmarks_dir()
+        benchmarks = shipped_files.benchmarks_dir()
         # importlib mode: pytest leaves sys.path alone (the benchmarks import attnbench like any user code)
         cmd = [sys.executable, "-m", "pytest", str(benchmarks / "test_attention.py"), "-p", "no:cacheprovider",
                "--rootdir", str(benchmarks), "--import-mode=importlib", "-o", "addopts=",

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from attnbench.variants import VARIANTS
-from attnbench.variants.blocks import real_lengths, resolve_positions
+from attnbench.variants.lib.blocks import real_lengths, resolve_positions
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from attnbench.harness.bench.settings import BenchConfig
-from attnbench.harness.core import resources
+from attnbench.harness.core import shipped_files
 from attnbench.harness.core.errors import UserError
 from attnbench.harness.core.json_values import non_finite
 from attnbench.harness.core.registry import dataclass_schema
@@ -121,7 +121,7 @@ def _task_entry(entry, model: dict, train: dict, resources_schema: dict) -> dict
 
 def build_schema() -> dict[str, Any]:
     """The complete JSON schema: ``config/schema.yaml`` with its placeholders filled in."""
-    schema = yaml.safe_load(resources.config_schema().read_text())
+    schema = yaml.safe_load(shipped_files.config_schema().read_text())
     model, train = dataclass_schema(ModelConfig), dataclass_schema(TrainConfig)
     for key, prop in schema["properties"].items():
         if "x-dataclass" in prop:

@@ -24,7 +24,7 @@ from attnbench.harness.config.schema import (
     format_error,
     non_finite_numbers,
 )
-from attnbench.harness.core import resources
+from attnbench.harness.core import shipped_files
 from attnbench.harness.core.registry import ExternalComponentError
 from attnbench.harness.run.budget import KINDS as BUDGET_KINDS
 from attnbench.harness.run.budget import budget_problems
@@ -32,7 +32,7 @@ from attnbench.harness.run.model import expand_profile
 from attnbench.tasks.base import TASKS
 from attnbench.variants import VARIANTS
 
-DEFAULT_CONFIG = resources.default_config()
+DEFAULT_CONFIG = shipped_files.default_config()
 
 
 def _normalise(config: dict) -> dict:

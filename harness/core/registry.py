@@ -141,6 +141,8 @@ class Registry:
         try:
             pkg = importlib.import_module(self.package)
             for mod in pkgutil.iter_modules(pkg.__path__):
+                if mod.ispkg:  # a folder of shared code (variants/lib/, tasks/lib/), not a component
+                    continue
                 importlib.import_module(f"{self.package}.{mod.name}")
             if self.entry_points:
                 for ep in importlib.metadata.entry_points(group=self.entry_points):

@@ -18,7 +18,7 @@ from collections.abc import Callable
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
-from attnbench.variants.flex_blocks import BlockKernelChoice
+from attnbench.variants.lib.flex_blocks import BlockKernelChoice
 
 FLEX_FLOPS_NOTE = ("; FlexAttention's layers counted on the gather kernel of the same layout (the counter cannot "
                    "run FlexAttention, and torch's formula for it counts the dense N x N product)")

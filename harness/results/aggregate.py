@@ -28,7 +28,7 @@ from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.core.io import atomic_write_json, write_table
 from attnbench.harness.results.records import find_records, run_folder
 from attnbench.harness.results.set_aside import readable
-from attnbench.tasks.lra_settings import ran_lra_settings
+from attnbench.tasks.lib.lra_settings import ran_lra_settings
 from attnbench.variants import VARIANTS
 
 COLUMNS = [

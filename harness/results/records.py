@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 from jsonschema import Draft202012Validator
 
-from attnbench.harness.core import paths, resources
+from attnbench.harness.core import paths, shipped_files
 from attnbench.harness.core.errors import UserError
 from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.core.io import atomic_write_json
@@ -84,7 +84,7 @@ def task_id(task: dict) -> str:
 
 @lru_cache(maxsize=1)
 def _validator() -> Draft202012Validator:
-    schema = json.loads(resources.record_schema().read_text())
+    schema = json.loads(shipped_files.record_schema().read_text())
     return Draft202012Validator(schema)
 
 

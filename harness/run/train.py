@@ -49,7 +49,7 @@ from attnbench.harness.run.budget import Budget, TrainClock
 from attnbench.harness.run.model import EncoderClassifier, model_for_run
 from attnbench.harness.run.record import build_record
 from attnbench.tasks.base import PreparedData
-from attnbench.variants.kernels import KernelLog
+from attnbench.variants.lib.kernels import KernelLog
 
 
 @dataclass(frozen=True)

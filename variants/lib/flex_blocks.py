@@ -34,8 +34,8 @@ from typing import Literal
 import torch
 
 from attnbench.harness.core import toolchain
-from attnbench.variants import kernels
-from attnbench.variants.blocks import global_token_mask
+from attnbench.variants.lib import kernels
+from attnbench.variants.lib.blocks import global_token_mask
 
 Kernel = Literal["auto", "gather", "flex"]
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from attnbench.variants.flash_cpu import FLASH, FLASH_BACKWARD, MASK_VALUE, fold_windows, windows
+from attnbench.variants.lib.flash_cpu import FLASH, FLASH_BACKWARD, MASK_VALUE, fold_windows, windows
 
 #: score offset of a query's own position (Reformer's self-mask; finite, so a token with no
 #: other valid key attends to itself); padded keys, fillers and empty slots get MASK_VALUE

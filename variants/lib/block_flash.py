@@ -1,4 +1,4 @@
-"""Block attention through the CPU flash kernel (for variants/blocks.py): window, local and sparse.
+"""Block attention through the CPU flash kernel (for variants/lib/blocks.py): window, local and sparse.
 
 The same function as ``blocks.block_sparse_attention``, computed for the whole batch as pieces
 of attention over disjoint key sets, combined by their log-sum-exps (``flash_cpu``):
@@ -24,8 +24,8 @@ from __future__ import annotations
 
 import torch
 
-from attnbench.variants import flash_cpu
-from attnbench.variants.flash_cpu import FLASH, FLASH_BACKWARD, MASK_VALUE, fold_windows, lse_weights, windows
+from attnbench.variants.lib import flash_cpu
+from attnbench.variants.lib.flash_cpu import FLASH, FLASH_BACKWARD, MASK_VALUE, fold_windows, lse_weights, windows
 
 #: sequences at least this long take this path. Measured on the 2-core CPU box, fwd+bwd against
 #: the SDPA gather path: at 16 x 256-1024 tokens within +-10% either way, and slower on the short

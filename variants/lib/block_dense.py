@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from attnbench.variants.sdpa import masked_sdpa
+from attnbench.variants.lib.sdpa import masked_sdpa
 
 #: at most this many (block-padded) tokens take the dense path; tests set 0 to keep the block path
 MAX_TOKENS = 256

@@ -13,7 +13,7 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from attnbench.variants import kernels
+from attnbench.variants.lib import kernels
 
 #: whether ``attention`` routes to xformers (``use_xformers``): a plain module flag, not a context variable,
 #: because torch.compile traces a global read (and recompiles when it changes), not ``ContextVar.get``

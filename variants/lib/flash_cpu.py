@@ -1,5 +1,5 @@
 """Building blocks for attention through the CPU flash-attention kernel, shared by LSH's chunks
-(variants/lsh_chunks.py) and the sliding band (variants/band_flash.py).
+(variants/lib/lsh_chunks.py) and the sliding band (variants/band_flash.py).
 
 - ``windows``: each block's keys are its neighbours' rows, as an overlapping *view* of one
   padded row tensor (``Tensor.unfold``): nothing copied, the kernel reads them in place;

@@ -21,8 +21,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from attnbench.variants import block_dense, block_flash, kernels
-from attnbench.variants.sdpa import masked_sdpa
+from attnbench.variants.lib import block_dense, block_flash, kernels
+from attnbench.variants.lib.sdpa import masked_sdpa
 
 
 def pad_to_multiple(x: torch.Tensor, dim: int, multiple: int, value=0) -> torch.Tensor:
@@ -129,10 +129,10 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     nb = n // block
     has_global = global_idx is not None and global_idx.shape[1] > 0
     is_global = global_token_mask(global_idx, global_valid, bsz, n, q.device)
-    if block_dense.worthwhile(q):  # short sequences: the layout as one dense mask (variants/block_dense.py)
+    if block_dense.worthwhile(q):  # short sequences: the layout as one dense mask (variants/lib/block_dense.py)
         if kernels.active():
             kernels.note("dense", f"CPU, at most {block_dense.MAX_TOKENS} tokens: the layout as one dense token "
-                         "mask in one SDPA call (variants/block_dense.py)" + _because(choice))
+                         "mask in one SDPA call (variants/lib/block_dense.py)" + _because(choice))
         allowed = block_dense.layout_mask(n, block, key_mask, key_blocks, block_valid, reach, token_allowed,
                                           is_global)
         return block_dense.dense_attention(q, k, v, allowed, dropout, training)
@@ -182,14 +182,14 @@ def flash_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block: in
                  reach: int, token_allowed: torch.Tensor | None = None, extra_blocks: torch.Tensor | None = None,
                  extra_valid: torch.Tensor | None = None, global_idx: torch.Tensor | None = None,
                  global_valid: torch.Tensor | None = None, choice: str = "") -> torch.Tensor:
-    """``block_sparse_attention`` through the CPU flash kernel (variants/block_flash.py; check
+    """``block_sparse_attention`` through the CPU flash kernel (variants/lib/block_flash.py; check
     ``block_flash.worthwhile`` first): the band of ``reach`` neighbour blocks (narrowed by
     ``token_allowed``), other key blocks per query block (``extra_blocks``/``extra_valid``,
     (B, N/b, K), none within ``reach``), the global keys, and the global queries' dense rows."""
     if kernels.active():
         kernels.note("cpu-flash", f"CPU, float32/64, no attention dropout, at least {block_flash.MIN_TOKENS} "
                      "tokens: torch's CPU flash kernel on the band's views and the other key blocks "
-                     "(variants/block_flash.py)" + _because(choice))
+                     "(variants/lib/block_flash.py)" + _because(choice))
     bsz, _, n, _ = q.shape
     has_global = global_idx is not None and global_idx.shape[1] > 0
     is_global = global_token_mask(global_idx, global_valid, bsz, n, q.device)
