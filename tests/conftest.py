@@ -20,7 +20,10 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def load_script(name: str):
-    """A script of scripts/ as a module (it is no package)."""
+    """A script of scripts/ as a module (it is no package), with scripts/ on sys.path as when Python runs one
+    (the scripts import their sibling modules)."""
+    if str(REPO / "scripts") not in sys.path:
+        sys.path.append(str(REPO / "scripts"))
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)

@@ -34,8 +34,18 @@ def gpu_check():
 
 
 @pytest.fixture(scope="module")
+def gpu_check_table():
+    return load_script("gpu_check_table")
+
+
+@pytest.fixture(scope="module")
 def lra_cost():
     return load_script("lra_cost")
+
+
+@pytest.fixture(scope="module")
+def lra_cost_time():
+    return load_script("lra_cost_time")
 
 
 # ---------------------------------------------------------------- the dry run, as CI runs it
@@ -172,8 +182,9 @@ def results(tmp_path):
     return tmp_path
 
 
-def test_table_rows_from_records_and_sweep(gpu_check, results):
-    table = gpu_check.build_table(gpu_check.load_records(results / "runs"), gpu_check.load_sweep(results / "bench"))
+def test_table_rows_from_records_and_sweep(gpu_check_table, results):
+    records, rows = gpu_check_table.load_records(results / "runs"), gpu_check_table.load_sweep(results / "bench")
+    table = gpu_check_table.build_table(records, rows)
     by = {row["variant"]: row for row in table}
     assert list(by) == ["full", "lsh", "full [xformers]"]
     full = by["full"]
@@ -189,8 +200,8 @@ def test_table_rows_from_records_and_sweep(gpu_check, results):
     assert xf["status"] == "" and xf["step_ms"] is None and xf["float32@4096"] == "8.0 ms / 256 MiB"
 
 
-def test_markdown_table_and_summary_file(gpu_check, results):
-    text = gpu_check.write_table(results, Path(CONFIG))
+def test_markdown_table_and_summary_file(gpu_check_table, results):
+    text = gpu_check_table.write_table(results, Path(CONFIG))
     assert text == (results / "summary.md").read_text()
     assert "FakeGPU 80GB, torch 2.13.0+cu130" in text
     lines = [line for line in text.splitlines() if line.startswith("|")]
@@ -202,42 +213,42 @@ def test_markdown_table_and_summary_file(gpu_check, results):
     assert lines[3].startswith("| lsh | oom | bf16 | explicit |  |  |  |") and "| OOM |" in lines[3]
 
 
-def test_table_of_nothing_is_empty(gpu_check, tmp_path):
-    assert gpu_check.build_table([], []) == []
-    assert gpu_check.markdown([]).count("\n") == 1  # the header alone
+def test_table_of_nothing_is_empty(gpu_check_table, tmp_path):
+    assert gpu_check_table.build_table([], []) == []
+    assert gpu_check_table.markdown([]).count("\n") == 1  # the header alone
 
 
 # ---------------------------------------------------------------- scripts/lra_cost.py
 
-def test_full_attention_flops_equal_the_hand_formula(lra_cost):
+def test_full_attention_flops_equal_the_hand_formula(lra_cost_time):
     config = load_config(REPO / "config" / "lra.yaml")
     from attnbench.harness.config import resolve_run
 
     run = resolve_run(config, "listops", "full", 0)
-    shape = lra_cost.task_shape("listops", run["task"]["data"])
-    core, dense = lra_cost.forward_flops_per_example(run, shape)
+    shape = lra_cost_time.task_shape("listops", run["task"]["data"])
+    core, dense = lra_cost_time.forward_flops_per_example(run, shape)
     n, d, mlp, layers = 2001, 512, 1024, 4  # 2000 tokens and CLS; LRA ListOps' model
     assert (shape.seq_len, shape.paired, shape.val, shape.test) == (2000, False, 2000, 2000)
     assert core == layers * 2 * 2 * n * n * d  # Q K^T and P V: two N x N x d matmuls over all heads
     head = 2 * (d * mlp + mlp * 10)
     assert dense == layers * (2 * n * 4 * d * d + 2 * 2 * n * d * mlp) + head  # qkv + out, MLP; the head
-    cost = lra_cost.run_cost(config, "listops", "full")
+    cost = lra_cost_time.run_cost(config, "listops", "full")
     steps, batch, evals = 5000, 32, 5 * 2000 + 2000  # validation every 1000 steps, the test split once
     assert cost.flops == pytest.approx((core + dense) * (3 * batch * steps + evals))
-    rate = lra_cost.Rate()
+    rate = lra_cost_time.Rate()
     assert rate.core == pytest.approx(0.25 * 312e12) and rate.dense(512) == rate.core
     assert rate.dense(32) == pytest.approx(rate.core * 0.75 * 32 / 156)
     assert cost.hours == pytest.approx((core * (3 * batch * steps + evals)) / rate.core / 3600
                                        + (dense * (3 * batch * steps + evals)) / rate.core / 3600)
 
 
-def test_paired_task_runs_two_towers(lra_cost):
+def test_paired_task_runs_two_towers(lra_cost_time):
     config = load_config(REPO / "config" / "lra.yaml")
     from attnbench.harness.config import resolve_run
 
     run = resolve_run(config, "retrieval", "full", 0)
-    shape = lra_cost.task_shape("retrieval", run["task"]["data"])
-    core, _ = lra_cost.forward_flops_per_example(run, shape)
+    shape = lra_cost_time.task_shape("retrieval", run["task"]["data"])
+    core, _ = lra_cost_time.forward_flops_per_example(run, shape)
     # two towers of 4000 bytes: LRA's dual encoder adds no CLS token (pooling: first)
     assert shape.paired and core == 2 * 4 * 2 * 2 * 4000 * 4000 * 128
 
@@ -259,11 +270,11 @@ def test_cost_table_has_a_row_per_task_of_lra_config(lra_cost, capsys):
         assert all(int(c) >= 30 for c in cells[-2:]), row
 
 
-def test_the_readme_shows_this_table(lra_cost):
-    """README.md's "Expected cost" table is what the script prints for config/lra.yaml (rerun it when either changes:
+def test_the_readme_shows_this_table(lra_cost_time):
+    """docs/lra.md's "Expected cost" table is what the script prints for config/lra.yaml (rerun it when either changes:
     `python scripts/lra_cost.py`)."""
-    table = lra_cost.markdown_table(lra_cost.config_costs(load_config(REPO / "config" / "lra.yaml")))
-    assert table in (REPO / "README.md").read_text()
+    table = lra_cost_time.markdown_table(lra_cost_time.config_costs(load_config(REPO / "config" / "lra.yaml")))
+    assert table in (REPO / "docs" / "lra.md").read_text()
 
 
 def test_a_command_past_its_limit_is_stopped_with_its_children(gpu_check):

@@ -15,9 +15,7 @@ The estimates are asked for the CPU (``device="cpu"``: its dropout keeps a float
 """
 from __future__ import annotations
 
-import importlib.util
 import re
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,6 +28,7 @@ from torch.utils._pytree import tree_flatten
 from attnbench.harness.config import load_config, validate_config
 from attnbench.harness.run.model import EncoderClassifier, ModelConfig
 from attnbench.variants import VARIANTS, build_attention
+from conftest import load_script
 
 REPO = Path(__file__).resolve().parent.parent
 DIM, HEADS, BATCH = 16, 2, 3
@@ -236,12 +235,12 @@ def test_cuda_synthesizer_estimate_is_what_its_forward_allocates(case):
 
 @pytest.fixture(scope="module")
 def lra_cost():
-    if "lra_cost" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("lra_cost", REPO / "scripts" / "lra_cost.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules["lra_cost"] = module
-        spec.loader.exec_module(module)
-    return sys.modules["lra_cost"]
+    return load_script("lra_cost")
+
+
+@pytest.fixture(scope="module")
+def lra_cost_memory():
+    return load_script("lra_cost_memory")
 
 
 @pytest.fixture(scope="module")
@@ -249,11 +248,11 @@ def lra_config():
     return load_config(REPO / "config" / "lra.yaml")
 
 
-def test_retrieval_memory_is_the_hand_count(lra_cost, lra_config):
+def test_retrieval_memory_is_the_hand_count(lra_cost_memory, lra_config):
     """Retrieval's synthesizer (random + dot product, 4 layers, 4 heads, 4000 tokens, no CLS): per sequence a
     (4, 4000, 4000) float32 tensor T; training holds 3 x 2.25 T + 5.25 T per sequence of the micro-batch (two
     towers per example), evaluation 4 T per sequence."""
-    m = lra_cost.run_memory(lra_config, "retrieval", "synthesizer")
+    m = lra_cost_memory.run_memory(lra_config, "retrieval", "synthesizer")
     t = 4 * 4000 * 4000 * 4
     micro = m.batch // m.accumulate
     assert (m.seq_len, m.paired) == (4000, True)
@@ -261,14 +260,14 @@ def test_retrieval_memory_is_the_hand_count(lra_cost, lra_config):
     assert m.cap == int(0.8 * 80e9)
 
 
-def test_every_run_of_the_lra_config_fits_an_80_gb_gpu(lra_cost, lra_config):
-    memory = lra_cost.config_memory(lra_config)
+def test_every_run_of_the_lra_config_fits_an_80_gb_gpu(lra_cost_memory, lra_config):
+    memory = lra_cost_memory.config_memory(lra_config)
     assert {m.label for m in memory} == {"synthesizer"}  # the one variant that forms N x N tensors
     assert {m.task for m in memory} == set(lra_config["tasks"])
     assert all(m.advice() == "fits" for m in memory), [(m.task, m.advice()) for m in memory]
 
 
-def test_without_its_settings_the_synthesizer_would_run_out_of_memory(lra_cost, tmp_path):
+def test_without_its_settings_the_synthesizer_would_run_out_of_memory(lra_cost_memory, tmp_path):
     """config/lra.yaml without the synthesizer's per-task `train:` settings: the memory table flags Retrieval and
     Path-X as certain oom records (over the cap), and suggests the settings the config now has, or smaller."""
     raw = yaml.safe_load((REPO / "config" / "lra.yaml").read_text())
@@ -279,23 +278,23 @@ def test_without_its_settings_the_synthesizer_would_run_out_of_memory(lra_cost, 
     config = validate_config(raw)
     lra = load_config(REPO / "config" / "lra.yaml")
     for task in ("retrieval", "pathx"):
-        m = lra_cost.run_memory(config, task, "synthesizer")
+        m = lra_cost_memory.run_memory(config, task, "synthesizer")
         assert m.train_bytes > m.cap and m.eval_bytes > m.cap and m.advice().startswith("**oom**: ")
         now = lra["tasks"][task]["per_variant"]["synthesizer"]["train"]
         assert m.fit_accumulate <= now["accumulate"] and m.fit_eval_batch >= now["eval_batch_size"]
-    table = lra_cost.memory_table(lra_cost.config_memory(config))
+    table = lra_cost_memory.memory_table(lra_cost_memory.config_memory(config))
     assert re.search(r"\| pathx \| synthesizer \| 16,384 \| 64 / 1 \| [\d,.]+ GB \| 256 \| [\d,.]+ GB \| \*\*oom\*\*: "
                      r"accumulate 16, eval_batch_size 5 \|", table), table
     # a smaller GPU: the same runs need more micro-batches
-    small = lra_cost.run_memory(lra, "retrieval", "synthesizer", gpu_memory_gb=24)
+    small = lra_cost_memory.run_memory(lra, "retrieval", "synthesizer", gpu_memory_gb=24)
     assert small.advice() != "fits" and small.fit_accumulate > 8
 
 
-def test_the_script_prints_the_memory_table_and_the_readme_shows_it(lra_cost, lra_config, capsys):
+def test_the_script_prints_the_memory_table_and_the_readme_shows_it(lra_cost, lra_cost_memory, lra_config, capsys):
     assert lra_cost.main(["--config", str(REPO / "config" / "lra.yaml")]) == 0
     out = capsys.readouterr().out
-    table = lra_cost.memory_table(lra_cost.config_memory(lra_config))
+    table = lra_cost_memory.memory_table(lra_cost_memory.config_memory(lra_config))
     assert table in out and "80 GB GPU (cap 64.0 GB)" in table
-    assert table in (REPO / "README.md").read_text()  # rerun `python scripts/lra_cost.py` when either changes
+    assert table in (REPO / "docs" / "lra.md").read_text()  # rerun `python scripts/lra_cost.py` when either changes
     assert lra_cost.main(["--config", str(REPO / "config" / "config.yaml")]) == 0
     assert "no run of this config forms tensors beyond O(N x d)" in capsys.readouterr().out

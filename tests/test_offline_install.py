@@ -1,4 +1,4 @@
-"""The offline install over a preinstalled torch (README, "On a GPU"), on a CPU: the CPU twin of `make gpu-check`
+"""The offline install over a preinstalled torch (docs/gpu.md), on a CPU: the CPU twin of `make gpu-check`
 on a GPU node without network, which has a CUDA torch of its own and none of attnbench's other dependencies.
 
 - The wheelhouse `make wheelhouse` builds for the node attnbench targets (CPython 3.12; what it already has:
@@ -11,7 +11,7 @@ on a GPU node without network, which has a CUDA torch of its own and none of att
   one; in any case pip runs with no index and no configuration) and starts: scripts/gpu_check.py plans its stages.
 
 Building a wheelhouse needs a package index: without an answer from PyPI these tests skip, saying so. Wheelhouses
-are cached under ~/.cache/attnbench/wheelhouse-tests/<hash of pyproject.toml, the node's packages and the script>,
+are cached under ~/.cache/attnbench/wheelhouse-tests/<hash of pyproject.toml, the node's packages and the scripts>,
 so only a first run downloads (about a minute per wheelhouse: pip resolves the requirements for the target
 Python); the install itself takes about 25 s on 2 cores.
 """
@@ -56,8 +56,9 @@ def index_answers() -> str | None:
 
 def wheelhouse(python_version: str, have: Path) -> Path:
     """The wheelhouse `scripts/wheelhouse.py build` makes for this target, cached by what determines it."""
+    scripts = [p.read_bytes() for p in sorted(SCRIPT.parent.glob("wheelhouse*.py"))]  # the command and its modules
     key = hashlib.sha256(b"\0".join([python_version.encode(), (REPO / "pyproject.toml").read_bytes(),
-                                     have.read_bytes(), SCRIPT.read_bytes()])).hexdigest()[:16]
+                                     have.read_bytes(), *scripts])).hexdigest()[:16]
     out = CACHE / f"py{python_version}-{key}"
     if (out / "wheelhouse.json").is_file():
         return out
@@ -101,7 +102,7 @@ def test_wheelhouse_for_the_gpu_node_fits_and_leaves_the_node_alone():
     assert not {"numpy", "pandas", "pyarrow", "scipy", "scikit-learn", "matplotlib", "pillow"} & set(names)
     assert not {n for n in names if re.match(r"^(torch|triton|nvidia-.*|cuda-.*)$", n)}
     assert {"snakemake", "jsonschema", "import-linter", "datasets", "setuptools"} <= set(names)
-    plats = load_script("wheelhouse").platforms()
+    plats = load_script("wheelhouse_build").platforms()
     tags = set(cpython_tags((3, 12), platforms=plats)) | set(compatible_tags((3, 12), "cp312", platforms=plats))
     assert all(parse_wheel_filename(p.name)[3] & tags for p in wheels), "a wheel that CPython 3.12 cannot install"
     # what the node must bring, with the specifiers the install will hold it to
