@@ -1,7 +1,6 @@
-"""``attnbench compare``: our variants against the best public implementation of each mechanism,
-side by side (``command``), the peers' adapters (``peers``, and ``zoo_peers`` for the later variants)
-and one layer measured in a fresh process (``probe``).
+"""``attnbench compare``: our variants against the best public implementation of each mechanism, side by
+side (``command``, and the modules it names), and one layer measured in a fresh process (``probe``).
 
-Importing the package registers every built-in peer: ``zoo_peers`` adds its peers to ``peers.PEERS``
-(it imports ``peers``; ``peers`` does not import it, so there is no import cycle)."""
-from attnbench.harness.compare import zoo_peers as zoo_peers
+The public implementations ("peers") are the modules of ``peers``, one per variant, each registering its
+peers in ``registry.PEERS`` when the registry first imports them; ``adapters`` holds what their adapters
+share. ``attnbench compare --list`` prints every peer with its packages."""

@@ -30,17 +30,19 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.profiler import ProfilerActivity, profile
 
-from attnbench.harness.compare.peers import PEERS, Shape
+from attnbench.harness.compare.registry import PEERS, Shape
 from attnbench.harness.measure.fresh_process import run_fresh, worker_main
 from attnbench.harness.measure.memory import PeakMemory
 from attnbench.harness.measure.timing import Stopwatch
 from attnbench.variants import build_attention
+from attnbench.variants.base import Attention
 
 #: the environment of a live-memory run (glibc's M_MMAP_THRESHOLD; ignored by other allocators)
 LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
@@ -48,7 +50,7 @@ LIVE_MEMORY_METHOD = ("fresh process, glibc mmap threshold fixed at 128 KiB: fre
                       "so the peak is that of live memory, repeatable to ~0.1 MiB")
 
 
-def build_impl(spec: dict) -> tuple[nn.Module, str]:
+def build_impl(spec: dict[str, Any]) -> tuple[nn.Module, str]:
     """The module a worker spec names: ours (``build_attention``) or a peer, with its label."""
     shape = Shape(spec["n"], spec["batch"], spec["heads"], spec["head_dim"])
     if spec["impl"] == "ours":
@@ -61,7 +63,7 @@ def build_impl(spec: dict) -> tuple[nn.Module, str]:
     return built, peer.title
 
 
-def measure_in_process(spec: dict) -> dict:
+def measure_in_process(spec: dict[str, Any]) -> dict[str, Any]:
     """Build one implementation and measure it in this (fresh) process.
 
     1. memory, two figures: the peak of the first forward+backward step above the memory just before it,
@@ -76,15 +78,14 @@ def measure_in_process(spec: dict) -> dict:
     every step; ``prime_n`` runs one untimed step at that (small) length before the measured
     one, so torch's one-time set-up is paid before the peak is taken.
     """
-    backend = contextlib.nullcontext()
+    backend: contextlib.AbstractContextManager[Any] = contextlib.nullcontext()
     if spec.get("sdpa_backend"):
         backend = sdpa_kernel([getattr(SDPBackend, spec["sdpa_backend"].upper())])
     with backend:
         return _measure(spec)
 
 
-def _measure(spec: dict) -> dict:
-
+def _measure(spec: dict[str, Any]) -> dict[str, Any]:
     threads = int(spec["threads"])
     torch.set_num_threads(threads)
     device = torch.device(spec["device"])
@@ -100,17 +101,17 @@ def _measure(spec: dict) -> dict:
     mask = None  # every token real
     n_params = sum(p.numel() for p in module.parameters())
     flops_fwd = None
-    if spec["impl"] == "ours":
+    if spec["impl"] == "ours" and isinstance(module, Attention):
         try:
             flops_fwd = int(module.flops(b, n))  # analytic, of the layer as built
         except NotImplementedError:
             pass
 
-    def clear():
+    def clear() -> None:
         module.zero_grad(set_to_none=True)
         x.grad = None
 
-    def step():
+    def step() -> None:
         clear()
         y = module(x, mask)
         if tuple(y.shape) != tuple(x.shape):
@@ -122,6 +123,7 @@ def _measure(spec: dict) -> dict:
         clear()
         with PeakMemory(device) as mem:
             step()
+        assert mem.peak_bytes is not None and mem.baseline_bytes is not None  # set on leaving the block
         return mem.peak_bytes, mem.method, mem.baseline_bytes
 
     if spec.get("prime_n"):
@@ -143,6 +145,7 @@ def _measure(spec: dict) -> dict:
                 step()
     times = watch.durations[warmup:]
     # the peak over every step, above the memory before the first one
+    assert later.peak_bytes is not None and later.baseline_bytes is not None  # set on leaving the block
     all_peak = max(cold_peak, later.peak_bytes + later.baseline_bytes - cold_base)
     result = {
         "ok": True, "label": label, "params": n_params, "threads": torch.get_num_threads(),
@@ -158,7 +161,7 @@ def _measure(spec: dict) -> dict:
     return result
 
 
-def _profile(step: Callable[[], None], spec: dict, label: str) -> str:
+def _profile(step: Callable[[], None], spec: dict[str, Any], label: str) -> str:
     """One more step under torch.profiler; the op table is written next to the JSON."""
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if spec["device"].startswith("cuda") else [])
     with profile(activities=acts, profile_memory=True, record_shapes=False) as prof:
@@ -176,7 +179,7 @@ def _worker(argv: list[str]) -> int:
     return worker_main(argv, measure_in_process, lambda message, oom: {"ok": False, "error": message, "oom": oom})
 
 
-def run_worker(spec: dict, timeout_s: float, workdir: Path) -> dict:
+def run_worker(spec: dict[str, Any], timeout_s: float, workdir: Path) -> dict[str, Any]:
     """``measure_in_process(spec)`` in a fresh Python process; failures become ``{"ok": False, ...}``."""
     result = run_fresh("attnbench.harness.compare.probe", spec, timeout_s, workdir, threads=int(spec["threads"]),
                        extra_env=LIVE_MEMORY_ENV if spec.get("live_memory") else None)
