@@ -8,7 +8,7 @@ import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -74,19 +74,24 @@ class Task:
     #: config varies (ListOps' max_length, a text task's seq_len, Pathfinder's resolution); None where the
     #: length is fixed by the data
     length_param: str | None = None
+    #: the name the task is registered under (its first), set by ``TASKS.register`` on each registered class
+    registered_name: ClassVar[str]
 
     @classmethod
     def length_settings(cls, length: int) -> dict[str, Any]:
         """The data settings that put the task at ``length`` (``tasks.<task>.lengths``): its ``length_param``;
         a task whose examples are shorter than their bound sets more (ListOps: a band below it)."""
+        assert cls.length_param is not None  # asked only of tasks with a length (config.protocol checks)
         return {cls.length_param: length}
 
-    def __init__(self, cfg):
+    def __init__(self, cfg: Any) -> None:
+        #: the task's settings: an instance of the config dataclass it is registered with (subclasses
+        #: declare which, e.g. ``cfg: ListOpsConfig``)
         self.cfg = cfg
 
     @property
     def name(self) -> str:
-        return self.registered_name  # type: ignore[attr-defined]
+        return self.registered_name
 
     def missing_sources(self) -> list[str]:
         """The source files this task's settings need and cannot find, each named with how to
@@ -130,12 +135,13 @@ def tiny_texts(n: int, seed: int = 0, max_words: int = 12) -> list[str]:
     return [" ".join(rng.choice(TINY_WORDS) for _ in range(rng.randint(1, max_words))) for _ in range(n)]
 
 
-def build_task(name: str, params: dict | None = None) -> Task:
+def build_task(name: str, params: dict[str, Any] | None = None) -> Task:
     entry = TASKS.get(name)
-    return entry.cls(TASKS.make_config(name, params))
+    task: Task = entry.cls(TASKS.make_config(name, params))
+    return task
 
 
-def data_key(task: str, params: dict) -> str:
+def data_key(task: str, params: dict[str, Any]) -> str:
     """Short hash naming the cached tensor file of a task's data settings."""
     cfg = dataclasses.asdict(TASKS.make_config(task, params))
     named = {"task": task, "params": cfg, "format": FORMAT_VERSION}
@@ -212,7 +218,8 @@ def data_problem(data: PreparedData, task: str, token_ids: bool = True) -> str:
                 "a classification data set needs at least two classes in train")
     for split in ("val", "test"):
         labels = data.splits[split]["labels"]
-        unseen = sorted(set(labels.unique().tolist()) - in_train)
+        present: torch.Tensor = labels.unique()  # type: ignore[no-untyped-call]  # torch leaves Tensor.unique untyped
+        unseen = sorted(set(present.tolist()) - in_train)
         if unseen:
             where_first = torch.isin(labels, torch.tensor(unseen)).nonzero().flatten()
             return (f"{where}: {split} has class(es) {_values(unseen)} ({_examples(where_first)}) that train "
@@ -228,7 +235,7 @@ def check_prepared(data: PreparedData, task: str) -> None:
         raise DataError(problem)
 
 
-def save_prepared(path: Path, task: str, params: dict, data: PreparedData) -> None:
+def save_prepared(path: Path, task: str, params: dict[str, Any], data: PreparedData) -> None:
     """Check ``data`` (``check_prepared``: nothing is written for data that cannot be right) and write it."""
     check_prepared(data, task)
     small = torch.int16 if data.vocab_size < 2**15 else torch.int32
@@ -244,7 +251,7 @@ def save_prepared(path: Path, task: str, params: dict, data: PreparedData) -> No
     atomic_torch_save(payload, path)
 
 
-def load_prepared(path: Path, task: str, params: dict) -> PreparedData:
+def load_prepared(path: Path, task: str, params: dict[str, Any]) -> PreparedData:
     path = Path(path)
     if not path.exists():
         raise DataError(f"prepared data {path} is missing; create it with "

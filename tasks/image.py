@@ -18,14 +18,15 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
 from attnbench.harness.core.registry import param
 from attnbench.tasks.base import TASKS, DataError, PreparedData, Task
-from attnbench.tasks.lib.hf_source import _folder_files, load_source, missing_source
+from attnbench.tasks.lib.hf_source import DatasetDict, load_source, missing_source
+from attnbench.tasks.lib.local_file_checks import folder_files
 
 #: images in scikit-learn's digits (``load_digits``), split by ``test_fraction`` and ``val_fraction``
 DIGITS_IMAGES = 1797
@@ -86,7 +87,9 @@ def _cifar10(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], i
                         expected="an 'img' (or 'image') and a 'label' column", default_hub_id="uoft-cs/cifar10",
                         local_form="a local folder holding its train/test parquet files, with an 'img' "
                                    "(or 'image') and a 'label' column")
-    pixels, sizes, columns = {}, {}, {}
+    pixels: dict[str, list[np.ndarray]] = {}
+    sizes: dict[str, list[tuple[int, int]]] = {}
+    columns: dict[str, str] = {}
     for split in ("train", "test"):
         if split not in ds:
             raise DataError(f"CIFAR-10 at {path!r} has no {split!r} split (found {list(ds)})")
@@ -105,7 +108,7 @@ def _cifar10(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], i
     return images, labels, 255
 
 
-def _image_file(ds, split: str, column: str, row: int, path: str) -> str:
+def _image_file(ds: DatasetDict, split: str, column: str, row: int, path: str) -> str:
     """Where row ``row`` of ``split`` comes from: the image's file name as ``datasets`` holds it (for a folder
     of images, the file read; a parquet file may keep its images' names), else its file and row among the
     split's parquet files in a local folder, else its row in the split."""
@@ -119,7 +122,7 @@ def _image_file(ds, split: str, column: str, row: int, path: str) -> str:
         import pyarrow.parquet as pq
 
         start = 0
-        for f in _folder_files(folder).get(split, []):
+        for f in folder_files(folder).get(split, []):
             try:
                 rows = pq.ParquetFile(f).metadata.num_rows
             except Exception:  # not parquet: its rows cannot be counted without reading it
@@ -130,7 +133,7 @@ def _image_file(ds, split: str, column: str, row: int, path: str) -> str:
     return f"row {row} of the {split} split"
 
 
-def _check_sizes(sizes: dict[str, list[tuple[int, int]]], ds, columns: dict[str, str], path: str) -> None:
+def _check_sizes(sizes: dict[str, list[tuple[int, int]]], ds: DatasetDict, columns: dict[str, str], path: str) -> None:
     """Every image (``sizes``: split -> (width, height) per image) the size of most training images (an image
     is H * W tokens, so one size for all splits); a DataError names the first other one's file and both sizes."""
     common = Counter(sizes["train"]).most_common(1)
@@ -152,11 +155,12 @@ def _check_sizes(sizes: dict[str, list[tuple[int, int]]], ds, columns: dict[str,
 class Image(Task):
     """Image: pixel-intensity sequences, 10 classes (LRA uses grayscale CIFAR-10)."""
 
+    cfg: ImageConfig
     data_version = 2  # 2: CIFAR-10's grayscale truncated as TF's, no longer rounded
     zero_token = 1  # a black pixel (intensity 0 + 1)
 
     @classmethod
-    def tiny_params(cls, folder: Path) -> dict:
+    def tiny_params(cls, folder: Path) -> dict[str, Any]:
         """20 train and 5 test 32 x 32 RGB images of random pixels in CIFAR-10's hub layout
         (``plain_text/{train,test}-00000-of-00001.parquet``, columns ``img``, ``label``)."""
         import datasets  # with Pillow: only this test set-up writes CIFAR-like files

@@ -17,7 +17,7 @@ import statistics
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 import torch
@@ -31,7 +31,8 @@ END = "]"
 VOCAB = ("<pad>", "<unk>", *OPERATORS, END, *(str(d) for d in range(10)))
 TOKEN_ID = {t: i for i, t in enumerate(VOCAB)}
 
-Tree = int | str | tuple
+#: a digit, or a pair (an operator and its first argument, a tree and its next argument, a tree and END)
+Tree = int | str | tuple["Tree", "Tree"]
 
 
 #: the most generated examples per split: a generated set is held in memory and written by one
@@ -207,7 +208,8 @@ def apply_op(op: str, args: list[int]) -> int:
 def evaluate_tree(tree: Tree) -> int:
     """Value of a pair-nested tree (the generator's own evaluator)."""
 
-    def walk(t: Tree):
+    # a digit, an operator or END, or an open (operator, arguments so far) pair
+    def walk(t: Tree) -> Any:
         if not isinstance(t, tuple):
             return t
         left, right = walk(t[0]), walk(t[1])
@@ -217,7 +219,7 @@ def evaluate_tree(tree: Tree) -> int:
             return apply_op(left[0], left[1])
         return (left[0], left[1] + [right])
 
-    return walk(tree)
+    return cast(int, walk(tree))
 
 
 def generate(n: int, rng: random.Random, cfg: ListOpsConfig, seen: dict[str, int]) -> list[tuple[str, int]]:
@@ -281,21 +283,24 @@ def tokenize(source: str) -> list[int]:
 class ListOps(Task):
     """ListOps: hierarchical MIN/MAX/MED/SM expressions, 10 classes (LRA)."""
 
+    cfg: ListOpsConfig
     length_param = "max_length"
 
     @classmethod
-    def length_settings(cls, length: int) -> dict:
+    def length_settings(cls, length: int) -> dict[str, Any]:
         """At ``length``, the trees between half of it and it (min_length length // 2, max_length length): the
         sequences are about that long, not only bounded by it (LRA's ListOps: 500 < length < 2000)."""
         return {"max_length": length, "min_length": length // 2}
 
     @classmethod
-    def tiny_params(cls, folder: Path) -> dict:
+    def tiny_params(cls, folder: Path) -> dict[str, Any]:
         """32 / 8 / 8 short generated trees written as release TSVs
         (``listops-1000/basic_{train,val,test}.tsv``) and read as files."""
         shape = {"min_length": 0, "max_length": 32, "max_depth": 3}
         folder = Path(folder) / "listops-1000"
-        build_task(cls.registered_name, {"n_train": 32, "n_val": 8, "n_test": 8, **shape}).write_generated(folder)
+        task = build_task(cls.registered_name, {"n_train": 32, "n_val": 8, "n_test": 8, **shape})
+        assert isinstance(task, ListOps)  # registered_name names this class (or a subclass registered anew)
+        task.write_generated(folder)
         return {"source": "files", "path": str(folder), "max_length": shape["max_length"]}
 
     def split_files(self, folder: Path) -> dict[str, Path]:
@@ -304,7 +309,8 @@ class ListOps(Task):
     def write_generated(self, folder: Path) -> dict[str, Path]:
         """Generate the three splits and write them as LRA TSVs into ``folder``."""
         cfg = self.cfg
-        rng, seen = random.Random(cfg.data_seed), {}
+        rng = random.Random(cfg.data_seed)
+        seen: dict[str, int] = {}
         files = self.split_files(folder)
         for split, n in zip(SPLITS, (cfg.n_train, cfg.n_val, cfg.n_test), strict=True):
             write_tsv(files[split], generate(n, rng, cfg, seen))

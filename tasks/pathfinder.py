@@ -33,21 +33,21 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import torch
 
 from attnbench.harness.core.registry import param
 from attnbench.tasks.base import SPLITS, TASKS, DataError, PreparedData, Task, build_task, lra_release_hint
-from attnbench.tasks.lib.pathfinder_draw import (
+from attnbench.tasks.lib.pathfinder_draw import write_release
+from attnbench.tasks.lib.pathfinder_settings import (
     DIFFICULTY_LENGTH,
     DrawSettings,
     cannot_fit,
     draw_settings,
     out_of_range,
     resolved_settings,
-    write_release,
 )
 
 Difficulty = Literal["curv_baseline", "curv_contour_length_9", "curv_contour_length_14"]
@@ -168,7 +168,7 @@ class ReleaseImages:
         return f"{n} skipped" + (f" ({parts})" if parts else "")
 
 
-def _natural_key(text: str) -> tuple:
+def _natural_key(text: str) -> tuple[int | str, ...]:
     return tuple(int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text))
 
 
@@ -213,7 +213,8 @@ def read_release(folder: Path, resolution: int, max_examples: int = 0, task: str
         rows = rows[:max_examples]
     side = resolution
     images = np.empty((len(rows), side, side), dtype=np.uint8)
-    labels, names = [], []
+    labels: list[int] = []
+    names: list[str] = []
     skipped: dict[str, list[str]] = {"empty file": [], "unreadable": [], "all black": []}
     for subdir, filename, label in rows:
         name = f"{subdir}/{filename}"
@@ -262,15 +263,18 @@ def split_indices(n: int, val_fraction: float, test_fraction: float, seed: int) 
 class Pathfinder(Task):
     """Pathfinder: are two markers joined by a dashed path? Pixel sequences, 2 classes (LRA)."""
 
+    cfg: PathfinderConfig
     length_param = "resolution"
 
     zero_token = 1  # a black pixel (intensity 0 + 1): most of a Pathfinder image
 
     @classmethod
-    def tiny_params(cls, folder: Path) -> dict:
+    def tiny_params(cls, folder: Path) -> dict[str, Any]:
         """Ten generated images (at the task's default resolution) written in the release layout
         (``pathfinder<R>/<difficulty>/{imgs,metadata}``) and read as files: 6 / 2 / 2."""
-        root = build_task(cls.registered_name, {"n_train": 6, "n_val": 2, "n_test": 2}).write_generated(Path(folder))
+        task = build_task(cls.registered_name, {"n_train": 6, "n_val": 2, "n_test": 2})
+        assert isinstance(task, Pathfinder)  # registered_name names this class (or a subclass registered anew)
+        root = task.write_generated(Path(folder))
         return {"source": "files", "path": str(root), "val_fraction": 0.2, "test_fraction": 0.2}
 
     def generator_settings(self) -> DrawSettings:

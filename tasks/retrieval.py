@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -72,10 +73,11 @@ def read_pairs(path: Path, max_examples: int = 0) -> tuple[list[str], list[str],
 class Retrieval(Task):
     """Retrieval: AAN citation matching of two byte-level documents, 2 classes (LRA)."""
 
+    cfg: RetrievalConfig
     length_param = "seq_len"
 
     @classmethod
-    def tiny_params(cls, folder: Path) -> dict:
+    def tiny_params(cls, folder: Path) -> dict[str, Any]:
         """8 / 4 / 4 pairs in the release layout (``tsv_data/new_aan_pairs.{train,eval,test}.tsv``)."""
         folder = Path(folder) / "tsv_data"
         folder.mkdir(parents=True, exist_ok=True)

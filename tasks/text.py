@@ -15,10 +15,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from attnbench.tasks.base import TASKS, tiny_texts
-from attnbench.tasks.lib.hf_source import TextSourceConfig, write_csv
+from attnbench.tasks.lib.hf_source import write_csv
+from attnbench.tasks.lib.labelled_texts import TextSourceConfig
 from attnbench.tasks.textcls import TextCls
 
 
@@ -34,7 +35,7 @@ class Text(TextCls):
     hub_id: ClassVar[str] = "stanfordnlp/imdb"
 
     @classmethod
-    def tiny_params(cls, folder: Path) -> dict:
+    def tiny_params(cls, folder: Path) -> dict[str, Any]:
         """40 rows in the layout of fastai's IMDB_SAMPLE ``texts.csv`` (``label,text,is_valid``,
         labels negative/positive, every fifth row validation), test carved from train."""
         rows = [("positive" if i % 2 else "negative", text, i % 5 == 0) for i, text in enumerate(tiny_texts(40))]

@@ -1,33 +1,28 @@
 """Text classification: any labelled text data set as byte or subword token sequences.
 
-Sources (``tasks.hf_source``): Hugging Face ids such as ``fancyzhx/ag_news`` (the default),
-``stanfordnlp/imdb`` or ``stanfordnlp/sst2`` (``text_columns: [sentence]``), or local
-CSV/TSV/JSON lines/Parquet files with configurable text and label columns; e.g. the AG
-News CSV: ``text_columns: [title, description]``, ``label_offset: 1``.
+Sources (``tasks.lib.hf_source``, ``tasks.lib.labelled_texts``): Hugging Face ids such as
+``fancyzhx/ag_news`` (the default), ``stanfordnlp/imdb`` or ``stanfordnlp/sst2``
+(``text_columns: [sentence]``), or local CSV/TSV/JSON lines/Parquet files with configurable
+text and label columns; e.g. the AG News CSV: ``text_columns: [title, description]``,
+``label_offset: 1``.
 
-Tokens: ``bytes`` (``tasks.byte_text``: UTF-8 bytes + 1, 257 ids) or ``subword`` (BPE or
+Tokens: ``bytes`` (``tasks.lib.byte_text``: UTF-8 bytes + 1, 257 ids) or ``subword`` (BPE or
 WordPiece trained on the train split only, cached under the task's work folder:
-``tasks.subword``). Texts longer than ``seq_len`` tokens are cut (the head is kept).
+``tasks.lib.subword``). Texts longer than ``seq_len`` tokens are cut (the head is kept).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from attnbench.harness.core.registry import param
 from attnbench.tasks.base import TASKS, PreparedData, Task, tiny_texts
 from attnbench.tasks.lib.byte_text import BYTE_VOCAB, encode_texts
-from attnbench.tasks.lib.hf_source import (
-    PATH_HELP,
-    LabelledTexts,
-    TextSourceConfig,
-    load_labelled_texts,
-    missing_source,
-    write_csv,
-)
+from attnbench.tasks.lib.hf_source import missing_source, write_csv
+from attnbench.tasks.lib.labelled_texts import PATH_HELP, LabelledTexts, TextSourceConfig, load_labelled_texts
 from attnbench.tasks.lib.subword import SubwordSettings, load_or_train
 
 
@@ -51,13 +46,16 @@ class TextClsConfig(TextSourceConfig):
 class TextCls(Task):
     """Text classification: labelled texts (AG News by default) as byte or subword tokens."""
 
+    #: the task's settings; ``text``'s config holds the source settings alone, and a Text reads only
+    #: those (its tokens are bytes: the subword settings are never read)
+    cfg: TextClsConfig
     length_param = "seq_len"
 
     #: the Hugging Face copy suggested when a local source is missing
     hub_id: ClassVar[str] = "fancyzhx/ag_news"
 
     @classmethod
-    def tiny_params(cls, folder: Path) -> dict:
+    def tiny_params(cls, folder: Path) -> dict[str, Any]:
         """40 rows in the AG News CSV layout (``label,title,description``, labels 1-4), val and
         test carved from them; a small BPE vocabulary trained on train."""
         titles, texts = tiny_texts(40, seed=1, max_words=3), tiny_texts(40, seed=2)

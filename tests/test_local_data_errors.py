@@ -11,7 +11,7 @@ import pytest
 
 from attnbench.harness.cli import main
 from attnbench.tasks.base import DataError, build_task
-from attnbench.tasks.lib import hf_source
+from attnbench.tasks.lib import local_file_checks
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 AG_NEWS = SHARED / "ag_news" / "test.csv"
@@ -130,19 +130,19 @@ def test_bad_file_in_a_folder(tmp_path):
 def test_checked_in_chunks(tmp_path, monkeypatch):
     """The check streams the file: with 3-byte chunks, characters and lines cut at chunk edges are
     still read right (a good file passes, the bad byte's offset and line are exact)."""
-    monkeypatch.setattr(hf_source, "CHECK_CHUNK", 3)
+    monkeypatch.setattr(local_file_checks, "CHECK_CHUNK", 3)
     rows = [{"text": f"{i} café ☕ naïve", "label": i % 2} for i in range(30)]
     good = tmp_path / "good.csv"
     pd.DataFrame(rows).to_csv(good, index=False)
-    hf_source.check_local_file(good, "data")  # nothing to say
+    local_file_checks.check_local_file(good, "data")  # nothing to say
     text = good.read_text(encoding="utf-8")
     bad = _file(tmp_path, "bad.csv", text.encode() + "7 déjà,1\n".encode("latin-1"))
     with pytest.raises(DataError) as info:
-        hf_source.check_local_file(bad, "data")
+        local_file_checks.check_local_file(bad, "data")
     assert f"byte offset {len(text.encode()) + 3} (line {len(rows) + 2}, byte 4 of the line)" in str(info.value)
     header_only = _file(tmp_path, "h.csv", "\n\nlabel,title,description\r\n\r\n")
     with pytest.raises(DataError, match="only a header line"):
-        hf_source.check_local_file(header_only, "data")
+        local_file_checks.check_local_file(header_only, "data")
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path, capsys):

@@ -17,7 +17,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from attnbench.tasks.base import LRA_RELEASE_URL, SPLITS, DataError, build_task
-from attnbench.tasks.lib.pathfinder_draw import DrawSettings, draw_settings, generate_images, write_release
+from attnbench.tasks.lib.pathfinder_draw import generate_images, write_release
+from attnbench.tasks.lib.pathfinder_settings import DrawSettings, draw_settings
 from attnbench.tasks.pathfinder import read_release, split_indices
 
 REPO = Path(__file__).resolve().parent.parent
@@ -379,7 +380,8 @@ def test_generated_release_is_seeded(tmp_path):
 
 _GEN_SCRIPT = """
 import hashlib, sys
-from attnbench.tasks.lib.pathfinder_draw import draw_settings, generate_images
+from attnbench.tasks.lib.pathfinder_draw import generate_images
+from attnbench.tasks.lib.pathfinder_settings import draw_settings
 images, labels = generate_images(6, draw_settings(32), seed=11)
 print(hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest())
 """

@@ -13,7 +13,8 @@ import yaml
 
 from attnbench.harness.config import DEFAULT_CONFIG, ConfigError, load_config, validate_config
 from attnbench.tasks.image import DIGITS_IMAGES
-from attnbench.tasks.lib.pathfinder_draw import cannot_fit, draw_settings, generate_images
+from attnbench.tasks.lib.pathfinder_draw import generate_images
+from attnbench.tasks.lib.pathfinder_settings import cannot_fit, draw_settings
 from attnbench.tasks.listops import COUNT_BELOW, ListOpsConfig, generate_tree, longest_tree, to_string, tree_counts
 
 CONFIG_DIR = Path(DEFAULT_CONFIG).parent

@@ -32,25 +32,23 @@ the string ``"pathfinder:{s}:{i}"`` (Python hashes string seeds with SHA-512, wh
 how many others are drawn: the first ``m`` images of a run of ``n`` are those of a run of
 ``m``. Only the standard library and numpy draw; Pillow writes the PNGs.
 
+The settings, their automatic values and their checks: ``pathfinder_settings``.
+
 Speed, one core: about 500 images/s at 32 px, 200 images/s at 128 px.
 """
 from __future__ import annotations
 
-import dataclasses
 import functools
 import math
 import random
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-#: difficulty folder of the LRA release -> contour length (dashes of a target path)
-DIFFICULTY_LENGTH = {"curv_baseline": 6, "curv_contour_length_9": 9, "curv_contour_length_14": 14}
+from attnbench.tasks.lib.pathfinder_settings import N_HEADINGS, DrawSettings, round_half_up
+
 INK = 255
-#: headings are multiples of 360 / N_HEADINGS = 5 degrees
-N_HEADINGS = 72
 #: images per ``imgs/<k>`` folder and ``metadata/<k>.npy`` file
 IMAGES_PER_FOLDER = 1000
 
@@ -59,125 +57,6 @@ _BACKTRACKS_PER_DASH = 0.5  # redraws allowed per dash of a path before the path
 _TARGET_TRIES = 20          # paths tried for a target path before the image is started again
 _DISTRACTOR_TRIES = 10      # paths tried for a distractor before it is left out
 _IMAGE_TRIES = 200
-
-
-@dataclass(frozen=True)
-class DrawSettings:
-    """Concrete drawing settings (see ``draw_settings`` for the resolution-scaled defaults)."""
-
-    resolution: int = 32
-    path_length: int = 14
-    dash_length: int = 2
-    gap: int = 1
-    n_distractors: int = 5
-    distractor_length: int = 4
-    marker_size: int = 3
-    max_turn: float = 45.0
-    margin: int = 1
-
-    def __post_init__(self):
-        problems = out_of_range(dataclasses.asdict(self))
-        if problems:
-            raise ValueError("pathfinder drawing settings out of range: "
-                             + ", ".join(f"{name}={getattr(self, name)} ({allowed})" for name, allowed in problems))
-
-
-def out_of_range(values: dict) -> list[tuple[str, str]]:
-    """(setting, what is allowed) for each of ``DrawSettings``' fields (given as a mapping) out of
-    range: what ``DrawSettings`` refuses, and what a config check says before anything is drawn."""
-    problems = []
-    if values["resolution"] < 8:
-        problems.append(("resolution", "at least 8"))
-    for name in ("path_length", "dash_length", "gap", "distractor_length"):
-        if values[name] < 1:
-            problems.append((name, "at least 1"))
-    if values["n_distractors"] < 0:
-        problems.append(("n_distractors", "at least 0"))
-    if values["marker_size"] < 3 or values["marker_size"] % 2 == 0:
-        problems.append(("marker_size", "an odd number, at least 3"))
-    if not 0 <= values["max_turn"] <= 90:
-        problems.append(("max_turn", "degrees, 0 to 90"))
-    if values["margin"] < 0:
-        problems.append(("margin", "at least 0"))
-    return problems
-
-
-def cannot_fit(s: DrawSettings) -> list[tuple[str, str]]:
-    """(setting, why) when two target paths cannot fit into the image whatever is drawn: bounds
-    that follow ``_Geometry`` and ``_Canvas.grow``. Inside the ``margin``-pixel border, a path's
-    elements (dashes and caps, the caps' space kept even when not drawn as markers) are disjoint;
-    a dash advances one pixel per step along its heading's major axis, a jump of ``gap + 1``
-    steps separates consecutive elements, and a cap sits ``gap + 1 + marker_size // 2`` steps from
-    its dash. So a cap, a gap and a dash in a row span ``marker_size + gap + dash_length`` pixels
-    of one axis; with turns that round to 0 steps (max_turn < 2.5) a whole path is straight; and
-    the pixels of two target paths with their four caps cannot outnumber those inside the border."""
-    inside = s.resolution - 2 * s.margin
-    border = f"inside the {s.margin}-pixel border of the {s.resolution}x{s.resolution} image"
-    first = s.marker_size + s.gap + s.dash_length
-    if first > inside:
-        return [("resolution", f"a marker, a gap and a dash in a row (marker_size {s.marker_size} + gap {s.gap} + "
-                               f"dash_length {s.dash_length} = {first} pixels) span more than the {inside} pixels "
-                               f"across {border}; raise resolution or lower marker_size, gap or dash_length")]
-    if _rnd(s.max_turn * N_HEADINGS / 360) == 0:
-        straight = 2 * s.marker_size + s.path_length * s.dash_length + (s.path_length + 1) * s.gap
-        if straight > inside:
-            return [("max_turn", f"turns are whole steps of {360 // N_HEADINGS} degrees, so max_turn "
-                                 f"{s.max_turn:g} allows none and every path is straight; a target path "
-                                 f"({s.path_length} dashes of {s.dash_length} pixels, {s.path_length + 1} gaps of "
-                                 f"{s.gap}, two {s.marker_size}-pixel markers) spans {straight} pixels, more than the "
-                                 f"{inside} across {border}; raise max_turn or resolution, or shorten the path")]
-    ink = 2 * (s.path_length * s.dash_length + 2 * s.marker_size ** 2)
-    if ink > inside ** 2:
-        return [("path_length", f"two target paths of {s.path_length} dashes of {s.dash_length} pixels with their "
-                                f"four {s.marker_size}x{s.marker_size} markers cover {ink} pixels, more than the "
-                                f"{inside ** 2} {border}; lower path_length, dash_length or marker_size, or raise "
-                                "resolution")]
-    return []
-
-
-def draw_settings(resolution: int, difficulty: str = "curv_contour_length_14", **given) -> DrawSettings:
-    """Settings with the automatic values filled in (``resolved_settings``); out-of-range values
-    are a ValueError naming them."""
-    return DrawSettings(**resolved_settings(resolution, difficulty, **given))
-
-
-def resolved_settings(resolution: int, difficulty: str = "curv_contour_length_14", *, path_length: int = 0,
-                      dash_length: int = 0, gap: int = 0, n_distractors: int = -1, distractor_length: int = 0,
-                      marker_size: int = 0, max_turn: float = 45.0, margin: int = 1) -> dict:
-    """``DrawSettings``' fields with the automatic values filled in (0, or -1 for ``n_distractors``,
-    = automatic), not yet checked (``out_of_range``).
-
-    With ``f = resolution / 32``: path_length from the difficulty (6 / 9 / 14 dashes, the
-    release's contour lengths), dash_length ``max(2, round(2f))``, gap ``max(1, round(f/2))``,
-    marker_size ``2 round(0.75 f) + 1``, n_distractors ``round(5f)``, distractor_length
-    ``max(2, path_length // 3)``. At 32 px: 14 dashes of 2 px, gap 1, 3x3 markers,
-    5 distractors of 4 dashes (as LRA's Pathfinder-32); at 128 px: 14 dashes of 8 px,
-    gap 2, 7x7 markers, 20 distractors of 4 dashes.
-    """
-    if difficulty not in DIFFICULTY_LENGTH:
-        raise ValueError(f"unknown pathfinder difficulty {difficulty!r}; known: {', '.join(DIFFICULTY_LENGTH)}")
-    f = resolution / 32
-
-    def rnd(x: float) -> int:
-        return int(math.floor(x + 0.5))
-
-    path_length = path_length or DIFFICULTY_LENGTH[difficulty]
-    return dict(
-        resolution=resolution,
-        path_length=path_length,
-        dash_length=dash_length or max(2, rnd(2 * f)),
-        gap=gap or max(1, rnd(f / 2)),
-        n_distractors=n_distractors if n_distractors >= 0 else rnd(5 * f),
-        distractor_length=distractor_length or max(2, path_length // 3),
-        marker_size=marker_size or 2 * max(1, rnd(0.75 * f)) + 1,
-        max_turn=max_turn,
-        margin=margin,
-    )
-
-
-def _rnd(x: float) -> int:
-    return int(math.floor(x + 0.5))
-
 
 def _chebyshev(a: list[tuple[int, int]], b: list[tuple[int, int]]) -> int:
     return min(max(abs(x1 - x2), abs(y1 - y2)) for x1, y1 in a for x2, y2 in b)
@@ -192,7 +71,7 @@ class _Geometry:
         self.s = s
         n, L, half = N_HEADINGS, s.dash_length, s.marker_size // 2
         self.reach = k = s.gap + 1  # a jump that bridges one gap; other paths stay farther than this
-        self.turn = _rnd(s.max_turn * n / 360)  # in heading steps
+        self.turn = round_half_up(s.max_turn * n / 360)  # in heading steps
         self.pad = pad = max(k + L, 2 * half + k) + k + 1
         self.width = w = s.resolution + 2 * pad
         units = []
@@ -202,15 +81,15 @@ class _Geometry:
             units.append((cx / m, cy / m))  # one pixel per step along the major axis
 
         def along(t: float, d: int) -> tuple[int, int]:
-            return _rnd(t * units[d][0]), _rnd(t * units[d][1])
+            return round_half_up(t * units[d][0]), round_half_up(t * units[d][1])
 
-        def shift(points, by):
+        def shift(points: list[tuple[int, int]], by: tuple[int, int]) -> list[tuple[int, int]]:
             return [(x + by[0], y + by[1]) for x, y in points]
 
-        def flat(points):
+        def flat(points: list[tuple[int, int]]) -> list[int]:
             return [y * w + x for x, y in points]
 
-        def halo(points):
+        def halo(points: list[tuple[int, int]]) -> list[int]:
             return sorted({(y + dy) * w + x + dx for x, y in points
                            for dy in range(-k, k + 1) for dx in range(-k, k + 1)})
 
@@ -362,7 +241,7 @@ def draw_image(rng: random.Random, settings: DrawSettings, label: int) -> np.nda
         canvas = _Canvas(geo)
         first = canvas.place(rng, s.path_length, True, _TARGET_TRIES)
         second = first and canvas.place(rng, s.path_length, True, _TARGET_TRIES)
-        if not second:
+        if not first or not second:  # (no first: no second either)
             continue
         targets = [first, second]
         distractors = [canvas.place(rng, s.distractor_length, False, _DISTRACTOR_TRIES)

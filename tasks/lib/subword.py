@@ -19,12 +19,16 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
 from attnbench.harness.core.io import atomic_write_text
 from attnbench.tasks.base import PAD_ID, pad_batch
+
+if TYPE_CHECKING:  # imported where used at run time (see above)
+    from tokenizers import Tokenizer
+    from tokenizers.trainers import Trainer
 
 PAD, UNK = "[PAD]", "[UNK]"
 SPECIAL_TOKENS = (PAD, UNK)  # in id order: [PAD] is 0
@@ -43,7 +47,7 @@ class SubwordSettings:
     lowercase: bool = False
 
 
-def _build(settings: SubwordSettings):
+def _build(settings: SubwordSettings) -> tuple[Tokenizer, Trainer]:
     """An untrained tokenizer and its trainer."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
@@ -53,9 +57,10 @@ def _build(settings: SubwordSettings):
         tok.normalizer = normalizers.Sequence(steps)
         tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
         tok.decoder = decoders.ByteLevel()
-        trainer = trainers.BpeTrainer(vocab_size=settings.vocab_size, min_frequency=settings.min_frequency,
-                                      special_tokens=list(SPECIAL_TOKENS), show_progress=False,
-                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        trainer: trainers.Trainer = trainers.BpeTrainer(
+            vocab_size=settings.vocab_size, min_frequency=settings.min_frequency,
+            special_tokens=list(SPECIAL_TOKENS), show_progress=False,
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     elif settings.model == "wordpiece":
         tok = Tokenizer(models.WordPiece(unk_token=UNK))
         tok.normalizer = normalizers.BertNormalizer(lowercase=settings.lowercase)
@@ -85,7 +90,8 @@ def cache_key(texts: Sequence[str], settings: SubwordSettings) -> str:
 class SubwordTokenizer:
     """A trained tokenizer: ``encode`` gives (n, seq_len) padded id tensors."""
 
-    def __init__(self, tokenizer, settings: SubwordSettings, path: Path | None = None, reused: bool = False):
+    def __init__(self, tokenizer: Tokenizer, settings: SubwordSettings, path: Path | None = None,
+                 reused: bool = False) -> None:
         self.tokenizer, self.settings, self.path, self.reused = tokenizer, settings, path, reused
         if tokenizer.token_to_id(PAD) != PAD_ID:
             raise ValueError(f"subword tokenizer {path}: {PAD} is id {tokenizer.token_to_id(PAD)}, expected {PAD_ID}")
