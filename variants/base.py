@@ -1,7 +1,7 @@
 """The interface every attention variant implements, and the variant registry."""
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 from torch import nn
@@ -63,18 +63,21 @@ class Attention(nn.Module):
     linear_memory: ClassVar[bool] = False
     #: hyper-parameters under which a test at N = 16..64 tokens exercises the real mechanism
     #: (several blocks, chunks or buckets) rather than a degenerate one-block case
-    small_params: ClassVar[dict] = {}
+    small_params: ClassVar[dict[str, Any]] = {}
     #: the published model this variant implements: a row of LRA's Table 1, or of a later paper's LRA
     #: table (Nystromformer: harness/report/lra_published.py); None: none does
     lra_model: ClassVar[str | None] = None
 
     @classmethod
-    def published_as(cls, params: dict) -> str | None:
+    def published_as(cls, params: dict[str, Any]) -> str | None:
         """LRA Table 1's name for this variant under ``params`` (a variant whose identity
         depends on a parameter, such as linear's feature map, overrides this)."""
         return cls.lra_model
 
-    def __init__(self, dim: int, heads: int, cfg, max_len: int, dropout: float = 0.0):
+    def __init__(self, dim: int, heads: int, cfg: Any, max_len: int, dropout: float = 0.0) -> None:
+        """``cfg``: the variant's config dataclass, filled from its parameters (``VARIANTS.make_config``).
+        Typed ``Any`` here, since every variant has its own; a variant narrows ``cfg`` to its dataclass
+        with a class-level annotation (``cfg: LinearConfig``)."""
         super().__init__()
         if dim % heads:
             raise ValueError(f"model dim {dim} is not divisible by heads {heads}")
@@ -99,9 +102,10 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, key_padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         b, n, d = x.shape
-        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        qkv: torch.Tensor = self.qkv(x)
+        q, k, v = qkv.view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
         o = self.attend(q, k, v, key_padding_mask)
-        return self.out(o.transpose(1, 2).reshape(b, n, d))
+        return cast(torch.Tensor, self.out(o.transpose(1, 2).reshape(b, n, d)))
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                key_padding_mask: torch.Tensor | None) -> torch.Tensor:
@@ -170,11 +174,10 @@ class Attention(nn.Module):
         """The quadratic tensors of ``layers`` such layers, one after another, at their high point (at least):
         in training the last layer's forward peak while the ``layers - 1`` before it keep their saved tensors;
         in evaluation one layer's peak (a layer keeps nothing once it has run)."""
-        kw = {"padded": padded, "dtype": dtype, "device": device}
-        peak = self.materialized_bytes(batch, seq_len, training=training, **kw)
+        peak = self.materialized_bytes(batch, seq_len, training=training, padded=padded, dtype=dtype, device=device)
         if not training or layers < 1:
             return peak if layers >= 1 else 0
-        return (layers - 1) * self.saved_bytes(batch, seq_len, **kw) + peak
+        return (layers - 1) * self.saved_bytes(batch, seq_len, padded=padded, dtype=dtype, device=device) + peak
 
 
 #: every attention variant: the files of this package, installed packages' ``attnbench.variants``

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from attnbench.variants.base import VARIANTS, Attention, padding_mask_or_none
 from attnbench.variants.lib.sdpa import attention
 
@@ -21,7 +23,8 @@ class FullAttention(Attention):
     exact = True
     lra_model = "Transformer"
 
-    def attend(self, q, k, v, key_padding_mask):
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         mask = padding_mask_or_none(key_padding_mask)
         if mask is not None:
             mask = mask[:, None, None, :]  # (B, 1, 1, N), True = attend

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 
@@ -72,13 +72,14 @@ class _EluPlusOne(torch.autograd.Function):
     needs only the output, which the einsums after it keep anyway: no extra saved tensors."""
 
     @staticmethod
-    def forward(ctx, x):
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
         phi = torch.exp(x.clamp(max=0)).add_(x.clamp(min=0))
         ctx.save_for_backward(phi)
         return phi
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        phi: torch.Tensor
         (phi,) = ctx.saved_tensors
         return grad * phi.clamp(max=1)
 
@@ -93,7 +94,7 @@ class _NormalisedContraction(torch.autograd.Function):
     + d z^T, d V = phi(K) d KV."""
 
     @staticmethod
-    def forward(ctx, phi_q, phi_k, v, eps: float):
+    def forward(ctx: Any, phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
         kv = phi_k.transpose(-2, -1) @ v                          # (B, H, F, E): sum_j phi(k_j) v_j^T
         z = phi_k.sum(dim=-2).unsqueeze(-1)                       # (B, H, F, 1): sum_j phi(k_j)
         den = (phi_q @ z).add_(eps)                               # (B, H, N, 1)
@@ -101,7 +102,7 @@ class _NormalisedContraction(torch.autograd.Function):
         return (phi_q @ kv).div_(den)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None]:
         phi_q, phi_k, v, kv, z, den = ctx.saved_tensors
         s = grad / den                                            # d out / d numerator
         t = s @ kv.transpose(-2, -1)                              # (B, H, N, F)
@@ -117,12 +118,13 @@ class _NormalisedContraction(torch.autograd.Function):
 
 def normalised_contraction(phi_q: torch.Tensor, phi_k: torch.Tensor, v: torch.Tensor, eps: float) -> torch.Tensor:
     """phi(Q) (phi(K)^T V) / (phi(Q) sum_j phi(k_j) + eps) of (B, H, N, F) features and (B, H, N, E) values."""
-    return _NormalisedContraction.apply(phi_q, phi_k, v, eps)
+    # torch leaves Function.apply untyped
+    return cast(torch.Tensor, _NormalisedContraction.apply(phi_q, phi_k, v, eps))  # type: ignore[no-untyped-call]
 
 
 def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
     """elu(x) + 1, strictly positive where exp(x) is."""
-    return _EluPlusOne.apply(x)
+    return cast(torch.Tensor, _EluPlusOne.apply(x))  # type: ignore[no-untyped-call]  # Function.apply is untyped
 
 
 def orthogonal_gaussian_projection(n_features: int, dim: int, generator: torch.Generator | None = None,
@@ -138,11 +140,13 @@ def orthogonal_gaussian_projection(n_features: int, dim: int, generator: torch.G
     if device is None:
         device = generator.device if generator is not None else "cpu"
     g = torch.randn(math.ceil(n_features / dim), dim, dim, generator=generator, dtype=torch.float64, device=device)
+    qf: torch.Tensor  # torch.linalg.qr is typed as returning Any
     qf, r = torch.linalg.qr(g)                                   # one batched QR for all blocks
     signs = torch.sign(torch.diagonal(r, dim1=-2, dim2=-1))
     signs = torch.where(signs == 0, torch.ones_like(signs), signs)
     w = (qf * signs[:, None, :]).transpose(-2, -1).reshape(-1, dim)[:n_features]  # rows orthonormal per block
-    norms = torch.randn(n_features, dim, generator=generator, dtype=torch.float64, device=device).norm(dim=1)
+    norms: torch.Tensor = torch.randn(n_features, dim, generator=generator, dtype=torch.float64,
+                                      device=device).norm(dim=1)
     return w * norms[:, None]
 
 
@@ -155,7 +159,8 @@ class _FavorFeatures(torch.autograd.Function):
     the same expression keeps e as well, and its temporaries raise the peak by a few N x m more."""
 
     @staticmethod
-    def forward(ctx, x, projection, is_query: bool, keep, eps: float):
+    def forward(ctx: Any, x: torch.Tensor, projection: torch.Tensor, is_query: bool, keep: torch.Tensor | None,
+                eps: float) -> torch.Tensor:
         m = projection.shape[0]
         logits = (x @ projection.transpose(0, 1)).sub_(0.5 * (x * x).sum(-1, keepdim=True))
         if is_query:  # a stabiliser per row
@@ -173,7 +178,7 @@ class _FavorFeatures(torch.autograd.Function):
         return feats
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None, None]:
         x, projection, feats, keep = ctx.saved_tensors
         d_logits = grad * (feats - ctx.shift)
         if keep is not None:
@@ -189,7 +194,9 @@ def favor_features(x: torch.Tensor, projection: torch.Tensor, is_query: bool,
     Keys at padded positions get zero features; the key stabiliser is the max over real keys.
     """
     keep = None if is_query or key_padding_mask is None else key_padding_mask[:, None, :, None]
-    return _FavorFeatures.apply(x * x.shape[-1] ** -0.25, projection, is_query, keep, FAVOR_EPS)
+    feats: torch.Tensor = _FavorFeatures.apply(  # type: ignore[no-untyped-call]  # Function.apply is untyped
+        x * x.shape[-1] ** -0.25, projection, is_query, keep, FAVOR_EPS)
+    return feats
 
 
 @VARIANTS.register("linear", LinearConfig)
@@ -201,8 +208,12 @@ class LinearAttention(Attention):
     linear_memory = True
     small_params = {}  # elu has no block/chunk size; N = 24 exercises the full mechanism
 
+    cfg: LinearConfig
+    #: FAVOR+'s fixed random features, (n_features, head dim): a buffer, with feature_map favor only
+    projection: torch.Tensor
+
     @classmethod
-    def published_as(cls, params: dict) -> str | None:
+    def published_as(cls, params: dict[str, Any]) -> str | None:
         return "Performer" if params.get("feature_map", LinearConfig.feature_map) == "favor" else "Linear Trans."
 
     def __init__(self, dim: int, heads: int, cfg: LinearConfig, max_len: int, dropout: float = 0.0):
@@ -213,7 +224,7 @@ class LinearAttention(Attention):
         if cfg.n_features < 0 or cfg.eps < 0:
             raise ValueError(f"linear: n_features ({cfg.n_features}) and eps ({cfg.eps}) must be >= 0")
         self.n_features = self.head_dim
-        self.layer_seed = None
+        self.layer_seed: int | None = None
         if cfg.feature_map == "favor":
             d = self.head_dim
             self.n_features = cfg.n_features or max(1, int(d * math.log(d)))
@@ -248,7 +259,8 @@ class LinearAttention(Attention):
         return (favor_features(q, proj, is_query=True),
                 favor_features(k, proj, is_query=False, key_padding_mask=key_padding_mask))
 
-    def attend(self, q, k, v, key_padding_mask):
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         in_dtype = q.dtype
         compute = torch.float32 if in_dtype in (torch.float16, torch.bfloat16) else in_dtype
         key_padding_mask = padding_mask_or_none(key_padding_mask)  # nothing to mask: skip the masking passes

@@ -77,6 +77,10 @@ class LinformerAttention(Attention):
     small_params = {"k": 8}  # fewer rows than the N = 16..64 tokens of the tests
     lra_model = "Linformer"
 
+    cfg: LinformerConfig
+    #: F: None with ``share_kv`` (F = E)
+    proj_f: nn.Parameter | None
+
     def __init__(self, dim: int, heads: int, cfg: LinformerConfig, max_len: int, dropout: float = 0.0):
         super().__init__(dim, heads, cfg, max_len, dropout)
         if cfg.k < 1:
@@ -107,7 +111,8 @@ class LinformerAttention(Attention):
         self.projections(x.shape[1])  # refuse a too long input before projecting it
         return super().forward(x, key_padding_mask)
 
-    def attend(self, q, k, v, key_padding_mask):
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         in_dtype = q.dtype
         compute = torch.float32 if in_dtype in (torch.float16, torch.bfloat16) else in_dtype
         key_padding_mask = padding_mask_or_none(key_padding_mask)

@@ -58,6 +58,8 @@ class LocalAttention(BlockKernelChoice, Attention):
     lra_model = "Local Attention"
     small_params = {"block_size": 5}  # N = 24: five blocks, the last one padded
 
+    cfg: LocalConfig
+
     def __init__(self, dim: int, heads: int, cfg: LocalConfig, max_len: int, dropout: float = 0.0):
         super().__init__(dim, heads, cfg, max_len, dropout)
         if cfg.block_size < 1:
@@ -68,13 +70,15 @@ class LocalAttention(BlockKernelChoice, Attention):
         either way, so appended padding cannot change which real tokens share a block)."""
         return max(1, min(self.cfg.block_size, n))
 
-    def _prepare(self, n: int, key_padding_mask: torch.Tensor | None, batch: int, device):
+    def _prepare(self, n: int, key_padding_mask: torch.Tensor | None, batch: int,
+                 device: torch.device) -> tuple[torch.Tensor, int]:
         mask = key_padding_mask if key_padding_mask is not None else \
             torch.ones(batch, n, dtype=torch.bool, device=device)
         block = self.block(n)
         return pad_to_multiple(mask, 1, block, value=False), block
 
-    def attend(self, q, k, v, key_padding_mask):
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         n = q.shape[2]
         kernel, why = self.kernel_and_why_for(q, k, v)
         mask, block = self._prepare(n, key_padding_mask, q.shape[0], q.device)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -85,12 +86,13 @@ class _Sort(torch.autograd.Function):
     so the backward pass is a gather with its inverse (summed over rounds), not a scatter."""
 
     @staticmethod
-    def forward(ctx, t, sort_idx, undo_idx):
+    def forward(ctx: Any, t: torch.Tensor, sort_idx: torch.Tensor, undo_idx: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(undo_idx)
         return gather_rows(t, sort_idx)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        undo_idx: torch.Tensor
         (undo_idx,) = ctx.saved_tensors
         return _permute_rounds(grad, undo_idx).sum(dim=2), None, None
 
@@ -99,12 +101,13 @@ class _Unsort(torch.autograd.Function):
     """(B, H, R, N, ...) sorted -> original order; the backward pass gathers with the sort order."""
 
     @staticmethod
-    def forward(ctx, t, undo_idx, sort_idx):
+    def forward(ctx: Any, t: torch.Tensor, undo_idx: torch.Tensor, sort_idx: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(sort_idx)
         return _permute_rounds(t, undo_idx)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        sort_idx: torch.Tensor
         (sort_idx,) = ctx.saved_tensors
         return _permute_rounds(grad, sort_idx), None, None
 
@@ -114,7 +117,7 @@ def unsort_rows(t: torch.Tensor, undo: torch.Tensor, sort_idx: torch.Tensor | No
     permutation (and ``sort_idx``, the permutation itself, for a scatter-free backward pass)."""
     if sort_idx is None:
         return _permute_rounds(t, undo)
-    return _Unsort.apply(t, undo, sort_idx)
+    return cast(torch.Tensor, _Unsort.apply(t, undo, sort_idx))  # type: ignore[no-untyped-call]  # untyped in torch
 
 
 #: elements of rotated vectors per block of tokens when hashing on the CPU (1 MiB of float32):
@@ -153,7 +156,7 @@ def lsh_sort(buckets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sort_idx, undo_idx
 
 
-def _windows(t: torch.Tensor, before: int, after: int, fill) -> torch.Tensor:
+def _windows(t: torch.Tensor, before: int, after: int, fill: float) -> torch.Tensor:
     """(B, H, R, C, c, ...) -> (B, H, R, C, W*c, ...): each chunk with its neighbours, no wraparound."""
     n_chunks = t.shape[3]
     if before == 0 and after == 0:
@@ -164,7 +167,7 @@ def _windows(t: torch.Tensor, before: int, after: int, fill) -> torch.Tensor:
     return torch.cat([tp[:, :, :, i:i + n_chunks] for i in range(before + 1 + after)], dim=4)
 
 
-def _filler_mask(n_chunks: int, before: int, after: int, c: int, device) -> torch.Tensor:
+def _filler_mask(n_chunks: int, before: int, after: int, c: int, device: torch.device) -> torch.Tensor:
     """(C, 1, W*c) True where chunk j's window holds a filler chunk (beyond the round's ends)."""
     j = torch.arange(n_chunks, device=device)[:, None]
     src = j - before + torch.arange(before + 1 + after, device=device)[None, :]
@@ -182,6 +185,10 @@ class LSHAttention(Attention):
     linear_memory = True
     small_params = {"chunk_size": 4, "n_buckets": 4, "n_hashes": 2}
     lra_model = "Reformer"
+
+    cfg: LSHConfig
+    #: the fixed rotations of eval mode, (H, d, R, n_buckets / 2): a buffer, saved with the weights
+    eval_rotations: torch.Tensor
 
     def __init__(self, dim: int, heads: int, cfg: LSHConfig, max_len: int, dropout: float = 0.0):
         super().__init__(dim, heads, cfg, max_len, dropout)
@@ -236,7 +243,7 @@ class LSHAttention(Attention):
                 kernels.note("explicit", "chunked score tensors (on CUDA, or with attention dropout): the CPU "
                              "flash path runs on a CPU without dropout only")
                 o = self.shared_qk_attention(qk.transpose(1, 2), v.transpose(1, 2), key_padding_mask).transpose(1, 2)
-        return self.out(o.to(x.dtype).reshape(b, n, dim))
+        return cast(torch.Tensor, self.out(o.to(x.dtype).reshape(b, n, dim)))
 
     def flash_attention(self, qk: torch.Tensor, v: torch.Tensor,
                         key_padding_mask: torch.Tensor | None) -> torch.Tensor:
@@ -263,7 +270,8 @@ class LSHAttention(Attention):
         n_chunks = -(-n // c)
         extra = n_chunks * c - n
         shape = (b, h, r, n_chunks, c)
-        q_s, v_s = (_Sort.apply(t, sort_idx, undo_idx) for t in (qk, v))  # (B, H, R, N, d)
+        # (B, H, R, N, d); torch leaves Function.apply untyped
+        q_s, v_s = (cast(torch.Tensor, _Sort.apply(t, sort_idx, undo_idx)) for t in (qk, v))  # type: ignore[no-untyped-call]
         if extra:
             q_s, v_s = F.pad(q_s, (0, 0, 0, extra)), F.pad(v_s, (0, 0, 0, extra))
         q_s, v_s = q_s.view(*shape, d), v_s.view(*shape, d)
@@ -304,7 +312,8 @@ class LSHAttention(Attention):
         weights = torch.softmax(lse, dim=2)
         return (weights.unsqueeze(-1) * out).sum(dim=2)  # (B, H, N, d)
 
-    def attend(self, q, k, v, key_padding_mask):
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         raise NotImplementedError("lsh uses shared QK: call forward(x, key_padding_mask)")
 
     def projection_flops(self, batch: int, seq_len: int) -> int:

@@ -125,6 +125,8 @@ class NystromAttention(Attention):
     lra_model = "Nystromformer"  # not in LRA Table 1: its own paper's LRA row (report.lra_published)
     small_params = {"landmarks": 4, "conv_kernel": 3}  # N = 24: 6 tokens a segment; short elements: empty ones
 
+    cfg: NystromConfig
+
     def __init__(self, dim: int, heads: int, cfg: NystromConfig, max_len: int, dropout: float = 0.0):
         super().__init__(dim, heads, cfg, max_len, dropout)
         if cfg.landmarks < 1 or cfg.pinv_iterations < 1:
@@ -132,7 +134,7 @@ class NystromAttention(Attention):
                              f"({cfg.pinv_iterations}) must be >= 1")
         if cfg.conv_kernel < 0 or (cfg.conv_kernel and cfg.conv_kernel % 2 == 0):
             raise ValueError(f"nystrom: conv_kernel must be 0 (off) or odd, got {cfg.conv_kernel}")
-        self.conv = None
+        self.conv: nn.Conv2d | None = None
         if cfg.conv_kernel:
             k = cfg.conv_kernel
             self.conv = nn.Conv2d(heads, heads, (k, 1), padding=(k // 2, 0), groups=heads, bias=False)
@@ -141,7 +143,8 @@ class NystromAttention(Attention):
         return (f"dim={self.dim}, heads={self.heads}, landmarks={self.cfg.landmarks}, "
                 f"pinv_iterations={self.cfg.pinv_iterations}, conv_kernel={self.cfg.conv_kernel}")
 
-    def landmarks(self, q: torch.Tensor, k: torch.Tensor, key_padding_mask: torch.Tensor | None):
+    def landmarks(self, q: torch.Tensor, k: torch.Tensor,
+                  key_padding_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(Q~, K~) (B, H, m, Dh) and the landmarks' validity (B, m), or None when all are valid."""
         b, h, n, d = q.shape
         m = self.cfg.landmarks
@@ -153,7 +156,8 @@ class NystromAttention(Attention):
         return (torch.einsum("bnm,bhnd->bhmd", weights, q),
                 torch.einsum("bnm,bhnd->bhmd", weights, k), valid)
 
-    def attend(self, q, k, v, key_padding_mask):
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         in_dtype = q.dtype
         compute = torch.float32 if in_dtype in (torch.float16, torch.bfloat16) else in_dtype
         with torch.autocast(device_type=q.device.type, enabled=False):

@@ -77,7 +77,7 @@ class SinkhornConfig:
                                exclusiveMinimum=0)
 
 
-def gumbel_noise(shape: tuple[int, ...], dtype: torch.dtype, device) -> torch.Tensor:
+def gumbel_noise(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """Standard Gumbel samples -log(-log(u)), u uniform from torch's global generator, kept finite."""
     u = torch.rand(shape, dtype=dtype, device=device)
     u = u.clamp(min=torch.finfo(dtype).tiny, max=1.0 - torch.finfo(dtype).eps)
@@ -139,6 +139,8 @@ class SinkhornAttention(Attention):
     small_params = {"block_size": 4}
     lra_model = "Sinkhorn Trans."
 
+    cfg: SinkhornConfig
+
     def __init__(self, dim: int, heads: int, cfg: SinkhornConfig, max_len: int, dropout: float = 0.0):
         super().__init__(dim, heads, cfg, max_len, dropout)
         if cfg.block_size < 1 or cfg.sinkhorn_iterations < 1 or not cfg.temperature > 0:
@@ -177,7 +179,8 @@ class SinkhornAttention(Attention):
         real_blocks = torch.arange(nb, device=lengths.device) < ((lengths + blk - 1) // blk)[:, None]
         return log_sinkhorn(block_diagonal_logits(logits, real_blocks), self.cfg.sinkhorn_iterations)
 
-    def attend(self, q, k, v, key_padding_mask):
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         bsz, heads, n, d = q.shape
         self._check_length(n)
         in_dtype = q.dtype
@@ -202,7 +205,8 @@ class SinkhornAttention(Attention):
             perm = self.soft_permutation(k, mask_blocks)
             sorted_k = torch.einsum("bhij,bhjtd->bhitd", perm, k)
             sorted_v = torch.einsum("bhij,bhjtd->bhitd", perm, v)
-            own_allowed = sorted_allowed = None
+            own_allowed: torch.Tensor | None = None
+            sorted_allowed: torch.Tensor | None = None
             if masked:
                 own_allowed = mask_blocks[:, None]  # (B, 1, nb, b)
                 # a sorted slot is a key when its mixture holds some real key
@@ -210,6 +214,7 @@ class SinkhornAttention(Attention):
             own, own_ok = _block_attention(q, k, v, own_allowed, dropout)
             srt, srt_ok = _block_attention(q, sorted_k, sorted_v, sorted_allowed, dropout)
             if masked:  # the mean of the halves that have a key (zeros when neither has)
+                assert own_ok is not None and srt_ok is not None  # masked: both halves had a mask
                 halves = own_ok.to(compute) + srt_ok.to(compute)
                 out = (own + srt) / halves.clamp(min=1)[..., None, None]
             else:

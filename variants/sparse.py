@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -70,8 +71,14 @@ class SparseAttention(BlockKernelChoice, Attention):
     linear_memory = True
     small_params = {"block_size": 4, "window_blocks": 1, "global_blocks": (0,), "random_blocks": 1, "strided_every": 3}
 
+    cfg: SparseConfig
+    #: the layer's seed of its eval-mode random blocks, a 0-dim buffer (``_layer_seed``: its value)
+    layer_seed: torch.Tensor
+    #: the configured global blocks, (G,) long (a non-persistent buffer)
+    global_block_positions: torch.Tensor
+
     @classmethod
-    def published_as(cls, params: dict) -> str | None:
+    def published_as(cls, params: dict[str, Any]) -> str | None:
         """BigBird with random blocks; Sparse Transformer with strided blocks and none random."""
         if params.get("random_blocks", SparseConfig.random_blocks):
             return "BigBird"
@@ -84,7 +91,7 @@ class SparseAttention(BlockKernelChoice, Attention):
         # its value as a Python int, read again after each load_state_dict: reading the buffer in
         # the forward would be a host sync on CUDA
         self._layer_seed = int(self.layer_seed)
-        self.register_load_state_dict_post_hook(_reread_layer_seed)
+        self.register_load_state_dict_post_hook(_reread_layer_seed)  # type: ignore[no-untyped-call]  # untyped in torch
         # the configured global blocks on the layer's device (no host copy per forward); not
         # persistent: derived from the config, so checkpoints keep their keys
         self.register_buffer("global_block_positions", torch.tensor(cfg.global_blocks, dtype=torch.long),
@@ -105,7 +112,8 @@ class SparseAttention(BlockKernelChoice, Attention):
         strided = nb // self.cfg.strided_every if self.cfg.strided_every else 0
         return min(nb, local + strided + self.cfg.random_blocks)
 
-    def block_pairs(self, n_padded: int, block: int, mask: torch.Tensor, seed: int | torch.Tensor):
+    def block_pairs(self, n_padded: int, block: int, mask: torch.Tensor,
+                    seed: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Which key blocks each query block attends, (B, nB, nB) bool, without the global blocks
         (scored beside, once), and the global blocks' indices and validity (B, G)."""
         cfg, dev = self.cfg, mask.device
@@ -138,7 +146,8 @@ class SparseAttention(BlockKernelChoice, Attention):
         return order, valid
 
     @staticmethod
-    def global_tokens(gb_idx: torch.Tensor, gb_ok: torch.Tensor, block: int, mask: torch.Tensor):
+    def global_tokens(gb_idx: torch.Tensor, gb_ok: torch.Tensor, block: int,
+                      mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Global blocks (B, G) -> global token positions and validity (B, G * block): real tokens only."""
         n_padded = mask.shape[1]
         offs = torch.arange(block, device=mask.device)
@@ -146,12 +155,13 @@ class SparseAttention(BlockKernelChoice, Attention):
         g_ok = gb_ok[..., None].expand(-1, -1, block).flatten(1) & mask.gather(1, g_idx)
         return g_idx, g_ok
 
-    def layout(self, n_padded: int, block: int, mask: torch.Tensor, seed: int | torch.Tensor):
+    def layout(self, n_padded: int, block: int, mask: torch.Tensor,
+               seed: int | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Key-block table (B, nB, K), its validity, and the global token positions and validity."""
         chosen, gb_idx, gb_ok = self.block_pairs(n_padded, block, mask, seed)
         return self.block_table(chosen) + self.global_tokens(gb_idx, gb_ok, block, mask)
 
-    def _seed(self, device=None) -> int | torch.Tensor:
+    def _seed(self, device: torch.device | None = None) -> int | torch.Tensor:
         """The seed of the random blocks: in training a fresh draw from torch's global generator, kept as a
         0-dim tensor on ``device`` (read by no one on the host: no sync on CUDA, nothing that breaks a
         torch.compile graph); in eval mode the layer's fixed seed, a Python int."""
@@ -159,7 +169,10 @@ class SparseAttention(BlockKernelChoice, Attention):
             return torch.randint(0, 2**31 - 1, (), device=device)
         return self.fixed_seed(self.cfg.eval_seed, self._layer_seed)
 
-    def _prepare(self, n, key_padding_mask, batch, device):
+    def _prepare(self, n: int, key_padding_mask: torch.Tensor | None, batch: int, device: torch.device,
+                 ) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The padded key mask, the block, the chosen block pairs (``block_pairs``) and the global tokens'
+        positions and validity (B, G)."""
         mask = key_padding_mask if key_padding_mask is not None else \
             torch.ones(batch, n, dtype=torch.bool, device=device)
         block = self.block(n)
@@ -167,7 +180,8 @@ class SparseAttention(BlockKernelChoice, Attention):
         chosen, gb_idx, gb_ok = self.block_pairs(mask.shape[1], block, mask, self._seed(mask.device))
         return (mask, block, chosen) + self.global_tokens(gb_idx, gb_ok, block, mask)
 
-    def attend(self, q, k, v, key_padding_mask):
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         n = q.shape[2]
         kernel, why = self.kernel_and_why_for(q, k, v)
         mask, block, chosen, g_idx, g_ok = self._prepare(n, key_padding_mask, q.shape[0], q.device)
@@ -184,7 +198,8 @@ class SparseAttention(BlockKernelChoice, Attention):
                                          dropout=self.dropout, training=self.training, choice=why)
         return out[:, :, :n]
 
-    def flash_attend(self, q, k, v, mask, block, chosen, g_idx, g_ok, choice: str = ""):
+    def flash_attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, block: int,
+                     chosen: torch.Tensor, g_idx: torch.Tensor, g_ok: torch.Tensor, choice: str = "") -> torch.Tensor:
         """The CPU flash path (``blocks.flash_blocks``): the window blocks as a sliding band of
         ``window_blocks`` (the chosen ones exactly: blocks past the real tokens hold only padded
         keys, global blocks only global ones, both masked there), the strided and random blocks as
@@ -195,7 +210,8 @@ class SparseAttention(BlockKernelChoice, Attention):
         extra = chosen & ((idx[:, None] - idx[None, :]).abs() > reach)
         strided = nb // self.cfg.strided_every if self.cfg.strided_every else 0
         width = min(nb, strided + self.cfg.random_blocks)
-        table = valid = None
+        table: torch.Tensor | None = None
+        valid: torch.Tensor | None = None
         if width:
             table = torch.argsort((~extra).to(torch.int8), dim=-1, stable=True)[..., :width]
             valid = torch.arange(width, device=chosen.device) < extra.sum(-1, keepdim=True)
@@ -222,6 +238,6 @@ class SparseAttention(BlockKernelChoice, Attention):
         return attn + self.projection_flops(batch, seq_len)
 
 
-def _reread_layer_seed(module: SparseAttention, incompatible_keys) -> None:
+def _reread_layer_seed(module: SparseAttention, incompatible_keys: object) -> None:
     """load_state_dict post-hook: the layer seed's Python copy follows the loaded buffer."""
     module._layer_seed = int(module.layer_seed)

@@ -51,7 +51,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -91,8 +91,16 @@ class SynthesizerAttention(Attention):
     small_params = {}  # dense: a full N x N mechanism at any N (random would hold H x max_len^2 logits)
     lra_model = "Synthesizer"
 
+    cfg: SynthesizerConfig
+    # the random kind's logits (``_register_logits``: parameters, or buffers when ``fixed``)
+    #: R (H, max_len, max_len), unfactorised
+    random: torch.Tensor
+    #: R1 (H, max_len, r) and R2 (H, r, max_len), factorised
+    random1: torch.Tensor
+    random2: torch.Tensor
+
     @classmethod
-    def published_as(cls, params: dict) -> str | None:
+    def published_as(cls, params: dict[str, Any]) -> str | None:
         """LRA's Synthesizer row is random logits added to dot-product attention (its encoder's
         defaults: synthesizer_mode 'random', ignore_dot_product False); other forms have no row."""
         kind = params.get("kind", SynthesizerConfig.kind)
@@ -146,6 +154,7 @@ class SynthesizerAttention(Attention):
         (computed before, under the caller's autocast); (1, H, N, N) for random (``hidden`` unused).
         In ``compute``, called with autocast off."""
         if self.cfg.kind == "dense":
+            assert hidden is not None  # the dense kind's forward computes it
             hidden = hidden.to(compute)
             w2, b2 = self.w2.weight[:n].to(compute), self.w2.bias[:n].to(compute)
             return torch.matmul(hidden, w2.transpose(0, 1)) + b2
@@ -162,7 +171,8 @@ class SynthesizerAttention(Attention):
         v = self._heads(self.v(x))
         # the dense kind's first layer runs under the caller's autocast, like the projections
         hidden = self._heads(F.relu(self.w1(x))) if self.cfg.kind == "dense" else None
-        q = k = None
+        q: torch.Tensor | None = None
+        k: torch.Tensor | None = None
         if self.cfg.dot_product:
             q, k = self.qk(x).chunk(2, dim=-1)
             q, k = self._heads(q), self._heads(k)
@@ -171,10 +181,11 @@ class SynthesizerAttention(Attention):
         with torch.autocast(device_type=x.device.type, enabled=False):
             logits = self.synthetic_logits(hidden, n, compute)
             if q is not None:
+                assert k is not None  # made with q
                 scores = torch.matmul(q.to(compute), k.to(compute).transpose(-2, -1)) * self.head_dim ** -0.5
                 logits = logits + scores
             o = self.weighted_values(logits, v.to(compute), mask)
-        return self.out(o.to(in_dtype).transpose(1, 2).reshape(b, n, d))
+        return cast(torch.Tensor, self.out(o.to(in_dtype).transpose(1, 2).reshape(b, n, d)))
 
     def weighted_values(self, logits: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """softmax(logits + M) V: (B or 1, H, N, N) logits, (B, H, N, Dh) values -> (B, H, N, Dh).

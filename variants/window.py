@@ -50,6 +50,10 @@ class WindowAttention(BlockKernelChoice, Attention):
     linear_memory = True
     small_params = {"window": 3, "block_size": 4, "global_tokens": (0, -1)}
 
+    cfg: WindowConfig
+    #: the configured global positions, (G,) long (a non-persistent buffer)
+    global_positions: torch.Tensor
+
     def __init__(self, dim: int, heads: int, cfg: WindowConfig, max_len: int, dropout: float = 0.0):
         super().__init__(dim, heads, cfg, max_len, dropout)
         # the configured positions, on the layer's device: a CUDA forward copies nothing from the
@@ -65,7 +69,8 @@ class WindowAttention(BlockKernelChoice, Attention):
         are: a window longer than the sequence costs what the sequence allows, not what it says."""
         return max(0, min(math.ceil(self.cfg.window / block), n_blocks - 1))
 
-    def layout(self, n_padded: int, block: int, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def layout(self, n_padded: int, block: int,
+               device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Key-block table (1, nB, K), its validity, and the token-level band mask (b, K*b)."""
         nb = n_padded // block
         reach = self.reach(block, nb)
@@ -78,7 +83,10 @@ class WindowAttention(BlockKernelChoice, Attention):
         band = (dist.abs() <= self.cfg.window).reshape(block, len(rel) * block)
         return kb.clamp(0, nb - 1)[None], valid[None], band
 
-    def _prepare(self, n: int, key_padding_mask: torch.Tensor | None, batch: int, device):
+    def _prepare(self, n: int, key_padding_mask: torch.Tensor | None, batch: int, device: torch.device,
+                 ) -> tuple[torch.Tensor, int, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The padded key mask, the block, the layout (``layout``) and the global tokens' positions and
+        validity (B, G)."""
         mask = key_padding_mask if key_padding_mask is not None else \
             torch.ones(batch, n, dtype=torch.bool, device=device)
         block = self.block(n)
@@ -87,7 +95,8 @@ class WindowAttention(BlockKernelChoice, Attention):
         g_idx, g_ok = resolve_positions(self.global_positions, real_lengths(mask))
         return mask, block, key_blocks, valid, band, g_idx, g_ok
 
-    def attend(self, q, k, v, key_padding_mask):
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         n = q.shape[2]
         kernel, why = self.kernel_and_why_for(q, k, v)
         mask, block, _, _, band, g_idx, g_ok = self._prepare(n, key_padding_mask, q.shape[0], q.device)

@@ -33,6 +33,7 @@ def layout_mask(n: int, block: int, key_mask: torch.Tensor, key_blocks: torch.Te
     bsz, nb = key_mask.shape[0], n // block
     device = key_mask.device
     if key_blocks is None:
+        assert reach is not None  # no key-block table: the layout is the reach neighbour blocks
         rel = torch.arange(-reach, reach + 1, device=device)
         table = torch.arange(nb, device=device)[:, None] + rel[None, :]
         key_blocks, block_valid = table.clamp(0, nb - 1)[None], ((table >= 0) & (table < nb))[None]

@@ -22,6 +22,9 @@ afterwards by the caller (``blocks.global_rows``).
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any, cast
+
 import torch
 
 from attnbench.variants.lib import flash_cpu
@@ -33,13 +36,16 @@ from attnbench.variants.lib.flash_cpu import FLASH, FLASH_BACKWARD, MASK_VALUE, 
 #: 1 x 16384 faster for sparse (0.85, 0.97) and near even for the window (1.07, 0.95)
 MIN_TOKENS = 2048
 
+#: a piece's map between layouts: the kernel's per-slot or per-block tensors and the (B, N, H, ...) tokens
+_Relayout = Callable[[torch.Tensor], torch.Tensor]
+
 
 def worthwhile(q: torch.Tensor, dropout: float) -> bool:
     """Whether (B, H, N, d) queries take this path: the kernel applies and N >= MIN_TOKENS."""
     return flash_cpu.usable(q, dropout) and q.shape[2] >= MIN_TOKENS
 
 
-def _additive(allowed: torch.Tensor, dtype) -> torch.Tensor:
+def _additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.where(allowed, 0.0, MASK_VALUE).to(dtype)
 
 
@@ -49,7 +55,7 @@ class _Slots:
     window rows j*b .. j*b + W*b; slot e * (N/b + reach) + i is element e's block i, and the
     ``reach`` slots after each element's last block are fillers."""
 
-    def __init__(self, batch: int, n: int, block: int, reach: int):
+    def __init__(self, batch: int, n: int, block: int, reach: int) -> None:
         self.batch, self.n, self.block, self.pad = batch, n, block, reach * block
         self.span = n + self.pad  # rows per element
         self.width = (2 * reach + 1) * block
@@ -65,40 +71,43 @@ class _Slots:
     def queries(self, buf: torch.Tensor) -> torch.Tensor:
         """(rows, H, ...) -> (slots, H, b, ...): each slot's query block, a view."""
         rows = buf[self.pad:self.pad + self.n_slots * self.block]
-        return rows.unflatten(0, (self.n_slots, self.block)).transpose(1, 2)
+        return torch.unflatten(rows, 0, (self.n_slots, self.block)).transpose(1, 2)
 
     def tokens(self, per_slot: torch.Tensor) -> torch.Tensor:
         """(slots, H, b, ...) per-slot results -> (B, N, H, ...): the real blocks' rows, fillers dropped."""
         rows = per_slot.transpose(1, 2).flatten(0, 1)  # (slots * b, H, ...): the last element's fillers missing
         if self.pad:
             rows = torch.cat([rows, rows.new_zeros(self.pad, *rows.shape[1:])])
-        return rows.unflatten(0, (self.batch, self.span))[:, :self.n]
+        return torch.unflatten(rows, 0, (self.batch, self.span))[:, :self.n]
 
     def token_rows(self, buf: torch.Tensor) -> torch.Tensor:
         """(rows, ...) in the slot layout -> (B, N, ...), the real rows (a view)."""
-        return buf[:self.batch * self.span].unflatten(0, (self.batch, self.span))[:, self.pad:]
+        return torch.unflatten(buf[:self.batch * self.span], 0, (self.batch, self.span))[:, self.pad:]
 
 
 class _Piece:
     """One key set: kernel inputs (queries (Q, H, b, d), keys and values (Q, H, K, d), additive mask),
     how results come back to (B, N, H, ...) and how key gradients go back to (B, N, H, d)."""
 
-    def __init__(self, q, k, v, mask, to_tokens, from_tokens, back):
+    def __init__(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, to_tokens: _Relayout,
+                 from_tokens: _Relayout, back: _Relayout) -> None:
         self.q, self.k, self.v, self.mask = q, k, v, mask
         self.to_tokens, self.from_tokens, self.back = to_tokens, from_tokens, back
 
-    def forward(self):
+    def forward(self) -> tuple[torch.Tensor, torch.Tensor]:
         o, lse = FLASH(self.q, self.k, self.v, attn_mask=self.mask)
         return self.to_tokens(o), self.to_tokens(lse.unsqueeze(-1)).squeeze(-1)  # (B, N, H, d), (B, N, H)
 
-    def backward(self, share, out, lse):
+    def backward(self, share: torch.Tensor, out: torch.Tensor,
+                 lse: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """share, out (B, N, H, d), lse (B, N, H) -> dq, dk, dv, each (B, N, H, d)."""
         dq, dk, dv = FLASH_BACKWARD(self.from_tokens(share), self.q, self.k, self.v, self.from_tokens(out),
                                     self.from_tokens(lse.unsqueeze(-1)).squeeze(-1), 0.0, False, attn_mask=self.mask)
         return self.to_tokens(dq), self.back(dk), self.back(dv)
 
 
-def _band(q, k, v, block, reach, local_keys, token_allowed):
+def _band(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int, reach: int, local_keys: torch.Tensor,
+          token_allowed: torch.Tensor | None) -> tuple[_Piece, torch.Tensor]:
     """The band piece and its rows with an allowed key, (B, N). q, k, v (B, N, H, d)."""
     b_, n = local_keys.shape
     slots = _Slots(b_, n, block, reach)
@@ -108,10 +117,10 @@ def _band(q, k, v, block, reach, local_keys, token_allowed):
     allowed = keys_ok if token_allowed is None else keys_ok & token_allowed  # (slots, b or 1, W*b)
     row_ok = slots.tokens(allowed.any(-1).expand(-1, block)[:, None, :, None]).reshape(b_, n)
 
-    def from_tokens(t):  # (B, N, H, ...) -> (slots, H, b, ...)
+    def from_tokens(t: torch.Tensor) -> torch.Tensor:  # (B, N, H, ...) -> (slots, H, b, ...)
         return slots.queries(slots.fill(t))
 
-    def back(g):  # window gradients (slots, H, W*b, d) -> (B, N, H, d)
+    def back(g: torch.Tensor) -> torch.Tensor:  # window gradients (slots, H, W*b, d) -> (B, N, H, d)
         return slots.token_rows(fold_windows(g.transpose(0, 1), block).transpose(0, 1))
 
     piece = _Piece(slots.queries(qs), windows(ks, 0, block, slots.width)[:slots.n_slots],
@@ -120,13 +129,14 @@ def _band(q, k, v, block, reach, local_keys, token_allowed):
     return piece, row_ok
 
 
-def _extra(q, k, v, block, local_keys, table, valid):
+def _extra(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int, local_keys: torch.Tensor,
+           table: torch.Tensor, valid: torch.Tensor) -> tuple[_Piece, torch.Tensor]:
     """Other key blocks per query block: (B, nB, K) table and validity."""
     b_, n, h, d = q.shape
     nb = n // block
     idx = (table + torch.arange(b_, device=table.device)[:, None, None] * nb).reshape(-1)  # into B*nB blocks
 
-    def blocks(t):  # (B, N, ...) -> (B*nB, b, ...), a view
+    def blocks(t: torch.Tensor) -> torch.Tensor:  # (B, N, ...) -> (B*nB, b, ...), a view
         return t.reshape(b_ * nb, block, *t.shape[2:])
 
     kx, vx = (blocks(t).index_select(0, idx).view(b_ * nb, -1, h, d).transpose(1, 2) for t in (k, v))
@@ -134,13 +144,13 @@ def _extra(q, k, v, block, local_keys, table, valid):
     picked_ok = picked_ok.view(b_ * nb, 1, -1)  # (B*nB, 1, K*b)
     row_ok = picked_ok.any(-1).expand(-1, block).reshape(b_, n)
 
-    def to_tokens(t):  # (B*nB, H, b, ...) -> (B, N, H, ...)
+    def to_tokens(t: torch.Tensor) -> torch.Tensor:  # (B*nB, H, b, ...) -> (B, N, H, ...)
         return t.transpose(1, 2).reshape(b_, n, *t.shape[1:2], *t.shape[3:])
 
-    def from_tokens(t):  # (B, N, H, ...) -> (B*nB, H, b, ...)
+    def from_tokens(t: torch.Tensor) -> torch.Tensor:  # (B, N, H, ...) -> (B*nB, H, b, ...)
         return blocks(t).transpose(1, 2)
 
-    def back(g):  # (B*nB, H, K*b, d) -> (B, N, H, d)
+    def back(g: torch.Tensor) -> torch.Tensor:  # (B*nB, H, K*b, d) -> (B, N, H, d)
         picked = g.transpose(1, 2).reshape(-1, block, h, d)  # (B*nB*K, b, H, d)
         return g.new_zeros(b_ * nb, block, h, d).index_add_(0, idx, picked).view(b_, n, h, d)
 
@@ -148,13 +158,14 @@ def _extra(q, k, v, block, local_keys, table, valid):
                   back), row_ok
 
 
-def _global(q, k, v, g_idx, g_ok):
+def _global(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g_idx: torch.Tensor,
+            g_ok: torch.Tensor) -> tuple[_Piece, torch.Tensor]:
     """Every query against the (B, G) global keys."""
     b_, n, h, d = q.shape
     flat = (g_idx + torch.arange(b_, device=g_idx.device)[:, None] * n).reshape(-1)  # into B*N rows
     kg, vg = (t.reshape(b_ * n, h, d).index_select(0, flat).view(b_, -1, h, d).transpose(1, 2) for t in (k, v))
 
-    def back(g):  # (B, H, G, d) -> (B, N, H, d)
+    def back(g: torch.Tensor) -> torch.Tensor:  # (B, H, G, d) -> (B, N, H, d)
         return g.new_zeros(b_ * n, h, d).index_add_(0, flat, g.transpose(1, 2).reshape(-1, h, d)).view(b_, n, h, d)
 
     piece = _Piece(q.transpose(1, 2), kg, vg, _additive(g_ok, q.dtype).view(b_, 1, 1, -1),
@@ -166,13 +177,18 @@ class _BlockAttention(torch.autograd.Function):
     """(B, N, H, d) queries, keys, values -> (B, N, H, d), the pieces combined."""
 
     @staticmethod
-    def forward(ctx, q, k, v, block, reach, local_keys, token_allowed, extra_blocks, extra_valid, global_idx,
-                global_ok):
-        pieces, row_ok = [], None
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block: int, reach: int,
+                local_keys: torch.Tensor, token_allowed: torch.Tensor | None, extra_blocks: torch.Tensor | None,
+                extra_valid: torch.Tensor | None, global_idx: torch.Tensor | None,
+                global_ok: torch.Tensor | None) -> torch.Tensor:
+        pieces: list[_Piece] = []
+        row_ok: torch.Tensor | None = None
         made = [_band(q, k, v, block, reach, local_keys, token_allowed)]
         if extra_blocks is not None:
+            assert extra_valid is not None  # a table comes with its validity
             made.append(_extra(q, k, v, block, local_keys, extra_blocks, extra_valid))
         if global_idx is not None:
+            assert global_ok is not None  # global keys come with their validity
             made.append(_global(q, k, v, global_idx, global_ok))
         for piece, ok in made:
             pieces.append(piece)
@@ -183,7 +199,9 @@ class _BlockAttention(torch.autograd.Function):
             weights, out = None, results[0][0]
         else:
             weights = lse_weights(lses)  # (B, N, H, P)
-            out = sum(weights[..., i:i + 1] * o for i, (o, _) in enumerate(results))
+            # a sum of at least two tensors: never sum()'s start value 0
+            out = cast(torch.Tensor, sum(weights[..., i:i + 1] * o for i, (o, _) in enumerate(results)))
+        assert row_ok is not None  # there is always the band piece
         row_ok = row_ok[:, :, None, None]
         out = torch.where(row_ok, out, 0.0)
         ctx.save_for_backward(out)
@@ -191,11 +209,15 @@ class _BlockAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, dout):
+    def backward(ctx: Any, dout: torch.Tensor) -> tuple[torch.Tensor | int | None, ...]:
         (out,) = ctx.saved_tensors
         dout = torch.where(ctx.row_ok, dout, 0.0)
-        dq = dk = dv = 0
-        for i, piece in enumerate(ctx.pieces):
+        pieces: list[_Piece] = ctx.pieces
+        # 0 until the first piece (there is always the band) adds its gradients
+        dq: torch.Tensor | int = 0
+        dk: torch.Tensor | int = 0
+        dv: torch.Tensor | int = 0
+        for i, piece in enumerate(pieces):
             share = dout if ctx.weights is None else ctx.weights[..., i:i + 1] * dout
             gq, gk, gv = piece.backward(share, out, ctx.lses[i])
             dq, dk, dv = dq + gq, dk + gk, dv + gv
@@ -213,6 +235,6 @@ def block_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block:
     ``global_ok`` (B, G): the global keys and whether each may be attended. Returns (B, H, N, d);
     rows with no allowed key are zero."""
     q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # (B, N, H, d): the projections' own layout
-    out = _BlockAttention.apply(q, k, v, block, reach, local_keys, token_allowed, extra_blocks, extra_valid,
-                                global_idx, global_ok)
+    out: torch.Tensor = _BlockAttention.apply(  # type: ignore[no-untyped-call]  # torch leaves Function.apply untyped
+        q, k, v, block, reach, local_keys, token_allowed, extra_blocks, extra_valid, global_idx, global_ok)
     return out.transpose(1, 2)

@@ -25,7 +25,7 @@ from attnbench.variants.lib import block_dense, block_flash, kernels
 from attnbench.variants.lib.sdpa import masked_sdpa
 
 
-def pad_to_multiple(x: torch.Tensor, dim: int, multiple: int, value=0) -> torch.Tensor:
+def pad_to_multiple(x: torch.Tensor, dim: int, multiple: int, value: float = 0) -> torch.Tensor:
     extra = (-x.shape[dim]) % multiple
     if not extra:
         return x
@@ -144,6 +144,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         nq, kk = key_blocks.shape[1:]
         select = functools.partial(_gather_blocks, key_blocks=key_blocks)
     else:
+        assert reach is not None  # no key-block table: the layout is the reach neighbour blocks
         nq, kk = nb, 2 * reach + 1
         select = functools.partial(_neighbour_blocks, reach=reach)
 
@@ -158,6 +159,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
     kb = select(k.view(bsz, heads, nb, block, d))  # (B, H, nQ, K*b, D)
     vb = select(v.view(bsz, heads, nb, block, d))
     if has_global:  # every query block also sees the global keys, once
+        assert global_idx is not None and global_valid is not None  # has_global; positions come with validity
         g = global_idx.shape[1]
         gi = global_idx[:, None, :, None].expand(bsz, heads, g, d)
         kb = torch.cat([kb, k.gather(2, gi)[:, :, None].expand(-1, -1, nq, -1, -1)], dim=3)
@@ -174,6 +176,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
         allowed.reshape(bsz * nq, 1, allowed.shape[2], width), dropout if training else 0.0)
     out = out.view(bsz, nq, heads, block, d).transpose(1, 2).reshape(bsz, heads, n, d)
     if has_global:
+        assert global_idx is not None and global_valid is not None
         out = global_rows(q, k, v, out, global_idx, global_valid, key_mask, dropout, training)
     return out
 
@@ -193,11 +196,18 @@ def flash_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, block: in
     bsz, _, n, _ = q.shape
     has_global = global_idx is not None and global_idx.shape[1] > 0
     is_global = global_token_mask(global_idx, global_valid, bsz, n, q.device)
+    global_ok = None
+    if has_global:
+        assert global_idx is not None and global_valid is not None  # has_global; positions come with validity
+        global_ok = global_valid & key_mask.gather(1, global_idx)
     out = block_flash.block_attention(
         q, k, v, block=block, reach=reach, local_keys=key_mask & ~is_global, token_allowed=token_allowed,
         extra_blocks=extra_blocks, extra_valid=extra_valid, global_idx=global_idx if has_global else None,
-        global_ok=(global_valid & key_mask.gather(1, global_idx)) if has_global else None)
-    return global_rows(q, k, v, out, global_idx, global_valid, key_mask) if has_global else out
+        global_ok=global_ok)
+    if not has_global:
+        return out
+    assert global_idx is not None and global_valid is not None
+    return global_rows(q, k, v, out, global_idx, global_valid, key_mask)
 
 
 def _gather_because(q: torch.Tensor, dropout: float) -> str:
@@ -215,7 +225,9 @@ def _because(choice: str) -> str:
     return f"; not flex: {choice}" if choice else ""
 
 
-def global_rows(q, k, v, out, global_idx, global_valid, key_mask, dropout=0.0, training=False):
+def global_rows(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, global_idx: torch.Tensor,
+                global_valid: torch.Tensor, key_mask: torch.Tensor, dropout: float = 0.0,
+                training: bool = False) -> torch.Tensor:
     """Overwrite the rows of the global queries with dense attention over every real key."""
     bsz, heads, n, d = q.shape
     g = global_idx.shape[1]
@@ -230,10 +242,11 @@ def global_rows(q, k, v, out, global_idx, global_valid, key_mask, dropout=0.0, t
 
 
 def global_token_mask(global_idx: torch.Tensor | None, global_valid: torch.Tensor | None,
-                      bsz: int, n: int, device) -> torch.Tensor:
+                      bsz: int, n: int, device: torch.device) -> torch.Tensor:
     """(B, N) bool, True at the valid global token positions (all False without global tokens)."""
     if global_idx is None or global_idx.shape[1] == 0:
         return torch.zeros(bsz, n, dtype=torch.bool, device=device)
+    assert global_valid is not None  # positions come with their validity
     return position_onehot(global_idx, global_valid, n).any(1)
 
 
@@ -265,6 +278,7 @@ def dense_mask_from_blocks(n: int, block: int, key_blocks: torch.Tensor, block_v
                 cols = keys[b_, qb][ok[b_, qb, r]]
                 mask[b_, rows[qb, r], cols] = True
     if global_idx is not None:
+        assert global_valid is not None  # positions come with their validity
         for b_ in range(bsz):
             for gpos, gval in zip(global_idx[b_].tolist(), global_valid[b_].tolist(), strict=True):
                 if gval:

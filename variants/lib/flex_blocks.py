@@ -29,7 +29,9 @@ import functools
 import importlib
 import os
 import warnings
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import Field
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, cast
 
 import torch
 
@@ -64,13 +66,19 @@ CHOOSE_AS_ON_CUDA = False
 COMPILE_ENV = "ATTNBENCH_FLEX_COMPILE"
 
 
-def _constant_when_compiled(fn):
+_Fn = TypeVar("_Fn", bound=Callable[..., Any])
+
+#: a FlexAttention ``mask_mod(b, h, q_idx, kv_idx) -> bool`` (tensors in, a bool tensor out)
+MaskMod = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _constant_when_compiled(fn: _Fn) -> _Fn:
     """Mark ``fn`` as ``torch.compiler.assume_constant_result`` does: torch.compile calls it while tracing
     and keeps its result as a constant, rather than tracing into it (an import or a file look-up would
     break the graph there). The attribute is what that decorator sets; set here directly, because the
     decorator imports dynamo (a second) wherever the variants are imported. Only for facts of the
     process that do not change between calls (what torch has, what the machine has)."""
-    fn._dynamo_marked_constant = True
+    fn._dynamo_marked_constant = True  # type: ignore[attr-defined]  # a function takes attributes; Callable says not
     return fn
 
 
@@ -162,18 +170,32 @@ def choose_kernel(requested: str, *, device: torch.device, dtype: torch.dtype, h
                          dropout=dropout, needs_grad=needs_grad)[0]
 
 
+class KernelConfig(Protocol):
+    """A block-sparse layer's config dataclass: it has a ``kernel`` parameter (``Kernel``)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Field[Any]]]
+
+    @property
+    def kernel(self) -> Kernel: ...
+
+
 class BlockKernelChoice:
     """Mixin of the block-sparse layers: which kernel their ``kernel`` parameter resolves to.
 
     Expects the ``Attention`` attributes ``cfg.kernel``, ``training``, ``dropout`` and ``head_dim``.
     """
 
-    def kernel_used(self, device, dtype: torch.dtype = torch.float32) -> str:
+    cfg: KernelConfig
+    training: bool
+    dropout: float
+    head_dim: int
+
+    def kernel_used(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> str:
         """``"gather"`` or ``"flex"``: what a forward on ``device`` runs in the current mode (training:
         with gradients). For reports; raises as the forward would for a flex that cannot run."""
         return self.kernel_and_reason(device, dtype)[0]
 
-    def kernel_and_reason(self, device, dtype: torch.dtype = torch.float32) -> tuple[str, str]:
+    def kernel_and_reason(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> tuple[str, str]:
         """``kernel_used`` and why that kernel (``kernel_choice``), for records."""
         return kernel_choice(self.cfg.kernel, device=torch.device(device), dtype=dtype, head_dim=self.head_dim,
                              training=self.training, dropout=self.dropout, needs_grad=self.training)
@@ -196,7 +218,7 @@ class BlockKernelChoice:
 
 
 def layout_mask_mod(key_mask: torch.Tensor, is_global: torch.Tensor, block: int,
-                    block_pairs: torch.Tensor | None = None, band: int | None = None):
+                    block_pairs: torch.Tensor | None = None, band: int | None = None) -> MaskMod:
     """The layout as a FlexAttention ``mask_mod(b, h, q_idx, kv_idx) -> bool``: query i may attend key j.
 
     The same ingredients as the gather path, token by token:
@@ -207,8 +229,8 @@ def layout_mask_mod(key_mask: torch.Tensor, is_global: torch.Tensor, block: int,
       (``block_pairs`` (B, N/block, N/block), the block table with its invalid entries dropped)
       and, for a band, within ``band`` tokens of i. Either may be absent.
     """
-    def mask_mod(b, h, q_idx, kv_idx):
-        local = True
+    def mask_mod(b: torch.Tensor, h: torch.Tensor, q_idx: torch.Tensor, kv_idx: torch.Tensor) -> torch.Tensor:
+        local: torch.Tensor | bool = True
         if block_pairs is not None:
             local = block_pairs[b, q_idx // block, kv_idx // block]
         if band is not None:
@@ -222,11 +244,13 @@ FLEX_BLOCK = 128
 
 
 @functools.cache
-def _flex_attention(compiled: bool):
+def _flex_attention(compiled: bool) -> Callable[..., Any]:
     """``flex_attention``, compiled once per process (CUDA, or a CPU with ``ATTNBENCH_FLEX_COMPILE=1``) or eager."""
     from torch.nn.attention.flex_attention import flex_attention  # deferred import, heavy
 
-    return torch.compile(flex_attention) if compiled else flex_attention
+    if compiled:
+        return torch.compile(flex_attention)
+    return flex_attention
 
 
 def _per_block(t: torch.Tensor, n_blocks: int, size: int) -> torch.Tensor:
@@ -325,11 +349,16 @@ def flex_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
     block_mask = BlockMask.from_kv_blocks(*tables, BLOCK_SIZE=FLEX_BLOCK, mask_mod=mask_mod, seq_lengths=(n, n))
     compiling = torch.compiler.is_compiling()  # traced into a compiled caller's graph: compiled with it
     compiled = compiling or flex_compiled(q.device)
-    fn = flex_attention if compiling else _flex_attention(compiled)
+    # flex_attention returns the output alone, or (output, aux) with return_aux
+    fn: Callable[..., Any]
+    if compiling:
+        fn = flex_attention
+    else:
+        fn = _flex_attention(compiled)
     if compiled and q.device.type == "cpu":
         # inductor's CPU FlexAttention returns no log-sum-exp (torch 2.13); it gives rows with no allowed
         # key zeros itself (tests/test_flex_blocks.py checks it, an all-padding element included)
-        return fn(q, k, v, block_mask=block_mask)
+        return cast(torch.Tensor, fn(q, k, v, block_mask=block_mask))
     aux_request = AuxRequest(lse=True)
     if compiled:
         out, aux = fn(q, k, v, block_mask=block_mask, return_aux=aux_request)
@@ -338,4 +367,5 @@ def flex_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
             # eager on CPU is the design here (forward only, for checks), not an oversight to warn about
             warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
             out, aux = fn(q, k, v, block_mask=block_mask, return_aux=aux_request)
-    return torch.where(torch.isfinite(aux.lse)[..., None], out, 0.0)
+    lse = cast(torch.Tensor, aux.lse)  # requested (AuxRequest(lse=True)): never None
+    return torch.where(torch.isfinite(lse)[..., None], out, 0.0)

@@ -19,7 +19,7 @@ import contextvars
 
 import torch
 
-_ACTIVE: contextvars.ContextVar[dict | None] = contextvars.ContextVar("attnbench_kernel_log", default=None)
+_ACTIVE: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("attnbench_kernel_log", default=None)
 
 
 def active() -> bool:
@@ -31,22 +31,25 @@ def active() -> bool:
 def note(kernel: str, why: str) -> None:
     """Record that the current forward runs ``kernel`` because of ``why`` (no-op unless a log is active)."""
     if active():
-        _ACTIVE.get().setdefault(kernel, why)
+        log = _ACTIVE.get()
+        assert log is not None  # active() says a log is set
+        log.setdefault(kernel, why)
 
 
 class KernelLog:
     """``with KernelLog() as log: work()``, then ``log.kernels``: each kernel noted, first reason kept, in the
     order first seen; ``log.name()`` / ``log.why()``: them joined for a record ("" when none was noted)."""
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.kernels: dict[str, str] = {}
-        self._token = None
+        self._token: contextvars.Token[dict[str, str] | None] | None = None
 
     def __enter__(self) -> KernelLog:
         self._token = _ACTIVE.set(self.kernels)
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
+        assert self._token is not None, "KernelLog.__exit__ without __enter__"
         _ACTIVE.reset(self._token)
 
     def name(self) -> str:
@@ -55,7 +58,7 @@ class KernelLog:
     def why(self) -> str:
         return "; ".join(f"{kernel}: {why}" for kernel, why in self.kernels.items())
 
-    def as_record(self, unnoted: str = "explicit") -> dict:
+    def as_record(self, unnoted: str = "explicit") -> dict[str, str]:
         """``{"attention_kernel", "attention_kernel_why"}`` for a record. A variant that notes nothing computes
         its attention in its own tensor operations (any SDPA call it makes is in ``sdpa_kernels``)."""
         if not self.kernels:

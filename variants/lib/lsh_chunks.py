@@ -22,6 +22,8 @@ apply (``flash_cpu.usable``: CUDA, attention dropout) ``LSHAttention`` uses the 
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 
 from attnbench.variants.lib.flash_cpu import FLASH, FLASH_BACKWARD, MASK_VALUE, fold_windows, windows
@@ -98,16 +100,16 @@ class _SortRows(torch.autograd.Function):
     """(B, N, H, d) -> (M, length, d) sorted rows; backward: the inverse permutation, summed over rounds."""
 
     @staticmethod
-    def forward(ctx, t, rows, undo, layout):
+    def forward(ctx: Any, t: torch.Tensor, rows: torch.Tensor, undo: torch.Tensor, layout: Layout) -> torch.Tensor:
         ctx.save_for_backward(undo)
         ctx.layout = layout
         d = t.shape[-1]
         return t.reshape(-1, d).index_select(0, rows).view(layout.m, -1, d)
 
     @staticmethod
-    def backward(ctx, grad):
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None, None]:
         (undo,) = ctx.saved_tensors
-        lay = ctx.layout
+        lay: Layout = ctx.layout
         d = grad.shape[-1]
         per_round = grad.reshape(-1, d).index_select(0, undo).view(lay.b, lay.n, lay.h, lay.r, d)
         return per_round.sum(dim=3), None, None, None
@@ -119,7 +121,7 @@ def _chunk_slots(n_chunks: int, c: int, before: int, after: int) -> torch.Tensor
     return ((torch.arange(n_chunks)[:, None] - before) * c + col)[None, :, None, :]
 
 
-def _masks(lay: Layout, n_valid: torch.Tensor | None, dtype) -> list[tuple[slice, torch.Tensor]]:
+def _masks(lay: Layout, n_valid: torch.Tensor | None, dtype: torch.dtype) -> list[tuple[slice, torch.Tensor]]:
     """(kernel-batch slice, mask) pairs: one for the whole batch, or one per batch element (its
     real tokens are its first ``n_valid`` sorted slots). No host read: the counts stay tensors."""
     shape = (lay.n_chunks, lay.c, lay.before, lay.after)
@@ -135,7 +137,8 @@ class _ChunkAttention(torch.autograd.Function):
     """Sorted rows -> every round's chunked attention -> rounds combined, in (B, N, H, d)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, lay: Layout, n_valid):
+    def forward(ctx: Any, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay: Layout,
+                n_valid: torch.Tensor | None) -> torch.Tensor:
         d = q.shape[-1]
         qc = q.view(lay.m, lay.n_chunks, lay.c, d)
         kw, vw = lay.windows(k), lay.windows(v)
@@ -158,7 +161,7 @@ class _ChunkAttention(torch.autograd.Function):
         return out
 
     @staticmethod
-    def backward(ctx, dout):
+    def backward(ctx: Any, dout: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, None, None]:
         qc, k, v, lse, weights, out = ctx.saved_tensors
         lay: Layout = ctx.lay
         d = qc.shape[-1]
@@ -192,7 +195,9 @@ def chunked_attention(qk: torch.Tensor, keys: torch.Tensor, v: torch.Tensor, sor
     None when every token is real. Returns (B, N, H, d).
     """
     lay = Layout(sort_idx, undo_idx, c, before, after)
-    q_s = _SortRows.apply(qk, lay.q_rows, lay.q_undo, lay)
-    k_s = _SortRows.apply(keys, lay.kv_rows, lay.kv_undo, lay)
-    v_s = _SortRows.apply(v, lay.kv_rows, lay.kv_undo, lay)
-    return _ChunkAttention.apply(q_s, k_s, v_s, lay, n_valid)
+    # torch leaves Function.apply untyped: each returns a tensor
+    q_s: torch.Tensor = _SortRows.apply(qk, lay.q_rows, lay.q_undo, lay)  # type: ignore[no-untyped-call]
+    k_s: torch.Tensor = _SortRows.apply(keys, lay.kv_rows, lay.kv_undo, lay)  # type: ignore[no-untyped-call]
+    v_s: torch.Tensor = _SortRows.apply(v, lay.kv_rows, lay.kv_undo, lay)  # type: ignore[no-untyped-call]
+    out: torch.Tensor = _ChunkAttention.apply(q_s, k_s, v_s, lay, n_valid)  # type: ignore[no-untyped-call]
+    return out

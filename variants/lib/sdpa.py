@@ -8,7 +8,9 @@ it cannot run, ``xformers_unavailable()`` says why and ``use_xformers()`` raises
 from __future__ import annotations
 
 import importlib
+from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -40,7 +42,7 @@ def xformers_unavailable() -> str | None:
         why = " ".join(str(error).split())[:300] if error else "no reason given"
         return (f"xformers {getattr(xformers, '__version__', '?')}'s compiled extension did not load ({why}); "
                 "what is left wraps torch's own memory-efficient kernel (cutlassF-pt), which would time SDPA "
-                "under xformers' name. Install the xformers build of this torch's CUDA line (README, On a GPU)")
+                "under xformers' name. Install the xformers build of this torch's CUDA line (docs/gpu.md)")
     return None
 
 
@@ -53,7 +55,7 @@ def xformers_operator(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout
         from xformers.ops.fmha.dispatch import _dispatch_bw, _dispatch_fw
 
         inputs = Inputs(query=q, key=k, value=v, p=dropout_p)
-        name = _dispatch_fw(inputs, needs_grad).NAME
+        name: str = _dispatch_fw(inputs, needs_grad).NAME
         if needs_grad:
             name += f" + {_dispatch_bw(inputs, None).NAME}"
         return name
@@ -62,7 +64,7 @@ def xformers_operator(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout
 
 
 @contextmanager
-def use_xformers():
+def use_xformers() -> Iterator[None]:
     """Route ``attention`` (full attention's kernel) to xformers within the block."""
     reason = xformers_unavailable()
     if reason:
@@ -104,7 +106,8 @@ def masked_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torc
     return torch.where(row_ok, out, 0.0)
 
 
-def _xformers_attention(q, k, v, attn_mask, dropout_p):
+def _xformers_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, attn_mask: torch.Tensor | None,
+                        dropout_p: float) -> torch.Tensor:
     import xformers.ops as xops
 
     if attn_mask is not None:  # full attention passes None when every token is real
@@ -116,4 +119,4 @@ def _xformers_attention(q, k, v, attn_mask, dropout_p):
         needs_grad = torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))
         kernels.note("xformers", f"xformers.ops.memory_efficient_attention, operator "
                      f"{xformers_operator(q, k, v, dropout_p, needs_grad)}")
-    return xops.memory_efficient_attention(q, k, v, p=dropout_p).transpose(1, 2)
+    return cast(torch.Tensor, xops.memory_efficient_attention(q, k, v, p=dropout_p)).transpose(1, 2)
