@@ -23,7 +23,7 @@ from attnbench.harness.core import shipped_files
 from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.core.registry import as_dict
 from attnbench.harness.run.model import ModelConfig
-from attnbench.harness.run.train import TrainConfig
+from attnbench.harness.run.train_config import TrainConfig
 from attnbench.tasks import TASKS
 from attnbench.variants import VARIANTS
 

@@ -11,7 +11,7 @@ import pytest
 from attnbench.harness.report.lra import lra_section, lra_table
 from attnbench.harness.report.lra_published import PRINTED_AVERAGE, PUBLISHED, lra_average, published_row
 from attnbench.harness.report.writer import Document
-from attnbench.harness.run.train import TrainConfig, lr_factor
+from attnbench.harness.run.train_config import TrainConfig, lr_factor
 from attnbench.variants import VARIANTS
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from attnbench.harness.run.model import EncoderClassifier, ModelConfig, count_parameters, sinusoidal_positions
-from attnbench.harness.run.train import TrainConfig, lr_factor, train_run
+from attnbench.harness.run.train import train_run
+from attnbench.harness.run.train_config import TrainConfig, lr_factor
 from attnbench.variants import VARIANTS
 from conftest import tiny_run
 

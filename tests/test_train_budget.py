@@ -17,11 +17,11 @@ from attnbench.harness.cli import main as cli_main
 from attnbench.harness.config import ConfigError, validate_config
 from attnbench.harness.measure.flops import CPU_FLASH_FORMULAS
 from attnbench.harness.results.aggregate import aggregate, record_row
-from attnbench.harness.run import checkpoint
-from attnbench.harness.run import train as train_module
+from attnbench.harness.run import checkpoint, trainer_steps
 from attnbench.harness.run.batches import place_splits
 from attnbench.harness.run.model import EncoderClassifier, model_for_run
 from attnbench.harness.run.train import Trainer, train_run
+from attnbench.harness.run.train_config import lr_factor
 from conftest import tiny_config, tiny_run, torch_state_restored
 
 #: what every forward of the stand-in slow model sleeps, and the seconds budget it is trained for
@@ -81,7 +81,7 @@ def test_a_seconds_budget_stops_at_the_first_step_past_it(tmp_path, tiny_listops
     assert float(curve[-1]["elapsed_s"]) - train_s[-1] >= (len(curve) - 1) * SLEEP_S
     # the LR decay follows the budget's time (by steps it would still be near its peak at step ~20 of 1000)
     lr = record["config"]["train"]["lr"]
-    assert float(curve[-1]["lr"]) < 0.5 * lr * train_module.lr_factor(steps[-1], Recording.made[-1].cfg)
+    assert float(curve[-1]["lr"]) < 0.5 * lr * lr_factor(steps[-1], Recording.made[-1].cfg)
 
 
 def test_a_resumed_seconds_budget_run_stops_at_the_same_total_budget(tmp_path, tiny_listops_data, slow_model,
@@ -186,7 +186,7 @@ def test_a_count_that_fails_leaves_the_flops_empty_and_the_run_ok(tmp_path, tiny
     def cannot(*args, **kwargs):
         raise RuntimeError("no flop formula for this kernel\nsecond line")
 
-    monkeypatch.setattr(train_module, "count_flops", cannot)
+    monkeypatch.setattr(trainer_steps, "count_flops", cannot)
     record = train_run(tiny_run(), tiny_listops_data, tmp_path / "ok", bar=False)
     training = record["training"]
     assert record["status"] == "ok" and training["steps_done"] == 10

@@ -165,7 +165,7 @@ def test_the_loop_reads_no_device_value_between_evaluations(tiny_listops_data, m
         run["variant"] = {"name": variant, "params": params}
         trainer = Trainer(run, tiny_listops_data, torch.device("cpu"))
         hook.reads.clear()
-        from attnbench.harness.run.train import Log
+        from attnbench.harness.run.trainer import Log
 
         with hook:
             trainer.fit(Log(25, "t", bar=False))
@@ -349,7 +349,7 @@ def test_a_batch_larger_than_the_split_is_recorded_as_run(tmp_path, tiny_listops
     assert record["status"] == "ok" and t["effective_batch"] == 200 and t["micro_batch"] == 200
     assert "batch_size 1000 is larger than the 200 training examples: each step used 200" in t["batch_note"]
     assert e["train_tokens_per_s"] == pytest.approx(e["train_steps_per_s"] * 200 * tiny_listops_data.seq_len)
-    from attnbench.harness.run.train import effective_batch
+    from attnbench.harness.run.train_config import effective_batch
 
     assert effective_batch(32, 4, 30) == (28, "batch_size 32 is larger than the 30 training examples: each step "
                                               "used 28 (4 micro-batches of 7)")

@@ -17,7 +17,8 @@ from attnbench.harness import cli
 from attnbench.harness.bench.files import run_sweep, sweep_file
 from attnbench.harness.config import validate_config
 from attnbench.harness.core import watchdog
-from attnbench.harness.run.train import LIMIT_SLACK_S, Trainer, train_run
+from attnbench.harness.run.train import Trainer, train_run
+from attnbench.harness.run.trainer import LIMIT_SLACK_S
 from conftest import tiny_config, tiny_run
 
 #: how long the stand-ins for a forward that never returns wait before giving up (raising): a test of a

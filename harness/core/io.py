@@ -76,7 +76,8 @@ def remove_orphan_temps(path: Path) -> list[Path]:
     process is gone, and untagged ones older than ``STALE_UNTAGGED_TMP_S``. Returns what it removed;
     never raises for a file it cannot inspect or remove."""
     path = Path(path)
-    prefix, host, removed = f".{path.name}.", _host_tag(), []
+    prefix, host = f".{path.name}.", _host_tag()
+    removed: list[Path] = []
     try:
         entries = list(os.scandir(path.parent))
     except OSError:
@@ -172,7 +173,7 @@ def _temp_file(path: Path) -> str:
     return tmp
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
     path, tmp = Path(path), None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,7 +227,7 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     _atomic(path, write)
 
 
-def write_table(df, out_csv: Path) -> None:
+def write_table(df: Any, out_csv: Path) -> None:  # df: a pandas DataFrame (pandas has no type information here)
     """A pandas table as CSV at ``out_csv`` and as Parquet beside it, each written atomically."""
     atomic_write_text(out_csv, df.to_csv(index=False))
     buf = io.BytesIO()

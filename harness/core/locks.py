@@ -24,6 +24,7 @@ import socket
 import stat
 import time
 from pathlib import Path
+from typing import Any
 
 from attnbench.harness.core.errors import UserError
 
@@ -119,7 +120,7 @@ def open_lock_file(path: Path, *, mode: int = 0o600) -> int:
     return fd
 
 
-def owner_info(**extra) -> dict:
+def owner_info(**extra: Any) -> dict[str, Any]:
     """What ``try_lock`` records about the process taking a lock: pid, host, since (ISO 8601) and
     since_unix, plus ``extra``."""
     now = time.time()
@@ -128,7 +129,7 @@ def owner_info(**extra) -> dict:
             **extra}
 
 
-def try_lock(path: Path, *, info: dict | None = None, mode: int = 0o600) -> int | None:
+def try_lock(path: Path, *, info: dict[str, Any] | None = None, mode: int = 0o600) -> int | None:
     """Take an exclusive ``flock`` on the lock file ``path`` without waiting.
 
     Returns the open descriptor (the lock lasts until it is closed, see ``release``, or the process
@@ -156,7 +157,7 @@ def try_lock(path: Path, *, info: dict | None = None, mode: int = 0o600) -> int 
     return fd
 
 
-def lock_owner(path: Path) -> dict | None:
+def lock_owner(path: Path) -> dict[str, Any] | None:
     """The owner recorded in the lock file ``path`` by ``try_lock`` (pid, host, since, ...), or None if
     there is none or it cannot be read. A file holding just a pid (the older format) gives {"pid": N}.
     Never follows a symbolic link. What it says is informational: the process may have died since."""
@@ -184,7 +185,7 @@ def lock_owner(path: Path) -> dict | None:
     return owner if isinstance(owner, dict) else None
 
 
-def describe_owner(owner: dict | None) -> str:
+def describe_owner(owner: dict[str, Any] | None) -> str:
     """``lock_owner``'s answer in words: "pid N on host H since T", or "an unknown process"."""
     if not owner or "pid" not in owner:
         return "an unknown process"

@@ -16,10 +16,12 @@ import pkgutil
 import sys
 import types
 import typing
-from collections.abc import Callable
-from typing import Any, Literal
+from collections.abc import Callable, Iterator
+from typing import Any, Literal, TypeVar
 
 from attnbench.harness.core.errors import UserError
+
+_T = TypeVar("_T")
 
 
 class UnknownNameError(UserError, KeyError):
@@ -32,7 +34,7 @@ class UnknownNameError(UserError, KeyError):
 @dataclasses.dataclass(frozen=True)
 class Entry:
     name: str
-    cls: type
+    cls: type[Any]  # the registered class: a subclass of its registry's base (its attributes are the base's)
     config: type  # a dataclass
     description: str
 
@@ -70,7 +72,7 @@ class Registry:
     worker processes a validated config starts see the same components)."""
 
     def __init__(self, kind: str, package: str, *, entry_points: str | None = None, env: str | None = None,
-                 base: type | None = None):
+                 base: type | None = None) -> None:
         self.kind = kind
         self.package = package
         self.entry_points, self.env, self.base = entry_points, env, base
@@ -88,7 +90,8 @@ class Registry:
             doc = (cls.__doc__ or "").strip().splitlines()
             self._entries[name] = Entry(name, cls, config, doc[0] if doc else "")
             if "registered_name" not in cls.__dict__:  # its first name (a class may be registered again)
-                cls.registered_name = name
+                # a class attribute every registered class is given at run time: ``type`` declares none
+                cls.registered_name = name  # type: ignore[attr-defined]
             return cls
 
         return decorator
@@ -130,6 +133,8 @@ class Registry:
         return self._sources.get(name)
 
     def _export(self) -> None:
+        if not self.env:
+            return
         os.environ[self.env] = ",".join(f"{n}={s}" for n, s in sorted(self._sources.items()))
 
     def _load(self) -> None:
@@ -168,20 +173,24 @@ class Registry:
             )
         return self._entries[name]
 
-    def make_config(self, name: str, params: dict[str, Any] | None = None):
+    def make_config(self, name: str, params: dict[str, Any] | None = None) -> Any:
         """The entry's config dataclass filled from ``params`` (unknown keys are an error)."""
         return build_dataclass(self.get(name).config, params or {}, f"{self.kind} {name!r}")
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[Entry]:
         return iter(self.get(n) for n in self.names())
 
 
-def as_dict(dc) -> dict:
+def as_dict(dc: Any) -> dict[str, Any]:
     """A config dataclass as plain JSON-ready values (tuples as lists)."""
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(dc).items()}
 
 
-def build_dataclass(cls: type, params: dict[str, Any], where: str):
+def build_dataclass(cls: type[_T], params: dict[str, Any], where: str) -> _T:
+    """An instance of the dataclass ``cls`` from ``params`` (lists become tuples); an unknown key is
+    a ValueError naming ``where``."""
+    if not dataclasses.is_dataclass(cls):  # what dataclasses.fields would raise
+        raise TypeError(f"{where}: {cls!r} is not a dataclass")
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(params) - known)
     if unknown:
@@ -230,8 +239,8 @@ def dataclass_schema(cls: type) -> dict[str, Any]:
         prop = _type_schema(hints[f.name])
         if f.default is not dataclasses.MISSING:
             default = f.default
-        elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
         else:
             raise TypeError(f"{cls.__name__}.{f.name} needs a default to be a config field")
         prop["default"] = list(default) if isinstance(default, tuple) else default

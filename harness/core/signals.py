@@ -24,6 +24,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from collections.abc import Set as AbstractSet
+from types import FrameType
 
 import psutil
 
@@ -36,7 +39,7 @@ STOP_GRACE_S = 10.0
 class Stopped(KeyboardInterrupt):
     """The command was stopped by signal ``signum``."""
 
-    def __init__(self, signum: int):
+    def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)
         self.signum = signum
 
@@ -66,7 +69,7 @@ def descendants() -> set[psutil.Process]:
     return set(_descendants())
 
 
-def stop_descendants(sig: int = signal.SIGTERM, keep: set[psutil.Process] = frozenset()) -> None:
+def stop_descendants(sig: int = signal.SIGTERM, keep: AbstractSet[psutil.Process] = frozenset()) -> None:
     """Send ``sig`` to every process this one started, and to those they started, but those in ``keep``
     (``descendants()`` taken before some work: what that work started is stopped)."""
     for child in _descendants():
@@ -75,13 +78,13 @@ def stop_descendants(sig: int = signal.SIGTERM, keep: set[psutil.Process] = froz
                 child.send_signal(sig)
 
 
-def _stop(signum: int, frame) -> None:
+def _stop(signum: int, frame: FrameType | None) -> None:
     stop_descendants()
     raise Stopped(signum)
 
 
 @contextlib.contextmanager
-def stop_on_signals():
+def stop_on_signals() -> Iterator[None]:
     """Within the block, a stop signal stops this process's descendants and raises ``Stopped`` here.
     A signal ignored when the block starts (``nohup``, a background job's SIGINT) stays ignored; the
     previous handlers come back at its end. Outside the main thread (where Python runs no signal handler)

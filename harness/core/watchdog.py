@@ -29,7 +29,8 @@ import os
 import signal
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from types import FrameType, TracebackType
 
 #: the exit status of a process ended by stage 2
 STUCK_EXIT = 3
@@ -45,7 +46,7 @@ _held = 0  # how deep the main thread is in uninterrupted() (0 within interrupti
 
 
 @contextlib.contextmanager
-def uninterrupted():
+def uninterrupted() -> Iterator[None]:
     """Within the block, stage 1 of a deadline interrupts nothing (stage 2 still applies) but inside an
     ``interruptible()`` block; the work looks at the deadline's ``fired`` when it can stop."""
     global _held
@@ -57,7 +58,7 @@ def uninterrupted():
 
 
 @contextlib.contextmanager
-def interruptible():
+def interruptible() -> Iterator[None]:
     """Within the block, stage 1 interrupts the work again, even inside ``uninterrupted()``."""
     global _held
     held, _held = _held, 0
@@ -72,7 +73,7 @@ class Deadline:
     ``what`` names the work in stage 2's line; ``exit_code``: the status stage 2 exits with."""
 
     def __init__(self, seconds: float | None, what: str, *, grace_s: float = GRACE_S,
-                 on_stuck: Callable[[], None] | None = None, exit_code: int = STUCK_EXIT):
+                 on_stuck: Callable[[], None] | None = None, exit_code: int = STUCK_EXIT) -> None:
         self.seconds, self.what, self.grace_s = seconds, what, grace_s
         self.on_stuck, self.exit_code = on_stuck, exit_code
         self.expired = False
@@ -81,7 +82,7 @@ class Deadline:
         self._raised: Expired | None = None
         self._done = threading.Event()
         self._thread: threading.Thread | None = None
-        self._previous = None
+        self._previous: signal.Handlers | Callable[[int, FrameType | None], object] | int | None = None
         self._main = threading.current_thread() is threading.main_thread()
 
     def __enter__(self) -> Deadline:
@@ -94,7 +95,8 @@ class Deadline:
         self._thread.start()
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> bool:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
         if self._thread is None:
             return False
         self._armed = False  # first: an alarm handled from here on raises nothing
@@ -112,18 +114,22 @@ class Deadline:
         """Whether the limit has been reached (stage 1 happened, whether or not it interrupted the work)."""
         return self._fired
 
-    def _on_alarm(self, signum, frame) -> None:
+    def _on_alarm(self, signum: int, frame: FrameType | None) -> None:
         # an alarm handled as the block ends (in __exit__, before it disarms) is too late to stop anything
-        if self._armed and self._fired and self._raised is None and not _held and frame.f_code is not _EXIT_CODE:
-            self._raised = Expired(f"{self.what}: time limit of {self.seconds:g} s")
-            raise self._raised
+        if self._armed and self._fired and self._raised is None and not _held:
+            assert frame is not None  # a Python handler runs between two bytecodes of the main thread's frame
+            if frame.f_code is not _EXIT_CODE:
+                self._raised = Expired(f"{self.what}: time limit of {self.seconds:g} s")
+                raise self._raised
 
     def _watch(self) -> None:
         if self._done.wait(self.seconds) or not self._armed:
             return
         self._fired = True
         if self._main:
-            signal.pthread_kill(threading.main_thread().ident, signal.SIGALRM)
+            main_id = threading.main_thread().ident
+            assert main_id is not None  # the main thread is running: it started this one
+            signal.pthread_kill(main_id, signal.SIGALRM)
         if self._done.wait(self.grace_s) or not self._armed:
             return
         try:

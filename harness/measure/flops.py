@@ -1,5 +1,6 @@
 """FLOPs that ``torch.utils.flop_counter.FlopCounterMode`` sees while a module runs, shared by the efficiency
-sweep (one case's step, ``harness.bench.case``) and training (one optimiser step's passes, ``harness.run.train``).
+sweep (one case's step, ``harness.bench.case``) and training (one optimiser step's passes,
+``harness.run.trainer_steps``).
 
 - FlexAttention cannot run under the counter (dynamo runs no compiled frame under a dispatch mode, and the
   eager operator has no rule for it), and torch's formula for it would count the dense N x N product: a
@@ -13,22 +14,27 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 
 from attnbench.variants.lib.flex_blocks import BlockKernelChoice
 
+#: a tensor's shape, as the flop counter passes it to its formulas
+Shape = Sequence[int]
+
 FLEX_FLOPS_NOTE = ("; FlexAttention's layers counted on the gather kernel of the same layout (the counter cannot "
                    "run FlexAttention, and torch's formula for it counts the dense N x N product)")
 
 
-def _cpu_flash_forward(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+def _cpu_flash_forward(query_shape: Shape, key_shape: Shape, value_shape: Shape, *args: object,
+                       out_shape: object = None, **kwargs: object) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
 
-def _cpu_flash_backward(grad_out_shape, query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+def _cpu_flash_backward(grad_out_shape: Shape, query_shape: Shape, key_shape: Shape, value_shape: Shape,
+                        *args: object, out_shape: object = None, **kwargs: object) -> int:
     return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
 
 
@@ -46,7 +52,7 @@ def flex_layers(module: torch.nn.Module, device: torch.device) -> list[BlockKern
 
 
 @contextlib.contextmanager
-def counted_on_gather(module: torch.nn.Module, device: torch.device):
+def counted_on_gather(module: torch.nn.Module, device: torch.device) -> Iterator[None]:
     """Within the block, the FlexAttention layers of ``module`` run the gather kernel of the same layout."""
     layers = flex_layers(module, device)
     saved = [layer.cfg for layer in layers]

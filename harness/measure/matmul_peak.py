@@ -21,7 +21,9 @@ import math
 import statistics
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -112,7 +114,8 @@ PROBE_SIZE = {"cpu": 1024, "cuda": 4096}
 PROBE_SECONDS = 0.3
 
 
-def probe_in_fresh_process(device: str, threads: int, dtypes, workdir: Path, timeout_s: float = 120.0) -> dict:
+def probe_in_fresh_process(device: str, threads: int, dtypes: Iterable[str], workdir: Path,
+                           timeout_s: float = 120.0) -> dict[str, dict[str, Any]]:
     """The matmul rate per dtype of ``dtypes`` on ``device`` with ``threads``, measured in one fresh process
     (as the work it is compared with is): ``{dtype: matmul_rate(...)}``. A probe that failed is
     ``{"gflops": None, "error": ...}``, so that what reads it has no share rather than a wrong one."""

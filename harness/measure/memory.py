@@ -118,7 +118,8 @@ class PeakMemory:
             self._sampler = _RssSampler()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
+        assert self.baseline_bytes is not None  # set by __enter__
         if self.device.type == "cuda":
             synchronize(self.device)
             self.peak_bytes = torch.cuda.max_memory_allocated(self.device) - self.baseline_bytes
@@ -128,6 +129,8 @@ class PeakMemory:
         if hwm is not None:
             self.peak_bytes, self.method = max(0, hwm - self.baseline_bytes), HWM_METHOD
             return
+        # VmHWM was readable at the start (_reset_hwm), so the sampler runs: /proc does not go away
+        assert self._sampler is not None
         sampled = self._sampler.stop() - self.baseline_bytes
         maxrss = _maxrss_bytes()
         if maxrss > self._maxrss0:  # the work set a new high for the process: ru_maxrss saw all of it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -23,7 +24,7 @@ class Stopwatch:
         self.durations: list[float] = []
 
     @contextmanager
-    def time(self):
+    def time(self) -> Iterator[None]:
         synchronize(self.device)
         t0 = time.perf_counter()
         yield
@@ -59,7 +60,7 @@ class LazyStepTimer:
         return "time.perf_counter around each step"
 
     @contextmanager
-    def time(self):
+    def time(self) -> Iterator[None]:
         if self.device.type != "cuda":
             t0 = time.perf_counter()
             yield

@@ -102,7 +102,7 @@ def setup_hash(record: dict) -> str:
 def record_row(record: dict, path: Path) -> dict:
     eff, env = record["efficiency"], record["environment"]
 
-    def mb(b):
+    def mb(b: float | None) -> float | None:
         return None if b is None else b / 2**20
 
     return {

@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterator
 from functools import lru_cache
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from jsonschema import Draft202012Validator
 
@@ -88,7 +88,7 @@ def _validator() -> Draft202012Validator:
     return Draft202012Validator(schema)
 
 
-def _name(config: dict, section: str):
+def _name(config: dict[str, Any], section: str) -> Any:  # what the config holds there (None: no such section)
     entry = config.get(section)
     if not isinstance(entry, dict):
         return None
@@ -97,7 +97,9 @@ def _name(config: dict, section: str):
 
 def run_stage(config: dict) -> tuple[str, int | None]:
     """The stage and trial a run config says (``tuning``): a trial's, or ``final`` with no trial."""
-    tuning = config.get("tuning") if isinstance(config.get("tuning"), dict) else {}
+    tuning = config.get("tuning")
+    if not isinstance(tuning, dict):
+        tuning = {}
     return ("tune", tuning.get("trial")) if tuning.get("stage") == "tune" else ("final", None)
 
 

@@ -111,7 +111,7 @@ def readable(records: list[Path]) -> tuple[list[tuple[Path, dict]], list[dict]]:
 # ---------------------------------------------------------------- torch files: readable, and made again
 
 
-def torch_file_problem(path: Path, **want) -> str | None:
+def torch_file_problem(path: Path, **want: object) -> str | None:
     """Why the torch file ``path`` (a prepared dataset, a checkpoint) cannot be used, or None: missing,
     truncated or not a torch file, or a top-level entry not as ``want`` says (``key="..."``). Cheap:
     the file is memory-mapped, its tensors are not read."""

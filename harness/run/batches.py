@@ -26,9 +26,13 @@ measurement starts (``harness.run.train.train_run``), so they are not in its pea
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:  # for the annotations only
+    from attnbench.tasks.base import PreparedData
 
 BUDGET_CAP_BYTES = 2 * 2 ** 30
 BUDGET_FRACTION_OF_FREE = 0.25
@@ -163,7 +167,7 @@ class DeviceSplit:
         return tokens.long(), self.labels[start:stop], padded
 
 
-def place_splits(data, device: torch.device, placement: str | None = None) -> dict[str, DeviceSplit]:
+def place_splits(data: PreparedData, device: torch.device, placement: str | None = None) -> dict[str, DeviceSplit]:
     """Every split of ``data`` (a ``PreparedData``) placed for ``device`` (``placement``: forced on all)."""
     return {name: DeviceSplit(split, data.pad_id, device, vocab_size=data.vocab_size, placement=placement)
             for name, split in data.splits.items()}

@@ -28,8 +28,9 @@ import contextlib
 import copy
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,8 +38,8 @@ import torch
 from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.core.io import atomic_torch_save
 
-if TYPE_CHECKING:  # for the annotations only: train.py imports this module
-    from attnbench.harness.run.train import Trainer
+if TYPE_CHECKING:  # for the annotations only: trainer_steps.py imports this module
+    from attnbench.harness.run.trainer_steps import TrainerSteps
 
 FORMAT = 1
 CHECKPOINT_DIR = "checkpoint"
@@ -48,7 +49,7 @@ def checkpoint_path(out_dir: Path) -> Path:
     return Path(out_dir) / CHECKPOINT_DIR / "last.pt"
 
 
-def resume_hash(run: dict, inputs: dict | None = None) -> str:
+def resume_hash(run: dict[str, Any], inputs: dict[str, Any] | None = None) -> str:
     """What must match for a checkpoint to be resumed: the run config less ``checkpoint_every``,
     and ``inputs``, the record entries the training method takes from other runs."""
     run = copy.deepcopy(run)
@@ -58,7 +59,7 @@ def resume_hash(run: dict, inputs: dict | None = None) -> str:
 
 # ---------------------------------------------------------------- random number generators
 
-def owned_generators(trainer: Trainer) -> dict[str, torch.Generator]:
+def owned_generators(trainer: TrainerSteps) -> dict[str, torch.Generator]:
     """The ``torch.Generator`` attributes of the trainer and of every module of its model, by name."""
     found = {f"trainer.{k}": v for k, v in vars(trainer).items() if isinstance(v, torch.Generator)}
     for name, module in trainer.model.named_modules():
@@ -67,7 +68,7 @@ def owned_generators(trainer: Trainer) -> dict[str, torch.Generator]:
     return found
 
 
-def capture_rng(trainer: Trainer) -> dict:
+def capture_rng(trainer: TrainerSteps) -> dict[str, Any]:
     np_state = np.random.get_state(legacy=False)
     return {
         "torch": torch.get_rng_state(),
@@ -95,7 +96,7 @@ def restore_cuda_rng(states: list[torch.Tensor] | None) -> str | None:
     return None
 
 
-def restore_rng(trainer: Trainer, state: dict) -> str | None:
+def restore_rng(trainer: TrainerSteps, state: dict[str, Any]) -> str | None:
     """Put every generator where it was; returns a note when some CUDA states had no device."""
     torch.set_rng_state(state["torch"])
     note = restore_cuda_rng(state["cuda"])
@@ -112,7 +113,7 @@ def restore_rng(trainer: Trainer, state: dict) -> str | None:
 
 
 @contextlib.contextmanager
-def rng_kept(trainer: Trainer):
+def rng_kept(trainer: TrainerSteps) -> Iterator[None]:
     """Within the block, draw from every generator (``capture_rng``) as you like: they are put back
     where they were at its start, so that what the run draws afterwards is unchanged."""
     state = capture_rng(trainer)
@@ -124,7 +125,7 @@ def rng_kept(trainer: Trainer):
 
 # ---------------------------------------------------------------- save, load, restore
 
-def save(path: Path, trainer: Trainer, *, key: str, losses: list[float], elapsed_s: float) -> None:
+def save(path: Path, trainer: TrainerSteps, *, key: str, losses: list[float], elapsed_s: float) -> None:
     """Write the trainer's state after its step ``trainer.step``; ``key``: its ``resume_hash``."""
     atomic_torch_save({
         "format": FORMAT,
@@ -147,7 +148,7 @@ def save(path: Path, trainer: Trainer, *, key: str, losses: list[float], elapsed
     }, path)
 
 
-def load(path: Path, run: dict, key: str) -> dict | None:
+def load(path: Path, run: dict[str, Any], key: str) -> dict[str, Any] | None:
     """The checkpoint at ``path`` if there is one made by this run (``key``: its
     ``resume_hash``), else None (with a printed line saying why one that exists is ignored)."""
     path = Path(path)
@@ -167,7 +168,7 @@ def load(path: Path, run: dict, key: str) -> dict | None:
     return state
 
 
-def restore(trainer: Trainer, state: dict) -> None:
+def restore(trainer: TrainerSteps, state: dict[str, Any]) -> None:
     """Put the trainer where it was when ``state`` was saved."""
     trainer.model.load_state_dict(state["model"])
     trainer.opt.load_state_dict(state["optimizer"])

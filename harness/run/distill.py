@@ -18,7 +18,7 @@ resolves each student's run config (method ``distill``).
 - Loss = alpha * T^2 * KL(softmax(teacher/T) || softmax(student/T)) + (1 - alpha) * CE,
   the KL averaged over the batch (``KLDivLoss(reduction="batchmean")``); T^2 keeps the soft
   term's gradients comparable across temperatures (Hinton et al. 2015).
-- The training loop is ``attnbench.harness.run.train``'s: ``DistillTrainer`` overrides the model
+- The training loop is ``attnbench.harness.run.trainer``'s: ``DistillTrainer`` overrides the model
   factory and the loss, so every outcome (ok, oom, diverged, timeout, failed) is recorded the
   same way. Its timed step includes the teacher's forward pass: that is what a distillation
   step costs, in time and in the FLOPs counted of a step (``Trainer.count_step_flops``, which runs
@@ -38,7 +38,8 @@ import torch.nn.functional as F
 from attnbench.harness.core.registry import param
 from attnbench.harness.results.records import RECORD_NAME, RecordError, RunKey, read_record, task_id
 from attnbench.harness.run.model import EncoderClassifier, model_for_run
-from attnbench.harness.run.train import Trainer, train_run
+from attnbench.harness.run.train import train_run
+from attnbench.harness.run.trainer import Trainer
 from attnbench.tasks.base import DataError, PreparedData
 
 #: model settings a teacher and its student must share (the student only has fewer blocks;
@@ -176,7 +177,7 @@ def load_teacher(checkpoint: Path, run: dict, data: PreparedData,
 
 
 class DistillTrainer(Trainer):
-    """The training loop of ``attnbench.harness.run.train`` with a student initialised from the teacher and
+    """The training loop of ``attnbench.harness.run.trainer`` with a student initialised from the teacher and
     the distillation loss."""
 
     step_work = "teacher forward in eval mode without gradients, student forward, backward, clip, AdamW"

@@ -6,14 +6,14 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal, cast
 
 import torch
 from torch import nn
 
 from attnbench.harness.core.registry import param
-from attnbench.tasks.base import TASKS
-from attnbench.variants import build_attention
+from attnbench.tasks.base import TASKS, PreparedData
+from attnbench.variants import Attention, build_attention
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ class EncoderClassifier(nn.Module):
                         nn.init.zeros_(module.bias)
 
     @classmethod
-    def for_data(cls, cfg: ModelConfig, variant: str, variant_params: dict | None, data,
+    def for_data(cls, cfg: ModelConfig, variant: str, variant_params: dict[str, Any] | None, data: PreparedData,
                  zero_token: int | None = None) -> EncoderClassifier:
         """The model for a task's prepared data (its vocabulary, length, classes, pairing);
         ``zero_token``: the task's token of a raw 0 (``Task.zero_token``), for ``mask_zero_tokens``."""
@@ -194,11 +194,12 @@ class EncoderClassifier(nn.Module):
         m = mask.unsqueeze(-1).to(x.dtype)
         return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
 
-    def attention_layers(self):
-        return [b.attn for b in self.blocks]
+    def attention_layers(self) -> list[Attention]:
+        """The attention layer of each block, first to last."""
+        return [cast(Block, b).attn for b in self.blocks]  # a ModuleList's items are typed nn.Module
 
 
-def model_for_run(run: dict, data) -> EncoderClassifier:
+def model_for_run(run: dict[str, Any], data: PreparedData) -> EncoderClassifier:
     """The model a resolved run config describes, for its task's prepared data (freshly initialised:
     the caller seeds)."""
     zero_token = TASKS.get(run["task"]["name"]).cls.zero_token

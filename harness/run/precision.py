@@ -1,5 +1,6 @@
 """How a run computes: its precision (autocast and, for float16, a gradient scaler), float32
-matmuls (TF32 on Ampere and later), the optimiser's implementation, and compilation.
+matmuls (TF32 on Ampere and later), and compilation (the optimiser's implementation:
+``harness.run.optimiser``).
 
 Each choice is resolved once per run from ``train:`` and the device, and the resolved value
 goes into the record (``training``), so a number always says how it was computed.
@@ -38,7 +39,7 @@ def resolve_precision(name: str, device: torch.device, bf16_supported: bool | No
     return name
 
 
-def autocast(precision: str, device: torch.device):
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[object]:
     """The context a forward pass runs in: autocast to bf16/fp16, or nothing for fp32."""
     if precision == "fp32":
         return contextlib.nullcontext()
@@ -59,19 +60,6 @@ def configure_float32_matmul(tf32: bool, device: torch.device) -> str:
         torch.set_float32_matmul_precision("high" if on else "highest")
         torch.backends.cudnn.allow_tf32 = on
     return torch.get_float32_matmul_precision()
-
-
-def adamw(params, *, lr: float, betas: tuple[float, ...], eps: float, weight_decay: float,
-          device: torch.device) -> tuple[torch.optim.AdamW, str]:
-    """AdamW, fused (one kernel for every parameter, no host reads of the step count) where torch
-    has a fused kernel for the device, else the multi-tensor implementation; and which it is."""
-    params = list(params)
-    try:
-        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                 fused=True), "AdamW (fused)"
-    except (RuntimeError, ValueError):  # no fused kernel for this device or dtype
-        return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay,
-                                 foreach=True), "AdamW (foreach)"
 
 
 def compile_unavailable(device: torch.device) -> str | None:

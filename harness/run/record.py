@@ -1,12 +1,18 @@
 """The record of one training run, from what its trainer measured (the format is
-``attnbench.harness.results.records``)."""
+``attnbench.harness.results.records``), the baselines it is compared with, and its curve
+(``curve.csv``, one row per evaluation)."""
 from __future__ import annotations
 
+import csv
 import datetime as dt
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from attnbench.harness.core.hashing import config_hash
+from attnbench.harness.core.io import atomic_write_text
 from attnbench.harness.measure.memory import PeakMemory
 from attnbench.harness.results.environment import capture
 from attnbench.harness.results.records import SCHEMA_VERSION, RunKey
@@ -14,12 +20,15 @@ from attnbench.harness.run.budget import Budget
 from attnbench.harness.run.model import count_parameters
 from attnbench.tasks.base import PreparedData
 
+if TYPE_CHECKING:  # for the annotations only
+    from attnbench.harness.run.trainer_steps import TrainerSteps
+
 #: how a training run's peak memory treats its data (``harness.run.train.train_run``)
 PLACED_DATA_NOTE = ("; the data splits are placed before the measurement starts, so not counted "
                     "(device_data_bytes: the bytes of them held on the device, in a narrow integer type)")
 
 
-def kernel_fields(kernel: dict | None, prefix: str) -> dict:
+def kernel_fields(kernel: dict[str, str] | None, prefix: str) -> dict[str, str | None]:
     """A run's attention kernel and why (``variants.kernels.KernelLog.as_record``) as record fields, ``prefix``
     naming the pass (training: none; evaluation: ``eval_``); null where no step or pass ran."""
     kernel = kernel or {}
@@ -27,7 +36,7 @@ def kernel_fields(kernel: dict | None, prefix: str) -> dict:
             f"{prefix}attention_kernel_why": kernel.get("attention_kernel_why")}
 
 
-def budget_fields(run: dict, trainer, steps_done: int) -> dict:
+def budget_fields(run: dict[str, Any], trainer: TrainerSteps | None, steps_done: int) -> dict[str, Any]:
     """The record's budget entries: ``budget`` (kind, limit and what the run reached: its steps, train_s or
     train_flops), ``train_s`` (training-step time, evaluation excluded, earlier processes' included),
     ``train_flops`` (steps done x ``flops_per_step``), ``flops_per_step`` and ``flops_method``. A run that never
@@ -47,10 +56,11 @@ def budget_fields(run: dict, trainer, steps_done: int) -> dict:
             "flops_method": getattr(trainer, "flops_method", None)}
 
 
-def build_record(*, run: dict, data: PreparedData, status: str, message: str | None, trainer, test_acc: float | None,
-                 steps_done: int, mem: PeakMemory, device: torch.device, wall_s: float, baselines: dict,
-                 step_work: str = "forward, backward, clip, AdamW", extra: dict | None = None,
-                 memory_cap: dict | None = None) -> dict:
+def build_record(*, run: dict[str, Any], data: PreparedData, status: str, message: str | None,
+                 trainer: TrainerSteps | None, test_acc: float | None, steps_done: int, mem: PeakMemory,
+                 device: torch.device, wall_s: float, baselines: dict[str, Any],
+                 step_work: str = "forward, backward, clip, AdamW", extra: dict[str, Any] | None = None,
+                 memory_cap: dict[str, Any] | None = None) -> dict[str, Any]:
     """The record of a run that ended with ``status``; ``trainer`` is None when it never started.
     ``extra``: entries a training method adds (a distilled run's ``teacher``); ``memory_cap``: the cap
     the run trained under (``measure.memory.memory_cap``), None when it never started."""
@@ -135,3 +145,28 @@ def build_record(*, run: dict, data: PreparedData, status: str, message: str | N
         "environment": capture(device),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
     }
+
+
+#: the columns of ``curve.csv``, one row per evaluation: elapsed_s is the wall time since training started,
+#: evaluation included; train_s the training-step time so far, evaluation excluded; train_flops the FLOPs of
+#: the steps so far (steps x flops_per_step; empty when they were not counted)
+CURVE_FIELDS = ["step", "lr", "train_loss", "val_loss", "val_acc", "elapsed_s", "train_s", "train_flops"]
+
+
+def write_curve(path: Path, rows: list[dict[str, Any]]) -> None:
+    """The curve rows (``CURVE_FIELDS``) as ``curve.csv`` at ``path``, written atomically."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=CURVE_FIELDS)  # a row from before train_s / train_flops: empty there
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
+
+
+def baselines(data: PreparedData) -> dict[str, Any]:
+    """Chance, the training set's majority class, and that class's test accuracy (None where the data holds
+    no test split: a tuning trial's, ``withhold_test``)."""
+    train_labels = data.splits["train"]["labels"]
+    majority = int(torch.bincount(train_labels, minlength=data.num_classes).argmax())
+    test = data.splits.get("test")
+    return {"chance": 1.0 / data.num_classes, "majority_class": majority,
+            "majority_test_acc": float((test["labels"] == majority).float().mean()) if test else None}
