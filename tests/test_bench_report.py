@@ -9,14 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from attnbench.harness.report.bench import (
-    bench_section,
-    crossover_table,
-    figure_scaling,
-    fit_exponents,
-    flops_table,
-    relative_tables,
-)
+from attnbench.harness.report.bench import bench_section
+from attnbench.harness.report.bench_cases import fit_exponents
+from attnbench.harness.report.bench_figures import figure_scaling
+from attnbench.harness.report.bench_tables import crossover_table, flops_table, relative_tables
 from attnbench.harness.report.render import render_report
 from attnbench.harness.report.writer import Document
 
@@ -299,7 +295,7 @@ def test_flops_table_gives_rate_at_the_largest_n_and_the_counter_share(bench):
 
 
 def test_a_one_panel_scaling_figures_title_fits_inside_the_figure(bench, tmp_path, monkeypatch):
-    import attnbench.harness.report.bench as bench_report
+    import attnbench.harness.report.bench_figures as bench_report
 
     drawn = []
 

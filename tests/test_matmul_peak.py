@@ -18,7 +18,7 @@ from attnbench.harness.bench.files import aggregate_bench, run_sweep, sweep_file
 from attnbench.harness.config import validate_config
 from attnbench.harness.measure import matmul_peak
 from attnbench.harness.measure.matmul_peak import matmul_rate, share_of_peak
-from attnbench.harness.report.bench import matmul_peak_line, peak_share_table
+from attnbench.harness.report.bench_tables import matmul_peak_line, peak_share_table
 from conftest import tiny_config
 
 CPU = torch.device("cpu")

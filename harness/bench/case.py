@@ -32,6 +32,7 @@ import contextlib
 import re
 import sys
 import time
+from typing import cast
 
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
@@ -45,6 +46,7 @@ from attnbench.harness.measure.sdpa_kernels import SdpaKernels
 from attnbench.harness.measure.timing import synchronize
 from attnbench.harness.run.model import Block, ModelConfig
 from attnbench.variants import build_attention
+from attnbench.variants.base import Attention
 from attnbench.variants.lib.flex_blocks import flex_compiled
 from attnbench.variants.lib.kernels import KernelLog
 from attnbench.variants.lib.sdpa import use_xformers, xformers_unavailable
@@ -127,6 +129,7 @@ class Stepper:
         dtype = getattr(torch, case.dtype)
         self.dim = dim = heads * head_dim
         torch.manual_seed(seed)
+        module: Attention | Block
         if case.scope == "layer":  # built for the case's length; the priming step runs a shorter one
             module = build_attention(case.variant, dim, heads, case.params, max_len=case.n)
         else:
@@ -166,10 +169,12 @@ def analytic_flops(stepper: Stepper) -> int:
     """FLOPs of one step from the variant's own count (forward; a backward pass is counted as
     twice the forward, the usual convention) plus the block's LayerNorm-free MLP matmuls."""
     case = stepper.case
-    attn = stepper.module if case.scope == "layer" else stepper.module.attn
+    # the module is the layer itself (scope layer) or a Block around it
+    attn = cast(Attention, stepper.module) if case.scope == "layer" else cast(Block, stepper.module).attn
     fwd = attn.flops(case.batch, case.n)
     if case.scope == "block":
-        fwd += 2 * 2 * case.batch * case.n * attn.dim * stepper.module.mlp[0].out_features
+        mlp_in = cast(torch.nn.Linear, cast(Block, stepper.module).mlp[0])  # the MLP's first layer
+        fwd += 2 * 2 * case.batch * case.n * attn.dim * mlp_in.out_features
     return 3 * fwd if stepper.backward else fwd
 
 
@@ -244,6 +249,7 @@ def _peak_of(stepper: Stepper, device: torch.device) -> tuple[int, int | None, s
     """(peak bytes above the start, peak reserved bytes or None, method) of one step."""
     with PeakMemory(device) as mem:
         stepper()
+    assert mem.peak_bytes is not None  # PeakMemory sets it on leaving the with block
     return mem.peak_bytes, mem.reserved_bytes, f"{mem.method} (first step after a priming step, fresh process)"
 
 

@@ -13,6 +13,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -84,7 +85,7 @@ def sweep_file(config: dict, variant: str, cores: int, workdir: Path) -> dict:
     return expand_sweep(sweep_plan(config, variant, workdir), cores)
 
 
-def run_sweep(sweep: dict, out_json: Path, extra_args: list[str] = ()) -> int:
+def run_sweep(sweep: dict, out_json: Path, extra_args: Sequence[str] = ()) -> int:
     """Run the sweep's benchmarks in a pytest process; its JSON replaces ``out_json`` only when complete.
     That is pytest-benchmark's file; when no case could be timed (every one oom, timeout or
     unavailable) pytest-benchmark saves none, and the rows file in the same layout stands in."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -16,7 +16,8 @@ from attnbench.harness.core.registry import as_dict, build_dataclass, param
 from attnbench.variants import VARIANTS
 
 SDPA_BACKENDS = ("default", "math", "flash", "efficient", "cudnn", "xformers")
-DTYPES = ("float32", "float64", "bfloat16", "float16")
+Dtype = Literal["float32", "float64", "bfloat16", "float16"]
+DTYPES: tuple[str, ...] = get_args(Dtype)
 
 
 @dataclass(frozen=True)
@@ -31,8 +32,8 @@ class BenchConfig:
     heads: int = param(4, "attention heads", minimum=1)
     head_dim: int = param(64, "size of each head (model width = heads x head_dim)", minimum=1)
     mlp_dim: int = param(1024, "hidden width of the encoder block's MLP (scope: block)", minimum=1)
-    dtypes: tuple[Literal[DTYPES], ...] = param(("float32",), "dtypes swept on CPU")
-    cuda_dtypes: tuple[Literal[DTYPES], ...] = param(("float32", "bfloat16"), "dtypes swept when the device is cuda")
+    dtypes: tuple[Dtype, ...] = param(("float32",), "dtypes swept on CPU")
+    cuda_dtypes: tuple[Dtype, ...] = param(("float32", "bfloat16"), "dtypes swept when the device is cuda")
     modes: tuple[Literal["forward", "forward_backward"], ...] = param(
         ("forward", "forward_backward"),
         "forward: inference (eval mode, no autograd); forward_backward: one training step's attention work")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from attnbench.harness.config.runs import length_param, length_settings
 from attnbench.harness.core.registry import build_dataclass
-from attnbench.harness.run.train import TrainConfig
+from attnbench.harness.run.train_config import TrainConfig
 
 
 def check_lengths(config: dict) -> list[str]:

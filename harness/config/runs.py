@@ -13,6 +13,7 @@ rest of the config, and reads the old form of it (a ``distilled`` entry in ``var
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from attnbench.harness.config.schema import ConfigError
 from attnbench.harness.config.seeds import first_seed, seed_list
@@ -22,7 +23,7 @@ from attnbench.harness.core.registry import as_dict, build_dataclass
 from attnbench.harness.results.records import RunKey
 from attnbench.harness.run.distill import student_layer_count
 from attnbench.harness.run.model import ModelConfig, resolve_zero_masking
-from attnbench.harness.run.train import TrainConfig
+from attnbench.harness.run.train_config import TrainConfig
 from attnbench.tasks import TASKS
 from attnbench.tasks.base import data_key
 from attnbench.variants import VARIANTS, build_attention
@@ -77,7 +78,7 @@ def task_section(config: dict, task: str) -> dict:
     also the name runs give it (``instance``), the ``length`` and the setting it sets (``length_param``)."""
     base, length = split_task(task)
     data = task_data_params(config, task)
-    section = {"name": base, "data": data, "data_key": data_key(base, data)}
+    section: dict[str, Any] = {"name": base, "data": data, "data_key": data_key(base, data)}
     if length is not None:
         section.update(instance=task, length=length, length_param=length_param(base))
     return section
@@ -219,7 +220,7 @@ def check_task_data(config: dict) -> list[str]:
     with a method ``problems(key)``, ``key`` a function from a field name to how the message
     names it; here the field's full key, e.g. 'tasks.listops.data.min_length'. A class without
     one has none."""
-    problems = []
+    problems: list[str] = []
     for task in task_instances(config):
         base, length = split_task(task)
         data = TASKS.make_config(base, task_data_params(config, task))
@@ -305,7 +306,7 @@ def migrate(config: dict) -> dict:
     old = variants.pop("distilled") or {}
     if not isinstance(old, dict) or "distill" in config:
         raise ConfigError.of(["'variants.distilled' is the old form of the 'distill' section; keep one of them "
-                              "(see README: Distillation)"])
+                              "(see docs/running.md: Distillation)"])
     for task, settings in (config.get("tasks") or {}).items():
         if isinstance(settings, dict) and "distilled" in (settings.get("per_variant") or {}):
             raise ConfigError.of([f"'tasks.{task}.per_variant.distilled': distillation is no longer a variant; a "
@@ -315,5 +316,5 @@ def migrate(config: dict) -> dict:
     new["students"] = {old.get("attention", "full"): old.get("attention_params") or {}}
     config["distill"] = new
     print(f"attnbench: 'variants.distilled' is the old form; read as `distill: {new}` (runs named "
-          f"distilled[<attention>]; see README: Distillation)", file=sys.stderr)
+          f"distilled[<attention>]; see docs/running.md: Distillation)", file=sys.stderr)
     return config

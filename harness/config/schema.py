@@ -22,7 +22,7 @@ from attnbench.harness.core.json_values import non_finite
 from attnbench.harness.core.registry import dataclass_schema
 from attnbench.harness.run.distill import DistillConfig
 from attnbench.harness.run.model import ModelConfig
-from attnbench.harness.run.train import TrainConfig
+from attnbench.harness.run.train_config import TrainConfig
 from attnbench.tasks import TASKS
 from attnbench.variants import VARIANTS
 
@@ -179,7 +179,8 @@ def format_error(err, prefix: str = "") -> str:
         return f"{where} is {err.instance!r}; give {count} value{'s' if (high or low) != 1 else ''}"
     if kind == "oneOf":  # e.g. `seeds`, a list or a mapping: the error of the form the value has, else both forms
         forms = [branch.get("type") for branch in sub["oneOf"]]
-        own = {list: "array", dict: "object"}.get(type(err.instance))
+        json_types: dict[type, str] = {list: "array", dict: "object"}
+        own = json_types.get(type(err.instance))
         inner = [e for e in err.context if own in forms and e.relative_schema_path[0] == forms.index(own)]
         if inner:
             return format_error(min(inner, key=lambda e: [str(p) for p in e.absolute_path]), prefix)

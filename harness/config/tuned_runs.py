@@ -11,7 +11,7 @@ from attnbench.harness.core.json_values import UnreadableJSON, read_json
 from attnbench.harness.core.registry import as_dict, build_dataclass
 from attnbench.harness.results.records import RunKey
 from attnbench.harness.run.model import ModelConfig
-from attnbench.harness.run.train import TrainConfig
+from attnbench.harness.run.train_config import TrainConfig
 from attnbench.variants import VARIANTS
 
 
@@ -29,6 +29,7 @@ def tuned_run(config: dict, run: dict, trial: int | None, selection: dict | None
         point, stage = trial_points(tune, own_point(run, tune["space"]))[trial], "tune"
         run = {**run, "train": {**run["train"], **tune["train"]}}
     else:
+        assert selection is not None  # a final run (no trial) comes with its selection: resolve_run passes one
         point, trial, stage = selection["point"], selection["trial"], "final"
     try:
         run = apply_point(run, point)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import math
 from collections import Counter
+from typing import TypeGuard
 
 import numpy as np
 
@@ -118,7 +119,8 @@ def best_so_far(val_accs: list[float | None]) -> list[float | None]:
     return out
 
 
-def _number(value) -> bool:
+def _number(value: object) -> TypeGuard[float]:
+    """Whether ``value`` is a number: not None, not NaN."""
     return value is not None and not (isinstance(value, float) and math.isnan(value))
 
 

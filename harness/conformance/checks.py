@@ -20,6 +20,7 @@ import tempfile
 import traceback
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -128,9 +129,12 @@ def check_gradients(name: str) -> str:
     mask = lengths_mask([N, N - 4, 5], N) if layer.supports_padding_mask else None
     out = layer(x, mask)
     (out * randn(*out.shape, seed=2, dtype=torch.float32)).sum().backward()
+    if x.grad is None:
+        raise CheckFailed("the input gets no gradient")
     _expect(bool(torch.isfinite(x.grad).all()), "non-finite gradient for the input")
     for pname, p in layer.named_parameters():
-        _expect(p.grad is not None, f"parameter {pname} gets no gradient")
+        if p.grad is None:
+            raise CheckFailed(f"parameter {pname} gets no gradient")
         _expect(bool(torch.isfinite(p.grad).all()), f"non-finite gradient for {pname}")
         _expect(bool(p.grad.abs().sum() > 0), f"zero gradient for {pname}")
     return f"{sum(1 for _ in layer.parameters())} parameter tensors"
@@ -204,8 +208,9 @@ def check_linear_memory(name: str, workdir: Path | None = None) -> str:
     most LINEAR_MEMORY_RATIO times that at N (each in a fresh process; default parameters)."""
     if not VARIANTS.get(name).cls.linear_memory:
         raise CheckSkipped("linear_memory is False (nothing claimed)")
-    base = {"impl": "ours", "peer": None, "batch": 1, "heads": 4, "head_dim": 64, "threads": 1, "device": "cpu",
-            "warmup": 1, "repeats": 1, "seed": 0, "prime_n": 256, "variant": name, "params": {}}
+    base: dict[str, Any] = {"impl": "ours", "peer": None, "batch": 1, "heads": 4, "head_dim": 64, "threads": 1,
+                            "device": "cpu", "warmup": 1, "repeats": 1, "seed": 0, "prime_n": 256, "variant": name,
+                            "params": {}}
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(workdir or tmp)
         peaks = {}

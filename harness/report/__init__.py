@@ -1,4 +1,5 @@
 """The report: one Markdown/HTML writer (``writer``) and each section once: the runs (``runs``, their
 curves ``curves``), LRA's Table 1 (``lra``, ``lra_published``), distillation (``distillation``), the
-efficiency sweep (``bench``); ``render`` puts them together. Runs that stopped early but were tested
+efficiency sweep (``bench``, built from ``bench_cases``, ``bench_tables`` and
+``bench_figures``); ``render`` puts them together. Runs that stopped early but were tested
 count everywhere, marked (``marks``); a number out of its range is missing and said (``measurements``)."""

@@ -264,9 +264,9 @@ def _budget_part(doc: Document, runs: pd.DataFrame, kind: str) -> None:
 def _time_part(doc: Document, curves: pd.DataFrame, runs: pd.DataFrame) -> None:
     found = views(curves, "time")
     equals = {scope: at_equal(c, column) for scope, (column, c) in found.items()}
-    older = [scope for scope, (column, _) in found.items() if column == ELAPSED]
-    older = (f"{', '.join(older)}: time is elapsed_s (evaluation included), as not all their curves hold train_s"
-             if older else "")
+    elapsed = [scope for scope, (column, _) in found.items() if column == ELAPSED]
+    older = (f"{', '.join(elapsed)}: time is elapsed_s (evaluation included), as not all their curves hold train_s"
+             if elapsed else "")
     doc.figure(figure_equal(found, equals, doc.out_dir / "figures" / "accuracy_vs_time.png",
                             "Validation accuracy against training time"),
                "Validation accuracy against training time per task (thick: mean over runs at the evaluations they "

@@ -1,5 +1,5 @@
 """The runs' validation curves in the report: each run's ``curve.csv`` (beside its record, written by
-``attnbench.harness.run.train.write_curve``) read with care, and the figure of them.
+``attnbench.harness.run.record.write_curve``) read with care, and the figure of them.
 
 A curve is written whole (header, one row per evaluation, each ending in a newline), so anything else
 is damage, and the report says so instead of drawing it silently or stopping: a file that is not

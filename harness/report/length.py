@@ -21,7 +21,8 @@ import matplotlib.ticker
 import pandas as pd
 import seaborn as sns
 
-from attnbench.harness.report.bench import fit_exponents, impl_order, ok_cases, plot_scaling_panel, primary_setting
+from attnbench.harness.report.bench_cases import fit_exponents, impl_order, ok_cases, primary_setting
+from attnbench.harness.report.bench_figures import plot_scaling_panel
 from attnbench.harness.report.differences import REFERENCE, seed_accuracies
 from attnbench.harness.report.marks import MARK, footnote, mark, tested
 from attnbench.harness.report.runs import accuracy_cell
@@ -168,7 +169,8 @@ def _base_line(runs: pd.DataFrame, base: str, reference: str, margin: float) -> 
     if len(nothing) == len(lengths):
         return (f"{head}: {reference} is within {margin:g} points of the majority class at every length: no "
                 "length taught anything to compare.")
-    falls, dips, never, apart = [], [], {}, []
+    falls, dips, apart = [], [], []
+    never: dict[int, list[str]] = {}  # the longest length both ran -> the variants that never fall
     for v in (v for v in ran if v != reference):
         gap, name = gaps(runs, base, v, reference, margin), v + marked[v]
         start = _fall(gap, margin) if len(gap) else None
@@ -205,8 +207,8 @@ def length_lines(acc: pd.DataFrame, reference: str = REFERENCE, margin: float = 
 
 # ---------------------------------------------------------------- the figure
 
-def _sweep(bench: pd.DataFrame | None) -> tuple[pd.DataFrame | None, tuple | None]:
-    """The sweep's cases of its primary setting (``bench.primary_setting``: a layer's training step where
+def _sweep(bench: pd.DataFrame | None) -> tuple[pd.DataFrame | None, tuple[str, str, str, int] | None]:
+    """The sweep's cases of its primary setting (``bench_cases.primary_setting``: a layer's training step where
     measured) and that setting; (None, None) when there is no time to plot."""
     if bench is None or bench.empty or "median_s" not in bench:
         return None, None
@@ -268,6 +270,7 @@ def figure_accuracy_vs_length(acc: pd.DataFrame, bench: pd.DataFrame | None, pat
         sub = runs[runs["base_task"] == base]
         _accuracy_panel(row[0], sub, base, colours, reference, margin)
         if cases is not None:
+            assert setting is not None  # _sweep gives both or neither
             impl_colours = {i: colours[v] for i, v in zip(cases["impl"], cases.get("variant", cases["impl"]),
                                                            strict=True)}
             plot_scaling_panel(row[1], cases, fit_exponents(cases), "median_s", impl_colours)

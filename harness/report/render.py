@@ -14,7 +14,8 @@ from pathlib import Path
 import pandas as pd
 
 from attnbench.harness.core.errors import UserError
-from attnbench.harness.report.bench import BENCH_ENV_COLUMNS, bench_environment_table, bench_section
+from attnbench.harness.report.bench import bench_section
+from attnbench.harness.report.bench_tables import BENCH_ENV_COLUMNS, bench_environment_table
 from attnbench.harness.report.compute import equal_compute_section
 from attnbench.harness.report.differences import differences_section
 from attnbench.harness.report.distillation import distillation_section

@@ -137,6 +137,7 @@ def tuned_pairs(df: pd.DataFrame) -> list[Tuned]:
         accs = (100 * t.groupby("trial")["best_val_acc"].mean()).sort_index()
         f = finals[(finals["task"] == task) & (finals["variant"] == variant)]
         named = pd.to_numeric(f["trial"], errors="coerce").dropna() if "trial" in f else pd.Series(dtype=float)
+        selected: int | None
         if len(named):
             selected = int(named.mode().iloc[0])
         else:
