@@ -1,7 +1,8 @@
 # The whole set-up on a fresh machine is two commands:
 #   make run   - installs into .venv (created if missing), runs the pipeline on the
 #                default config (offline, CPU) and prints where the report is
-#   make test  - same install, then the test suite
+#   make test  - same install plus the peer packages, then the test suite
+# While developing (CONTRIBUTING.md): `make check` (lint, types, the tests not marked slow) and `make lint`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -18,7 +19,7 @@ IN_GROUP = exec $(BIN)/python -m attnbench.harness.core.signals
 # pyproject.toml admits a range of torch releases; `make install` takes this one, the CPU build CI tests
 # (`make install TORCH_SPEC=` keeps a torch the venv has, or lets pip choose within the range)
 TORCH_SPEC ?= torch==2.13.0
-# GPU nodes without network (README, "On a GPU"): `make wheelhouse` (with network) downloads the other dependencies
+# GPU nodes without network (docs/gpu.md): `make wheelhouse` (with network) downloads the other dependencies
 # for the node's Python into WHEELHOUSE, leaving out what the node has (NODE_HAS); there, `make gpu-check` (or
 # `make install-offline`) builds the venv over the Python that has the node's torch (TORCH_PYTHON), from it alone
 WHEELHOUSE ?= wheelhouse
@@ -27,30 +28,43 @@ NODE_HAS ?= scripts/gpu_node_packages.txt
 TORCH_PYTHON ?= python3
 HAVE_WHEELHOUSE := $(wildcard $(WHEELHOUSE)/wheelhouse.json)
 
-.PHONY: install run test lint gpu-check wheelhouse install-offline clean
+.PHONY: install run test check lint gpu-check wheelhouse install-offline clean
 
 install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test]' $(if $(TORCH_SPEC),'$(TORCH_SPEC)')
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,typecheck]' $(if $(TORCH_SPEC),'$(TORCH_SPEC)')
+	$(BIN)/python scripts/link_packages.py
+	touch $@
+
+# the public implementations `attnbench compare` measures against (pyproject's `peers` extra), so that the tests
+# comparing our variants with them run (make test, make check); `make run` does not need them
+$(VENV)/.installed-peers: $(VENV)/.installed
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[test,typecheck,peers]' $(if $(TORCH_SPEC),'$(TORCH_SPEC)')
 	touch $@
 
 run: install
 	$(OFFLINE) $(IN_GROUP) $(BIN)/snakemake --cores $(CORES) $(SNAKEMAKE_ARGS)
 	@echo "Report: $(CURDIR)/reports/index.html (Markdown: reports/summary.md)"
 
-test: install
+test: install $(VENV)/.installed-peers
 	$(OFFLINE) $(IN_GROUP) $(BIN)/pytest
 
-# ruff (pyproject.toml [tool.ruff]), the import layers (pyproject.toml [tool.importlinter]) and the
-# workflow; the test suite runs the first two as well (tests/test_layers.py)
+# the fast loop while developing: lint and types, then the tests not marked slow
+check: lint $(VENV)/.installed-peers
+	$(OFFLINE) $(IN_GROUP) $(BIN)/pytest -q -m "not slow"
+
+# ruff (pyproject.toml [tool.ruff]), the import layers (pyproject.toml [tool.importlinter]), the types (mypy,
+# pyproject.toml [tool.mypy]; it reads .typing/, which `make install` writes) and the workflow; the test suite
+# runs the first three as well (tests/test_layers.py)
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache
+	$(BIN)/mypy
 	$(BIN)/snakemake --lint
 
-# On a machine with a CUDA GPU, under 8 minutes from a wheelhouse (README, "On a GPU"): the install, then
+# On a machine with a CUDA GPU, under 8 minutes from a wheelhouse (docs/gpu.md): the install, then
 # scripts/gpu_check.py: the CUDA tests, ListOps with every variant in bf16, the sweep at 16K tokens, and one table
 # (results/gpu_check/summary.md).
 # The install: with a wheelhouse (WHEELHOUSE/wheelhouse.json), offline over TORCH_PYTHON's torch (no gpu extra:
