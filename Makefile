@@ -57,7 +57,7 @@ check: lint $(VENV)/.installed-peers
 
 # ruff (pyproject.toml [tool.ruff]), the import layers (pyproject.toml [tool.importlinter]), the types (mypy,
 # pyproject.toml [tool.mypy]; it reads .typing/, which `make install` writes) and the workflow; the test suite
-# runs the first three as well (tests/test_layers.py)
+# runs the first three as well (tests/project/test_layers.py)
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports --no-cache

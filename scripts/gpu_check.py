@@ -6,7 +6,7 @@ and what does it cost there? (`make gpu-check`; docs/gpu.md.)
 
 Stages, in order (each command's output streams through; a failed stage does not stop the later ones):
 
-a. tests: ``pytest tests/test_cuda.py`` and the CUDA tests of the other files (``-k cuda``: FlexAttention
+a. tests: ``pytest tests/harness/run/test_cuda.py`` and the CUDA tests of the other files (``-k cuda``: FlexAttention
    against gather with gradients, no syncs in the training loop and the block-sparse forward, the sweep's
    memory cap and unavailable kernels on CUDA): every variant forward/backward on CUDA in float32 and bf16
    autocast, against its CPU float64 output, padding, xformers against SDPA, peak memory against length;

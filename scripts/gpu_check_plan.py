@@ -13,10 +13,11 @@ import yaml
 
 STAGE_KEYS = ("tests", "train", "bench", "table")
 
-#: the test files with CUDA tests: all of tests/test_cuda.py, and the CUDA cases of the others (``-k cuda``)
-CUDA_TEST_FILES = ("tests/test_cuda.py", "tests/test_flex_blocks.py", "tests/test_train_loop.py",
-                   "tests/test_bench_cuda.py", "tests/test_device_splits.py", "tests/test_linear.py",
-                   "tests/test_memory_estimate.py")
+#: the test files with CUDA tests: all of tests/harness/run/test_cuda.py, and the CUDA cases of the others (``-k cuda``)
+CUDA_TEST_FILES = ("tests/harness/run/test_cuda.py", "tests/variants/test_flex_blocks.py",
+                   "tests/harness/run/test_train_loop.py", "tests/harness/bench/test_bench_cuda.py",
+                   "tests/harness/run/test_device_splits.py", "tests/variants/test_linear.py",
+                   "tests/harness/measure/test_memory_estimate.py")
 
 # Time budget on one A100/H100-class GPU, estimated (see the estimate_* functions): what each command costs
 # besides its compute. A Python process that imports torch and starts CUDA takes about 5 s.

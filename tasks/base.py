@@ -107,7 +107,7 @@ class Task:
     @classmethod
     def tiny_params(cls, folder: Path) -> dict[str, Any]:
         """Data settings (``build_task`` params) of a tiny data set that ``prepare`` builds offline
-        in well under a second: what the registry-wide test (``tests/test_tasks.py``) prepares
+        in well under a second: what the registry-wide test (``tests/tasks/test_tasks.py``) prepares
         and checks, so a new task file is tested once it implements this.
 
         A task that reads files writes a few small ones into ``folder`` (an empty folder the

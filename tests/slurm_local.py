@@ -1,4 +1,4 @@
-"""A throw-away single-node SLURM cluster for tests (tests/test_slurm.py).
+"""A throw-away single-node SLURM cluster for tests (tests/project/test_slurm.py).
 
 ``install_reason()`` installs slurm-wlm and munge with apt-get when ``sbatch`` is missing and says why
 it cannot when that fails; ``LocalSlurm`` writes /etc/slurm/slurm.conf (backing up and restoring any

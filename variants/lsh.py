@@ -25,7 +25,7 @@ c = ``chunk_size``, W = 1 + ``chunks_before`` + ``chunks_after``):
 Steps 3-7 run through the CPU flash kernel where it applies (variants/lib/lsh_chunks.py: CPU, no
 attention dropout): the same function with no score tensor built or kept for the backward pass,
 and the rounds combined from the kernel's log-sum-exp. Elsewhere (CUDA, attention dropout) the
-explicit path below computes them; tests/test_lsh_flash_path.py holds the two equal.
+explicit path below computes them; tests/variants/test_lsh_flash_path.py holds the two equal.
 
 Time and memory O(R * N * c * W) for scores; nothing of size N x N is built. The real
 tokens' buckets, order and chunks do not depend on how much padding follows them (fixed
@@ -181,7 +181,7 @@ class LSHAttention(Attention):
     complexity = ("O(n_hashes * N * chunk_size * (1 + chunks_before + chunks_after)) time and memory, "
                   "plus an O(n_hashes * N log N) sort")
     exact = False
-    # peak RSS of one fwd+bwd (B=1, H=4, d=64, defaults), fresh process: see tests/test_lsh.py docstring
+    # peak RSS of one fwd+bwd (B=1, H=4, d=64, defaults), fresh process: see tests/variants/test_lsh.py docstring
     linear_memory = True
     small_params = {"chunk_size": 4, "n_buckets": 4, "n_hashes": 2}
     lra_model = "Reformer"

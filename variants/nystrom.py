@@ -31,7 +31,7 @@ landmarks contribute nothing. An element with no real token at all gives zeros.
 
 Limit case: with m >= L every real token is its own landmark, so F = A = Bk = S = softmax(Q K^T)
 restricted to the real keys, and out = S S^+ S V = S V: full softmax attention, up to the
-pseudo-inverse's convergence, which depends on the condition number of S (tests/test_nystrom.py):
+pseudo-inverse's convergence, which depends on the condition number of S (tests/variants/test_nystrom.py):
 at ~5, 6 iterations reach rounding (1e-12 in float64); at ~4e3 they leave ~4e-2 (12 iterations
 ~3e-5, 15 rounding).
 

@@ -39,7 +39,7 @@ from typing import Any
 import torch
 
 from attnbench.harness.compare.cases import CaseResult, PlannedCase, finish_case, plan
-from attnbench.harness.compare.listing import peer_lines
+from attnbench.harness.compare.listing import note_lines, peer_lines
 from attnbench.harness.compare.probe import run_worker
 from attnbench.harness.compare.record import CompareReport, write_report
 from attnbench.harness.compare.registry import PEERS, distribution_version, ordered_variants
@@ -193,6 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         import_peer_modules(args.peer_module or ())
         print("\n".join(peer_lines(PEERS.values())))
+        print("\nWhat differs from ours:\n" + "\n".join(note_lines(PEERS.values())))
         return 0
     settings = settings_from_args(args)
     report = run_comparison(settings, lease_gpu(settings.device))

@@ -4,7 +4,7 @@ Each check builds the variant small (``DIM`` wide, ``HEADS`` heads, its ``small_
 several blocks, chunks or buckets are exercised at ``N`` tokens) and raises ``CheckFailed`` with
 what it saw, or ``CheckSkipped`` when the check does not apply (a variant without padding
 support, or one that does not claim linear memory). ``run_checks`` runs them all and returns one
-``Result`` per check; ``tests/test_variants.py`` runs the same functions on every registered
+``Result`` per check; ``tests/variants/test_variants.py`` runs the same functions on every registered
 variant, so a user's class passes exactly what the built-in ones pass.
 
 Each check runs under a time limit (``CHECK_TIMEOUT_S``, ``attnbench check-variant --check-timeout``;
@@ -33,7 +33,7 @@ DIM, HEADS, BATCH, N = 16, 2, 3, 24
 #: the longest input the checks build layers for (every input here is shorter)
 MAX_LEN = 4096
 #: peak memory of one forward+backward at 2N over N that "linear memory" allows (2 is exact;
-#: allocator rounding and fixed costs move it a little), as tests/test_memory_scaling.py
+#: allocator rounding and fixed costs move it a little), as tests/harness/measure/test_memory_scaling.py
 LINEAR_MEMORY_RATIO = 2.6
 MEMORY_N = 2048
 #: seconds one check may take (the linear-memory check, two fresh processes, takes a few)

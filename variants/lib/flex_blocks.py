@@ -357,7 +357,7 @@ def flex_block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tenso
         fn = _flex_attention(compiled)
     if compiled and q.device.type == "cpu":
         # inductor's CPU FlexAttention returns no log-sum-exp (torch 2.13); it gives rows with no allowed
-        # key zeros itself (tests/test_flex_blocks.py checks it, an all-padding element included)
+        # key zeros itself (tests/variants/test_flex_blocks.py checks it, an all-padding element included)
         return cast(torch.Tensor, fn(q, k, v, block_mask=block_mask))
     aux_request = AuxRequest(lse=True)
     if compiled:
