@@ -14,12 +14,12 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import importlib.metadata
-import pkgutil
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 from torch import nn
 
+from attnbench.harness.core.registry import import_modules
 from attnbench.variants import VARIANTS
 
 #: the order of the variants in the output of ``attnbench compare`` and in ``--list`` (the one place it is
@@ -104,15 +104,12 @@ class PeerRegistry(Mapping[str, Peer]):
         self._peers.pop(name, None)
 
     def _load(self) -> None:
-        """Import every module of the package, so that each registers its peers (as ``core.registry`` does)."""
+        """Import every module of the package, so that each registers its peers."""
         if self._loaded or self._loading:
             return
         self._loading = True
         try:
-            pkg = importlib.import_module(self.package)
-            for mod in pkgutil.iter_modules(pkg.__path__):
-                if not mod.ispkg:
-                    importlib.import_module(f"{self.package}.{mod.name}")
+            import_modules(self.package)
             self._loaded = True
         finally:
             self._loading = False

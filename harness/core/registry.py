@@ -65,6 +65,15 @@ def load_object(source: str) -> Any:
     return obj
 
 
+def import_modules(package: str) -> None:
+    """Import every module directly in ``package``, so that each registers what it holds. Sub-packages
+    are skipped: a folder there holds shared code (variants/lib/, tasks/lib/), not components."""
+    pkg = importlib.import_module(package)
+    for mod in pkgutil.iter_modules(pkg.__path__):
+        if not mod.ispkg:
+            importlib.import_module(f"{package}.{mod.name}")
+
+
 class Registry:
     """Components by name: every module of ``package`` (each registers itself on import), the
     installed packages' entry points of group ``entry_points``, and ``name=module:Class`` pairs
@@ -144,11 +153,7 @@ class Registry:
             return
         self._loading = True
         try:
-            pkg = importlib.import_module(self.package)
-            for mod in pkgutil.iter_modules(pkg.__path__):
-                if mod.ispkg:  # a folder of shared code (variants/lib/, tasks/lib/), not a component
-                    continue
-                importlib.import_module(f"{self.package}.{mod.name}")
+            import_modules(self.package)
             if self.entry_points:
                 for ep in importlib.metadata.entry_points(group=self.entry_points):
                     self.register_source(ep.name, ep.value)
