@@ -14,7 +14,7 @@ import torch
 
 from attnbench.harness.core.errors import UserError
 from attnbench.harness.core.io import atomic_torch_save
-from attnbench.harness.core.registry import Registry
+from attnbench.harness.core.registry import Registry, settings_of
 
 TASKS = Registry("task", "attnbench.tasks")
 
@@ -143,7 +143,7 @@ def build_task(name: str, params: dict[str, Any] | None = None) -> Task:
 
 def data_key(task: str, params: dict[str, Any]) -> str:
     """Short hash naming the cached tensor file of a task's data settings."""
-    cfg = dataclasses.asdict(TASKS.make_config(task, params))
+    cfg = settings_of(TASKS.make_config(task, params))
     named = {"task": task, "params": cfg, "format": FORMAT_VERSION}
     version = TASKS.get(task).cls.data_version
     if version != 1:
@@ -243,7 +243,7 @@ def save_prepared(path: Path, task: str, params: dict[str, Any], data: PreparedD
         "format": FORMAT_VERSION,
         "task": task,
         "key": data_key(task, params),
-        "params": dataclasses.asdict(TASKS.make_config(task, params)),
+        "params": settings_of(TASKS.make_config(task, params)),
         "meta": data.meta(),
         "splits": {s: {"tokens": t["tokens"].to(small), "labels": t["labels"].to(torch.int64)}
                    for s, t in data.splits.items()},

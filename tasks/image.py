@@ -11,12 +11,24 @@ No 2-D structure is given to the model: a H x W grayscale image becomes H*W toke
   [0, 1], back to 0-255 by ``x * 255.5`` truncated, in float32): 32 x 32 = 1,024 tokens,
   train[:90%] / train[90%:] / test, as LRA's 45k / 5k / 10k. Every image must be the size of
   most training images (an image is H * W tokens): another size is refused, naming its file.
+- ``files``: local images (``tasks.lib.image_files``): a CSV of pixels (a label column and one column
+  per pixel, grayscale or RGB with ``channels: 3``), an ``.npz`` (``images``, ``labels``) or a folder of
+  class sub-folders of image files; any size, any number of classes; a separate test set
+  (``test_path``) or one carved with ``test_fraction``; validation carved with ``val_fraction``.
+- ``hf``: any image set through ``datasets`` (a hub id or a local folder), with its own image and
+  label columns, class names from its ClassLabel feature; its validation and test splits where it has
+  them, else carved as for ``files``.
+
+RGB images are converted to grayscale as for CIFAR-10, grayscale ones kept as they are; classes are
+named by ``label_names``, a class folder's name or the data set's own names (``tasks.lib.image_splits``),
+and the data's description (the record's ``data.source``) says where it was read, the image size and
+channels, the classes and the images per split. ``check-config`` reads the start of local files
+(``ImageConfig.problems``, ``tasks.lib.image_checks``) and refuses what could not be prepared.
 """
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -25,66 +37,113 @@ import torch
 
 from attnbench.harness.core.registry import param
 from attnbench.tasks.base import TASKS, DataError, PreparedData, Task
-from attnbench.tasks.lib.hf_source import DatasetDict, load_source, missing_source
-from attnbench.tasks.lib.local_file_checks import folder_files
+from attnbench.tasks.lib.hf_images import check_sizes, decode, read_hf
+from attnbench.tasks.lib.hf_source import load_source, missing_source
+from attnbench.tasks.lib.image_checks import FORMS, source_kind, source_problems
+from attnbench.tasks.lib.image_files import LUMA as LUMA
+from attnbench.tasks.lib.image_files import channels_text, read_images
+from attnbench.tasks.lib.image_files import to_grayscale as to_grayscale
+from attnbench.tasks.lib.image_splits import carve, describe, fraction_problems, label_ids
 
 #: images in scikit-learn's digits (``load_digits``), split by ``test_fraction`` and ``val_fraction``
 DIGITS_IMAGES = 1797
-# tf.image.rgb_to_grayscale weights, as LRA's input pipeline uses
-LUMA = np.array([0.2989, 0.5870, 0.1140], dtype=np.float32)
+CIFAR10_HUB_ID = "uoft-cs/cifar10"
+#: the settings added with ``files`` and ``hf`` (``added_later``: hashed only where set, so that the data and
+#: records of digits and cifar10 configs keep their keys)
+ADDED = ("test_path", "label_column", "image_column", "channels", "label_names")
+#: the sources that read each of ``ADDED``
+READ_BY = {"test_path": ("files",), "label_column": ("files", "hf"), "image_column": ("hf",), "channels": ("files",),
+           "label_names": ("files", "hf")}
+#: 8-bit pixels: intensities 0-255, tokens 1-256, 0 the padding
+MAX_PIXEL = 255
 
 
 @dataclass(frozen=True)
 class ImageConfig:
     """Images as pixel-intensity token sequences."""
 
-    source: Literal["digits", "cifar10"] = param("digits", "digits: scikit-learn's 8x8 digits (offline); cifar10: "
-                                                 "CIFAR-10 via `datasets`")
-    path: str = param("uoft-cs/cifar10", "cifar10 only: a Hugging Face dataset id, or a local folder with its files")
+    source: Literal["digits", "cifar10", "files", "hf"] = param(
+        "digits", "digits: scikit-learn's 8x8 digits (offline); cifar10: CIFAR-10 via `datasets`, LRA's way; files: "
+        "local images (a CSV of pixels, an .npz, or class sub-folders); hf: any image set via `datasets`")
+    path: str = param(CIFAR10_HUB_ID, "cifar10 and hf: a Hugging Face dataset id, or a local folder with its files; "
+                      "files: a .csv of pixels, an .npz, or a folder with one sub-folder of images per class")
     val_fraction: float = param(0.1, "share of the training split held out for validation (LRA: 0.1); digits: "
                                 "at least one of its 1,797 images (above 0.5 / 1797)", exclusiveMinimum=0.0,
                                 maximum=0.5)
-    test_fraction: float = param(0.2, "digits only (it has no test split): share held out for testing, at least one "
-                                 "of its 1,797 images (above 0.5 / 1797)", exclusiveMinimum=0.0, maximum=0.5)
+    test_fraction: float = param(0.2, "digits, files without test_path and hf without a test split: share held out "
+                                 "for testing; digits: at least one of its 1,797 images (above 0.5 / 1797)",
+                                 exclusiveMinimum=0.0, maximum=0.5)
     max_train: int = param(0, "use at most this many training images (0 = all)", minimum=0)
-    data_seed: int = param(0, "seed of the digits split")
+    data_seed: int = param(0, "seed of the carved splits (digits; files and hf where they carve)")
+    test_path: str = param("", "files only: a separate test set, of the same form as path (empty: test carved from "
+                           "path with test_fraction)", added_later=True)
+    label_column: str = param("label", "files (a CSV) and hf: the column holding the class (integer ids 0..K-1 or "
+                              "names)", added_later=True)
+    image_column: str = param("", "hf only: the column holding the images (empty: 'img' or 'image')", added_later=True)
+    channels: Literal[1, 3] = param(1, "files, a CSV only: 1, rows of side x side grayscale pixels; 3, rows of side "
+                                    "x side x 3 RGB values (each pixel's r, g, b in turn), converted to grayscale as "
+                                    "LRA does", added_later=True)
+    label_names: tuple[str, ...] = param((), "files and hf: class names in id order, each once; string labels (and "
+                                         "class folders) map to their position here (empty: string labels in sorted "
+                                         "order, integer labels named by the data set's names or their numbers)",
+                                         added_later=True)
 
     def problems(self, key: Callable[[str], str] = repr) -> list[str]:
-        """Fractions that leave a split of the digits empty (training evaluates on val and test),
-        one line each; ``key`` names a field in the message (the config check passes one giving
-        its full key). CIFAR-10's size is known only when it is read."""
-        if self.source != "digits":
-            return []
-        return [f"{key(name)} is {fraction:g}; of the digits' {DIGITS_IMAGES:,} images that is "
-                f"round({DIGITS_IMAGES} * {fraction:g}) = 0 for {split}, and training evaluates on that split, so it "
-                f"must be above 0.5 / {DIGITS_IMAGES} ({0.5 / DIGITS_IMAGES:.6f})"
-                for name, split, fraction in (("val_fraction", "validation", self.val_fraction),
-                                              ("test_fraction", "testing", self.test_fraction))
-                if round(DIGITS_IMAGES * fraction) < 1]
+        """Settings that cannot give train, val and test splits, one line each; ``key`` names a field in the
+        message (the config check passes one giving its full key). A setting the source does not read; for the
+        digits, fractions that leave a split empty; for local files (``files``), what the start of each file or
+        folder shows that preparing it would refuse (``image_checks``: nothing is read whole), and fractions
+        that carve no image where the number of images is known. CIFAR-10's and a hub set's size and columns
+        are known only when they are read."""
+        lines = [f"{key(name)} is {getattr(self, name)!r}, but source {self.source!r} does not read it (a setting of "
+                 f"source {' and '.join(READ_BY[name])}): remove it, or set the source" for name in ADDED
+                 if _set(self, name) and self.source not in READ_BY[name]]
+        if self.source == "digits":
+            lines += fraction_problems(DIGITS_IMAGES, {"val_fraction": self.val_fraction,
+                                                       "test_fraction": self.test_fraction}, key, "the digits'")
+        repeated = sorted({n for n in self.label_names if self.label_names.count(n) > 1})
+        if repeated:
+            lines.append(f"{key('label_names')} is {list(self.label_names)}: {', '.join(map(repr, repeated))} more "
+                         "than once; each class name once (its position is the label id)")
+        if self.source != "files":
+            return lines
+        path = Path(self.path).expanduser()
+        if self.path == CIFAR10_HUB_ID:
+            lines.append(f"{key('path')} is {CIFAR10_HUB_ID!r}, the hub id that source cifar10 reads; source files "
+                         f"reads local data: set it to {FORMS}")
+        if _set(self, "channels") and path.exists() and source_kind(path) != "csv":
+            lines.append(f"{key('channels')} is {self.channels}, but {path} is no CSV: an .npz's or an image file's "
+                         "own shape says its channels; remove it")
+        count = None
+        for name in ("path", "test_path"):
+            if getattr(self, name):
+                found, n = source_problems(Path(getattr(self, name)), key(name), channels=self.channels,
+                                           label_column=self.label_column)
+                lines += found
+                count = n if name == "path" else count
+        if count and not lines:
+            carved = {"val_fraction": self.val_fraction} | ({} if self.test_path else
+                                                            {"test_fraction": self.test_fraction})
+            lines += fraction_problems(count, carved, key, f"{path}'s")
+        return lines
 
 
-def to_grayscale(rgb: np.ndarray) -> np.ndarray:
-    """(..., 3) uint8 RGB -> (...) uint8 luma exactly as ``tf.image.rgb_to_grayscale`` on uint8 images:
-    ``convert_image_dtype`` to float32 (x * (1/255)), the luma weights in float32, and back to uint8
-    by ``convert_image_dtype``: x * 255.5 cast to an integer, which truncates (it does not round)."""
-    if rgb.ndim == 2:
-        return rgb.astype(np.uint8)
-    scaled = rgb[..., :3].astype(np.float32) * np.float32(1.0 / 255.0)
-    gray = scaled @ LUMA
-    return np.clip(np.trunc(gray * np.float32(255.5)), 0, 255).astype(np.uint8)
+def _set(cfg: ImageConfig, name: str) -> bool:
+    """Whether setting ``name`` of ``cfg`` is other than its default."""
+    return bool(getattr(cfg, name) != _DEFAULTS[name])
 
 
-def _digits() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
-    from sklearn.datasets import load_digits  # scikit-learn takes seconds to import: only when used
+_DEFAULTS = {f.name: f.default for f in fields(ImageConfig)}
 
-    d = load_digits()
-    return {"all": d.data.astype(np.int64)}, {"all": d.target.astype(np.int64)}, 16
+
+def _cifar_pixels(image: Any, where: str) -> tuple[np.ndarray, int]:
+    return to_grayscale(np.asarray(image.convert("RGB"))), 3
 
 
 def _cifar10(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
     # a hub id, or a local folder of its files; offline mode honoured, a DataError with the way out
     ds, _ = load_source(str(path), what="CIFAR-10", config_key="tasks.image.data.path",
-                        expected="an 'img' (or 'image') and a 'label' column", default_hub_id="uoft-cs/cifar10",
+                        expected="an 'img' (or 'image') and a 'label' column", default_hub_id=CIFAR10_HUB_ID,
                         local_form="a local folder holding its train/test parquet files, with an 'img' "
                                    "(or 'image') and a 'label' column")
     pixels: dict[str, list[np.ndarray]] = {}
@@ -98,62 +157,27 @@ def _cifar10(path: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], i
         if col is None or "label" not in part.column_names:
             raise DataError(f"CIFAR-10 at {path!r}: expected an 'img' (or 'image') and a 'label' column, "
                             f"found {part.column_names}")
-        pixels[split], sizes[split], columns[split] = [], [], col
-        for im in part[col]:  # decoded one by one, once
-            sizes[split].append(im.size)
-            pixels[split].append(to_grayscale(np.asarray(im.convert("RGB"))).reshape(-1))
-    _check_sizes(sizes, ds, columns, path)
+        pixels[split], sizes[split], _ = decode(part, col, _cifar_pixels, f"CIFAR-10 at {path!r}, {split}")
+        columns[split] = col
+    check_sizes(sizes, ds, columns, path)
     images = {s: np.stack(p).astype(np.int64) for s, p in pixels.items()}
     labels = {s: np.asarray(ds[s]["label"], dtype=np.int64) for s in pixels}
-    return images, labels, 255
+    return images, labels, MAX_PIXEL
 
 
-def _image_file(ds: DatasetDict, split: str, column: str, row: int, path: str) -> str:
-    """Where row ``row`` of ``split`` comes from: the image's file name as ``datasets`` holds it (for a folder
-    of images, the file read; a parquet file may keep its images' names), else its file and row among the
-    split's parquet files in a local folder, else its row in the split."""
-    import datasets
+@dataclass
+class _Images:
+    """Grayscale pixel rows and label ids per split (train, val, test), the class names, and a description."""
 
-    stored = ds[split].cast_column(column, datasets.Image(decode=False))[row][column].get("path")
-    if stored:
-        return f"file {stored}"
-    folder = Path(path).expanduser()
-    if folder.is_dir():
-        import pyarrow.parquet as pq
-
-        start = 0
-        for f in folder_files(folder).get(split, []):
-            try:
-                rows = pq.ParquetFile(f).metadata.num_rows
-            except Exception:  # not parquet: its rows cannot be counted without reading it
-                break
-            if row < start + rows:
-                return f"file {f}, row {row - start}"
-            start += rows
-    return f"row {row} of the {split} split"
-
-
-def _check_sizes(sizes: dict[str, list[tuple[int, int]]], ds: DatasetDict, columns: dict[str, str], path: str) -> None:
-    """Every image (``sizes``: split -> (width, height) per image) the size of most training images (an image
-    is H * W tokens, so one size for all splits); a DataError names the first other one's file and both sizes."""
-    common = Counter(sizes["train"]).most_common(1)
-    if not common:
-        raise DataError(f"CIFAR-10 at {path!r}: the train split has no images")
-    want = common[0][0]
-    for split, these in sizes.items():
-        odd = [i for i, size in enumerate(these) if size != want]
-        if odd:
-            (w, h), (ww, wh) = these[odd[0]], want
-            raise DataError(
-                f"CIFAR-10 at {path!r}: {split} image {odd[0]} ({_image_file(ds, split, columns[split], odd[0], path)})"
-                f" is {w} x {h} pixels ({w * h:,} tokens), but the training images are {ww} x {wh} ({ww * wh:,} "
-                f"tokens); every image must be one size ({len(odd):,} of {split}'s {len(these):,} images are not): "
-                "resize or remove them")
+    x: dict[str, np.ndarray]
+    y: dict[str, np.ndarray]
+    names: list[str]
+    source: str
 
 
 @TASKS.register("image", ImageConfig)
 class Image(Task):
-    """Image: pixel-intensity sequences, 10 classes (LRA uses grayscale CIFAR-10)."""
+    """Image: pixel-intensity sequences (LRA uses grayscale CIFAR-10); digits, CIFAR-10, local files, any image set."""
 
     cfg: ImageConfig
     data_version = 2  # 2: CIFAR-10's grayscale truncated as TF's, no longer rounded
@@ -176,33 +200,99 @@ class Image(Task):
                                        ).to_parquet(str(folder / "plain_text" / f"{split}-00000-of-00001.parquet"))
         return {"source": "cifar10", "path": str(folder)}
 
+    def key(self, name: str) -> str:
+        """A data setting's config key, as messages name it."""
+        return f"'tasks.{self.name}.data.{name}'"
+
     def missing_sources(self) -> list[str]:
-        if self.cfg.source == "digits":
+        cfg = self.cfg
+        if cfg.source == "digits":
             return []
-        return missing_source(self.cfg.path, what="CIFAR-10", config_key="tasks.image.data",
-                              default_hub_id="uoft-cs/cifar10")
+        if cfg.source == "files":
+            return [f"the image data: {Path(value).expanduser()} does not exist ({self.key(name)}); expected {FORMS}"
+                    for name, value in (("path", cfg.path), ("test_path", cfg.test_path))
+                    if value and not Path(value).expanduser().exists()]
+        cifar = cfg.source == "cifar10"
+        return missing_source(cfg.path, what="CIFAR-10" if cifar else "the image data",
+                              config_key=f"tasks.{self.name}.data", default_hub_id=CIFAR10_HUB_ID if cifar else "")
 
     def prepare(self, workdir: Path) -> PreparedData:
         cfg = self.cfg
-        if cfg.source == "digits":
+        if cfg.source in ("files", "hf"):
+            data = self._files() if cfg.source == "files" else self._hf()
+            x, y, names, source, max_value = data.x, data.y, data.names, data.source, MAX_PIXEL
+        elif cfg.source == "digits":
             images, labels, max_value = _digits()
-            order = np.random.default_rng(cfg.data_seed).permutation(len(labels["all"]))
-            n = len(order)
-            n_test, n_val = round(n * cfg.test_fraction), round(n * cfg.val_fraction)
-            parts = {"test": order[:n_test], "val": order[n_test:n_test + n_val], "train": order[n_test + n_val:]}
-            x = {s: images["all"][idx] for s, idx in parts.items()}
-            y = {s: labels["all"][idx] for s, idx in parts.items()}
-            source = "scikit-learn digits (8x8, UCI optical recognition test set)"
+            parts = carve(len(labels), {"test": cfg.test_fraction, "val": cfg.val_fraction}, cfg.data_seed)
+            x = {s: images[idx] for s, idx in parts.items()}
+            y = {s: labels[idx] for s, idx in parts.items()}
+            names, source = [str(i) for i in range(10)], "scikit-learn digits (8x8, UCI optical recognition test set)"
         else:
-            images, labels, max_value = _cifar10(cfg.path)
-            n_train = len(labels["train"])
+            images_of, labels_of, max_value = _cifar10(cfg.path)
+            n_train = len(labels_of["train"])
             cut = n_train - round(n_train * cfg.val_fraction)  # LRA: train[:90%], train[90%:]
-            x = {"train": images["train"][:cut], "val": images["train"][cut:], "test": images["test"]}
-            y = {"train": labels["train"][:cut], "val": labels["train"][cut:], "test": labels["test"]}
-            source = f"CIFAR-10 grayscale from {cfg.path}"
+            x = {"train": images_of["train"][:cut], "val": images_of["train"][cut:], "test": images_of["test"]}
+            y = {"train": labels_of["train"][:cut], "val": labels_of["train"][cut:], "test": labels_of["test"]}
+            names, source = [str(i) for i in range(10)], f"CIFAR-10 grayscale from {cfg.path}"
         if cfg.max_train:
             x["train"], y["train"] = x["train"][: cfg.max_train], y["train"][: cfg.max_train]
-        splits = {s: {"tokens": torch.from_numpy(x[s] + 1), "labels": torch.from_numpy(y[s])}
+        splits = {s: {"tokens": torch.from_numpy(x[s].astype(np.int64) + 1), "labels": torch.from_numpy(y[s])}
                   for s in ("train", "val", "test")}
         return PreparedData(splits=splits, seq_len=int(x["train"].shape[1]), vocab_size=max_value + 2,
-                            num_classes=10, label_names=[str(i) for i in range(10)], source=source)
+                            num_classes=len(names), label_names=names, source=source)
+
+    def _carved(self, pixels: np.ndarray, ids: np.ndarray, fractions: dict[str, float],
+                notes: list[str]) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The splits of ``fractions`` carved from the training images, train the rest (``max_train`` of them)."""
+        cfg = self.cfg
+        parts = carve(len(ids), fractions, cfg.data_seed)
+        notes += [f"{s} carved from train ({f:g}, seed {cfg.data_seed})" for s, f in fractions.items()]
+        if cfg.max_train and cfg.max_train < len(parts["train"]):
+            parts["train"] = parts["train"][: cfg.max_train]
+            notes.append(f"train capped at {cfg.max_train:,}")
+        return {s: pixels[i] for s, i in parts.items()}, {s: ids[i] for s, i in parts.items()}
+
+    def _files(self) -> _Images:
+        """Source ``files``: ``path`` (and ``test_path``), the splits it lacks carved from it."""
+        cfg = self.cfg
+        pool = read_images(Path(cfg.path), name=self.key("path"), channels=cfg.channels, label_column=cfg.label_column)
+        test = (read_images(Path(cfg.test_path), name=self.key("test_path"), channels=cfg.channels,
+                            label_column=cfg.label_column) if cfg.test_path else None)
+        origin = pool.origin + (f", test from {test.origin}" if test else "")
+        if test and test.size != pool.size:
+            raise DataError(f"{origin}: the test images are {test.size[1]} x {test.size[0]} pixels, the training "
+                            f"images {pool.size[1]} x {pool.size[0]}; every image must be one size (an image is "
+                            "H * W tokens): resize one set")
+        ids, names = label_ids({"train": pool.labels, **({"test": test.labels} if test else {})}, cfg.label_names,
+                               [], origin)
+        notes: list[str] = []
+        fractions = ({} if test else {"test": cfg.test_fraction}) | {"val": cfg.val_fraction}
+        x, y = self._carved(pool.pixels, ids["train"], fractions, notes)
+        if test:
+            x["test"], y["test"] = test.pixels, ids["test"]
+        channels = pool.channels | (test.channels if test else set())
+        sizes = {s: len(v) for s, v in y.items()}
+        return _Images(x, y, names, describe(origin, pool.size, channels_text(channels), names, sizes, notes))
+
+    def _hf(self) -> _Images:
+        """Source ``hf``: a ``datasets`` image set; the splits it lacks carved from its training split."""
+        cfg = self.cfg
+        data = read_hf(cfg.path, image_column=cfg.image_column, label_column=cfg.label_column,
+                       config_key=f"tasks.{self.name}.data")
+        ids, names = label_ids(data.labels, cfg.label_names, data.class_names, data.origin)
+        notes = list(data.notes)
+        fractions = {s: f for s, f in (("test", cfg.test_fraction), ("val", cfg.val_fraction)) if s not in ids}
+        x, y = self._carved(data.pixels["train"], ids["train"], fractions, notes)
+        for split in ("val", "test"):
+            if split in data.pixels:
+                x[split], y[split] = data.pixels[split], ids[split]
+        sizes = {s: len(v) for s, v in y.items()}
+        return _Images(x, y, names, describe(data.origin, data.size, channels_text(data.channels), names, sizes,
+                                             notes))
+
+
+def _digits() -> tuple[np.ndarray, np.ndarray, int]:
+    from sklearn.datasets import load_digits  # scikit-learn takes seconds to import: only when used
+
+    d = load_digits()
+    return d.data.astype(np.int64), d.target.astype(np.int64), 16

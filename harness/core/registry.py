@@ -186,9 +186,28 @@ class Registry:
         return iter(self.get(n) for n in self.names())
 
 
+#: a field's metadata key: the field is left out of ``settings_of`` (and so of hashes) while at its default
+ADDED_LATER = "x-added-later"
+
+
+def settings_of(dc: Any) -> dict[str, Any]:
+    """A config dataclass's fields and values (``dataclasses.asdict``), but for fields added after configs were
+    written with it (``param(..., added_later=True)``) while they are at their default: so that a data set's key
+    and a run's config hash stay what they were for every config that does not set them."""
+    values = dataclasses.asdict(dc)
+    for f in dataclasses.fields(dc):
+        if f.metadata.get(ADDED_LATER) and values[f.name] == _default(f):
+            del values[f.name]
+    return values
+
+
+def _default(f: dataclasses.Field[Any]) -> Any:
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
 def as_dict(dc: Any) -> dict[str, Any]:
-    """A config dataclass as plain JSON-ready values (tuples as lists)."""
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(dc).items()}
+    """A config dataclass as plain JSON-ready values (tuples as lists), as ``settings_of`` gives them."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings_of(dc).items()}
 
 
 def build_dataclass(cls: type[_T], params: dict[str, Any], where: str) -> _T:
@@ -266,17 +285,19 @@ def dataclass_schema(cls: type) -> dict[str, Any]:
     }
 
 
-def param(default: Any, help: str, **bounds: Any) -> Any:
+def param(default: Any, help: str, *, added_later: bool = False, **bounds: Any) -> Any:
     """A config dataclass field with a description and optional JSON-schema bounds
     (``minimum``, ``maximum``, ``exclusiveMinimum``, ``exclusiveMaximum``: of each item for a sequence,
     whose length ``minItems`` and ``maxItems`` bound; ``**{"x-registry": "variant"}`` makes a mapping
-    field one entry per registered variant, each with that variant's parameters).
+    field one entry per registered variant, each with that variant's parameters). ``added_later``: a
+    field added after configs were written with its dataclass, hashed only where it is set
+    (``settings_of``), so that records and cached data of those configs stay valid.
 
     A mapping default (a ``dict[str, Any]`` field: an object in the schema) is copied for
     each instance; sequences take a tuple default."""
     if isinstance(default, list):
         raise TypeError("use a tuple for sequence defaults")
-    metadata = {"help": help, **bounds}
+    metadata = {"help": help, **bounds, **({ADDED_LATER: True} if added_later else {})}
     if isinstance(default, dict):
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)

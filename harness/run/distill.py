@@ -31,6 +31,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,6 +55,10 @@ class TeacherError(DataError):
 
 # ---------------------------------------------------------------- the config section
 
+#: ``param``'s schema key making a mapping one entry per registered variant
+VARIANT_ENTRIES: dict[str, Any] = {"x-registry": "variant"}
+
+
 @dataclass(frozen=True)
 class DistillConfig:
     """Distillation: students trained from the trained teacher run of the same task and seed (DistilBERT-style)."""
@@ -61,7 +66,7 @@ class DistillConfig:
     students: dict[str, dict] = param(
         {}, "attention variant -> its parameters over those it has in `variants:` ({} for the same): one student "
             "run per task and seed for each, named distilled[<variant>], with the teacher's model settings and "
-            "student_layers blocks (empty: no distillation)", **{"x-registry": "variant"})
+            "student_layers blocks (empty: no distillation)", **VARIANT_ENTRIES)
     teacher: str = param("full", "variant whose trained run of the same task and seed is the teacher; it must be in "
                                  "`variants:`")
     student_layers: int = param(0, "student encoder blocks (0 = half the teacher's, rounded up); initialised from "
