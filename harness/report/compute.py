@@ -26,6 +26,7 @@ import pandas as pd
 import seaborn as sns
 
 from attnbench.harness.report.curves import load_curves
+from attnbench.harness.report.layout import fit_accuracy, legend_beside
 from attnbench.harness.report.marks import MARK, footnote, mark, tested
 from attnbench.harness.report.runs import accuracy_cell
 from attnbench.harness.report.writer import Document, save_figure, suptitle
@@ -242,9 +243,9 @@ def figure_equal(found: dict[str, tuple[str, pd.DataFrame]], equals: dict[str, E
         ax.set_xlabel({TIME: "training time (s)", ELAPSED: "elapsed time, evaluation included (s)",
                        FLOPS: "training FLOPs"}[column])
         ax.set_ylabel("validation accuracy (%)")
-        ax.legend(fontsize=8, loc="best")
+        fit_accuracy(ax)
+        legend_beside(ax, fontsize=8)
     suptitle(fig, title)
-    fig.tight_layout()
     return save_figure(fig, path)
 
 

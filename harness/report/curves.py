@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 import seaborn as sns
 
+from attnbench.harness.report.layout import fit_accuracy
 from attnbench.harness.report.writer import save_figure, suptitle
 
 NAME = "curve.csv"
@@ -115,6 +116,6 @@ def figure_curves(curves: pd.DataFrame, path: Path) -> Path | None:
         sns.lineplot(data=t, x="step", y="val_acc", hue="variant", errorbar=("pi", 100), ax=ax, palette="colorblind")
         ax.set_title(task)
         ax.set_ylabel("validation accuracy (%)")
+        fit_accuracy(ax)
     suptitle(fig, "Validation accuracy during training (line: mean over seeds; band: min-max)")
-    fig.tight_layout()
     return save_figure(fig, path)

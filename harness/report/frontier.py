@@ -11,6 +11,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 import seaborn as sns
 
+from attnbench.harness.report.layout import fit_accuracy
 from attnbench.harness.report.marks import MARK, incomplete, tested
 from attnbench.harness.report.measurements import whole
 from attnbench.harness.report.writer import save_figure, suptitle
@@ -97,7 +98,8 @@ def figure_frontier(df: pd.DataFrame, path: Path) -> Path | None:
             spread = t[axis].max() / t[axis].min() if t[axis].min() > 0 else 1  # NaN (no costs): 1
             if spread > 5:
                 ax.set_xscale("log")
-            ax.margins(x=0.2, y=0.15)
+            ax.margins(x=0.2)
+            fit_accuracy(ax)
             ax.set_xlabel(label + (" →" if better else " ← better"), fontsize=8.5)
             ax.set_ylabel("test accuracy (%)", fontsize=8.5)
             ax.tick_params(labelsize=7.5)
@@ -106,5 +108,4 @@ def figure_frontier(df: pd.DataFrame, path: Path) -> Path | None:
     suptitle(fig, "Accuracy/cost frontier per task (filled, dashed: on the frontier; hollow: beaten on both axes "
              "by another variant" + (f"; diamond, {MARK}: with runs that did not finish ok" if pts["marked"].any()
                                      else "") + ")", fontsize=10)
-    fig.tight_layout()
     return save_figure(fig, path)

@@ -2,7 +2,8 @@
 (``timeout``) or by a non-finite loss (``diverged``) still tests a checkpoint, so its test accuracy is
 real: every accuracy view counts it, marked ``†`` with a footnote saying where it stopped, and the
 Summary never names a best variant past it. Runs without a test accuracy (``oom``, ``failed``) are in
-no accuracy view: the views count them by status and the Runs table names them."""
+no accuracy view: the views count them by status and the Runs table names them. The report opens
+with a sentence naming the runs that did not finish ok, by status (``not_finished``)."""
 from __future__ import annotations
 
 import pandas as pd
@@ -58,3 +59,33 @@ def footnote(df: pd.DataFrame) -> str | None:
         for where, seeds in by_where.items():
             parts.append(f"{name} seed{'s' * (len(seeds) > 1)} {', '.join(seeds)} {where}")
     return f"{MARK} Did not finish ok: " + "; ".join(parts) + "."
+
+
+NAMED = 4  # (task, variant) groups a status names in ``not_finished``; more are counted
+
+
+def _named(runs: pd.DataFrame) -> str:
+    """'listops/window seeds 0, 1; text/lsh trial 3' (a tuning trial by its index), the first ``NAMED``
+    groups, then how many more."""
+    trial = (runs["stage"] == "tune") if "stage" in runs else pd.Series(False, index=runs.index)
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for (_, r), is_trial in zip(runs.iterrows(), trial, strict=True):
+        kind, number = ("trial", r["trial"]) if is_trial and "trial" in r else ("seed", r["seed"])
+        groups.setdefault((str(r["task"]), str(r["variant"]), kind), []).append(_int(number))
+    parts = [f"{task}/{variant} {kind}{'s' * (len(numbers) > 1)} "
+             + ", ".join(sorted(numbers, key=lambda n: (len(n), n)))
+             for (task, variant, kind), numbers in sorted(groups.items())]
+    return "; ".join(parts[:NAMED]) + (f"; and {len(parts) - NAMED} more" if len(parts) > NAMED else "")
+
+
+def not_finished(df: pd.DataFrame) -> str | None:
+    """'5 of 10 runs did not finish ok: 2 oom (listops/lsh seeds 0, 1), 2 timeout (listops/window seeds 0,
+    1), 1 diverged (listops/linear seed 0)': the runs of ``df`` whose status is not ok, by status (most
+    first) and named, or None when every run finished ok."""
+    bad = df[incomplete(df)]
+    if bad.empty:
+        return None
+    counts = bad["status"].astype(str).value_counts()
+    order = sorted(counts.index, key=lambda s: (-counts[s], s))
+    parts = [f"{counts[s]} {s} ({_named(bad[bad['status'].astype(str) == s])})" for s in order]
+    return f"{len(bad)} of {len(df)} run{'s' * (len(df) > 1)} did not finish ok: " + ", ".join(parts)

@@ -22,7 +22,7 @@ from attnbench.harness.report.distillation import distillation_section
 from attnbench.harness.report.length import length_section
 from attnbench.harness.report.lra import lra_section, published_reference_section
 from attnbench.harness.report.machines import for_accuracy, for_cost, machines, machines_table, with_machines
-from attnbench.harness.report.marks import MARK
+from attnbench.harness.report.marks import MARK, not_finished
 from attnbench.harness.report.measurements import BENCH_COLUMNS, RUN_COLUMNS, case_name, clean, run_name
 from attnbench.harness.report.resolution import resolution_section
 from attnbench.harness.report.runs import (
@@ -122,9 +122,9 @@ def render_report(summary_csv: Path | list[Path] | None, out_dir: Path, bench_cs
     doc.warnings_here()
     for warning in run_warnings + bench_warnings:
         doc.warn(warning, here=False)
-    not_ok = {k: v for k, v in df["status"].value_counts().to_dict().items() if k != "ok"}
+    not_ok = not_finished(df)
     if not_ok:
-        doc.note(f"Runs that did not finish ok: {json.dumps(not_ok)} (see Runs). Those with a test accuracy (a "
+        doc.note(f"{not_ok} (see Runs). Those with a test accuracy (a "
                  f"time limit or a diverging loss stops a run, and it still tests a checkpoint) count in every "
                  f"accuracy view, marked {MARK} with where they stopped; those without one are counted there by "
                  "status.", alert=True, html_only=True)

@@ -11,6 +11,7 @@ import pandas as pd
 import seaborn as sns
 
 from attnbench.harness.report.curves import figure_curves, load_curves
+from attnbench.harness.report.layout import fit_accuracy, legend_beside
 from attnbench.harness.report.marks import MARK, TESTED, footnote, incomplete, mark, tested
 from attnbench.harness.report.measurements import whole
 from attnbench.harness.report.writer import Document, save_figure, suptitle
@@ -142,14 +143,13 @@ def figure_accuracy_vs_throughput(df: pd.DataFrame, path: Path) -> Path | None:
         else:
             ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda x, _: f"{x / 1000:g}k"))
             ax.margins(x=0.25)
-        ax.set_ylim(0, 100)
+        fit_accuracy(ax)  # the points, their error bars and the reference lines, not 0-100
         ax.set_title(f"{task} (N={whole(t['seq_len'].iloc[0])})")
         ax.set_xlabel("training throughput (tokens/s)")
         ax.set_ylabel("test accuracy (%)")
-        ax.legend(fontsize=8, loc="best")
+        legend_beside(ax, fontsize=8)
     suptitle(fig, "Accuracy vs training throughput (mean ± std over seeds; faint dots: single seeds"
              + (f"; {MARK}, diamonds, crosses: with runs that did not finish ok)" if incomplete(runs).any() else ")"))
-    fig.tight_layout()
     return save_figure(fig, path)
 
 

@@ -25,6 +25,7 @@ import pandas as pd
 import seaborn as sns
 
 from attnbench.harness.report.differences import pts, signed_pts
+from attnbench.harness.report.layout import fit_accuracy, legend_beside
 from attnbench.harness.report.runs import accuracy_cell, counts
 from attnbench.harness.report.writer import Document, save_figure, suptitle
 
@@ -194,9 +195,9 @@ def figure_best_so_far(df: pd.DataFrame, path: Path) -> Path | None:
         ax.set_title(task, fontsize=10)
         ax.set_xlabel("trials run")
         ax.set_ylabel("validation accuracy (%)")
-        ax.legend(fontsize=8, loc="best")
+        fit_accuracy(ax)
+        legend_beside(ax, fontsize=8)
     suptitle(fig, "Best validation accuracy so far against trials run")
-    fig.tight_layout()
     return save_figure(fig, path)
 
 

@@ -7,7 +7,6 @@ import base64
 import html
 import io
 import re
-import textwrap
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import matplotlib.pyplot as plt
 import pandas as pd
 
 from attnbench.harness.core.io import atomic_write_bytes, atomic_write_text
+from attnbench.harness.report.layout import finish
 
 CSS = """body{font-family:system-ui,sans-serif;max-width:1280px;margin:1em auto;padding:0 1em;color:#222}
 h1{margin:.3em 0} h2{margin-top:1.6em;border-bottom:1px solid #ddd}
@@ -68,13 +68,15 @@ def anchor(text: str) -> str:
 
 
 def suptitle(fig, text: str, fontsize: float = 12) -> None:
-    """A figure's title, wrapped to the figure's width (a long one is never cut at the edges)."""
-    chars = max(20, int(fig.get_figwidth() * 72 / (0.55 * fontsize)))
-    fig.suptitle("\n".join(textwrap.wrap(text, chars)), fontsize=fontsize)
+    """A figure's title; ``save_figure`` wraps it to the figure's width as drawn (``layout.finish``), so that
+    a long one is never cut at the edges."""
+    fig.suptitle(text, fontsize=fontsize)
 
 
 def save_figure(fig, path: Path) -> Path:
-    """A matplotlib figure as a PNG at ``path`` (written atomically); the figure is closed."""
+    """A matplotlib figure as a PNG at ``path`` (written atomically), laid out first (``layout.finish``:
+    titles wrapped to their width, legends beside the panels); the figure is closed."""
+    finish(fig)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)

@@ -299,19 +299,16 @@ def test_flops_table_gives_rate_at_the_largest_n_and_the_counter_share(bench):
 
 
 def test_a_one_panel_scaling_figures_title_fits_inside_the_figure(bench, tmp_path, monkeypatch):
-    import attnbench.harness.report.bench_figures as bench_report
+    import attnbench.harness.report.writer as writer
 
     drawn = []
-
-    def keep(fig, path):  # the figure as saved, before save_figure closes it
-        drawn.append(fig)
-        return path
-
-    monkeypatch.setattr(bench_report, "save_figure", keep)
+    monkeypatch.setattr(writer.plt, "close", drawn.append)  # the figure as saved (its title wrapped), kept open
     one_panel = bench[(bench["scope"] == "layer") & (bench["mode"] == "forward_backward")]
     figure_scaling(one_panel, tmp_path / "time.png", "median_s", "float32", 4)
     [fig] = drawn
     renderer = fig.canvas.get_renderer()
     title = fig._suptitle.get_window_extent(renderer)
     width = fig.get_figwidth() * fig.dpi
+    monkeypatch.undo()
+    writer.plt.close(fig)
     assert 0 <= title.x0 and title.x1 <= width, (title.x0, title.x1, width)  # was cut at both edges

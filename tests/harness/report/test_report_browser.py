@@ -1,5 +1,6 @@
 """The report read in a real browser: headless Chromium opens a rendered ``index.html`` from a
-file URL (offline), and the test checks that every image decoded (naturalWidth > 0), that
+file URL (offline), and the test checks that every image decoded (naturalWidth > 0) with nothing
+cut at its edges (no ink on a figure's outermost pixels: a clipped title would leave some), that
 nothing was logged as an error (script errors, failed loads, console.error), that the Summary
 and the table of contents are there, and that the first screen (1400 x 900) shows the findings
 and the frontier figure. A screenshot is saved under the test's temp folder.
@@ -31,7 +32,16 @@ const __ce = console.error; console.error = (...a) => { __errors.push(a.join(' '
 window.addEventListener('load', () => {
   const box = el => { if (!el) return null; const r = el.getBoundingClientRect();
                       return {top: r.top, bottom: r.bottom, width: r.width, height: r.height}; };
-  const imgs = [...document.images].map(i => ({alt: i.alt.slice(0, 40), w: i.naturalWidth, h: i.naturalHeight}));
+  // a figure's ink on its outermost pixels: a title (or anything) cut at the figure's edge leaves some there
+  const edgeInk = i => { const c = document.createElement('canvas'); c.width = i.naturalWidth;
+    c.height = i.naturalHeight; const g = c.getContext('2d'); g.drawImage(i, 0, 0); let n = 0;
+    for (const [x, y, w, h] of [[0, 0, c.width, 1], [0, c.height - 1, c.width, 1], [0, 0, 1, c.height],
+                                [c.width - 1, 0, 1, c.height]]) {
+      const d = g.getImageData(x, y, w, h).data;
+      for (let k = 0; k < d.length; k += 4) n += (d[k] < 200 || d[k + 1] < 200 || d[k + 2] < 200) ? 1 : 0; }
+    return n; };
+  const imgs = [...document.images].map(i => ({alt: i.alt.slice(0, 40), w: i.naturalWidth, h: i.naturalHeight,
+                                              edge_ink: i.naturalWidth ? edgeInk(i) : -1}));
   const summary = document.getElementById('summary');
   const out = {errors: __errors, images: imgs, summary: box(summary),
     findings: box(document.querySelector('.summary ul.findings')),
@@ -120,6 +130,9 @@ def test_the_report_reads_in_headless_chromium(chromium, rendered, tmp_path):
     assert check["errors"] == []
     assert check["viewport"] == list(SCREEN)
     assert len(check["images"]) >= 4 and all(i["w"] > 0 and i["h"] > 0 for i in check["images"]), check["images"]
+    # no figure's title (nor anything else) cut at the figure's edge, as the browser decodes the PNGs; that each
+    # title lies inside its figure is also measured with matplotlib's renderer (test_report_figures.py)
+    assert [i for i in check["images"] if i["edge_ink"] != 0] == []
     assert "#summary" not in check["nav_links"] and len(check["nav_links"]) >= 6 and check["anchors_ok"]
     # the first screen: the Summary's findings and the whole frontier figure
     assert check["summary"]["top"] < 200

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import re
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -15,6 +16,7 @@ from test_report_summary import run_row, table
 from attnbench.harness.cli import main
 from attnbench.harness.report.curves import read_curve
 from attnbench.harness.report.frontier import frontiers, points
+from attnbench.harness.report.marks import NAMED, not_finished
 from attnbench.harness.report.measurements import RUN_COLUMNS, clean, run_name
 from attnbench.harness.report.render import render_report
 from attnbench.harness.report.summary import task_line
@@ -71,10 +73,40 @@ def section(md: str, heading: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> str:
+def rendered(tmp_path_factory) -> Path:
+    """The folder of the report of ``incomplete_runs``."""
     tmp = tmp_path_factory.mktemp("incomplete")
     incomplete_runs().to_csv(tmp / "summary.csv", index=False)
-    return (render_report(tmp / "summary.csv", tmp / "out").parent / "summary.md").read_text(encoding="utf-8")
+    return render_report(tmp / "summary.csv", tmp / "out").parent
+
+
+@pytest.fixture(scope="module")
+def report(rendered) -> str:
+    return (rendered / "summary.md").read_text(encoding="utf-8")
+
+
+BANNER = ("5 of 10 runs did not finish ok: 2 oom (listops/lsh seeds 0, 1), 2 timeout (listops/window seeds 0, 1), "
+          "1 diverged (listops/linear seed 0)")
+
+
+def test_the_runs_that_did_not_finish_are_said_in_a_sentence():
+    assert not_finished(incomplete_runs()) == BANNER
+    assert not_finished(table([run_row("listops", "full", 0, 0.5)])) is None
+    # tuning trials by their index; past NAMED (task, variant) groups a status counts the rest
+    trials = [{**run_row("text", "lsh", 0, 0.3), "status": "failed", "stage": "tune", "trial": t} for t in (3, 12)]
+    many = [stopped(run_row(f"t{i}", "window", 0, 0.5), "timeout", 10) for i in range(NAMED + 2)]
+    df = pd.DataFrame(trials + many + [run_row("text", "full", 0, 0.5)])
+    assert not_finished(df) == ("8 of 9 runs did not finish ok: 6 timeout (t0/window seed 0; t1/window seed 0; "
+                                "t2/window seed 0; t3/window seed 0; and 2 more), 2 failed (text/lsh trials 3, 12)")
+
+
+@pytest.mark.slow
+def test_the_report_opens_with_that_sentence(rendered):
+    page = (rendered / "index.html").read_text(encoding="utf-8")
+    assert (f"<p class='bad'>{BANNER} (see Runs). Those with a test accuracy (a time limit or a diverging loss "
+            "stops a run, and it still tests a checkpoint) count in every accuracy view, marked † with where they "
+            "stopped; those without one are counted there by status.</p>") in page
+    assert "{&quot;" not in page  # no dict printed
 
 
 @pytest.mark.slow
