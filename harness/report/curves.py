@@ -1,14 +1,18 @@
-"""The runs' validation curves in the report: each run's ``curve.csv`` (beside its record, written by
-``attnbench.harness.run.record.write_curve``) read with care, and the figure of them.
+"""The runs' curves in the report: each run's ``curve.csv`` (beside its record, written by
+``attnbench.harness.run.record.write_curve``) read with care, and the figure of them: per task,
+validation accuracy and training loss against the step (mean over seeds, min-max band) and against
+wall-clock time (``elapsed_s``, evaluation included; one line per run, as runs reach a step at their own
+time). Training time alone (``train_s``) is the x of the equal-compute view (``compute``).
 
 A curve is written whole (header, one row per evaluation, each ending in a newline), so anything else
 is damage, and the report says so instead of drawing it silently or stopping: a file that is not
 UTF-8 text or not a table, or lacks ``step``/``val_acc``, is left out; a last row cut off mid-line,
 and rows whose step or accuracy is not a number (an accuracy also in 0-1), are left out of the curve;
 a time or FLOPs count (``elapsed_s``, ``train_s``, ``train_flops``) that is not a finite number >= 0 is
-made missing (an empty ``train_flops``: not counted, nothing wrong). Curves written before ``train_s``
-and ``train_flops`` existed lack those columns and are read as they are. Each damaged file gets one
-warning naming it and what is wrong."""
+made missing (an empty ``train_flops``: not counted, nothing wrong), and so is a loss (``train_loss``,
+``val_loss``) that is not a number >= 0 (a non-finite one, as a diverged run writes: missing, nothing
+wrong). Curves written before ``train_s`` and ``train_flops`` existed lack those columns and are read as
+they are. Each damaged file gets one warning naming it and what is wrong."""
 from __future__ import annotations
 
 import csv
@@ -20,13 +24,15 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.lines import Line2D
 
-from attnbench.harness.report.layout import fit_accuracy
+from attnbench.harness.report.layout import fit_accuracy, legend_beside
 from attnbench.harness.report.writer import save_figure, suptitle
 
 NAME = "curve.csv"
 NEEDED = ("step", "val_acc")
 COUNTS = ("elapsed_s", "train_s", "train_flops")  # cumulative time (s) and FLOPs at each evaluation, when written
+LOSSES = ("train_loss", "val_loss")  # mean training loss since the previous evaluation; validation loss
 
 
 def read_curve(path: Path) -> tuple[pd.DataFrame | None, str | None]:
@@ -70,6 +76,13 @@ def read_curve(path: Path) -> tuple[pd.DataFrame | None, str | None]:
         if bad.any():
             problems.append(f"{int(bad.sum())} `{column}` value(s) not a finite number ≥ 0: treated as missing")
         curve[column] = values.where(~bad)
+    for column in (c for c in LOSSES if c in curve):
+        raw = curve[column]
+        values = pd.to_numeric(raw, errors="coerce").astype(float)
+        bad = (raw.notna() & values.isna()) | (values < 0)
+        if bad.any():
+            problems.append(f"{int(bad.sum())} `{column}` value(s) not a number ≥ 0: treated as missing")
+        curve[column] = values.where(~bad & np.isfinite(values))
     return curve, (f"`{path}` " + "; ".join(problems)) if problems else None
 
 
@@ -105,17 +118,51 @@ def load_curves(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
     return (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()), warnings
 
 
+ELAPSED = "elapsed_s"
+#: the panels of a task's row: (x, y)
+PANELS = (("step", "val_acc"), (ELAPSED, "val_acc"), ("step", "train_loss"), (ELAPSED, "train_loss"))
+WORDS = {"step": "step", ELAPSED: "wall-clock time", "val_acc": "validation accuracy", "train_loss": "training loss"}
+AXIS = {"step": "step", ELAPSED: "wall-clock time, evaluation included (s)", "val_acc": "validation accuracy (%)",
+        "train_loss": "training loss"}
+
+
+def _panel(ax, curves: pd.DataFrame, x: str, y: str, palette: dict) -> None:
+    """``y`` against ``x`` for one task's curves: by step the mean over runs with a min-max band, by time each
+    run's own line; a note in the panel where no curve holds both."""
+    data = curves.dropna(subset=[x, y]) if x in curves and y in curves else curves.iloc[0:0]
+    if data.empty:
+        ax.text(0.5, 0.5, f"no {WORDS[y]} against {WORDS[x]}\nin these curves", ha="center", va="center",
+                transform=ax.transAxes, color="grey")
+    elif x == "step":
+        sns.lineplot(data=data, x=x, y=y, hue="variant", errorbar=("pi", 100), ax=ax, palette=palette, legend=False)
+    else:
+        for (variant, _), run in data.groupby(["variant", "record"], sort=True):
+            run = run.sort_values(x)
+            ax.plot(run[x], run[y], color=palette[variant], lw=1.2, alpha=0.8)
+    ax.set_title(f"{WORDS[y]} by {WORDS[x]}", fontsize=10)
+    ax.set_xlabel(AXIS[x])
+    ax.set_ylabel(AXIS[y])
+    if y == "val_acc" and not data.empty:
+        fit_accuracy(ax)
+
+
 def figure_curves(curves: pd.DataFrame, path: Path) -> Path | None:
+    """A row of panels per task (``PANELS``): validation accuracy and training loss, each against the step and
+    against wall-clock time; the variants' legend beside the row."""
     if curves.empty:
         return None
     tasks = sorted(curves["task"].unique())
-    fig, axes = plt.subplots(1, len(tasks), figsize=(4.8 * len(tasks), 3.6), squeeze=False)
-    for ax, task in zip(axes[0], tasks, strict=True):
-        t = curves[curves["task"] == task].copy()
-        t["val_acc"] *= 100
-        sns.lineplot(data=t, x="step", y="val_acc", hue="variant", errorbar=("pi", 100), ax=ax, palette="colorblind")
-        ax.set_title(task)
-        ax.set_ylabel("validation accuracy (%)")
-        fit_accuracy(ax)
-    suptitle(fig, "Validation accuracy during training (line: mean over seeds; band: min-max)")
+    variants = sorted(curves["variant"].unique())
+    palette = dict(zip(variants, sns.color_palette("colorblind", len(variants)), strict=True))
+    fig, axes = plt.subplots(len(tasks), len(PANELS), figsize=(4.2 * len(PANELS), 3.4 * len(tasks)), squeeze=False)
+    for row, task in zip(axes, tasks, strict=True):
+        t = curves[curves["task"] == task]
+        t = t.assign(val_acc=100 * t["val_acc"])
+        for ax, (x, y) in zip(row, PANELS, strict=True):
+            _panel(ax, t, x, y, palette)
+        row[0].set_title(f"{task}: {row[0].get_title()}", fontsize=10)
+        shown = sorted(t["variant"].unique())
+        legend_beside(row[-1], [Line2D([], [], color=palette[v], lw=2) for v in shown], shown, fontsize=8)
+    suptitle(fig, "Validation accuracy and training loss during training, by step (line: mean over seeds; band: "
+             "min-max) and by wall-clock time (one line per run)")
     return save_figure(fig, path)

@@ -175,8 +175,12 @@ def figures_section(doc: Document, df: pd.DataFrame) -> None:
     curves, warnings = load_curves(df)
     for warning in warnings:
         doc.warn(warning)
-    doc.figure(figure_curves(curves, figures / "validation_curves.png"), "Validation accuracy vs step",
-               md_alt="validation curves")
+    if not curves.empty:
+        doc.note("Per task, validation accuracy and training loss (mean since the previous evaluation) at each "
+                 "evaluation, against the step and against wall-clock time (`elapsed_s`: since training started, "
+                 "evaluation included); training time alone is the x of Accuracy at equal compute.")
+    doc.figure(figure_curves(curves, figures / "validation_curves.png"),
+               "Validation accuracy and training loss against step and wall-clock time", md_alt="validation curves")
 
 
 def cost_section(doc: Document, df: pd.DataFrame) -> None:

@@ -1,8 +1,10 @@
 """The report's opening "Summary": what the run found, written from the data: per task the best
 variant and those statistically indistinguishable from it (paired by seed), the accuracy/cost
-frontiers with their figure, per task the best variant at equal training time (``compute``), and per
-efficient variant its speed and memory against full attention at the longest length the sweep
-measured, with the crossover lengths.
+frontiers with their figure, per task the best variant at equal training time (``compute``), the
+evidence flags where they apply (``flags``: runs still improving at their last step, training
+throughput that differs widely between seeds, costs pooled across hosts), and per efficient variant
+its speed and memory against full attention at the longest length the sweep measured, with the
+crossover lengths.
 
 Every run with a test accuracy counts, whatever its status (``marks``): a variant whose runs stopped
 early is marked, with where they stopped, so no better run is ever left out of "best"."""
@@ -15,6 +17,7 @@ import pandas as pd
 from attnbench.harness.report.bench import headline
 from attnbench.harness.report.compute import equal_time_best
 from attnbench.harness.report.differences import accuracy_bounds, runs_of, seed_accuracies
+from attnbench.harness.report.flags import hosts_line, improving_line, spread_line
 from attnbench.harness.report.frontier import figure_frontier, frontiers
 from attnbench.harness.report.length import length_lines
 from attnbench.harness.report.marks import MARK, footnote, mark
@@ -153,9 +156,12 @@ def summary_section(doc: Document, acc: pd.DataFrame, runs: pd.DataFrame, bench:
     if not acc.empty:
         lines += [line for line in (task_line(acc, t) for t in sorted(acc["task"].unique())) if line]
         lines += length_lines(acc)
+        lines += [line for line in [improving_line(acc)] if line]
+        cost_flags = [line for line in (spread_line(runs), hosts_line(runs)) if line]  # per machine already
         for machine, runs in per_machine:  # frontiers and equal time are of one machine's costs: never across
             lines += [f"On {machine}: {line}" if machine else line
                       for line in frontier_lines(runs) + equal_time_lines(runs)]
+        lines += cost_flags
     line = bench_line(bench)
     if line:
         lines.append(line)
