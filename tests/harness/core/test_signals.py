@@ -164,8 +164,9 @@ def test_a_stopped_training_run_is_one_line_and_writes_no_record(tmp_path, tiny_
         wait_for(lambda: (folder / ".lock").exists(), 60, "training", train)
         time.sleep(1.0)
         train.send_signal(sig)
-        assert train.wait(timeout=STOP_WITHIN_S) == 128 + sig
+        status = train.wait(timeout=STOP_WITHIN_S)
         err = train.stderr.read()
+        assert status == 128 + sig, err  # its stderr says why, where it is not
         assert err.strip().splitlines() == [line], err  # Ctrl-C: one line, no traceback
         assert not (folder / "record.json").exists()  # no false record
         locks.release(own_run_folder(folder, "listops/full/seed0"))  # the folder is free again
