@@ -19,7 +19,7 @@ import numpy as np
 from attnbench.tasks.base import DataError
 from attnbench.tasks.lib.hf_source import Dataset, DatasetDict, load_source
 from attnbench.tasks.lib.image_files import image_pixels
-from attnbench.tasks.lib.labelled_texts import SPLIT_NAMES
+from attnbench.tasks.lib.labelled_texts import our_splits
 from attnbench.tasks.lib.local_file_checks import folder_files
 
 #: an image column's names tried in turn when none is set
@@ -113,12 +113,7 @@ def read_hf(path: str, *, image_column: str, label_column: str, config_key: str)
     channels: set[int] = set()
     notes: list[str] = []
     class_names: list[str] = []
-    for name in ds:
-        ours = SPLIT_NAMES.get(name)
-        if ours is None or ours in pixels:
-            notes.append(f"split {name!r} not used")
-            continue
-        part = ds[name]
+    for ours, name, part in our_splits(ds, notes):
         column = image_column or next((c for c in IMAGE_COLUMNS if c in part.column_names), "")
         missing = ([] if column else [" or ".join(map(repr, IMAGE_COLUMNS))]) + [
             repr(c) for c in (column, label_column) if c and c not in part.column_names]

@@ -9,7 +9,7 @@ labels are hidden, as SST-2's are). Nothing is ever selected on the test split.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -17,12 +17,25 @@ import numpy as np
 
 from attnbench.harness.core.registry import param
 from attnbench.tasks.base import DataError
-from attnbench.tasks.lib.hf_source import Dataset, load_source
+from attnbench.tasks.lib.hf_source import Dataset, DatasetDict, load_source
 
 #: a source's split names -> ours; other splits (IMDb's ``unsupervised``) are left out
 SPLIT_NAMES = {"train": "train", "validation": "val", "valid": "val", "val": "val", "dev": "val", "test": "test"}
 #: values of a ``split_column`` -> our split; a boolean column is fastai's ``is_valid``
 SPLIT_VALUES = {**SPLIT_NAMES, "true": "val", "false": "train"}
+
+
+def our_splits(ds: DatasetDict, notes: list[str]) -> Iterator[tuple[str, str, Dataset]]:
+    """(our split name, the source's, that split) for each split of ``ds`` that ``SPLIT_NAMES`` maps, the first
+    of each of ours; every other split is noted in ``notes`` as not used."""
+    taken: set[str] = set()
+    for name in ds:
+        ours = SPLIT_NAMES.get(name)
+        if ours is None or ours in taken:
+            notes.append(f"split {name!r} not used")
+            continue
+        taken.add(ours)
+        yield ours, name, ds[name]
 
 PATH_HELP = ("a Hugging Face dataset id, a local folder (splits from file names), or one local "
              ".csv/.tsv/.json/.jsonl/.parquet file (one pool: validation and test are carved from it)")
@@ -183,12 +196,7 @@ def load_labelled_texts(cfg: TextSourceConfig, task: str, default_hub_id: str = 
                 raw.setdefault(split, []).append(label)
         notes.append(f"splits from column {cfg.split_column!r}")
     else:
-        for name in ds:
-            ours = SPLIT_NAMES.get(name)
-            if ours is None or ours in texts:
-                notes.append(f"split {name!r} not used")
-                continue
-            part = ds[name]
+        for ours, name, part in our_splits(ds, notes):
             _columns_of(part, cfg, name, origin, config_key)
             texts[ours], raw[ours] = (_join(part, cfg.text_columns, cfg.text_separator),
                                       _column(part, cfg.label_column))
