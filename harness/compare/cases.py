@@ -12,11 +12,11 @@ from attnbench.harness.compare.registry import (
     PEERS,
     Params,
     Shape,
-    distribution_version,
     missing_modules,
     variant_defaults,
 )
 from attnbench.harness.compare.results import SideResult, with_rate
+from attnbench.harness.results.environment import distribution_version
 from attnbench.variants import VARIANTS
 
 

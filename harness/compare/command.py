@@ -42,14 +42,14 @@ from attnbench.harness.compare.cases import CaseResult, PlannedCase, finish_case
 from attnbench.harness.compare.listing import note_lines, peer_lines
 from attnbench.harness.compare.probe import run_worker
 from attnbench.harness.compare.record import CompareReport, write_report
-from attnbench.harness.compare.registry import PEERS, distribution_version, ordered_variants
+from attnbench.harness.compare.registry import PEERS, ordered_variants
 from attnbench.harness.compare.results import SideResult, pool_rounds, with_live_memory
 from attnbench.harness.compare.settings import CompareSettings, build_parser, settings_from_args
 from attnbench.harness.compare.table import markdown_table
 from attnbench.harness.core.errors import UsageError
 from attnbench.harness.measure.gpu_lease import acquire
 from attnbench.harness.measure.matmul_peak import probe_in_fresh_process
-from attnbench.harness.results.environment import capture
+from attnbench.harness.results.environment import capture, distribution_version
 
 #: the memory run of a CPU case (``probe.LIVE_MEMORY_ENV``): two warm-up steps, one more, untimed
 LIVE_RUN = {"live_memory": True, "warmup": 2, "repeats": 1}

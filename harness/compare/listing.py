@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from attnbench.harness.compare.registry import Peer, distribution_version
+from attnbench.harness.compare.registry import Peer
+from attnbench.harness.results.environment import distribution_version
 
 
 def package_status(dist: str) -> str:

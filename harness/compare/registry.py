@@ -163,14 +163,6 @@ def missing_modules(peer: Peer) -> list[str]:
     return missing
 
 
-def distribution_version(dist: str) -> str | None:
-    """The installed version of a pip distribution; None when it is not installed."""
-    try:
-        return importlib.metadata.version(dist)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
 def variant_defaults(variant: str) -> Params:
     """Our variant's config defaults, by parameter."""
     out: Params = {}

@@ -57,14 +57,16 @@ def _gpu_driver() -> str | None:
         return None
 
 
+def distribution_version(dist: str) -> str | None:
+    """The installed version of a pip distribution; None when it is not installed."""
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def package_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return {name: distribution_version(name) for name in PACKAGES}
 
 
 def cuda_facts(device: torch.device) -> dict:

@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from attnbench.harness.compare.adapters import all_real, mask_of
-from attnbench.harness.compare.registry import Built, Params, Peer, Shape, distribution_version, register_peer
+from attnbench.harness.compare.registry import Built, Params, Peer, Shape, register_peer
+from attnbench.harness.results.environment import distribution_version
 
 
 class PerformerFavor(nn.Module):

@@ -23,7 +23,6 @@ from attnbench.harness.compare.registry import (
     VARIANT_ORDER,
     Peer,
     Shape,
-    distribution_version,
     ordered_variants,
     register_peer,
     variant_defaults,
@@ -31,6 +30,7 @@ from attnbench.harness.compare.registry import (
 from attnbench.harness.compare.results import SideResult, pool_rounds, with_live_memory
 from attnbench.harness.compare.settings import build_parser, parse_settings
 from attnbench.harness.core.errors import UsageError
+from attnbench.harness.results.environment import distribution_version
 from attnbench.variants import VARIANTS, build_attention
 
 
