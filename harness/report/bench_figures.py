@@ -15,7 +15,6 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 
 from attnbench.harness.report.bench_cases import MODE_ORDER, SCOPE_ORDER, fit_exponents, impl_order, ok_cases, ordered
-from attnbench.harness.report.layout import legend_beside
 from attnbench.harness.report.writer import save_figure, suptitle
 
 METRIC_LABELS = {"median_s": "time per step (s)", "peak_mb": "peak memory (MiB)"}
@@ -63,7 +62,7 @@ def plot_scaling_panel(ax: Axes, cases: pd.DataFrame, exps: pd.DataFrame, metric
     ax.set_xticks(ns, [str(n) for n in ns])  # the measured n, not every power of 2
     ax.xaxis.set_minor_locator(matplotlib.ticker.NullLocator())
     if handles:
-        legend_beside(ax, handles, labels, fontsize=7)
+        ax.legend(handles, labels, fontsize=7)
 
 
 def figure_scaling(df: pd.DataFrame, path: Path, metric: str, dtype: str, batch: int) -> Path | None:

@@ -26,7 +26,7 @@ import pandas as pd
 import seaborn as sns
 
 from attnbench.harness.report.curves import load_curves
-from attnbench.harness.report.layout import fit_accuracy, legend_beside
+from attnbench.harness.report.layout import fit_accuracy
 from attnbench.harness.report.marks import MARK, footnote, mark, tested
 from attnbench.harness.report.runs import accuracy_cell
 from attnbench.harness.report.writer import Document, save_figure, suptitle
@@ -244,7 +244,7 @@ def figure_equal(found: dict[str, tuple[str, pd.DataFrame]], equals: dict[str, E
                        FLOPS: "training FLOPs"}[column])
         ax.set_ylabel("validation accuracy (%)")
         fit_accuracy(ax)
-        legend_beside(ax, fontsize=8)
+        ax.legend(fontsize=8)
     suptitle(fig, title)
     return save_figure(fig, path)
 

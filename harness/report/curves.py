@@ -26,7 +26,7 @@ import pandas as pd
 import seaborn as sns
 from matplotlib.lines import Line2D
 
-from attnbench.harness.report.layout import fit_accuracy, legend_beside
+from attnbench.harness.report.layout import fit_accuracy
 from attnbench.harness.report.writer import save_figure, suptitle
 
 NAME = "curve.csv"
@@ -162,7 +162,7 @@ def figure_curves(curves: pd.DataFrame, path: Path) -> Path | None:
             _panel(ax, t, x, y, palette)
         row[0].set_title(f"{task}: {row[0].get_title()}", fontsize=10)
         shown = sorted(t["variant"].unique())
-        legend_beside(row[-1], [Line2D([], [], color=palette[v], lw=2) for v in shown], shown, fontsize=8)
+        row[-1].legend([Line2D([], [], color=palette[v], lw=2) for v in shown], shown, fontsize=8)
     suptitle(fig, "Validation accuracy and training loss during training, by step (line: mean over seeds; band: "
              "min-max) and by wall-clock time (one line per run)")
     return save_figure(fig, path)

@@ -39,12 +39,9 @@ def fit_accuracy(ax: Axes, margin: float = ACCURACY_MARGIN, axis: str = "y") -> 
     return limits
 
 
-def legend_beside(ax: Axes, *args: Any, **kwargs: Any) -> None:
-    """``ax.legend(*args, **kwargs)``, outside the panel at its upper right (never on the data)."""
-    ax.legend(*args, **kwargs, loc="upper left", bbox_to_anchor=(1 + LEGEND_GAP, 1.0), borderaxespad=0.0)
-
-
 def _move_legends_out(fig: Figure) -> None:
+    """Every panel's legend outside the panel, at its upper right (never on the data): the figures draw
+    theirs with ``ax.legend`` where it suits them, and this places them all alike."""
     for ax in fig.axes:
         legend = ax.get_legend()
         if legend is not None:

@@ -24,7 +24,7 @@ import seaborn as sns
 from attnbench.harness.report.bench_cases import fit_exponents, impl_order, ok_cases, primary_setting
 from attnbench.harness.report.bench_figures import plot_scaling_panel
 from attnbench.harness.report.differences import REFERENCE, seed_accuracies
-from attnbench.harness.report.layout import fit_accuracy, legend_beside
+from attnbench.harness.report.layout import fit_accuracy
 from attnbench.harness.report.marks import MARK, footnote, mark, tested
 from attnbench.harness.report.runs import accuracy_cell
 from attnbench.harness.report.tuning import final_runs
@@ -251,7 +251,7 @@ def _accuracy_panel(ax, runs: pd.DataFrame, base: str, colours: dict, reference:
     ax.set_xlabel(length_param(runs, base))
     ax.set_ylabel("test accuracy (%)")
     fit_accuracy(ax)  # the seeds, the error bars and the band
-    legend_beside(ax, fontsize=7)
+    ax.legend(fontsize=7)
 
 
 def figure_accuracy_vs_length(acc: pd.DataFrame, bench: pd.DataFrame | None, path: Path,

@@ -11,7 +11,7 @@ import pandas as pd
 import seaborn as sns
 
 from attnbench.harness.report.curves import figure_curves, load_curves
-from attnbench.harness.report.layout import fit_accuracy, legend_beside
+from attnbench.harness.report.layout import fit_accuracy
 from attnbench.harness.report.marks import MARK, TESTED, footnote, incomplete, mark, tested
 from attnbench.harness.report.measurements import whole
 from attnbench.harness.report.writer import Document, save_figure, suptitle
@@ -147,7 +147,7 @@ def figure_accuracy_vs_throughput(df: pd.DataFrame, path: Path) -> Path | None:
         ax.set_title(f"{task} (N={whole(t['seq_len'].iloc[0])})")
         ax.set_xlabel("training throughput (tokens/s)")
         ax.set_ylabel("test accuracy (%)")
-        legend_beside(ax, fontsize=8)
+        ax.legend(fontsize=8)
     suptitle(fig, "Accuracy vs training throughput (mean ± std over seeds; faint dots: single seeds"
              + (f"; {MARK}, diamonds, crosses: with runs that did not finish ok)" if incomplete(runs).any() else ")"))
     return save_figure(fig, path)

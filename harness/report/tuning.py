@@ -25,7 +25,7 @@ import pandas as pd
 import seaborn as sns
 
 from attnbench.harness.report.differences import pts, signed_pts
-from attnbench.harness.report.layout import fit_accuracy, legend_beside
+from attnbench.harness.report.layout import fit_accuracy
 from attnbench.harness.report.runs import accuracy_cell, counts
 from attnbench.harness.report.writer import Document, save_figure, suptitle
 
@@ -196,7 +196,7 @@ def figure_best_so_far(df: pd.DataFrame, path: Path) -> Path | None:
         ax.set_xlabel("trials run")
         ax.set_ylabel("validation accuracy (%)")
         fit_accuracy(ax)
-        legend_beside(ax, fontsize=8)
+        ax.legend(fontsize=8)
     suptitle(fig, "Best validation accuracy so far against trials run")
     return save_figure(fig, path)
 
