@@ -31,8 +31,9 @@ from attnbench.harness.measure.memory import PeakMemory, is_out_of_memory, memor
 from attnbench.harness.results.records import RECORD_NAME, RunKey, run_stage, write_record
 from attnbench.harness.run import checkpoint
 from attnbench.harness.run.batches import place_splits
+from attnbench.harness.run.progress import Log
 from attnbench.harness.run.record import baselines, build_record, write_curve
-from attnbench.harness.run.trainer import Diverged, Log, TimeLimit, Trainer
+from attnbench.harness.run.trainer import Diverged, TimeLimit, Trainer
 from attnbench.tasks.base import PreparedData
 
 #: the lock file that makes a run folder one process's at a time (``own_run_folder``)

@@ -5,25 +5,23 @@ FLOPs; ``attnbench.harness.run.budget``) and within its time limit (``train.time
 ``Trainer`` is ``TrainerSteps`` (``harness.run.trainer_steps``: the state and one training step) with
 evaluation and ``fit``. Every run counts the FLOPs of one training step once, before its first step and
 outside its timing (``count_step_flops``), so that its curve (``curve.csv``) carries, beside each
-evaluation's step and wall time, the training-step time and the FLOPs of training so far. ``Log`` is
-what the loop prints: a progress bar on a terminal, plain lines otherwise.
+evaluation's step and wall time, the training-step time and the FLOPs of training so far. What the loop
+prints is ``harness.run.progress.Log``'s.
 """
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import sys
 import time
-from typing import NoReturn
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from attnbench.harness.core import watchdog
 from attnbench.harness.results.records import RunKey
 from attnbench.harness.run import checkpoint, precision
+from attnbench.harness.run.progress import Log
 from attnbench.harness.run.trainer_steps import TrainerSteps
 from attnbench.variants.lib.kernels import KernelLog
 
@@ -38,37 +36,6 @@ class Diverged(Exception):
 
 class TimeLimit(Exception):
     """``train.time_limit_min`` stopped the run with steps left: status ``timeout``."""
-
-
-class Log:
-    """A progress bar on a terminal, plain lines otherwise."""
-
-    def __init__(self, total: int, desc: str, bar: bool | None = None) -> None:
-        self.bar: tqdm[NoReturn] | None = None
-        if bar if bar is not None else sys.stderr.isatty():
-            self.bar = tqdm(total=total, desc=desc, dynamic_ncols=True)
-
-    def step(self, n: int = 1, **postfix: str) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-            if postfix:
-                self.bar.set_postfix(postfix, refresh=False)
-
-    def total(self, steps: int) -> None:
-        """The steps the run plans, known once its budget is (a FLOPs budget's after the count)."""
-        if self.bar is not None:
-            self.bar.total = steps
-            self.bar.refresh()
-
-    def line(self, text: str) -> None:
-        if self.bar is not None:
-            self.bar.write(text)
-        else:
-            print(text, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
 
 
 class Trainer(TrainerSteps):

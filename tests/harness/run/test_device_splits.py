@@ -17,8 +17,8 @@ from torch.overrides import TorchFunctionMode
 
 from attnbench.harness.run import batches
 from attnbench.harness.run.batches import DeviceSplit, choose_placement, narrow_dtype, place_splits
+from attnbench.harness.run.progress import Log
 from attnbench.harness.run.train import Trainer, train_run
-from attnbench.harness.run.trainer import Log
 from conftest import tiny_run
 
 CPU = torch.device("cpu")

@@ -170,7 +170,7 @@ def test_the_loop_reads_no_device_value_between_evaluations(tiny_listops_data, m
         run["variant"] = {"name": variant, "params": params}
         trainer = Trainer(run, tiny_listops_data, torch.device("cpu"))
         hook.reads.clear()
-        from attnbench.harness.run.trainer import Log
+        from attnbench.harness.run.progress import Log
 
         with hook:
             trainer.fit(Log(25, "t", bar=False))
