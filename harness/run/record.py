@@ -138,7 +138,7 @@ def build_record(*, run: dict[str, Any], data: PreparedData, status: str, messag
             "attention_flops_fwd": flops,
         },
         "data": {k: v for k, v in data.meta().items()
-                 if k in ("source", "seq_len", "vocab_size", "num_classes", "sizes")}
+                 if k in ("source", "seq_len", "vocab_size", "num_classes", "sizes", "label_names")}
                 | {"key": run["task"]["data_key"]},
         "config": run,
         **(extra or {}),
