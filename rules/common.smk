@@ -23,7 +23,7 @@ from attnbench.harness.config import (
     task_resources,
     validate_config,
 )
-from attnbench.harness.config.runs import final_run, split_task, task_instances, task_settings
+from attnbench.harness.config.runs import final_run, task_instances, task_kind, task_settings
 from attnbench.harness.config.tuned_runs import tuning_on
 from attnbench.harness.core import locks, paths
 from attnbench.harness.results.records import RunKey
@@ -44,15 +44,17 @@ except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
 
-def rule_resources(group, gpu=False, per_task=False):
+def rule_resources(group, gpu=False, per_task=False, task_of=None):
     """A rule's `resources:` from the config's `resources.<group>` (config/schema.yaml): `runtime` in
     minutes and `mem_mb`, plus `gpu=1` on a GPU rule (train, distill, bench_variant) when `device` is not
     cpu (cuda or auto). Data preparation, aggregation and the report never ask for a GPU. `per_task`: the
-    rule has a {task} wildcard, and `tasks.<task>.resources.<group>` overrides the group's values."""
+    rule has a {task} wildcard, and `tasks.<task>.resources.<group>` overrides the group's values; `task_of`
+    gives the task from the wildcards where the {task} wildcard is not a task's name (prepare_data's)."""
     settings = config["resources"][group]
     if per_task:
-        resources = {"runtime": lambda wc: task_resources(config, wc.task, group)["runtime_min"],
-                     "mem_mb": lambda wc: task_resources(config, wc.task, group)["mem_mb"]}
+        task_of = task_of or (lambda wc: wc.task)
+        resources = {"runtime": lambda wc: task_resources(config, task_of(wc), group)["runtime_min"],
+                     "mem_mb": lambda wc: task_resources(config, task_of(wc), group)["mem_mb"]}
     else:
         resources = {"runtime": settings["runtime_min"], "mem_mb": settings["mem_mb"]}
     if gpu and config["device"] != "cpu":
@@ -70,7 +72,7 @@ def planned_tasks():
     task needs and cannot find, with how to get them; tasks whose data is already prepared are not checked."""
     planned = []
     for task in task_instances(config):
-        base, settings = split_task(task)[0], task_settings(config, task)
+        base, settings = task_kind(config, task), task_settings(config, task)
         params = task_data_params(config, task)
         prepared = paths.dataset_file(base, data_key(base, params)).exists()
         problems = [] if prepared else build_task(base, params).missing_sources()
@@ -85,8 +87,8 @@ def planned_tasks():
 
 
 TASKS = planned_tasks()
-#: the registered tasks of TASKS (the data each prepares: one data set per task and length)
-BASE_TASKS = list(dict.fromkeys(split_task(task)[0] for task in TASKS))
+#: the registered tasks of TASKS (the data each prepares: one data set per task instance and length)
+BASE_TASKS = list(dict.fromkeys(task_kind(config, task) for task in TASKS))
 VARIANTS = list(config["variants"])
 # every run of the config: (task, variant, seed, method, trial); rule train makes the final runs trained from
 # labels, rules/distill.smk the distilled ones, rules/tune.smk the tuning trials
@@ -209,16 +211,19 @@ wildcard_constraints:
 
 
 def dataset_key(task):
-    return data_key(split_task(task)[0], task_data_params(config, task))
+    return data_key(task_kind(config, task), task_data_params(config, task))
 
 
 def dataset_path(task):
-    """The prepared data of a task as runs name it (task@length: its registered task's folder, its own key)."""
-    return paths.dataset_file(split_task(task)[0], dataset_key(task))
+    """The prepared data of a task as runs name it (a named instance, task@length: its registered task's folder,
+    its own key)."""
+    return paths.dataset_file(task_kind(config, task), dataset_key(task))
 
 
 #: the data settings of each prepared data set, by (registered task, data key): what prepare_data is given
-DATA_PARAMS = {(split_task(task)[0], dataset_key(task)): task_data_params(config, task) for task in TASKS}
+DATA_PARAMS = {(task_kind(config, task), dataset_key(task)): task_data_params(config, task) for task in TASKS}
+#: a task (as runs name it) of each prepared data set, by (registered task, data key): whose `resources` it has
+DATA_TASK = {(task_kind(config, task), dataset_key(task)): task for task in reversed(TASKS)}
 
 
 def repair_damaged_datasets():

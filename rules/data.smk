@@ -11,7 +11,7 @@ rule prepare_data:
     params:
         data=get_data_json,
     resources:
-        **rule_resources("prepare", per_task=True),
+        **rule_resources("prepare", per_task=True, task_of=lambda wc: DATA_TASK[(wc.task, wc.key)]),
     log:
         "logs/prepare/{task}/{key}.log",
     conda:

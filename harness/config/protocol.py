@@ -15,11 +15,12 @@ def check_lengths(config: dict) -> list[str]:
     for task, settings in config["tasks"].items():
         if not settings.get("lengths"):
             continue
-        if length_param(task) is None:
-            problems.append(f"'tasks.{task}.lengths': task {task!r} has no length setting (its data fix its "
+        kind = settings.get("task", task)
+        if length_param(kind) is None:
+            problems.append(f"'tasks.{task}.lengths': task {kind!r} has no length setting (its data fix its "
                             "length); leave 'lengths' out")
             continue
-        for param in length_settings(task, settings["lengths"][0]):
+        for param in length_settings(kind, settings["lengths"][0]):
             if param in settings.get("data", {}):
                 problems.append(f"'tasks.{task}.data.{param}' is set and 'tasks.{task}.lengths' sets it at each "
                                 "length; keep one of them")

@@ -53,6 +53,13 @@ def task_settings(config: dict, task: str) -> dict:
     return config["tasks"][split_task(task)[0]]
 
 
+def task_kind(config: dict, task: str) -> str:
+    """The registered task of a task as runs name it: its section's ``task`` (a named instance,
+    ``ng20: {task: textcls}``), by default the section's own name (``listops``, ``listops@256``)."""
+    base = split_task(task)[0]
+    return str(config["tasks"][base].get("task") or base)
+
+
 def length_param(task: str) -> str | None:
     """The data setting that a registered task's ``lengths`` set (``Task.length_param``)."""
     return TASKS.get(task).cls.length_param
@@ -67,20 +74,26 @@ def task_data_params(config: dict, task: str) -> dict:
     """The task's data settings with every default spelled out; for one of its lengths (``task@length``),
     with the settings of that length (``length_settings``)."""
     base, length = split_task(task)
+    kind = task_kind(config, task)
     data = dict(config["tasks"][base].get("data", {}))
     if length is not None:
-        data.update(length_settings(base, length))
-    return as_dict(TASKS.make_config(base, data))
+        data.update(length_settings(kind, length))
+    return as_dict(TASKS.make_config(kind, data))
 
 
 def task_section(config: dict, task: str) -> dict:
-    """A run config's ``task``: the registered task, its data settings and data key; for one of its lengths
-    also the name runs give it (``instance``), the ``length`` and the setting it sets (``length_param``)."""
-    base, length = split_task(task)
+    """A run config's ``task``: the registered task, its data settings and data key; for a named instance or
+    one of its lengths also the name runs give it (``instance``), and for a length the ``length`` and the setting
+    it sets (``length_param``). (A task named as registered at one length has no ``instance``: its runs' config
+    hashes stay those they had before named instances.)"""
+    length = split_task(task)[1]
+    kind = task_kind(config, task)
     data = task_data_params(config, task)
-    section: dict[str, Any] = {"name": base, "data": data, "data_key": data_key(base, data)}
+    section: dict[str, Any] = {"name": kind, "data": data, "data_key": data_key(kind, data)}
+    if task != kind:
+        section["instance"] = task
     if length is not None:
-        section.update(instance=task, length=length, length_param=length_param(base))
+        section.update(length=length, length_param=length_param(kind))
     return section
 
 
@@ -115,7 +128,7 @@ def _labels_run(config: dict, task: str, variant: str, seed: int, params: dict) 
     per_variant = per_task.get("per_variant", {}).get(variant, {})  # the most specific settings win
     model = build_dataclass(ModelConfig, {**config["model"], **per_task.get("model", {}),
                                           **per_variant.get("model", {})}, "model")
-    model = resolve_zero_masking(model, split_task(task)[0])
+    model = resolve_zero_masking(model, task_kind(config, task))
     train = build_dataclass(TrainConfig, {**config["train"], **per_task.get("train", {}),
                                           **per_variant.get("train", {})}, "train")
     return {
@@ -223,7 +236,7 @@ def check_task_data(config: dict) -> list[str]:
     problems: list[str] = []
     for task in task_instances(config):
         base, length = split_task(task)
-        data = TASKS.make_config(base, task_data_params(config, task))
+        data = TASKS.make_config(task_kind(config, task), task_data_params(config, task))
         check = getattr(data, "problems", None)
         at = f" (at its length {length})" if length is not None else ""
         if callable(check):

@@ -99,6 +99,10 @@ def _task_entry(entry, model: dict, train: dict, resources_schema: dict) -> dict
     return {
         "type": "object", "additionalProperties": False, "default": {}, "description": entry.description,
         "properties": {
+            "task": {"type": "string", "enum": [entry.name],
+                     "description": (f"the registered task this section is an instance of ({entry.name}); the "
+                                     "section's key is the name its runs, records and report carry (default: the "
+                                     "key itself, a registered task)")},
             "data": {**dataclass_schema(entry.config), "description": f"{entry.name} data settings"},
             "lengths": {"type": "array", "items": {"type": "integer", "minimum": 1}, "minItems": 2,
                         "uniqueItems": True, "description": (

@@ -24,6 +24,7 @@ from attnbench.harness.config.schema import (
     format_error,
     non_finite_numbers,
 )
+from attnbench.harness.config.task_names import fill_kinds, name_sections
 from attnbench.harness.core import shipped_files
 from attnbench.harness.core.registry import ExternalComponentError
 from attnbench.harness.run.budget import KINDS as BUDGET_KINDS
@@ -124,6 +125,9 @@ def validate_config(config: dict) -> dict:
     normalised = _normalise(config)
     given = register_external_variants(normalised)
     schema = build_schema()
+    named = name_sections(normalised, schema)
+    if named:
+        raise ConfigError.of(named)
     normalised = coerce_numbers(schema, normalised)
     non_finite = non_finite_numbers(normalised)
     if non_finite:
@@ -138,6 +142,7 @@ def validate_config(config: dict) -> dict:
     _expand_model_profiles(normalised)
     given_lengths = check_lengths(normalised)  # before the defaults fill every task's length setting in
     apply_defaults(schema, normalised)
+    fill_kinds(normalised)
     for section, params in normalised["tasks"].items():  # model dim/heads compatibility
         for variant, over in {"": {}, **params.get("per_variant", {})}.items():
             model = {**normalised["model"], **params.get("model", {}), **over.get("model", {})}
@@ -145,7 +150,7 @@ def validate_config(config: dict) -> dict:
             if model["dim"] % model["heads"]:
                 raise ConfigError.of([f"'{where}': model dim {model['dim']} is not divisible by heads "
                                       f"{model['heads']}"])
-            if model.get("mask_zero_tokens") and TASKS.get(section).cls.zero_token is None:
+            if model.get("mask_zero_tokens") and TASKS.get(params["task"]).cls.zero_token is None:
                 pixel = ", ".join(t for t in TASKS.names() if TASKS.get(t).cls.zero_token is not None)
                 raise ConfigError.of([f"'{where}.model.mask_zero_tokens' is true, but task {section!r} has no "
                                       f"raw zero value to mask (pixel tasks have one: {pixel})"])

@@ -17,6 +17,7 @@ from attnbench.harness.core.errors import UserError
 from attnbench.harness.report.bench import bench_section
 from attnbench.harness.report.bench_tables import BENCH_ENV_COLUMNS, bench_environment_table
 from attnbench.harness.report.compute import equal_compute_section
+from attnbench.harness.report.data import data_section
 from attnbench.harness.report.differences import differences_section
 from attnbench.harness.report.distillation import distillation_section
 from attnbench.harness.report.length import length_section
@@ -134,6 +135,7 @@ def render_report(summary_csv: Path | list[Path] | None, out_dir: Path, bench_cs
     summary_section(doc, acc, final, _single_machine_bench(bench), tuned=tuned_line(df))
     doc.toc()
     accuracy_section(doc, acc)
+    data_section(doc, final)
     differences_section(doc, acc)
     resolution_section(doc, final, seeds)
     tuning_section(doc, df)

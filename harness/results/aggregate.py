@@ -44,6 +44,8 @@ COLUMNS = [
     "teacher_run_id", "teacher_status", "teacher_test_acc", "teacher_train_tokens_per_s",
     "teacher_eval_tokens_per_s", "teacher_params", "teacher_layers", "distill_temperature", "distill_alpha",
     "config_hash", "setup_hash", "lra_settings", "record",
+    # what the run's task ran on (the report's Data section): the same in every run of a task
+    "data_source", "data_sizes", "data_classes", "data_tokenizer", "vocab_size",
 ]
 TEACHER_FIELDS = ["run_id", "status", "test_acc", "train_tokens_per_s", "eval_tokens_per_s", "params", "layers"]
 
@@ -70,6 +72,20 @@ def task_columns(task: dict) -> dict:
     """The registered task of a run's task, and the length it ran at where the task runs at several
     (``tasks.<task>.lengths``: the task is ``task@length``)."""
     return {"base_task": task["name"], "length": task.get("length"), "length_param": task.get("length_param")}
+
+
+def data_columns(record: dict) -> dict:
+    """What the run's data was: its source, split sizes (``train 8000 / val 500 / test 1000``), classes (their
+    names where the record has them: records from before 2026-12 give the count), the tokenizer a text task
+    set and the vocabulary size."""
+    data = record["data"]
+    names = data.get("label_names") or []
+    classes = (f"{len(names)}: {', '.join(names)}" if names and len(names) == data["num_classes"]
+               else str(data["num_classes"]))
+    return {"data_source": data["source"],
+            "data_sizes": " / ".join(f"{split} {n}" for split, n in data["sizes"].items()),
+            "data_classes": classes, "data_tokenizer": record["config"]["task"]["data"].get("tokenizer"),
+            "vocab_size": data["vocab_size"]}
 
 
 def stage_columns(record: dict) -> dict:
@@ -132,6 +148,7 @@ def record_row(record: dict, path: Path) -> dict:
         "config_hash": record["config_hash"], "setup_hash": setup_hash(record),
         "lra_settings": ran_lra_settings(record["config"]["task"]["name"], record["config"]["task"].get("data", {}),
                                          record["data"]["seq_len"]),
+        **data_columns(record),
         "record": str(path),
     }
 

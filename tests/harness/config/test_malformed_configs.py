@@ -54,7 +54,7 @@ CASES = [
     ("seeds-repeated", "seeds", [3, 3], "'seeds' is [3, 3]; each value may appear only once"),
     # names and keys that do not exist
     ("unknown-variant", "variants.fulll", {}, "unknown variant 'fulll' under 'variants'; known variants: full"),
-    ("unknown-task", "tasks.listopz", {}, "unknown task 'listopz' under 'tasks'; known tasks: image"),
+    ("unknown-task", "tasks.listopz", {}, "'tasks.listopz': 'listopz' is not a registered task; known tasks: image"),
     ("unknown-train-key", "train.lrr", 0.1, "unknown key 'train.lrr'; allowed keys under 'train': accumulate"),
     ("unknown-top-level-key", "seed", [0], "unknown key 'seed'; allowed keys under the top level"),
     ("per-variant-not-trained", "tasks.listops.per_variant.sparse", {},
