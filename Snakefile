@@ -43,5 +43,5 @@ rule all:
         seed_targets,
         get_records,
         get_bench_files,
-        "reports/index.html",
-        "reports/summary.md",
+        in_reports("index.html"),
+        in_reports("summary.md"),

@@ -9,7 +9,7 @@
 
 rule bench_variant:
     output:
-        "results/bench/{variant}.json",
+        in_results("bench/{variant}.json"),
     params:
         sweep=get_sweep_json,
     wildcard_constraints:
@@ -18,7 +18,7 @@ rule bench_variant:
     resources:
         **rule_resources("bench", gpu=True),
     log:
-        "logs/bench/{variant}.log",
+        in_logs("bench/{variant}.log"),
     conda:
         "../environment.yml"
     shell:
@@ -30,13 +30,13 @@ rule bench_aggregate:
     input:
         get_bench_files,
     output:
-        csv=report("results/bench.csv", caption="captions/bench_table.rst", category="Tables",
+        csv=report(in_results("bench.csv"), caption="captions/bench_table.rst", category="Tables",
                    labels={"table": "efficiency sweep (results/bench.csv)"}),
-        parquet="results/bench.parquet",
+        parquet=in_results("bench.parquet"),
     resources:
         **rule_resources("report"),
     log:
-        "logs/bench/aggregate.log",
+        in_logs("bench/aggregate.log"),
     conda:
         "../environment.yml"
     shell:
@@ -45,21 +45,23 @@ rule bench_aggregate:
 
 rule bench_report:
     input:
-        bench="results/bench.csv",
+        bench=in_results("bench.csv"),
     output:
-        html="reports/bench/index.html",
-        md="reports/bench/summary.md",
+        html=in_reports("bench/index.html"),
+        md=in_reports("bench/summary.md"),
+    params:
+        out=output_dir,
     resources:
         **rule_resources("report"),
     log:
-        "logs/bench/report.log",
+        in_logs("bench/report.log"),
     conda:
         "../environment.yml"
     shell:
-        "attnbench report --bench-only --bench {input.bench} --out reports/bench > {log} 2>&1"
+        "attnbench report --bench-only --bench {input.bench} --out {params.out:q} > {log} 2>&1"
 
 
 rule bench:
     input:
         get_bench_files,
-        "reports/bench/index.html",
+        in_reports("bench/index.html"),

@@ -43,6 +43,25 @@ try:
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
 
+# Where this config's outputs go (`results_dir`, `reports_dir`): configs with folders of their own run side by side
+# in one checkout. The prepared data (data/) is shared: a data set's folder is named by its settings' hash. The
+# job logs go to logs/ for the default folders, else into the results folder (logs/ beside it would mix configs).
+RESULTS_DIR, REPORTS_DIR = os.path.normpath(config["results_dir"]), os.path.normpath(config["reports_dir"])
+LOGS_DIR = "logs" if RESULTS_DIR == "results" else f"{RESULTS_DIR}/logs"
+paths.use_folders(RESULTS_DIR, REPORTS_DIR)
+
+
+def in_results(path):
+    return f"{RESULTS_DIR}/{path}"
+
+
+def in_reports(path):
+    return f"{REPORTS_DIR}/{path}"
+
+
+def in_logs(path):
+    return f"{LOGS_DIR}/{path}"
+
 
 def rule_resources(group, gpu=False, per_task=False, task_of=None):
     """A rule's `resources:` from the config's `resources.<group>` (config/schema.yaml): `runtime` in
@@ -334,7 +353,7 @@ def get_sweep_json(wildcards):
 
 def get_report_bench(wildcards):
     """The sweep's table when the sweep is on (the report then shows it beside training throughput)."""
-    return {"bench": "results/bench.csv"} if BENCH_VARIANTS else {}
+    return {"bench": in_results("bench.csv")} if BENCH_VARIANTS else {}
 
 
 def bench_option(wildcards, input):

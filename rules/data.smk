@@ -13,7 +13,7 @@ rule prepare_data:
     resources:
         **rule_resources("prepare", per_task=True, task_of=lambda wc: DATA_TASK[(wc.task, wc.key)]),
     log:
-        "logs/prepare/{task}/{key}.log",
+        in_logs("prepare/{task}/{key}.log"),
     conda:
         "../environment.yml"
     shell:

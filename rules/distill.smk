@@ -16,7 +16,7 @@ rule distill:
         teacher=lambda wc: str(RunKey(wc.task, TEACHER, int(wc.seed)).record),
         selection=get_selection("distill"),
     output:
-        report("results/runs/{task}/distilled-{variant}/seed{seed}/record.json", caption="captions/record.rst",
+        report(in_results("runs/{task}/distilled-{variant}/seed{seed}/record.json"), caption="captions/record.rst",
                category="Runs of {task}", subcategory="distilled[{variant}]",
                labels={"task": "{task}", "variant": "distilled[{variant}]", "seed": "{seed}"}),
     params:
@@ -29,7 +29,7 @@ rule distill:
     resources:
         **rule_resources("distill", gpu=True, per_task=True),
     log:
-        "logs/distill/{task}/{variant}/seed{seed}.log",
+        in_logs("distill/{task}/{variant}/seed{seed}.log"),
     conda:
         "../environment.yml"
     shell:

@@ -6,9 +6,9 @@ rule aggregate:
         records=get_records,
         selections=get_selections,  # with tune: the plan below holds the tuned runs' hashes once they are made
     output:
-        csv=report("results/summary.csv", caption="captions/summary_table.rst", category="Tables",
+        csv=report(in_results("summary.csv"), caption="captions/summary_table.rst", category="Tables",
                    labels={"table": "runs (results/summary.csv)"}),
-        parquet="results/summary.parquet",
+        parquet=in_results("summary.parquet"),
     params:
         # the planned runs, run_id -> config hash: a record is counted only as the run of this config it says it
         # is; a record of another config, or a second one of a run, is left out and named
@@ -16,7 +16,7 @@ rule aggregate:
     resources:
         **rule_resources("report"),
     log:
-        "logs/aggregate.log",
+        in_logs("aggregate.log"),
     conda:
         "../environment.yml"
     shell:
@@ -26,23 +26,24 @@ rule aggregate:
 rule report:
     input:
         unpack(get_report_bench),
-        summary="results/summary.csv",
+        summary=in_results("summary.csv"),
     output:
-        html=report("reports/index.html", caption="captions/report.rst", category="Report",
+        html=report(in_reports("index.html"), caption="captions/report.rst", category="Report",
                     labels={"report": "attnbench report (reports/index.html)"}),
-        md="reports/summary.md",
-        figures=report(directory("reports/figures"), patterns=["{figure}.png"], caption="captions/figure.rst",
+        md=in_reports("summary.md"),
+        figures=report(directory(in_reports("figures")), patterns=["{figure}.png"], caption="captions/figure.rst",
                        category="Figures"),
     params:
         bench=bench_option,
         lra_average=config["report"]["lra_average"],
         # adaptive seeds: the report's Seeds section says how each comparison ended against the target
         seeds=lambda wildcards: f"--seeds {shlex.quote(json.dumps(ADAPTIVE))}" if ADAPTIVE else "",
+        out=output_dir,
     resources:
         **rule_resources("report"),
     log:
-        "logs/report.log",
+        in_logs("report.log"),
     conda:
         "../environment.yml"
     shell:
-        "attnbench report --summary {input.summary} {params.bench} --lra-average {params.lra_average} {params.seeds} --out reports > {log} 2>&1"
+        "attnbench report --summary {input.summary} {params.bench} --lra-average {params.lra_average} {params.seeds} --out {params.out:q} > {log} 2>&1"

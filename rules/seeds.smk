@@ -9,7 +9,7 @@ checkpoint seed_round:
     input:
         seed_round_records,
     output:
-        "results/seeds/{task}/round{round}.json",
+        in_results("seeds/{task}/round{round}.json"),
     params:
         seeds=lambda wildcards: json.dumps(ADAPTIVE, sort_keys=True),
         labels=lambda wildcards: json.dumps(list(FINAL_LABELS)),
@@ -18,7 +18,7 @@ checkpoint seed_round:
     resources:
         **rule_resources("report"),
     log:
-        "logs/seeds/{task}/round{round}.log",
+        in_logs("seeds/{task}/round{round}.log"),
     conda:
         "../environment.yml"
     shell:
@@ -32,9 +32,9 @@ rule seeds_final:
     input:
         lambda wildcards: adaptive_records(wildcards.task),
     output:
-        "results/seeds/{task}/final.txt",
+        in_results("seeds/{task}/final.txt"),
     log:
-        "logs/seeds/{task}/final.log",
+        in_logs("seeds/{task}/final.log"),
     conda:
         "../environment.yml"
     shell:

@@ -48,4 +48,4 @@ def final_records():
 def seed_targets(wildcards=None):
     """With adaptive seeds, each task's list of its decided final records (what the seeds_final rule writes), a target of its own
     per task, so that Snakemake plans every task's rounds at once."""
-    return [f"results/seeds/{task}/final.txt" for task in TASKS] if ADAPTIVE else []
+    return [f"{RESULTS_DIR}/seeds/{task}/final.txt" for task in TASKS] if ADAPTIVE else []

@@ -9,7 +9,7 @@ rule train:
         data=get_dataset,
         selection=get_selection("labels"),
     output:
-        report("results/runs/{task}/{variant}/seed{seed}/record.json", caption="captions/record.rst",
+        report(in_results("runs/{task}/{variant}/seed{seed}/record.json"), caption="captions/record.rst",
                category="Runs of {task}", subcategory="{variant}",
                labels={"task": "{task}", "variant": "{variant}", "seed": "{seed}"}),
     params:
@@ -21,7 +21,7 @@ rule train:
     resources:
         **rule_resources("train", gpu=True, per_task=True),
     log:
-        "logs/train/{task}/{variant}/seed{seed}.log",
+        in_logs("train/{task}/{variant}/seed{seed}.log"),
     conda:
         "../environment.yml"
     shell:

@@ -12,7 +12,7 @@ rule trial:
         data=get_dataset,
         teacher=trial_teacher,
     output:
-        "results/tune/{task}/{label}/trial{trial}/record.json",
+        in_results("tune/{task}/{label}/trial{trial}/record.json"),
     params:
         run=lambda wc: json.dumps(resolve_run(config, *trial_key(wc)), sort_keys=True),
         options=trial_options,
@@ -24,7 +24,7 @@ rule trial:
     resources:
         **rule_resources("train", gpu=True, per_task=True),
     log:
-        "logs/tune/{task}/{label}/trial{trial}.log",
+        in_logs("tune/{task}/{label}/trial{trial}.log"),
     conda:
         "../environment.yml"
     shell:
@@ -36,13 +36,13 @@ checkpoint select_trial:
     input:
         trial_records,
     output:
-        "results/tune/{task}/{label}/selected.json",
+        in_results("tune/{task}/{label}/selected.json"),
     wildcard_constraints:
         label=one_of(TRIAL_LABELS),
     resources:
         **rule_resources("report"),
     log:
-        "logs/tune/{task}/{label}/select.log",
+        in_logs("tune/{task}/{label}/select.log"),
     conda:
         "../environment.yml"
     shell:

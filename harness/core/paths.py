@@ -1,5 +1,6 @@
 """Where the pipeline keeps its files, relative to the folder it runs in (the Snakefile's rules
-use the same layout)."""
+use the same layout). A config's ``results_dir`` and ``reports_dir`` move the results and reports
+(``use_folders``, which the Snakefile calls); the prepared data stays in ``data/``."""
 from __future__ import annotations
 
 import re
@@ -18,6 +19,16 @@ BENCH_REPORT = Path("reports/bench")
 #: where damaged files go (``attnbench.harness.results.set_aside``): records and sweep JSONs, and prepared data
 SET_ASIDE = Path("results/set_aside")
 DATA_SET_ASIDE = DATA / "set_aside"
+
+
+def use_folders(results: str | Path = "results", reports: str | Path = "reports") -> None:
+    """Put the results under ``results`` and the reports under ``reports`` (a config's ``results_dir`` and
+    ``reports_dir``) for the rest of this process: every path below follows (read them as ``paths.RUNS``)."""
+    global RUNS, TUNE, SUMMARY_CSV, SUMMARY_PARQUET, REPORTS, BENCH, BENCH_CSV, BENCH_REPORT, SET_ASIDE
+    results, reports = Path(results), Path(reports)
+    RUNS, TUNE, BENCH, SET_ASIDE = results / "runs", results / "tune", results / "bench", results / "set_aside"
+    SUMMARY_CSV, SUMMARY_PARQUET, BENCH_CSV = results / "summary.csv", results / "summary.parquet", results / "bench.csv"
+    REPORTS, BENCH_REPORT = reports, reports / "bench"
 
 
 def dataset_file(task: str, key: str) -> Path:
