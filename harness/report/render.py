@@ -16,6 +16,7 @@ import pandas as pd
 from attnbench.harness.core.errors import UserError
 from attnbench.harness.report.bench import bench_section
 from attnbench.harness.report.bench_tables import BENCH_ENV_COLUMNS, bench_environment_table
+from attnbench.harness.report.classes import classes_section
 from attnbench.harness.report.compute import equal_compute_section
 from attnbench.harness.report.data import data_section
 from attnbench.harness.report.differences import differences_section
@@ -143,6 +144,7 @@ def render_report(summary_csv: Path | list[Path] | None, out_dir: Path, bench_cs
     figures_section(doc, cost)
     equal_compute_section(doc, acc, cost)
     length_section(doc, acc, _single_machine_bench(bench))
+    classes_section(doc, acc)
     cost_section(doc, cost)
     if not bench.empty:
         _bench_sections(doc, bench, benches)

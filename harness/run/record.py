@@ -100,6 +100,7 @@ def build_record(*, run: dict[str, Any], data: PreparedData, status: str, messag
             "test": test_acc,
             "checkpoint": getattr(trainer, "tested", None) if test_acc is not None else None,
             "best_step": trainer.best["step"] if trainer else None,
+            "test_confusion": getattr(trainer, "test_confusion", None) if test_acc is not None else None,
         },
         "baselines": baselines,
         "training": {

@@ -49,9 +49,15 @@ class Trainer(TrainerSteps):
     known from host-side flags. So on a GPU the host runs ahead and queues the next steps while
     the device works."""
 
+    #: the test split's confusion counts (rows: true class, columns: predicted) from ``test``; None before it,
+    #: or when it tested nothing
+    test_confusion: list[list[int]] | None = None
+
     @torch.no_grad()
-    def evaluate(self, split_name: str) -> tuple[float, float]:
-        """(accuracy, mean loss) on a split; the sums stay on the device until the end."""
+    def evaluate(self, split_name: str, confusion: torch.Tensor | None = None) -> tuple[float, float]:
+        """(accuracy, mean loss) on a split; the sums stay on the device until the end. ``confusion``: a flat
+        long tensor of num_classes² counts on the device, into which each (true, predicted) pair is also counted,
+        at ``true * num_classes + predicted`` (only the test pass asks: ``test``)."""
         self.model.eval()
         split, bs = self.splits[split_name], self.cfg.eval_batch_size
         correct = torch.zeros((), dtype=torch.long, device=self.device)
@@ -67,7 +73,10 @@ class Trainer(TrainerSteps):
                 self.eval_attention_kernel = noting.as_record()
             self.eval_tokens += x.numel()
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-            correct += (logits.argmax(-1) == y).sum()
+            predicted = logits.argmax(-1)
+            correct += (predicted == y).sum()
+            if confusion is not None:
+                confusion += torch.bincount(y * self.data.num_classes + predicted, minlength=confusion.numel())
         self.model.train()
         return correct.item() / split.n, loss_sum.item() / split.n
 
@@ -172,12 +181,17 @@ class Trainer(TrainerSteps):
 
     def test(self, status: str) -> float | None:
         """Test accuracy of the weights ``train.test_checkpoint`` names (the final ones only after a run
-        that did not diverge), measured once; ``self.tested`` says which were tested."""
+        that did not diverge), measured once; ``self.tested`` says which were tested and ``self.test_confusion``
+        holds the test split's confusion counts."""
         if self.cfg.test_checkpoint == "final" and status != "diverged" and self.step > 0:
             self.tested = "final"
-            return self.evaluate("test")[0]
-        if self.best["state"] is None:
+        elif self.best["state"] is None:
             return None
-        self.tested = "best"
-        self.model.load_state_dict(self.best["state"])
-        return self.evaluate("test")[0]
+        else:
+            self.tested = "best"
+            self.model.load_state_dict(self.best["state"])
+        classes = self.data.num_classes
+        counts = torch.zeros(classes * classes, dtype=torch.long, device=self.device)
+        accuracy = self.evaluate("test", counts)[0]
+        self.test_confusion = counts.view(classes, classes).tolist()  # read once, after the pass
+        return accuracy

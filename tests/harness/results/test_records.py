@@ -201,7 +201,8 @@ def test_exception_in_model_gives_failed_record(tmp_path, tiny_listops_data, mon
     assert record["status"] == "failed"
     stored = _check_written(tmp_path, "failed")
     assert "deliberately broken forward" in stored["message"] and "RuntimeError" in stored["message"]
-    assert stored["accuracy"] == {"best_val": None, "test": None, "best_step": None, "checkpoint": None}
+    assert stored["accuracy"] == {"best_val": None, "test": None, "best_step": None, "checkpoint": None,
+                                  "test_confusion": None}
     assert stored["training"]["checkpoint"] is None
 
 
