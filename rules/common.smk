@@ -26,6 +26,7 @@ from attnbench.harness.config import (
 from attnbench.harness.config.runs import final_run, task_instances, task_kind, task_settings
 from attnbench.harness.config.tuned_runs import tuning_on
 from attnbench.harness.core import locks, paths
+from attnbench.harness.results.environment import INVOCATION_VAR, invocation_id
 from attnbench.harness.results.records import RunKey
 from attnbench.harness.results.set_aside import (
     keep_prepared_time,
@@ -42,6 +43,11 @@ try:
     validate_config(config)
 except ConfigError as exc:
     raise WorkflowError(str(exc)) from None
+
+# This invocation's id, which every job inherits: a record says which invocation measured it (the report flags cost
+# comparisons across invocations). Jobs started by a cluster's own snakemake get it from the submitting one.
+if workflow.is_main_process:
+    os.environ[INVOCATION_VAR] = invocation_id()
 
 # Where this config's outputs go (`results_dir`, `reports_dir`): configs with folders of their own run side by side
 # in one checkout. The prepared data (data/) is shared: a data set's folder is named by its settings' hash. The

@@ -16,8 +16,12 @@ line of the Summary only where it applies (none: no line).
   which hides such a spread.
 - **Several hosts.** The same groups, flagged when their runs with a training throughput were measured on
   more than one ``host``: one cost median then pools measurements of different hosts under one machine
-  label (device name and type, torch, commit). ``summary.csv`` says nothing of which invocation measured
-  a run, so runs of one host from separate invocations cannot be told apart and are not flagged."""
+  label (device name and type, torch, commit).
+- **Several invocations.** Per task (and machine), over its runs with a training throughput whose record
+  says which pipeline invocation measured it (``environment.invocation``, which the snakemake that planned
+  the run sets; a run by hand has none and is not counted): flagged when they come from more than one, naming
+  each variant's invocations. The machine's load, and so its throughput, may differ between invocations: a
+  cost ratio between variants measured in different ones is not of one sitting."""
 from __future__ import annotations
 
 import pandas as pd
@@ -123,3 +127,24 @@ def hosts_line(runs: pd.DataFrame) -> str | None:
     return ("Cost measurements pooled across hosts (one median holds runs measured on different hosts): "
             + "; ".join(f"**{task}**: {', '.join(named)}" for task, named in parts.items()) + ".")
 
+
+def invocations_line(runs: pd.DataFrame) -> str | None:
+    """'Cost measurements from separate invocations (...): **listops**: full (1, 2), window (2).', or None when
+    every task's runs with a training throughput and a known invocation come from one invocation."""
+    measured = _measured(runs)
+    if measured.empty or "invocation" not in measured:
+        return None
+    known = measured[measured["invocation"].notna()]
+    parts = []
+    for task, t in known.groupby("task", sort=True):
+        if t["invocation"].nunique() < 2:
+            continue
+        order = {inv: i + 1 for i, inv in enumerate(sorted(t["invocation"].unique()))}  # numbered by start time
+        named = [f"{variant} ({', '.join(str(n) for n in sorted({order[i] for i in v['invocation']}))})"
+                 for variant, v in t.groupby("variant", sort=True)]
+        parts.append(f"**{task}**: {', '.join(named)}")
+    if not parts:
+        return None
+    return ("Cost measurements from separate invocations of the pipeline (numbered by start time; the machine's load "
+            "may differ between them, so a cost ratio across invocations is not of one sitting): "
+            + "; ".join(parts) + ".")

@@ -17,7 +17,7 @@ import pandas as pd
 from attnbench.harness.report.bench import headline
 from attnbench.harness.report.compute import equal_time_best
 from attnbench.harness.report.differences import accuracy_bounds, runs_of, seed_accuracies
-from attnbench.harness.report.flags import hosts_line, improving_line, spread_line
+from attnbench.harness.report.flags import hosts_line, improving_line, invocations_line, spread_line
 from attnbench.harness.report.frontier import figure_frontier, frontiers
 from attnbench.harness.report.length import length_lines
 from attnbench.harness.report.marks import MARK, footnote, mark
@@ -157,7 +157,8 @@ def summary_section(doc: Document, acc: pd.DataFrame, runs: pd.DataFrame, bench:
         lines += [line for line in (task_line(acc, t) for t in sorted(acc["task"].unique())) if line]
         lines += length_lines(acc)
         lines += [line for line in [improving_line(acc)] if line]
-        cost_flags = [line for line in (spread_line(runs), hosts_line(runs)) if line]  # per machine already
+        cost_flags = [line for line in (spread_line(runs), hosts_line(runs), invocations_line(runs))
+                      if line]  # per machine already
         for machine, runs in per_machine:  # frontiers and equal time are of one machine's costs: never across
             lines += [f"On {machine}: {line}" if machine else line
                       for line in frontier_lines(runs) + equal_time_lines(runs)]

@@ -39,7 +39,7 @@ COLUMNS = [
     "train_steps_per_s", "train_tokens_per_s", "eval_tokens_per_s", "peak_memory_mb",
     "peak_memory_reserved_mb", "peak_memory_method", "timing_method", "params", "layers", "attention_flops_fwd",
     "seq_len", "batch_size", "device", "device_name", "torch_threads", "torch", "cuda", "python", "host", "git_commit",
-    "git_dirty",
+    "git_dirty", "invocation",
     # distilled students (empty otherwise): the teacher's numbers and the settings
     "teacher_run_id", "teacher_status", "teacher_test_acc", "teacher_train_tokens_per_s",
     "teacher_eval_tokens_per_s", "teacher_params", "teacher_layers", "distill_temperature", "distill_alpha",
@@ -143,7 +143,7 @@ def record_row(record: dict, path: Path) -> dict:
         "seq_len": record["data"]["seq_len"], "batch_size": record["config"]["train"]["batch_size"],
         "device": env["device"], "device_name": env["device_name"], "torch_threads": env["torch_threads"],
         "torch": env["torch"], "cuda": env["cuda"], "python": env["python"], "host": env["host"],
-        "git_commit": env["git"]["commit"], "git_dirty": env["git"]["dirty"],
+        "git_commit": env["git"]["commit"], "git_dirty": env["git"]["dirty"], "invocation": env.get("invocation"),
         **teacher_columns(record),
         "config_hash": record["config_hash"], "setup_hash": setup_hash(record),
         "lra_settings": ran_lra_settings(record["config"]["task"]["name"], record["config"]["task"].get("data", {}),

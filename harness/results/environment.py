@@ -1,6 +1,7 @@
 """What machine and code produced a number: captured into every run record."""
 from __future__ import annotations
 
+import datetime as dt
 import importlib.metadata
 import os
 import platform
@@ -84,8 +85,20 @@ def cuda_facts(device: torch.device) -> dict:
     }
 
 
+#: the environment variable naming the pipeline invocation a job belongs to: the snakemake that planned it sets it
+#: (rules/common.smk) and its jobs inherit it, so a record says which invocation measured it (None: a run by hand)
+INVOCATION_VAR = "ATTNBENCH_INVOCATION"
+
+
+def invocation_id() -> str:
+    """A new invocation's id: its UTC start time, host and process id."""
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{stamp}-{platform.node()}-{os.getpid()}"
+
+
 def capture(device: torch.device) -> dict:
     env = {
+        "invocation": os.environ.get(INVOCATION_VAR),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
         "host": platform.node(),

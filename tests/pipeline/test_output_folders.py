@@ -35,12 +35,15 @@ def test_two_configs_with_their_own_folders_run_side_by_side(tmp_path):
         result = snakemake(tmp_path)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert digests(tmp_path / "ag") == before  # b's run left a's results, reports and logs as they were
+    invocations = set()
     for folder, steps in (("ag", 10), ("ng", 6)):
         record = yaml.safe_load((tmp_path / folder / "results/runs/listops/full/seed0/record.json").read_text())
         assert record["training"]["steps_done"] == steps
+        invocations.add(record["environment"]["invocation"])
         assert (tmp_path / folder / "reports/index.html").exists()
         assert (tmp_path / folder / "results/summary.csv").exists()
         assert (tmp_path / folder / "results/logs/train/listops/full/seed0.log").exists()
+    assert None not in invocations and len(invocations) == 2  # each snakemake's jobs carry its invocation
     assert not (tmp_path / "results").exists() and not (tmp_path / "reports").exists()
     assert len(list((tmp_path / "data/listops").iterdir())) == 1  # one data set, prepared once for both
     (tmp_path / "config.yaml").write_text((tmp_path / "a.yaml").read_text())

@@ -18,6 +18,7 @@ from attnbench.harness.report.flags import (
     SPREAD,
     hosts_line,
     improving_line,
+    invocations_line,
     improving_runs,
     spread_line,
     spread_table,
@@ -153,6 +154,20 @@ def test_cost_rows_from_several_hosts_of_one_machine_are_flagged():
     # two machines, each on its own host: costs are per machine already
     two = [run_row("listops", "full", s, 0.5, machine=m) for s, m in ((0, MACHINE_A), (1, MACHINE_B))]
     assert hosts_line(with_machines(table(two))) is None
+
+
+def test_cost_rows_of_one_task_from_separate_invocations_are_flagged():
+    def row(task: str, variant: str, seed: int, invocation: str | None) -> dict:
+        return {**run_row(task, variant, seed, 0.5), "invocation": invocation}
+
+    rows = [row("listops", "full", 0, "20261207T1000Z-a-1"), row("listops", "full", 1, "20261207T0900Z-a-7"),
+            row("listops", "window", 0, "20261207T1000Z-a-1"), row("listops", "window", 1, None),
+            row("text", "full", 0, "20261207T1000Z-a-1"), row("text", "full", 1, None)]
+    line = invocations_line(with_machines(table(rows)))
+    assert line is not None and line.startswith("Cost measurements from separate invocations")
+    assert line.endswith("**listops**: full (1, 2), window (2).")  # numbered by start; text: one known invocation
+    assert invocations_line(with_machines(table(rows[2:]))) is None
+    assert invocations_line(with_machines(table([run_row("listops", "full", s, 0.5) for s in (0, 1)]))) is None
 
 
 # ---------------------------------------------------------------- in the Summary
