@@ -27,9 +27,11 @@ class ModelConfig:
     dropout: float = param(0.1, "dropout after attention and MLP, and on embeddings", minimum=0.0, maximum=1.0)
     attn_dropout: float = param(0.0, "dropout on attention probabilities; > 0 makes CPU SDPA fall back to its O(N^2) "
                                 "math kernel", minimum=0.0, maximum=1.0)
-    pooling: Literal["cls", "mean", "first"] = param(
+    pooling: Literal["cls", "mean", "first", "mean_all"] = param(
         "cls", "cls: a learned [CLS] token is prepended and read out; mean: average over real tokens; first: "
-        "position 0 of the input itself, no token added (LRA's 'CLS' pooling of its dual encoder)")
+        "position 0 of the input itself, no token added (LRA's 'CLS' pooling of its dual encoder); mean_all: "
+        "average over every position, padding and masked pixels included (LRA's MEAN pooling, "
+        "lra_benchmarks/models/layers/common_layers.py:182)")
     positions: Literal["learned", "sinusoidal"] = param("learned", "position embeddings: learned (N(0, 0.02) init) or "
                                                         "fixed sinusoids")
     interaction: Literal["concat", "nli"] = param("concat", "paired tasks (Retrieval) only: the dual head reads [u, v] "
@@ -53,6 +55,11 @@ class ModelConfig:
                                                "uniform with zero biases (LRA's Dense layers)")
     gelu: Literal["exact", "tanh"] = param("exact", "the MLP's GELU: exact (erf) or tanh-approximated (LRA, Flax's "
                                            "default)")
+    mask_padding: bool = param(True, "give the attention layers the padding mask (and masked pixels): false, as "
+                               "LRA's Linear Trans., Performer, Reformer and Linformer kernels, which ignore it, "
+                               "padding takes part in attention (set it per variant: "
+                               "tasks.<task>.per_variant.<variant>.model); pooling is as `pooling` says either way",
+                               added_later=True)
 
 
 #: the keys a `model.profile` sets where its mapping does not (mask_zero_tokens: at resolution, per task)
@@ -184,12 +191,13 @@ class EncoderClassifier(nn.Module):
             if mask is not None:
                 mask = torch.cat([mask.new_ones(mask.shape[0], 1), mask], dim=1)
         x = self.drop(x + self.pos[:, : x.shape[1]])
+        attention_mask = mask if self.cfg.mask_padding else None
         for block in self.blocks:
-            x = block(x, mask)
+            x = block(x, attention_mask)
         x = self.ln(x)
         if self.cls is not None or self.cfg.pooling == "first":
             return x[:, 0]
-        if mask is None:
+        if mask is None or self.cfg.pooling == "mean_all":
             return x.mean(1)
         m = mask.unsqueeze(-1).to(x.dtype)
         return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
