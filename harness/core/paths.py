@@ -27,7 +27,8 @@ def use_folders(results: str | Path = "results", reports: str | Path = "reports"
     global RUNS, TUNE, SUMMARY_CSV, SUMMARY_PARQUET, REPORTS, BENCH, BENCH_CSV, BENCH_REPORT, SET_ASIDE
     results, reports = Path(results), Path(reports)
     RUNS, TUNE, BENCH, SET_ASIDE = results / "runs", results / "tune", results / "bench", results / "set_aside"
-    SUMMARY_CSV, SUMMARY_PARQUET, BENCH_CSV = results / "summary.csv", results / "summary.parquet", results / "bench.csv"
+    SUMMARY_CSV, SUMMARY_PARQUET = results / "summary.csv", results / "summary.parquet"
+    BENCH_CSV = results / "bench.csv"
     REPORTS, BENCH_REPORT = reports, reports / "bench"
 
 
