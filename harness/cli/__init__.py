@@ -26,7 +26,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with signals.stop_on_signals():
             if argv[:1] == ["compare"]:
-                from attnbench.harness.compare.command import main as compare_main
+                from attnbench.harness.cli.compare_command import main as compare_main
 
                 status = compare_main(argv[1:])
             else:

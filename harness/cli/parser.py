@@ -89,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_select)
 
     sp = sub.add_parser("seed-round", help="adaptive seeds: decide from one task's final records which run labels "
+    sp.add_argument("--layer", action="store_true",
+                    help="wrap a whole attention layer from elsewhere (a third-party nn.Module with its own "
+                         "projections) instead of writing an attend(q, k, v, mask) to fill in")
                         "get more seeds (what the pipeline runs after each round)")
     sp.add_argument("--task", required=True)
     sp.add_argument("--round", type=int, required=True)

@@ -108,10 +108,13 @@ def cmd_new_variant(args: argparse.Namespace) -> int:
     from attnbench.harness.conformance.template import write_template
 
     try:
-        path, cls = write_template(args.name, Path(args.dir), force=args.force)
+        path, cls = write_template(args.name, Path(args.dir), force=args.force, layer=args.layer)
     except (ValueError, FileExistsError) as exc:
         raise UsageError(f"new-variant: {exc}") from None
-    print(f"wrote {path} (class {cls}: full softmax attention, to replace with your mechanism)\n"
+    what = ("a wrapper of torch's nn.MultiheadAttention, to replace with your layer" if args.layer
+            else "full softmax attention, to replace with your mechanism")
+    print(f"wrote {path} (class {cls}: {what})\n"
           f"check it:  cd {path.parent} && attnbench check-variant {args.name}:{cls}\n"
-          f"use it:    variants: {{{args.name}: {{from: \"{args.name}:{cls}\"}}}} in a config")
+          f"use it:    variants: {{{args.name}: {{from: \"{args.name}:{cls}\"}}}} in a config\n"
+          f"time it:   attnbench compare --config that.yaml (beside the config's other variants and their peers)")
     return 0

@@ -13,6 +13,7 @@ from attnbench.harness.compare.registry import (
     Params,
     Shape,
     missing_modules,
+    peer_variant,
     variant_defaults,
 )
 from attnbench.harness.compare.results import SideResult, with_rate
@@ -98,28 +99,34 @@ def _jsonable(d: Params) -> Params:
 
 
 def plan(variants: Sequence[str], peers: Sequence[str] | None, shape_of: Callable[[int], Shape],
-         ns: Sequence[int], no_peers: bool = False,
-         settings: dict[str, Params] | None = None) -> tuple[list[PlannedCase], list[Skip]]:
+         ns: Sequence[int], no_peers: bool = False, settings: dict[str, Params] | None = None,
+         alone: bool = False) -> tuple[list[PlannedCase], list[Skip]]:
     """(cases, skipped): one case per (variant, peer, N); skipped variants and peers with reasons.
-    ``settings``: per variant, parameters that replace its defaults before each peer matches them."""
+    ``settings``: per variant, parameters that replace its defaults before each peer matches them.
+    ``alone``: a variant with no peer to run (none registered, or none installed) is timed alone with
+    its settings rather than skipped (``--config``: every variant of the config is timed)."""
     known = set(VARIANTS.names())
     cases: list[PlannedCase] = []
     skipped: list[Skip] = []
     for variant in variants:
         if variant not in known:
-            skipped.append(Skip(variant, None, f"variant {variant!r} is not registered (variants/{variant}.py "
-                                               "missing?)"))
+            skipped.append(Skip(variant, None, f"variant {variant!r} is not registered: not a file of variants/, "
+                                               "an installed package's entry point nor a config's `from:` "
+                                               "(attnbench compare --config CONFIG brings a config's)"))
             continue
+        own = _jsonable((settings or {}).get(variant, {}))
+        mine = peer_variant(variant)
         if peers is None:
-            vpeers = PEERS.of_variant(variant)
+            vpeers = PEERS.of_variant(mine)
         else:  # in the order given
-            vpeers = [PEERS[name] for name in peers if name in PEERS and PEERS[name].variant == variant]
+            vpeers = [PEERS[name] for name in peers if name in PEERS and PEERS[name].variant == mine]
         if not vpeers:
-            if no_peers:
-                cases.extend(PlannedCase(variant, None, n, {}, None) for n in ns)
+            if no_peers or alone:
+                cases.extend(PlannedCase(variant, None, n, own, None) for n in ns)
             else:
                 skipped.append(Skip(variant, None, "no public peer registered for it"))
             continue
+        planned = len(cases)
         defaults = {**variant_defaults(variant), **(settings or {}).get(variant, {})}
         for peer in vpeers:
             if not no_peers:
@@ -136,6 +143,8 @@ def plan(variants: Sequence[str], peers: Sequence[str] | None, shape_of: Callabl
                     cases.append(PlannedCase(variant, peer.name, n, _jsonable(ours), _jsonable(theirs),
                                              peer_title=peer.title, peer_note=peer.note,
                                              peer_versions={d: distribution_version(d) for d in peer.distributions}))
+        if alone and len(cases) == planned:  # every peer missing: ours still runs
+            cases.extend(PlannedCase(variant, None, n, own, None) for n in ns)
     if no_peers:  # one measurement per distinct configuration of ours
         seen: set[tuple[str, int, str]] = set()
         unique = []

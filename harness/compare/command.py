@@ -42,7 +42,7 @@ from attnbench.harness.compare.cases import CaseResult, PlannedCase, finish_case
 from attnbench.harness.compare.listing import note_lines, peer_lines
 from attnbench.harness.compare.probe import run_worker
 from attnbench.harness.compare.record import CompareReport, write_report
-from attnbench.harness.compare.registry import PEERS, ordered_variants
+from attnbench.harness.compare.registry import PEERS, Params, ordered_variants
 from attnbench.harness.compare.results import SideResult, pool_rounds, with_live_memory
 from attnbench.harness.compare.settings import CompareSettings, build_parser, settings_from_args
 from attnbench.harness.compare.table import markdown_table
@@ -50,11 +50,14 @@ from attnbench.harness.core.errors import UsageError
 from attnbench.harness.measure.gpu_lease import acquire
 from attnbench.harness.measure.matmul_peak import probe_in_fresh_process
 from attnbench.harness.results.environment import capture, distribution_version
+from attnbench.harness.results.provenance import variant_origins
 
 #: the memory run of a CPU case (``probe.LIVE_MEMORY_ENV``): two warm-up steps, one more, untimed
 LIVE_RUN = {"live_memory": True, "warmup": 2, "repeats": 1}
 
 Log = Callable[..., None]
+#: reads a config (``--config``): its variants and their parameters, each registered (``main``)
+ConfigReader = Callable[[str], dict[str, Params]]
 
 
 def _progress(msg: str, end: str = "\n") -> None:
@@ -81,7 +84,7 @@ def run_comparison(settings: CompareSettings, gpu_lease: dict[str, Any] | None =
         raise UsageError(f"unknown peer(s) {', '.join(unknown)}; known: {', '.join(PEERS)}")
     workdir = Path(tempfile.mkdtemp(prefix="attnbench-compare-"))  # the workers' result files
     cases, skipped = plan(variants, settings.peers, settings.shape, settings.n, settings.no_peers,
-                          settings.overrides)
+                          settings.overrides, alone=settings.config is not None)
     targets = {dev: _torch_device(dev) for dev in devices}  # "cuda" -> this process's (leased) GPU
     packages = {d: distribution_version(d) for d in PEERS.distributions()}
     machine = {dev: {**capture(torch.device(target)), "torch_threads": threads,
@@ -95,7 +98,7 @@ def run_comparison(settings: CompareSettings, gpu_lease: dict[str, Any] | None =
                    for dev, target in targets.items()}
     report = CompareReport(created=created, settings=settings, threads=threads, devices=devices,
                            torch_devices=targets, gpu_lease=gpu_lease, machine=machine, matmul_peak=matmul_peak,
-                           skipped=skipped)
+                           skipped=skipped, variant_origins=variant_origins(variants))
     for s in skipped:
         log(f"skip {s.variant}" + (f" vs {s.peer}" if s.peer else "") + f": {s.reason}")
     try:
@@ -187,7 +190,10 @@ def lease_gpu(device: str) -> dict[str, Any] | None:
     return lease
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, read_config: ConfigReader | None = None) -> int:
+    """``attnbench compare``'s command line. ``read_config``: what ``--config`` is read with (the ``attnbench``
+    command line gives it: validating a config and registering its ``from:`` variants is a layer above this
+    one); it returns the config's variants and their parameters, registered for the workers too."""
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.list:
@@ -195,7 +201,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(peer_lines(PEERS.values())))
         print("\nWhat differs from ours:\n" + "\n".join(note_lines(PEERS.values())))
         return 0
-    settings = settings_from_args(args)
+    config_variants = None
+    if args.config:
+        if read_config is None:
+            raise UsageError("--config is read by the attnbench command line: run `attnbench compare --config ...`")
+        config_variants = read_config(args.config)
+    settings = settings_from_args(args, config_variants)
     report = run_comparison(settings, lease_gpu(settings.device))
     print()
     print(report.table)

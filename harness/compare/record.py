@@ -14,8 +14,9 @@ from attnbench.harness.core.io import atomic_write_json
 @dataclasses.dataclass(frozen=True)
 class CompareReport:
     """Everything a run records: its settings and the facts they resolved to (threads, devices, the GPU
-    lease), each device's machine facts and matmul rate, the skipped variants and peers, the cases measured
-    so far (``cases`` grows as the run goes) and, once done, the Markdown table."""
+    lease), each device's machine facts and matmul rate, the skipped variants and peers, where the variants
+    from outside this repository came from, the cases measured so far (``cases`` grows as the run goes)
+    and, once done, the Markdown table."""
 
     created: str
     settings: CompareSettings
@@ -26,6 +27,8 @@ class CompareReport:
     machine: dict[str, dict[str, Any]]
     matmul_peak: dict[str, dict[str, Any]]  # device -> the matmul probe's result
     skipped: list[Skip]
+    #: variant -> where a variant from outside this repository came from (``results.provenance.variant_origin``)
+    variant_origins: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     cases: list[CaseResult] = dataclasses.field(default_factory=list)
     table: str | None = None
 
@@ -33,7 +36,8 @@ class CompareReport:
         out = {"kind": "attnbench compare", "created": self.created,
                "settings": describe(self.settings, self.threads, self.devices, self.torch_devices, self.gpu_lease),
                "machine": self.machine, "skipped": [s.to_json() for s in self.skipped],
-               "cases": [c.to_json() for c in self.cases], "matmul_peak": self.matmul_peak}
+               "cases": [c.to_json() for c in self.cases], "matmul_peak": self.matmul_peak,
+               "variant_origins": self.variant_origins}
         if self.table is not None:
             out["table"] = self.table
         return out

@@ -171,6 +171,16 @@ def variant_defaults(variant: str) -> Params:
     return out
 
 
+def peer_variant(variant: str) -> str:
+    """The variant whose peers ``variant`` is timed against: itself, or for a built-in class registered again
+    under a second name (a config's ``from:``, as config/zoo.yaml's performer is linear's class) the name
+    it was first registered under. A class from outside this repository is its own: it has no peers."""
+    try:
+        return str(getattr(VARIANTS.get(variant).cls, "registered_name", variant))
+    except KeyError:  # not registered: planned as skipped
+        return variant
+
+
 def ordered_variants() -> list[str]:
     """Every variant to compare by default, in ``VARIANT_ORDER``: the registered ones, the others registered
     after them, then the ones listed there but not registered (reported as skipped)."""

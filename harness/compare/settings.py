@@ -37,6 +37,8 @@ class CompareSettings:
     seed: int = 0
     profile: str | None = None  # folder of torch.profiler op tables
     peer_modules: tuple[str, ...] = ()  # imported in every process to register more peers
+    config: str | None = None  # --config: the pipeline config whose variants are compared (each timed, alone
+    # where it has no peer to run)
 
     def shape(self, n: int) -> Shape:
         return Shape(n, self.batch, self.heads, self.head_dim)
@@ -49,7 +51,7 @@ def describe(settings: CompareSettings, threads: int, devices: list[str], torch_
     return {"n": list(s.n), "batch": s.batch, "heads": s.heads, "head_dim": s.head_dim,
             "dim": s.heads * s.head_dim, "dtype": "float32", "threads": threads,
             "warmup": s.warmup, "repeats": s.repeats, "rounds": s.rounds,
-            "devices": devices, "torch_devices": torch_devices, "seed": s.seed,
+            "devices": devices, "torch_devices": torch_devices, "seed": s.seed, "config": s.config,
             "gpu_lease": gpu_lease,
             "step": "forward + backward of the whole layer (projections included), training mode, "
                     "dropout 0, all tokens real",
@@ -119,13 +121,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also profile one step of each implementation with torch.profiler; op tables go to DIR")
     p.add_argument("--peer-module", action="append", metavar="MODULE",
                    help="import MODULE (in every process) to register extra peers with register_peer()")
+    p.add_argument("--config", metavar="CONFIG",
+                   help="a pipeline config: compare its variants (a `from:` variant from outside the repository "
+                        "included) with their `variants:` parameters, each beside its peers where it has any and "
+                        "timed alone where it has none; --variants picks among them, --set overrides")
     p.add_argument("--list", action="store_true",
                    help="list every registered peer (variant, name, packages, installed or missing) and exit")
     return p
 
 
-def settings_from_args(args: argparse.Namespace) -> CompareSettings:
-    """The parsed command line as ``CompareSettings`` (the one place that reads ``args``)."""
+def settings_from_args(args: argparse.Namespace, config_variants: dict[str, Params] | None = None) -> CompareSettings:
+    """The parsed command line as ``CompareSettings`` (the one place that reads ``args``). ``config_variants``:
+    the variants of ``--config`` with their parameters, already registered (``command.main`` reads them): the
+    variants compared unless ``--variants`` names others, and their parameters under ``--set``'s."""
     if args.repeats < 1:
         raise UsageError("--repeats must be at least 1")
     out = args.out
@@ -135,6 +143,15 @@ def settings_from_args(args: argparse.Namespace) -> CompareSettings:
     return CompareSettings(
         out=Path(out), n=tuple(args.n or (4096,)), batch=args.batch, heads=args.heads, head_dim=args.head_dim,
         repeats=args.repeats, warmup=args.warmup, rounds=max(1, int(args.rounds)), threads=args.threads,
-        variants=_split(args.variants), peers=_split(args.peers), device=args.device,
-        overrides=parse_settings(args.set), no_peers=args.no_peers, timeout=args.timeout, seed=args.seed,
-        profile=args.profile, peer_modules=tuple(args.peer_module or ()))
+        variants=_split(args.variants) or (tuple(config_variants) if config_variants is not None else None),
+        peers=_split(args.peers), device=args.device, overrides=_overrides(config_variants, parse_settings(args.set)),
+        no_peers=args.no_peers, timeout=args.timeout, seed=args.seed, profile=args.profile,
+        peer_modules=tuple(args.peer_module or ()), config=args.config)
+
+
+def _overrides(config_variants: dict[str, Params] | None, given: dict[str, Params]) -> dict[str, Params]:
+    """Per variant, the config's parameters with ``--set``'s over them."""
+    out = {name: dict(params) for name, params in (config_variants or {}).items()}
+    for name, params in given.items():
+        out[name] = {**out.get(name, {}), **params}
+    return out

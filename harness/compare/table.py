@@ -1,4 +1,5 @@
-"""The Markdown table of an ``attnbench compare`` report: one row per case and device, one per skip."""
+"""The Markdown table of an ``attnbench compare`` report: one row per case and device, one per skip, and a
+line naming where each variant from outside this repository came from."""
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ import json
 from attnbench.harness.compare.record import CompareReport
 from attnbench.harness.compare.results import SideResult
 from attnbench.harness.measure.memory import MIB
+from attnbench.harness.results.provenance import describe_origin
 
 
 def _fmt_time(r: SideResult | None) -> str:
@@ -68,4 +70,8 @@ def markdown_table(report: CompareReport) -> str:
     for sk in report.skipped:
         lines.append(f"| {sk.variant} | - | {sk.title or '-'} | - | - | - | - | - | - | - | - | - "
                      f"| skipped: {sk.reason.replace('|', '/')[:200]} |")
+    if report.variant_origins:
+        lines += ["", "From outside this repository: " + "; ".join(
+            f"{name} = {origin['source']} ({describe_origin(origin)})"
+            for name, origin in report.variant_origins.items())]
     return "\n".join(lines)

@@ -36,6 +36,8 @@ MAX_LEN = 4096
 #: allocator rounding and fixed costs move it a little), as tests/harness/measure/test_memory_scaling.py
 LINEAR_MEMORY_RATIO = 2.6
 MEMORY_N = 2048
+#: the attention dropout of the layers the eval-determinism check builds (eval mode must turn it off)
+EVAL_DROPOUT = 0.3
 #: seconds one check may take (the linear-memory check, two fresh processes, takes a few)
 CHECK_TIMEOUT_S = 60.0
 #: seconds past its limit after which a check that could not be interrupted ends the process
@@ -57,11 +59,11 @@ class Result:
     detail: str = ""
 
 
-def make(name: str, dtype=torch.float64, seed: int = 0) -> Attention:
-    """The variant at test size in eval mode, its weights seeded."""
+def make(name: str, dtype=torch.float64, seed: int = 0, dropout: float = 0.0) -> Attention:
+    """The variant at test size in eval mode, its weights seeded (``dropout``: its attention dropout)."""
     torch.manual_seed(seed)
     params = dict(VARIANTS.get(name).cls.small_params)
-    return build_attention(name, DIM, HEADS, params, max_len=MAX_LEN).to(dtype).eval()
+    return build_attention(name, DIM, HEADS, params, max_len=MAX_LEN, dropout=dropout).to(dtype).eval()
 
 
 def randn(*shape, seed: int = 1, dtype=torch.float64) -> torch.Tensor:
@@ -171,9 +173,11 @@ def check_padding_per_element(name: str) -> str:
 
 def check_eval_determinism(name: str) -> str:
     """In eval mode the output is a function of the weights and the input: the same twice, and the
-    same from a second layer built under the same seed (randomness fixed per layer in eval)."""
+    same from a second layer built under the same seed (randomness fixed per layer in eval). The layers
+    are built with attention dropout (``EVAL_DROPOUT``), which eval mode must turn off: a wrapped
+    third-party layer whose dropout ignores the mode fails here."""
     x = randn(BATCH, N, DIM)
-    a, b = make(name, seed=4), make(name, seed=4)
+    a, b = make(name, seed=4, dropout=EVAL_DROPOUT), make(name, seed=4, dropout=EVAL_DROPOUT)
     first = a(x)
     _close(a(x), first, "two eval forwards of one layer", atol=0.0)
     _close(b(x), first, "two layers built under the same seed", atol=0.0)

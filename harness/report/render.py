@@ -26,6 +26,7 @@ from attnbench.harness.report.lra import lra_section, published_reference_sectio
 from attnbench.harness.report.machines import for_accuracy, for_cost, machines, machines_table, with_machines
 from attnbench.harness.report.marks import MARK, not_finished
 from attnbench.harness.report.measurements import BENCH_COLUMNS, RUN_COLUMNS, case_name, clean, run_name
+from attnbench.harness.report.origins import origins_section
 from attnbench.harness.report.resolution import resolution_section
 from attnbench.harness.report.runs import (
     accuracy_section,
@@ -137,14 +138,15 @@ def render_report(summary_csv: Path | list[Path] | None, out_dir: Path, bench_cs
     doc.toc()
     accuracy_section(doc, acc)
     data_section(doc, final)
+    origins_section(doc, final)
     differences_section(doc, acc)
     resolution_section(doc, final, seeds)
     tuning_section(doc, df)
     lra_section(doc, acc, lra_average)
     figures_section(doc, cost)
+    classes_section(doc, acc)
     equal_compute_section(doc, acc, cost)
     length_section(doc, acc, _single_machine_bench(bench))
-    classes_section(doc, acc)
     cost_section(doc, cost)
     if not bench.empty:
         _bench_sections(doc, bench, benches)

@@ -8,7 +8,8 @@ for (``train.budget``; a record from before budgets trained for its planned step
 (``flops_per_step`` x steps done; empty where not counted). ``task`` is the task as runs name it
 (``listops@256`` at one of a task's lengths: ``base_task``, ``length``, ``length_param``); ``stage`` is
 ``final`` or ``tune`` (a tuning trial, with no test accuracy), ``trial`` and ``point`` a trial's index and
-settings (a tuned final run's: the selected trial's).
+settings (a tuned final run's: the selected trial's). ``variant_source``, ``variant_origin`` and
+``variant_sha256`` say where a variant from outside the repository came from (``results.provenance``).
 
 A record is counted only as the run it is. One that cannot be read, or lies about itself (its
 numbers, its identity, or the run folder it lies in: ``records.read_record``) is set aside
@@ -26,6 +27,7 @@ import pandas as pd
 
 from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.core.io import atomic_write_json, write_table
+from attnbench.harness.results.provenance import origin_columns
 from attnbench.harness.results.records import find_records, run_folder
 from attnbench.harness.results.set_aside import readable
 from attnbench.tasks.lib.lra_settings import ran_lra_settings
@@ -46,6 +48,8 @@ COLUMNS = [
     "config_hash", "setup_hash", "lra_settings", "record",
     # what the run's task ran on (the report's Data section): the same in every run of a task
     "data_source", "data_sizes", "data_classes", "data_tokenizer", "vocab_size",
+    # a variant from outside the repository (empty otherwise): its source, origin and file hash (results.provenance)
+    "variant_source", "variant_origin", "variant_sha256",
 ]
 TEACHER_FIELDS = ["run_id", "status", "test_acc", "train_tokens_per_s", "eval_tokens_per_s", "params", "layers"]
 
@@ -149,6 +153,7 @@ def record_row(record: dict, path: Path) -> dict:
         "lra_settings": ran_lra_settings(record["config"]["task"]["name"], record["config"]["task"].get("data", {}),
                                          record["data"]["seq_len"]),
         **data_columns(record),
+        **origin_columns(record),
         "record": str(path),
     }
 

@@ -15,6 +15,7 @@ from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.core.io import atomic_write_text
 from attnbench.harness.measure.memory import PeakMemory
 from attnbench.harness.results.environment import capture
+from attnbench.harness.results.provenance import variant_origin
 from attnbench.harness.results.records import SCHEMA_VERSION, RunKey
 from attnbench.harness.run.budget import Budget
 from attnbench.harness.run.model import count_parameters
@@ -99,8 +100,8 @@ def build_record(*, run: dict[str, Any], data: PreparedData, status: str, messag
             "best_val": trainer.best["val_acc"] if trainer and trainer.best["step"] is not None else None,
             "test": test_acc,
             "checkpoint": getattr(trainer, "tested", None) if test_acc is not None else None,
-            "best_step": trainer.best["step"] if trainer else None,
             "test_confusion": getattr(trainer, "test_confusion", None) if test_acc is not None else None,
+            "best_step": trainer.best["step"] if trainer else None,
         },
         "baselines": baselines,
         "training": {
@@ -142,6 +143,7 @@ def build_record(*, run: dict[str, Any], data: PreparedData, status: str, messag
                  if k in ("source", "seq_len", "vocab_size", "num_classes", "sizes", "label_names")}
                 | {"key": run["task"]["data_key"]},
         "config": run,
+        "variant_origin": variant_origin(run["variant"].get("source")),  # not in config_hash: hashes stay
         **(extra or {}),
         "environment": capture(device),
         "created": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
