@@ -16,28 +16,56 @@ simply a smaller block. A query whose block holds no real key (a block of paddin
 Limit case: with b >= N there is one block and the layer is full softmax attention (with its
 key padding mask).
 
-Departures from LRA's released code (``lra_benchmarks/models/local/local_attention.py``):
-- LRA reshapes (batch, L, heads, d) to (batch, block_size, L / block_size, heads, d) and
-  attends along the block_size axis, so its groups are positions with equal i mod (L / b), a
-  strided pattern, not the contiguous blocks the paper describes; here blocks are contiguous;
-- LRA pads the sequence with a whole extra block even when L is a multiple of b and treats that
-  padding as real (its padding mask is padded with a truthy -1e9), and it cuts its padding mask
-  into contiguous blocks while the queries are grouped by stride; here padding (appended by the
-  caller or to reach a multiple of b) is always masked as keys.
-- LRA's default block is 50 (the encoder's default, used by ListOps, Text and Retrieval, whose
-  configs do not set it); its Image and Pathfinder configs set 64. The default here is 50.
+LRA's released code (``lra_benchmarks/models/local/local_attention.py``) computes something else;
+``groups: strided`` computes that instead (the default, ``contiguous``, is the above):
+- it pads the sequence by ``extra_len = b - L % b`` zero rows (:229, :233), so a whole extra block when L is a
+  multiple of b, and pads its padding mask with -1e9 (:238), which is True for a bool mask: the padding
+  counts as real. Its projections have no bias (local.py passes ``bias=False``), so these keys and values
+  are zero vectors: each adds a logit of 0 and a value of 0 to its group's softmax. Here q, k and v are padded
+  with zeros the same way (exact when the model has ``qkv_bias: false``, as LRA's profile sets);
+- it reshapes the L' = L + extra_len positions (batch, L', heads, d) to (batch, b, L'/b, heads, d) and
+  attends along the b axis (:318-323): the groups are the positions with equal i mod (L'/b), b tokens spread
+  evenly over the sequence, not b consecutive ones (ListOps 2001 tokens with the [CLS]: 41 groups; Text 1001:
+  21; Retrieval 4000: 81; Image and Pathfinder 1024 at b = 64: 17);
+- it cuts its padding mask into consecutive runs of b (:342-343) while the queries and keys are grouped by
+  stride, so query slot s and key slot t of group g are masked by the entries of positions g b + s and
+  g b + t, not their own; a masked pair gets -1e10, so a query row whose entry is False attends uniformly
+  to its group's b keys (``lib.strided_groups``). Padding then takes part in attention and real tokens
+  may be masked: appended padding changes every group. The conventions of ``Attention`` on padding do not
+  hold, so such a layer sets ``supports_padding_mask = False`` on itself (the conformance checks then skip the
+  padding checks; ``tests/variants/test_lra_strided_groups.py`` shows it fails them).
+``groups: strided`` runs one SDPA call over all the groups (``lib.strided_groups``), whatever ``kernel``
+says (auto and gather take it; flex is refused). LRA's attention dropout is per weight
+(``broadcast_dropout=False``), as SDPA's.
+
+LRA's default block is 50 (the encoder's default, used by ListOps, Text and Retrieval, whose configs do
+not set it); its Image and Pathfinder configs set 64. The default here is 50.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
+import torch.nn.functional as F
 
 from attnbench.harness.core.registry import param
-from attnbench.variants.base import VARIANTS, Attention
+from attnbench.variants.base import VARIANTS, Attention, padding_mask_or_none
+from attnbench.variants.lib import kernels
 from attnbench.variants.lib.blocks import block_sparse_attention, pad_to_multiple
 from attnbench.variants.lib.flex_blocks import KERNEL_HELP, BlockKernelChoice, Kernel, flex_block_sparse_attention
+from attnbench.variants.lib.strided_groups import (
+    contiguous_cut,
+    group_strided,
+    lra_group_attention,
+    lra_pair_mask,
+    ungroup_strided,
+)
+
+#: the kernel note of ``groups: strided``
+STRIDED_WHY = ("groups: strided: the strided groups (LRA's reshape) in one SDPA call, each group's b queries over "
+               "its b keys")
 
 
 @dataclass(frozen=True)
@@ -47,6 +75,11 @@ class LocalConfig:
     block_size: int = param(50, "tokens per block; a query attends only the keys of its own block (LRA: 50 for "
                                 "ListOps, Text and Retrieval, 64 for Image and Pathfinder)", minimum=1)
     kernel: Kernel = param("auto", KERNEL_HELP)
+    groups: Literal["contiguous", "strided"] = param(
+        "contiguous", "contiguous: blocks of consecutive tokens; strided: as LRA's released code "
+        "(local/local_attention.py:229-238, :318-343): block_size - L % block_size zero tokens appended and "
+        "counted as real, groups of the positions equal mod L'/block_size, the padding mask cut in consecutive runs",
+        added_later=True)
 
 
 @VARIANTS.register("local", LocalConfig)
@@ -64,6 +97,19 @@ class LocalAttention(BlockKernelChoice, Attention):
         super().__init__(dim, heads, cfg, max_len, dropout)
         if cfg.block_size < 1:
             raise ValueError(f"local: block_size must be >= 1, got {cfg.block_size}")
+        if cfg.groups == "strided":
+            if cfg.kernel == "flex":
+                raise ValueError("local: groups: strided runs its own SDPA path; kernel must be auto or gather, "
+                                 "not flex")
+            # by design the groups and the mask cut depend on the whole length (module doc), so appended padding
+            # changes the real tokens' outputs. The flag is a class-level default that this layer's parameters
+            # override; the conformance checks read it from the layer, which mypy's ClassVar rule does not foresee
+            self.supports_padding_mask = False  # type: ignore[misc]
+
+    def kernel_and_reason(self, device: torch.device | str, dtype: torch.dtype = torch.float32) -> tuple[str, str]:
+        if self.cfg.groups == "strided":
+            return "gather", STRIDED_WHY
+        return super().kernel_and_reason(device, dtype)
 
     def block(self, n: int) -> int:
         """The block for a sequence of n tokens: the configured size, or n when that is shorter (one block
@@ -79,6 +125,8 @@ class LocalAttention(BlockKernelChoice, Attention):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.cfg.groups == "strided":
+            return self._attend_strided(q, k, v, key_padding_mask)
         n = q.shape[2]
         kernel, why = self.kernel_and_why_for(q, k, v)
         mask, block = self._prepare(n, key_padding_mask, q.shape[0], q.device)
@@ -92,8 +140,27 @@ class LocalAttention(BlockKernelChoice, Attention):
                                          dropout=self.dropout, training=self.training, choice=why)
         return out[:, :, :n]
 
+    def _attend_strided(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """``groups: strided``: LRA's local_attention.py, its padding and its mask cut included."""
+        kernels.note("gather", STRIDED_WHY)
+        bsz, n, block = q.shape[0], q.shape[2], self.cfg.block_size
+        extra = block - n % block  # LRA's extra_len: 1 to block zero tokens, a whole block when n is a multiple
+        q, k, v = (F.pad(t, (0, 0, 0, extra)) for t in (q, k, v))
+        allowed = None
+        mask = padding_mask_or_none(key_padding_mask)
+        if mask is not None:  # LRA pads its mask with -1e9, True as a bool: the extra tokens count as real
+            allowed = lra_pair_mask(contiguous_cut(F.pad(mask, (0, extra), value=True), block))
+        out = lra_group_attention(group_strided(q, block), group_strided(k, block), group_strided(v, block),
+                                  allowed, self.dropout if self.training else 0.0)
+        return ungroup_strided(out, bsz)[:, :, :n]
+
     def flops(self, batch: int, seq_len: int) -> int:
-        block = self.block(seq_len)
-        n = math.ceil(seq_len / block) * block
+        if self.cfg.groups == "strided":
+            block = self.cfg.block_size
+            n = seq_len + block - seq_len % block
+        else:
+            block = self.block(seq_len)
+            n = math.ceil(seq_len / block) * block
         attn = 2 * 2 * batch * self.heads * n * block * self.head_dim  # QK^T and PV within each block
         return attn + self.projection_flops(batch, seq_len)

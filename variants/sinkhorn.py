@@ -21,19 +21,15 @@ Per head (B batch, H heads, N tokens, Dh head dim, b = ``block_size``, nb = N / 
    over b keys each, scaled by 1/sqrt(Dh), and the two outputs are averaged. A half with no
    allowed key counts as absent (the other half alone; zeros if neither).
 
-Faithfulness. LRA (``sinkhorn_attention.py``) and the paper add the two attentions,
-softmax(Q K_own^T) V_own + softmax(Q K_sorted^T) V_sorted; here they are averaged, which is the
-same up to a factor 2 that the output projection absorbs, and makes the one-block limit exact:
-with one block P = [[1]] exactly, the sorted block is the block itself, both halves are full
-softmax attention and their mean is too (keys counted in both halves count once per half, as in
-the reference; nothing is double-counted within a softmax). LRA's released code departs from
-its own description in ways not copied here: it cuts blocks by a strided reshape, its default
-``sort_activation`` is a plain row softmax (no Sinkhorn, no noise), and its einsum
-``'bskhd,bnhl->bsnhd'`` sums over the key blocks and the permutation separately instead of
-permuting. Its Sinkhorn operator clips the log-matrix to [-1, 1] before exp; not done here
-(P stays doubly stochastic). lucidrains' sinkhorn-transformer (temperature 0.75, Gumbel noise
-also at eval, ReLU sort net from queries and keys, one softmax over the concatenated blocks,
-top-1 hard reordering) is the source of the temperature and iteration defaults.
+Faithfulness. The paper and LRA's code add the two attentions, softmax(Q K_own^T) V_own +
+softmax(Q K_sorted^T) V_sorted; here they are averaged, which is the same up to a factor 2 that the output
+projection absorbs, and makes the one-block limit exact: with one block P = [[1]] exactly, the sorted block
+is the block itself, both halves are full softmax attention and their mean is too (keys counted in both
+halves count once per half, as in the reference; nothing is double-counted within a softmax). LRA's
+Sinkhorn operator (which its default sort activation never calls) clips the log-matrix to [-1, 1] before
+exp; not done here (P stays doubly stochastic). lucidrains' sinkhorn-transformer (temperature 0.75, Gumbel
+noise also at eval, ReLU sort net from queries and keys, one softmax over the concatenated blocks, top-1
+hard reordering) is the source of the temperature and iteration defaults.
 
 Padding. Appended padding adds whole padding blocks and may pad the tail of the last real
 block. Summaries count real tokens only; in the logits the (real, pad) and (pad, real) entries
@@ -50,11 +46,48 @@ Precision: fp16/bf16 inputs are computed in float32 (autocast is switched off in
 Cost per head: the attention is O(N b) time and memory; the sorting matrix is O((N/b)^2) time
 and memory; mixing the sorted blocks (P @ key blocks) is O(N^2 / b * Dh) time but O(N Dh)
 memory. The forward reads nothing back to the host.
+
+``form: lra_released``: what LRA's released code computes
+(``lra_benchmarks/models/sinkhorn_transformer/sinkhorn_attention.py``), which sorts nothing. Its quirks
+are one form, not separate options, because they only mean something together: the einsum makes the
+sorting network's output irrelevant, so a choice of sort activation (Sinkhorn or LRA's softmax) has no
+effect on it, while a correct permutation under LRA's softmax or strided groups is a mechanism that nobody
+ran. Per element, head and group (b = ``block_size``, L a multiple of b, nb = L / b):
+1. groups: LRA's reshape of (batch, L, heads, d) to (batch, b, nb, heads, d) (:343-348): group g holds the
+   positions equal to g mod nb, its slot s being position s nb + g (``lib.strided_groups``);
+2. the sorting network: each group's summary is the sum of its b keys (:355, padded keys included), times a
+   learned (Dh, 25) matrix (LRA's ``max_num_blocks`` = 25, :216, a ``DenseGeneral`` without bias, Xavier), cut
+   to the first min(nb, 25) outputs (:366), then a row softmax (``sort_activation='softmax'``, :217, :380):
+   no Sinkhorn iterations, no temperature, no noise (``sinkhorn_iterations`` and ``temperature`` are
+   unused);
+3. the sorted keys and values: LRA's ``einsum('bskhd,bnhl->bsnhd', block_key, permutation)`` (:382-383)
+   sums over the key groups k and over the permutation's columns l separately, so sorted slot s of group g
+   is (sum_l P[g, l]) * (sum_k key at slot s of group k): the sum of the keys at positions s nb, ...,
+   s nb + nb - 1, the same for every group, times the row sum of a softmax, 1 up to rounding. The sorting
+   network is computed (its parameters exist as in LRA) but has no effect on the output and gets a
+   gradient that is zero up to rounding;
+4. masks: LRA cuts the padding mask (batch, L) into consecutive runs of b (:403-404), entry (g, s) being
+   position g b + s although group g's slot s is position s nb + g: own-group query s and key t are allowed
+   when entries (g, s) and (g, t) are True; sorted query s and key t when some group k has entries (k, s) and
+   (k, t) True (the einsum over the mask, :418-419). A masked pair gets -1e10 (:447-461), so a query row with
+   no allowed key attends uniformly to its b keys (``lib.strided_groups``);
+5. two softmax attentions over each group's b keys, own and sorted (each with its own attention dropout,
+   per weight), scaled by 1/sqrt(Dh), and their outputs ADDED (:492).
+Padded keys are not zeroed; padding and the mask cut make the output depend on the padding. The
+conventions of ``Attention`` on padding do not hold, so such a layer sets ``supports_padding_mask = False``
+on itself (the conformance checks then skip the padding checks; ``tests/variants/test_lra_strided_groups.py``
+shows it fails them). LRA needs L to be a multiple of b (its reshape fails otherwise; LRA's
+Sinkhorn tasks give 2000, 1000, 4000 tokens at b = 50 and 1024 at b = 64, with MEAN pooling and no [CLS]);
+here a length that is not is padded with zero tokens masked as padding (mask False), as padding tokens
+appended to the input would be in LRA, and an input shorter than b is one group of its own length. In
+fp16/bf16 it is computed in float32, as the paper form.
+Its cost per head: O(N b) time and memory for the attention and O(N Dh) for the sums.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -63,6 +96,16 @@ from torch.nn.functional import scaled_dot_product_attention
 from attnbench.harness.core.registry import param
 from attnbench.variants.base import VARIANTS, Attention, padding_mask_or_none
 from attnbench.variants.lib.blocks import pad_to_multiple, real_lengths
+from attnbench.variants.lib.strided_groups import (
+    contiguous_cut,
+    group_strided,
+    lra_group_attention,
+    lra_pair_mask,
+    ungroup_strided,
+)
+
+#: outputs of the sorting network of LRA's released layer (``max_num_blocks``, sinkhorn_attention.py:216)
+LRA_MAX_NUM_BLOCKS = 25
 
 
 @dataclass(frozen=True)
@@ -75,6 +118,11 @@ class SinkhornConfig:
                                      minimum=1)
     temperature: float = param(0.75, "Gumbel-Sinkhorn temperature: the logits (and noise) are divided by it",
                                exclusiveMinimum=0)
+    form: Literal["paper", "lra_released"] = param(
+        "paper", "paper: Gumbel-Sinkhorn sorting of contiguous blocks; lra_released: LRA's released code "
+        "(sinkhorn_transformer/sinkhorn_attention.py:216-217, :343-492): strided groups, softmax sort, the einsum "
+        "(:382) that adds every group's keys instead of sorting, the padding mask cut contiguously, halves added",
+        added_later=True)
 
 
 def gumbel_noise(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -146,13 +194,22 @@ class SinkhornAttention(Attention):
         if cfg.block_size < 1 or cfg.sinkhorn_iterations < 1 or not cfg.temperature > 0:
             raise ValueError(f"sinkhorn: block_size ({cfg.block_size}) and sinkhorn_iterations "
                              f"({cfg.sinkhorn_iterations}) must be >= 1 and temperature ({cfg.temperature}) > 0")
-        self.max_blocks = math.ceil(self.max_len / cfg.block_size)
+        lra = cfg.form == "lra_released"
+        self.max_blocks = LRA_MAX_NUM_BLOCKS if lra else math.ceil(self.max_len / cfg.block_size)
+        if lra:
+            # by design the groups and the mask cut depend on the whole length (module doc), so appended padding
+            # changes the real tokens' outputs. The flag is a class-level default that this layer's parameters
+            # override; the conformance checks read it from the layer, which mypy's ClassVar rule does not foresee
+            self.supports_padding_mask = False  # type: ignore[misc]
         # the sorting network: block summary (Dh) -> a logit per target block, shared by the heads
         # (LRA's DenseGeneral with max_num_blocks outputs, no bias, Xavier-uniform init)
         self.sort_weight = nn.Parameter(torch.empty(self.head_dim, self.max_blocks))
         nn.init.xavier_uniform_(self.sort_weight)
 
     def extra_repr(self) -> str:
+        if self.cfg.form == "lra_released":
+            return (f"dim={self.dim}, heads={self.heads}, block_size={self.cfg.block_size}, "
+                    f"max_blocks={self.max_blocks}, form=lra_released")
         return (f"dim={self.dim}, heads={self.heads}, block_size={self.cfg.block_size}, "
                 f"max_blocks={self.max_blocks}, sinkhorn_iterations={self.cfg.sinkhorn_iterations}, "
                 f"temperature={self.cfg.temperature}")
@@ -181,6 +238,8 @@ class SinkhornAttention(Attention):
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.cfg.form == "lra_released":
+            return self._attend_lra_released(q, k, v, key_padding_mask)
         bsz, heads, n, d = q.shape
         self._check_length(n)
         in_dtype = q.dtype
@@ -221,11 +280,52 @@ class SinkhornAttention(Attention):
                 out = (own + srt) * 0.5
         return out.reshape(bsz, heads, nb * blk, d)[:, :, :n].to(in_dtype)
 
+    def _attend_lra_released(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             key_padding_mask: torch.Tensor | None) -> torch.Tensor:
+        """``form: lra_released``: LRA's sinkhorn_attention.py as released (the module docstring, steps 1-5)."""
+        bsz, heads, n = q.shape[:3]
+        in_dtype = q.dtype
+        compute = torch.float32 if in_dtype in (torch.float16, torch.bfloat16) else in_dtype
+        blk = self.block(n)
+        mask = padding_mask_or_none(key_padding_mask)
+        if mask is None and n % blk:
+            mask = torch.ones(bsz, n, dtype=torch.bool, device=q.device)
+        dropout = self.dropout if self.training else 0.0
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            q, k, v = (group_strided(pad_to_multiple(t.to(compute), 2, blk), blk) for t in (q, k, v))
+            nb = q.shape[0] // bsz  # q, k, v: (B * nb, H, b, Dh), group g of element e at row e * nb + g
+            # the sorting network on each group's key sum, a row softmax over min(nb, 25) outputs; the einsum
+            # then uses only its row sums (1 up to rounding) and the sum of the keys over the groups
+            summary = k.sum(dim=2)  # (B * nb, H, Dh)
+            logits = summary @ self.sort_weight[:, :min(nb, self.max_blocks)].to(compute)
+            row_sums = torch.softmax(logits, dim=-1).sum(dim=-1)  # (B * nb, H)
+            row_sums = row_sums.view(bsz, nb, heads, 1, 1)
+            # (B, nb, H, b, Dh): the same sums for every group, times the group's row sum
+            sorted_k, sorted_v = ((row_sums * t.reshape(bsz, nb, heads, blk, -1).sum(dim=1)[:, None])
+                                  .reshape(bsz * nb, heads, blk, -1) for t in (k, v))
+            own_allowed = sorted_allowed = None
+            if mask is not None:
+                cut = contiguous_cut(pad_to_multiple(mask, 1, blk, value=False), blk)  # (B, nb, b)
+                own_allowed = lra_pair_mask(cut)
+                # sorted query slot s, key slot t: some group k has both entries (k, s) and (k, t) True
+                cut_f = cut.to(compute)
+                pairs = torch.einsum("bks,bkt->bst", cut_f, cut_f) > 0
+                sorted_allowed = pairs[:, None, None].expand(bsz, nb, 1, blk, blk).reshape(bsz * nb, 1, blk, blk)
+            out = (lra_group_attention(q, k, v, own_allowed, dropout)
+                   + lra_group_attention(q, sorted_k, sorted_v, sorted_allowed, dropout))
+        return ungroup_strided(out, bsz)[:, :, :n].to(in_dtype)
+
     def flops(self, batch: int, seq_len: int) -> int:
         """Forward FLOPs (a multiply-add = 2): summaries, sort logits, Sinkhorn, sorted blocks, two attentions."""
         blk = self.block(seq_len)
         nb = math.ceil(seq_len / blk)
         n, d, bh = nb * blk, self.head_dim, batch * self.heads
+        if self.cfg.form == "lra_released":
+            cols = min(nb, self.max_blocks)
+            sort = bh * n * d + 2 * bh * nb * cols * d + 4 * bh * nb * cols  # summaries, logits, softmax and sum
+            sums = 2 * bh * n * d + 2 * bh * n * d  # keys and values summed over the groups, then scaled
+            attention = 2 * (2 * 2 * bh * n * blk * d + 5 * bh * n * blk)
+            return sort + sums + attention + bh * n * d + self.projection_flops(batch, seq_len)
         summaries = bh * n * d
         logits = 2 * bh * nb * nb * d + 2 * bh * nb * nb  # s W, then noise and temperature
         # per normalisation: max, subtract, exp, sum, log, add, subtract per entry; then exp
