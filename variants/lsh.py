@@ -13,14 +13,43 @@ c = ``chunk_size``, W = 1 + ``chunks_before`` + ``chunks_after``):
 4. gather into sorted order and split into chunks: queries (B, H, R, Np/c, c, d), keys
    (the shared vectors L2-normalised) and values over the window of each chunk: itself,
    ``chunks_before`` previous and ``chunks_after`` following chunks of the same round,
-   without wraparound (missing chunks are masked) -> (B, H, R, Np/c, W*c, d);
+   without wraparound (missing chunks are masked; ``wrap``: see below) -> (B, H, R, Np/c, W*c, d);
 5. scores q.k / sqrt(d) -> (B, H, R, Np/c, c, W*c); the query's own position gets an
    offset of -1e5 (so a token attends to itself only when nothing else is valid),
    padded keys and empty slots get -1e9 (finite: no NaN, zero weight);
 6. per round: out_r = softmax(scores) V and lse_r = logsumexp(scores), unsorted back to
-   (B, H, R, N, d) and (B, H, R, N);
+   (B, H, R, N, d) and (B, H, R, N); a query row with no valid key in its window (a padded
+   token far behind the last real one) gets out_r = 0;
 7. rounds combined as out = sum_r softmax_r(lse_r) * out_r (a key found in several rounds
    counts once per round, as in the HF and trax defaults).
+
+The scale of step 5 (``scale: paper``) is the paper's: keys at unit length, then the usual
+1/sqrt(d). Reformer's own code (trax, ``efficient_attention.attend``: ``length_normalized(k) /
+sqrt(d)``) scores q.k/|k| without the 1/sqrt(d) (``scale: trax``): an exact reparametrisation,
+logits sqrt(d) times larger (8x at d = 64), which changes initialisation and training dynamics, not
+what the layer can express. LRA's Reformer scores q.k * sqrt(d) on keys not normalised
+(``scale: lra``).
+
+LRA's Reformer (google-research/long-range-arena, lra_benchmarks/models/reformer/
+reformer_attention.py) differs in more than the scale; each difference is a parameter, off by
+default: ``n_chunks: 10`` (the rounds, sorted together, cut into ``n_hashes * n_buckets`` chunks,
+:145, :176-178: ``n_buckets`` chunks of N/10 tokens per round with its 1 hash and 10 buckets, not
+chunks of a fixed size; equal where n_buckets divides the padded length, as 10 always does there),
+``wrap: true`` (``look_one_back``, :23-32, :186-188: chunk 0 sees the last chunk; the rounds' sorted
+sequences taken as one cycle), ``self_mask: false`` (the scores of :191 reach the softmax unmasked,
+:199-201), ``fixed_rotations: true`` (one set of rotations from ``PRNGKey(0)``, :149-150, the same for
+every head, layer and step, training included), ``out_projection: false`` (the heads' outputs are the
+layer's, :337-339) and ``pad_multiple: 10`` (``chunk_len``, :308-312: the input is padded with 1 to 10
+zero tokens to a multiple of 10, which are hashed into bucket 0 and attended to like any token, logit 0
+and value 0, and cut off at :338). LRA passes no padding mask to it either (model
+``mask_padding: false``). With ``wrap`` the self offset stays on the query's own slot: a copy of
+itself met in another round's chunk (or in its own chunk seen twice, when the cycle is shorter than
+a window) is not offset, where trax masks by position. ``n_chunks``, ``wrap`` and
+``pad_multiple`` make the chunks depend on the whole length, padding included, so appended padding
+changes the real tokens' outputs: such a layer sets ``supports_padding_mask = False`` on itself
+(the conformance checks then skip the padding checks, which it does not pass by design; it still
+gives masked keys no weight when given a mask). With ``n_chunks`` the chunks grow with N, so time
+and memory are O(N^2 / n_chunks) (``linear_memory`` False on such a layer).
 
 Steps 3-7 run through the CPU flash kernel where it applies (variants/lib/lsh_chunks.py: CPU, no
 attention dropout): the same function with no score tensor built or kept for the backward pass,
@@ -30,13 +59,13 @@ explicit path below computes them; tests/variants/test_lsh_flash_path.py holds t
 Time and memory O(R * N * c * W) for scores; nothing of size N x N is built. The real
 tokens' buckets, order and chunks do not depend on how much padding follows them (fixed
 ``n_buckets``, rotations independent of N, pads sorted last, no wraparound), so padding
-leaves their outputs unchanged.
+leaves their outputs unchanged (not so with ``n_chunks``, ``wrap`` or ``pad_multiple``: above).
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +95,28 @@ class LSHConfig:
     chunks_after: int = param(0, "following chunks (same round) each chunk also attends to", minimum=0)
     eval_seed: int = param(0, "seed of the fixed rotations used in eval mode (mixed with a per-layer offset)",
                            minimum=0)
+    n_chunks: int = param(
+        0, "chunks per hash round: 0 cuts the sorted round into chunks of chunk_size; k > 0 into k chunks of "
+        "ceil(N / k) tokens, chunk_size unused (LRA's code: n_hashes * n_buckets chunks over all rounds, so "
+        "n_buckets per round, reformer_attention.py:145, :176-178)", minimum=0, added_later=True)
+    wrap: bool = param(False, "the first chunks see the previous round's last ones (round 0: the last round's) "
+                       "and the last chunks the next round's first, instead of nothing (LRA's code: look_one_back, "
+                       "reformer_attention.py:23-32, :186-188)", added_later=True)
+    scale: Literal["paper", "trax", "lra"] = param(
+        "paper", "scores: paper q.k/|k|/sqrt(d); trax q.k/|k| (Reformer's own code); lra q.k*sqrt(d), keys not "
+        "normalised (LRA's code, reformer_attention.py:191)", added_later=True)
+    self_mask: bool = param(True, "a query's own position gets -1e5 (attends to itself only when nothing else is "
+                            "valid); false: no self-mask (LRA's code, reformer_attention.py:191-201)",
+                            added_later=True)
+    fixed_rotations: bool = param(False, "one set of rotations from eval_seed, the same for every head and layer, "
+                                  "in training too (LRA's code: PRNGKey(0), reformer_attention.py:149-150)",
+                                  added_later=True)
+    out_projection: bool = param(True, "the output projection; false: the heads' outputs concatenated are the "
+                                 "layer's output (LRA's code, reformer_attention.py:337-339)", added_later=True)
+    pad_multiple: int = param(
+        0, "k > 0: append k - N mod k (1..k) zero tokens, hashed and attended like the others (bucket 0, logit 0, "
+        "value 0), outputs dropped (LRA's code: chunk_len=10, reformer_attention.py:308-312, :338)", minimum=0,
+        added_later=True)
 
 
 def gather_rows(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
@@ -156,11 +207,17 @@ def lsh_sort(buckets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return sort_idx, undo_idx
 
 
-def _windows(t: torch.Tensor, before: int, after: int, fill: float) -> torch.Tensor:
-    """(B, H, R, C, c, ...) -> (B, H, R, C, W*c, ...): each chunk with its neighbours, no wraparound."""
-    n_chunks = t.shape[3]
+def _windows(t: torch.Tensor, before: int, after: int, fill: float, wrap: bool = False) -> torch.Tensor:
+    """(B, H, R, C, c, ...) -> (B, H, R, C, W*c, ...): each chunk with its neighbours, missing ones
+    ``fill``; with ``wrap`` the rounds' chunks are one cycle (chunk 0 of round r sees round r - 1's last)."""
     if before == 0 and after == 0:
         return t
+    if wrap:
+        b, h, r, n_chunks = t.shape[:4]
+        cycle = t.reshape(b, h, r * n_chunks, *t.shape[4:])
+        parts = [cycle.roll(-i, dims=2) for i in range(-before, after + 1)]  # part i: chunk g + i
+        return torch.cat(parts, dim=3).view(b, h, r, n_chunks, -1, *t.shape[5:])
+    n_chunks = t.shape[3]
     pad_before = t.new_full((*t.shape[:3], before, *t.shape[4:]), fill)
     pad_after = t.new_full((*t.shape[:3], after, *t.shape[4:]), fill)
     tp = torch.cat([pad_before, t, pad_after], dim=3)
@@ -179,7 +236,7 @@ class LSHAttention(Attention):
     """Reformer LSH attention (shared QK, hashed buckets sorted into chunks; approximate)."""
 
     complexity = ("O(n_hashes * N * chunk_size * (1 + chunks_before + chunks_after)) time and memory, "
-                  "plus an O(n_hashes * N log N) sort")
+                  "plus an O(n_hashes * N log N) sort (with n_chunks k > 0: chunks of N / k, O(N^2 / k))")
     exact = False
     # peak RSS of one fwd+bwd (B=1, H=4, d=64, defaults), fresh process: see tests/variants/test_lsh.py docstring
     linear_memory = True
@@ -195,25 +252,50 @@ class LSHAttention(Attention):
         if cfg.n_buckets % 2 or cfg.n_buckets < 2:
             raise ValueError(f"lsh: n_buckets must be even and >= 2, got {cfg.n_buckets}")
         self.layer_offset = self.draw_layer_seed()
-        gen = torch.Generator().manual_seed(self.fixed_seed(cfg.eval_seed, self.layer_offset))
-        rot = torch.randn(self._rotation_shape(), generator=gen)
+        if cfg.fixed_rotations:
+            # LRA: one draw for every head and layer (PRNGKey(0) in each layer's call)
+            gen = torch.Generator().manual_seed(cfg.eval_seed)
+            rot = torch.randn(self._rotation_shape()[1:], generator=gen).expand(self._rotation_shape()).clone()
+        else:
+            gen = torch.Generator().manual_seed(self.fixed_seed(cfg.eval_seed, self.layer_offset))
+            rot = torch.randn(self._rotation_shape(), generator=gen)
         # saved with the weights, so a reloaded checkpoint evaluates with the same hashes
         self.register_buffer("eval_rotations", rot)
+        if cfg.n_chunks or cfg.wrap or cfg.pad_multiple:
+            # the chunks depend on the whole length, padding included (module doc): by design, appended
+            # padding changes the real tokens' outputs, and with n_chunks the chunks grow with N. The flags
+            # are class-level defaults that this layer's parameters override; the conformance checks read
+            # them from the layer (harness/conformance/checks.py), which mypy's ClassVar rule does not foresee
+            self.supports_padding_mask = False  # type: ignore[misc]
+            self.linear_memory = not cfg.n_chunks  # type: ignore[misc]
 
     def build_projections(self) -> None:
         """Shared QK: one projection for queries and keys, one for values (no biases, as
-        Reformer), and the output projection."""
+        Reformer), and the output projection (none with ``out_projection: false``, as LRA)."""
         self.qk = nn.Linear(self.dim, self.dim, bias=False)
         self.v = nn.Linear(self.dim, self.dim, bias=False)
-        self.out = nn.Linear(self.dim, self.dim)
+        if self.cfg.out_projection:
+            self.out = nn.Linear(self.dim, self.dim)
 
     def _rotation_shape(self) -> tuple[int, int, int, int]:
         return (self.heads, self.head_dim, self.cfg.n_hashes, self.cfg.n_buckets // 2)
 
+    def chunk_len(self, n: int) -> int:
+        """Tokens per chunk at sorted length ``n`` (``n_chunks`` > 0: ceil(n / n_chunks))."""
+        return -(-n // self.cfg.n_chunks) if self.cfg.n_chunks else self.cfg.chunk_size
+
+    def score_scale(self, d: int) -> float:
+        """The factor on q.k (``scale``): 1/sqrt(d) on unit keys, 1 on unit keys, sqrt(d) on raw keys."""
+        return {"paper": 1.0 / math.sqrt(d), "trax": 1.0, "lra": math.sqrt(d)}[self.cfg.scale]
+
+    def shared_keys(self, qk: torch.Tensor) -> torch.Tensor:
+        """The keys from the shared vectors: at unit length, or (``scale: lra``) as they are."""
+        return qk if self.cfg.scale == "lra" else F.normalize(qk, dim=-1)
+
     def hash(self, qk: torch.Tensor, key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         """(B, H, N, d) -> buckets (B, H, R, N) int64; padded tokens in bucket ``n_buckets``."""
         x = qk.detach()
-        if self.training:
+        if self.training and not self.cfg.fixed_rotations:
             rot = torch.randn(self._rotation_shape(), device=x.device, dtype=x.dtype)
         else:
             rot = self.eval_rotations.to(device=x.device, dtype=x.dtype)
@@ -233,8 +315,16 @@ class LSHAttention(Attention):
         work = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
         with torch.autocast(device_type=x.device.type, enabled=False):
             xw = x.to(work)
-            qk = F.linear(xw, self.qk.weight.to(work)).view(b, n, h, d)  # (B, N, H, d)
-            v = F.linear(xw, self.v.weight.to(work)).view(b, n, h, d)
+            qk = F.linear(xw, self.qk.weight.to(work))
+            v = F.linear(xw, self.v.weight.to(work))
+            m = n
+            if self.cfg.pad_multiple:
+                # LRA's zero tokens: its inputs padded before the (bias-free) projections, so qk = v = 0
+                m = n + self.cfg.pad_multiple - n % self.cfg.pad_multiple
+                qk, v = F.pad(qk, (0, 0, 0, m - n)), F.pad(v, (0, 0, 0, m - n))
+                if key_padding_mask is not None:
+                    key_padding_mask = F.pad(key_padding_mask, (0, m - n), value=True)
+            qk, v = qk.view(b, m, h, d), v.view(b, m, h, d)  # (B, N, H, d)
             if flash_cpu.usable(qk, self.dropout if self.training else 0.0):
                 kernels.note("cpu-flash", "CPU, float32/64, no attention dropout: each chunk and its neighbours "
                              "through torch's CPU flash kernel (variants/lib/lsh_chunks.py)")
@@ -243,7 +333,10 @@ class LSHAttention(Attention):
                 kernels.note("explicit", "chunked score tensors (on CUDA, or with attention dropout): the CPU "
                              "flash path runs on a CPU without dropout only")
                 o = self.shared_qk_attention(qk.transpose(1, 2), v.transpose(1, 2), key_padding_mask).transpose(1, 2)
-        return cast(torch.Tensor, self.out(o.to(x.dtype).reshape(b, n, dim)))
+            if m != n:
+                o = o[:, :n]
+        y = o.to(x.dtype).reshape(b, n, dim)
+        return cast(torch.Tensor, self.out(y)) if self.cfg.out_projection else y
 
     def flash_attention(self, qk: torch.Tensor, v: torch.Tensor,
                         key_padding_mask: torch.Tensor | None) -> torch.Tensor:
@@ -252,14 +345,17 @@ class LSHAttention(Attention):
         cfg = self.cfg
         sort_idx, undo_idx = lsh_sort(self.hash(qk.transpose(1, 2), key_padding_mask))
         n_valid = None if key_padding_mask is None else key_padding_mask.sum(dim=1)
-        return lsh_chunks.chunked_attention(qk, F.normalize(qk, dim=-1), v, sort_idx, undo_idx, cfg.chunk_size,
-                                            cfg.chunks_before, cfg.chunks_after, n_valid)
+        scale = None if cfg.scale == "paper" else self.score_scale(qk.shape[-1])
+        return lsh_chunks.chunked_attention(qk, self.shared_keys(qk), v, sort_idx, undo_idx,
+                                            self.chunk_len(qk.shape[1]), cfg.chunks_before, cfg.chunks_after,
+                                            n_valid, wrap=cfg.wrap, self_mask=cfg.self_mask, scale=scale)
 
     def shared_qk_attention(self, qk: torch.Tensor, v: torch.Tensor,
                             key_padding_mask: torch.Tensor | None) -> torch.Tensor:
         """Steps 2-7 of the module doc: (B, H, N, d) shared query/key vectors and values -> (B, H, N, d)."""
         b, h, n, d = qk.shape
-        c, before, after = self.cfg.chunk_size, self.cfg.chunks_before, self.cfg.chunks_after
+        before, after, wrap = self.cfg.chunks_before, self.cfg.chunks_after, self.cfg.wrap
+        c = self.chunk_len(n)
         r = self.cfg.n_hashes
 
         buckets = self.hash(qk, key_padding_mask)  # (B, H, R, N)
@@ -275,21 +371,23 @@ class LSHAttention(Attention):
         if extra:
             q_s, v_s = F.pad(q_s, (0, 0, 0, extra)), F.pad(v_s, (0, 0, 0, extra))
         q_s, v_s = q_s.view(*shape, d), v_s.view(*shape, d)
-        k_s = F.normalize(q_s, dim=-1)  # keys: the shared vectors at unit length
-        k_w = _windows(k_s, before, after, 0.0)  # (B, H, R, C, W*c, d)
-        v_w = _windows(v_s, before, after, 0.0)
+        k_s = self.shared_keys(q_s)  # keys: the shared vectors at unit length (scale lra: as they are)
+        k_w = _windows(k_s, before, after, 0.0, wrap)  # (B, H, R, C, W*c, d)
+        v_w = _windows(v_s, before, after, 0.0, wrap)
 
-        scores = (q_s @ k_w.transpose(-1, -2)) * (1.0 / math.sqrt(d))  # (B, H, R, C, c, W*c)
-        # within a round every position has one slot, so a query meets itself exactly on the
-        # diagonal of its own chunk's block of the window: offset it in place
-        scores[..., before * c:(before + 1) * c].diagonal(dim1=-2, dim2=-1).add_(SELF_OFFSET)
+        scores = (q_s @ k_w.transpose(-1, -2)) * self.score_scale(d)  # (B, H, R, C, c, W*c)
+        if self.cfg.self_mask:
+            # within a round every position has one slot, so a query meets itself exactly on the
+            # diagonal of its own chunk's block of the window: offset it in place
+            scores[..., before * c:(before + 1) * c].diagonal(dim1=-2, dim2=-1).add_(SELF_OFFSET)
+        no_key = None  # (B, H, R, C): chunks whose window holds no valid key (padded queries only)
         if key_padding_mask is None and not extra:
             # every slot is real: only the filler chunks beyond each round's ends are invalid,
-            # and only the first `before` and last `after` chunks' windows hold any
-            filler = _filler_mask(n_chunks, before, after, c, qk.device)
-            if before:
+            # and only the first `before` and last `after` chunks' windows hold any (none with wrap)
+            filler = _filler_mask(n_chunks, before, after, c, qk.device) if not wrap else None
+            if before and filler is not None:
                 scores[:, :, :, :before].masked_fill_(filler[:before], MASK_VALUE)
-            if after:
+            if after and filler is not None:
                 scores[:, :, :, n_chunks - after:].masked_fill_(filler[n_chunks - after:], MASK_VALUE)
         else:
             slot_real = torch.arange(n_chunks * c, device=qk.device) < n
@@ -298,13 +396,17 @@ class LSHAttention(Attention):
             else:
                 kpm = key_padding_mask[:, None, None, :].expand(b, h, r, n)
                 valid = F.pad(kpm.gather(3, sort_idx), (0, extra), value=False)
-            valid_w = _windows(valid.reshape(shape), before, after, False)
+            valid_w = _windows(valid.reshape(shape), before, after, False, wrap)
+            if key_padding_mask is not None:
+                no_key = ~valid_w.any(dim=-1)
             scores.masked_fill_(~valid_w[..., None, :], MASK_VALUE)
         lse = torch.logsumexp(scores, dim=-1, keepdim=True)
         probs = torch.exp(scores - lse)
         if self.training and self.dropout > 0:
             probs = F.dropout(probs, self.dropout)
         out = probs @ v_w  # (B, H, R, C, c, d)
+        if no_key is not None:  # rows with no valid key: zeros, not an average of masked values
+            out = out.masked_fill(no_key[..., None, None], 0.0)
 
         # back to original order, then combine the rounds by their logsumexp
         out = unsort_rows(out.reshape(b, h, r, n_chunks * c, d)[:, :, :, :n], undo_idx, sort_idx)  # (B, H, R, N, d)
@@ -317,16 +419,19 @@ class LSHAttention(Attention):
         raise NotImplementedError("lsh uses shared QK: call forward(x, key_padding_mask)")
 
     def projection_flops(self, batch: int, seq_len: int) -> int:
-        """qk and v projections (no separate key projection) plus the output projection."""
-        return 2 * batch * seq_len * 3 * self.dim * self.dim
+        """qk and v projections (no separate key projection) plus the output projection (if any)."""
+        return 2 * batch * seq_len * (3 if self.cfg.out_projection else 2) * self.dim * self.dim
 
     def flops(self, batch: int, seq_len: int) -> int:
         cfg = self.cfg
         bh = batch * self.heads
-        window = cfg.chunk_size * (1 + cfg.chunks_before + cfg.chunks_after)
-        padded = -(-seq_len // cfg.chunk_size) * cfg.chunk_size
-        hashing = 2 * bh * seq_len * self.head_dim * cfg.n_hashes * (cfg.n_buckets // 2)
+        n = seq_len + cfg.pad_multiple - seq_len % cfg.pad_multiple if cfg.pad_multiple else seq_len
+        c = self.chunk_len(n)
+        window = c * (1 + cfg.chunks_before + cfg.chunks_after)
+        padded = -(-n // c) * c
+        hashing = 2 * bh * n * self.head_dim * cfg.n_hashes * (cfg.n_buckets // 2)
         # q.k scores and probs.v over each chunk's window, every round
         chunked = 2 * 2 * bh * cfg.n_hashes * padded * window * self.head_dim
-        combine = 2 * bh * cfg.n_hashes * seq_len * self.head_dim
+        combine = 2 * bh * cfg.n_hashes * n * self.head_dim
         return self.projection_flops(batch, seq_len) + hashing + chunked + combine
+

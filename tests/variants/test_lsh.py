@@ -71,9 +71,13 @@ def test_registered_with_documented_bounded_config():
     assert entry.cls is LSHAttention and entry.config is LSHConfig
     assert not LSHAttention.exact and LSHAttention.linear_memory
     schema = dataclass_schema(LSHConfig)["properties"]
-    assert set(schema) == {"chunk_size", "n_hashes", "n_buckets", "chunks_before", "chunks_after", "eval_seed"}
+    numbers = {"chunk_size", "n_hashes", "n_buckets", "chunks_before", "chunks_after", "eval_seed", "n_chunks",
+               "pad_multiple"}
+    # LRA's code's forms (tests/variants/test_lsh_lra.py), each off by default
+    switches = {"wrap", "scale", "self_mask", "fixed_rotations", "out_projection"}
+    assert set(schema) == numbers | switches
     for name, prop in schema.items():
-        assert prop["description"] and "minimum" in prop, name
+        assert prop["description"] and ("minimum" in prop or name in switches), name
     assert LSHConfig().n_buckets % 2 == 0 and "2 * N / chunk_size" in schema["n_buckets"]["description"]
     assert (LSHConfig().chunk_size, LSHConfig().n_hashes, LSHConfig().chunks_before,
             LSHConfig().chunks_after) == (64, 2, 1, 0)
