@@ -1,4 +1,4 @@
-"""Linear attention (elu+1 and FAVOR+): the explicit kernel formula, FAVOR+ convergence to softmax,
+"""Linear attention (elu+1, FAVOR+ and LRA's relu+1e-3): the explicit kernel formula, FAVOR+ convergence to softmax,
 positivity, precision, randomness conventions and the random projection's structure."""
 from __future__ import annotations
 
@@ -9,14 +9,20 @@ import torch
 
 from attnbench.variants import build_attention
 from attnbench.variants.lib.reference import explicit_softmax_attention
-from attnbench.variants.linear import FAVOR_EPS, LinearAttention, elu_feature_map, orthogonal_gaussian_projection
+from attnbench.variants.linear import (
+    FAVOR_EPS,
+    RELU_EPS,
+    LinearAttention,
+    elu_feature_map,
+    orthogonal_gaussian_projection,
+)
 
 #: the longest input these tests build layers for (the variants here do not use it)
 MAX_LEN = 4096
 
 DIM, HEADS = 32, 2          # head dim 16; FAVOR+ default m = int(16 ln 16) = 44, i.e. 3 blocks (16, 16, 12)
 DH = DIM // HEADS
-MAPS = ["elu", "favor"]
+MAPS = ["elu", "favor", "relu"]
 
 
 @pytest.fixture(autouse=True)
@@ -55,6 +61,8 @@ def dense_phi(layer, x, is_query, mask):
     """The feature map written out independently of the implementation, in float64."""
     if layer.cfg.feature_map == "elu":
         return torch.nn.functional.elu(x) + 1
+    if layer.cfg.feature_map == "relu":
+        return torch.relu(x) + RELU_EPS
     w = layer.projection.to(torch.float64)                                  # (m, d)
     m, d = w.shape
     xs = x * d ** -0.25
@@ -266,7 +274,7 @@ def test_config_and_flops():
     assert make({}).n_features == DH and not hasattr(make({}), "projection")
     assert make({"feature_map": "favor", "n_features": 7}).projection.shape == (7, DH)
     with pytest.raises(ValueError, match="feature_map"):
-        build_attention("linear", DIM, HEADS, {"feature_map": "relu"}, max_len=MAX_LEN)
+        build_attention("linear", DIM, HEADS, {"feature_map": "gelu"}, max_len=MAX_LEN)
     for fmap in MAPS:
         layer = make({"feature_map": fmap})
         assert layer.flops(2, 2048) == 2 * layer.flops(2, 1024), "linear in N"
@@ -290,8 +298,8 @@ def test_elu_feature_map_gradient_matches_finite_differences():
 @pytest.mark.parametrize("is_query,padded", [(True, False), (False, False), (False, True)])
 def test_favor_features_gradient_equals_autograd_of_the_formula(is_query, padded):
     """The FAVOR+ features' hand-written backward pass (queries; keys, with padded keys zeroed and left
-    out of the stabiliser) against autograd through the formula written out, stabiliser detached as
-    in the layer (finite differences would see the stabiliser move), in float64."""
+    out of the stabiliser) against autograd through the formula written out, stabiliser included (the
+    forward depends on it: the constant is added after exp(. - s)), and against finite differences."""
     from attnbench.variants.linear import favor_features
 
     g = torch.Generator().manual_seed(3)
@@ -312,7 +320,7 @@ def test_favor_features_gradient_equals_autograd_of_the_formula(is_query, padded
         stab = logits.amax(-1, keepdim=True)
     else:
         stab = logits.masked_fill(~keep, float("-inf")).amax(dim=(-2, -1), keepdim=True)
-    want = (torch.exp(logits - stab.detach()) + FAVOR_EPS) / math.sqrt(6)
+    want = (torch.exp(logits - stab) + FAVOR_EPS) / math.sqrt(6)
     if not is_query:
         want = want.masked_fill(~keep, 0.0)
     (d_want,) = torch.autograd.grad((want * upstream).sum(), x)
@@ -320,6 +328,7 @@ def test_favor_features_gradient_equals_autograd_of_the_formula(is_query, padded
     torch.testing.assert_close(d_ours, d_want, rtol=1e-10, atol=1e-12)
     if padded:
         assert torch.count_nonzero(d_ours[0, :, 5:]) == 0  # padded keys get no gradient
+    assert torch.autograd.gradcheck(lambda t: favor_features(t, proj, is_query, mask if padded else None), (x,))
 
 
 class _Made(torch.utils._python_dispatch.TorchDispatchMode):
