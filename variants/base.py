@@ -68,11 +68,21 @@ class Attention(nn.Module):
     #: table (Nystromformer: harness/report/lra_published.py); None: none does
     lra_model: ClassVar[str | None] = None
 
+    #: parameters that make the mechanism LRA's released code's form rather than its paper's (``lra_code_form``),
+    #: with the value of each that is the paper's
+    paper_values: ClassVar[dict[str, Any]] = {}
+
     @classmethod
     def published_as(cls, params: dict[str, Any]) -> str | None:
         """LRA Table 1's name for this variant under ``params`` (a variant whose identity
         depends on a parameter, such as linear's feature map, overrides this)."""
         return cls.lra_model
+
+    @classmethod
+    def lra_code_form(cls, params: dict[str, Any]) -> bool:
+        """Whether ``params`` (a run's, as its record holds them) compute the mechanism as LRA's released code
+        does rather than as its paper defines it: one of ``paper_values`` set to another value."""
+        return any(name in params and params[name] != paper for name, paper in cls.paper_values.items())
 
     def __init__(self, dim: int, heads: int, cfg: Any, max_len: int, dropout: float = 0.0) -> None:
         """``cfg``: the variant's config dataclass, filled from its parameters (``VARIANTS.make_config``).

@@ -89,6 +89,7 @@ class LocalAttention(BlockKernelChoice, Attention):
     complexity = "O(N*b) time and memory (b = block size)"
     linear_memory = True
     lra_model = "Local Attention"
+    paper_values = {"groups": "contiguous"}
     small_params = {"block_size": 5}  # N = 24: five blocks, the last one padded
 
     cfg: LocalConfig

@@ -242,6 +242,8 @@ class LSHAttention(Attention):
     linear_memory = True
     small_params = {"chunk_size": 4, "n_buckets": 4, "n_hashes": 2}
     lra_model = "Reformer"
+    paper_values = {"n_chunks": 0, "wrap": False, "scale": "paper", "self_mask": True, "fixed_rotations": False,
+                    "out_projection": True, "pad_multiple": 0}
 
     cfg: LSHConfig
     #: the fixed rotations of eval mode, (H, d, R, n_buckets / 2): a buffer, saved with the weights

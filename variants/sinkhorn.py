@@ -186,6 +186,7 @@ class SinkhornAttention(Attention):
     linear_memory = True
     small_params = {"block_size": 4}
     lra_model = "Sinkhorn Trans."
+    paper_values = {"form": "paper"}
 
     cfg: SinkhornConfig
 

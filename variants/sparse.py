@@ -170,6 +170,8 @@ class SparseAttention(BlockKernelChoice, Attention):
     complexity = "O(N*k*b) time and memory (k key blocks of b tokens per query block)"
     linear_memory = True
     small_params = {"block_size": 4, "window_blocks": 1, "global_blocks": (0,), "random_blocks": 1, "strided_every": 3}
+    paper_values = {"layout_length": "real", "random_draw": "per_step", "random_per_head": False, "random_span": 0,
+                    "attention_dropout": True, "zero_masked_queries": False}
 
     cfg: SparseConfig
     #: the layer's seed of its eval-mode random blocks, a 0-dim buffer (``_layer_seed``: its value)

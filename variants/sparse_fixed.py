@@ -62,6 +62,7 @@ class SparseFixedAttention(Attention):
 
     complexity = "O(N^2) time and memory (dense attention under the fixed pattern's N x N mask, as LRA's code)"
     lra_model = "Sparse Trans."
+    paper_values = {"causal": False}  # LRA's pattern is causal, in an encoder
     small_params = {"block_size": 4, "summary": 1}  # six blocks at the checks' 24 tokens
 
     cfg: SparseFixedConfig

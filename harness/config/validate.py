@@ -14,6 +14,7 @@ import yaml
 from jsonschema import Draft202012Validator
 
 from attnbench.harness.bench.settings import check_bench
+from attnbench.harness.config.extends import resolve_extends
 from attnbench.harness.config.protocol import check_lengths, check_seeds, check_tune
 from attnbench.harness.config.runs import check_runs, migrate
 from attnbench.harness.config.schema import (
@@ -37,8 +38,9 @@ DEFAULT_CONFIG = shipped_files.default_config()
 
 
 def _normalise(config: dict) -> dict:
-    """YAML's ``name:`` with nothing after it means "defaults": treat None as {}."""
-    config = migrate(copy.deepcopy(config))
+    """A config with its ``extends`` base under it (``harness.config.extends``); YAML's ``name:`` with nothing
+    after it means "defaults": treat None as {}."""
+    config = migrate(copy.deepcopy(resolve_extends(config, read_yaml)))
     for section in ("variants", "tasks"):
         entries = config.get(section)
         if isinstance(entries, dict):

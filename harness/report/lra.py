@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from attnbench.harness.report.forms import form_of
 from attnbench.harness.report.lra_published import (
     CONVENTIONS,
     LRA_TASKS,
@@ -44,7 +45,8 @@ def _published_rows(models, tasks: list[str], columns: dict[str, str], conventio
     for model in models:
         accs, source = published_row(model)
         label = source if source == "LRA Table 1" else source.split(":")[0]
-        rows.append({"model": f"{model} (published, {label})", **{columns[t]: _fmt(accs[t]) for t in tasks},
+        rows.append({"model": f"{model} (published, {label})", "form": "LRA's code",
+                     **{columns[t]: _fmt(accs[t]) for t in tasks},
                      "average": _fmt_average(lra_average(accs, convention)), "seeds": ""})
     return rows
 
@@ -64,7 +66,8 @@ def lra_table(df: pd.DataFrame, convention: int = 5, tasks: list[str] | None = N
         means = {t: 100 * runs[runs["task"] == t]["test_acc"].mean() for t in tasks}
         marks = {t: mark(runs[runs["task"] == t]) for t in tasks}
         average = lra_average(means, convention)
-        row = {"model": f"{variant} (this run)", **{columns[t]: _fmt(means[t]) + marks[t] for t in tasks},
+        row = {"model": f"{variant} (this run)", "form": form_of(vdf),
+               **{columns[t]: _fmt(means[t]) + marks[t] for t in tasks},
                "average": _fmt_average(average) + (mark(runs) if average is not None else ""),
                "seeds": runs.groupby("task")["seed"].count().max()}
         rows.append(row)
@@ -88,7 +91,9 @@ def lra_note(convention: int) -> str:
             f"{SOURCE}, measured on LRA's data and settings (`config/lra.yaml`), unless they name another "
             f"source ({others}); rows of this run are comparable with them only when it ran that config. Average: "
             f"{CONVENTIONS[convention]}; '–' where a task it needs was not run or the paper did not report it. "
-            "FAIL: the paper's chance-level entry.")
+            "FAIL: the paper's chance-level entry. Form: whether a row's attention was computed as LRA's released "
+            "code does (what Table 1 measured: `config/lra.yaml`) or as its paper defines it "
+            "(`config/lra_paper.yaml`); a variant run both ways has a row for each.")
 
 
 def lra_section(doc: Document, df: pd.DataFrame, convention: int = 5) -> None:

@@ -21,6 +21,7 @@ from attnbench.harness.report.compute import equal_compute_section
 from attnbench.harness.report.data import data_section
 from attnbench.harness.report.differences import differences_section
 from attnbench.harness.report.distillation import distillation_section
+from attnbench.harness.report.forms import with_forms
 from attnbench.harness.report.length import length_section
 from attnbench.harness.report.lra import lra_section, published_reference_section
 from attnbench.harness.report.machines import for_accuracy, for_cost, machines, machines_table, with_machines
@@ -115,7 +116,7 @@ def render_report(summary_csv: Path | list[Path] | None, out_dir: Path, bench_cs
         _bench_sections(doc, bench, benches)
         _environment(doc, bench_environment_table(bench), "library")
         return _write(doc, title)
-    df = with_machines(df)
+    df = with_forms(with_machines(df))
     final = final_runs(df)  # every section but Tuning shows the final runs; the trials are Tuning's
     acc, cost = for_accuracy(final), for_cost(final)
     title = "attnbench report"

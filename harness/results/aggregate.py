@@ -34,8 +34,8 @@ from attnbench.tasks.lib.lra_settings import ran_lra_settings
 from attnbench.variants import VARIANTS
 
 COLUMNS = [
-    "task", "base_task", "length", "length_param", "variant", "attention", "method", "published_as", "seed",
-    "stage", "trial", "point", "status", "message", "best_val_acc", "test_acc",
+    "task", "base_task", "length", "length_param", "variant", "attention", "method", "published_as", "mechanism_form",
+    "seed", "stage", "trial", "point", "status", "message", "best_val_acc", "test_acc",
     "best_step", "tested_checkpoint", "chance_acc", "majority_test_acc", "steps_done", "steps_planned", "wall_s",
     "budget_kind", "budget_limit", "budget_reached", "train_s", "train_flops", "flops_per_step",
     "train_steps_per_s", "train_tokens_per_s", "eval_tokens_per_s", "peak_memory_mb",
@@ -92,6 +92,20 @@ def data_columns(record: dict) -> dict:
             "vocab_size": data["vocab_size"]}
 
 
+def mechanism_form(record: dict) -> str | None:
+    """The run's form of its mechanism: "LRA's code" where its attention is computed as LRA's released code
+    does rather than as its paper defines it (one of its variant's ``paper_values`` set otherwise, or
+    ``model.mask_padding`` off, as LRA's kernels that ignore the padding mask), else "paper"; None for a
+    variant this checkout does not register."""
+    config = record["config"]
+    try:
+        cls = VARIANTS.get(config["variant"]["name"]).cls
+    except KeyError:
+        return None
+    lra = cls.lra_code_form(config["variant"]["params"]) or config["model"].get("mask_padding") is False
+    return "LRA's code" if lra else "paper"
+
+
 def stage_columns(record: dict) -> dict:
     """A tuning trial (stage tune) or a final run; the trial and its point (a tuned final run: the selected
     trial and point), as sorted JSON. A record from before tuning is a final run."""
@@ -128,7 +142,7 @@ def record_row(record: dict, path: Path) -> dict:
     return {
         "task": record["task"], **task_columns(record["config"]["task"]),
         "variant": record["label"], "attention": record["variant"],
-        "method": record["method"], "published_as": published_as(record),
+        "method": record["method"], "published_as": published_as(record), "mechanism_form": mechanism_form(record),
         "seed": record["seed"], **stage_columns(record),
         "status": record["status"], "message": record["message"],
         "best_val_acc": record["accuracy"]["best_val"], "test_acc": record["accuracy"]["test"],

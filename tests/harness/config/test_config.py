@@ -279,18 +279,19 @@ def test_lra_config_resolves_lra_settings_per_task_and_variant():
     assert run["text", "full"]["task"]["data"]["seq_len"] == 1000
     # per-model sizes on Image and Pathfinder; per-task LSH buckets (about 2 N / chunk)
     window = run["image", "window"]["model"]
-    assert (window["layers"], window["heads"], window["pooling"]) == (4, 4, "mean")
+    assert (window["layers"], window["heads"], window["pooling"]) == (4, 4, "mean_all")  # LRA's MEAN: every position
     assert run["image", "full"]["model"]["layers"] == 1 and run["image", "full"]["model"]["pooling"] == "cls"
     assert run["pathfinder", "linear"]["model"]["dim"] == 128
-    assert run["pathfinder", "full"]["model"]["pooling"] == "mean"
+    assert run["pathfinder", "full"]["model"]["pooling"] == "mean_all"
     # LRA's Reformer (1 hash round, 10 buckets) and Longformer (256 each side, no global token) on every task
     assert {(p["n_hashes"], p["n_buckets"]) for t in config["tasks"] for p in [run[t, "lsh"]["variant"]["params"]]} == {
         (1, 10)}
     assert {(p["window"], tuple(p["global_tokens"])) for t in config["tasks"]
             for p in [run[t, "window"]["variant"]["params"]]} == {(256, ())}
-    # Performer and Sparse Trans. under their own names, with LRA's own sizes on Image and Pathfinder
-    assert run["image", "performer"]["variant"]["params"]["feature_map"] == "favor"
-    pathfinder = run["pathfinder", "performer"]["model"], run["pathfinder", "sparse_strided"]["model"]
+    # Performer and Sparse Trans. under their own names, as LRA's code ran them, with LRA's own sizes on Image and
+    # Pathfinder (the forms themselves: tests/harness/config/test_config_extends.py)
+    assert run["image", "performer"]["variant"]["params"]["feature_map"] == "relu"
+    pathfinder = run["pathfinder", "performer"]["model"], run["pathfinder", "sparse_fixed"]["model"]
     assert (pathfinder[0]["layers"], pathfinder[1]["layers"]) == (4, 1)
     # LRA's model: the profile everywhere, black pixels masked on the pixel tasks only, position 0 on Retrieval
     assert {run[t, v]["model"]["profile"] for t, v in run} == {"lra"}

@@ -74,7 +74,7 @@ def test_report_table_interleaves_our_rows_with_the_published_ones():
     table = lra_table(_runs(rows), 5)
     assert list(table["model"]) == ["full (this run)", "Transformer (published, LRA Table 1)",
                                     "linear (this run)", "Performer (published, LRA Table 1)"]
-    assert list(table.columns) == ["model", "ListOps (N=2000)", "Text (N=1000)", "Retrieval (N=4000)",
+    assert list(table.columns) == ["model", "form", "ListOps (N=2000)", "Text (N=1000)", "Retrieval (N=4000)",
                                    "Image (N=1024)", "Pathfinder (N=1024)", "average", "seeds"]
     assert table.iloc[0]["ListOps (N=2000)"] == "55.00" and table.iloc[0]["average"] == "55.00"
     assert table.iloc[1]["ListOps (N=2000)"] == "36.37" and table.iloc[1]["average"] == "54.39"
@@ -120,3 +120,22 @@ def test_rsqrt_schedule_is_lras(warmup, steps, peak, end):
     assert max(abs(a - b) / b for a, b in zip(ours, lra, strict=True)) < 1e-9
     assert max(ours) == pytest.approx(peak, rel=0.01) if warmup <= steps else max(ours) < peak
     assert ours[-1] == pytest.approx(end, rel=0.02)
+
+
+def test_a_variant_run_as_lras_code_and_as_its_paper_has_a_row_for_each():
+    from attnbench.harness.report.forms import with_forms
+
+    rows = [(task, "lsh", "Reformer", seed, "ok", acc, n) for task, n in (("listops", 2000), ("text", 1000))
+            for seed, acc in ((0, 0.30), (1, 0.50))]
+    df = _runs(rows)
+    df["mechanism_form"] = ["LRA's code", "paper"] * 2  # seed 0 from config/lra.yaml, seed 1 from lra_paper.yaml
+    df = with_forms(df)
+    assert sorted(set(df["variant"])) == ["lsh (LRA's code)", "lsh (paper)"]
+    table = lra_table(df, 5)
+    ours = table[table["model"].str.endswith("(this run)")]
+    assert list(ours["form"]) == ["LRA's code", "paper"]
+    assert list(ours["ListOps (N=2000)"]) == ["30.00", "50.00"]  # not pooled
+    assert set(table[table["model"].str.contains("published")]["form"]) == {"LRA's code"}
+    one_form = _runs(rows).assign(mechanism_form="paper")
+    assert set(with_forms(one_form)["variant"]) == {"lsh"}  # one form: the label as it is
+
