@@ -33,6 +33,7 @@ include: "rules/distill.smk"
 include: "rules/seeds.smk"
 include: "rules/bench.smk"
 include: "rules/report.smk"
+include: "rules/progress.smk"
 
 
 # The records (and the sweep's files) are targets too, so that deleting one re-runs that training job (and the

@@ -35,4 +35,5 @@ rule distill:
     shell:
         "attnbench train --task {wildcards.task} --variant {wildcards.variant} --method distill "
         "--seed {wildcards.seed} --data {input.data} --teacher-dir {params.teacher_dir} --run-config {params.run:q} "
-        "--out {params.outdir} --no-progress > {log} 2>&1"
+        "--out {params.outdir} --no-progress > {log} 2>&1 "
+        "&& (attnbench progress --after {output:q} || true)"

@@ -26,4 +26,5 @@ rule train:
         "../environment.yml"
     shell:
         "attnbench train --task {wildcards.task} --variant {wildcards.variant} --seed {wildcards.seed} "
-        "--data {input.data} --run-config {params.run:q} --out {params.outdir} --no-progress > {log} 2>&1"
+        "--data {input.data} --run-config {params.run:q} --out {params.outdir} --no-progress > {log} 2>&1 "
+        "&& (attnbench progress --after {output:q} || true)"

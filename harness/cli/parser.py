@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from attnbench.harness.cli.estimate_command import cmd_estimate, cmd_progress
 from attnbench.harness.cli.pipeline_commands import (
     cmd_aggregate,
     cmd_aggregate_bench,
@@ -39,7 +40,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("schema", help="print the complete config JSON schema").set_defaults(func=cmd_schema)
     sp = with_config(sub.add_parser("check-config", help="validate a config (and print it resolved with --show)"))
     sp.add_argument("--show", action="store_true")
+    sp.add_argument("--estimate", action=argparse.BooleanOptionalAction, default=None,
+                    help="also print the expected wall time on this machine (a few seconds of calibration; default: "
+                         "when stdout is a terminal and without --show)")
     sp.set_defaults(func=cmd_check_config)
+
+    sp = with_config(sub.add_parser("estimate", help="the expected wall time of a config's pipeline on this machine, "
+                                    "from earlier records of it or a short calibration"))
+    sp.add_argument("--cores", type=int, help="cores the pipeline gets (snakemake --cores; default: this machine's)")
+    sp.add_argument("--json", action="store_true", help="every job's seconds and the totals as JSON")
+    sp.set_defaults(func=cmd_estimate)
 
     sp = with_config(sub.add_parser("prepare", help="build a task's cached tensor file"))
     sp.add_argument("--task", required=True)
@@ -79,6 +89,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("name", help="the module and variant name (a Python identifier)")
     sp.add_argument("--dir", default=".", help="folder to write it in (default: the current one)")
     sp.add_argument("--force", action="store_true", help="overwrite an existing NAME.py")
+    sp.add_argument("--layer", action="store_true",
+                    help="wrap a whole attention layer from elsewhere (a third-party nn.Module with its own "
+                         "projections) instead of writing an attend(q, k, v, mask) to fill in")
     sp.set_defaults(func=cmd_new_variant)
 
     sp = sub.add_parser("select", help="select a tuned (task, run label)'s trial from its trial records, by "
@@ -89,9 +102,6 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_select)
 
     sp = sub.add_parser("seed-round", help="adaptive seeds: decide from one task's final records which run labels "
-    sp.add_argument("--layer", action="store_true",
-                    help="wrap a whole attention layer from elsewhere (a third-party nn.Module with its own "
-                         "projections) instead of writing an attend(q, k, v, mask) to fill in")
                         "get more seeds (what the pipeline runs after each round)")
     sp.add_argument("--task", required=True)
     sp.add_argument("--round", type=int, required=True)
@@ -146,4 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="LRA average over 5 tasks (LRA's own) or 6 with a Path-X FAIL as 50 (S4 and later)")
     sp.add_argument("--out", default=str(paths.REPORTS))
     sp.set_defaults(func=cmd_report)
+
+    sp = sub.add_parser("progress", help="the pipeline's progress line: runs done of this invocation's, elapsed, "
+                        "ETA (what the pipeline prints after each training job)")
+    where = sp.add_mutually_exclusive_group(required=True)
+    where.add_argument("--plan", help="the invocation's plan (RESULTS/.progress/plan.json, written when snakemake "
+                       "starts its jobs); no plan, no line")
+    where.add_argument("--after", metavar="RECORD", help="the record a training job just wrote (what the pipeline "
+                       "passes): the plan is the one of its results folder")
+    sp.set_defaults(func=cmd_progress)
     return p

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +57,16 @@ def cmd_schema(args: argparse.Namespace) -> int:
 
 
 def cmd_check_config(args: argparse.Namespace) -> int:
+    """Validate the config; then, with ``--estimate`` (default: on a terminal, without ``--show``), a line of its
+    expected wall time here (``attnbench estimate``'s headline) before the ``valid`` line."""
     from attnbench.harness.config import DEFAULT_CONFIG
 
     config = config_of(args)
     if not args.show:
+        if args.estimate if args.estimate is not None else sys.stdout.isatty():
+            from attnbench.harness.cli.estimate_command import estimate_line
+
+            print(estimate_line(config), flush=True)
         print(f"{args.config or DEFAULT_CONFIG}: valid")
         return 0
     print(json.dumps({**config, "resolved_models": resolved_models(config)}, indent=2))
