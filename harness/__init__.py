@@ -1,6 +1,8 @@
 """attnbench's harness, in layers whose imports point down only (pyproject.toml, [tool.importlinter]):
 
 - ``cli``: the ``attnbench`` command;
+- ``conformance`` (the checks every variant passes) and ``estimate`` (a config's expected wall time, the
+  pipeline's progress lines);
 - ``config``: the config's schema, validation, and the runs it asks for;
 - ``bench`` (the efficiency sweep), ``compare`` (public implementations side by side),
   ``report`` (Markdown and HTML from the tables);

@@ -1,10 +1,11 @@
-"""The ``attnbench`` command line: list, schema, check-config, prepare, train (or distil), check-variant,
-new-variant, select, seed-round, aggregate, bench, aggregate-bench, report (and compare).
+"""The ``attnbench`` command line: list, schema, check-config, estimate, prepare, train (or distil), check-variant,
+new-variant, select, seed-round, aggregate, bench, aggregate-bench, report, progress (and compare).
 
 ``main`` is the ``attnbench`` console script (and ``python -m attnbench.harness.cli``): it parses the arguments
 with ``parser.build_parser`` and runs the subcommand, one of ``setup_commands`` (list, schema, check-config,
-check-variant, new-variant) or ``pipeline_commands`` (the Snakemake pipeline's steps); ``compare`` and its
-arguments go to ``attnbench.harness.compare.command``."""
+check-variant, new-variant), ``estimate_command`` (estimate, progress) or ``pipeline_commands`` (the Snakemake
+pipeline's steps); ``compare`` and its arguments go to ``compare_command`` (which reads ``--config``) and on to
+``attnbench.harness.compare.command``."""
 from __future__ import annotations
 
 import os

@@ -69,8 +69,28 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(estimate_line(config), flush=True)
         print(f"{args.config or DEFAULT_CONFIG}: valid")
         return 0
-    print(json.dumps({**config, "resolved_models": resolved_models(config)}, indent=2))
+    print(json.dumps({**config, "resolved_models": resolved_models(config), "mechanism_forms": mechanism_forms(config)},
+                     indent=2))
     return 0
+
+
+def mechanism_forms(config: dict[str, Any]) -> dict[str, dict[str, str | None]]:
+    """Per task, each variant's attention as the runs compute it: "LRA's code" or "paper"
+    (``results.aggregate.mechanism_form``, what the report's LRA table says), with the Table 1 row it is."""
+    from attnbench.harness.config import resolve_run
+    from attnbench.harness.config.runs import task_instances
+    from attnbench.harness.config.seeds import seed_list
+    from attnbench.harness.results.aggregate import mechanism_form, published_as
+
+    seed = seed_list(config)[0]
+    out: dict[str, dict[str, str | None]] = {}
+    for task in task_instances(config):
+        for variant in config["variants"]:
+            run = resolve_run(config, task, variant, seed)
+            record = {"config": run, "method": "labels"}
+            row = published_as(record)
+            out.setdefault(task, {})[variant] = f"{mechanism_form(record)}{f' ({row})' if row else ''}"
+    return out
 
 
 def resolved_models(config: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -4,7 +4,11 @@ long config (``config/lra_paper.yaml``: LRA's grid with the papers' mechanisms) 
 
 The path is relative to the folder attnbench or snakemake runs in, as every path in a config; where it is
 not there, a shipped config of that name (``config/lra.yaml`` beside this package's default config) is used.
-A base may extend another; a cycle is refused."""
+A base may extend another; a cycle is refused.
+
+``extends: {config: config/lra.yaml, without_variants: [full, window]}`` also leaves those of the base's variants
+out, wherever the base names them (``variants``, each task's ``per_variant``, ``distill.students``; a removed
+``distill.teacher`` takes the ``distill`` section with it): runs the two configs would share are then run once."""
 from __future__ import annotations
 
 import copy
@@ -38,14 +42,43 @@ def _base_file(name: str) -> Path:
     raise ConfigError(f"'{KEY}': {name} does not exist (a path relative to {Path.cwd()}, the folder this runs in)")
 
 
+def without_variants(config: dict[str, Any], names: list[str]) -> dict[str, Any]:
+    """``config`` without the variants ``names``, wherever it names them (changed in place, and returned)."""
+    variants, tasks, distill = config.get("variants"), config.get("tasks"), config.get("distill")
+    for name in names:
+        if isinstance(variants, dict):
+            variants.pop(name, None)
+        for section in tasks.values() if isinstance(tasks, dict) else ():
+            if isinstance(section, dict) and isinstance(section.get("per_variant"), dict):
+                section["per_variant"].pop(name, None)
+        if isinstance(distill, dict):
+            if distill.get("teacher", "full") == name:
+                config.pop("distill")
+                distill = None
+            elif isinstance(distill.get("students"), dict):
+                distill["students"].pop(name, None)
+    return config
+
+
+def _extends(value: object) -> tuple[str, list[str]]:
+    """(the base config's path, the variants to leave out) of an ``extends`` value."""
+    if isinstance(value, str):
+        return value, []
+    if isinstance(value, dict) and isinstance(value.get("config"), str) and set(value) <= {"config",
+                                                                                             "without_variants"}:
+        names = value.get("without_variants") or []
+        if isinstance(names, list) and all(isinstance(n, str) for n in names):
+            return value["config"], names
+    raise ConfigError(f"'{KEY}' is {value!r}; expected the path of a config file, or {{config: PATH, "
+                      "without_variants: [NAME, ...]}")
+
+
 def resolve_extends(config: dict[str, Any], read: Any, seen: tuple[str, ...] = ()) -> dict[str, Any]:
     """``config`` with its ``extends`` chain resolved (``read``: a file's YAML content, ``validate.read_yaml``);
     ``config`` itself when it extends nothing."""
-    name = config.get(KEY)
-    if name is None:
+    if config.get(KEY) is None:
         return config
-    if not isinstance(name, str):
-        raise ConfigError(f"'{KEY}' is {name!r}; expected the path of a config file")
+    name, leave_out = _extends(config[KEY])
     path = _base_file(name)
     key = str(path.resolve())
     if key in seen:
@@ -53,5 +86,5 @@ def resolve_extends(config: dict[str, Any], read: Any, seen: tuple[str, ...] = (
     base = read(path) or {}
     if not isinstance(base, dict):
         raise ConfigError(f"'{KEY}': config file {path} must hold a mapping at the top level")
-    base = resolve_extends(base, read, (*seen, key))
+    base = without_variants(copy.deepcopy(resolve_extends(base, read, (*seen, key))), leave_out)
     return merged(base, {k: v for k, v in config.items() if k != KEY})
