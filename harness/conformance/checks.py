@@ -38,6 +38,8 @@ LINEAR_MEMORY_RATIO = 2.6
 MEMORY_N = 2048
 #: the attention dropout of the layers the eval-determinism check builds (eval mode must turn it off)
 EVAL_DROPOUT = 0.3
+#: the gradcheck's input: 2 elements of GRAD_N tokens, the second padded (its last 3 tokens masked)
+GRAD_N = 12
 #: seconds one check may take (the linear-memory check, two fresh processes, takes a few)
 CHECK_TIMEOUT_S = 60.0
 #: seconds past its limit after which a check that could not be interrupted ends the process
@@ -142,6 +144,22 @@ def check_gradients(name: str) -> str:
     return f"{sum(1 for _ in layer.parameters())} parameter tensors"
 
 
+def check_gradcheck(name: str) -> str:
+    """The gradient is the derivative of the output: in eval mode (randomness fixed) and float64, on a small
+    batch with padded rows, ``torch.autograd.gradcheck`` compares the input's analytic gradient with finite
+    differences, every output row included, padded ones too (a hand-written backward that ignores what a
+    padded row reads fails here). Fast mode: random directions, a few forwards."""
+    layer = make(name)
+    x = randn(2, GRAD_N, DIM).requires_grad_()
+    mask = lengths_mask([GRAD_N, GRAD_N - 3], GRAD_N) if layer.supports_padding_mask else None
+    try:
+        torch.autograd.gradcheck(lambda t: layer(t, mask), (x,), eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
+    except torch.autograd.gradcheck.GradcheckError as exc:
+        raise CheckFailed(f"the input's gradient is not the derivative of the output: {str(exc).splitlines()[0]}") \
+            from None
+    return f"float64, {GRAD_N} tokens, " + ("a padded element" if mask is not None else "no padding mask")
+
+
 def check_padding_invariance(name: str) -> str:
     """Appended padding (mask False, junk values) leaves the real tokens' outputs unchanged, and an
     all-True mask equals no mask."""
@@ -233,6 +251,7 @@ CHECKS: dict[str, Callable[[str], str]] = {
     "construction errors": check_construction_errors,
     "shapes and dtypes": check_shapes_and_dtypes,
     "gradients": check_gradients,
+    "gradcheck": check_gradcheck,
     "padding invariance": check_padding_invariance,
     "padding per element": check_padding_per_element,
     "eval determinism": check_eval_determinism,

@@ -25,7 +25,7 @@ def with_forms(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def form_of(runs: pd.DataFrame) -> str:
-    """The form(s) a label's runs ran, for a table cell: "LRA's code", "paper", both joined, or "" unknown."""
-    if COLUMN not in runs:
-        return ""
-    return " / ".join(sorted(set(runs[COLUMN].dropna())))
+    """The form(s) a label's runs ran, for a table cell: "LRA's code", "paper", both joined, or "–" where the
+    summary does not say (one from before the column)."""
+    forms = sorted(set(runs[COLUMN].dropna())) if COLUMN in runs else []
+    return " / ".join(forms) or "–"

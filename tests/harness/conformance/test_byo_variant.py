@@ -57,8 +57,8 @@ def test_new_variant_passes_check_variant_unchanged_from_its_folder(tmp_path):
     check = _attnbench("check-variant", "demo:DemoAttention", cwd=tmp_path)
     assert check.returncode == 0, check.stdout + check.stderr
     lines = [line.split() for line in check.stdout.splitlines() if line.startswith("  ")]
-    assert {line[0] for line in lines} <= {"PASS", "SKIP"} and len(lines) == 10
-    assert "10 of 10 checks passed or do not apply" in check.stdout
+    assert {line[0] for line in lines} <= {"PASS", "SKIP"} and len(lines) == 11
+    assert "11 of 11 checks passed or do not apply" in check.stdout
     again = _attnbench("new-variant", "demo", cwd=tmp_path)
     assert again.returncode == 2 and "exists" in again.stderr  # nothing overwritten
 

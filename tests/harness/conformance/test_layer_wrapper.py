@@ -82,3 +82,27 @@ def test_the_readme_wrapper_of_local_attention_passes_every_check(folder):
     assert [name for name, _ in layer.named_children()] == ["layer"]
     x = torch.randn(2, 20, 16)
     assert layer(x).shape == x.shape  # a length that is not a multiple of the window
+
+
+#: appended to the layer template: 2x forward whose backward forgets the 2, as a hand-written backward missing a term
+WRONG_BACKWARD = """
+
+class _Scaled(__import__("torch").autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return 2 * x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
+"""
+
+
+def test_a_backward_that_is_not_the_forwards_derivative_fails_the_gradcheck(folder):
+    path, cls = write_template("wrapgrad", folder, layer=True)
+    text = path.read_text()
+    old = "        return out"
+    assert text.count(old) == 1, "the template's forward ends with `return out`"
+    text = text.replace(old, "        return _Scaled.apply(out)") + WRONG_BACKWARD
+    path.write_text(text)
+    assert failing("wrapgrad", f"wrapgrad:{cls}") == ["gradcheck"]
