@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.autograd.gradcheck import GradcheckError
 
 from attnbench.harness.compare.probe import run_worker
 from attnbench.harness.core import signals, watchdog
@@ -154,7 +155,7 @@ def check_gradcheck(name: str) -> str:
     mask = lengths_mask([GRAD_N, GRAD_N - 3], GRAD_N) if layer.supports_padding_mask else None
     try:
         torch.autograd.gradcheck(lambda t: layer(t, mask), (x,), eps=1e-6, atol=1e-6, rtol=1e-4, fast_mode=True)
-    except torch.autograd.gradcheck.GradcheckError as exc:
+    except GradcheckError as exc:
         raise CheckFailed(f"the input's gradient is not the derivative of the output: {str(exc).splitlines()[0]}") \
             from None
     return f"float64, {GRAD_N} tokens, " + ("a padded element" if mask is not None else "no padding mask")
