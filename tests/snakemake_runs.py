@@ -34,8 +34,10 @@ TINY = {
 def snakemake(workdir: Path, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
     cmd = [str(SNAKEMAKE), "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(workdir / "config.yaml"), "--cores", "2", *args]
+    # no time estimate at the start (a calibration per pipeline: seconds each); tests of it set ATTNBENCH_ESTIMATE=1
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", **(env or {})})
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                               "ATTNBENCH_ESTIMATE": "0", **(env or {})})
 
 
 def empty_hf_cache(tmp_path: Path) -> dict[str, str]:
