@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import contextlib
-import copy
 import importlib
 import importlib.util
 import os
@@ -60,19 +59,11 @@ def offline_hf(tmp_path, monkeypatch):
     return home
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
-
-
 def tiny_config(**override) -> dict:
     """A fresh copy of ``TINY_CONFIG`` with sections deep-merged from ``override``."""
-    return _merge(TINY_CONFIG, override)
+    from attnbench.harness.config.extends import merged
+
+    return merged(TINY_CONFIG, override)
 
 
 def tiny_run(seed: int = 0, **override) -> dict:

@@ -20,7 +20,7 @@ import pandas as pd
 import seaborn as sns
 
 from attnbench.harness.core.json_values import UnreadableJSON, read_json
-from attnbench.harness.report.marks import MARK, footnote, mark, tested
+from attnbench.harness.report.marks import MARK, footnote, mark, named_runs, tested
 from attnbench.harness.report.measurements import whole
 from attnbench.harness.report.writer import Document, save_figure
 
@@ -232,15 +232,6 @@ def classes_section(doc: Document, df: pd.DataFrame) -> None:
                    title, md_alt=f"{task} confusion matrix")
     if len(without):
         doc.note(f"Left out of this section: {len(without)} tested run(s) whose record holds no test confusion "
-                 f"(written before it was recorded, or not found): {_named(without)}.")
+                 f"(written before it was recorded, or not found): {named_runs(without)}.")
     elif runs.empty:
         doc.note("No tested run's record holds a readable test confusion.")
-
-
-def _named(runs: pd.DataFrame) -> str:
-    """'listops/lsh seeds 0, 1; text/full seed 2'."""
-    parts = []
-    for (task, label), group in runs.groupby(["task", "variant"], sort=True):
-        seeds = [whole(s) for s in sorted(group["seed"])]
-        parts.append(f"{task}/{label} seed{'s' * (len(seeds) > 1)} {', '.join(seeds)}")
-    return "; ".join(parts)

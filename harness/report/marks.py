@@ -64,7 +64,7 @@ def footnote(df: pd.DataFrame) -> str | None:
 NAMED = 4  # (task, variant) groups a status names in ``not_finished``; more are counted
 
 
-def _named(runs: pd.DataFrame) -> str:
+def named_runs(runs: pd.DataFrame) -> str:
     """'listops/window seeds 0, 1; text/lsh trial 3' (a tuning trial by its index), the first ``NAMED``
     groups, then how many more."""
     trial = (runs["stage"] == "tune") if "stage" in runs else pd.Series(False, index=runs.index)
@@ -87,5 +87,5 @@ def not_finished(df: pd.DataFrame) -> str | None:
         return None
     counts = bad["status"].astype(str).value_counts()
     order = sorted(counts.index, key=lambda s: (-counts[s], s))
-    parts = [f"{counts[s]} {s} ({_named(bad[bad['status'].astype(str) == s])})" for s in order]
+    parts = [f"{counts[s]} {s} ({named_runs(bad[bad['status'].astype(str) == s])})" for s in order]
     return f"{len(bad)} of {len(df)} run{'s' * (len(df) > 1)} did not finish ok: " + ", ".join(parts)
