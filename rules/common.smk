@@ -23,7 +23,8 @@ from attnbench.harness.config import (
     task_resources,
     validate_config,
 )
-from attnbench.harness.config.runs import final_run, task_instances, task_kind, task_settings
+from attnbench.harness.config.runs import final_run, missing_data, task_kind
+from attnbench.harness.config.runs import planned_tasks as planned_config_tasks
 from attnbench.harness.config.tuned_runs import tuning_on
 from attnbench.harness.core import locks, paths
 from attnbench.harness.results.environment import INVOCATION_VAR, invocation_id
@@ -36,7 +37,7 @@ from attnbench.harness.results.set_aside import (
     torch_file_problem,
 )
 from attnbench.harness.run.train import RUN_LOCK
-from attnbench.tasks.base import FORMAT_VERSION, build_task, data_key
+from attnbench.tasks.base import FORMAT_VERSION, data_key
 from snakemake.logging import logger
 
 try:
@@ -95,19 +96,15 @@ def planned_tasks():
     """The configured tasks as runs name them (each of a task's `lengths`: task@length) minus the optional ones
     whose source data is missing. Said when the workflow is planned (dry runs too): which source files each
     task needs and cannot find, with how to get them; tasks whose data is already prepared are not checked."""
-    planned = []
-    for task in task_instances(config):
-        base, settings = task_kind(config, task), task_settings(config, task)
-        params = task_data_params(config, task)
-        prepared = paths.dataset_file(base, data_key(base, params)).exists()
-        problems = [] if prepared else build_task(base, params).missing_sources()
-        if problems and settings.get("optional"):
-            logger.warning(f"attnbench: task {task!r} is left out (optional, its data is missing): {'; '.join(problems)}")
-            continue
-        for problem in problems:
+    missing = missing_data(config)
+    planned, left_out = planned_config_tasks(config, missing)
+    for task in left_out:
+        logger.warning(f"attnbench: task {task!r} is left out (optional, its data is missing): "
+                       f"{'; '.join(missing[task])}")
+    for task in planned:
+        for problem in missing[task]:
             logger.warning(f"attnbench: data of task {task!r} is missing (its prepare_data job will fail "
                            f"until it is there): {problem}")
-        planned.append(task)
     return planned
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from attnbench.harness.config.schema import ConfigError
 from attnbench.harness.config.seeds import first_seed, seed_list
 from attnbench.harness.config.tuned_runs import read_selection, trial_keys, tuned_run, tuning_on
+from attnbench.harness.core import paths
 from attnbench.harness.core.hashing import config_hash
 from attnbench.harness.core.registry import as_dict, build_dataclass
 from attnbench.harness.results.records import RunKey
@@ -25,7 +26,7 @@ from attnbench.harness.run.distill import student_layer_count
 from attnbench.harness.run.model import ModelConfig, resolve_zero_masking
 from attnbench.harness.run.train_config import TrainConfig
 from attnbench.tasks import TASKS
-from attnbench.tasks.base import data_key
+from attnbench.tasks.base import build_task, data_key
 from attnbench.variants import VARIANTS, build_attention
 
 METHODS = ("labels", "distill")
@@ -58,6 +59,25 @@ def task_kind(config: dict, task: str) -> str:
     ``ng20: {task: textcls}``), by default the section's own name (``listops``, ``listops@256``)."""
     base = split_task(task)[0]
     return str(config["tasks"][base].get("task") or base)
+
+
+def missing_data(config: dict) -> dict[str, list[str]]:
+    """Per task as runs name it, what source data it needs and cannot find (empty: found, or its data already
+    prepared, which is then not checked): what planning warns of, and the optional tasks it leaves out."""
+    out = {}
+    for task in task_instances(config):
+        kind, params = task_kind(config, task), task_data_params(config, task)
+        prepared = paths.dataset_file(kind, data_key(kind, params)).exists()
+        out[task] = [] if prepared else build_task(kind, params).missing_sources()
+    return out
+
+
+def planned_tasks(config: dict, missing: dict[str, list[str]] | None = None) -> tuple[list[str], list[str]]:
+    """(the tasks the pipeline plans, the optional ones it leaves out because their data is missing); ``missing``:
+    ``missing_data(config)``, where the caller has it."""
+    missing = missing_data(config) if missing is None else missing
+    left_out = [t for t, problems in missing.items() if problems and task_settings(config, t).get("optional")]
+    return [t for t in missing if t not in left_out], left_out
 
 
 def length_param(task: str) -> str | None:

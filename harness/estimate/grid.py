@@ -10,7 +10,7 @@ from pathlib import Path
 
 from attnbench.harness.bench.settings import bench_settings, bench_variants
 from attnbench.harness.config import planned_runs
-from attnbench.harness.config.runs import task_instances, task_section, task_settings
+from attnbench.harness.config.runs import planned_tasks
 from attnbench.harness.core import paths
 from attnbench.harness.estimate import costs
 from attnbench.harness.estimate.data_shape import data_shape
@@ -19,7 +19,6 @@ from attnbench.harness.estimate.run_times import RunEstimate, RunTimer
 from attnbench.harness.estimate.schedule import Job, makespan
 from attnbench.harness.estimate.sweep_times import SweepEstimate, SweepTimer
 from attnbench.harness.results.records import RunKey
-from attnbench.tasks.base import build_task
 
 #: the jobs after the runs and the sweep: aggregating the records, the sweep's files, the report
 TAIL_RULES = ("aggregate", "bench_aggregate", "report")
@@ -42,21 +41,6 @@ class PipelineEstimate:
     calibrated_cases: int
     calibration_s: float
     left_out: list[str] = field(default_factory=list)
-
-
-def planned_tasks(config: dict) -> tuple[list[str], list[str]]:
-    """The tasks the pipeline plans (as planning does: an optional task whose data is neither prepared nor
-    found is left out) and those left out."""
-    tasks, left_out = [], []
-    for task in task_instances(config):
-        section = task_section(config, task)
-        prepared = paths.dataset_file(section["name"], section["data_key"]).exists()
-        if (not prepared and task_settings(config, task).get("optional")
-                and build_task(section["name"], section["data"]).missing_sources()):
-            left_out.append(task)
-        else:
-            tasks.append(task)
-    return tasks, left_out
 
 
 def results_history(config: dict) -> History:
