@@ -1,8 +1,8 @@
-# attnbench: train every (task, variant, seed) of the config (distilled variants from their
-# teacher's run), sweep every variant's time and memory across sequence lengths (`bench:`),
-# aggregate the run records and the sweep, render the report (`snakemake bench`: the sweep alone). `snakemake` runs the
-# default config (config/config.yaml); `snakemake --configfile other.yaml` runs another
-# one *instead of* the default.
+# attnbench: train every (task, variant, seed) of the config (distilled variants from their teacher's run,
+# self-pretrained ones from their pretraining on the task's inputs), sweep every variant's time and memory across
+# sequence lengths (`bench:`), aggregate the run records and the sweep, render the report (`snakemake bench`: the
+# sweep alone). `snakemake` runs the default config (config/config.yaml); `snakemake --configfile other.yaml` runs
+# another one *instead of* the default.
 import logging
 from pathlib import Path
 
@@ -30,6 +30,7 @@ include: "rules/seeds_plan.smk"
 include: "rules/tune.smk"
 include: "rules/train.smk"
 include: "rules/distill.smk"
+include: "rules/pretrain.smk"
 include: "rules/seeds.smk"
 include: "rules/bench.smk"
 include: "rules/report.smk"

@@ -17,7 +17,7 @@ from attnbench.harness.estimate.pipeline_progress import PLAN_FILE, write_plan
 
 PROGRESS_PLAN = in_results(str(PLAN_FILE))
 #: the rules whose jobs are training runs, and those after the runs and the sweep
-TRAINING_RULES = ("train", "distill", "trial")
+TRAINING_RULES = ("train", "distill", "train_spt", "trial")
 
 
 def progress_plan():

@@ -70,6 +70,9 @@ class Task:
     #: the token of a raw value 0 (pixel tasks: intensity 0 is token 1), which LRA masks out like padding
     #: (``model.mask_zero_tokens``); None where the task has no such value
     zero_token: int | None = None
+    #: the fraction of an input's tokens self-pretraining (``spt:``) chooses to predict where ``spt.mask_rate`` is
+    #: unset: Amos, Berant & Gupta (ICLR 2024) used 15% on Text and Retrieval, 10% on ListOps, 50% on the pixel tasks
+    spt_mask_rate: float = 0.15
     #: the data setting that sets the task's sequence length, which ``tasks.<task>.lengths`` in a pipeline
     #: config varies (ListOps' max_length, a text task's seq_len, Pathfinder's resolution); None where the
     #: length is fixed by the data

@@ -182,6 +182,7 @@ class Image(Task):
     cfg: ImageConfig
     data_version = 2  # 2: CIFAR-10's grayscale truncated as TF's, no longer rounded
     zero_token = 1  # a black pixel (intensity 0 + 1)
+    spt_mask_rate = 0.5  # Amos et al. 2024's rate for the pixel tasks
 
     @classmethod
     def tiny_params(cls, folder: Path) -> dict[str, Any]:

@@ -285,6 +285,7 @@ class ListOps(Task):
 
     cfg: ListOpsConfig
     length_param = "max_length"
+    spt_mask_rate = 0.10  # Amos et al. 2024's rate for ListOps
 
     @classmethod
     def length_settings(cls, length: int) -> dict[str, Any]:

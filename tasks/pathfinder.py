@@ -267,6 +267,7 @@ class Pathfinder(Task):
     length_param = "resolution"
 
     zero_token = 1  # a black pixel (intensity 0 + 1): most of a Pathfinder image
+    spt_mask_rate = 0.5  # Amos et al. 2024's rate for the pixel tasks (Path-X inherits it)
 
     @classmethod
     def tiny_params(cls, folder: Path) -> dict[str, Any]:

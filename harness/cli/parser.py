@@ -61,15 +61,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--task", required=True)
     sp.add_argument("--variant", required=True, help="the model's attention variant")
     sp.add_argument("--seed", type=int, required=True)
-    sp.add_argument("--method", choices=("labels", "distill"), default="labels",
+    sp.add_argument("--method", choices=("labels", "distill", "pretrain", "spt"), default="labels",
                     help="labels: train from the labels (default); distill: a student of the config's "
-                         "distill.teacher run of the same task and seed")
+                         "distill.teacher run of the same task and seed; pretrain: self-pretrain on the task's "
+                         "training inputs (masked tokens, `spt:`); spt: fine-tune on the labels from that "
+                         "pretraining run of the same task, variant and seed")
     sp.add_argument("--out", help="run folder (default: results/runs/TASK/VARIANT/seedS; a distilled "
-                    "student: results/runs/TASK/distilled-VARIANT/seedS)")
+                    "student: results/runs/TASK/distilled-VARIANT/seedS; self-pretrained: "
+                    "results/runs/TASK/spt-VARIANT/seedS, its pretraining results/pretrain/TASK/VARIANT/seedS)")
     sp.add_argument("--run-config", help="the resolved run config as JSON (what the pipeline passes)")
     sp.add_argument("--data", help="prepared dataset file (default: data/TASK/KEY/dataset.pt, prepared if missing)")
     sp.add_argument("--teacher-dir", help="--method distill: the teacher's run folder, with record.json and best.pt "
                     "(default: results/runs/TASK/TEACHER/seedS)")
+    sp.add_argument("--pretrain-dir", help="--method spt: the pretraining run's folder, with record.json and "
+                    "best.pt (default: results/pretrain/TASK/VARIANT/seedS)")
     sp.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                     help="progress bar (default: when stderr is a terminal)")
     sp.add_argument("--strict", action="store_true", help="exit 1 when the run's status is 'failed'")

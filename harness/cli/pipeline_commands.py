@@ -1,7 +1,7 @@
 """The subcommands the Snakemake pipeline runs, one per step (each also runs by hand): ``prepare`` (a task's
-tensor file), ``train`` (one run, or a distilled student), ``select`` (a tuned trial), ``seed-round`` (adaptive
-seeds), ``aggregate`` (the runs' summary table), ``bench`` (one variant's efficiency sweep), ``aggregate-bench``
-and ``report``."""
+tensor file), ``train`` (one run: from labels, distilled, a pretraining or self-pretrained), ``select`` (a tuned
+trial), ``seed-round`` (adaptive seeds), ``aggregate`` (the runs' summary table), ``bench`` (one variant's
+efficiency sweep), ``aggregate-bench`` and ``report``."""
 from __future__ import annotations
 
 import argparse
@@ -43,11 +43,15 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from attnbench.harness.config import resolve_run
     from attnbench.harness.run.distill import distill_run
+    from attnbench.harness.run.pretrain import pretrain_run
+    from attnbench.harness.run.self_pretrained import spt_run
     from attnbench.harness.run.train import train_run
     from attnbench.tasks.base import build_task, load_prepared, save_prepared
 
     if args.teacher_dir and args.method != "distill":
         raise UsageError("--teacher-dir: only a distilled run (--method distill) has a teacher")
+    if args.pretrain_dir and args.method != "spt":
+        raise UsageError("--pretrain-dir: only a self-pretrained run (--method spt) is fine-tuned from a pretraining")
     run = (json.loads(args.run_config) if args.run_config
            else resolve_run(config_of(args), args.task, args.variant, args.seed, args.method))
     names = {"task": task_id(run["task"]), "variant": run["variant"]["name"], "method": run["method"]["name"]}
@@ -77,6 +81,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else RunKey.of(run).dir
     if args.method == "distill":
         record = distill_run(run, data, out, args.teacher_dir, bar=args.progress)
+    elif args.method == "pretrain":
+        record = pretrain_run(run, data, out, bar=args.progress)
+    elif args.method == "spt":
+        record = spt_run(run, data, out, args.pretrain_dir, bar=args.progress)
     else:
         record = train_run(run, data, out, bar=args.progress)
     return 0 if record["status"] != "failed" or not args.strict else 1

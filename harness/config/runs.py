@@ -1,10 +1,12 @@
 """From a validated config to the runs it asks for, each spelled out in full.
 
 A run is (task, variant, seed, method): the ``variant`` is the model's attention, the
-``method`` how it is trained: ``labels`` (every variant in ``variants:``) or ``distill``
+``method`` how it is trained: ``labels`` (every variant in ``variants:``), ``distill``
 (every variant in ``distill.students``, from the ``distill.teacher`` run of the same task and
-seed). ``resolve_run`` gives one run's self-contained settings, with every default spelled
-out: what its record stores and hashes, and what its job is given.
+seed) or ``spt`` (every variant in ``spt.variants``: fine-tuned on the labels from its ``pretrain`` run of
+the same task and seed, which pretrains on the task's training inputs). ``resolve_run`` gives one run's
+self-contained settings, with every default spelled out: what its record stores and hashes, and what its
+job is given. A pretraining run is not one the report compares: ``planned_pretraining`` lists them.
 
 This module is the one place of the config that knows about teachers: it resolves a student
 (the teacher's model settings with fewer blocks), checks the ``distill:`` section against the
@@ -24,12 +26,13 @@ from attnbench.harness.core.registry import as_dict, build_dataclass
 from attnbench.harness.results.records import RunKey
 from attnbench.harness.run.distill import student_layer_count
 from attnbench.harness.run.model import ModelConfig, resolve_zero_masking
+from attnbench.harness.run.pretrain import objective
 from attnbench.harness.run.train_config import TrainConfig
 from attnbench.tasks import TASKS
 from attnbench.tasks.base import build_task, data_key
 from attnbench.variants import VARIANTS, build_attention
 
-METHODS = ("labels", "distill")
+METHODS = ("labels", "distill", "spt", "pretrain")
 
 
 #: between a task and one of its lengths in the name runs give it: ``listops@256``
@@ -134,13 +137,20 @@ def variant_entry(variant: str, params: dict) -> dict:
 
 def planned_runs(config: dict, tasks: list[str] | None = None) -> list[RunKey]:
     """Every run of the config (on ``tasks``, default all): each variant from labels, then each
-    distilled student, per task and seed (adaptive seeds: every seed a run may get, ``seed_list``); then,
-    where the config tunes (``tune:``), every tuning trial."""
+    distilled student, then each self-pretrained variant fine-tuned, per task and seed (adaptive seeds: every
+    seed a run may get, ``seed_list``); then, where the config tunes (``tune:``), every tuning trial."""
     tasks = task_instances(config) if tasks is None else tasks
     seeds = seed_list(config)
     final = ([RunKey(t, v, s, "labels") for t in tasks for v in config["variants"] for s in seeds]
-             + [RunKey(t, v, s, "distill") for t in tasks for v in config["distill"]["students"] for s in seeds])
+             + [RunKey(t, v, s, "distill") for t in tasks for v in config["distill"]["students"] for s in seeds]
+             + [RunKey(t, v, s, "spt") for t in tasks for v in config["spt"]["variants"] for s in seeds])
     return final + (trial_keys(config, final) if tuning_on(config) else [])
+
+
+def planned_pretraining(config: dict, tasks: list[str] | None = None) -> list[RunKey]:
+    """The pretraining run of each self-pretrained run the config plans (``spt.variants``), per task and seed."""
+    tasks = task_instances(config) if tasks is None else tasks
+    return [RunKey(t, v, s, "pretrain") for t in tasks for v in config["spt"]["variants"] for s in seed_list(config)]
 
 
 def _labels_run(config: dict, task: str, variant: str, seed: int, params: dict) -> dict:
@@ -191,6 +201,8 @@ def _untuned_run(config: dict, task: str, variant: str, seed: int, method: str) 
             raise ConfigError(f"variant {variant!r} is not in the config; configured variants: "
                               f"{', '.join(config['variants'])}")
         return _labels_run(config, task, variant, seed, variant_params(config, task, variant))
+    if method in ("spt", "pretrain"):
+        return _self_pretrained_run(config, task, variant, seed, method)
     distill = config["distill"]
     if variant not in distill["students"]:
         raise ConfigError(f"variant {variant!r} is not a distilled student in the config; "
@@ -203,6 +215,27 @@ def _untuned_run(config: dict, task: str, variant: str, seed: int, method: str) 
     run["method"] = {"name": "distill", "teacher": distill["teacher"], "student_layers": layers,
                      "temperature": distill["temperature"], "alpha": distill["alpha"]}
     return run
+
+
+def _self_pretrained_run(config: dict, task: str, variant: str, seed: int, method: str) -> dict:
+    """A variant's pretraining run (``pretrain``: ``spt.train`` over the run's own training settings, the
+    objective in ``method``) or its fine-tuning (``spt``: ``spt.finetune`` over them; ``method`` holds the
+    pretraining's objective and training settings, so that a change to them fine-tunes again). Both have the
+    model and attention parameters of the variant's run from labels."""
+    spt = config["spt"]
+    if variant not in spt["variants"]:
+        raise ConfigError(f"variant {variant!r} is not self-pretrained in the config; "
+                          f"spt.variants: {', '.join(spt['variants']) or 'none'}")
+    run = _labels_run(config, task, variant, seed, variant_params(config, task, variant))
+    pretrain_train = as_dict(build_dataclass(TrainConfig, {**run["train"], **spt["train"]}, "spt.train"))
+    try:
+        settings = objective(spt, task_kind(config, task))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if method == "pretrain":
+        return {**run, "train": pretrain_train, "method": {"name": "pretrain", **settings}}
+    train = as_dict(build_dataclass(TrainConfig, {**run["train"], **spt["finetune"]}, "spt.finetune"))
+    return {**run, "train": train, "method": {"name": "spt", "pretrain": {**settings, "train": pretrain_train}}}
 
 
 def final_run(config: dict, key: RunKey) -> dict | None:
@@ -241,7 +274,7 @@ def check_runs(config: dict) -> list[str]:
     """Problems of the run grid that the schema cannot express: each task's data settings
     together, each run's micro-batches, each attention's parameters as its constructor checks
     them, and the ``distill:`` section against the variants and tasks."""
-    problems = check_task_data(config) + check_micro_batches(config) + check_distill(config)
+    problems = check_task_data(config) + check_micro_batches(config) + check_distill(config) + check_spt(config)
     return problems or check_attention_params(config)
 
 
@@ -321,6 +354,23 @@ def check_distill(config: dict) -> list[str]:
             problems.append(f"'distill.student_layers' is {distill['student_layers']}; the teachers of task(s) "
                             f"{', '.join(shallow)} have {'/'.join(map(str, sorted(set(shallow.values()))))} layers, "
                             f"so it must be <= {fewest} (0 = half the teacher's)")
+    return problems
+
+
+def check_spt(config: dict) -> list[str]:
+    """The ``spt:`` section against the variants and the rest of the config."""
+    spt = config["spt"]
+    if not spt["variants"]:
+        return []
+    problems = [f"'spt.variants' names {name!r}, which is not in 'variants' (a self-pretrained run has its variant's "
+                f"settings there); configured variants: {', '.join(config['variants'])}"
+                for name in spt["variants"] if name not in config["variants"]]
+    if spt["mask_token"] + spt["random_token"] > 1:
+        problems.append(f"'spt.mask_token' ({spt['mask_token']}) + 'spt.random_token' ({spt['random_token']}) is "
+                        "more than 1: they are shares of the chosen tokens")
+    if tuning_on(config):
+        problems.append("'spt' with 'tune': self-pretrained runs are not tuned yet; run them in a config without "
+                        "'tune' (their training settings are their variant's, or spt.finetune's)")
     return problems
 
 

@@ -2,7 +2,8 @@
 
 ``config/schema.yaml`` describes the top level. Two kinds of placeholder are filled in here,
 so that each default and description lives in one place:
-- ``x-dataclass: <section>``: the schema of that section's config dataclass (``SECTIONS``);
+- ``x-dataclass: <section>``: the schema of that section's config dataclass (``SECTIONS``); a field of it marked
+  ``x-overrides: train`` holds overrides of the train settings (``spt.train``);
 - ``x-registry: variant | task``: one property per registered variant / task with the schema of
   its own config dataclass. At the top level (``variants:``) entries get their defaults filled
   in; nested inside another section (``tasks.<t>.per_variant``, ``distill.students``) they are
@@ -22,13 +23,14 @@ from attnbench.harness.core.json_values import non_finite
 from attnbench.harness.core.registry import dataclass_schema
 from attnbench.harness.run.distill import DistillConfig
 from attnbench.harness.run.model import ModelConfig
+from attnbench.harness.run.pretrain import SptConfig
 from attnbench.harness.run.train_config import TrainConfig
 from attnbench.tasks import TASKS
 from attnbench.variants import VARIANTS
 
 #: config section -> the dataclass that holds its settings, defaults and descriptions
 SECTIONS: dict[str, type] = {"model": ModelConfig, "train": TrainConfig, "bench": BenchConfig,
-                             "distill": DistillConfig}
+                             "distill": DistillConfig, "spt": SptConfig}
 
 _JSON_TYPES = {str: "a string", bool: "a boolean", int: "an integer", float: "a number",
                list: "a list", dict: "a mapping", type(None): "null"}
@@ -68,7 +70,7 @@ def _registry_mapping(prop: dict, entries: dict[str, dict]) -> dict:
 
 
 #: the rule groups whose `resources:` a task may override for its own jobs
-TASK_RESOURCE_GROUPS = ("prepare", "train", "distill")
+TASK_RESOURCE_GROUPS = ("prepare", "train", "distill", "pretrain")
 
 
 def _task_resources(resources_schema: dict) -> dict:
@@ -77,7 +79,8 @@ def _task_resources(resources_schema: dict) -> dict:
                   "description": f"overrides of resources.{g} for this task's {g} jobs"}
               for g in TASK_RESOURCE_GROUPS}
     return {"type": "object", "additionalProperties": False, "properties": groups,
-            "description": ("overrides of the top-level `resources` for this task's jobs (prepare, train, distill): "
+            "description": ("overrides of the top-level `resources` for this task's jobs (prepare, train, distill, "
+                            "pretrain): "
                             "a long task's runs ask its scheduler for more time without every other task's "
                             "runs asking for as much")}
 
@@ -132,6 +135,9 @@ def build_schema() -> dict[str, Any]:
             filled = dataclass_schema(SECTIONS[prop["x-dataclass"]])
             filled["description"] = prop.get("description", filled["description"])
             for name, field in filled["properties"].items():  # a section's own registry mappings are overrides
+                if field.get("x-overrides") == "train":  # overrides of the train settings (spt.train)
+                    filled["properties"][name] = {**strip_defaults(train), "default": field["default"],
+                                                  "description": field["description"]}
                 if field.get("x-registry") == "variant":
                     field.pop("additionalProperties", None)
                     filled["properties"][name] = _registry_mapping(field, _variant_entries(True, f" in {key}.{name}"))

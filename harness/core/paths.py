@@ -10,6 +10,8 @@ DATA = Path("data")
 RUNS = Path("results/runs")
 #: tuning (``tune:``): each (task, label)'s trials and the trial selected for its final runs
 TUNE = Path("results/tune")
+#: self-pretraining (``spt:``): each (task, variant, seed)'s pretraining run, whose weights its fine-tuning starts from
+PRETRAIN = Path("results/pretrain")
 SUMMARY_CSV = Path("results/summary.csv")
 SUMMARY_PARQUET = Path("results/summary.parquet")
 REPORTS = Path("reports")
@@ -24,9 +26,10 @@ DATA_SET_ASIDE = DATA / "set_aside"
 def use_folders(results: str | Path = "results", reports: str | Path = "reports") -> None:
     """Put the results under ``results`` and the reports under ``reports`` (a config's ``results_dir`` and
     ``reports_dir``) for the rest of this process: every path below follows (read them as ``paths.RUNS``)."""
-    global RUNS, TUNE, SUMMARY_CSV, SUMMARY_PARQUET, REPORTS, BENCH, BENCH_CSV, BENCH_REPORT, SET_ASIDE
+    global RUNS, TUNE, PRETRAIN, SUMMARY_CSV, SUMMARY_PARQUET, REPORTS, BENCH, BENCH_CSV, BENCH_REPORT, SET_ASIDE
     results, reports = Path(results), Path(reports)
     RUNS, TUNE, BENCH, SET_ASIDE = results / "runs", results / "tune", results / "bench", results / "set_aside"
+    PRETRAIN = results / "pretrain"
     SUMMARY_CSV, SUMMARY_PARQUET = results / "summary.csv", results / "summary.parquet"
     BENCH_CSV = results / "bench.csv"
     REPORTS, BENCH_REPORT = reports, reports / "bench"
@@ -51,6 +54,11 @@ def label_dir(label: str) -> str:
 
 def run_dir(task: str, label: str, seed: int) -> Path:
     return RUNS / task / label_dir(label) / f"seed{seed}"
+
+
+def pretrain_dir(task: str, variant: str, seed: int) -> Path:
+    """A self-pretraining run's folder (``results/pretrain/TASK/VARIANT/seedS``)."""
+    return PRETRAIN / task / label_dir(variant) / f"seed{seed}"
 
 
 def trial_dir(task: str, label: str, trial: int) -> Path:

@@ -269,10 +269,11 @@ def dataclass_schema(cls: type) -> dict[str, Any]:
             raise TypeError(f"{cls.__name__}.{f.name} needs a default to be a config field")
         prop["default"] = list(default) if isinstance(default, tuple) else default
         for key in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "minItems", "maxItems",
-                    "x-registry"):
+                    "x-registry", "x-overrides"):
             if key in f.metadata:
                 # a sequence's numeric bounds are its items' (minItems/maxItems: its length)
-                in_items = prop.get("type") == "array" and key not in ("minItems", "maxItems", "x-registry")
+                in_items = prop.get("type") == "array" and key not in ("minItems", "maxItems", "x-registry",
+                                                                       "x-overrides")
                 (prop["items"] if in_items else prop)[key] = f.metadata[key]
         prop["description"] = f.metadata.get("help", "")
         props[f.name] = prop

@@ -26,7 +26,8 @@ from attnbench.harness.core.json_values import UnreadableJSON, non_finite, read_
 SCHEMA_VERSION = 2
 RECORD_NAME = "record.json"
 #: how a run is named in tables, by its training method
-LABELS = {"labels": "{variant}", "distill": "distilled[{variant}]"}
+LABELS = {"labels": "{variant}", "distill": "distilled[{variant}]", "spt": "spt[{variant}]",
+          "pretrain": "pretrain[{variant}]"}
 
 
 class RecordError(UserError, ValueError):
@@ -61,6 +62,8 @@ class RunKey(NamedTuple):
 
     @property
     def dir(self) -> Path:
+        if self.method == "pretrain":  # not a run the report compares: its own tree, which aggregation never reads
+            return paths.pretrain_dir(self.task, self.variant, self.seed)
         if self.trial is None:
             return paths.run_dir(self.task, self.label, self.seed)
         return paths.trial_dir(self.task, self.label, self.trial)
@@ -145,11 +148,12 @@ def validate_record(record: dict, where: str = "record") -> None:
 
 
 def run_folder(path: Path) -> tuple[str, ...] | None:
-    """The run a record's place names, as its folders (runs or tune, task, label folder, seed or trial
-    folder), when it lies in a run folder ``runs/TASK/LABEL/seedS/`` or a trial's ``tune/TASK/LABEL/trialN/``;
-    None elsewhere."""
+    """The run a record's place names, as its folders (runs, tune or pretrain, task, label folder, seed or trial
+    folder), when it lies in a run folder ``runs/TASK/LABEL/seedS/``, a trial's ``tune/TASK/LABEL/trialN/`` or a
+    pretraining run's ``pretrain/TASK/VARIANT/seedS/``; None elsewhere."""
     parts = Path(path).absolute().parts
-    if len(parts) >= 5 and parts[-5] in (paths.RUNS.name, paths.TUNE.name) and parts[-1] == RECORD_NAME:
+    trees = (paths.RUNS.name, paths.TUNE.name, paths.PRETRAIN.name)
+    if len(parts) >= 5 and parts[-5] in trees and parts[-1] == RECORD_NAME:
         return parts[-5:-1]
     return None
 

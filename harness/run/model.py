@@ -181,10 +181,28 @@ class EncoderClassifier(nn.Module):
 
     def encode(self, tokens: torch.Tensor, padded: bool = True) -> torch.Tensor:
         """tokens (B, N) -> pooled (B, dim)."""
+        x, mask = self.hidden(tokens, padded)
+        if self.cls is not None or self.cfg.pooling == "first":
+            return x[:, 0]
+        if mask is None or self.cfg.pooling == "mean_all":
+            return x.mean(1)
+        m = mask.unsqueeze(-1).to(x.dtype)
+        return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+
+    def real_tokens(self, tokens: torch.Tensor, padded: bool = True) -> torch.Tensor | None:
+        """(B, N) bool: the tokens the attention layers and pooling treat as real (not padding, nor a masked
+        black pixel: ``mask_zero_tokens``); None when every token is (``padded=False`` and no pixel masking)."""
         mask = tokens != self.pad_id if padded else None
         if self.zero_token is not None:  # LRA: a black pixel is padding, whatever the batch's padding
             real = tokens != self.zero_token
             mask = real if mask is None else mask & real
+        return mask
+
+    def hidden(self, tokens: torch.Tensor, padded: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """tokens (B, N) -> the final LayerNorm's output at every position (B, N', dim), N' = N + 1 with a
+        [CLS] token (then first), and the mask of real positions (B, N') (None: all real): what pooling reads,
+        and what a per-token objective (self-pretraining's masked tokens) predicts from."""
+        mask = self.real_tokens(tokens, padded)
         x = self.embed(tokens)
         if self.cls is not None:
             x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
@@ -194,13 +212,7 @@ class EncoderClassifier(nn.Module):
         attention_mask = mask if self.cfg.mask_padding else None
         for block in self.blocks:
             x = block(x, attention_mask)
-        x = self.ln(x)
-        if self.cls is not None or self.cfg.pooling == "first":
-            return x[:, 0]
-        if mask is None or self.cfg.pooling == "mean_all":
-            return x.mean(1)
-        m = mask.unsqueeze(-1).to(x.dtype)
-        return (x * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return self.ln(x), mask
 
     def attention_layers(self) -> list[Attention]:
         """The attention layer of each block, first to last."""
