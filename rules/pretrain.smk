@@ -4,37 +4,7 @@
 # spt[<variant>] (folder spt-<variant>). The pretraining record.json is the fine-tuning job's input (written after
 # its best.pt, it marks the checkpoint complete), as a teacher's is a distilled student's (rules/distill.smk): a
 # re-run pretraining re-runs its fine-tuning, and planning sets aside a pretraining record that cannot be read or
-# whose best.pt is missing or damaged, so that both run again.
-from attnbench.harness.config.runs import planned_pretraining
-
-SPT_VARIANTS = list(config["spt"]["variants"])
-PRETRAINING = planned_pretraining(config, TASKS)
-
-
-def set_aside_unusable_pretraining():
-    """A pretraining run whose record cannot be read, or whose best checkpoint is missing or damaged, would fail
-    every fine-tuning from it: its record is set aside (with the reason), so that this run pretrains again."""
-    good, aside = readable([run.record for run in PRETRAINING if run.record.exists()])
-    moved = [(entry["record"], entry["moved_to"], entry["reason"]) for entry in aside]
-    for path, record in good:
-        best = record["training"]["checkpoint"]
-        problem = torch_file_problem(Path(path).parent / best) if best else None
-        if problem is not None:
-            reason = f"its best checkpoint {problem}"
-            moved.append((path, set_aside(Path(path), reason), reason))
-    for path, to, reason in moved:
-        logger.warning(f"attnbench: set aside the pretraining record {path} (moved to {to}): {reason}; it is "
-                       "pretrained again, and then fine-tuned")
-
-
-set_aside_unusable_pretraining()
-
-
-def pretrain_json(wildcards):
-    """The resolved config of the pretraining run (task, variant, seed): a param, so that a change to `spt:` or to
-    the variant's settings pretrains again."""
-    return json.dumps(resolve_run(config, wildcards.task, wildcards.variant, int(wildcards.seed), "pretrain"),
-                      sort_keys=True)
+# whose best.pt is missing or damaged, so that both run again (rules/pretrain_plan.smk).
 
 
 rule pretrain:
