@@ -17,14 +17,14 @@ from attnbench.harness.estimate.pipeline_progress import PLAN_FILE, write_plan
 
 PROGRESS_PLAN = in_results(str(PLAN_FILE))
 #: the rules whose jobs are training runs, and those after the runs and the sweep
-TRAINING_RULES = ("train", "distill", "train_spt", "trial")
+TRAINING_RULES = ("train", "distill", "train_spt", "pretrain", "trial")
 
 
 def progress_plan():
     """The plan of the jobs this invocation runs (Snakemake's DAG), estimated; the headline on the console."""
     started = psutil.Process().create_time()
     jobs = list(workflow.dag.needrun_jobs())
-    by_record = {str(run.record): run for run in RUNS}
+    by_record = {str(run.record): run for run in RUNS + PRETRAINING}
     keys = [by_record[str(job.output[0])] for job in jobs
             if job.rule.name in TRAINING_RULES and str(job.output[0]) in by_record]
     sweep = [job.wildcards.variant for job in jobs if job.rule.name == "bench_variant"]

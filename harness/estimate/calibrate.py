@@ -23,6 +23,7 @@ from attnbench.harness.bench.settings import BenchConfig, Case
 from attnbench.harness.estimate.data_shape import DataShape
 from attnbench.harness.measure.timing import synchronize
 from attnbench.harness.run.model import model_for_run
+from attnbench.harness.run.pretrain import PretrainTrainer
 from attnbench.harness.run.train import resolve_device
 from attnbench.harness.run.trainer import Trainer
 from attnbench.tasks import TASKS
@@ -95,17 +96,17 @@ def synthetic_data(shape: DataShape, task: str, n_train: int, n_eval: int) -> Pr
 
 
 def calibrate_run(run: dict[str, Any], shape: DataShape, teacher: dict[str, Any] | None = None) -> RunTiming:
-    """Time a resolved run's steps and evaluation here (``teacher``: a distilled student's teacher run, whose
-    forward pass each step adds). ``setup_s`` is the time to build the trainer plus FLOPS_COUNT_STEPS steps
-    (a run counts one step's FLOPs before its first, under a slower counting mode); the count itself is made
-    only for a FLOPs budget, whose steps follow from it. Raises what building or stepping the model raises (a
-    device it cannot use, out of memory)."""
+    """Time a resolved run's steps and evaluation here (``teacher``: a distilled student's teacher run, whose forward
+    pass each step adds; a pretraining run steps and evaluates its masked-token objective). ``setup_s`` is the time to
+    build the trainer plus FLOPS_COUNT_STEPS steps (a run counts one step's FLOPs before its first, under a slower
+    counting mode); the count itself is made only for a FLOPs budget, whose steps follow from it. Raises what building
+    or stepping the model raises (a device it cannot use, out of memory)."""
     device = resolve_device(run["device"])
     train = run["train"]
     with torch_kept(run["threads"]):
         data = synthetic_data(shape, run["task"]["name"], 2 * train["batch_size"], train["eval_batch_size"])
         t0 = time.perf_counter()
-        trainer = Trainer(run, data, device)
+        trainer = (PretrainTrainer if run["method"]["name"] == "pretrain" else Trainer)(run, data, device)
         build_s = time.perf_counter() - t0
         if "flops" in train.get("budget", {}):
             trainer.count_step_flops()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from attnbench.harness.bench.settings import bench_settings, bench_variants
 from attnbench.harness.config import planned_runs
-from attnbench.harness.config.runs import planned_tasks
+from attnbench.harness.config.runs import planned_pretraining, planned_tasks
 from attnbench.harness.core import paths
 from attnbench.harness.estimate import costs
 from attnbench.harness.estimate.data_shape import data_shape
@@ -44,9 +44,9 @@ class PipelineEstimate:
 
 
 def results_history(config: dict) -> History:
-    """The finished records of this machine in the config's results folder (runs and tuning trials)."""
+    """The finished records of this machine in the config's results folder (runs, tuning trials, pretraining)."""
     results = Path(config.get("results_dir") or "results")
-    return History.under([results / "runs", results / "tune"])
+    return History.under([results / "runs", results / "tune", results / "pretrain"])
 
 
 def prepare_seconds(section: dict, fixed: costs.FixedCosts) -> float:
@@ -70,9 +70,10 @@ def estimate_pipeline(config: dict, cores: int, fixed: costs.FixedCosts, *, keys
                       history: History | None = None) -> PipelineEstimate:
     """The pipeline of ``config`` on ``cores`` cores: by default every planned run, the sweep of every
     ``bench`` variant (when it is on) and the jobs after them; ``keys``, ``sweep`` and ``tail`` (rule names)
-    narrow it to what one invocation does. Data sets already prepared are not prepared again."""
+    narrow it to what one invocation does. A self-pretrained run's pretraining is a run here (``keys`` hold it
+    as method ``pretrain``). Data sets already prepared are not prepared again."""
     tasks, left_out = planned_tasks(config)
-    keys = list(planned_runs(config, tasks) if keys is None else keys)
+    keys = list(planned_runs(config, tasks) + planned_pretraining(config, tasks) if keys is None else keys)
     if sweep is None:
         sweep = bench_variants(config) if bench_settings(config).enabled else []
     if tail is None:
@@ -95,8 +96,9 @@ def estimate_pipeline(config: dict, cores: int, fixed: costs.FixedCosts, *, keys
 
 def schedule_jobs(runs: list[RunEstimate], prepare: dict[str, float], sweeps: list[SweepEstimate],
                   tails: dict[str, float], cores: int) -> list[Job]:
-    """The jobs in the order they are started: data first, the runs longest first (a student after its
-    teacher), the sweep's jobs on every core, then aggregation and report after what they read."""
+    """The jobs in the order they are started: data first, the runs longest first (a student after its teacher, a
+    fine-tuning after its pretraining), the sweep's jobs on every core, then aggregation and report after what they
+    read."""
     jobs = [Job(f"prepare {data}", seconds) for data, seconds in prepare.items()]
     jobs += [Job(run.key.run_id, run.job_s, run.threads, (f"prepare {run.data}", *run.after))
              for run in sorted(runs, key=lambda r: -r.job_s)]

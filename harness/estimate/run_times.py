@@ -55,11 +55,15 @@ def planned_steps(train: dict[str, Any], timing: RunTiming) -> int:
 
 
 def in_process_s(run: dict[str, Any], shape: DataShape, timing: RunTiming, steps: int) -> float:
-    """Set-up, steps (within ``train.time_limit_min``), evaluations and, for a final run, the test pass."""
+    """Set-up, steps (within ``train.time_limit_min``), evaluations and, for a final run, the test pass (a
+    pretraining run evaluates its held-out share of the training inputs and tests nothing)."""
     train = run["train"]
     stepping = steps * timing.step_s
     if train.get("time_limit_min"):
         stepping = min(stepping, 60 * train["time_limit_min"])
+    if run["method"]["name"] == "pretrain":
+        heldout = max(1, round(shape.sizes.get("train", 0) * run["method"]["holdout"]))
+        return timing.setup_s + stepping + eval_count(steps, train["eval_every"]) * heldout * timing.eval_example_s
     examples = eval_count(steps, train["eval_every"]) * shape.sizes.get("val", 0)
     if run.get("tuning", {}).get("stage") != "tune":
         examples += shape.sizes.get("test", 0)
@@ -114,7 +118,8 @@ class RunTimer:
         train_s, source = known if known else (in_process_s(run, shape, timing, steps), timing.source)
         around = self.fixed.scaled(costs.RUN_FILES_S + costs.PROGRESS_S * progress_line)
         job_s = self.fixed.job_start() + around + train_s
-        after = (RunKey(key.task, run["method"]["teacher"], key.seed).run_id,) if key.method == "distill" else ()
+        after = {"distill": (RunKey(key.task, run["method"].get("teacher", ""), key.seed).run_id,),
+                 "spt": (RunKey(key.task, key.variant, key.seed, "pretrain").run_id,)}.get(key.method, ())
         return RunEstimate(key, str(key.record), f"{run['task']['name']}/{run['task']['data_key']}", steps, train_s,
                            job_s, run["threads"], source, shape.source, after)
 
