@@ -3,8 +3,10 @@ for prediction and what the model sees in their place (BERT's corruption, Devlin
 
 - ``choose``: each real token (``candidates``: not padding, nor a pixel the model masks out) is chosen with
   probability ``rate`` (token masking), or spans of ``span_length`` tokens are (span masking: a span starts at
-  each candidate with probability ``rate / span_length`` and covers it and the ``span_length - 1`` tokens after
-  it, candidates only, so about ``rate`` of the tokens are chosen however long the spans).
+  each candidate with probability ``1 - (1 - rate) ** (1 / span_length)`` and covers it and the
+  ``span_length - 1`` tokens after it, candidates only; spans may overlap, so a candidate with ``span_length - 1``
+  candidates before it is chosen with probability ``rate`` exactly, however long the spans: about ``rate`` of
+  the tokens in all, a little less near a sequence's start or a masked-out token, every one at rate 1).
 - ``corrupt``: of the chosen tokens, ``mask_token`` are replaced by the [MASK] id, ``random_token`` by a token
   drawn uniformly from the vocabulary's ids other than padding (never [MASK], which is past them), the rest
   keep their own id. The model is asked for the original id at every chosen position.
@@ -28,11 +30,13 @@ def choose(candidates: torch.Tensor, rate: float, span_length: int = 1,
     draw = torch.rand(candidates.shape, device=candidates.device, generator=generator)
     if span_length == 1:
         return (draw < rate) & candidates
-    starts = (draw < rate / span_length) & candidates
-    # position i is covered when a span starts in [i - span_length + 1, i]: a running max over that window
-    covered = F.max_pool1d(starts.unsqueeze(1).float(), kernel_size=span_length, stride=1,
-                           padding=span_length - 1)[:, 0, : candidates.shape[1]]
-    return covered.bool() & candidates
+    # position i is covered when a span starts in [i - span_length + 1, i] (none of span_length independent
+    # starts misses it: 1 - (1 - start) ** span_length = rate)
+    start = 1.0 - (1.0 - rate) ** (1.0 / span_length)
+    starts = (draw < start) & candidates
+    before = starts.new_zeros(*starts.shape[:-1], span_length - 1)
+    covered = torch.cat([before, starts], dim=-1).unfold(-1, span_length, 1).any(-1)
+    return covered & candidates
 
 
 def corrupt(tokens: torch.Tensor, chosen: torch.Tensor, mask_id: int, vocab_size: int, mask_token: float = 0.8,

@@ -7,9 +7,10 @@ from the weights its pretraining run (``harness.run.pretrain``) ended with inste
   its fresh initialisation, and so does any tensor the checkpoint lacks or holds with another shape (none but
   the head's for a model pretrained with the run's settings, which is checked).
 - The pretraining run is read from its record and ``best.pt`` (``PretrainError``, naming them, when it is
-  missing, another run's, or has no checkpoint); it must have pretrained the same task data, variant and
-  model settings. The fine-tuning run's record gains ``pretrain``: that run's identity, status and cost
-  (training time, wall time, tokens seen, peak memory), so a report counts what self-pretraining cost.
+  missing, another run's (another task, variant or seed), or has no checkpoint); it must have pretrained the
+  same task data, variant and model settings. The fine-tuning run's record gains ``pretrain``: that run's
+  identity, status and cost (training time, wall time, tokens seen, peak memory), so a report counts what
+  self-pretraining cost.
 - The loop and loss are ``Trainer``'s, unchanged.
 """
 from __future__ import annotations
@@ -112,9 +113,10 @@ def pretrain_entry(run: dict[str, Any], pretrain_dir: Path, out_dir: Path) -> tu
         record = read_record(record_path)
     except RecordError as exc:
         raise PretrainError(f"{exc}\n{hint}") from exc
-    if (record["task"], record["variant"], record["method"]) != (key.task, key.variant, "pretrain"):
+    if (record["task"], record["variant"], record["seed"], record["method"]) != (key.task, key.variant, key.seed,
+                                                                                "pretrain"):
         raise PretrainError(f"{record_path} is the record of {record['run_id']}, not of the pretraining of "
-                            f"{key.variant} on {key.task}; {hint}")
+                            f"{key.variant} on {key.task} with seed {key.seed}; {hint}")
     checkpoint = pretrain_dir / record["training"]["checkpoint"] if record["training"]["checkpoint"] else None
 
     def rel(p: Path) -> str:
