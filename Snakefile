@@ -38,13 +38,14 @@ include: "rules/report.smk"
 include: "rules/progress.smk"
 
 
-# The records (and the sweep's files) are targets too, so that deleting one re-runs that training job (and the
-# aggregation and report after it) instead of being skipped as an intermediate file.
+# The records (the pretraining runs' too, and the sweep's files) are targets too, so that deleting one re-runs that
+# training job (and the aggregation and report after it) instead of being skipped as an intermediate file.
 rule all:
     default_target: True
     input:
         seed_targets,
         get_records,
+        get_pretraining_records,
         get_bench_files,
         in_reports("index.html"),
         in_reports("summary.md"),

@@ -30,3 +30,12 @@ def pretrain_json(wildcards):
     the variant's settings pretrains again."""
     return json.dumps(resolve_run(config, wildcards.task, wildcards.variant, int(wildcards.seed), "pretrain"),
                       sort_keys=True)
+
+
+def get_pretraining_records(wildcards=None):
+    """The pretraining record of each self-pretrained run the aggregation takes (with adaptive seeds, those of the
+    seeds its rounds decided on): targets of `rule all`, so that deleting one pretrains again, and then
+    fine-tunes again."""
+    finals = set(final_records())
+    return [str(run.record) for run in PRETRAINING
+            if str(RunKey(run.task, run.variant, run.seed, "spt").record) in finals]
