@@ -15,13 +15,15 @@ ACCURACY = (0.0, 1.0)
 NON_NEGATIVE = (0.0, np.inf)
 #: summary.csv column -> its range (every numeric column of ``attnbench.harness.results.aggregate``)
 RUN_COLUMNS = {
-    **dict.fromkeys(["best_val_acc", "test_acc", "chance_acc", "majority_test_acc", "teacher_test_acc"], ACCURACY),
+    **dict.fromkeys(["best_val_acc", "test_acc", "chance_acc", "majority_test_acc", "teacher_test_acc",
+                     "pretrain_masked_acc", "pretrain_mask_rate"], ACCURACY),
     **dict.fromkeys(["seed", "best_step", "steps_done", "steps_planned", "wall_s", "train_steps_per_s",
                      "train_tokens_per_s", "eval_tokens_per_s", "peak_memory_mb", "peak_memory_reserved_mb",
                      "params", "layers", "attention_flops_fwd", "seq_len", "batch_size", "torch_threads",
                      "teacher_train_tokens_per_s", "teacher_eval_tokens_per_s", "teacher_params", "teacher_layers",
                      "distill_temperature", "distill_alpha", "budget_limit", "budget_reached", "train_s",
-                     "train_flops", "flops_per_step", "trial", "length"], NON_NEGATIVE),
+                     "train_flops", "flops_per_step", "trial", "length", "pretrain_steps", "pretrain_train_s",
+                     "pretrain_wall_s", "pretrain_tokens_seen", "pretrain_peak_memory_mb"], NON_NEGATIVE),
 }
 #: bench.csv column -> its range (``attnbench.harness.bench.files``)
 BENCH_COLUMNS = dict.fromkeys(["n", "batch", "median_s", "min_s", "max_s", "iqr_s", "rounds", "tokens_per_s",

@@ -28,6 +28,7 @@ from attnbench.harness.report.machines import for_accuracy, for_cost, machines, 
 from attnbench.harness.report.marks import MARK, not_finished
 from attnbench.harness.report.measurements import BENCH_COLUMNS, RUN_COLUMNS, case_name, clean, run_name
 from attnbench.harness.report.origins import origins_section
+from attnbench.harness.report.pretraining import pretraining_section
 from attnbench.harness.report.resolution import resolution_section
 from attnbench.harness.report.runs import (
     accuracy_section,
@@ -152,6 +153,7 @@ def render_report(summary_csv: Path | list[Path] | None, out_dir: Path, bench_cs
     if not bench.empty:
         _bench_sections(doc, bench, benches)
     distillation_section(doc, cost)
+    pretraining_section(doc, final)
     published_reference_section(doc, acc, lra_average)
     runs_section(doc, final)
     _about(doc, df)

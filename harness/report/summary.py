@@ -22,6 +22,7 @@ from attnbench.harness.report.frontier import figure_frontier, frontiers
 from attnbench.harness.report.length import length_lines
 from attnbench.harness.report.marks import MARK, footnote, mark
 from attnbench.harness.report.measurements import whole
+from attnbench.harness.report.pretraining import pretraining_line
 from attnbench.harness.report.stats import LEVEL, paired_difference, t_interval
 from attnbench.harness.report.writer import Document
 
@@ -157,6 +158,7 @@ def summary_section(doc: Document, acc: pd.DataFrame, runs: pd.DataFrame, bench:
         lines += [line for line in (task_line(acc, t) for t in sorted(acc["task"].unique())) if line]
         lines += length_lines(acc)
         lines += [line for line in [improving_line(acc)] if line]
+        lines += [line for line in [pretraining_line(runs)] if line]
         cost_flags = [line for line in (spread_line(runs), hosts_line(runs), invocations_line(runs))
                       if line]  # per machine already
         for machine, runs in per_machine:  # frontiers and equal time are of one machine's costs: never across

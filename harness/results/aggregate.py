@@ -10,6 +10,9 @@ for (``train.budget``; a record from before budgets trained for its planned step
 ``final`` or ``tune`` (a tuning trial, with no test accuracy), ``trial`` and ``point`` a trial's index and
 settings (a tuned final run's: the selected trial's). ``variant_source``, ``variant_origin`` and
 ``variant_sha256`` say where a variant from outside the repository came from (``results.provenance``).
+A self-pretrained run (method ``spt``) has its pretraining run's identity, cost and objective in the
+``pretrain_*`` columns (``pretrain_train_s``: its training-step time; ``pretrain_masked_acc``: its best
+masked-token accuracy on held-out training inputs).
 
 A record is counted only as the run it is. One that cannot be read, or lies about itself (its
 numbers, its identity, or the run folder it lies in: ``records.read_record``) is set aside
@@ -50,6 +53,11 @@ COLUMNS = [
     "data_source", "data_sizes", "data_classes", "data_tokenizer", "vocab_size",
     # a variant from outside the repository (empty otherwise): its source, origin and file hash (results.provenance)
     "variant_source", "variant_origin", "variant_sha256",
+    # self-pretrained runs (method spt; empty otherwise): their pretraining run's identity, cost and masked-token
+    # accuracy (the record's ``pretrain``), and its objective (``config.method.pretrain``)
+    "pretrain_run_id", "pretrain_status", "pretrain_steps", "pretrain_train_s", "pretrain_wall_s",
+    "pretrain_tokens_seen", "pretrain_masked_acc", "pretrain_peak_memory_mb", "pretrain_mask_rate",
+    "pretrain_masking",
 ]
 TEACHER_FIELDS = ["run_id", "status", "test_acc", "train_tokens_per_s", "eval_tokens_per_s", "params", "layers"]
 
@@ -61,6 +69,23 @@ def teacher_columns(record: dict) -> dict:
     method = record["config"].get("method", {})
     return {**{f"teacher_{k}": teacher[k] for k in TEACHER_FIELDS},
             "distill_temperature": method.get("temperature"), "distill_alpha": method.get("alpha")}
+
+
+def pretrain_columns(record: dict) -> dict:
+    """A self-pretrained run's pretraining (its record's ``pretrain``): run id, status, steps, training-step and
+    wall time, tokens seen, best held-out masked-token accuracy, peak memory, and the objective's masking rate
+    and kind (``config.method.pretrain``); nothing for other runs."""
+    pretrain = record.get("pretrain")
+    if pretrain is None:
+        return {}
+    objective = record["config"].get("method", {}).get("pretrain") or {}
+    memory = pretrain["peak_memory_bytes"]
+    return {"pretrain_run_id": pretrain["run_id"], "pretrain_status": pretrain["status"],
+            "pretrain_steps": pretrain["steps_done"], "pretrain_train_s": pretrain["train_s"],
+            "pretrain_wall_s": pretrain["wall_s"], "pretrain_tokens_seen": pretrain["tokens_seen"],
+            "pretrain_masked_acc": pretrain["best_masked_acc"],
+            "pretrain_peak_memory_mb": None if memory is None else memory / 2**20,
+            "pretrain_mask_rate": objective.get("mask_rate"), "pretrain_masking": objective.get("masking")}
 
 
 def budget_columns(training: dict) -> dict:
@@ -168,6 +193,7 @@ def record_row(record: dict, path: Path) -> dict:
                                          record["data"]["seq_len"]),
         **data_columns(record),
         **origin_columns(record),
+        **pretrain_columns(record),
         "record": str(path),
     }
 
