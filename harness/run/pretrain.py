@@ -35,7 +35,6 @@ from torch import nn
 
 from attnbench.harness.core.registry import param
 from attnbench.harness.results.records import write_record
-from attnbench.harness.run import precision
 from attnbench.harness.run.masking import choose, corrupt, masked_token_loss
 from attnbench.harness.run.model import EncoderClassifier, ModelConfig
 from attnbench.harness.run.train import train_run
@@ -209,8 +208,7 @@ class PretrainTrainer(Trainer):
         for i in range(0, split.n, bs):
             x, _, padded = split.slice(i, i + bs)
             tokens, chosen, inputs = self.draw(x, padded, generator)
-            with self.eval_timer.time(), precision.autocast(self.precision, self.device):
-                logits = self.model(inputs, padded)
+            logits = self.eval_forward(inputs, padded)
             self.eval_tokens += x.numel()
             per_token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1),
                                         reduction="none")

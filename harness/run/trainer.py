@@ -64,13 +64,7 @@ class Trainer(TrainerSteps):
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         for i in range(0, split.n, bs):
             x, y, padded = split.slice(i, i + bs)
-            if self.eval_attention_kernel is None and self.compiled:
-                self.eval_attention_kernel = self.kernel_probe(x, padded)
-            noting = KernelLog() if self.eval_attention_kernel is None else contextlib.nullcontext()
-            with noting, self.eval_timer.time(), precision.autocast(self.precision, self.device):
-                logits = self.model(x, padded)
-            if isinstance(noting, KernelLog):  # the kernel was not known before this pass
-                self.eval_attention_kernel = noting.as_record()
+            logits = self.eval_forward(x, padded)
             self.eval_tokens += x.numel()
             loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             predicted = logits.argmax(-1)
@@ -79,6 +73,19 @@ class Trainer(TrainerSteps):
                 confusion += torch.bincount(y * self.data.num_classes + predicted, minlength=confusion.numel())
         self.model.train()
         return correct.item() / split.n, loss_sum.item() / split.n
+
+    def eval_forward(self, x: torch.Tensor, padded: bool) -> torch.Tensor:
+        """The model's output on an evaluation batch, timed (``eval_timer``) under the run's precision; the first
+        evaluation pass notes the attention kernel it ran (``eval_attention_kernel``; a compiled model's from an
+        uncompiled forward, ``kernel_probe``)."""
+        if self.eval_attention_kernel is None and self.compiled:
+            self.eval_attention_kernel = self.kernel_probe(x, padded)
+        noting = KernelLog() if self.eval_attention_kernel is None else contextlib.nullcontext()
+        with noting, self.eval_timer.time(), precision.autocast(self.precision, self.device):
+            out = self.model(x, padded)
+        if isinstance(noting, KernelLog):  # the kernel was not known before this pass
+            self.eval_attention_kernel = noting.as_record()
+        return out
 
     def finite_losses(self, last_step: int) -> list[float]:
         """The training losses since the last evaluation (those of the steps up to ``last_step``),

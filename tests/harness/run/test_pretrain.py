@@ -260,6 +260,8 @@ def test_pretraining_record(reference, tiny_listops_data):
     p = stored["pretraining"]
     assert p["tokens_seen"] == training["steps_done"] * training["effective_batch"] * tiny_listops_data.seq_len
     assert training["steps_done"] == TRAIN["steps"] and p["tokens_seen"] > 0
+    # the attention kernel of a training step and of an evaluation pass, noted as for any run
+    assert training["attention_kernel"] and training["eval_attention_kernel"]
     assert (p["objective"], p["train_examples"], p["heldout_examples"]) == ("masked tokens", n_train, n_held)
     assert p["mask_rate"] == 0.1 == stored["config"]["method"]["mask_rate"]  # ListOps' rate (Amos et al.)
     curve = _curve(out)
