@@ -326,3 +326,22 @@ def test_killed_pretraining_resumes_to_the_same_weights(tmp_path, tiny_listops_d
     assert record["training"]["resumed_from_step"] == 21 and record["pretraining"]["tokens_seen"] == (
         30 * record["training"]["effective_batch"] * tiny_listops_data.seq_len)
     _assert_same_result(tmp_path / "A", tmp_path / "B")
+
+
+# ---------------------------------------------------------------- the CUDA data placements, forced on the CPU
+
+@pytest.mark.slow
+@pytest.mark.parametrize("placement", ["device", "streamed"])
+def test_pretraining_on_device_resident_or_streamed_data_is_the_host_run(reference, tiny_listops_data, tmp_path,
+                                                                        monkeypatch, placement):
+    """A GPU run keeps its splits on the device (narrowed ids, cast per batch) or streams them: the masking,
+    the corruption and the held-out evaluation read them there and end with the host run's weights."""
+    from attnbench.harness.run import batches
+
+    run, record, out = reference
+    monkeypatch.setattr(batches, "choose_placement", lambda device, nbytes, budget_bytes: placement)
+    again = pretrain(run, tiny_listops_data, tmp_path / placement)
+    # the placement was forced: something was copied "to the device" (the host run copies nothing)
+    assert again["efficiency"]["device_data_bytes"] > 0 == record["efficiency"]["device_data_bytes"]
+    assert again["pretraining"] == record["pretraining"]
+    _assert_same_result(out, tmp_path / placement)
