@@ -371,7 +371,19 @@ def check_spt(config: dict) -> list[str]:
     if tuning_on(config):
         problems.append("'spt' with 'tune': self-pretrained runs are not tuned yet; run them in a config without "
                         "'tune' (their training settings are their variant's, or spt.finetune's)")
+    if problems:
+        return problems
+    for section, method in (("spt.train", "pretrain"), ("spt.finetune", "spt")):
+        bad = sorted({f"{task}/{variant}" for task in task_instances(config) for variant in spt["variants"]
+                      if _split_unevenly(resolve_run(config, task, variant, first_seed(config), method)["train"])})
+        if bad:
+            problems.append(f"'{section}': 'accumulate' does not divide 'batch_size' in the runs {', '.join(bad)}; "
+                            "the optimiser step's batch is split into equal micro-batches")
     return problems
+
+
+def _split_unevenly(train: dict) -> bool:
+    return bool(train["batch_size"] % train["accumulate"])
 
 
 def migrate(config: dict) -> dict:
