@@ -78,6 +78,12 @@ class RunKey(NamedTuple):
         return cls(task_id(run["task"]), run["variant"]["name"], int(run["seed"]), run["method"]["name"],
                    run_stage(run)[1])
 
+    @classmethod
+    def of_record(cls, record: dict) -> RunKey:
+        """The key of the run a record says it is."""
+        return cls(record["task"], record["variant"], record["seed"], record["method"],
+                   record.get("trial") if record.get("stage") == "tune" else None)
+
 
 def task_id(task: dict) -> str:
     """The task as a run config's ``task`` section names it for runs: ``instance`` (``task@length``) where the
@@ -161,8 +167,7 @@ def run_folder(path: Path) -> tuple[str, ...] | None:
 def place_problem(path: Path, record: dict) -> str | None:
     """Why ``record`` is not the record of the run folder it lies in (None: it is, or lies in none)."""
     folder = run_folder(path)
-    key = RunKey(record["task"], record["variant"], record["seed"], record["method"],
-                 record.get("trial") if record.get("stage") == "tune" else None)
+    key = RunKey.of_record(record)
     own = key.dir.relative_to(key.dir.parents[3]).parts
     if folder is None or folder == own:
         return None

@@ -28,7 +28,6 @@ resolves each student's run config (method ``distill``).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,10 +36,11 @@ import torch
 import torch.nn.functional as F
 
 from attnbench.harness.core.registry import param
-from attnbench.harness.results.records import RECORD_NAME, RecordError, RunKey, read_record, task_id
+from attnbench.harness.results.records import RECORD_NAME, RunKey, task_id
 from attnbench.harness.run.model import EncoderClassifier, model_for_run
 from attnbench.harness.run.train import train_run
 from attnbench.harness.run.trainer import Trainer
+from attnbench.harness.run.upstream import load_checkpoint, relative, upstream_record
 from attnbench.tasks.base import DataError, PreparedData
 
 #: model settings a teacher and its student must share (the student only has fewer blocks;
@@ -154,12 +154,8 @@ def load_teacher(checkpoint: Path, run: dict, data: PreparedData,
     """The teacher model of ``checkpoint`` (eval mode, frozen) and the run config stored in it,
     after checking that it was trained on the same data with the student's model settings. A checkpoint
     that is missing or cannot be read (truncated) is a ``TeacherError`` naming it."""
-    try:
-        ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-    except Exception as exc:  # missing, truncated, not a torch file
-        raise TeacherError(f"teacher checkpoint {checkpoint} cannot be read ({type(exc).__name__}: {exc}); train "
-                           "the teacher again (snakemake does when it plans: it sets the teacher's record aside)"
-                           ) from None
+    ckpt = load_checkpoint(checkpoint, TeacherError, "teacher", "train the teacher again (snakemake does when it "
+                           "plans: it sets the teacher's record aside)")
     teacher_run = ckpt["run"]
     if teacher_run["task"]["data_key"] != run["task"]["data_key"]:
         raise TeacherError(f"teacher checkpoint {checkpoint} was trained on other data "
@@ -223,29 +219,16 @@ def teacher_entry(run: dict, teacher_dir: Path, out_dir: Path) -> tuple[dict, Pa
     task = task_id(run["task"])
     hint = (f"train the teacher first: attnbench train --task {task} --variant {teacher} "
             f"--seed {run['seed']} --out {teacher_dir}")
-    if not record_path.exists():
-        raise TeacherError(f"teacher record {record_path} not found; {hint}")
-    try:
-        record = read_record(record_path)
-    except RecordError as exc:
-        raise TeacherError(f"{exc}\n{hint}") from exc
-    if ((record["task"], record["variant"], record["method"], record.get("stage", "final"))
-            != (task, teacher, "labels", "final")):
-        raise TeacherError(f"{record_path} is the record of {record['run_id']}, not of a {teacher} teacher on "
-                           f"{task} (a final run); {hint}")
-    checkpoint = teacher_dir / record["training"]["checkpoint"] if record["training"]["checkpoint"] else None
-
-    def rel(p: Path) -> str:
-        return os.path.relpath(Path(p).absolute(), Path(out_dir).absolute())
-
+    record, checkpoint = upstream_record(teacher_dir, teacher_key(run), TeacherError, "teacher", hint,
+                                         f"a {teacher} teacher on {task} with seed {run['seed']} (a final run)")
     teacher_layers = record["config"]["model"]["layers"]
     student_layers = run["model"]["layers"]
     entry = {
         "run_id": record["run_id"],
         "status": record["status"],
         "config_hash": record["config_hash"],
-        "record": rel(record_path),
-        "checkpoint": rel(checkpoint) if checkpoint else None,
+        "record": relative(record_path, out_dir),
+        "checkpoint": relative(checkpoint, out_dir) if checkpoint else None,
         "test_acc": record["accuracy"]["test"],
         "train_tokens_per_s": record["efficiency"]["train_tokens_per_s"],
         "eval_tokens_per_s": record["efficiency"]["eval_tokens_per_s"],

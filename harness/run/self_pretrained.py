@@ -15,16 +15,16 @@ from the weights its pretraining run (``harness.run.pretrain``) ended with inste
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from attnbench.harness.results.records import RECORD_NAME, RecordError, RunKey, read_record, task_id
+from attnbench.harness.results.records import RECORD_NAME, RunKey, task_id
 from attnbench.harness.run.model import EncoderClassifier
 from attnbench.harness.run.train import train_run
 from attnbench.harness.run.trainer import Trainer
+from attnbench.harness.run.upstream import load_checkpoint, relative, upstream_record
 from attnbench.tasks.base import DataError, PreparedData
 
 #: the prefix of the encoder's tensors in a pretraining checkpoint (``MaskedTokenModel.encoder``)
@@ -74,11 +74,7 @@ class SptTrainer(Trainer):
                  pretrain_id: str = "the pretraining run", splits: dict | None = None):
         if checkpoint is None:
             raise PretrainError(f"{pretrain_id} has no checkpoint to fine-tune from")
-        try:
-            ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        except Exception as exc:  # missing, truncated, not a torch file
-            raise PretrainError(f"pretraining checkpoint {checkpoint} cannot be read ({type(exc).__name__}: {exc}); "
-                                "pretrain again") from None
+        ckpt = load_checkpoint(checkpoint, PretrainError, "pretraining", "pretrain again")
         check_same_model(ckpt["run"], run, checkpoint)
         self.pretrained = ckpt["model"]
         super().__init__(run, data, device, splits)
@@ -102,38 +98,23 @@ def check_same_model(pretrain_run: dict[str, Any], run: dict[str, Any], checkpoi
 
 def pretrain_entry(run: dict[str, Any], pretrain_dir: Path, out_dir: Path) -> tuple[dict[str, Any], Path | None]:
     """The record's ``pretrain`` entry (paths relative to ``out_dir``) and the checkpoint to start from."""
-    pretrain_dir = Path(pretrain_dir)
-    record_path = pretrain_dir / RECORD_NAME
     key = pretrain_key(run)
     hint = (f"pretrain first: attnbench train --method pretrain --task {key.task} --variant {key.variant} "
             f"--seed {key.seed} --out {pretrain_dir}")
-    if not record_path.exists():
-        raise PretrainError(f"pretraining record {record_path} not found; {hint}")
-    try:
-        record = read_record(record_path)
-    except RecordError as exc:
-        raise PretrainError(f"{exc}\n{hint}") from exc
-    if (record["task"], record["variant"], record["seed"], record["method"]) != (key.task, key.variant, key.seed,
-                                                                                "pretrain"):
-        raise PretrainError(f"{record_path} is the record of {record['run_id']}, not of the pretraining of "
-                            f"{key.variant} on {key.task} with seed {key.seed}; {hint}")
-    checkpoint = pretrain_dir / record["training"]["checkpoint"] if record["training"]["checkpoint"] else None
-
-    def rel(p: Path) -> str:
-        return os.path.relpath(Path(p).absolute(), Path(out_dir).absolute())
-
-    pretraining = record.get("pretraining") or {}
+    record, checkpoint = upstream_record(pretrain_dir, key, PretrainError, "pretraining", hint,
+                                         f"the pretraining of {key.variant} on {key.task} with seed {key.seed}")
+    training = record["training"]
     entry = {
         "run_id": record["run_id"],
         "status": record["status"],
         "config_hash": record["config_hash"],
-        "record": rel(record_path),
-        "checkpoint": rel(checkpoint) if checkpoint else None,
-        "steps_done": record["training"]["steps_done"],
-        "train_s": record["training"].get("train_s"),
-        "wall_s": record["training"]["wall_s"],
-        "train_flops": record["training"].get("train_flops"),
-        "tokens_seen": pretraining.get("tokens_seen"),
+        "record": relative(Path(pretrain_dir) / RECORD_NAME, out_dir),
+        "checkpoint": relative(checkpoint, out_dir) if checkpoint else None,
+        "steps_done": training["steps_done"],
+        "train_s": training.get("train_s"),
+        "wall_s": training["wall_s"],
+        "train_flops": training.get("train_flops"),
+        "tokens_seen": (record.get("pretraining") or {}).get("tokens_seen"),
         "best_masked_acc": record["accuracy"]["best_val"],
         "peak_memory_bytes": record["efficiency"]["peak_memory_bytes"],
     }

@@ -219,6 +219,16 @@ def test_missing_teacher_is_an_error_that_says_how_to_get_it(tmp_path, tiny_list
     assert not (tmp_path / "out" / "record.json").exists()
 
 
+@pytest.mark.slow
+def test_a_teacher_of_another_seed_is_refused(distilled, tmp_path, tiny_listops_data):
+    _, _, _, root = distilled  # root / "full": the teacher of seed 0
+    run = resolve_run(_config(), "listops", "full", 1, "distill")
+    with pytest.raises(TeacherError, match=r"is the record of listops/full/seed0, not of a full teacher on listops "
+                                           r"with seed 1"):
+        distill_run(run, tiny_listops_data, tmp_path / "out", root / "full", bar=False)
+    assert not (tmp_path / "out" / "record.json").exists()
+
+
 def test_cli_missing_teacher_exits_2(tmp_path, capsys, tiny_listops_data):
     from attnbench.tasks.base import save_prepared
 
