@@ -72,8 +72,8 @@ def in_logs(path):
 
 def rule_resources(group, gpu=False, per_task=False, task_of=None):
     """A rule's `resources:` from the config's `resources.<group>` (config/schema.yaml): `runtime` in
-    minutes and `mem_mb`, plus `gpu=1` on a GPU rule (train, distill, bench_variant) when `device` is not
-    cpu (cuda or auto). Data preparation, aggregation and the report never ask for a GPU. `per_task`: the
+    minutes and `mem_mb`, plus `gpu=1` on a GPU rule (train, distill, pretrain, bench_variant) when `device`
+    is not cpu (cuda or auto). Data preparation, aggregation and the report never ask for a GPU. `per_task`: the
     rule has a {task} wildcard, and `tasks.<task>.resources.<group>` overrides the group's values; `task_of`
     gives the task from the wildcards where the {task} wildcard is not a task's name (prepare_data's)."""
     settings = config["resources"][group]

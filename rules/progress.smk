@@ -1,7 +1,7 @@
 # The pipeline's progress lines. When Snakemake starts running jobs (onstart: never in a dry run, nor when
 # nothing is to be done) the plan of this invocation is written to RESULTS/.progress/plan.json: its start, the
-# records its training jobs (train, distill, trial) write and the sweep files its sweep jobs write, with each
-# job's expected seconds on this machine (harness/estimate: earlier records of this machine, else a short
+# records its training jobs (train, distill, pretrain, train_spt, trial) write and the sweep files its sweep jobs
+# write, with each job's expected seconds on this machine (harness/estimate: earlier records of this machine, else a short
 # calibration, said on the console with the expected wall time). After each train and distill job
 # `attnbench progress` prints "attnbench: 12 of 36 runs done, elapsed 2:10, ETA 4:05" from it
 # (harness/estimate/pipeline_progress.py); with ATTNBENCH_ESTIMATE=0 nothing is estimated (the ETA then follows the

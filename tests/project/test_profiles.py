@@ -94,7 +94,8 @@ def test_default_resources_are_filled_from_the_schema():
     config = validate_config({"variants": {"full": {}}, "tasks": {"listops": {}},
                               "resources": {"train": {"runtime_min": "600"}}})
     schema = yaml.safe_load(shipped_files.config_schema().read_text())["properties"]["resources"]["properties"]
-    assert set(config["resources"]) == set(schema) == {"prepare", "train", "distill", "bench", "report"}
+    assert set(config["resources"]) == set(schema) == {"prepare", "train", "distill", "pretrain", "bench",
+                                                       "report"}
     for group, prop in schema.items():
         expected = {key: p["default"] for key, p in prop["properties"].items()}
         if group == "train":
