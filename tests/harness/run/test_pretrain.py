@@ -345,3 +345,27 @@ def test_pretraining_on_device_resident_or_streamed_data_is_the_host_run(referen
     assert again["efficiency"]["device_data_bytes"] > 0 == record["efficiency"]["device_data_bytes"]
     assert again["pretraining"] == record["pretraining"]
     _assert_same_result(out, tmp_path / placement)
+
+
+@pytest.mark.slow
+def test_a_compiled_pretraining_keeps_its_state_dict_keys_and_fine_tunes(tmp_path, tiny_listops_data, monkeypatch):
+    """``train.compile`` (a GPU setting): the model's graphs captured by Dynamo (its ``eager`` backend here, so that
+    no C++ is generated: the trainer's compiled branches are what is tested), the pretraining's kernels noted
+    outside the graph, and its checkpoint with the plain model's keys, which fine-tuning reads."""
+    from attnbench.harness.run.self_pretrained import spt_run
+
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compile_module(self, backend="eager"))
+    config = spt_config(spt={"variants": ["full"], "train": {"compile": True, "steps": 2, "eval_every": 2,
+                                                             "timing_skip_steps": 1}})  # the fine-tuning: plain
+    run = resolve_run(config, "listops", "full", 0, "pretrain")
+    record = pretrain(run, tiny_listops_data, tmp_path / "pretrain")
+    assert record["status"] == "ok", record["message"]
+    assert record["training"]["compiled"] is True and record["training"]["eval_attention_kernel"]
+    saved = torch.load(tmp_path / "pretrain" / "best.pt", weights_only=True)["model"]
+    plain = MaskedTokenModel.for_run(run, pretraining_view(tiny_listops_data, 0.05, 0)).state_dict()
+    assert sorted(saved) == sorted(plain)  # no "_orig_mod." prefixes
+    with torch_state_restored():
+        tuned = spt_run(resolve_run(config, "listops", "full", 0, "spt"), tiny_listops_data, tmp_path / "spt",
+                        pretrain_dir=tmp_path / "pretrain", bar=False)
+    assert tuned["status"] == "ok", tuned["message"]
