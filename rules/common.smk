@@ -141,14 +141,20 @@ def set_aside_teachers_without_checkpoint():
     teachers = {RunKey(run.task, config["distill"]["teacher"], run.seed) for run in RUNS if run.method == "distill"}
     for teacher in sorted(teachers):
         record = RECORDS.get(teacher.record)
-        best = record and record["training"]["checkpoint"]
-        problem = torch_file_problem(teacher.dir / best) if best else None
+        problem = checkpoint_problem(teacher.record, record) if record else None
         if problem is None:
             continue
         del RECORDS[teacher.record]
         moved = set_aside(teacher.record, f"its best checkpoint {problem}")
         logger.warning(f"attnbench: set aside {teacher.record} (moved to {moved}): its best checkpoint {problem}; "
                        "the teacher is trained again, and then its students")
+
+
+def checkpoint_problem(path, record):
+    """What is wrong with the best checkpoint a run's record (at ``path``) names: missing or damaged (None: it
+    reads, or the record names none)."""
+    best = record["training"]["checkpoint"]
+    return torch_file_problem(Path(path).parent / best) if best else None
 
 
 set_aside_teachers_without_checkpoint()

@@ -12,8 +12,7 @@ def set_aside_unusable_pretraining():
     good, aside = readable([run.record for run in PRETRAINING if run.record.exists()])
     moved = [(entry["record"], entry["moved_to"], entry["reason"]) for entry in aside]
     for path, record in good:
-        best = record["training"]["checkpoint"]
-        problem = torch_file_problem(Path(path).parent / best) if best else None
+        problem = checkpoint_problem(path, record)
         if problem is not None:
             reason = f"its best checkpoint {problem}"
             moved.append((path, set_aside(Path(path), reason), reason))

@@ -228,10 +228,7 @@ def _self_pretrained_run(config: dict, task: str, variant: str, seed: int, metho
                           f"spt.variants: {', '.join(spt['variants']) or 'none'}")
     run = _labels_run(config, task, variant, seed, variant_params(config, task, variant))
     pretrain_train = as_dict(build_dataclass(TrainConfig, {**run["train"], **spt["train"]}, "spt.train"))
-    try:
-        settings = objective(spt, task_kind(config, task))
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    settings = objective(spt, task_kind(config, task))
     if method == "pretrain":
         return {**run, "train": pretrain_train, "method": {"name": "pretrain", **settings}}
     train = as_dict(build_dataclass(TrainConfig, {**run["train"], **spt["finetune"]}, "spt.finetune"))
@@ -328,7 +325,7 @@ def check_micro_batches(config: dict) -> list[str]:
     for task in task_instances(config):
         for variant in config["variants"]:
             train = resolve_run(config, task, variant, first_seed(config))["train"]
-            if train["batch_size"] % train["accumulate"]:
+            if _split_unevenly(train):
                 bad.setdefault((train["accumulate"], train["batch_size"]), []).append(f"{task}/{variant}")
     return [f"'train.accumulate' ({accumulate}) does not divide 'train.batch_size' ({batch_size}) in the runs "
             f"{', '.join(runs)}; the optimiser step's batch is split into equal micro-batches"

@@ -118,8 +118,11 @@ class RunTimer:
         train_s, source = known if known else (in_process_s(run, shape, timing, steps), timing.source)
         around = self.fixed.scaled(costs.RUN_FILES_S + costs.PROGRESS_S * progress_line)
         job_s = self.fixed.job_start() + around + train_s
-        after = {"distill": (RunKey(key.task, run["method"].get("teacher", ""), key.seed).run_id,),
-                 "spt": (RunKey(key.task, key.variant, key.seed, "pretrain").run_id,)}.get(key.method, ())
+        after: tuple[str, ...] = ()
+        if key.method == "distill":  # a student after its teacher
+            after = (RunKey(key.task, run["method"]["teacher"], key.seed).run_id,)
+        elif key.method == "spt":  # a fine-tuning after its pretraining
+            after = (key._replace(method="pretrain").run_id,)
         return RunEstimate(key, str(key.record), f"{run['task']['name']}/{run['task']['data_key']}", steps, train_s,
                            job_s, run["threads"], source, shape.source, after)
 

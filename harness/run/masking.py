@@ -56,10 +56,15 @@ def corrupt(tokens: torch.Tensor, chosen: torch.Tensor, mask_id: int, vocab_size
     return torch.where(chosen & (which >= mask_token) & (which < mask_token + random_token), random_ids, out)
 
 
+def chosen_loss_sum(logits: torch.Tensor, targets: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
+    """The summed cross-entropy of ``logits`` (B, N, V) against ``targets`` (B, N) over the ``chosen``
+    positions, in float32."""
+    per_token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
+                                reduction="none")
+    return (per_token * chosen.reshape(-1).to(per_token.dtype)).sum()
+
+
 def masked_token_loss(logits: torch.Tensor, targets: torch.Tensor, chosen: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy of ``logits`` (B, N, V) against ``targets`` (B, N) over the ``chosen`` positions
     (0 when none is: a batch without a chosen token contributes no gradient, and nothing is read back)."""
-    per_token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                reduction="none")
-    weights = chosen.reshape(-1).to(per_token.dtype)
-    return (per_token * weights).sum() / weights.sum().clamp_min(1.0)
+    return chosen_loss_sum(logits, targets, chosen) / chosen.sum().clamp_min(1)

@@ -30,12 +30,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from attnbench.harness.core.registry import param
-from attnbench.harness.results.records import write_record
-from attnbench.harness.run.masking import choose, corrupt, masked_token_loss
+from attnbench.harness.run.masking import choose, chosen_loss_sum, corrupt, masked_token_loss
 from attnbench.harness.run.model import EncoderClassifier, ModelConfig
 from attnbench.harness.run.train import train_run
 from attnbench.harness.run.trainer import Trainer
@@ -87,9 +85,6 @@ def objective(spt: dict, task_kind: str) -> dict[str, Any]:
     settings = {k: spt[k] for k in OBJECTIVE_KEYS}
     if settings["mask_rate"] is None:
         settings["mask_rate"] = TASKS.get(task_kind).cls.spt_mask_rate
-    if settings["mask_token"] + settings["random_token"] > 1:
-        raise ValueError(f"spt.mask_token ({settings['mask_token']}) + spt.random_token ({settings['random_token']}) "
-                         "is more than 1")
     return settings
 
 
@@ -210,9 +205,7 @@ class PretrainTrainer(Trainer):
             tokens, chosen, inputs = self.draw(x, padded, generator)
             logits = self.eval_forward(inputs, padded)
             self.eval_tokens += x.numel()
-            per_token = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tokens.reshape(-1),
-                                        reduction="none")
-            loss_sum += (per_token * chosen.reshape(-1)).sum()
+            loss_sum += chosen_loss_sum(logits, tokens, chosen)
             correct += ((logits.argmax(-1) == tokens) & chosen).sum()
             chosen_n += chosen.sum()
         self.model.train()
@@ -246,8 +239,5 @@ def pretrain_run(run: dict[str, Any], data: PreparedData, out_dir: Path, bar: bo
     return its record (written to ``out_dir`` with its curve and ``best.pt``)."""
     method = run["method"]
     view = pretraining_view(data, method["holdout"], int(run["seed"]))
-    record = train_run(run, view, out_dir, bar, trainer_cls=PretrainTrainer,
-                       extra={"baselines": token_baselines(view)})
-    record["pretraining"] = pretraining_entry(record, view)
-    write_record(Path(out_dir) / "record.json", record)
-    return record
+    return train_run(run, view, out_dir, bar, trainer_cls=PretrainTrainer, extra={"baselines": token_baselines(view)},
+                     completes=lambda record: {"pretraining": pretraining_entry(record, view)})

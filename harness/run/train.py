@@ -101,7 +101,8 @@ def _failure(exc: BaseException, cap: dict[str, Any] | None, prefix: str = "") -
 
 def train_run(run: dict[str, Any], data: PreparedData, out_dir: Path, bar: bool | None = None, *,
               trainer_cls: type[Trainer] = Trainer, trainer_kwargs: dict[str, Any] | None = None,
-              extra: dict[str, Any] | None = None) -> dict[str, Any]:
+              extra: dict[str, Any] | None = None,
+              completes: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> dict[str, Any]:
     """Train one (task, variant, seed) and return its record (also written to ``out_dir``).
 
     ``trainer_cls(run, data, device, splits=..., **trainer_kwargs)`` builds the trainer inside the measured,
@@ -109,7 +110,9 @@ def train_run(run: dict[str, Any], data: PreparedData, out_dir: Path, bar: bool 
     the measurement starts, inside the guarded section: on a GPU the splits held there are then not in the
     run's peak, as the data a CPU run reads are not, and a trainer rebuilt on resuming does not place them
     again. ``extra``: record entries that a
-    training method adds (what it took from other runs; none for a run trained from labels).
+    training method adds (what it took from other runs; none for a run trained from labels); ``completes``: a
+    function of the record that gives entries a method adds from the run's outcome (a pretraining's tokens
+    seen), written with the record.
     Raises ``RunFolderBusy`` (and writes nothing) while another process trains in ``out_dir``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -117,7 +120,7 @@ def train_run(run: dict[str, Any], data: PreparedData, out_dir: Path, bar: bool 
         data = withhold_test(data)
     lock = own_run_folder(out_dir, RunKey.of(run).run_id)
     try:
-        return _train_run(run, data, out_dir, bar, trainer_cls, trainer_kwargs, extra)
+        return _train_run(run, data, out_dir, bar, trainer_cls, trainer_kwargs, extra, completes)
     finally:
         locks.release(lock)
 
@@ -140,7 +143,8 @@ def own_run_folder(out_dir: Path, run_id: str) -> int:
 
 
 def _train_run(run: dict[str, Any], data: PreparedData, out_dir: Path, bar: bool | None, trainer_cls: type[Trainer],
-               trainer_kwargs: dict[str, Any] | None, extra: dict[str, Any] | None) -> dict[str, Any]:
+               trainer_kwargs: dict[str, Any] | None, extra: dict[str, Any] | None,
+               completes: Callable[[dict[str, Any]], dict[str, Any]] | None) -> dict[str, Any]:
     status, steps_done = "ok", 0
     message: str | None = None
     trainer: Trainer | None = None
@@ -192,6 +196,8 @@ def _train_run(run: dict[str, Any], data: PreparedData, out_dir: Path, bar: bool
                           test_acc=test_acc, steps_done=steps_done, mem=mem, device=device,
                           wall_s=time.perf_counter() - wall0, baselines=baselines(data),
                           step_work=trainer_cls.step_work, extra=extra, memory_cap=cap)
+    if completes is not None:
+        record.update(completes(record))
     write_record(out_dir / RECORD_NAME, record)
     if status in ("ok", "diverged", "timeout"):  # a re-run would end the same: nothing left to resume
         checkpoint.remove(out_dir)
